@@ -1,0 +1,54 @@
+// Fixed-point requantization shared by every int8 kernel, reference and optimized alike.
+//
+// These reproduce TensorFlow Lite's integer arithmetic exactly (the "double rounding" variant that
+// TFLite and TFLite Micro build by default): a real multiplier M is stored as a Q31 significand and
+// a power-of-two exponent, M = significand * 2^(shift - 31). python/mcutrain/quant.py computes
+// the same significands on the host and mirrors these functions in numpy; both must stay in step.
+#pragma once
+
+#include <cstdint>
+#include <limits>
+
+namespace mt {
+
+// (a * b * 2) >> 32 with round-half-away-from-zero, saturating the single overflow case
+// a == b == INT32_MIN.
+inline int32_t SaturatingRoundingDoublingHighMul(int32_t a, int32_t b) {
+  if (a == b && a == std::numeric_limits<int32_t>::min()) {
+    return std::numeric_limits<int32_t>::max();
+  }
+  const int64_t ab = static_cast<int64_t>(a) * static_cast<int64_t>(b);
+  const int64_t nudge = ab >= 0 ? (int64_t{1} << 30) : (1 - (int64_t{1} << 30));
+  // Division, not a shift: TFLite truncates toward zero here and so must we.
+  return static_cast<int32_t>((ab + nudge) / (int64_t{1} << 31));
+}
+
+// x / 2^exponent rounded half away from zero (exponent in [0, 31]).
+inline int32_t RoundingDivideByPOT(int32_t x, int exponent) {
+  const int32_t mask = static_cast<int32_t>((int64_t{1} << exponent) - 1);
+  const int32_t remainder = x & mask;
+  const int32_t threshold = (mask >> 1) + (x < 0 ? 1 : 0);
+  return (x >> exponent) + (remainder > threshold ? 1 : 0);
+}
+
+// x * significand * 2^(shift - 31): the requantization step of CONV_2D, FULLY_CONNECTED, ...
+inline int32_t MultiplyByQuantizedMultiplier(int32_t x, int32_t significand, int shift) {
+  const int left_shift = shift > 0 ? shift : 0;
+  const int right_shift = shift > 0 ? 0 : -shift;
+  return RoundingDivideByPOT(
+      SaturatingRoundingDoublingHighMul(static_cast<int32_t>(static_cast<uint32_t>(x) << left_shift),
+                                        significand),
+      right_shift);
+}
+
+// Variant used by ADD and friends where the multiplier is known to be below one (shift <= 0).
+inline int32_t MultiplyByQuantizedMultiplierSmallerThanOneExp(int32_t x, int32_t significand,
+                                                               int shift) {
+  return RoundingDivideByPOT(SaturatingRoundingDoublingHighMul(x, significand), -shift);
+}
+
+inline int32_t Clamp(int32_t x, int32_t lo, int32_t hi) {
+  return x < lo ? lo : (x > hi ? hi : x);
+}
+
+}  // namespace mt

@@ -1,0 +1,114 @@
+"""The compiler pipeline: .tflite -> graph IR -> prepared operators -> memory plan.
+
+codegen.py turns the result into C++; reference.py runs it in numpy. Nothing here imports
+TensorFlow, so the PlatformIO pre-build hook stays fast.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .graph import Graph, ModelError, Operator, check_deployable, strip_io_conversions
+from .memory_plan import ArenaPlanner
+from .ops.base import OpDef, lookup
+from .tflite_reader import read_tflite
+
+
+@dataclass
+class PreparedOp:
+    op: Operator
+    opdef: OpDef
+    params: Any
+    inputs: list[int]  # dynamic input tensor ids, in operator order
+    output: int
+
+    @property
+    def macs(self) -> int:
+        return int(self.opdef.macs(self.params))
+
+
+@dataclass
+class CompiledModel:
+    graph: Graph
+    ops: list[PreparedOp]
+    planner: ArenaPlanner
+    buffer_of: dict[int, str] = field(default_factory=dict)  # tensor id -> arena buffer name
+
+    @property
+    def input(self) -> int:
+        return self.graph.inputs[0]
+
+    @property
+    def output(self) -> int:
+        return self.graph.outputs[0]
+
+    @property
+    def arena_bytes(self) -> int:
+        return self.planner.arena_bytes()
+
+    @property
+    def macs(self) -> int:
+        return sum(p.macs for p in self.ops)
+
+    def offset_of(self, tensor_id: int) -> int:
+        return self.planner.offset_of(self.buffer_of[tensor_id])
+
+
+def compile_model(source: str | Path | bytes, alignment: int = 16) -> CompiledModel:
+    graph = strip_io_conversions(read_tflite(source))
+    check_deployable(graph)
+    ops = [_prepare(op, graph) for op in graph.operators]
+    buffer_of = _assign_buffers(graph, ops)
+    planner = _plan(graph, ops, buffer_of, alignment)
+    return CompiledModel(graph=graph, ops=ops, planner=planner, buffer_of=buffer_of)
+
+
+def _prepare(op: Operator, graph: Graph) -> PreparedOp:
+    opdef = lookup(op)
+    if len(op.outputs) != 1:
+        raise ModelError(f"operator {op.index} ({op.opcode}) has {len(op.outputs)} outputs; "
+                         "mcutrain supports single-output operators")
+    params = opdef.prepare(op, graph)
+    return PreparedOp(op=op, opdef=opdef, params=params, inputs=graph.dynamic_inputs(op),
+                      output=op.outputs[0])
+
+
+def _assign_buffers(graph: Graph, ops: list[PreparedOp]) -> dict[int, str]:
+    """Every run-time tensor gets a buffer name; an aliasing op's output shares its input's."""
+    buffer_of: dict[int, str] = {graph.inputs[0]: f"t{graph.inputs[0]}"}
+    for p in ops:
+        for tid in p.inputs:
+            if tid not in buffer_of:
+                raise ModelError(f"operator {p.op.index} ({p.op.opcode}) reads tensor {tid} "
+                                 "before anything writes it (operators out of order?)")
+        if p.opdef.aliases_input:
+            buffer_of[p.output] = buffer_of[p.inputs[0]]
+        else:
+            buffer_of[p.output] = f"t{p.output}"
+    if graph.outputs[0] not in buffer_of:
+        raise ModelError(f"{graph.name}: the model output is not computed by any operator")
+    return buffer_of
+
+
+def _plan(graph: Graph, ops: list[PreparedOp], buffer_of: dict[int, str],
+          alignment: int) -> ArenaPlanner:
+    lifetimes: dict[str, list[int]] = {}
+
+    def touch(tid: int, step: int) -> None:
+        span = lifetimes.setdefault(buffer_of[tid], [step, step])
+        span[0], span[1] = min(span[0], step), max(span[1], step)
+
+    touch(graph.inputs[0], -1)
+    for step, p in enumerate(ops):
+        for tid in p.inputs:
+            touch(tid, step)
+        touch(p.output, step)
+    touch(graph.outputs[0], len(ops))
+    planner = ArenaPlanner(alignment)
+    for name, (first, last) in lifetimes.items():
+        tid = int(name[1:])
+        planner.add_buffer(name, graph.tensors[tid].nbytes, first, last)
+    return planner
+

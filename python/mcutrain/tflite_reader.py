@@ -1,0 +1,304 @@
+"""Read a .tflite flatbuffer into the graph IR (mcutrain.graph).
+
+Uses the `tflite` package (Python classes generated from TFLite's schema.fbs) on top of
+`flatbuffers`, so reading a model never imports TensorFlow. Python flatbuffers does no
+verification, so every access goes through guards: a corrupt or truncated file becomes one
+ModelError naming the problem, never a traceback or a hang on a bogus vector length.
+
+Tolerance follows TFLite Micro: old files that only fill `deprecated_builtin_code`, quantization
+blocks with scales but no zero points, per-channel scales with a single zero point, and empty
+quantization blocks on unquantized tensors are all accepted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tflite
+
+from .graph import Graph, ModelError, Operator, Quant, Tensor
+
+_TENSOR_TYPES: dict[int, str] = {
+    tflite.TensorType.FLOAT32: "float32",
+    tflite.TensorType.FLOAT16: "float16",
+    tflite.TensorType.INT32: "int32",
+    tflite.TensorType.UINT8: "uint8",
+    tflite.TensorType.INT64: "int64",
+    tflite.TensorType.BOOL: "bool",
+    tflite.TensorType.INT16: "int16",
+    tflite.TensorType.INT8: "int8",
+    tflite.TensorType.FLOAT64: "float64",
+}
+_OPCODE_NAMES = {v: k for k, v in vars(tflite.BuiltinOperator).items() if not k.startswith("_")}
+_ACTIVATIONS = {
+    v: k for k, v in vars(tflite.ActivationFunctionType).items() if not k.startswith("_")
+}
+_PADDINGS = {v: k for k, v in vars(tflite.Padding).items() if not k.startswith("_")}
+
+# Errors the generated flatbuffer accessors raise on bytes that are not a valid model.
+_DECODE_ERRORS = (struct.error, IndexError, ValueError, TypeError, OverflowError,
+                  UnicodeDecodeError, AttributeError)
+
+
+def read_tflite(source: str | Path | bytes) -> Graph:
+    """Parse a .tflite file (path or bytes) into a Graph. Raises ModelError on bad input."""
+    data = _load_bytes(source)
+    name = Path(source).stem if not isinstance(source, bytes) else "model"
+    if len(data) < 8 or data[4:8] != b"TFL3":
+        raise ModelError(
+            f"{name}: not a TFLite flatbuffer (expected the 'TFL3' identifier at byte 4; "
+            f"file is {len(data)} bytes). Convert the model with tf.lite.TFLiteConverter."
+        )
+    try:
+        graph = _read_model(data, name)
+    except ModelError:
+        raise
+    except _DECODE_ERRORS as exc:
+        raise ModelError(
+            f"{name}: corrupt or truncated .tflite ({type(exc).__name__}: {exc}); "
+            "re-export the model"
+        ) from None
+    graph.sha256 = hashlib.sha256(data).digest()
+    return graph
+
+
+def _load_bytes(source: str | Path | bytes) -> bytes:
+    if isinstance(source, bytes):
+        return source
+    path = Path(source)
+    if not path.is_file():
+        raise ModelError(f"model file not found: {path}")
+    return path.read_bytes()
+
+
+def _checked_len(n: int, limit: int, what: str) -> int:
+    """A vector length read from the file, bounded by the file size so garbage cannot hang us."""
+    if n < 0 or n > limit:
+        raise ModelError(f"corrupt .tflite: {what} claims {n} entries in a {limit}-byte file")
+    return n
+
+
+def _read_model(data: bytes, name: str) -> Graph:
+    model = tflite.Model.GetRootAsModel(data, 0)
+    if model.Version() != 3:
+        raise ModelError(f"{name}: TFLite schema version {model.Version()} is not supported")
+    size = len(data)
+    if _checked_len(model.SubgraphsLength(), size, "subgraphs") < 1:
+        raise ModelError(f"{name}: model has no subgraph")
+    opcodes = [_opcode_name(model.OperatorCodes(i))
+               for i in range(_checked_len(model.OperatorCodesLength(), size, "operator codes"))]
+    num_buffers = _checked_len(model.BuffersLength(), size, "buffers")
+    buffers = [model.Buffers(i) for i in range(num_buffers)]
+    sub = model.Subgraphs(0)
+    tensors = [_read_tensor(sub.Tensors(i), i, buffers, data)
+               for i in range(_checked_len(sub.TensorsLength(), size, "tensors"))]
+    operators = [_read_operator(sub.Operators(i), i, opcodes, len(tensors))
+                 for i in range(_checked_len(sub.OperatorsLength(), size, "operators"))]
+    inputs = _int_vector(sub.InputsLength(), sub.Inputs, size, "subgraph inputs")
+    outputs = _int_vector(sub.OutputsLength(), sub.Outputs, size, "subgraph outputs")
+    for t in inputs + outputs:
+        if not 0 <= t < len(tensors):
+            raise ModelError(f"corrupt .tflite: subgraph refers to tensor {t} of {len(tensors)}")
+    return Graph(name=name, tensors=tensors, operators=operators, inputs=inputs, outputs=outputs)
+
+
+def _int_vector(length: int, getter: Callable[[int], int], limit: int, what: str) -> list[int]:
+    return [int(getter(i)) for i in range(_checked_len(length, limit, what))]
+
+
+def _opcode_name(code: Any) -> str:
+    # Files from before schema 3a only carry the 8-bit deprecated field; newer ones carry both.
+    builtin = max(int(code.BuiltinCode()), int(code.DeprecatedBuiltinCode()))
+    if builtin == tflite.BuiltinOperator.CUSTOM:
+        custom = code.CustomCode()
+        return f"CUSTOM({custom.decode(errors='replace') if custom else '?'})"
+    return _OPCODE_NAMES.get(builtin, f"UNKNOWN_BUILTIN_{builtin}")
+
+
+def _read_tensor(t: Any, index: int, buffers: list[Any], data: bytes) -> Tensor:
+    type_code = int(t.Type())
+    dtype = _TENSOR_TYPES.get(type_code, f"type{type_code}")
+    shape = tuple(int(d) for d in _int_vector(t.ShapeLength(), t.Shape, len(data), "shape"))
+    name = (t.Name() or b"").decode(errors="replace")
+    tensor = Tensor(index=index, name=name, shape=shape, dtype=dtype, quant=_read_quant(t, name))
+    buffer_index = int(t.Buffer())
+    if not 0 <= buffer_index < len(buffers):
+        raise ModelError(f"corrupt .tflite: tensor {index} refers to buffer {buffer_index}")
+    raw = _buffer_bytes(buffers[buffer_index], data)
+    if raw is not None and len(raw) > 0:
+        tensor.data = _constant_array(raw, tensor)
+    return tensor
+
+
+def _buffer_bytes(buffer: Any, data: bytes) -> bytes | None:
+    # Models over 2 GB keep buffers after the flatbuffer (offset/size); handle both forms.
+    offset = int(buffer.Offset()) if hasattr(buffer, "Offset") else 0
+    if offset > 1:
+        end = offset + int(buffer.Size())
+        if end > len(data):
+            raise ModelError(f"corrupt .tflite: buffer at offset {offset} runs past end of file")
+        return data[offset:end]
+    length = _checked_len(buffer.DataLength(), len(data), "buffer data")
+    if length == 0:
+        return None
+    return buffer.DataAsNumpy().tobytes()
+
+
+def _constant_array(raw: bytes, tensor: Tensor) -> np.ndarray:
+    if tensor.dtype.startswith("type"):
+        raise ModelError(
+            f"tensor {tensor.index} '{tensor.name}' has unsupported type {tensor.dtype}"
+        )
+    dtype = np.dtype(tensor.dtype).newbyteorder("<")
+    expected = tensor.num_elements * dtype.itemsize
+    if len(raw) != expected:
+        raise ModelError(
+            f"corrupt .tflite: tensor {tensor.index} '{tensor.name}' of shape {tensor.shape} "
+            f"needs {expected} bytes but its buffer has {len(raw)}"
+        )
+    return np.frombuffer(raw, dtype=dtype).astype(dtype.newbyteorder("=")).reshape(tensor.shape)
+
+
+def _read_quant(t: Any, name: str) -> Quant | None:
+    q = t.Quantization()
+    if q is None or q.ScaleLength() == 0:
+        return None  # unquantized tensor, or an empty block left by some converters
+    scale = q.ScaleAsNumpy().astype(np.float32)
+    zero_point = (q.ZeroPointAsNumpy().astype(np.int64) if q.ZeroPointLength() > 0
+                  else np.zeros(1, dtype=np.int64))
+    if zero_point.size == 1 and scale.size > 1:
+        zero_point = np.full(scale.shape, zero_point[0], dtype=np.int64)
+    if zero_point.size != scale.size:
+        raise ModelError(
+            f"tensor '{name}': {scale.size} quantization scales but {zero_point.size} zero points"
+        )
+    return Quant(scale=scale, zero_point=zero_point, axis=int(q.QuantizedDimension()))
+
+
+def _read_operator(op: Any, index: int, opcodes: list[str], num_tensors: int) -> Operator:
+    code_index = int(op.OpcodeIndex())
+    if not 0 <= code_index < len(opcodes):
+        raise ModelError(f"corrupt .tflite: operator {index} has opcode index {code_index}")
+    opcode = opcodes[code_index]
+    limit = num_tensors + 16
+    inputs = _int_vector(op.InputsLength(), op.Inputs, limit, f"operator {index} inputs")
+    outputs = _int_vector(op.OutputsLength(), op.Outputs, limit, f"operator {index} outputs")
+    for t in inputs + outputs:
+        if t >= num_tensors or t < -1:
+            raise ModelError(f"corrupt .tflite: operator {index} ({opcode}) refers to tensor {t}")
+    parser = _OPTION_PARSERS.get(opcode)
+    options = parser(op) if parser else {}
+    return Operator(index=index, opcode=opcode, inputs=inputs, outputs=outputs, options=options)
+
+
+def _table(op: Any, cls: type) -> Any | None:
+    table = op.BuiltinOptions()
+    if table is None:
+        return None
+    opts = cls()
+    opts.Init(table.Bytes, table.Pos)
+    return opts
+
+
+def _activation(code: int) -> str:
+    return _ACTIVATIONS.get(int(code), f"UNKNOWN_ACTIVATION_{code}")
+
+
+def _conv_options(op: Any) -> dict[str, Any]:
+    o = _table(op, tflite.Conv2DOptions)
+    if o is None:  # all-default options are sometimes omitted by older converters
+        return {"padding": "SAME", "stride_h": 1, "stride_w": 1, "dilation_h": 1,
+                "dilation_w": 1, "activation": "NONE"}
+    return {
+        "padding": _PADDINGS.get(int(o.Padding()), "SAME"),
+        "stride_h": int(o.StrideH()), "stride_w": int(o.StrideW()),
+        "dilation_h": int(o.DilationHFactor()), "dilation_w": int(o.DilationWFactor()),
+        "activation": _activation(o.FusedActivationFunction()),
+    }
+
+
+def _depthwise_options(op: Any) -> dict[str, Any]:
+    o = _table(op, tflite.DepthwiseConv2DOptions)
+    if o is None:
+        return {"padding": "SAME", "stride_h": 1, "stride_w": 1, "dilation_h": 1,
+                "dilation_w": 1, "activation": "NONE", "depth_multiplier": 1}
+    return {
+        "padding": _PADDINGS.get(int(o.Padding()), "SAME"),
+        "stride_h": int(o.StrideH()), "stride_w": int(o.StrideW()),
+        "dilation_h": int(o.DilationHFactor()), "dilation_w": int(o.DilationWFactor()),
+        "activation": _activation(o.FusedActivationFunction()),
+        "depth_multiplier": int(o.DepthMultiplier()),
+    }
+
+
+def _fc_options(op: Any) -> dict[str, Any]:
+    o = _table(op, tflite.FullyConnectedOptions)
+    if o is None:
+        return {"activation": "NONE", "keep_num_dims": False, "weights_format": "DEFAULT"}
+    formats = {0: "DEFAULT", 1: "SHUFFLED4x16INT8"}
+    return {
+        "activation": _activation(o.FusedActivationFunction()),
+        "keep_num_dims": bool(o.KeepNumDims()),
+        "weights_format": formats.get(int(o.WeightsFormat()), str(o.WeightsFormat())),
+    }
+
+
+def _pool_options(op: Any) -> dict[str, Any]:
+    o = _table(op, tflite.Pool2DOptions)
+    if o is None:
+        raise ModelError("pooling operator without options (filter size unknown)")
+    return {
+        "padding": _PADDINGS.get(int(o.Padding()), "SAME"),
+        "stride_h": int(o.StrideH()), "stride_w": int(o.StrideW()),
+        "filter_h": int(o.FilterHeight()), "filter_w": int(o.FilterWidth()),
+        "activation": _activation(o.FusedActivationFunction()),
+    }
+
+
+def _activation_only(cls: type) -> Callable[[Any], dict[str, Any]]:
+    def parse(op: Any) -> dict[str, Any]:
+        o = _table(op, cls)
+        return {"activation": _activation(o.FusedActivationFunction()) if o else "NONE"}
+    return parse
+
+
+def _concat_options(op: Any) -> dict[str, Any]:
+    o = _table(op, tflite.ConcatenationOptions)
+    return {"axis": int(o.Axis()) if o else 0,
+            "activation": _activation(o.FusedActivationFunction()) if o else "NONE"}
+
+
+def _reshape_options(op: Any) -> dict[str, Any]:
+    o = _table(op, tflite.ReshapeOptions)
+    if o is None or o.NewShapeLength() == 0:
+        return {"new_shape": None}
+    return {"new_shape": [int(o.NewShape(i)) for i in range(o.NewShapeLength())]}
+
+
+def _softmax_options(op: Any) -> dict[str, Any]:
+    o = _table(op, tflite.SoftmaxOptions)
+    return {"beta": float(o.Beta()) if o else 1.0}
+
+
+def _reducer_options(op: Any) -> dict[str, Any]:
+    o = _table(op, tflite.ReducerOptions)
+    return {"keep_dims": bool(o.KeepDims()) if o else False}
+
+
+_OPTION_PARSERS: dict[str, Callable[[Any], dict[str, Any]]] = {
+    "CONV_2D": _conv_options,
+    "DEPTHWISE_CONV_2D": _depthwise_options,
+    "FULLY_CONNECTED": _fc_options,
+    "AVERAGE_POOL_2D": _pool_options,
+    "MAX_POOL_2D": _pool_options,
+    "ADD": _activation_only(tflite.AddOptions),
+    "CONCATENATION": _concat_options,
+    "RESHAPE": _reshape_options,
+    "SOFTMAX": _softmax_options,
+    "MEAN": _reducer_options,
+}

@@ -1,0 +1,58 @@
+"""PlatformIO pre-build hook: generate the model's C++ into the build directory.
+
+The model comes from the environment variable MCUTRAIN_MODEL if set (pio run cannot override
+project options on the command line), else from the env's `custom_model` option. Paths are
+relative to the project directory.
+"""
+
+import os
+import sys
+from pathlib import Path
+
+Import("env")  # noqa: F821  (SCons injects Import)
+
+PROJECT_DIR = Path(env.subst("$PROJECT_DIR"))  # noqa: F821
+sys.path.insert(0, str(PROJECT_DIR / "python"))
+
+from mcutrain.build import generate_for_build  # noqa: E402
+from mcutrain.graph import ModelError  # noqa: E402
+from mcutrain.report import BoardLimits  # noqa: E402
+
+
+def _model_path() -> Path:
+    option = env.GetProjectOption("custom_model", "")  # noqa: F821
+    chosen = os.environ.get("MCUTRAIN_MODEL") or option
+    if not chosen:
+        sys.stderr.write("mcutrain: no model: set custom_model in platformio.ini or "
+                         "MCUTRAIN_MODEL=path/to/model.tflite\n")
+        env.Exit(1)  # noqa: F821
+    path = Path(chosen)
+    return path if path.is_absolute() else PROJECT_DIR / path
+
+
+def _limits() -> BoardLimits:
+    board = env.BoardConfig()  # noqa: F821
+    return BoardLimits(
+        name=board.get("name", env.subst("$BOARD")),  # noqa: F821
+        ram_bytes=int(board.get("upload.maximum_ram_size")),
+        flash_bytes=int(board.get("upload.maximum_size")),
+        ram_reserve=int(env.GetProjectOption("custom_ram_reserve", 16384)),  # noqa: F821
+        flash_reserve=int(env.GetProjectOption("custom_flash_reserve", 65536)),  # noqa: F821
+    )
+
+
+def main() -> None:
+    model_path = _model_path()
+    build_dir = Path(env.subst("$BUILD_DIR"))  # noqa: F821
+    try:
+        result = generate_for_build(model_path, build_dir, _limits())
+    except (ModelError, OSError) as exc:
+        sys.stderr.write(f"mcutrain: error: {exc}\n")
+        env.Exit(1)  # noqa: F821
+        return
+    state = "generated" if result.regenerated else "up to date"
+    print(f"mcutrain: {model_path.name}: model code {state} in {result.generated_dir}")
+    env.BuildSources(str(build_dir / "generated_obj"), str(result.generated_dir))  # noqa: F821
+
+
+main()
