@@ -135,3 +135,95 @@ def requantize(
 
 def flat_size(shape: tuple[int, ...]) -> int:
     return int(np.prod(shape, dtype=np.int64))
+
+
+def filter_quant(op: Operator, tensor: Tensor, channels: int, axis: int) -> np.ndarray:
+    """Filter scales (float32, 1 or `channels` entries) of a symmetric int8 weight tensor.
+
+    Rejects missing quantization, a per-channel axis other than `axis`, a scale count that is
+    neither 1 nor `channels`, and non-zero zero points (the per-channel kernels have no weight
+    offset, exactly like TFLite's)."""
+    q = tensor.quant
+    if q is None or q.scale.size == 0:
+        raise fail(op, f"weights '{tensor.name}' are not quantized (float or hybrid models are "
+                       "not supported; convert with full int8 quantization)")
+    if q.scale.size not in (1, channels):
+        raise fail(op, f"weights '{tensor.name}' have {q.scale.size} scales for {channels} "
+                       "channels")
+    if q.scale.size > 1 and q.axis != axis:
+        raise fail(op, f"weights '{tensor.name}' are quantized along axis {q.axis}; "
+                       f"expected axis {axis}")
+    if np.any(np.asarray(q.zero_point) != 0):
+        raise fail(op, f"weights '{tensor.name}' have a non-zero zero point; int8 weights "
+                       "must be symmetric")
+    if np.any(np.asarray(q.scale) <= 0):
+        raise fail(op, f"weights '{tensor.name}' have a non-positive scale")
+    return np.asarray(q.scale, dtype=np.float32).ravel()
+
+
+def optional_bias(op: Operator, graph: Graph, position: int, channels: int) -> np.ndarray | None:
+    """The constant int32 bias at `position` flattened to [channels], or None when absent."""
+    tensor = tensor_at(op, graph, position)
+    if tensor is None:
+        return None
+    require_const(op, tensor, "bias", "int32")
+    bias = np.asarray(tensor.data, dtype=np.int32).ravel()
+    if bias.size != channels:
+        raise fail(op, f"bias '{tensor.name}' has {bias.size} entries for {channels} channels")
+    return bias
+
+
+def positive_option(op: Operator, key: str, default: int = 1) -> int:
+    """An integer option that must be >= 1 (strides, dilations)."""
+    value = int(op.options.get(key, default))
+    if value < 1:
+        raise fail(op, f"{key} is {value}; it must be at least 1")
+    return value
+
+
+def check_output_shape(op: Operator, output: Tensor, expected: tuple[int, ...]) -> None:
+    if tuple(output.shape) != tuple(expected):
+        raise fail(op, f"output shape {tuple(output.shape)} differs from the computed "
+                       f"{tuple(expected)}")
+
+
+def padded_input(
+    x: np.ndarray, pad: tuple[int, int], window: tuple[int, int], stride: tuple[int, int],
+    dilation: tuple[int, int], out_hw: tuple[int, int],
+) -> np.ndarray:
+    """NHWC `x` with zeros added around H and W so that every tap of every output pixel is in
+    range; callers pass x already offset by -zero_point, so zeros stand for skipped taps."""
+    after = []
+    for axis in range(2):
+        extent = (out_hw[axis] - 1) * stride[axis] + (window[axis] - 1) * dilation[axis] + 1
+        after.append(max(0, extent - x.shape[1 + axis] - pad[axis]))
+    return np.pad(x, ((0, 0), (pad[0], after[0]), (pad[1], after[1]), (0, 0)))
+
+
+def window_tap(
+    xp: np.ndarray, tap: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int],
+    out_hw: tuple[int, int],
+) -> np.ndarray:
+    """The [N, out_h, out_w, C] slice of a padded input that filter tap (fy, fx) reads."""
+    y0, x0 = tap[0] * dilation[0], tap[1] * dilation[1]
+    return xp[:, y0:y0 + (out_hw[0] - 1) * stride[0] + 1:stride[0],
+              x0:x0 + (out_hw[1] - 1) * stride[1] + 1:stride[1], :]
+
+
+def wrap_int32(x: np.ndarray) -> np.ndarray:
+    """Two's-complement wrap of int64 values to the int32 range (what the C++ accumulator does)."""
+    return ((np.asarray(x, dtype=np.int64) + 2**31) % 2**32) - 2**31
+
+
+def struct_init(type_name: str, var: str, fields: list[tuple[str, object]]) -> str:
+    """`static const <type> <var> = {...};` with /*name=*/ labels, wrapped at 100 columns.
+    Fields must be listed in the C++ struct's declaration order."""
+    items = [f"/*{name}=*/{value}," for name, value in fields]
+    lines, line = [], "    "
+    for item in items:
+        if len(line) + len(item) + 1 > 100 and line.strip():
+            lines.append(line.rstrip())
+            line = "    "
+        line += item + " "
+    lines.append(line.rstrip())
+    return f"static const {type_name} {var} = {{\n" + "\n".join(lines) + "\n};"

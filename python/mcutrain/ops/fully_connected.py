@@ -1,0 +1,117 @@
+"""FULLY_CONNECTED with int8 activations, int8 weights (per-channel or per-tensor), int32 bias.
+
+Bit-exact with TFLite's reference_integer_ops::FullyConnected (per-tensor weights, which may
+carry a zero point) and FullyConnectedPerChannel (symmetric per-channel weights). An input of
+any rank is flattened to [input_size / accum_depth, accum_depth], as TFLite does; keep_num_dims
+only changes the output tensor's shape. Kernel: firmware/kernels/fully_connected.h.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..graph import Graph, Operator
+from . import common
+from .base import EmitContext, OpDef, register
+
+
+@dataclass(frozen=True, eq=False)
+class FullyConnectedParams:
+    op_index: int
+    batches: int
+    output_shape: tuple[int, ...]
+    filter: np.ndarray  # int8 [output_depth, accum_depth]
+    bias: np.ndarray | None  # int32 [output_depth]
+    input_offset: int
+    filter_offset: int
+    output_offset: int
+    multiplier: np.ndarray  # int32 [output_depth]
+    shift: np.ndarray  # int32 [output_depth]
+    act_min: int
+    act_max: int
+
+
+def _filter_offset(op: Operator, w) -> tuple[np.ndarray, int]:
+    """Scales and weight offset: per-tensor weights may have a zero point, per-channel not."""
+    q = w.quant
+    units = w.shape[0]
+    if q is not None and q.scale.size == 1 and q.zero_point.size == 1 and q.zero_point[0] != 0:
+        zp = int(q.zero_point[0])
+        if not -128 <= zp <= 127:
+            raise common.fail(op, f"weights '{w.name}' zero point {zp} is outside int8")
+        if not q.scale[0] > 0:
+            raise common.fail(op, f"weights '{w.name}' have a non-positive scale")
+        return np.asarray(q.scale, dtype=np.float32), -zp
+    return common.filter_quant(op, w, units, axis=0), 0
+
+
+def prepare(op: Operator, graph: Graph) -> FullyConnectedParams:
+    x = common.tensor_at(op, graph, 0)
+    if x is None:
+        raise common.fail(op, "input is missing")
+    y = common.output_tensor(op, graph)
+    common.require_int8_activation(op, x, "input")
+    common.require_int8_activation(op, y, "output")
+    fmt = str(op.options.get("weights_format", "DEFAULT"))
+    if fmt != "DEFAULT":
+        raise common.fail(op, f"weights_format {fmt} is not supported (DEFAULT only)")
+    w = common.require_const(op, common.tensor_at(op, graph, 1), "weights", "int8")
+    if len(w.shape) != 2 or w.shape[1] < 1:
+        raise common.fail(op, f"weights must be 2-D [units, depth], got {w.shape}")
+    units, depth = w.shape
+    if x.num_elements % depth != 0:
+        raise common.fail(op, f"input of {x.num_elements} elements is not a multiple of the "
+                              f"weights' depth {depth}")
+    batches = x.num_elements // depth
+    if y.num_elements != batches * units:
+        raise common.fail(op, f"output shape {tuple(y.shape)} does not hold {batches} x {units}")
+    scales, filter_offset = _filter_offset(op, w)
+    multiplier, shift = common.per_channel_multipliers(x.scale, scales, y.scale, units)
+    act_min, act_max = common.activation_bounds(op, y)
+    return FullyConnectedParams(
+        op_index=op.index, batches=batches, output_shape=tuple(y.shape),
+        filter=np.asarray(w.data, dtype=np.int8).reshape(w.shape),
+        bias=common.optional_bias(op, graph, 2, units),
+        input_offset=-x.zero_point, filter_offset=filter_offset, output_offset=y.zero_point,
+        multiplier=multiplier, shift=shift, act_min=act_min, act_max=act_max,
+    )
+
+
+def reference(p: FullyConnectedParams, inputs: list[np.ndarray]) -> np.ndarray:
+    units, depth = p.filter.shape
+    x = inputs[0].reshape(p.batches, depth).astype(np.float64) + p.input_offset
+    w = p.filter.astype(np.float64) + p.filter_offset
+    acc = (x @ w.T).astype(np.int64)  # exact: partial sums stay far below 2**53
+    if p.bias is not None:
+        acc = acc + p.bias
+    out = common.requantize(common.wrap_int32(acc), p.multiplier, p.shift, p.output_offset,
+                            p.act_min, p.act_max)
+    return out.reshape(p.output_shape)
+
+
+def emit(p: FullyConnectedParams, ctx: EmitContext, inputs: list[str], output: str) -> str:
+    tag = f"op{p.op_index}_fc"
+    filt = ctx.const_array(f"{tag}_filter", p.filter)
+    bias = "nullptr" if p.bias is None else ctx.const_array(f"{tag}_bias", p.bias)
+    mult = ctx.const_array(f"{tag}_multiplier", p.multiplier.astype(np.int32))
+    shift = ctx.const_array(f"{tag}_shift", p.shift.astype(np.int32))
+    units, depth = p.filter.shape
+    fields: list[tuple[str, object]] = [
+        ("batches", p.batches), ("accum_depth", depth), ("output_depth", units),
+        ("input_offset", p.input_offset), ("filter_offset", p.filter_offset),
+        ("output_offset", p.output_offset), ("multiplier", mult), ("shift", shift),
+        ("act_min", p.act_min), ("act_max", p.act_max),
+    ]
+    init = common.struct_init("mt::FullyConnectedParams", "kParams", fields)
+    call = f"mt::ref::fully_connected_s8(kParams, {inputs[0]}, {filt}, {bias}, {output});"
+    return "{\n" + init + "\n" + call + "\n}"
+
+
+def macs(p: FullyConnectedParams) -> int:
+    return p.batches * p.filter.size
+
+
+OPDEF = register(OpDef("FULLY_CONNECTED", prepare, reference, emit, macs,
+                       header="kernels/fully_connected.h"))
