@@ -151,10 +151,13 @@ def split_recordings(labels: np.ndarray) -> np.ndarray:
 
 
 def save_split(path: Path, recordings: list[Recording], ids: np.ndarray) -> None:
-    xs = [windows(recordings[i].samples) for i in ids]
-    x = np.concatenate(xs).astype(np.float32)
-    y = np.concatenate([np.full(len(w), recordings[i].label, np.int64) for i, w in zip(ids, xs)])
-    rec = np.concatenate([np.full(len(w), i, np.int32) for i, w in zip(ids, xs)])
+    xs, ys, recs = [], [], []
+    for i in ids:
+        w = windows(recordings[i].samples)
+        xs.append(w)
+        ys.append(np.full(len(w), recordings[i].label, np.int64))
+        recs.append(np.full(len(w), i, np.int32))
+    x, y, rec = np.concatenate(xs), np.concatenate(ys), np.concatenate(recs)
     np.savez_compressed(
         path, x=x, y=y, recording=rec, classes=np.array(HAR_CLASSES),
         recording_names=np.array([r.name for r in recordings]))
