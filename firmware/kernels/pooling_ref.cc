@@ -1,0 +1,74 @@
+// Reference pooling: plain loops, the yardstick every optimized pooling kernel must equal.
+#include "kernels/pooling.h"
+
+#include "kernels/fixed_point.h"
+
+namespace mt {
+namespace ref {
+
+namespace {
+
+// The window of one output position clipped to the input: [y0, y1) x [x0, x1) in input rows and
+// columns.
+struct Window {
+  int32_t y0, y1, x0, x1;
+};
+
+inline int32_t Max(int32_t a, int32_t b) { return a > b ? a : b; }
+inline int32_t Min(int32_t a, int32_t b) { return a < b ? a : b; }
+
+Window ClippedWindow(const PoolParams& p, int32_t oy, int32_t ox) {
+  const int32_t iy = oy * p.stride_h - p.pad_h;
+  const int32_t ix = ox * p.stride_w - p.pad_w;
+  return {Max(iy, 0), Min(iy + p.filter_h, p.in_h), Max(ix, 0), Min(ix + p.filter_w, p.in_w)};
+}
+
+}  // namespace
+
+void avg_pool_s8(const PoolParams& p, const int8_t* in, int8_t* out) {
+  for (int32_t n = 0; n < p.batches; ++n) {
+    const int8_t* image = in + n * p.in_h * p.in_w * p.channels;
+    for (int32_t oy = 0; oy < p.out_h; ++oy) {
+      for (int32_t ox = 0; ox < p.out_w; ++ox) {
+        const Window w = ClippedWindow(p, oy, ox);
+        const int32_t count = (w.y1 - w.y0) * (w.x1 - w.x0);
+        for (int32_t c = 0; c < p.channels; ++c) {
+          int32_t sum = 0;
+          for (int32_t y = w.y0; y < w.y1; ++y) {
+            for (int32_t x = w.x0; x < w.x1; ++x) {
+              sum += image[(y * p.in_w + x) * p.channels + c];
+            }
+          }
+          // C++ division truncates toward zero; adding half the divisor away from zero first
+          // makes it round half away from zero, as TFLite does. An empty window (impossible with
+          // TFLite's padding rule, checked on the host) would divide by zero.
+          const int32_t avg = sum > 0 ? (sum + count / 2) / count : (sum - count / 2) / count;
+          *out++ = static_cast<int8_t>(Clamp(avg, p.act_min, p.act_max));
+        }
+      }
+    }
+  }
+}
+
+void max_pool_s8(const PoolParams& p, const int8_t* in, int8_t* out) {
+  for (int32_t n = 0; n < p.batches; ++n) {
+    const int8_t* image = in + n * p.in_h * p.in_w * p.channels;
+    for (int32_t oy = 0; oy < p.out_h; ++oy) {
+      for (int32_t ox = 0; ox < p.out_w; ++ox) {
+        const Window w = ClippedWindow(p, oy, ox);
+        for (int32_t c = 0; c < p.channels; ++c) {
+          int32_t best = -128;
+          for (int32_t y = w.y0; y < w.y1; ++y) {
+            for (int32_t x = w.x0; x < w.x1; ++x) {
+              best = Max(best, image[(y * p.in_w + x) * p.channels + c]);
+            }
+          }
+          *out++ = static_cast<int8_t>(Clamp(best, p.act_min, p.act_max));
+        }
+      }
+    }
+  }
+}
+
+}  // namespace ref
+}  // namespace mt

@@ -1,0 +1,105 @@
+"""CONCATENATION (int8, any rank, negative axis allowed), as TFLite's concatenation kernel.
+
+TFLite's Prepare requires, for int8, every input to carry exactly the output's scale and zero
+point (no rescaling; uint8 is the only type it rescales) and no fused activation, so this is a
+pure copy and anything else is rejected. Constant inputs are allowed and live in flash.
+macs() is 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..graph import Graph, Operator
+from .base import EmitContext, OpDef, c_int_list, register
+from .common import fail, output_tensor, require_int8_activation
+
+
+@dataclass(frozen=True)
+class ConcatParams:
+    axis: int  # normalised, >= 0
+    outer: int  # product of the dims before the axis
+    row_sizes: tuple[int, ...]  # per input: axis dim times the dims after it
+    output_shape: tuple[int, ...]
+    consts: tuple[np.ndarray | None, ...]  # int8 data of constant inputs, None for dynamic ones
+
+    @property
+    def out_row(self) -> int:
+        return sum(self.row_sizes)
+
+
+def _axis(op: Operator, rank: int) -> int:
+    axis = int(op.options.get("axis", 0))
+    if not -rank <= axis < rank:
+        raise fail(op, f"axis {axis} is out of range for rank {rank}")
+    return axis % rank
+
+
+def prepare(op: Operator, graph: Graph) -> ConcatParams:
+    if not op.inputs or min(op.inputs) < 0:
+        raise fail(op, "expects at least one input")
+    out = output_tensor(op, graph)
+    require_int8_activation(op, out, "output")
+    if str(op.options.get("activation", "NONE")) != "NONE":
+        raise fail(op, "a fused activation is not supported (TFLite rejects it too)")
+    tensors = [graph.tensor(i) for i in op.inputs]
+    if all(t.is_const for t in tensors):
+        raise fail(op, "all inputs are constant (fold it before conversion)")
+    rank = len(out.shape)
+    axis = _axis(op, rank)
+    for k, t in enumerate(tensors):
+        require_int8_activation(op, t, f"input {k}")
+        if t.scale != out.scale or t.zero_point != out.zero_point:
+            raise fail(op, f"input {k} quantization differs from the output's; TFLite supports "
+                           "int8 concatenation only without rescaling")
+        if len(t.shape) != rank or any(
+            t.shape[d] != out.shape[d] for d in range(rank) if d != axis
+        ):
+            raise fail(op, f"input {k} shape {t.shape} does not fit output {out.shape}")
+    if sum(t.shape[axis] for t in tensors) != out.shape[axis]:
+        raise fail(op, f"input extents along axis {axis} do not add up to the output's")
+    inner = int(np.prod(out.shape[axis + 1:], dtype=np.int64))
+    return ConcatParams(
+        axis=axis, outer=int(np.prod(out.shape[:axis], dtype=np.int64)),
+        row_sizes=tuple(int(t.shape[axis]) * inner for t in tensors),
+        output_shape=tuple(out.shape),
+        consts=tuple(t.data.astype(np.int8) if t.is_const else None for t in tensors),
+    )
+
+
+def _sources(params: ConcatParams, dynamic: list):
+    """Each input in order: the next dynamic one, or the constant kept in params."""
+    it = iter(dynamic)
+    return [c if c is not None else next(it) for c in params.consts]
+
+
+def reference(params: ConcatParams, inputs: list[np.ndarray]) -> np.ndarray:
+    rows = [np.asarray(s, dtype=np.int8).reshape(params.outer, n)
+            for s, n in zip(_sources(params, inputs), params.row_sizes, strict=True)]
+    return np.concatenate(rows, axis=1).reshape(params.output_shape)
+
+
+def emit(params: ConcatParams, ctx: EmitContext, inputs: list[str], output: str) -> str:
+    it = iter(inputs)
+    pointers = [ctx.const_array("concat_in", c) if c is not None else next(it)
+                for c in params.consts]
+    n = len(params.row_sizes)
+    fields = f"{n}, {params.outer}, concat_rows, {params.out_row}"
+    return (
+        "{\n"
+        f"  static const int32_t concat_rows[{n}] = {c_int_list(params.row_sizes)};\n"
+        f"  static const mt::ConcatParams p = {{{fields}}};\n"
+        f"  const int8_t* const concat_in[{n}] = {{{', '.join(pointers)}}};\n"
+        f"  mt::ref::concat_s8(p, concat_in, {output});\n"
+        "}\n"
+    )
+
+
+def macs(params: ConcatParams) -> int:
+    return 0
+
+
+OP = register(OpDef("CONCATENATION", prepare, reference, emit, macs,
+                    header="kernels/concatenation.h"))

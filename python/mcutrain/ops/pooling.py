@@ -1,0 +1,148 @@
+"""AVERAGE_POOL_2D and MAX_POOL_2D (int8, NHWC), as TFLite's reference pooling kernels.
+
+Padding is resolved here (TFLite's ComputePaddingHeightWidth); windows are clipped at the borders
+and padded positions are neither summed nor counted. The quotient of the average is rounded half
+away from zero by integer division. Pooling does not requantize: TFLite assumes equal input and
+output quantization (a debug check only), and we reject models where they differ. macs() is 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..graph import Graph, Operator
+from .base import EmitContext, OpDef, c_int_list, register
+from .common import (
+    activation_bounds,
+    compute_window,
+    fail,
+    output_tensor,
+    require_int8_activation,
+    tensor_at,
+)
+
+
+@dataclass(frozen=True)
+class PoolParams:
+    """Fields in the order of mt::PoolParams (firmware/kernels/pooling.h)."""
+
+    batches: int
+    in_h: int
+    in_w: int
+    channels: int
+    out_h: int
+    out_w: int
+    filter_h: int
+    filter_w: int
+    stride_h: int
+    stride_w: int
+    pad_h: int
+    pad_w: int
+    act_min: int
+    act_max: int
+
+    def fields(self) -> list[int]:
+        return [self.batches, self.in_h, self.in_w, self.channels, self.out_h, self.out_w,
+                self.filter_h, self.filter_w, self.stride_h, self.stride_w, self.pad_h,
+                self.pad_w, self.act_min, self.act_max]
+
+
+def _int_option(op: Operator, key: str) -> int:
+    value = op.options.get(key)
+    if value is None or int(value) < 1:
+        raise fail(op, f"option {key}={value!r} must be a positive integer")
+    return int(value)
+
+
+def _check_windows_nonempty(op: Operator, p: PoolParams) -> None:
+    """Every window must overlap the input, or the average would divide by zero."""
+    for size, out, filt, stride, pad in ((p.in_h, p.out_h, p.filter_h, p.stride_h, p.pad_h),
+                                         (p.in_w, p.out_w, p.filter_w, p.stride_w, p.pad_w)):
+        origins = np.arange(out) * stride - pad
+        if out < 1 or np.any(origins >= size) or np.any(origins + filt <= 0):
+            raise fail(op, "a pooling window lies entirely outside the input")
+
+
+def prepare(op: Operator, graph: Graph) -> PoolParams:
+    x = tensor_at(op, graph, 0)
+    if x is None or x.is_const:
+        raise fail(op, "expects one non-constant input")
+    out = output_tensor(op, graph)
+    require_int8_activation(op, x, "input")
+    require_int8_activation(op, out, "output")
+    if len(x.shape) != 4:
+        raise fail(op, f"input must be 4-D NHWC, got shape {x.shape}")
+    if abs(x.scale - out.scale) > 1e-6 or x.zero_point != out.zero_point:
+        raise fail(op, "input and output quantization differ (TFLite pooling does not rescale)")
+    filt = (_int_option(op, "filter_h"), _int_option(op, "filter_w"))
+    stride = (_int_option(op, "stride_h"), _int_option(op, "stride_w"))
+    padding = str(op.options.get("padding", ""))
+    if padding not in ("SAME", "VALID"):
+        raise fail(op, f"padding {padding!r} is not supported (SAME, VALID)")
+    n, h, w, c = (int(d) for d in x.shape)
+    win = compute_window(padding, (h, w), filt, stride)
+    if tuple(out.shape) != (n, win.out_h, win.out_w, c):
+        raise fail(op, f"output shape {out.shape} disagrees with the computed "
+                       f"{(n, win.out_h, win.out_w, c)}")
+    act_min, act_max = activation_bounds(op, out)
+    params = PoolParams(n, h, w, c, win.out_h, win.out_w, filt[0], filt[1], stride[0], stride[1],
+                        win.pad_h, win.pad_w, act_min, act_max)
+    _check_windows_nonempty(op, params)
+    return params
+
+
+def _windows(p: PoolParams, x: np.ndarray):
+    """Yield (oy, ox, window) with window = the clipped input patch [N, h, w, C] as int32."""
+    for oy in range(p.out_h):
+        y0 = oy * p.stride_h - p.pad_h
+        for ox in range(p.out_w):
+            x0 = ox * p.stride_w - p.pad_w
+            patch = x[:, max(y0, 0):min(y0 + p.filter_h, p.in_h),
+                      max(x0, 0):min(x0 + p.filter_w, p.in_w), :]
+            yield oy, ox, patch.astype(np.int32)
+
+
+def _divide_round_half_away(total: np.ndarray, count: int) -> np.ndarray:
+    """C's truncating division after adding half the divisor away from zero."""
+    num = np.where(total > 0, total + count // 2, total - count // 2)
+    return np.sign(num) * (np.abs(num) // count)
+
+
+def reference_avg(p: PoolParams, inputs: list[np.ndarray]) -> np.ndarray:
+    x = np.asarray(inputs[0]).reshape(p.batches, p.in_h, p.in_w, p.channels)
+    out = np.zeros((p.batches, p.out_h, p.out_w, p.channels), dtype=np.int64)
+    for oy, ox, patch in _windows(p, x):
+        count = patch.shape[1] * patch.shape[2]
+        out[:, oy, ox, :] = _divide_round_half_away(patch.sum(axis=(1, 2)), count)
+    return np.clip(out, p.act_min, p.act_max).astype(np.int8)
+
+
+def reference_max(p: PoolParams, inputs: list[np.ndarray]) -> np.ndarray:
+    x = np.asarray(inputs[0]).reshape(p.batches, p.in_h, p.in_w, p.channels)
+    out = np.zeros((p.batches, p.out_h, p.out_w, p.channels), dtype=np.int64)
+    for oy, ox, patch in _windows(p, x):
+        out[:, oy, ox, :] = patch.max(axis=(1, 2))
+    return np.clip(out, p.act_min, p.act_max).astype(np.int8)
+
+
+def _emitter(kernel: str):
+    def emit(params: PoolParams, ctx: EmitContext, inputs: list[str], output: str) -> str:
+        return (
+            "{\n"
+            f"  static const mt::PoolParams p = {c_int_list(params.fields())};\n"
+            f"  mt::ref::{kernel}(p, {inputs[0]}, {output});\n"
+            "}\n"
+        )
+    return emit
+
+
+def macs(params: PoolParams) -> int:
+    return 0
+
+
+AVG = register(OpDef("AVERAGE_POOL_2D", prepare, reference_avg, _emitter("avg_pool_s8"), macs,
+                     header="kernels/pooling.h"))
+MAX = register(OpDef("MAX_POOL_2D", prepare, reference_max, _emitter("max_pool_s8"), macs,
+                     header="kernels/pooling.h"))
