@@ -1,0 +1,358 @@
+"""Talking to a board running the firmware: open a port, send requests, check replies.
+
+Ports (``open_device``):
+  ``/dev/ttyACM0``                     a serial device at 115200 baud (the DISCO's ST-LINK VCP)
+  ``socket://``, ``rfc2217://``, ...   any pyserial URL
+  ``qemu`` / ``qemu:PATH.elf``         the emulated board (mcutrain.qemu), default ELF or PATH
+  ``host:PATH``                        the host-process firmware at PATH, over its stdin/stdout
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from .protocol import (
+    DTYPE_NUMPY,
+    DeviceError,
+    DeviceInfo,
+    DType,
+    Frame,
+    FrameDecoder,
+    ProtocolError,
+    RequestType,
+    TensorDesc,
+    check_reply,
+    encode_frame,
+    parse_infer,
+    parse_info,
+)
+
+BAUD_RATE = 115200
+PROJECT_DIR = Path(__file__).resolve().parents[2]
+
+__all__ = [
+    "Device", "DeviceError", "DeviceGone", "DeviceTimeout", "ProtocolError", "build_host_firmware",
+    "dequantize_output", "open_device", "quantize_input",
+]
+
+
+class DeviceTimeout(TimeoutError):
+    """No (complete) reply arrived in time."""
+
+    def __init__(self, port: str, awaited: str, timeout: float) -> None:
+        super().__init__(f"timeout after {timeout:g} s on {port} waiting for {awaited}")
+
+
+class DeviceGone(ConnectionError):
+    """The port closed or the firmware process exited."""
+
+
+class Transport(Protocol):
+    name: str
+
+    def write(self, data: bytes) -> None: ...
+
+    def read(self, timeout: float) -> bytes:
+        """Bytes that arrived within `timeout` seconds (b"" if none); DeviceGone on close."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class SerialTransport:
+    """A serial device path or pyserial URL."""
+
+    def __init__(self, port: str) -> None:
+        import serial
+
+        self.name = port
+        self._serial_exc = serial.SerialException
+        try:
+            self._ser = serial.serial_for_url(port, baudrate=BAUD_RATE, timeout=0.1)
+        except (serial.SerialException, OSError, ValueError) as exc:
+            raise DeviceGone(f"cannot open {port}: {exc}") from exc
+
+    def write(self, data: bytes) -> None:
+        try:
+            self._ser.write(data)
+            self._ser.flush()
+        except (self._serial_exc, OSError) as exc:
+            raise DeviceGone(f"{self.name}: write failed: {exc}") from exc
+
+    def read(self, timeout: float) -> bytes:
+        try:
+            self._ser.timeout = max(timeout, 0.0)
+            data = self._ser.read(1)
+            waiting = self._ser.in_waiting if data else 0
+            return data + (self._ser.read(waiting) if waiting else b"")
+        except (self._serial_exc, OSError) as exc:
+            raise DeviceGone(f"{self.name}: port vanished: {exc}") from exc
+
+    def close(self) -> None:
+        self._ser.close()
+
+
+class ProcessTransport:
+    """The host-process firmware, spoken to over its stdin/stdout pipes."""
+
+    def __init__(self, path: str) -> None:
+        self.name = f"host:{path}"
+        if not os.access(path, os.X_OK):
+            raise DeviceGone(f"host firmware {path} is not an executable file")
+        self._proc = subprocess.Popen([path], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+
+    def _gone(self, what: str) -> DeviceGone:
+        code = self._proc.poll()
+        state = f"exited with code {code}" if code is not None else "closed its pipe"
+        return DeviceGone(f"{self.name}: firmware process {state} ({what})")
+
+    def write(self, data: bytes) -> None:
+        assert self._proc.stdin is not None
+        try:
+            self._proc.stdin.write(data)
+            self._proc.stdin.flush()
+        except (BrokenPipeError, ValueError) as exc:
+            raise self._gone("write") from exc
+
+    def read(self, timeout: float) -> bytes:
+        assert self._proc.stdout is not None
+        fd = self._proc.stdout.fileno()
+        ready, _, _ = select.select([fd], [], [], max(timeout, 0.0))
+        if not ready:
+            return b""
+        data = os.read(fd, 65536)
+        if not data:
+            self._proc.wait(timeout=5)
+            raise self._gone("read")
+        return data
+
+    def close(self) -> None:
+        if self._proc.stdin is not None and not self._proc.stdin.closed:
+            try:
+                self._proc.stdin.close()  # end of file: the firmware exits by itself
+            except BrokenPipeError:
+                pass
+        try:
+            self._proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+        if self._proc.stdout is not None:
+            self._proc.stdout.close()
+
+
+class Device:
+    """Request/response session with one board. Use as a context manager."""
+
+    def __init__(self, transport: Transport, timeout: float, on_close: object = None) -> None:
+        self.transport = transport
+        self.port = transport.name
+        self.timeout = timeout
+        self._decoder = FrameDecoder()
+        self._pending: list[Frame | ProtocolError] = []
+        self._seq = 0
+        self._on_close = on_close
+        self._info: DeviceInfo | None = None
+        self.stale_frames = 0  # replies discarded because their seq was not the awaited one
+
+    def __enter__(self) -> Device:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        try:
+            self.transport.close()
+        finally:
+            closer = getattr(self._on_close, "close", None)
+            if callable(closer):
+                closer()
+
+    # ---- frame level ----
+
+    def next_seq(self) -> int:
+        self._seq = self._seq % 0xFFFF + 1  # 1..65535: error replies to headerless frames use 0
+        return self._seq
+
+    def send_raw(self, data: bytes) -> None:
+        self.transport.write(data)
+
+    def read_frame(self, awaited: str, timeout: float | None = None) -> Frame:
+        """Next frame from the line; ProtocolError if it does not decode."""
+        limit = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + limit
+        while not self._pending:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise DeviceTimeout(self.port, awaited, limit)
+            self._pending.extend(self._decoder.feed(self.transport.read(min(left, 0.5))))
+        item = self._pending.pop(0)
+        if isinstance(item, ProtocolError):
+            raise ProtocolError(f"{self.port}: {item}")
+        return item
+
+    def request(self, rtype: int, payload: bytes = b"", timeout: float | None = None) -> Frame:
+        """Sends one request and returns its checked reply (DeviceError for an ERROR reply)."""
+        seq = self.next_seq()
+        self.send_raw(encode_frame(Frame(rtype, seq, payload)))
+        name = _request_name(rtype)
+        limit = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + limit
+        awaited = f"the reply to {name} (seq {seq})"
+        damaged: ProtocolError | None = None
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                if damaged is not None:
+                    raise ProtocolError(f"{self.port}: no valid reply to {name}; {damaged}")
+                raise DeviceTimeout(self.port, awaited, limit)
+            try:
+                frame = self.read_frame(awaited, left)
+            except DeviceTimeout:
+                continue  # the deadline check above reports it, naming any damaged frame
+            except ProtocolError as exc:
+                # A damaged frame may have been our reply: keep waiting for the deadline, then
+                # report the damage rather than a bare timeout.
+                damaged = exc
+                self.stale_frames += 1
+                continue
+            if frame.seq != seq:
+                self.stale_frames += 1
+                continue
+            return check_reply(frame, rtype)
+
+    # ---- requests ----
+
+    def info(self) -> DeviceInfo:
+        self._info = parse_info(self.request(RequestType.INFO).payload)
+        return self._info
+
+    @property
+    def cached_info(self) -> DeviceInfo:
+        return self._info if self._info is not None else self.info()
+
+    def infer(self, x_int8: np.ndarray) -> tuple[np.ndarray, int]:
+        """One inference: int8 input of the model's input shape -> (output array, counter delta)."""
+        info = self.cached_info
+        check_input_shape(x_int8, info.input)
+        if x_int8.dtype != np.int8:
+            raise ValueError(f"infer needs int8 input, got {x_int8.dtype} (use quantize_input)")
+        frame = self.request(RequestType.INFER, np.ascontiguousarray(x_int8).tobytes())
+        data, counter = parse_infer(frame.payload, info.output.nbytes)
+        out = np.frombuffer(data, dtype=DTYPE_NUMPY[info.output.dtype]).reshape(info.output.shape)
+        return out.copy(), counter
+
+
+def _request_name(rtype: int) -> str:
+    try:
+        return RequestType(rtype).name
+    except ValueError:
+        return f"request 0x{rtype:02x}"
+
+
+def check_input_shape(x: np.ndarray, desc: TensorDesc) -> None:
+    """Accepts the model's shape, or the same without a leading batch dimension of 1."""
+    shape = tuple(x.shape)
+    if shape == desc.shape or (desc.shape[:1] == (1,) and shape == desc.shape[1:]):
+        return
+    raise ValueError(f"input shape {shape} does not match the model input {desc.shape}")
+
+
+# ---- quantization (exactly TFLite's QUANTIZE / DEQUANTIZE reference kernels) ----
+
+
+def quantize_input(x: np.ndarray, desc: TensorDesc) -> np.ndarray:
+    """float -> int8 like TFLite QUANTIZE: round(x / scale) in float32, half away from zero,
+    plus zero point, clamped to [-128, 127]."""
+    if desc.dtype != DType.INT8 or desc.scale == 0:
+        raise ValueError("model input is not a quantized int8 tensor")
+    xf = np.asarray(x, dtype=np.float32)
+    if not np.all(np.isfinite(xf)):
+        raise ValueError("input contains NaN or infinity")
+    q = (xf / np.float32(desc.scale)).astype(np.float64)  # the division is float32, like C++
+    rounded = np.sign(q) * np.floor(np.abs(q) + 0.5)  # exact in float64 for float32 values
+    return np.clip(rounded + desc.zero_point, -128, 127).astype(np.int8)
+
+
+def dequantize_output(q: np.ndarray, desc: TensorDesc) -> np.ndarray:
+    """int8 -> float like TFLite DEQUANTIZE: float(double(scale) * (q - zero_point))."""
+    diff = q.astype(np.int32) - desc.zero_point
+    return (np.float64(np.float32(desc.scale)) * diff).astype(np.float32)
+
+
+# ---- opening ----
+
+
+def open_device(port: str, timeout: float = 30.0) -> Device:
+    """Opens `port` (see module docstring); `timeout` bounds the wait for each reply."""
+    if port == "qemu" or port.startswith("qemu:"):
+        from .qemu import QemuBoard, find_default_elf
+
+        elf = port[len("qemu:"):] or None
+        if elf is None:
+            elf = find_default_elf(PROJECT_DIR)
+        board = QemuBoard(elf)
+        board.__enter__()
+        try:
+            return Device(SerialTransport(board.url), timeout, on_close=board)
+        except BaseException:
+            board.close()
+            raise
+    if port.startswith("host:"):
+        return Device(ProcessTransport(port[len("host:"):]), timeout)
+    return Device(SerialTransport(port), timeout)
+
+
+# ---- host-process firmware ----
+
+
+@dataclass(frozen=True)
+class HostBuild:
+    path: Path
+    command: list[str]
+
+
+def build_host_firmware(
+    generated_dir: Path | str,
+    out: Path | str,
+    *,
+    sanitize: bool = True,
+    include_kernels: bool = True,
+    project_dir: Path = PROJECT_DIR,
+    extra_sources: tuple[Path, ...] = (),
+) -> HostBuild:
+    """Compiles the firmware for the host board (firmware/bsp/host) with the host g++.
+
+    Sources: firmware/runtime/*.cc, firmware/kernels/*.cc (unless include_kernels is False),
+    firmware/bsp/host/*.cc, <generated_dir>/*.cc and extra_sources. Raises RuntimeError with the
+    compiler output on failure."""
+    compiler = shutil.which("g++") or shutil.which("c++")
+    if compiler is None:
+        raise RuntimeError("no host C++ compiler (g++) on PATH")
+    fw = project_dir / "firmware"
+    dirs = [fw / "runtime", fw / "bsp" / "host", Path(generated_dir)]
+    if include_kernels:
+        dirs.insert(1, fw / "kernels")
+    sources = [str(p) for d in dirs for p in sorted(d.glob("*.cc"))]
+    sources += [str(p) for p in extra_sources]
+    includes = ["-I" + str(d) for d in (fw / "runtime", fw / "kernels", fw / "bsp", fw)]
+    flags = ["-std=c++17", "-O1", "-g", "-Wall", "-Wextra", "-fno-exceptions", "-fno-rtti"]
+    if sanitize:
+        flags += ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined"]
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [compiler, *flags, *includes, *sources, "-o", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"host firmware build failed:\n{' '.join(cmd)}\n{proc.stderr}")
+    return HostBuild(out, cmd)

@@ -1,0 +1,329 @@
+"""Host side of the serial protocol (mirror of firmware/runtime/protocol.h).
+
+Line format: every frame is COBS-encoded and wrapped in 0x00 delimiters, ``00 COBS(frame) 00``.
+The leading delimiter ends any partial frame before it, so a frame always parses after garbage;
+two delimiters in a row are an idle line.
+
+Decoded frame, little-endian::
+
+    u8 version (=1) | u8 type | u16 seq | u32 payload_len | payload | u32 crc32
+
+``crc32`` is zlib's CRC-32 of every byte before it. A reply echoes the request's ``seq`` and has
+type ``request | 0x80``; an error reply has type ``0x7F`` and payload ``u16 status | ascii``.
+
+Requests: 0x01 INFO (empty payload), 0x02 INFER (int8 input tensor bytes; reply = output tensor
+bytes + u64 counter delta). 0x03 TRAIN, 0x04 EVAL, 0x05 RESET, 0x06 SET_LR are reserved.
+
+INFO reply payload (version 1)::
+
+    u8 protocol_version | u8 counter_unit (0 cycles, 1 instructions) | u16 max_small_payload |
+    u32 request_mask | u8 n, board name | u8 n, model name | 32 bytes model SHA-256 |
+    u32 arena_bytes | u32 weight_bytes | u64 macs | tensor input | tensor output
+
+    tensor = u8 dtype | u8 rank | rank x i32 dims | f32 scale | i32 zero_point | u32 bytes
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+import zlib
+from dataclasses import dataclass
+
+from cobs import cobs
+
+PROTOCOL_VERSION = 1
+HEADER = struct.Struct("<BBHI")
+CRC = struct.Struct("<I")
+REPLY_FLAG = 0x80
+ERROR_REPLY = 0x7F
+DELIMITER = b"\x00"
+# Host-side guard against a line that never delimits (a wrong baud rate, a stuck device).
+MAX_FRAME_BYTES = 16 * 1024 * 1024
+
+
+class RequestType(enum.IntEnum):
+    INFO = 0x01
+    INFER = 0x02
+    TRAIN = 0x03  # reserved
+    EVAL = 0x04  # reserved
+    RESET = 0x05  # reserved
+    SET_LR = 0x06  # reserved
+
+
+class Status(enum.IntEnum):
+    """mt::Status (firmware/runtime/status.h); values travel in ERROR replies."""
+
+    OK = 0
+    BAD_FRAME = 1
+    BAD_CRC = 2
+    BAD_VERSION = 3
+    BAD_LENGTH = 4
+    TOO_LONG = 5
+    UNKNOWN_REQUEST = 6
+    BAD_SHAPE = 7
+    BAD_LABEL = 8
+    TIMEOUT = 9
+    NOT_FINITE = 10
+    INTERNAL = 11
+
+
+class CounterUnit(enum.IntEnum):
+    CYCLES = 0
+    INSTRUCTIONS = 1
+
+
+class DType(enum.IntEnum):
+    INT8 = 1
+    INT32 = 2
+    FLOAT32 = 3
+
+
+DTYPE_NUMPY = {DType.INT8: "int8", DType.INT32: "int32", DType.FLOAT32: "float32"}
+
+
+class ProtocolError(Exception):
+    """The bytes on the line do not form a valid frame or the reply is not what was asked."""
+
+
+class DeviceError(Exception):
+    """The firmware answered with an ERROR reply."""
+
+    def __init__(self, status: int, message: str) -> None:
+        self.status = status
+        self.message = message
+        try:
+            name = Status(status).name
+        except ValueError:
+            name = f"status {status}"
+        super().__init__(f"device error {name}: {message}")
+
+
+@dataclass(frozen=True)
+class Frame:
+    type: int
+    seq: int
+    payload: bytes
+    version: int = PROTOCOL_VERSION
+
+
+@dataclass(frozen=True)
+class TensorDesc:
+    dtype: DType
+    shape: tuple[int, ...]
+    scale: float
+    zero_point: int
+    nbytes: int
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    protocol_version: int
+    counter_unit: CounterUnit
+    max_small_payload: int
+    request_mask: int
+    board: str
+    model: str
+    model_sha256: bytes
+    arena_bytes: int
+    weight_bytes: int
+    macs: int
+    input: TensorDesc
+    output: TensorDesc
+
+    def serves(self, request: RequestType) -> bool:
+        return bool(self.request_mask >> int(request) & 1)
+
+
+# ---- frames ----
+
+
+def frame_bytes(frame: Frame) -> bytes:
+    """Decoded frame bytes (header, payload, CRC), before COBS."""
+    body = HEADER.pack(frame.version, frame.type, frame.seq, len(frame.payload)) + frame.payload
+    return body + CRC.pack(zlib.crc32(body))
+
+
+def encode_frame(frame: Frame) -> bytes:
+    """Line bytes of a frame: 00 COBS(frame) 00."""
+    return DELIMITER + cobs.encode(frame_bytes(frame)) + DELIMITER
+
+
+def parse_frame(data: bytes) -> Frame:
+    """Checks and splits decoded frame bytes; raises ProtocolError."""
+    if len(data) < HEADER.size + CRC.size:
+        raise ProtocolError(f"frame of {len(data)} bytes is shorter than header + CRC")
+    version, ftype, seq, payload_len = HEADER.unpack_from(data)
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError(f"frame has protocol version {version}, expected {PROTOCOL_VERSION}")
+    if len(data) != HEADER.size + payload_len + CRC.size:
+        raise ProtocolError(
+            f"frame declares {payload_len} payload bytes but carries "
+            f"{len(data) - HEADER.size - CRC.size}"
+        )
+    (crc,) = CRC.unpack_from(data, len(data) - CRC.size)
+    if zlib.crc32(data[: -CRC.size]) != crc:
+        raise ProtocolError("frame CRC mismatch")
+    return Frame(ftype, seq, bytes(data[HEADER.size : -CRC.size]), version)
+
+
+class FrameDecoder:
+    """Streaming decoder of line bytes into frames.
+
+    ``feed`` returns, in order, one item per complete frame: a Frame, or a ProtocolError for a
+    frame that failed to decode (the caller decides whether to raise it).
+    """
+
+    def __init__(self, max_frame_bytes: int = MAX_FRAME_BYTES) -> None:
+        self._buf = bytearray()
+        self._max = max_frame_bytes
+        self._overflow = False
+
+    def feed(self, data: bytes) -> list[Frame | ProtocolError]:
+        items: list[Frame | ProtocolError] = []
+        start = 0
+        while True:
+            end = data.find(0, start)
+            if end < 0:
+                self._append(data[start:])
+                return items
+            self._append(data[start:end])
+            item = self._finish()
+            if item is not None:
+                items.append(item)
+            start = end + 1
+
+    def _append(self, chunk: bytes) -> None:
+        if self._overflow:
+            return
+        if len(self._buf) + len(chunk) > self._max:
+            self._overflow = True
+            self._buf.clear()
+            return
+        self._buf += chunk
+
+    def _finish(self) -> Frame | ProtocolError | None:
+        raw, overflow = bytes(self._buf), self._overflow
+        self._buf.clear()
+        self._overflow = False
+        if overflow:
+            return ProtocolError(f"frame longer than {self._max} bytes")
+        if not raw:
+            return None
+        try:
+            decoded = cobs.decode(raw)
+        except cobs.DecodeError as exc:
+            return ProtocolError(f"bad COBS encoding: {exc}")
+        try:
+            return parse_frame(decoded)
+        except ProtocolError as exc:
+            return exc
+
+
+# ---- payloads ----
+
+
+def tensor_desc_bytes(t: TensorDesc) -> bytes:
+    out = struct.pack("<BB", int(t.dtype), len(t.shape))
+    out += struct.pack(f"<{len(t.shape)}i", *t.shape)
+    return out + struct.pack("<fiI", t.scale, t.zero_point, t.nbytes)
+
+
+class _Reader:
+    """Cursor over a payload that raises ProtocolError when it runs short."""
+
+    def __init__(self, data: bytes, what: str) -> None:
+        self.data = data
+        self.pos = 0
+        self.what = what
+
+    def take(self, n: int) -> bytes:
+        if self.pos + n > len(self.data):
+            raise ProtocolError(f"{self.what} payload truncated at byte {self.pos} (+{n})")
+        chunk = self.data[self.pos : self.pos + n]
+        self.pos += n
+        return chunk
+
+    def unpack(self, fmt: str) -> tuple:
+        s = struct.Struct("<" + fmt)
+        return s.unpack(self.take(s.size))
+
+    def string(self) -> str:
+        (n,) = self.unpack("B")
+        return self.take(n).decode("utf-8", errors="replace")
+
+    def tensor(self) -> TensorDesc:
+        dtype, rank = self.unpack("BB")
+        shape = self.unpack(f"{rank}i")
+        scale, zero_point, nbytes = self.unpack("fiI")
+        try:
+            dt = DType(dtype)
+        except ValueError as exc:
+            raise ProtocolError(f"{self.what}: unknown tensor dtype {dtype}") from exc
+        return TensorDesc(dt, tuple(shape), scale, zero_point, nbytes)
+
+    def done(self) -> None:
+        if self.pos != len(self.data):
+            raise ProtocolError(f"{self.what} payload has {len(self.data) - self.pos} extra bytes")
+
+
+def info_payload(info: DeviceInfo) -> bytes:
+    """Packs an INFO reply payload (used by tests and fakes; the firmware does this in C++)."""
+    board, model = info.board.encode(), info.model.encode()
+    out = struct.pack(
+        "<BBHI", info.protocol_version, int(info.counter_unit), info.max_small_payload,
+        info.request_mask,
+    )
+    out += bytes([len(board)]) + board + bytes([len(model)]) + model + info.model_sha256
+    out += struct.pack("<IIQ", info.arena_bytes, info.weight_bytes, info.macs)
+    return out + tensor_desc_bytes(info.input) + tensor_desc_bytes(info.output)
+
+
+def parse_info(payload: bytes) -> DeviceInfo:
+    r = _Reader(payload, "INFO reply")
+    version, unit, max_small, mask = r.unpack("BBHI")
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError(f"device speaks protocol version {version}, host {PROTOCOL_VERSION}")
+    board = r.string()
+    model = r.string()
+    sha = r.take(32)
+    arena, weights, macs = r.unpack("IIQ")
+    inp = r.tensor()
+    out = r.tensor()
+    r.done()
+    try:
+        counter_unit = CounterUnit(unit)
+    except ValueError as exc:
+        raise ProtocolError(f"INFO reply: unknown counter unit {unit}") from exc
+    return DeviceInfo(
+        version, counter_unit, max_small, mask, board, model, sha, arena, weights, macs, inp, out
+    )
+
+
+def parse_infer(payload: bytes, output_bytes: int) -> tuple[bytes, int]:
+    """Splits an INFER reply into output tensor bytes and the counter delta."""
+    if len(payload) != output_bytes + 8:
+        raise ProtocolError(
+            f"INFER reply has {len(payload)} bytes, expected {output_bytes} output bytes + 8"
+        )
+    (counter,) = struct.unpack_from("<Q", payload, output_bytes)
+    return payload[:output_bytes], counter
+
+
+def parse_error(payload: bytes) -> DeviceError:
+    if len(payload) < 2:
+        return DeviceError(int(Status.BAD_FRAME), "ERROR reply without a status")
+    (status,) = struct.unpack_from("<H", payload)
+    return DeviceError(status, payload[2:].decode("ascii", errors="replace"))
+
+
+def check_reply(frame: Frame, request: int) -> Frame:
+    """Raises DeviceError for an ERROR reply and ProtocolError for an unexpected type."""
+    if frame.type == ERROR_REPLY:
+        raise parse_error(frame.payload)
+    if frame.type != request | REPLY_FLAG:
+        raise ProtocolError(
+            f"reply type 0x{frame.type:02x} to request 0x{request:02x}, "
+            f"expected 0x{request | REPLY_FLAG:02x}"
+        )
+    return frame
