@@ -133,8 +133,17 @@ def _tf() -> Any:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf  # noqa: PLC0415 - slow import, only for the commands that convert
 
-    tf.keras.utils.set_random_seed(SEED)
     tf.config.experimental.enable_op_determinism()
+    return tf
+
+
+def _fresh_tf() -> Any:
+    """TensorFlow with a cleared Keras session and reset seeds, called before building each
+    model: layer names (which end up in the flatbuffer) and initial weights then do not depend
+    on which models were built earlier in the same process."""
+    tf = _tf()
+    tf.keras.backend.clear_session()
+    tf.keras.utils.set_random_seed(SEED)
     return tf
 
 
@@ -211,7 +220,7 @@ def har_model(tf: Any) -> Any:
 
 
 def make_har() -> None:
-    tf = _tf()
+    tf = _fresh_tf()
     train, test = (np.load(ROOT / "data" / f"har_{s}.npz") for s in ("train", "test"))
     model = har_model(tf)
     model.compile(optimizer=tf.keras.optimizers.Adam(2e-3),
@@ -274,9 +283,9 @@ TEST_MODELS = (
 
 
 def make_test_models() -> None:
-    tf = _tf()
-    rng = np.random.default_rng(SEED)
     for spec in TEST_MODELS:
+        tf = _fresh_tf()
+        rng = np.random.default_rng(SEED)
         model = spec.build(tf)
         classes = model.output_shape[-1]
         # A few steps on random data move biases off zero and spread weights; accuracy is moot.
@@ -292,7 +301,7 @@ def make_test_models() -> None:
 
 
 def make_mobilenet() -> None:
-    tf = _tf()
+    tf = _fresh_tf()
     model = tf.keras.applications.MobileNetV2(
         alpha=0.35, input_shape=(128, 128, 3), weights=None, classes=10)
     # Synthetic calibration images in MobileNet's [-1, 1] input range: smooth random blobs.
