@@ -5,7 +5,7 @@
 // is noticed by FrameReader::poll() and answered with kTimeout.
 #include <cstring>
 
-#include "../bsp/board.h"
+#include "bsp/board.h"
 #include "model.h"
 #include "protocol.h"
 

@@ -16,8 +16,8 @@
 #include <cerrno>
 #include <cstdlib>
 
-#include "../board.h"
-#include "../board_stats.h"
+#include "bsp/board.h"
+#include "bsp/board_stats.h"
 
 namespace mt::board {
 namespace {
