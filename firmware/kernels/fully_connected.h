@@ -8,6 +8,14 @@
 // Per-tensor weight quantization may carry a weight zero point (filter_offset, TFLite keeps it
 // for backward compatibility); per-channel weights are symmetric and have filter_offset 0.
 //
+// Two requantizations exist in TFLite and both are offered here:
+// - real_scale == nullptr: fixed point, acc * multiplier * 2^(shift - 31) with double rounding,
+//   as TFLite's optimized kernels, TFLite Micro and CMSIS-NN do;
+// - real_scale != nullptr: std::round(double(acc) * real_scale[o]), as TFLite's reference
+//   kernels (reference_integer_ops::FullyConnected / FullyConnectedPerChannel with float scales,
+//   the BUILTIN_REF resolver) do. real_scale = (double(input_scale) * double(filter_scale)) /
+//   double(output_scale), computed on the host. The two differ by one level now and then.
+//
 // Every field is computed on the host (python/mcutrain/ops/fully_connected.py) and emitted as a
 // `static const` object in flash; the kernels do no validation.
 #pragma once
@@ -25,6 +33,7 @@ struct FullyConnectedParams {
   int32_t output_offset;       // output_zero_point, in [-128, 127]
   const int32_t* multiplier;   // [output_depth] Q31 significands (per-tensor value repeated)
   const int32_t* shift;        // [output_depth] power-of-two exponents, in [-31, 30]
+  const double* real_scale;    // [output_depth] or nullptr (see above)
   int32_t act_min, act_max;    // fused activation clamp, -128 <= act_min <= act_max <= 127
 };
 

@@ -25,11 +25,12 @@ void shim_depthwise_conv2d_s8(const int32_t* s, const int32_t* multiplier, const
   mt::ref::depthwise_conv2d_s8(p, input, filter, bias, output);
 }
 
+// real_scale may be nullptr (fixed-point requantization).
 void shim_fully_connected_s8(const int32_t* s, const int32_t* multiplier, const int32_t* shift,
-                             const int8_t* input, const int8_t* filter, const int32_t* bias,
-                             int8_t* output) {
-  const mt::FullyConnectedParams p = {s[0], s[1], s[2], s[3],       s[4],
-                                      s[5], multiplier, shift, s[6], s[7]};
+                             const double* real_scale, const int8_t* input, const int8_t* filter,
+                             const int32_t* bias, int8_t* output) {
+  const mt::FullyConnectedParams p = {s[0],  s[1],       s[2], s[3], s[4], s[5],
+                                      multiplier, shift, real_scale, s[6], s[7]};
   mt::ref::fully_connected_s8(p, input, filter, bias, output);
 }
 

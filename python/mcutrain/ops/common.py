@@ -109,10 +109,25 @@ def per_channel_multipliers(
     significands = np.zeros(channels, dtype=np.int32)
     shifts = np.zeros(channels, dtype=np.int32)
     for c in range(channels):
-        filter_scale = quant.as_double(scales[c if scales.size > 1 else 0])
-        real = quant.as_double(input_scale) * filter_scale / quant.as_double(output_scale)
+        real = real_multiplier(input_scale, scales[c if scales.size > 1 else 0], output_scale)
         significands[c], shifts[c] = quant.quantize_multiplier(real)
     return significands, shifts
+
+
+def real_multiplier(input_scale: float, filter_scale: float, output_scale: float) -> float:
+    """(input_scale * filter_scale) / output_scale in double from float32 parameters, in the
+    order TFLite evaluates it (PopulateConvolutionQuantizationParams, reference FC)."""
+    return quant.as_double(input_scale) * quant.as_double(filter_scale) / quant.as_double(
+        output_scale)
+
+
+def round_half_away(x: np.ndarray) -> np.ndarray:
+    """Exact std::round on float64 arrays (halves away from zero), saturated to int32, as int64.
+    Uses x - trunc(x), which is exact, rather than floor(x + 0.5), which is not."""
+    x = np.clip(np.asarray(x, dtype=np.float64), -2.0**31, 2.0**31 - 1)
+    whole = np.trunc(x)
+    frac = x - whole
+    return (whole + (frac >= 0.5) - (frac <= -0.5)).astype(np.int64)
 
 
 def activation_bounds(op: Operator, output: Tensor) -> tuple[int, int]:

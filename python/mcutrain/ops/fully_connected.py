@@ -4,6 +4,12 @@ Bit-exact with TFLite's reference_integer_ops::FullyConnected (per-tensor weight
 carry a zero point) and FullyConnectedPerChannel (symmetric per-channel weights). An input of
 any rank is flattened to [input_size / accum_depth, accum_depth], as TFLite does; keep_num_dims
 only changes the output tensor's shape. Kernel: firmware/kernels/fully_connected.h.
+
+Requantization: TFLite's reference FULLY_CONNECTED (the BUILTIN_REF resolver) rounds
+double(acc) * (in_scale * filter_scale / out_scale) in double precision, while its optimized
+kernels, TFLite Micro and CMSIS-NN use the fixed-point multiplier. They disagree by one level on
+roughly one output in a hundred. `double_requant=True` (the default) follows the reference;
+dataclasses.replace(params, double_requant=False) gives the fixed-point behaviour.
 """
 
 from __future__ import annotations
@@ -29,8 +35,10 @@ class FullyConnectedParams:
     output_offset: int
     multiplier: np.ndarray  # int32 [output_depth]
     shift: np.ndarray  # int32 [output_depth]
+    real_scale: np.ndarray  # float64 [output_depth]: in * filter / out, in double, TFLite's order
     act_min: int
     act_max: int
+    double_requant: bool = True
 
 
 def _filter_offset(op: Operator, w) -> tuple[np.ndarray, int]:
@@ -70,12 +78,15 @@ def prepare(op: Operator, graph: Graph) -> FullyConnectedParams:
     scales, filter_offset = _filter_offset(op, w)
     multiplier, shift = common.per_channel_multipliers(x.scale, scales, y.scale, units)
     act_min, act_max = common.activation_bounds(op, y)
+    per_unit = np.broadcast_to(scales, (units,))
+    real_scale = np.array([common.real_multiplier(x.scale, s, y.scale) for s in per_unit])
     return FullyConnectedParams(
         op_index=op.index, batches=batches, output_shape=tuple(y.shape),
         filter=np.asarray(w.data, dtype=np.int8).reshape(w.shape),
         bias=common.optional_bias(op, graph, 2, units),
         input_offset=-x.zero_point, filter_offset=filter_offset, output_offset=y.zero_point,
-        multiplier=multiplier, shift=shift, act_min=act_min, act_max=act_max,
+        multiplier=multiplier, shift=shift, real_scale=real_scale,
+        act_min=act_min, act_max=act_max,
     )
 
 
@@ -86,8 +97,12 @@ def reference(p: FullyConnectedParams, inputs: list[np.ndarray]) -> np.ndarray:
     acc = (x @ w.T).astype(np.int64)  # exact: partial sums stay far below 2**53
     if p.bias is not None:
         acc = acc + p.bias
-    out = common.requantize(common.wrap_int32(acc), p.multiplier, p.shift, p.output_offset,
-                            p.act_min, p.act_max)
+    acc = common.wrap_int32(acc)
+    if p.double_requant:
+        scaled = common.round_half_away(acc.astype(np.float64) * p.real_scale)
+        out = np.clip(scaled + p.output_offset, p.act_min, p.act_max).astype(np.int8)
+    else:
+        out = common.requantize(acc, p.multiplier, p.shift, p.output_offset, p.act_min, p.act_max)
     return out.reshape(p.output_shape)
 
 
@@ -98,15 +113,22 @@ def emit(p: FullyConnectedParams, ctx: EmitContext, inputs: list[str], output: s
     mult = ctx.const_array(f"{tag}_multiplier", p.multiplier.astype(np.int32))
     shift = ctx.const_array(f"{tag}_shift", p.shift.astype(np.int32))
     units, depth = p.filter.shape
+    scale_def = ""
+    real_scale = "nullptr"
+    if p.double_requant:
+        # Hex float literals carry the double exactly; const_array has no float64.
+        values = ", ".join(float(v).hex() for v in p.real_scale)
+        scale_def = f"static const double kRealScale[] = {{{values}}};\n"
+        real_scale = "kRealScale"
     fields: list[tuple[str, object]] = [
         ("batches", p.batches), ("accum_depth", depth), ("output_depth", units),
         ("input_offset", p.input_offset), ("filter_offset", p.filter_offset),
         ("output_offset", p.output_offset), ("multiplier", mult), ("shift", shift),
-        ("act_min", p.act_min), ("act_max", p.act_max),
+        ("real_scale", real_scale), ("act_min", p.act_min), ("act_max", p.act_max),
     ]
     init = common.struct_init("mt::FullyConnectedParams", "kParams", fields)
     call = f"mt::ref::fully_connected_s8(kParams, {inputs[0]}, {filt}, {bias}, {output});"
-    return "{\n" + init + "\n" + call + "\n}"
+    return "{\n" + scale_def + init + "\n" + call + "\n}"
 
 
 def macs(p: FullyConnectedParams) -> int:
