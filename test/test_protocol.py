@@ -122,6 +122,7 @@ def make_info() -> DeviceInfo:
         arena_bytes=123456, weight_bytes=654321, macs=2**33 + 5,
         input=TensorDesc(DType.INT8, (1, 128, 128, 3), 0.0078125, -1, 49152),
         output=TensorDesc(DType.INT8, (1, 10), 0.00390625, -128, 10),
+        stack_used_bytes=1234, stack_size_bytes=8192,
     )
 
 

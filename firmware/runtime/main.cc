@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "bsp/board.h"
+#include "bsp/board_stats.h"
 #include "model.h"
 #include "protocol.h"
 
@@ -53,7 +54,7 @@ Status RunInfo(const Request& request, ReplyWriter& out) {
   const uint8_t model_len = NameLength(kModel.name);
   if (kModel.input.rank > kMaxRank || kModel.output.rank > kMaxRank) return Status::kInternal;
   const uint32_t len = 1 + 1 + 2 + 4 + (1 + board_len) + (1 + model_len) + 32 + 4 + 4 + 8 +
-                       TensorDescBytes(kModel.input) + TensorDescBytes(kModel.output);
+                       TensorDescBytes(kModel.input) + TensorDescBytes(kModel.output) + 4 + 4;
   out.begin(static_cast<uint8_t>(RequestType::kInfo) | kReplyFlag, request.header.seq, len);
   out.write_u8(kProtocolVersion);
   out.write_u8(static_cast<uint8_t>(board::counter_unit()));
@@ -69,6 +70,9 @@ Status RunInfo(const Request& request, ReplyWriter& out) {
   out.write_u64(kModel.macs);
   WriteTensorDesc(out, kModel.input);
   WriteTensorDesc(out, kModel.output);
+  // Measured here because INFO runs between requests, never inside a timed section.
+  out.write_u32(board::stack_high_water_bytes());
+  out.write_u32(board::stack_size_bytes());
   out.end();
   return Status::kOk;
 }

@@ -27,7 +27,8 @@
 //   u8 protocol_version | u8 counter_unit (0 cycles, 1 instructions) | u16 max_small_payload |
 //   u32 request_mask (bit t set when request type t is served) |
 //   u8 n, n bytes board name | u8 n, n bytes model name | 32 bytes model SHA-256 |
-//   u32 arena_bytes | u32 weight_bytes | u64 macs | tensor input | tensor output
+//   u32 arena_bytes | u32 weight_bytes | u64 macs | tensor input | tensor output |
+//   u32 stack_used_bytes (deepest stack use so far) | u32 stack_size_bytes (0 = not measured)
 //   where tensor = u8 dtype (mt::DType) | u8 rank | rank x i32 dims | f32 scale |
 //                  i32 zero_point | u32 bytes
 //

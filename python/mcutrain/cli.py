@@ -28,6 +28,7 @@ from .device import (
     quantize_input,
 )
 from .protocol import CounterUnit, DeviceError, DeviceInfo, ProtocolError, TensorDesc
+from .qemu import QemuError
 
 DEFAULT_PORT = "qemu"
 
@@ -56,6 +57,9 @@ def format_info(info: DeviceInfo) -> str:
         f"input          {format_tensor(info.input)}",
         f"output         {format_tensor(info.output)}",
     ]
+    if info.stack_size_bytes:
+        used, size = info.stack_used_bytes, info.stack_size_bytes
+        lines.append(f"stack          {used} of {size} bytes used")
     return "\n".join(lines)
 
 
@@ -70,6 +74,7 @@ def info_json(info: DeviceInfo) -> dict:
         "model_sha256": info.model_sha256.hex(), "arena_bytes": info.arena_bytes,
         "weight_bytes": info.weight_bytes, "macs": info.macs,
         "input": tensor(info.input), "output": tensor(info.output),
+        "stack_used_bytes": info.stack_used_bytes, "stack_size_bytes": info.stack_size_bytes,
     }
 
 
@@ -199,8 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-USER_ERRORS = (CliError, ProtocolError, DeviceError, DeviceTimeout, DeviceGone, ValueError,
-               OSError, ImportError)
+USER_ERRORS = (CliError, ProtocolError, DeviceError, DeviceTimeout, DeviceGone, QemuError,
+               ValueError, OSError, ImportError)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,7 +18,8 @@ INFO reply payload (version 1)::
 
     u8 protocol_version | u8 counter_unit (0 cycles, 1 instructions) | u16 max_small_payload |
     u32 request_mask | u8 n, board name | u8 n, model name | 32 bytes model SHA-256 |
-    u32 arena_bytes | u32 weight_bytes | u64 macs | tensor input | tensor output
+    u32 arena_bytes | u32 weight_bytes | u64 macs | tensor input | tensor output |
+    u32 stack_used_bytes (deepest stack use so far) | u32 stack_size_bytes (0 = not measured)
 
     tensor = u8 dtype | u8 rank | rank x i32 dims | f32 scale | i32 zero_point | u32 bytes
 """
@@ -130,6 +131,8 @@ class DeviceInfo:
     macs: int
     input: TensorDesc
     output: TensorDesc
+    stack_used_bytes: int = 0
+    stack_size_bytes: int = 0
 
     def serves(self, request: RequestType) -> bool:
         return bool(self.request_mask >> int(request) & 1)
@@ -276,7 +279,8 @@ def info_payload(info: DeviceInfo) -> bytes:
     )
     out += bytes([len(board)]) + board + bytes([len(model)]) + model + info.model_sha256
     out += struct.pack("<IIQ", info.arena_bytes, info.weight_bytes, info.macs)
-    return out + tensor_desc_bytes(info.input) + tensor_desc_bytes(info.output)
+    out += tensor_desc_bytes(info.input) + tensor_desc_bytes(info.output)
+    return out + struct.pack("<II", info.stack_used_bytes, info.stack_size_bytes)
 
 
 def parse_info(payload: bytes) -> DeviceInfo:
@@ -290,13 +294,15 @@ def parse_info(payload: bytes) -> DeviceInfo:
     arena, weights, macs = r.unpack("IIQ")
     inp = r.tensor()
     out = r.tensor()
+    stack_used, stack_size = r.unpack("II")
     r.done()
     try:
         counter_unit = CounterUnit(unit)
     except ValueError as exc:
         raise ProtocolError(f"INFO reply: unknown counter unit {unit}") from exc
     return DeviceInfo(
-        version, counter_unit, max_small, mask, board, model, sha, arena, weights, macs, inp, out
+        version, counter_unit, max_small, mask, board, model, sha, arena, weights, macs, inp, out,
+        stack_used, stack_size,
     )
 
 
