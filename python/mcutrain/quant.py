@@ -33,8 +33,7 @@ def quantize_multiplier(real: float) -> tuple[int, int]:
         shift += 1
     if shift < -31:
         return 0, 0
-    if shift > 30:
-        return INT32_MAX, 30
+    # TFLite clamps shift > 30 only in its single-rounding build; the default build does not.
     return significand, shift
 
 
