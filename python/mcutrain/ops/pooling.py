@@ -60,8 +60,10 @@ def _check_windows_nonempty(op: Operator, p: PoolParams) -> None:
     """Every window must overlap the input, or the average would divide by zero."""
     for size, out, filt, stride, pad in ((p.in_h, p.out_h, p.filter_h, p.stride_h, p.pad_h),
                                          (p.in_w, p.out_w, p.filter_w, p.stride_w, p.pad_w)):
+        if out < 1:
+            raise fail(op, "the window is larger than the input: the output would be empty")
         origins = np.arange(out) * stride - pad
-        if out < 1 or np.any(origins >= size) or np.any(origins + filt <= 0):
+        if np.any(origins >= size) or np.any(origins + filt <= 0):
             raise fail(op, "a pooling window lies entirely outside the input")
 
 
