@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from cobs import cobs
+
 from mcutrain.cli import main as cli_main
 from mcutrain.device import Device, ProcessTransport, build_host_firmware, open_device
 from mcutrain.protocol import (

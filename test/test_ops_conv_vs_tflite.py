@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
+
 from mcutrain.graph import Graph
 from mcutrain.ops import conv2d, depthwise_conv2d, fully_connected
 from mcutrain.tflite_reader import read_tflite

@@ -21,6 +21,7 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
+
 from mcutrain.graph import Graph
 from mcutrain.ops import mean, softmax
 from mcutrain.tflite_reader import read_tflite

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from cobs import cobs
+
 from mcutrain.device import dequantize_output, quantize_input
 from mcutrain.protocol import (
     CounterUnit,

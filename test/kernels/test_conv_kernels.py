@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from mcutrain.graph import Graph, ModelError, Operator, Quant, Tensor
 from mcutrain.ops import common, conv2d, depthwise_conv2d, fully_connected
 

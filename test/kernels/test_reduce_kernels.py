@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from conftest import KERNELS, ROOT
 from mcutrain.codegen import ConstPool
 from mcutrain.graph import Graph, ModelError, Operator, Quant, Tensor
