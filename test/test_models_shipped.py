@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tflite
-from ai_edge_litert.interpreter import Interpreter
+from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "models"
@@ -118,7 +118,45 @@ def test_manifest_is_current() -> None:
 def test_mobilenet_shape() -> None:
     ops = read_flat(MODELS / "mobilenetv2_w035_128_int8.tflite").ops
     assert (ops["CONV_2D"], ops["DEPTHWISE_CONV_2D"], ops["ADD"]) == (35, 17, 10)
-    assert ops["MEAN"] == ops["FULLY_CONNECTED"] == 1
+    assert ops["MEAN"] == ops["FULLY_CONNECTED"] == ops["SOFTMAX"] == 1
+
+
+def _softmax_beta_scales(path: Path) -> list[tuple[float, float]]:
+    """(beta, input scale) of every SOFTMAX in the model."""
+    model = tflite.Model.GetRootAsModel(path.read_bytes(), 0)
+    graph, found = model.Subgraphs(0), []
+    for i in range(graph.OperatorsLength()):
+        op = graph.Operators(i)
+        code = model.OperatorCodes(op.OpcodeIndex())
+        if max(code.BuiltinCode(), code.DeprecatedBuiltinCode()) != tflite.BuiltinOperator.SOFTMAX:
+            continue
+        options = tflite.SoftmaxOptions()
+        options.Init(op.BuiltinOptions().Bytes, op.BuiltinOptions().Pos)
+        quant = graph.Tensors(op.Inputs(0)).Quantization()
+        found.append((options.Beta(), float(quant.Scale(0)) if quant is not None else 0.0))
+    return found
+
+
+@pytest.mark.parametrize("path", ALL_MODELS, ids=rel)
+def test_softmax_input_scale_usable(path: Path) -> None:
+    # TFLite's reference int8 softmax (and mcutrain) reject beta * input_scale <= 2^-26: the
+    # logits would then be too small to quantize into the kernel's fixed-point exp input.
+    for beta, scale in _softmax_beta_scales(path):
+        assert beta * scale > 2.0**-26, (rel(path), beta, scale)
+
+
+def test_mobilenet_runs_in_reference_kernels() -> None:
+    """BUILTIN_REF accepts the model and its output depends on the input."""
+    interp = Interpreter(model_path=str(MODELS / "mobilenetv2_w035_128_int8.tflite"),
+                         experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
+    interp.allocate_tensors()
+    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
+    rng, outputs = np.random.default_rng(0), []
+    for _ in range(3):
+        interp.set_tensor(inp["index"], rng.integers(-128, 128, inp["shape"], dtype=np.int8))
+        interp.invoke()
+        outputs.append(interp.get_tensor(out["index"]).tolist())
+    assert outputs[0] != outputs[1] or outputs[0] != outputs[2], outputs
 
 
 def _run(path: Path, x: np.ndarray) -> np.ndarray:
