@@ -72,8 +72,10 @@ create_venv() {
 provision_tool_scons() {
   local core_dir="${PLATFORMIO_CORE_DIR:-$HOME/.platformio}"
   local pkg_dir="$core_dir/packages/tool-scons"
-  if [ -f "$pkg_dir/package.json" ] && [ -f "$pkg_dir/.piopm" ] \
-    && [ -d "$pkg_dir/SCons" ] && grep -q "\"$SCONS_PIO_VERSION\"" "$pkg_dir/package.json"; then
+  # package.json and .piopm are written last, so their presence means a complete package (ours,
+  # or the one PlatformIO fetched itself when its registry was reachable).
+  if [ -f "$pkg_dir/.piopm" ] && [ -f "$pkg_dir/scons.py" ] \
+    && grep -q "\"$SCONS_PIO_VERSION\"" "$pkg_dir/package.json" 2>/dev/null; then
     log "tool-scons $SCONS_PIO_VERSION present: $pkg_dir"
     return
   fi
