@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from firmware_support import tflite_reference
 
+from firmware_support import tflite_reference
 from mcutrain.compiler import compile_model
 from mcutrain.reference import run_reference
 

@@ -56,9 +56,19 @@ def _identifier(hint: str) -> str:
     return cleaned[:32] or "const"
 
 
+def c_float(value: float) -> str:
+    """A float32 as a C++ literal that reads back to the same value (9 significant digits)."""
+    if not np.isfinite(value):
+        raise ValueError(f"non-finite constant {value} cannot be emitted")
+    text = f"{float(np.float32(value)):.9g}"
+    if not any(c in text for c in ".e"):
+        text += ".0"
+    return text + "f"
+
+
 def _format_value(value: np.generic) -> str:
     if isinstance(value, np.floating):
-        return f"{float(value):.9g}f" if np.isfinite(value) else "0.0f"
+        return c_float(float(value))
     v = int(value)
     # INT32_MIN has no literal form in C++; spell it as an expression.
     return "(-2147483647 - 1)" if v == -(2**31) else str(v)
@@ -77,7 +87,7 @@ def _array_definition(symbol: str, array: np.ndarray) -> str:
 
 def _tensor_desc(t: Tensor) -> str:
     dims = list(t.shape) + [0] * (6 - len(t.shape))
-    scale = f"{float(t.quant.scale[0]):.9g}f" if t.quant is not None else "0.0f"
+    scale = c_float(t.quant.scale[0]) if t.quant is not None else "0.0f"
     zero_point = int(t.quant.zero_point[0]) if t.quant is not None else 0
     return (f"{{DType::kInt8, {len(t.shape)}, {{{', '.join(map(str, dims))}}}, {scale}, "
             f"{zero_point}, {t.nbytes}u}}")
