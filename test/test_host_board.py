@@ -6,138 +6,30 @@ echo test double (test/fixtures/echo_model.cc: 16 int8 in, output = input revers
 from __future__ import annotations
 
 import shutil
-import struct
-import time
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
-from cobs import cobs
 
 from mcutrain.cli import main as cli_main
 from mcutrain.device import Device, ProcessTransport, build_host_firmware, open_device
 from mcutrain.protocol import (
-    ERROR_REPLY,
     PROTOCOL_VERSION,
     CounterUnit,
     DType,
-    Frame,
     RequestType,
-    Status,
-    encode_frame,
-    parse_error,
 )
+from robustness import run_robustness_suite
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "test" / "fixtures"
 
 
-# ---- reusable robustness suite (any board) ----
-
-
-def raw_line(version: int, rtype: int, seq: int, payload: bytes, *, declared: int | None = None,
-             crc_xor: int = 0) -> bytes:
-    """A frame on the line with chosen defects: another version, a wrong declared length, a
-    corrupted CRC."""
-    length = len(payload) if declared is None else declared
-    body = struct.pack("<BBHI", version, rtype, seq, length) + payload
-    crc = zlib.crc32(body) ^ crc_xor
-    return b"\x00" + cobs.encode(body + struct.pack("<I", crc)) + b"\x00"
-
-
-def expect_error(dev: Device, statuses: set[Status], seq: int | None, what: str) -> Status:
-    frame = dev.read_frame(f"the error reply to {what}")
-    assert frame.type == ERROR_REPLY, f"{what}: expected an ERROR reply, got type {frame.type:#x}"
-    err = parse_error(frame.payload)
-    assert err.status in statuses, f"{what}: got {err}, expected one of {statuses}"
-    if seq is not None:
-        assert frame.seq == seq, f"{what}: error reply seq {frame.seq}, expected {seq}"
-    return Status(err.status)
-
-
-def run_robustness_suite(dev: Device, *, stall_seconds: float = 0.6) -> None:
-    """Throws malformed traffic at a board; each case must get the right ERROR reply and the
-    next valid INFER must still answer with the reference output.
-
-    `stall_seconds` is host time to wait for the firmware's inter-byte timeout (200 ms of board
-    time); raise it on boards whose clock runs slower than real time."""
-    info = dev.info()
-    n_in = info.input.nbytes
-    rng = np.random.default_rng(1234)
-    x = rng.integers(-128, 128, size=info.input.shape, dtype=np.int8)
-    x.flat[:3] = 0  # zeros inside the payload exercise COBS
-    reference, _ = dev.infer(x)
-    good = x.tobytes()
-
-    def still_serving(case: str) -> None:
-        out, _ = dev.infer(x)
-        assert np.array_equal(out, reference), f"wrong INFER output after {case}"
-
-    def check(case: str, line: bytes, statuses: set[Status], seq: int | None,
-              chained: bool = False) -> None:
-        if not chained:
-            dev.send_raw(line)
-            expect_error(dev, statuses, seq, case)
-            still_serving(case)
-            return
-        # Bytes that do not end in a delimiter are only ended by the next frame's leading one:
-        # send both in one write, or the firmware's inter-byte timeout would answer first.
-        next_seq = dev.next_seq()
-        dev.send_raw(line + encode_frame(Frame(infer, next_seq, good)))
-        expect_error(dev, statuses, seq, case)
-        frame = dev.read_frame(f"the INFER reply after {case}")
-        assert (frame.type, frame.seq) == (infer | 0x80, next_seq), f"bad reply after {case}"
-        assert frame.payload[: info.output.nbytes] == reference.tobytes()
-
-    infer = int(RequestType.INFER)
-    v = PROTOCOL_VERSION
-    check("garbage between frames", b"\x01\x02garbage\xff\xfe", {Status.BAD_FRAME}, None,
-          True)
-    check("frame decoding to nothing", b"\x00\x01\x00", {Status.BAD_FRAME}, 0)
-    full = encode_frame(Frame(infer, 101, good))
-    check("frame cut off by the next delimiter", full[: len(full) // 2],
-          {Status.BAD_FRAME, Status.BAD_LENGTH}, None, True)
-    check("frame cut after its header", full[:12], {Status.BAD_FRAME, Status.BAD_LENGTH}, None,
-          True)
-    check("wrong CRC", raw_line(v, infer, 102, good, crc_xor=0x10), {Status.BAD_CRC}, 102)
-    check("shorter than declared", raw_line(v, infer, 103, good[:-1], declared=n_in),
-          {Status.BAD_LENGTH}, 103)
-    check("longer than declared", raw_line(v, infer, 104, good + b"\x05", declared=n_in),
-          {Status.BAD_LENGTH}, 104)
-    check("bad version", raw_line(v + 1, infer, 105, good), {Status.BAD_VERSION}, 105)
-    check("unknown type", raw_line(v, 0x55, 106, b""), {Status.UNKNOWN_REQUEST}, 106)
-    check("wrong input size", raw_line(v, infer, 107, good + b"\x01"), {Status.BAD_SHAPE}, 107)
-    check("oversize INFER", raw_line(v, infer, 108, bytes(range(256)) * 16 + good),
-          {Status.BAD_SHAPE}, 108)
-    check("oversize INFO", raw_line(v, int(RequestType.INFO), 109, b"\x07" * 200),
-          {Status.TOO_LONG}, 109)
-    check("payload_len near 4 GB", raw_line(v, infer, 110, good, declared=0xFFFFFFF0),
-          {Status.BAD_LENGTH}, 110)
-
-    # Idle delimiters get no reply at all.
-    stale = dev.stale_frames
-    dev.send_raw(b"\x00" * 10)
-    still_serving("idle delimiters")
-    assert dev.stale_frames == stale, "idle delimiters produced a reply"
-
-    # A frame that stops arriving: kTimeout, then the late remainder is dropped silently.
-    line = encode_frame(Frame(infer, 111, good))
-    dev.send_raw(line[:20])
-    time.sleep(stall_seconds)
-    expect_error(dev, {Status.TIMEOUT}, 111, "stalled frame")
-    dev.send_raw(line[20:])
-    still_serving("stalled frame")
-    assert dev.stale_frames == stale, "the late remainder of a stalled frame got a reply"
-
-
-# ---- host board ----
-
 
 @pytest.fixture(scope="module")
 def host_fw(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if shutil.which("g++") is None:
-        pytest.skip("no host g++")
+        pytest.fail("host g++ is needed for the host-process board: apt-get install g++")
     gen = tmp_path_factory.mktemp("gen")
     shutil.copy(FIXTURES / "echo_model.cc", gen / "model.cc")
     out = tmp_path_factory.mktemp("fw") / "echo_fw"

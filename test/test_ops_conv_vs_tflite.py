@@ -5,8 +5,7 @@ mcutrain.tflite_reader, and every supported operator is checked in isolation: TF
 tensor for the op goes through prepare + reference, and the result must equal TFLite's output
 tensor bit for bit under the REFERENCE op resolver (BUILTIN_REF). What the default resolver
 computes is recorded too (test_optimized_resolver_is_single_rounding).
-Conversions are cached for the session; TensorFlow is imported lazily and the module is skipped
-when it is missing.
+Conversions are cached for the session.
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ from mcutrain.ops import conv2d, depthwise_conv2d, fully_connected
 from mcutrain.tflite_reader import read_tflite
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-tf = pytest.importorskip("tensorflow")
+import tensorflow as tf  # noqa: E402
 
 MODULES = {"CONV_2D": conv2d, "DEPTHWISE_CONV_2D": depthwise_conv2d,
            "FULLY_CONNECTED": fully_connected}

@@ -16,15 +16,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import ai_edge_litert.interpreter as litert  # noqa: E402
 import numpy as np
 import pytest
+import tensorflow as tf  # noqa: E402
 
 from mcutrain.graph import Graph
 from mcutrain.ops.base import lookup
 from mcutrain.tflite_reader import read_tflite
-
-tf = pytest.importorskip("tensorflow")
-litert = pytest.importorskip("ai_edge_litert.interpreter")
 
 OURS = {"ADD", "AVERAGE_POOL_2D", "MAX_POOL_2D", "PAD", "PADV2", "CONCATENATION", "RESHAPE",
         "QUANTIZE"}

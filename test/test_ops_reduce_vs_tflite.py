@@ -9,8 +9,7 @@ tensor bit for bit under the REFERENCE op resolver (BUILTIN_REF).
 The default (optimized) resolver is not bit-exact with the reference for MEAN (its int8 paths
 compute the mean in float, or with optimized_integer_ops::Mean for 4-D keep_dims) and might not
 be for SOFTMAX (a float exp lookup table); test_optimized_resolver_differs_by_one_step records by
-how much. Conversions are cached for the session; TensorFlow is imported lazily and the module is
-skipped when it is missing.
+how much. Conversions are cached for the session.
 """
 
 from __future__ import annotations
@@ -27,7 +26,7 @@ from mcutrain.ops import mean, softmax
 from mcutrain.tflite_reader import read_tflite
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-tf = pytest.importorskip("tensorflow")
+import tensorflow as tf  # noqa: E402
 
 MODULES = {"MEAN": mean, "SOFTMAX": softmax}
 TRIALS = 25
