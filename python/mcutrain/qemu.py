@@ -55,7 +55,7 @@ def qemu_command(elf: Path, port: int) -> list[str]:
         "-monitor", "none",
         "-icount", f"shift={ICOUNT_SHIFT}",
         "-semihosting-config", "enable=on,target=native",
-        "-serial", f"tcp:127.0.0.1:{port},server=on,wait=on",
+        "-serial", f"tcp:127.0.0.1:{port},server=on,wait=on,nodelay=on",
         "-kernel", str(elf),
     ]  # fmt: skip
 

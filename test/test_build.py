@@ -1,0 +1,89 @@
+"""`pio run` as users run it: both boards link within the STM32F746's memory, rebuilds are
+incremental, and a model that cannot fit stops the build before compiling with the numbers."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from firmware_support import build_firmware
+from mcutrain.firmware_size import firmware_size
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_MODEL = ROOT / "models" / "har_cnn1d_int8.tflite"
+MOBILENET = ROOT / "models" / "mobilenetv2_w035_128_int8.tflite"
+F746_FLASH = 1024 * 1024
+F746_RAM = 320 * 1024
+
+
+def pio_run(build_dir: Path, model: Path | None, env: str = "qemu") -> subprocess.CompletedProcess:
+    environ = dict(os.environ, PLATFORMIO_BUILD_DIR=str(build_dir))
+    environ.pop("MCUTRAIN_MODEL", None)
+    if model is not None:
+        environ["MCUTRAIN_MODEL"] = str(model)
+    return subprocess.run([sys.executable, "-m", "platformio", "run", "-e", env, "-d", str(ROOT)],
+                          env=environ, capture_output=True, text=True, timeout=900)
+
+
+@pytest.mark.parametrize("env", ["disco_f746ng", "qemu"])
+def test_default_model_links_within_the_f746(env: str, tmp_path: Path) -> None:
+    proc = pio_run(tmp_path, None, env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert f"{DEFAULT_MODEL.name}: model code generated" in proc.stdout
+    size = firmware_size(tmp_path / env / "firmware.elf")
+    assert size.flash_bytes <= F746_FLASH and size.ram_bytes <= F746_RAM, size
+
+
+def test_mobilenetv2_inference_fits_the_f746() -> None:
+    size = firmware_size(build_firmware(MOBILENET))
+    assert size.ram_bytes <= F746_RAM and size.flash_bytes <= F746_FLASH, size
+
+
+def test_unchanged_model_regenerates_and_recompiles_nothing(tmp_path: Path) -> None:
+    first = pio_run(tmp_path, DEFAULT_MODEL)
+    assert first.returncode == 0 and "model code generated" in first.stdout
+    second = pio_run(tmp_path, DEFAULT_MODEL)
+    assert second.returncode == 0 and "model code up to date" in second.stdout
+    assert "Compiling" not in second.stdout, second.stdout
+    other = ROOT / "models" / "third_party" / "tflm_micro_speech_int8.tflite"
+    third = pio_run(tmp_path, other)
+    assert third.returncode == 0 and f"{other.name}: model code generated" in third.stdout
+    assert "generated_obj/model.o" in third.stdout
+
+
+@pytest.fixture(scope="module")
+def too_big_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One wide convolution at 96x96: its input and output need ~460 KB of SRAM together."""
+    import tensorflow as tf
+
+    tf.keras.utils.set_random_seed(0)
+    inputs = tf.keras.Input((96, 96, 8), batch_size=1)
+    model = tf.keras.Model(inputs, tf.keras.layers.Conv2D(42, 3, padding="same")(inputs))
+
+    def calibration():
+        for _ in range(4):
+            yield [np.random.default_rng(0).normal(size=(1, 96, 96, 8)).astype(np.float32)]
+
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = calibration
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = converter.inference_output_type = tf.int8
+    path = tmp_path_factory.mktemp("big") / "too_big.tflite"
+    path.write_bytes(converter.convert())
+    return path
+
+
+def test_model_that_does_not_fit_stops_the_build_with_the_numbers(
+        too_big_model: Path, tmp_path: Path) -> None:
+    proc = pio_run(tmp_path, too_big_model)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "too_big does not fit" in log and "B over" in log, log[-2000:]
+    assert "dominated by" in log and "(387072 B)" in log, log[-2000:]
+    assert "Compiling" not in log, "the build compiled before refusing the model"
