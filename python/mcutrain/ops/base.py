@@ -76,3 +76,87 @@ def lookup(op: Operator) -> OpDef:
 def c_int_list(values: Any) -> str:
     """`{1, 2, 3}` for brace initialisers in emitted code."""
     return "{" + ", ".join(str(int(v)) for v in np.asarray(values).ravel()) + "}"
+
+
+# ---- training (docs/training.md) ----
+
+
+@dataclass(frozen=True)
+class GradRef:
+    """A gradient tensor in generated C++: one arena buffer holding `count` int32 accumulators
+    while a kernel sums into it, then `count` int16 values (compacted in place by
+    mt::GradRequantize), and a float lvalue with its scale."""
+
+    buffer: str  # C++ expression of the buffer's address, e.g. "(g_arena + 1024)"
+    scale: str  # C++ float lvalue, e.g. "g_grad_scale[3]"
+    count: int
+
+    def acc(self) -> str:
+        return f"reinterpret_cast<int32_t*>{self.buffer}"
+
+    def data(self) -> str:
+        return f"reinterpret_cast<int16_t*>{self.buffer}"
+
+
+@dataclass(frozen=True)
+class TrainBinding:
+    """Where a trained operator's parameters live in the generated firmware. Set on the op's
+    params (field `train`) so its forward emit() reads SRAM instead of flash."""
+
+    n_train: int  # output channels whose weights are trained and live in SRAM (0: none)
+    weight_symbol: str | None  # int8_t* to the SRAM copy of those channels (layout: op header)
+    bias_symbol: str | None  # int32_t* to the SRAM copy of the whole bias, if the bias trains
+
+
+@dataclass(frozen=True)
+class TrainEmit:
+    """C++ names a backward emit() needs for updates."""
+
+    binding: TrainBinding
+    w_coef: str | None  # const float[n_train]: 1/sW (QAS) or sW per trained output channel
+    bias_coef: str | None  # const float[out_c]: 1/(sx*sW) (QAS) or sx*sW
+    lr: str  # float expression
+    prng: str  # uint32_t* expression
+    rounding: str  # mt::Rounding expression
+
+
+@dataclass
+class TrainSlot:
+    """The numpy side of one trained operator's state, updated in place by backward()."""
+
+    n_train: int
+    weights: np.ndarray | None  # int8 copy of the trained channels, same layout as the firmware
+    bias: np.ndarray | None  # int32 copy of the whole bias when it trains
+    w_coef: np.ndarray | None  # float32 [n_train]
+    bias_coef: np.ndarray | None  # float32 [out_c]
+    stochastic: bool
+
+
+@dataclass(frozen=True)
+class BackwardDef:
+    """Gradient rule of one operator (see docs/training.md "Rules per operator").
+
+    reference(params, saved, dy, need_dx, slot, lr, rng) -> one QGrad (or None) per dynamic
+      input: `saved` holds the dynamic inputs the forward kept (None where not kept), `dy` is
+      the output gradient with any activation mask already applied, `need_dx[i]` says whether
+      input i's gradient is wanted; trained parameters in `slot` are updated in place (bias, then
+      weights), after the input gradient is computed from the old weights.
+    emit(params, ctx, saved_ptrs, dy, dx, train) -> C++ statements doing the same; `dx[i]` is a
+      GradRef or None; the emitted code must leave dx[i] requantized to int16 with its scale set.
+    saves_input(params, slot) -> for each dynamic input, whether backward needs it kept.
+    input_grad_depth(params) -> K, the longest integer sum of an input gradient (for the
+      8191 * 127 * K < 2^31 overflow check), 0 when the op has no weighted sum.
+    """
+
+    reference: Callable[..., list[Any]]
+    emit: Callable[..., str]
+    saves_input: Callable[[Any, TrainSlot | None], list[bool]]
+    input_grad_depth: Callable[[Any], int] = lambda params: 0
+
+
+BACKWARD: dict[str, BackwardDef] = {}
+
+
+def register_backward(opcode: str, bdef: BackwardDef) -> BackwardDef:
+    BACKWARD[opcode] = bdef
+    return bdef
