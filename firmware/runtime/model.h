@@ -42,4 +42,41 @@ const int8_t* model_output();
 // Runs one inference over the arena. Returns kOk or kInternal.
 Status model_invoke();
 
+// ---- on-device training (docs/training.md); present in every build, enabled by a scheme ----
+
+enum class LossKind : uint8_t { kNone = 0, kCrossEntropy = 1, kMeanSquaredError = 2 };
+
+struct TrainDesc {
+  bool enabled;           // false when the firmware was built without a training scheme
+  LossKind loss;
+  uint16_t num_classes;   // cross-entropy: labels must be < num_classes
+  uint32_t label_bytes;   // 2 (uint16 class, little-endian) or 4 * outputs (float32 targets)
+  float default_lr;
+  uint32_t seed;          // PRNG seed for stochastic rounding, restored by model_train_reset()
+  uint32_t state_bytes;   // size of the trainable-parameter block (model_train_state())
+  uint64_t backward_macs;
+};
+
+extern const TrainDesc kTrain;
+
+struct TrainResult {
+  float loss;
+  uint16_t prediction;  // argmax of the output (cross-entropy); 0 for regression
+};
+
+// One training step on the input already written to model_input(). `label` holds
+// kTrain.label_bytes bytes. Checks the label first (kBadLabel / kNotFinite) and changes nothing
+// when it is refused. With update == false it only evaluates (forward + loss).
+Status model_train_step(const uint8_t* label, bool update, TrainResult* result);
+
+// Trainable copies back to the flashed weights; PRNG and learning rate back to their defaults.
+void model_train_reset();
+
+// kNotFinite for NaN, infinity or a negative rate; the rate is unchanged then.
+Status model_set_lr(float lr);
+float model_lr();
+
+// The trainable parameters as one block of kTrain.state_bytes bytes (layout in report.json).
+const uint8_t* model_train_state();
+
 }  // namespace mt
