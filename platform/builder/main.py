@@ -82,6 +82,8 @@ env.Append(
     + [
         "-O2",
         "-g",
+        # Training arithmetic must round exactly like the numpy reference: no fused multiply-add.
+        "-ffp-contract=off",
         "-ffunction-sections",
         "-fdata-sections",
         "-Wall",
