@@ -37,7 +37,8 @@ def kernels_lib() -> ctypes.CDLL:
     out_dir.mkdir(parents=True, exist_ok=True)
     lib = out_dir / f"libkernels-{digest.hexdigest()[:16]}.so"
     if not lib.exists():
-        cmd = [compiler, "-std=c++17", "-O1", "-g", "-ffp-contract=off", "-shared", "-fPIC", "-Wall", "-Wextra",
-               "-fno-exceptions", "-fno-rtti", f"-I{ROOT / 'firmware'}", "-o", str(lib)]
+        cmd = [compiler, "-std=c++17", "-O1", "-g", "-ffp-contract=off", "-shared", "-fPIC",
+               "-Wall", "-Wextra", "-fno-exceptions", "-fno-rtti", f"-I{ROOT / 'firmware'}",
+               "-o", str(lib)]
         subprocess.run(cmd + [str(s) for s in sources], check=True)
     return ctypes.CDLL(str(lib))
