@@ -180,5 +180,13 @@ Status model_invoke() {{
   return Status::kOk;
 }}
 
+// Built without a training scheme (custom_train / MCUTRAIN_TRAIN): training requests are refused.
+const TrainDesc kTrain = {{false, LossKind::kNone, 0, 0, 0.0f, 0, 0, 0}};
+Status model_train_step(const uint8_t*, bool, TrainResult*) {{ return Status::kUnknownRequest; }}
+void model_train_reset() {{}}
+Status model_set_lr(float) {{ return Status::kUnknownRequest; }}
+float model_lr() {{ return 0.0f; }}
+const uint8_t* model_train_state() {{ return nullptr; }}
+
 }}  // namespace mt
 """

@@ -1,0 +1,124 @@
+"""The numpy training step: the definition of what the firmware's TRAIN request computes.
+
+Runs the int8 forward with the current trainable copies, the loss, then the backward schedule of
+the TrainProgram with each operator's rule (ops/*.py BackwardDef.reference), updating parameters
+in place in the same order as the firmware, with the same PRNG draws. After every step the state
+(trainable int8 weights and int32 biases) must equal the firmware's byte for byte.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import numpy as np
+
+from . import grad_rules
+from .ops.base import TrainSlot
+from .train_math import QGrad, XorShift32
+from .training_graph import TrainProgram, param_module
+
+
+@dataclasses.dataclass
+class StepResult:
+    loss: float
+    prediction: int
+
+
+class TrainingReference:
+    def __init__(self, program: TrainProgram) -> None:
+        self.program = program
+        self.reset()
+
+    def reset(self) -> None:
+        self.slots: dict[int, TrainSlot] = {
+            step: copy.deepcopy(t.slot) for step, t in self.program.trained.items()}
+        self.lr = np.float32(self.program.scheme.lr)
+        self.rng = XorShift32(self.program.scheme.seed)
+
+    # ---- state ----
+
+    def state_bytes(self) -> bytes:
+        """The trainable block exactly as the firmware lays it out (READ_PARAMS)."""
+        block = bytearray(self.program.state_bytes)
+        for step, t in self.program.trained.items():
+            slot = self.slots[step]
+            if slot.weights is not None:
+                raw = slot.weights.astype(np.int8).tobytes()
+                block[t.weight_offset:t.weight_offset + len(raw)] = raw
+            if slot.bias is not None:
+                raw = slot.bias.astype("<i4").tobytes()
+                block[t.bias_offset:t.bias_offset + len(raw)] = raw
+        return bytes(block)
+
+    def params(self, step: int):
+        """Operator params with the current trained weights swapped in."""
+        p = self.program.model.ops[step]
+        slot = self.slots.get(step)
+        if slot is None:
+            return p.params
+        module = param_module(p.op.opcode)
+        return module.with_trained(p.params, slot.weights, slot.bias)
+
+    # ---- one step ----
+
+    def forward(self, x: np.ndarray) -> dict[int, np.ndarray]:
+        model = self.program.model
+        graph = model.graph
+        values = {model.input: np.asarray(x, np.int8).reshape(graph.tensors[model.input].shape)}
+        for step, p in enumerate(model.ops):
+            out = p.opdef.reference(self.params(step), [values[t] for t in p.inputs])
+            values[p.output] = np.asarray(out, np.int8).reshape(graph.tensors[p.output].shape)
+        return values
+
+    def step(self, x: np.ndarray, label: int | np.ndarray, update: bool = True) -> StepResult:
+        program = self.program
+        model = program.model
+        values = self.forward(x)
+        if program.scheme.loss == "cross_entropy":
+            loss, pred, dlogits = grad_rules.cross_entropy(values[model.output], int(label))
+        else:
+            out = model.graph.tensors[model.output]
+            loss, dlogits = grad_rules.mse(values[model.output], out.scale, out.zero_point,
+                                           np.asarray(label, np.float32))
+            pred = 0
+        if update:
+            self._backward(values, dlogits)
+        return StepResult(float(loss), int(pred))
+
+    def _backward(self, values: dict[int, np.ndarray], dloss: QGrad) -> None:
+        program = self.program
+        grads: dict[int, list[QGrad]] = {program.loss_input: [dloss]}
+        for b in program.backward:
+            p = b.op
+            dy = _total(grads.pop(p.output))
+            if b.mask is not None:
+                bits = grad_rules.mask_pack(values[p.output], *b.mask)
+                dy = grad_rules.mask_apply(dy, bits)
+            if b.rule is None:  # RESHAPE, QUANTIZE, ADD: each input gets dy unchanged
+                dxs = [QGrad(dy.data.reshape(self.program.model.graph.tensors[t].shape),
+                             dy.scale) if need else None
+                       for t, need in zip(p.inputs, b.need_dx, strict=True)]
+            else:
+                saved = [values[t] if keep else None
+                         for t, keep in zip(p.inputs, b.saved, strict=True)]
+                dxs = b.rule.reference(self.params(b.step), saved, dy, b.need_dx,
+                                       self.slots.get(b.step), self.lr, self.rng)
+            for t, need, dx in zip(p.inputs, b.need_dx, dxs, strict=True):
+                if need:
+                    grads.setdefault(t, []).append(dx)
+
+
+def _total(parts: list[QGrad]) -> QGrad:
+    if len(parts) == 1:
+        return parts[0]
+    return grad_rules.grad_sum(parts[0], parts[1])
+
+
+def check_state_equal(reference: bytes, firmware: bytes) -> None:
+    if reference != firmware:
+        a = np.frombuffer(reference, np.uint8)
+        b = np.frombuffer(firmware, np.uint8)
+        diff = np.flatnonzero(a != b)
+        raise AssertionError(f"trainable state differs at {diff.size} bytes, first at {diff[:8]}")
+

@@ -1,0 +1,299 @@
+"""The training graph: a compiled model plus a scheme becomes one static training step.
+
+Everything is decided here, at compile time (the Tiny Training Engine idea): which tensors need a
+gradient (only those upstream of a trained parameter and downstream of nothing frozen-only), which
+activations the backward pass must keep (inputs of weight-trained operators and of max pools) and
+which only need a 1-bit mask (fused ReLU/ReLU6), the backward schedule with each operator's
+parameters updated in place in its own step (so no weight-gradient buffer ever exists), where
+every trainable copy sits in the state block, and one arena plan covering forward and backward.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from types import ModuleType
+
+import numpy as np
+
+from .compiler import CompiledModel, PreparedOp
+from .graph import ModelError
+from .memory_plan import ArenaPlanner
+from .ops import load_all
+from .ops.base import BACKWARD, BackwardDef, TrainSlot
+from .quant import activation_range
+from .scheme import PARAMETRIC, LayerPlan, Scheme, plan_layers
+from .train_math import GRAD_MAX
+
+_PARAM_MODULES = {"CONV_2D": "conv2d", "DEPTHWISE_CONV_2D": "depthwise_conv2d",
+                  "FULLY_CONNECTED": "fully_connected"}
+# Operators whose input gradient is their output gradient (the training graph aliases them).
+_PASS_THROUGH = ("RESHAPE", "QUANTIZE")
+_FUSED_ACTIVATION = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD",
+                     "AVERAGE_POOL_2D", "MAX_POOL_2D")
+
+
+def param_module(opcode: str) -> ModuleType:
+    return importlib.import_module(f"mcutrain.ops.{_PARAM_MODULES[opcode]}")
+
+
+@dataclass
+class TrainedOp:
+    """One operator with trained parameters and where they live in the state block."""
+
+    step: int
+    plan: LayerPlan
+    slot: TrainSlot  # initial values (the flashed weights) and update coefficients
+    weight_offset: int  # byte offset in the state block (-1 if weights frozen)
+    bias_offset: int  # byte offset in the state block (-1 if bias frozen)
+
+
+@dataclass
+class BackwardStep:
+    step: int  # the operator's position in the forward schedule
+    op: PreparedOp
+    rule: BackwardDef | None  # None for pass-through operators and ADD
+    mask: tuple[int, int] | None  # activation mask bounds applied to dy first
+    need_dx: list[bool]  # per dynamic input
+    saved: list[bool]  # per dynamic input: kept from the forward pass
+
+
+@dataclass
+class TrainProgram:
+    model: CompiledModel
+    scheme: Scheme
+    trained: dict[int, TrainedOp]
+    backward: list[BackwardStep]  # in execution order (reverse of the forward schedule)
+    masks: dict[int, tuple[int, int]]  # forward step -> mask bounds of its output
+    grad_tensors: list[int]  # tensors whose gradient is computed, in the order they appear
+    loss_input: int  # tensor whose gradient the loss produces
+    num_classes: int
+    state_bytes: int
+    planner: ArenaPlanner = field(default_factory=ArenaPlanner)
+
+    @property
+    def arena_bytes(self) -> int:
+        return self.planner.arena_bytes()
+
+    def offset(self, buffer: str) -> int:
+        return self.planner.offset_of(buffer)
+
+    def activation_buffer(self, tensor_id: int) -> str:
+        return self.model.buffer_of[tensor_id]
+
+
+def build_training(model: CompiledModel, scheme: Scheme) -> TrainProgram:
+    load_all()
+    _import_backward_rules()
+    ops = model.ops
+    trained = _trained_ops(model, scheme)
+    loss_input, num_classes = _loss(model, scheme)
+    producer = {p.output: i for i, p in enumerate(ops)}
+    upstream = _upstream_trained(ops, producer, set(trained))
+    backward: list[BackwardStep] = []
+    masks: dict[int, tuple[int, int]] = {}
+    last = len(ops) - 1 if scheme.loss == "cross_entropy" else len(ops)
+    for step in reversed(range(last)):
+        p = ops[step]
+        if not upstream[step]:
+            continue
+        need_dx = [t in producer and upstream[producer[t]] for t in p.inputs]
+        rule = None if p.op.opcode in _PASS_THROUGH + ("ADD",) else BACKWARD.get(p.op.opcode)
+        if rule is None and p.op.opcode not in _PASS_THROUGH + ("ADD",):
+            raise ModelError(f"operator {p.op.index} ({p.op.opcode}) has no backward rule yet; "
+                             "train only layers after it")
+        mask = _mask(model, p)
+        if mask is not None:
+            masks[step] = mask
+        slot = trained[step].slot if step in trained else None
+        saved = rule.saves_input(p.params, slot) if rule else [False] * len(p.inputs)
+        if rule is not None:
+            _check_depth(p, rule)
+        backward.append(BackwardStep(step, p, rule, mask, need_dx, saved))
+    program = TrainProgram(model=model, scheme=scheme, trained=trained, backward=backward,
+                           masks=masks, grad_tensors=[], loss_input=loss_input,
+                           num_classes=num_classes, state_bytes=_layout_state(trained))
+    program.grad_tensors = _gradient_tensors(program)
+    program.planner = _plan(program)
+    return program
+
+
+def _import_backward_rules() -> None:
+    # Backward rules register on import, like forward OpDefs; grad_rules holds masks and losses.
+    importlib.import_module("mcutrain.grad_rules")
+
+
+def _parametric(model: CompiledModel) -> list[tuple[int, str, int]]:
+    out = []
+    for step, p in enumerate(model.ops):
+        if p.op.opcode in PARAMETRIC:
+            t = model.graph.tensors[p.output]
+            out.append((step, t.name, int(t.shape[-1])))
+    return out
+
+
+def _trained_ops(model: CompiledModel, scheme: Scheme) -> dict[int, TrainedOp]:
+    trained = {}
+    for plan in plan_layers(scheme, _parametric(model)):
+        p = model.ops[plan.step]
+        trained[plan.step] = TrainedOp(plan.step, plan, _initial_slot(model, p, plan, scheme),
+                                       -1, -1)
+    return trained
+
+
+def _initial_slot(model: CompiledModel, p: PreparedOp, plan: LayerPlan,
+                  scheme: Scheme) -> TrainSlot:
+    g = model.graph
+    filt = g.tensors[p.op.inputs[1]]
+    x = g.tensors[p.inputs[0]]
+    out_c = int(g.tensors[p.output].shape[-1])
+    sw = np.broadcast_to(filt.quant.scale.astype(np.float32), (out_c,)).astype(np.float32)
+    sx = np.float32(x.scale)
+    has_bias = getattr(p.params, "bias", None) is not None
+    module = param_module(p.op.opcode)
+    weights = module.trainable_weights(p.params, plan.n_train) if plan.n_train else None
+    bias = np.array(p.params.bias, dtype=np.int32) if plan.train_bias and has_bias else None
+    if scheme.qas:
+        w_coef = np.float32(1.0) / sw
+        bias_coef = np.float32(1.0) / (sx * sw)
+    else:
+        w_coef, bias_coef = sw.copy(), sx * sw
+    return TrainSlot(n_train=plan.n_train, weights=weights, bias=bias,
+                     w_coef=w_coef[:plan.n_train].astype(np.float32),
+                     bias_coef=bias_coef.astype(np.float32),
+                     stochastic=scheme.rounding == "stochastic")
+
+
+def _layout_state(trained: dict[int, TrainedOp]) -> int:
+    offset = 0
+    for step in sorted(trained):
+        t = trained[step]
+        if t.slot.weights is not None:
+            t.weight_offset = offset
+            offset += (t.slot.weights.nbytes + 3) // 4 * 4
+        if t.slot.bias is not None:
+            t.bias_offset = offset
+            offset += t.slot.bias.nbytes
+    return offset
+
+
+def _loss(model: CompiledModel, scheme: Scheme) -> tuple[int, int]:
+    last = model.ops[-1]
+    out = model.graph.tensors[model.output]
+    if scheme.loss == "cross_entropy":
+        if last.op.opcode != "SOFTMAX":
+            raise ModelError(f"{model.graph.name}: cross-entropy training needs the model to end "
+                             f"in SOFTMAX (it ends in {last.op.opcode}); use loss 'mse'")
+        return last.inputs[0], int(out.shape[-1])
+    return model.output, 0
+
+
+def _upstream_trained(ops: list[PreparedOp], producer: dict[int, int],
+                      trained: set[int]) -> list[bool]:
+    """For each step: does it, or anything feeding it, hold a trained parameter?"""
+    flags = []
+    for step, p in enumerate(ops):
+        flags.append(step in trained or any(t in producer and flags[producer[t]]
+                                            for t in p.inputs))
+    return flags
+
+
+def _mask(model: CompiledModel, p: PreparedOp) -> tuple[int, int] | None:
+    activation = p.op.options.get("activation", "NONE")
+    if p.op.opcode not in _FUSED_ACTIVATION or activation == "NONE":
+        return None
+    out = model.graph.tensors[p.output]
+    lo, hi = activation_range(activation, out.scale, out.zero_point)
+    return (lo, 128) if activation == "RELU" else (lo, hi)
+
+
+def _check_depth(p: PreparedOp, rule: BackwardDef) -> None:
+    depth = rule.input_grad_depth(p.params)
+    if GRAD_MAX * 127 * depth >= 2**31:
+        raise ModelError(f"operator {p.op.index} ({p.op.opcode}): its input gradient sums {depth} "
+                         "products, which could overflow int32; train only layers after it")
+
+
+def _gradient_tensors(program: TrainProgram) -> list[int]:
+    order = [program.loss_input]
+    for b in program.backward:
+        for t, need in zip(b.op.inputs, b.need_dx, strict=True):
+            if need and t not in order:
+                order.append(t)
+    return order
+
+
+def grad_buffer(tensor_id: int, contribution: int | None = None) -> str:
+    """The gradient of a tensor; with two contributions (fan-out) each has its own buffer and
+    the sum goes to the plain name."""
+    return f"g{tensor_id}" if contribution is None else f"g{tensor_id}_c{contribution}"
+
+
+def mask_buffer(step: int) -> str:
+    return f"m{step}"
+
+
+def _plan(program: TrainProgram) -> ArenaPlanner:
+    """Lifetimes over the whole step: forward steps 0..N-1, loss at N, backward after that."""
+    model = program.model
+    n = len(model.ops)
+    lifetimes: dict[str, list[int]] = {}
+    sizes: dict[str, int] = {}
+
+    def use(name: str, size: int, step: int) -> None:
+        span = lifetimes.setdefault(name, [step, step])
+        span[0], span[1] = min(span[0], step), max(span[1], step)
+        sizes[name] = max(sizes.get(name, 0), size)
+
+    def act(tid: int, step: int) -> None:
+        use(model.buffer_of[tid], model.graph.tensors[tid].nbytes, step)
+
+    act(model.input, -1)
+    for step, p in enumerate(model.ops):
+        for t in p.inputs:
+            act(t, step)
+        act(p.output, step)
+    act(model.output, n)  # the loss reads the output
+    bstep = {b.step: n + 1 + i for i, b in enumerate(program.backward)}
+    for step in program.masks:
+        count = model.graph.tensors[model.ops[step].output].num_elements
+        use(mask_buffer(step), (count + 7) // 8, step)
+        use(mask_buffer(step), (count + 7) // 8, bstep[step])
+    for b in program.backward:
+        for t, keep in zip(b.op.inputs, b.saved, strict=True):
+            if keep:
+                act(t, bstep[b.step])
+    _plan_gradients(program, use, bstep, n)
+    planner = ArenaPlanner(alignment=16)
+    for name, (first, last) in lifetimes.items():
+        planner.add_buffer(name, sizes[name], first, last)
+    return planner
+
+
+def _plan_gradients(program: TrainProgram, use, bstep: dict[int, int], loss_step: int) -> None:
+    """Gradient buffers: 4 bytes per element (int32 accumulation, then int16 in place)."""
+    model = program.model
+    producer = {p.output: i for i, p in enumerate(model.ops)}
+    for t, made in gradient_contributions(program).items():
+        size = 4 * model.graph.tensors[t].num_elements
+        at = [loss_step if step is None else bstep[step] for step in made]
+        consumed = bstep[producer[t]] if t in producer else at[-1]
+        if len(made) > 2:
+            raise ModelError(f"tensor {t} '{model.graph.tensors[t].name}' feeds {len(made)} "
+                             "trained paths; at most two are supported")
+        if len(made) == 2:
+            for k, step in enumerate(at):
+                use(grad_buffer(t, k), size, step)
+                use(grad_buffer(t, k), size, at[-1])
+        use(grad_buffer(t), size, at[-1])
+        use(grad_buffer(t), size, consumed)
+
+
+def gradient_contributions(program: TrainProgram) -> dict[int, list[int | None]]:
+    """Tensor -> the forward steps whose backward writes part of its gradient (None = loss)."""
+    made: dict[int, list[int | None]] = {program.loss_input: [None]}
+    for b in program.backward:
+        for t, need in zip(b.op.inputs, b.need_dx, strict=True):
+            if need:
+                made.setdefault(t, []).append(b.step)
+    return made
