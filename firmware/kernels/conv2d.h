@@ -14,6 +14,8 @@
 
 #include <cstdint>
 
+#include "kernels/train_math.h"
+
 namespace mt {
 
 struct Conv2dParams {
@@ -29,6 +31,11 @@ struct Conv2dParams {
   const int32_t* multiplier;   // [output_c] Q31 significands (a per-tensor scale is repeated)
   const int32_t* shift;        // [output_c] power-of-two exponents, in [-31, 30]
   int32_t act_min, act_max;    // fused activation clamp, -128 <= act_min <= act_max <= 127
+  // On-device training: output channels o < n_train read their weights from train_filter, the
+  // SRAM copy of the first n_train rows of the OHWI filter (same row layout); the others read
+  // the `filter` argument (flash). n_train == 0 (the default) is plain inference.
+  const int8_t* train_filter = nullptr;
+  int32_t n_train = 0;
 };
 
 namespace ref {
@@ -38,6 +45,40 @@ namespace ref {
 // Scratch: none. Accumulates in int32: filter_h * filter_w * filter_c must stay below 2^16.
 void conv2d_s8(const Conv2dParams& p, const int8_t* input, const int8_t* filter,
                const int32_t* bias, int8_t* output);
+
+// ---- backward (docs/training.md, "Rules per operator"); run in this order in one step ----
+
+// Input gradient before requantization: the transposed convolution of the folded output
+// gradient, acc[b, iy, ix, ic] = sum of fold(dy[b, oy, ox, oc]) * w[oc, fy, fx, ic - in_c0(oc)]
+// over every (oy, ox, oc, fy, fx) whose tap reads (iy, ix); taps outside the input are dropped.
+// In:  filter   [output_c, filter_h, filter_w, filter_c] int8 (flash; channels < p.n_train
+//               come from p.train_filter, which must still hold this step's old weights)
+//      dy       [batches, output_h, output_w, output_c] int16 output gradient (|dy| <= 8191)
+//      ratio    [output_c] float32 sW[c] / max(sW), or nullptr for per-tensor weights
+// Out: input_acc [batches, input_h, input_w, input_c] int32 (overwritten; may not alias dy).
+// Then mt::GradRequantize(input_acc, count, dy_scale * max(sW)) gives the int16 gradient.
+// Depth: each sum has at most output_c / groups * filter_h * filter_w terms (the compiler
+// checks 8191 * 127 * depth < 2^31).
+void conv2d_input_grad(const Conv2dParams& p, const int8_t* filter, const int16_t* dy,
+                       const float* ratio, int32_t* input_acc);
+
+// Bias update: GB[o] = sum of dy[..., o] (int64), bias[o] -= round_half_away((lr_dy * GB[o]) *
+// bias_coef[o]), saturated to int32. lr_dy = lr * dy_scale (float32).
+// In: dy as above (unfolded), bias_coef [output_c] float32. In/out: bias [output_c] int32 (SRAM).
+void conv2d_bias_update(const Conv2dParams& p, const int16_t* dy, float lr_dy,
+                        const float* bias_coef, int32_t* bias);
+
+// Weight update of output channels o < p.n_train, in OHWI memory order (one PRNG draw per
+// weight when stochastic): GW = sum over output positions of dy[.., o] * (x - zx) (int64,
+// padded taps contribute 0), w = clamp(w - R((float)GW * (coef * w_coef[o])), -127, 127).
+// coef = (lr * dy_scale) * input_scale (float32, per step).
+// In:  input   [batches, input_h, input_w, input_c] int8, the forward input (must be saved)
+//      dy      as above (unfolded), w_coef [p.n_train] float32
+// In/out: weights [p.n_train, filter_h, filter_w, filter_c] int8 (the SRAM copy, i.e. the
+//      memory p.train_filter points to), prng (xorshift32 state, stochastic rounding only).
+void conv2d_weight_update(const Conv2dParams& p, const int8_t* input, const int16_t* dy,
+                          float coef, const float* w_coef, Rounding rounding, uint32_t* prng,
+                          int8_t* weights);
 
 }  // namespace ref
 }  // namespace mt

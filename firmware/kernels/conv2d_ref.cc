@@ -2,6 +2,7 @@
 #include "kernels/conv2d.h"
 
 #include "kernels/fixed_point.h"
+#include "kernels/param_update.h"
 
 namespace mt::ref {
 
@@ -16,6 +17,8 @@ void conv2d_s8(const Conv2dParams& p, const int8_t* input, const int8_t* filter,
         const int32_t in_x0 = ox * p.stride_w - p.pad_w;
         for (int32_t oc = 0; oc < p.output_c; ++oc) {
           const int32_t in_c0 = (oc / filters_per_group) * p.filter_c;
+          // Trained channels live in SRAM with the same row layout (a prefix of the filter).
+          const int8_t* rows = oc < p.n_train ? p.train_filter : filter;
           int32_t acc = 0;
           for (int32_t fy = 0; fy < p.filter_h; ++fy) {
             const int32_t iy = in_y0 + fy * p.dilation_h;
@@ -26,7 +29,7 @@ void conv2d_s8(const Conv2dParams& p, const int8_t* input, const int8_t* filter,
               if (iy < 0 || iy >= p.input_h || ix < 0 || ix >= p.input_w) continue;
               const int8_t* in =
                   input + ((b * p.input_h + iy) * p.input_w + ix) * p.input_c + in_c0;
-              const int8_t* w = filter + ((oc * p.filter_h + fy) * p.filter_w + fx) * p.filter_c;
+              const int8_t* w = rows + ((oc * p.filter_h + fy) * p.filter_w + fx) * p.filter_c;
               for (int32_t ic = 0; ic < p.filter_c; ++ic) {
                 acc += static_cast<int32_t>(w[ic]) * (in[ic] + p.input_offset);
               }
@@ -36,6 +39,81 @@ void conv2d_s8(const Conv2dParams& p, const int8_t* input, const int8_t* filter,
           acc = MultiplyByQuantizedMultiplier(acc, p.multiplier[oc], p.shift[oc]) + p.output_offset;
           output[((b * p.output_h + oy) * p.output_w + ox) * p.output_c + oc] =
               static_cast<int8_t>(Clamp(acc, p.act_min, p.act_max));
+        }
+      }
+    }
+  }
+}
+
+void conv2d_input_grad(const Conv2dParams& p, const int8_t* filter, const int16_t* dy,
+                       const float* ratio, int32_t* input_acc) {
+  const int32_t groups = p.input_c / p.filter_c;
+  const int32_t filters_per_group = p.output_c / groups;
+  const int32_t count = p.batches * p.input_h * p.input_w * p.input_c;
+  for (int32_t i = 0; i < count; ++i) input_acc[i] = 0;
+  // Scatter form: each output gradient is folded once and added to every input it read.
+  for (int32_t b = 0; b < p.batches; ++b) {
+    for (int32_t oy = 0; oy < p.output_h; ++oy) {
+      const int32_t in_y0 = oy * p.stride_h - p.pad_h;
+      for (int32_t ox = 0; ox < p.output_w; ++ox) {
+        const int32_t in_x0 = ox * p.stride_w - p.pad_w;
+        const int16_t* g = dy + ((b * p.output_h + oy) * p.output_w + ox) * p.output_c;
+        for (int32_t oc = 0; oc < p.output_c; ++oc) {
+          const int32_t d = FoldGrad(g[oc], ratio, oc);
+          if (d == 0) continue;
+          const int32_t in_c0 = (oc / filters_per_group) * p.filter_c;
+          const int8_t* rows = oc < p.n_train ? p.train_filter : filter;
+          for (int32_t fy = 0; fy < p.filter_h; ++fy) {
+            const int32_t iy = in_y0 + fy * p.dilation_h;
+            if (iy < 0 || iy >= p.input_h) continue;
+            for (int32_t fx = 0; fx < p.filter_w; ++fx) {
+              const int32_t ix = in_x0 + fx * p.dilation_w;
+              if (ix < 0 || ix >= p.input_w) continue;
+              int32_t* acc =
+                  input_acc + ((b * p.input_h + iy) * p.input_w + ix) * p.input_c + in_c0;
+              const int8_t* w = rows + ((oc * p.filter_h + fy) * p.filter_w + fx) * p.filter_c;
+              for (int32_t ic = 0; ic < p.filter_c; ++ic) acc[ic] += d * w[ic];
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+void conv2d_bias_update(const Conv2dParams& p, const int16_t* dy, float lr_dy,
+                        const float* bias_coef, int32_t* bias) {
+  UpdateBias(p.batches * p.output_h * p.output_w, p.output_c, dy, lr_dy, bias_coef, bias);
+}
+
+void conv2d_weight_update(const Conv2dParams& p, const int8_t* input, const int16_t* dy,
+                          float coef, const float* w_coef, Rounding rounding, uint32_t* prng,
+                          int8_t* weights) {
+  const int32_t groups = p.input_c / p.filter_c;
+  const int32_t filters_per_group = p.output_c / groups;
+  for (int32_t oc = 0; oc < p.n_train; ++oc) {
+    const float coef_o = coef * w_coef[oc];
+    const int32_t in_c0 = (oc / filters_per_group) * p.filter_c;
+    for (int32_t fy = 0; fy < p.filter_h; ++fy) {
+      for (int32_t fx = 0; fx < p.filter_w; ++fx) {
+        for (int32_t ic = 0; ic < p.filter_c; ++ic) {
+          int64_t gw = 0;
+          for (int32_t b = 0; b < p.batches; ++b) {
+            for (int32_t oy = 0; oy < p.output_h; ++oy) {
+              const int32_t iy = oy * p.stride_h - p.pad_h + fy * p.dilation_h;
+              if (iy < 0 || iy >= p.input_h) continue;
+              for (int32_t ox = 0; ox < p.output_w; ++ox) {
+                const int32_t ix = ox * p.stride_w - p.pad_w + fx * p.dilation_w;
+                if (ix < 0 || ix >= p.input_w) continue;
+                const int32_t x =
+                    input[((b * p.input_h + iy) * p.input_w + ix) * p.input_c + in_c0 + ic] +
+                    p.input_offset;
+                gw += dy[((b * p.output_h + oy) * p.output_w + ox) * p.output_c + oc] * x;
+              }
+            }
+          }
+          UpdateWeight(&weights[((oc * p.filter_h + fy) * p.filter_w + fx) * p.filter_c + ic],
+                       gw, coef_o, rounding, prng);
         }
       }
     }

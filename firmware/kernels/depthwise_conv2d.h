@@ -15,6 +15,8 @@
 
 #include <cstdint>
 
+#include "kernels/train_math.h"
+
 namespace mt {
 
 struct DepthwiseConv2dParams {
@@ -31,6 +33,11 @@ struct DepthwiseConv2dParams {
   const int32_t* multiplier;   // [output_c] Q31 significands (a per-tensor scale is repeated)
   const int32_t* shift;        // [output_c] power-of-two exponents, in [-31, 30]
   int32_t act_min, act_max;    // fused activation clamp, -128 <= act_min <= act_max <= 127
+  // On-device training: output channels o < n_train read their weights from train_filter, the
+  // SRAM copy laid out [filter_h][filter_w][n_train] (the 1HWC filter restricted to the trained
+  // channels); the others read the `filter` argument (flash). n_train == 0: plain inference.
+  const int8_t* train_filter = nullptr;
+  int32_t n_train = 0;
 };
 
 namespace ref {
@@ -39,6 +46,36 @@ namespace ref {
 // In: input, filter, bias (may be nullptr). Out: output (must not alias input). Scratch: none.
 void depthwise_conv2d_s8(const DepthwiseConv2dParams& p, const int8_t* input,
                          const int8_t* filter, const int32_t* bias, int8_t* output);
+
+// ---- backward (docs/training.md, "Rules per operator"); run in this order in one step ----
+
+// Input gradient before requantization: acc[b, iy, ix, ic] = sum over m < depth_multiplier and
+// the taps (oy, ox, fy, fx) reading (iy, ix) of fold(dy[b, oy, ox, oc]) * w[fy, fx, oc] with
+// oc = ic * depth_multiplier + m; taps outside the input are dropped.
+// In:  filter [1, filter_h, filter_w, output_c] int8 (flash; channels < p.n_train come from
+//             p.train_filter, which must still hold this step's old weights)
+//      dy     [batches, output_h, output_w, output_c] int16 output gradient (|dy| <= 8191)
+//      ratio  [output_c] float32 sW[c] / max(sW), or nullptr for per-tensor weights
+// Out: input_acc [batches, input_h, input_w, input_c] int32 (overwritten; may not alias dy).
+// Then mt::GradRequantize(input_acc, count, dy_scale * max(sW)). Depth of each sum: at most
+// depth_multiplier * filter_h * filter_w terms.
+void depthwise_conv2d_input_grad(const DepthwiseConv2dParams& p, const int8_t* filter,
+                                 const int16_t* dy, const float* ratio, int32_t* input_acc);
+
+// Bias update, as conv2d_bias_update: bias[o] -= round((lr_dy * sum dy[..., o]) * bias_coef[o]).
+void depthwise_conv2d_bias_update(const DepthwiseConv2dParams& p, const int16_t* dy,
+                                  float lr_dy, const float* bias_coef, int32_t* bias);
+
+// Weight update of output channels o < p.n_train in the SRAM copy's order (fy, fx, o; one PRNG
+// draw per weight when stochastic): GW[fy, fx, o] = sum over output positions of
+// dy[.., o] * (x[.., o / depth_multiplier] - zx) (int64, padded taps 0),
+// w = clamp(w - R((float)GW * (coef * w_coef[o])), -127, 127), coef = (lr * dy_scale) * sx.
+// In:  input [batches, input_h, input_w, input_c] int8, the forward input (must be saved)
+//      dy as above (unfolded), w_coef [p.n_train] float32
+// In/out: weights [filter_h, filter_w, p.n_train] int8 (SRAM copy, = p.train_filter), prng.
+void depthwise_conv2d_weight_update(const DepthwiseConv2dParams& p, const int8_t* input,
+                                    const int16_t* dy, float coef, const float* w_coef,
+                                    Rounding rounding, uint32_t* prng, int8_t* weights);
 
 }  // namespace ref
 }  // namespace mt

@@ -2,6 +2,7 @@
 #include "kernels/depthwise_conv2d.h"
 
 #include "kernels/fixed_point.h"
+#include "kernels/param_update.h"
 
 namespace mt::ref {
 
@@ -23,7 +24,10 @@ void depthwise_conv2d_s8(const DepthwiseConv2dParams& p, const int8_t* input,
                 // Taps outside the image are skipped: implicit padding with the zero point.
                 if (iy < 0 || iy >= p.input_h || ix < 0 || ix >= p.input_w) continue;
                 const int32_t x = input[((b * p.input_h + iy) * p.input_w + ix) * p.input_c + ic];
-                const int32_t w = filter[(fy * p.filter_w + fx) * p.output_c + oc];
+                // Trained channels live in SRAM, laid out [filter_h][filter_w][n_train].
+                const int32_t w = oc < p.n_train
+                                      ? p.train_filter[(fy * p.filter_w + fx) * p.n_train + oc]
+                                      : filter[(fy * p.filter_w + fx) * p.output_c + oc];
                 acc += w * (x + p.input_offset);
               }
             }
@@ -34,6 +38,73 @@ void depthwise_conv2d_s8(const DepthwiseConv2dParams& p, const int8_t* input,
                 static_cast<int8_t>(Clamp(acc, p.act_min, p.act_max));
           }
         }
+      }
+    }
+  }
+}
+
+void depthwise_conv2d_input_grad(const DepthwiseConv2dParams& p, const int8_t* filter,
+                                 const int16_t* dy, const float* ratio, int32_t* input_acc) {
+  const int32_t count = p.batches * p.input_h * p.input_w * p.input_c;
+  for (int32_t i = 0; i < count; ++i) input_acc[i] = 0;
+  // Scatter form: each output gradient is folded once and added to every input it read.
+  for (int32_t b = 0; b < p.batches; ++b) {
+    for (int32_t oy = 0; oy < p.output_h; ++oy) {
+      const int32_t in_y0 = oy * p.stride_h - p.pad_h;
+      for (int32_t ox = 0; ox < p.output_w; ++ox) {
+        const int32_t in_x0 = ox * p.stride_w - p.pad_w;
+        const int16_t* g = dy + ((b * p.output_h + oy) * p.output_w + ox) * p.output_c;
+        for (int32_t oc = 0; oc < p.output_c; ++oc) {
+          const int32_t d = FoldGrad(g[oc], ratio, oc);
+          if (d == 0) continue;
+          const int32_t ic = oc / p.depth_multiplier;
+          for (int32_t fy = 0; fy < p.filter_h; ++fy) {
+            const int32_t iy = in_y0 + fy * p.dilation_h;
+            if (iy < 0 || iy >= p.input_h) continue;
+            for (int32_t fx = 0; fx < p.filter_w; ++fx) {
+              const int32_t ix = in_x0 + fx * p.dilation_w;
+              if (ix < 0 || ix >= p.input_w) continue;
+              const int32_t w = oc < p.n_train
+                                    ? p.train_filter[(fy * p.filter_w + fx) * p.n_train + oc]
+                                    : filter[(fy * p.filter_w + fx) * p.output_c + oc];
+              input_acc[((b * p.input_h + iy) * p.input_w + ix) * p.input_c + ic] += d * w;
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+void depthwise_conv2d_bias_update(const DepthwiseConv2dParams& p, const int16_t* dy,
+                                  float lr_dy, const float* bias_coef, int32_t* bias) {
+  UpdateBias(p.batches * p.output_h * p.output_w, p.output_c, dy, lr_dy, bias_coef, bias);
+}
+
+void depthwise_conv2d_weight_update(const DepthwiseConv2dParams& p, const int8_t* input,
+                                    const int16_t* dy, float coef, const float* w_coef,
+                                    Rounding rounding, uint32_t* prng, int8_t* weights) {
+  for (int32_t fy = 0; fy < p.filter_h; ++fy) {
+    for (int32_t fx = 0; fx < p.filter_w; ++fx) {
+      for (int32_t oc = 0; oc < p.n_train; ++oc) {
+        const int32_t ic = oc / p.depth_multiplier;
+        int64_t gw = 0;
+        for (int32_t b = 0; b < p.batches; ++b) {
+          for (int32_t oy = 0; oy < p.output_h; ++oy) {
+            const int32_t iy = oy * p.stride_h - p.pad_h + fy * p.dilation_h;
+            if (iy < 0 || iy >= p.input_h) continue;
+            for (int32_t ox = 0; ox < p.output_w; ++ox) {
+              const int32_t ix = ox * p.stride_w - p.pad_w + fx * p.dilation_w;
+              if (ix < 0 || ix >= p.input_w) continue;
+              const int32_t x =
+                  input[((b * p.input_h + iy) * p.input_w + ix) * p.input_c + ic] + p.input_offset;
+              gw += dy[((b * p.output_h + oy) * p.output_w + ox) * p.output_c + oc] * x;
+            }
+          }
+        }
+        const float coef_o = coef * w_coef[oc];
+        UpdateWeight(&weights[(fy * p.filter_w + fx) * p.n_train + oc], gw, coef_o, rounding,
+                     prng);
       }
     }
   }

@@ -22,6 +22,8 @@
 
 #include <cstdint>
 
+#include "kernels/train_math.h"
+
 namespace mt {
 
 struct FullyConnectedParams {
@@ -35,6 +37,11 @@ struct FullyConnectedParams {
   const int32_t* shift;        // [output_depth] power-of-two exponents, in [-31, 30]
   const double* real_scale;    // [output_depth] or nullptr (see above)
   int32_t act_min, act_max;    // fused activation clamp, -128 <= act_min <= act_max <= 127
+  // On-device training: output units o < n_train read their weights from train_filter, the
+  // SRAM copy of the first n_train rows of the filter; the others read the `filter` argument
+  // (flash). n_train == 0 (the default) is plain inference.
+  const int8_t* train_filter = nullptr;
+  int32_t n_train = 0;
 };
 
 namespace ref {
@@ -44,6 +51,33 @@ namespace ref {
 // alias input). Scratch: none.
 void fully_connected_s8(const FullyConnectedParams& p, const int8_t* input, const int8_t* filter,
                         const int32_t* bias, int8_t* output);
+
+// ---- backward (docs/training.md, "Rules per operator"); run in this order in one step ----
+// Training requires filter_offset == 0 (the compiler refuses other weights).
+
+// Input gradient before requantization: acc[b, d] = sum over o of fold(dy[b, o]) * w[o, d].
+// In:  filter [output_depth, accum_depth] int8 (flash; rows < p.n_train come from
+//             p.train_filter, which must still hold this step's old weights)
+//      dy     [batches, output_depth] int16 output gradient (|dy| <= 8191)
+//      ratio  [output_depth] float32 sW[o] / max(sW), or nullptr for per-tensor weights
+// Out: input_acc [batches, accum_depth] int32 (overwritten; may not alias dy). Then
+// mt::GradRequantize(input_acc, count, dy_scale * max(sW)). Depth: output_depth terms.
+void fully_connected_input_grad(const FullyConnectedParams& p, const int8_t* filter,
+                                const int16_t* dy, const float* ratio, int32_t* input_acc);
+
+// Bias update, as conv2d_bias_update: bias[o] -= round((lr_dy * sum_b dy[b, o]) * bias_coef[o]).
+void fully_connected_bias_update(const FullyConnectedParams& p, const int16_t* dy, float lr_dy,
+                                 const float* bias_coef, int32_t* bias);
+
+// Weight update of rows o < p.n_train in memory order (one PRNG draw per weight when
+// stochastic): GW[o, d] = sum_b dy[b, o] * (x[b, d] - zx) (int64),
+// w = clamp(w - R((float)GW * (coef * w_coef[o])), -127, 127), coef = (lr * dy_scale) * sx.
+// In:  input [batches, accum_depth] int8, the forward input (must be saved)
+//      dy as above (unfolded), w_coef [p.n_train] float32
+// In/out: weights [p.n_train, accum_depth] int8 (SRAM copy, = p.train_filter), prng.
+void fully_connected_weight_update(const FullyConnectedParams& p, const int8_t* input,
+                                   const int16_t* dy, float coef, const float* w_coef,
+                                   Rounding rounding, uint32_t* prng, int8_t* weights);
 
 }  // namespace ref
 }  // namespace mt

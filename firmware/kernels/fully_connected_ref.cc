@@ -2,6 +2,7 @@
 #include "kernels/fully_connected.h"
 
 #include "kernels/fixed_point.h"
+#include "kernels/param_update.h"
 
 namespace mt::ref {
 namespace {
@@ -28,7 +29,8 @@ void fully_connected_s8(const FullyConnectedParams& p, const int8_t* input, cons
   for (int32_t b = 0; b < p.batches; ++b) {
     const int8_t* x = input + b * p.accum_depth;
     for (int32_t o = 0; o < p.output_depth; ++o) {
-      const int8_t* w = filter + o * p.accum_depth;
+      // Trained rows live in SRAM with the same row layout (a prefix of the filter).
+      const int8_t* w = (o < p.n_train ? p.train_filter : filter) + o * p.accum_depth;
       int32_t acc = 0;
       for (int32_t d = 0; d < p.accum_depth; ++d) {
         acc += (static_cast<int32_t>(w[d]) + p.filter_offset) *
@@ -40,6 +42,41 @@ void fully_connected_s8(const FullyConnectedParams& p, const int8_t* input, cons
                 : MultiplyByQuantizedMultiplier(acc, p.multiplier[o], p.shift[o]);
       acc += p.output_offset;
       output[b * p.output_depth + o] = static_cast<int8_t>(Clamp(acc, p.act_min, p.act_max));
+    }
+  }
+}
+
+void fully_connected_input_grad(const FullyConnectedParams& p, const int8_t* filter,
+                                const int16_t* dy, const float* ratio, int32_t* input_acc) {
+  for (int32_t i = 0; i < p.batches * p.accum_depth; ++i) input_acc[i] = 0;
+  for (int32_t b = 0; b < p.batches; ++b) {
+    int32_t* acc = input_acc + b * p.accum_depth;
+    for (int32_t o = 0; o < p.output_depth; ++o) {
+      const int32_t d = FoldGrad(dy[b * p.output_depth + o], ratio, o);
+      if (d == 0) continue;
+      const int8_t* w = (o < p.n_train ? p.train_filter : filter) + o * p.accum_depth;
+      for (int32_t k = 0; k < p.accum_depth; ++k) acc[k] += d * w[k];
+    }
+  }
+}
+
+void fully_connected_bias_update(const FullyConnectedParams& p, const int16_t* dy, float lr_dy,
+                                 const float* bias_coef, int32_t* bias) {
+  UpdateBias(p.batches, p.output_depth, dy, lr_dy, bias_coef, bias);
+}
+
+void fully_connected_weight_update(const FullyConnectedParams& p, const int8_t* input,
+                                   const int16_t* dy, float coef, const float* w_coef,
+                                   Rounding rounding, uint32_t* prng, int8_t* weights) {
+  for (int32_t o = 0; o < p.n_train; ++o) {
+    const float coef_o = coef * w_coef[o];
+    for (int32_t k = 0; k < p.accum_depth; ++k) {
+      int64_t gw = 0;
+      for (int32_t b = 0; b < p.batches; ++b) {
+        gw += dy[b * p.output_depth + o] * (static_cast<int32_t>(input[b * p.accum_depth + k]) +
+                                            p.input_offset);
+      }
+      UpdateWeight(&weights[o * p.accum_depth + k], gw, coef_o, rounding, prng);
     }
   }
 }

@@ -1,0 +1,43 @@
+// Per-element update arithmetic shared by the CONV_2D, DEPTHWISE_CONV_2D and FULLY_CONNECTED
+// backward kernels (docs/training.md, "Rules per operator"). python/mcutrain/ops/param_train.py
+// mirrors each function; every float expression is written in the order the reference
+// evaluates it, so the two round identically under -ffp-contract=off.
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/train_math.h"
+
+namespace mt {
+
+// D' = round_half_away(D * ratio[c]): the per-channel weight-scale fold of an output gradient.
+// ratio == nullptr means per-tensor weights (every ratio is 1), where the fold is the identity.
+inline int32_t FoldGrad(int16_t d, const float* ratio, int32_t c) {
+  if (ratio == nullptr) return d;
+  return static_cast<int32_t>(RoundHalfAway(static_cast<float>(d) * ratio[c]));
+}
+
+// w = clamp(w - R((float)gw * coef_o), -127, 127). Stochastic rounding draws once per call, so
+// callers visit weights in the SRAM copy's memory order.
+inline void UpdateWeight(int8_t* w, int64_t gw, float coef_o, Rounding rounding,
+                         uint32_t* prng) {
+  const float delta = static_cast<float>(gw) * coef_o;
+  const float step = RoundUpdate(delta, rounding, prng);
+  *w = SaturateWeight(static_cast<float>(*w) - step);
+}
+
+// Bias update from an output gradient laid out [rows, channels] (channels innermost):
+// GB[o] = sum of column o (int64), b[o] = sat_int32(b[o] - round(((lr_dy * GB[o]) * coef[o]))).
+// lr_dy = lr * dy_scale, computed once by the caller.
+inline void UpdateBias(int32_t rows, int32_t channels, const int16_t* dy, float lr_dy,
+                       const float* bias_coef, int32_t* bias) {
+  for (int32_t o = 0; o < channels; ++o) {
+    int64_t gb = 0;
+    for (int32_t r = 0; r < rows; ++r) gb += dy[r * channels + o];
+    const float delta = (lr_dy * static_cast<float>(gb)) * bias_coef[o];
+    const double step = static_cast<double>(RoundHalfAway(delta));
+    bias[o] = SaturateBias(static_cast<double>(bias[o]) - step);
+  }
+}
+
+}  // namespace mt
