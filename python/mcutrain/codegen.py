@@ -85,7 +85,7 @@ def _array_definition(symbol: str, array: np.ndarray) -> str:
     return (f"alignas(4) const {ctype} {symbol}[{max(flat.size, 1)}] = {{\n{body}\n}};\n")
 
 
-def _tensor_desc(t: Tensor) -> str:
+def tensor_desc(t: Tensor) -> str:
     dims = list(t.shape) + [0] * (6 - len(t.shape))
     scale = c_float(t.quant.scale[0]) if t.quant is not None else "0.0f"
     zero_point = int(t.quant.zero_point[0]) if t.quant is not None else 0
@@ -103,7 +103,7 @@ def generate_model_source(model: CompiledModel) -> tuple[str, int]:
         out = _arena_ptr(model, p.output)
         body = p.opdef.emit(p.params, pool, ins, out).strip()
         comment = f"  // [{step}] {p.op.opcode} (operator {p.op.index}) -> tensor {p.output}"
-        calls.append(comment + ("\n" + _indent(body, 2) if body else " (aliases its input)"))
+        calls.append(comment + ("\n" + indent(body, 2) if body else " (aliases its input)"))
     g = model.graph
     digest = ", ".join(str(b) for b in g.sha256.ljust(32, b"\0"))
     name = g.name.replace("\\", "_").replace('"', "_")
@@ -115,8 +115,8 @@ def generate_model_source(model: CompiledModel) -> tuple[str, int]:
         digest=digest,
         weight_bytes=pool.nbytes,
         macs=model.macs,
-        input_desc=_tensor_desc(g.tensors[model.input]),
-        output_desc=_tensor_desc(g.tensors[model.output]),
+        input_desc=tensor_desc(g.tensors[model.input]),
+        output_desc=tensor_desc(g.tensors[model.output]),
         input_offset=model.offset_of(model.input),
         output_offset=model.offset_of(model.output),
         calls="\n".join(calls),
@@ -128,7 +128,7 @@ def _arena_ptr(model: CompiledModel, tensor_id: int) -> str:
     return f"(g_arena + {model.offset_of(tensor_id)})"
 
 
-def _indent(text: str, spaces: int) -> str:
+def indent(text: str, spaces: int) -> str:
     pad = " " * spaces
     return "\n".join(pad + line if line else line for line in text.splitlines())
 

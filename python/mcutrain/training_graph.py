@@ -282,11 +282,14 @@ def _plan_gradients(program: TrainProgram, use, bstep: dict[int, int], loss_step
             raise ModelError(f"tensor {t} '{model.graph.tensors[t].name}' feeds {len(made)} "
                              "trained paths; at most two are supported")
         if len(made) == 2:
+            # Both parts are summed into the plain buffer when the producer's backward starts.
             for k, step in enumerate(at):
                 use(grad_buffer(t, k), size, step)
-                use(grad_buffer(t, k), size, at[-1])
-        use(grad_buffer(t), size, at[-1])
-        use(grad_buffer(t), size, consumed)
+                use(grad_buffer(t, k), size, consumed)
+            use(grad_buffer(t), size, consumed)
+        else:
+            use(grad_buffer(t), size, at[0])
+            use(grad_buffer(t), size, consumed)
 
 
 def gradient_contributions(program: TrainProgram) -> dict[int, list[int | None]]:

@@ -1,0 +1,297 @@
+"""Code generation for a training build: the forward pass reads trained parameters from SRAM,
+then model_train_step() runs loss and backward as straight-line code from the TrainProgram.
+
+Layout of what this file emits, besides the inference parts (see codegen.py):
+- g_state: one SRAM block with every trainable copy (offsets in report.json), filled from flash
+  by model_train_reset() at boot and on RESET;
+- g_grad_scale[]: one float scale per gradient buffer; gradient data lives in the arena;
+- g_train: learning rate and PRNG state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from . import grad_rules
+from .codegen import ConstPool, c_float, indent, tensor_desc
+from .ops.base import GradRef, TrainBinding, TrainEmit
+from .training_graph import (
+    TrainProgram,
+    grad_buffer,
+    gradient_contributions,
+    mask_buffer,
+)
+
+
+class _Emitter:
+    def __init__(self, program: TrainProgram) -> None:
+        self.program = program
+        self.pool = ConstPool()
+        self.scales: dict[str, int] = {}
+
+    def arena(self, buffer: str) -> str:
+        return f"(g_arena + {self.program.offset(buffer)})"
+
+    def act(self, tensor_id: int) -> str:
+        return self.arena(self.program.activation_buffer(tensor_id))
+
+    def grad(self, tensor_id: int, contribution: int | None = None) -> GradRef:
+        name = grad_buffer(tensor_id, contribution)
+        index = self.scales.setdefault(name, len(self.scales))
+        count = self.program.model.graph.tensors[tensor_id].num_elements
+        return GradRef(buffer=self.arena(name), scale=f"g_grad_scale[{index}]", count=count)
+
+    def binding(self, step: int) -> TrainBinding | None:
+        t = self.program.trained.get(step)
+        if t is None:
+            return None
+        weights = (f"reinterpret_cast<int8_t*>(g_state + {t.weight_offset})"
+                   if t.weight_offset >= 0 else None)
+        bias = (f"reinterpret_cast<int32_t*>(g_state + {t.bias_offset})"
+                if t.bias_offset >= 0 else None)
+        return TrainBinding(n_train=t.slot.n_train, weight_symbol=weights, bias_symbol=bias)
+
+    def params(self, step: int):
+        p = self.program.model.ops[step]
+        binding = self.binding(step)
+        return p.params if binding is None else dataclasses.replace(p.params, train=binding)
+
+    def train_emit(self, step: int) -> TrainEmit | None:
+        t = self.program.trained.get(step)
+        if t is None:
+            return None
+        slot = t.slot
+        return TrainEmit(
+            binding=self.binding(step),
+            w_coef=self.pool.const_array(f"w_coef{step}", slot.w_coef) if slot.n_train else None,
+            bias_coef=(self.pool.const_array(f"bias_coef{step}", slot.bias_coef)
+                       if slot.bias is not None else None),
+            lr="g_train.lr", prng="&g_train.prng",
+            rounding=("mt::Rounding::kStochastic" if slot.stochastic
+                      else "mt::Rounding::kNearest"))
+
+    # ---- sections ----
+
+    def forward(self) -> str:
+        lines = []
+        for step, p in enumerate(self.program.model.ops):
+            ins = [self.act(t) for t in p.inputs]
+            body = p.opdef.emit(self.params(step), self.pool, ins, self.act(p.output)).strip()
+            lines.append(f"  // [{step}] {p.op.opcode} (operator {p.op.index})")
+            if body:
+                lines.append(indent(body, 2))
+            if step in self.program.masks:
+                lo, hi = self.program.masks[step]
+                count = self.program.model.graph.tensors[p.output].num_elements
+                lines.append(indent(grad_rules.emit_mask_pack(
+                    self.act(p.output), count, lo, hi, self.arena(mask_buffer(step))), 2))
+        return "\n".join(lines)
+
+    def loss(self) -> str:
+        program = self.program
+        model = program.model
+        out = model.graph.tensors[model.output]
+        dl = self.grad(program.loss_input)
+        if program.scheme.loss == "cross_entropy":
+            return grad_rules.emit_cross_entropy(
+                self.act(model.output), out.num_elements, "label_class", dl,
+                "result->loss", "result->prediction")
+        return grad_rules.emit_mse(self.act(model.output), out.num_elements, out.scale,
+                                   out.zero_point, "targets", dl, "result->loss")
+
+    def backward(self) -> str:
+        program = self.program
+        contributions = gradient_contributions(program)
+        seen: dict[int, int] = {}
+        lines = []
+        for b in program.backward:
+            p = b.op
+            lines.append(f"  // backward [{b.step}] {p.op.opcode} (operator {p.op.index})")
+            dy = self.grad(p.output)
+            if len(contributions.get(p.output, [])) == 2:
+                lines.append(indent(grad_rules.emit_grad_sum(
+                    self.grad(p.output, 0), self.grad(p.output, 1), dy), 2))
+            if b.mask is not None:
+                lines.append(indent(grad_rules.emit_mask_apply(
+                    dy, self.arena(mask_buffer(b.step))), 2))
+            dxs = []
+            for t, need in zip(p.inputs, b.need_dx, strict=True):
+                if not need:
+                    dxs.append(None)
+                    continue
+                k = seen.get(t, 0)
+                seen[t] = k + 1
+                dxs.append(self.grad(t, k) if len(contributions[t]) == 2 else self.grad(t))
+            if b.rule is None:
+                for dx in dxs:
+                    if dx is not None:
+                        lines.append(f"  std::memcpy({dx.buffer}, {dy.buffer}, "
+                                     f"{2 * dy.count});\n  {dx.scale} = {dy.scale};")
+                continue
+            saved = [self.act(t) if keep else None
+                     for t, keep in zip(p.inputs, b.saved, strict=True)]
+            body = b.rule.emit(self.params(b.step), self.pool, saved, dy, dxs,
+                               self.train_emit(b.step))
+            lines.append(indent(body.strip(), 2))
+        return "\n".join(lines)
+
+    def reset(self) -> str:
+        lines = []
+        for step, t in sorted(self.program.trained.items()):
+            slot = t.slot
+            if slot.weights is not None:
+                sym = self.pool.const_array(f"init_w{step}", slot.weights)
+                lines.append(f"  std::memcpy(g_state + {t.weight_offset}, {sym}, "
+                             f"{slot.weights.nbytes});")
+            if slot.bias is not None:
+                sym = self.pool.const_array(f"init_b{step}", slot.bias)
+                lines.append(f"  std::memcpy(g_state + {t.bias_offset}, {sym}, "
+                             f"{slot.bias.nbytes});")
+        return "\n".join(lines)
+
+
+def backward_macs(program: TrainProgram) -> int:
+    """Multiply-accumulates of the backward pass: input gradients plus weight gradients."""
+    total = 0
+    for b in program.backward:
+        p = b.op
+        if p.op.opcode not in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"):
+            continue
+        fwd = p.macs
+        out_c = program.model.graph.tensors[p.output].shape[-1]
+        if any(b.need_dx):
+            total += fwd
+        slot = program.trained.get(b.step)
+        if slot is not None and slot.slot.n_train:
+            total += fwd * slot.slot.n_train // out_c
+    return total
+
+
+def generate_training_source(program: TrainProgram) -> tuple[str, int]:
+    e = _Emitter(program)
+    forward, loss, backward, reset = e.forward(), e.loss(), e.backward(), e.reset()
+    model = program.model
+    g = model.graph
+    headers = sorted({p.opdef.header for p in model.ops if p.opdef.header}
+                     | {"kernels/train_math.h", *grad_rules.HEADERS})
+    ce = program.scheme.loss == "cross_entropy"
+    out = g.tensors[model.output]
+    label = ("  const uint32_t label_class = static_cast<uint32_t>(label[0]) | "
+             "(static_cast<uint32_t>(label[1]) << 8);\n"
+             f"  if (label_class >= {program.num_classes}u) return Status::kBadLabel;"
+             if ce else
+             f"  float targets[{out.num_elements}];\n"
+             f"  std::memcpy(targets, label, sizeof(targets));\n"
+             f"  for (float v : targets) if (!std::isfinite(v)) return Status::kNotFinite;")
+    text = _TEMPLATE.format(
+        name=g.name.replace('"', "_"),
+        includes="\n".join(f'#include "{h}"' for h in headers),
+        constants=e.pool.definitions(),
+        arena_bytes=max(program.arena_bytes, 16),
+        state_bytes=max(program.state_bytes, 4),
+        grad_count=max(len(e.scales), 1),
+        digest=", ".join(str(b) for b in g.sha256.ljust(32, b"\0")),
+        weight_bytes=e.pool.nbytes,
+        macs=model.macs,
+        input_desc=tensor_desc(g.tensors[model.input]),
+        output_desc=tensor_desc(out),
+        input_offset=e.program.offset(program.activation_buffer(model.input)),
+        output_offset=e.program.offset(program.activation_buffer(model.output)),
+        loss_kind="LossKind::kCrossEntropy" if ce else "LossKind::kMeanSquaredError",
+        classes=program.num_classes,
+        label_bytes=2 if ce else 4 * out.num_elements,
+        lr=c_float(program.scheme.lr),
+        seed=(program.scheme.seed & 0xFFFFFFFF) or 1,
+        backward_macs=backward_macs(program),
+        forward=forward, label=label, loss=indent(loss.strip(), 2), backward=backward,
+        reset=reset,
+    )
+    return text, e.pool.nbytes
+
+
+_TEMPLATE = """\
+// Generated by mcutrain from {name}.tflite with a training scheme. Do not edit.
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#include "runtime/model.h"
+{includes}
+
+namespace mt {{
+namespace {{
+
+// Forward activations, saved activations, masks and gradients, planned over the whole step.
+alignas(16) int8_t g_arena[{arena_bytes}];
+// Trainable copies (layout in report.json), filled from flash by model_train_reset().
+alignas(16) uint8_t g_state[{state_bytes}];
+float g_grad_scale[{grad_count}];
+struct {{
+  float lr;
+  uint32_t prng;
+}} g_train;
+
+{constants}
+
+void Forward() {{
+{forward}
+}}
+
+}}  // namespace
+
+const ModelDesc kModel = {{
+    "{name}",
+    {{{digest}}},
+    {arena_bytes}u,
+    {weight_bytes}u,
+    {macs}ull,
+    {input_desc},
+    {output_desc},
+}};
+
+const TrainDesc kTrain = {{true, {loss_kind}, {classes}, {label_bytes}u, {lr}, {seed}u,
+                          {state_bytes}u, {backward_macs}ull}};
+
+int8_t* model_input() {{ return g_arena + {input_offset}; }}
+const int8_t* model_output() {{ return g_arena + {output_offset}; }}
+
+Status model_invoke() {{
+  Forward();
+  return Status::kOk;
+}}
+
+Status model_train_step(const uint8_t* label, bool update, TrainResult* result) {{
+{label}
+  Forward();
+  result->prediction = 0;
+{loss}
+  if (!update) return Status::kOk;
+{backward}
+  return Status::kOk;
+}}
+
+void model_train_reset() {{
+{reset}
+  g_train.lr = {lr};
+  g_train.prng = {seed}u;
+}}
+
+Status model_set_lr(float lr) {{
+  if (!std::isfinite(lr) || lr < 0.0f) return Status::kNotFinite;
+  g_train.lr = lr;
+  return Status::kOk;
+}}
+
+float model_lr() {{ return g_train.lr; }}
+
+const uint8_t* model_train_state() {{ return g_state; }}
+
+namespace {{
+// The trainable copies must hold the flashed weights before the first request.
+struct ResetAtBoot {{
+  ResetAtBoot() {{ model_train_reset(); }}
+}} g_reset_at_boot;
+}}  // namespace
+
+}}  // namespace mt
+"""
