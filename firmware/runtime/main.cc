@@ -19,12 +19,65 @@ ReplyWriter g_reply(SerialSink);
 
 // ---- payload sinks ----
 
-uint8_t* InputTensorSink(uint32_t payload_len, Refusal* why) {
+constexpr const char kNoTraining[] =
+    "firmware built without a training scheme: set custom_train / MCUTRAIN_TRAIN";
+
+uint32_t ReadU32(const uint8_t* p) {
+  return static_cast<uint32_t>(p[0]) | (static_cast<uint32_t>(p[1]) << 8) |
+         (static_cast<uint32_t>(p[2]) << 16) | (static_cast<uint32_t>(p[3]) << 24);
+}
+
+float ReadF32(const uint8_t* p) {
+  const uint32_t bits = ReadU32(p);
+  float v;
+  std::memcpy(&v, &bits, sizeof(v));
+  return v;
+}
+
+bool InputTensorSink(uint32_t payload_len, PayloadDest* dest, Refusal* why) {
   if (payload_len != kModel.input.bytes) {
     *why = {Status::kBadShape, kModel.input.bytes};
-    return nullptr;
+    return false;
   }
-  return reinterpret_cast<uint8_t*>(model_input());
+  *dest = {reinterpret_cast<uint8_t*>(model_input()), payload_len, nullptr};
+  return true;
+}
+
+// TRAIN / EVAL: the input streams straight into the arena like INFER's, the label into the small
+// buffer, so no copy of the (possibly 50 KB) input is ever needed.
+bool TrainSampleSink(uint32_t payload_len, PayloadDest* dest, Refusal* why) {
+  if (!kTrain.enabled) {
+    *why = {Status::kUnknownRequest, 0, kNoTraining};
+    return false;
+  }
+  if (kTrain.label_bytes > kMaxSmallPayload) {
+    *why = {Status::kTooLong, kMaxSmallPayload, "label larger than the firmware's small buffer"};
+    return false;
+  }
+  const uint32_t wanted = kModel.input.bytes + kTrain.label_bytes;
+  if (payload_len != wanted) {
+    *why = {Status::kBadShape, wanted};
+    return false;
+  }
+  *dest = {reinterpret_cast<uint8_t*>(model_input()), kModel.input.bytes, small_payload_buffer()};
+  return true;
+}
+
+// Small fixed-size training requests (RESET, SET_LR, READ_PARAMS).
+template <uint32_t kBytes>
+bool TrainParamSink(uint32_t payload_len, PayloadDest* dest, Refusal* why) {
+  static_assert(kBytes <= kMaxSmallPayload, "parameters must fit the small buffer");
+  if (!kTrain.enabled) {
+    *why = {Status::kUnknownRequest, 0, kNoTraining};
+    return false;
+  }
+  if (payload_len != kBytes) {
+    *why = {Status::kBadLength, kBytes,
+            "wrong payload size (RESET takes 0 bytes, SET_LR 4, READ_PARAMS 8)"};
+    return false;
+  }
+  *dest = {small_payload_buffer(), payload_len, nullptr};
+  return true;
 }
 
 // ---- request handlers ----
@@ -48,13 +101,28 @@ uint8_t NameLength(const char* s) {
 
 uint32_t RequestMask();
 
-Status RunInfo(const Request& request, ReplyWriter& out) {
+constexpr uint32_t kTrainInfoBytes = 1 + 1 + 2 + 4 + 4 + 4 + 4 + 4 + 8;
+
+void WriteTrainInfo(ReplyWriter& out) {
+  out.write_u8(kTrain.enabled ? 1 : 0);
+  out.write_u8(static_cast<uint8_t>(kTrain.loss));
+  out.write_u16(kTrain.num_classes);
+  out.write_u32(kTrain.label_bytes);
+  out.write_f32(kTrain.default_lr);
+  out.write_f32(kTrain.enabled ? model_lr() : 0.0f);
+  out.write_u32(kTrain.seed);
+  out.write_u32(kTrain.state_bytes);
+  out.write_u64(kTrain.backward_macs);
+}
+
+Status RunInfo(const Request& request, ReplyWriter& out, Text&) {
   const char* board_name = board::name();
   const uint8_t board_len = NameLength(board_name);
   const uint8_t model_len = NameLength(kModel.name);
   if (kModel.input.rank > kMaxRank || kModel.output.rank > kMaxRank) return Status::kInternal;
   const uint32_t len = 1 + 1 + 2 + 4 + (1 + board_len) + (1 + model_len) + 32 + 4 + 4 + 8 +
-                       TensorDescBytes(kModel.input) + TensorDescBytes(kModel.output) + 4 + 4;
+                       TensorDescBytes(kModel.input) + TensorDescBytes(kModel.output) + 4 + 4 +
+                       kTrainInfoBytes;
   out.begin(static_cast<uint8_t>(RequestType::kInfo) | kReplyFlag, request.header.seq, len);
   out.write_u8(kProtocolVersion);
   out.write_u8(static_cast<uint8_t>(board::counter_unit()));
@@ -73,11 +141,12 @@ Status RunInfo(const Request& request, ReplyWriter& out) {
   // Measured here because INFO runs between requests, never inside a timed section.
   out.write_u32(board::stack_high_water_bytes());
   out.write_u32(board::stack_size_bytes());
+  WriteTrainInfo(out);
   out.end();
   return Status::kOk;
 }
 
-Status RunInfer(const Request& request, ReplyWriter& out) {
+Status RunInfer(const Request& request, ReplyWriter& out, Text&) {
   const uint64_t start = board::counter_now();
   const Status status = model_invoke();
   const uint64_t elapsed = board::counter_now() - start;
@@ -91,19 +160,107 @@ Status RunInfer(const Request& request, ReplyWriter& out) {
   return Status::kOk;
 }
 
-// The dispatch table: one row per served request type. TRAIN/EVAL/RESET/SET_LR slot in here.
+// Explains a refused label; model_train_step() has already checked it and changed nothing.
+void ExplainRefusedLabel(Status status, const uint8_t* label, Text& why) {
+  if (status == Status::kBadLabel && kTrain.loss == LossKind::kCrossEntropy) {
+    const uint32_t value = static_cast<uint32_t>(label[0]) | (static_cast<uint32_t>(label[1]) << 8);
+    why << "label " << value << " outside [0, " << uint32_t{kTrain.num_classes} << ")";
+  } else if (status == Status::kNotFinite) {
+    why << "label holds NaN or infinity";
+  }
+}
+
+Status RunTrainStep(const Request& request, ReplyWriter& out, Text& why, bool update,
+                    RequestType type) {
+  TrainResult result{};
+  const uint64_t start = board::counter_now();
+  const Status status = model_train_step(request.tail, update, &result);
+  const uint64_t elapsed = board::counter_now() - start;
+  if (status != Status::kOk) {
+    ExplainRefusedLabel(status, request.tail, why);
+    return status;
+  }
+  out.begin(static_cast<uint8_t>(type) | kReplyFlag, request.header.seq, 4 + 2 + 8);
+  out.write_f32(result.loss);
+  out.write_u16(result.prediction);
+  out.write_u64(elapsed);
+  out.end();
+  return Status::kOk;
+}
+
+Status RunTrain(const Request& request, ReplyWriter& out, Text& why) {
+  return RunTrainStep(request, out, why, true, RequestType::kTrain);
+}
+
+Status RunEval(const Request& request, ReplyWriter& out, Text& why) {
+  return RunTrainStep(request, out, why, false, RequestType::kEval);
+}
+
+Status RunReset(const Request& request, ReplyWriter& out, Text&) {
+  model_train_reset();
+  out.begin(static_cast<uint8_t>(RequestType::kReset) | kReplyFlag, request.header.seq, 0);
+  out.end();
+  return Status::kOk;
+}
+
+Status RunSetLr(const Request& request, ReplyWriter& out, Text& why) {
+  const Status status = model_set_lr(ReadF32(request.payload));
+  if (status != Status::kOk) {
+    if (status == Status::kNotFinite) why << "learning rate must be finite and >= 0";
+    return status;
+  }
+  out.begin(static_cast<uint8_t>(RequestType::kSetLr) | kReplyFlag, request.header.seq, 4);
+  out.write_f32(model_lr());
+  out.end();
+  return Status::kOk;
+}
+
+Status RunReadParams(const Request& request, ReplyWriter& out, Text& why) {
+  const uint32_t offset = ReadU32(request.payload);
+  const uint32_t length = ReadU32(request.payload + 4);
+  // 64-bit sum: offset + length must not wrap past the bound.
+  if (uint64_t{offset} + length > kTrain.state_bytes) {
+    why << "slice " << offset << "+" << length << " outside the " << kTrain.state_bytes
+        << "-byte state";
+    return Status::kBadLength;
+  }
+  out.begin(static_cast<uint8_t>(RequestType::kReadParams) | kReplyFlag, request.header.seq,
+            length);
+  out.write(model_train_state() + offset, length);
+  out.end();
+  return Status::kOk;
+}
+
+// The dispatch table: one row per served request type.
 constexpr RequestHandler kHandlers[] = {
     {static_cast<uint8_t>(RequestType::kInfo), empty_payload_sink, RunInfo},
     {static_cast<uint8_t>(RequestType::kInfer), InputTensorSink, RunInfer},
+    {static_cast<uint8_t>(RequestType::kTrain), TrainSampleSink, RunTrain},
+    {static_cast<uint8_t>(RequestType::kEval), TrainSampleSink, RunEval},
+    {static_cast<uint8_t>(RequestType::kReset), TrainParamSink<0>, RunReset},
+    {static_cast<uint8_t>(RequestType::kSetLr), TrainParamSink<4>, RunSetLr},
+    {static_cast<uint8_t>(RequestType::kReadParams), TrainParamSink<8>, RunReadParams},
 };
 constexpr size_t kHandlerCount = sizeof(kHandlers) / sizeof(kHandlers[0]);
 
 FrameReader g_reader(kHandlers, kHandlerCount);
 
-uint32_t RequestMask() { return g_reader.request_mask(); }
+// Training requests stay in the table (so they can explain themselves) but are not advertised
+// when the firmware has no training scheme.
+constexpr uint32_t kTrainingRequests =
+    (1u << static_cast<uint8_t>(RequestType::kTrain)) |
+    (1u << static_cast<uint8_t>(RequestType::kEval)) |
+    (1u << static_cast<uint8_t>(RequestType::kReset)) |
+    (1u << static_cast<uint8_t>(RequestType::kSetLr)) |
+    (1u << static_cast<uint8_t>(RequestType::kReadParams));
+
+uint32_t RequestMask() {
+  const uint32_t mask = g_reader.request_mask();
+  return kTrain.enabled ? mask : mask & ~kTrainingRequests;
+}
 
 void Serve(const FrameResult& result) {
-  char message[80];
+  char message[128];
   switch (result.kind) {
     case FrameResult::Kind::kNothing:
       return;
@@ -112,11 +269,14 @@ void Serve(const FrameResult& result) {
       g_reply.error(result.seq, result.status, message);
       return;
     case FrameResult::Kind::kRequest: {
-      const Status status = result.handler->run(result.request, g_reply);
+      Text why(message, sizeof(message));
+      const Status status = result.handler->run(result.request, g_reply, why);
       if (status != Status::kOk) {
-        FrameResult failed = result;
-        failed.status = status;
-        describe_error(failed, message, sizeof(message));
+        if (why.empty()) {
+          FrameResult failed = result;
+          failed.status = status;
+          describe_error(failed, message, sizeof(message));
+        }
         g_reply.error(result.request.header.seq, status, message);
       }
       return;

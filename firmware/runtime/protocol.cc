@@ -14,54 +14,56 @@ uint32_t ReadU32(const uint8_t* p) {
          (static_cast<uint32_t>(p[2]) << 16) | (static_cast<uint32_t>(p[3]) << 24);
 }
 
-// Minimal string building for error messages: no printf on the firmware.
-class Text {
- public:
-  Text(char* buf, size_t size) : buf_(buf), size_(size) {
-    if (size_ != 0) buf_[0] = '\0';
-  }
-  Text& operator<<(const char* s) {
-    while (*s != '\0') put(*s++);
-    return *this;
-  }
-  Text& operator<<(uint32_t v) {
-    char digits[10];
-    int n = 0;
-    do {
-      digits[n++] = static_cast<char>('0' + v % 10);
-      v /= 10;
-    } while (v != 0);
-    while (n > 0) put(digits[--n]);
-    return *this;
-  }
-
- private:
-  void put(char c) {
-    if (len_ + 1 >= size_) return;
-    buf_[len_++] = c;
-    buf_[len_] = '\0';
-  }
-  char* buf_;
-  size_t size_;
-  size_t len_ = 0;
-};
-
 }  // namespace
 
-uint8_t* small_payload_sink(uint32_t payload_len, Refusal* why) {
-  if (payload_len > kMaxSmallPayload) {
-    *why = {Status::kTooLong, kMaxSmallPayload};
-    return nullptr;
-  }
-  return g_small_payload;
+// ---- Text ----
+
+Text::Text(char* buf, size_t size) : buf_(buf), size_(size) {
+  if (size_ != 0) buf_[0] = '\0';
 }
 
-uint8_t* empty_payload_sink(uint32_t payload_len, Refusal* why) {
+Text& Text::operator<<(const char* s) {
+  while (*s != '\0') put(*s++);
+  return *this;
+}
+
+Text& Text::operator<<(uint32_t v) {
+  char digits[10];
+  int n = 0;
+  do {
+    digits[n++] = static_cast<char>('0' + v % 10);
+    v /= 10;
+  } while (v != 0);
+  while (n > 0) put(digits[--n]);
+  return *this;
+}
+
+void Text::put(char c) {
+  if (len_ + 1 >= size_) return;
+  buf_[len_++] = c;
+  buf_[len_] = '\0';
+}
+
+// ---- standard sinks ----
+
+uint8_t* small_payload_buffer() { return g_small_payload; }
+
+bool small_payload_sink(uint32_t payload_len, PayloadDest* dest, Refusal* why) {
+  if (payload_len > kMaxSmallPayload) {
+    *why = {Status::kTooLong, kMaxSmallPayload};
+    return false;
+  }
+  *dest = {g_small_payload, payload_len, nullptr};
+  return true;
+}
+
+bool empty_payload_sink(uint32_t payload_len, PayloadDest* dest, Refusal* why) {
   if (payload_len != 0) {
     *why = {Status::kTooLong, 0};
-    return nullptr;
+    return false;
   }
-  return g_small_payload;
+  *dest = {g_small_payload, 0, nullptr};
+  return true;
 }
 
 // ---- ReplyWriter ----
@@ -169,9 +171,9 @@ void FrameReader::start_frame() {
   count_ = 0;
   header_ = {};
   handler_ = nullptr;
-  dest_ = nullptr;
-  refusal_ = Status::kOk;
-  refusal_limit_ = 0;
+  accepted_ = false;
+  dest_ = {};
+  refusal_ = {Status::kOk, 0};
   crc_state_ = kCrc32Init;
 }
 
@@ -188,7 +190,14 @@ void FrameReader::take(uint8_t byte) {
   const uint64_t payload_end = uint64_t{kHeaderBytes} + header_.payload_len;
   if (index < payload_end) {
     crc_state_ = crc32_update_byte(crc_state_, byte);
-    if (dest_ != nullptr) dest_[index - kHeaderBytes] = byte;
+    if (accepted_) {
+      const uint32_t offset = index - kHeaderBytes;
+      if (offset < dest_.head_bytes) {
+        dest_.head[offset] = byte;
+      } else {
+        dest_.tail[offset - dest_.head_bytes] = byte;
+      }
+    }
   } else if (index < payload_end + kCrcBytes) {
     crc_bytes_[index - payload_end] = byte;
   }
@@ -206,10 +215,17 @@ void FrameReader::parse_header() {
   }
   if (handler_ == nullptr) return;
   Refusal why{Status::kInternal, 0};
-  dest_ = handler_->sink(header_.payload_len, &why);
-  if (dest_ == nullptr) {
-    refusal_ = why.status;
-    refusal_limit_ = why.limit;
+  PayloadDest dest;
+  accepted_ = handler_->sink(header_.payload_len, &dest, &why);
+  // A sink that accepts must have room for every byte: a tail is required past head_bytes.
+  if (accepted_ && dest.tail == nullptr && header_.payload_len > dest.head_bytes) {
+    accepted_ = false;
+    why = {Status::kInternal, 0};
+  }
+  if (accepted_) {
+    dest_ = dest;
+  } else {
+    refusal_ = why;
   }
 }
 
@@ -239,11 +255,12 @@ FrameResult FrameReader::finish(bool cobs_broken) {
     result = error(Status::kBadCrc, crc32_final(crc_state_), ReadU32(crc_bytes_));
   } else if (handler_ == nullptr) {
     result = error(Status::kUnknownRequest, 0, header_.type);
-  } else if (dest_ == nullptr) {
-    result = error(refusal_, refusal_limit_, header_.payload_len);
+  } else if (!accepted_) {
+    result = error(refusal_.status, refusal_.limit, header_.payload_len);
+    result.message = refusal_.message;
   } else {
     result.kind = FrameResult::Kind::kRequest;
-    result.request = {header_, dest_};
+    result.request = {header_, dest_.head, dest_.tail};
     result.handler = handler_;
   }
   start_frame();
@@ -252,6 +269,10 @@ FrameResult FrameReader::finish(bool cobs_broken) {
 
 void describe_error(const FrameResult& r, char* buf, size_t size) {
   Text t(buf, size);
+  if (r.message != nullptr) {
+    t << r.message;
+    return;
+  }
   switch (r.status) {
     case Status::kBadFrame:
       if (r.expected == 0) {
@@ -276,13 +297,19 @@ void describe_error(const FrameResult& r, char* buf, size_t size) {
       t << "payload of " << r.got << " bytes exceeds " << r.expected;
       break;
     case Status::kBadShape:
-      t << "payload of " << r.got << " bytes, model tensor has " << r.expected;
+      t << "payload of " << r.got << " bytes, the request needs " << r.expected;
       break;
     case Status::kTimeout:
       t << "frame stalled after " << r.expected << " bytes";
       break;
     case Status::kInternal:
       t << "internal error while running the request";
+      break;
+    case Status::kBadLabel:
+      t << "label refused";
+      break;
+    case Status::kNotFinite:
+      t << "value is NaN, infinite or out of range";
       break;
     default:
       t << "request failed";

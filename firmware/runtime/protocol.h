@@ -19,7 +19,17 @@
 //   0x02 INFER  request: the model input tensor, kModel.input.bytes of int8.
 //               reply 0x82: kModel.output.bytes of output tensor, then u64 counter delta of the
 //               inference (instructions on QEMU, cycles on hardware; see board::counter_unit()).
-//   0x03 TRAIN, 0x04 EVAL, 0x05 RESET, 0x06 SET_LR: reserved for on-device training.
+//   0x03 TRAIN  request: kModel.input.bytes of int8 input, then kTrain.label_bytes of label
+//               (u16 class, or f32 targets for regression).
+//               reply 0x83: f32 loss | u16 prediction | u64 counter delta of the step.
+//   0x04 EVAL   as TRAIN, but nothing is updated (forward pass and loss only). reply 0x84.
+//   0x05 RESET  request: empty. Trainable parameters, PRNG and learning rate back to the flashed
+//               defaults. reply 0x85: empty.
+//   0x06 SET_LR request: f32 learning rate (finite, >= 0). reply 0x86: f32 rate now in effect.
+//   0x07 READ_PARAMS request: u32 offset | u32 length. reply 0x87: that slice of the trainable
+//               state block (kTrain.state_bytes), kBadLength when it does not lie inside it.
+//   Requests 0x03..0x07 answer kUnknownRequest with an explanation when the firmware was built
+//   without a training scheme; their INFO request_mask bits are clear then.
 //   0x7F ERROR  reply to any request that is not served: u16 status (mt::Status), then a short
 //               ASCII message (no terminator).
 //
@@ -28,7 +38,9 @@
 //   u32 request_mask (bit t set when request type t is served) |
 //   u8 n, n bytes board name | u8 n, n bytes model name | 32 bytes model SHA-256 |
 //   u32 arena_bytes | u32 weight_bytes | u64 macs | tensor input | tensor output |
-//   u32 stack_used_bytes (deepest stack use so far) | u32 stack_size_bytes (0 = not measured)
+//   u32 stack_used_bytes (deepest stack use so far) | u32 stack_size_bytes (0 = not measured) |
+//   training: u8 enabled | u8 loss (mt::LossKind) | u16 num_classes | u32 label_bytes |
+//   f32 default_lr | f32 current_lr | u32 seed | u32 state_bytes | u64 backward_macs
 //   where tensor = u8 dtype (mt::DType) | u8 rank | rank x i32 dims | f32 scale |
 //                  i32 zero_point | u32 bytes
 //
@@ -39,6 +51,7 @@
 //   CRC mismatch                                                  -> kBadCrc
 //   type not in the dispatch table                                -> kUnknownRequest
 //   payload refused by the request's sink (kTooLong, kBadShape, ...)
+//   request refused by its run function (kBadLabel, kNotFinite, kBadLength, ...)
 // A frame that stops arriving for kInterByteTimeoutUs gets kTimeout; the reader then drops bytes
 // until the next delimiter. Error replies echo the request's seq when its header arrived, else 0.
 // No request is executed unless its frame passed every check.
@@ -68,10 +81,11 @@ constexpr uint64_t kInterByteTimeoutUs = 2000000;
 enum class RequestType : uint8_t {
   kInfo = 0x01,
   kInfer = 0x02,
-  kTrain = 0x03,   // reserved
-  kEval = 0x04,    // reserved
-  kReset = 0x05,   // reserved
-  kSetLr = 0x06,   // reserved
+  kTrain = 0x03,
+  kEval = 0x04,
+  kReset = 0x05,
+  kSetLr = 0x06,
+  kReadParams = 0x07,
 };
 
 struct FrameHeader {
@@ -81,16 +95,42 @@ struct FrameHeader {
   uint32_t payload_len;
 };
 
-struct Request {
-  FrameHeader header;
-  const uint8_t* payload;  // payload_len bytes, wherever the handler's sink put them
+// Where a request's payload is stored: the first head_bytes bytes at head, the rest at tail.
+// Two places because TRAIN carries two things that live apart: the input tensor (in the arena)
+// and the label (in the small buffer).
+struct PayloadDest {
+  uint8_t* head = nullptr;
+  uint32_t head_bytes = 0;
+  uint8_t* tail = nullptr;  // may be nullptr when the payload is head_bytes long
 };
 
-// Why a sink refused a payload: the status for the error reply and the limit that was exceeded
-// (printed in the message).
+struct Request {
+  FrameHeader header;
+  const uint8_t* payload;  // the first head_bytes of the payload, wherever the sink put them
+  const uint8_t* tail;     // the rest (nullptr when there is none)
+};
+
+// Why a sink refused a payload: the status for the error reply, the limit that was exceeded
+// (printed in the message), or a fixed message that says it all.
 struct Refusal {
   Status status;
   uint32_t limit;
+  const char* message = nullptr;
+};
+
+// Minimal string building for error messages: no printf on the firmware.
+class Text {
+ public:
+  Text(char* buf, size_t size);
+  Text& operator<<(const char* s);
+  Text& operator<<(uint32_t v);
+  bool empty() const { return len_ == 0; }
+
+ private:
+  void put(char c);
+  char* buf_;
+  size_t size_;
+  size_t len_ = 0;
 };
 
 // Streams a reply frame: begin() with the exact payload length, write() the payload in pieces,
@@ -121,19 +161,23 @@ class ReplyWriter {
 // payload goes somewhere new) and one row in the dispatch table.
 struct RequestHandler {
   uint8_t type;
-  // Called as soon as the header arrives: returns where the payload_len bytes of payload should be
-  // stored, or nullptr (and fills *why) to refuse the request. The bytes are streamed there before
-  // the CRC is checked, so a sink must only point at scratch memory.
-  uint8_t* (*sink)(uint32_t payload_len, Refusal* why);
+  // Called as soon as the header arrives: returns true and fills *dest with where the
+  // payload_len bytes of payload should be stored, or returns false (and fills *why) to refuse
+  // the request. The bytes are streamed there before the CRC is checked, so a sink must only
+  // point at scratch memory.
+  bool (*sink)(uint32_t payload_len, PayloadDest* dest, Refusal* why);
   // Runs a fully verified request. Either writes a whole reply and returns kOk, or writes nothing
-  // and returns the status for an error reply.
-  Status (*run)(const Request& request, ReplyWriter& reply);
+  // and returns the status for an error reply, optionally explained in `why` (left empty, the
+  // reply gets a generic message for the status).
+  Status (*run)(const Request& request, ReplyWriter& reply, Text& why);
 };
 
 // Standard sink: the reader's own kMaxSmallPayload-byte buffer.
-uint8_t* small_payload_sink(uint32_t payload_len, Refusal* why);
+bool small_payload_sink(uint32_t payload_len, PayloadDest* dest, Refusal* why);
 // Standard sink for requests without a payload.
-uint8_t* empty_payload_sink(uint32_t payload_len, Refusal* why);
+bool empty_payload_sink(uint32_t payload_len, PayloadDest* dest, Refusal* why);
+// The small buffer itself, for sinks that put part of a payload there (the TRAIN label).
+uint8_t* small_payload_buffer();
 
 // What FrameReader found when a frame ended (or timed out).
 struct FrameResult {
@@ -144,6 +188,7 @@ struct FrameResult {
   Status status = Status::kOk;                // kError
   uint32_t expected = 0;                      // kError: numbers for the message, per status
   uint32_t got = 0;
+  const char* message = nullptr;              // kError: a sink's own message, if it gave one
 };
 
 // Allocation-free streaming request reader. Feed it every byte read from the line; it decodes
@@ -178,9 +223,9 @@ class FrameReader {
   uint8_t header_bytes_[kHeaderBytes];
   FrameHeader header_{};
   const RequestHandler* handler_ = nullptr;
-  uint8_t* dest_ = nullptr;       // payload destination, nullptr = discard
-  Status refusal_ = Status::kOk;  // why the payload is discarded
-  uint32_t refusal_limit_ = 0;
+  bool accepted_ = false;         // false: the payload is discarded
+  PayloadDest dest_{};
+  Refusal refusal_{Status::kOk, 0};  // why the payload is discarded
   uint32_t crc_state_ = 0;
   uint8_t crc_bytes_[kCrcBytes];
 };
