@@ -1,8 +1,10 @@
 """PlatformIO pre-build hook: generate the model's C++ into the build directory.
 
 The model comes from the environment variable MCUTRAIN_MODEL if set (pio run cannot override
-project options on the command line), else from the env's `custom_model` option. Paths are
-relative to the project directory.
+project options on the command line), else from the env's `custom_model` option; the training
+scheme likewise from MCUTRAIN_TRAIN or `custom_train` (empty: an inference-only build; set
+MCUTRAIN_TRAIN= to override a configured scheme with none). Paths are relative to the project
+directory.
 """
 
 import os
@@ -30,6 +32,15 @@ def _model_path() -> Path:
     return path if path.is_absolute() else PROJECT_DIR / path
 
 
+def _scheme_path() -> Path | None:
+    option = env.GetProjectOption("custom_train", "")  # noqa: F821
+    chosen = os.environ.get("MCUTRAIN_TRAIN", option)
+    if not chosen:
+        return None
+    path = Path(chosen)
+    return path if path.is_absolute() else PROJECT_DIR / path
+
+
 def _limits() -> BoardLimits:
     board = env.BoardConfig()  # noqa: F821
     return BoardLimits(
@@ -38,6 +49,7 @@ def _limits() -> BoardLimits:
         flash_bytes=int(board.get("upload.maximum_size")),
         ram_reserve=int(env.GetProjectOption("custom_ram_reserve", 16384)),  # noqa: F821
         flash_reserve=int(env.GetProjectOption("custom_flash_reserve", 65536)),  # noqa: F821
+        train_ram_bytes=int(env.GetProjectOption("custom_train_ram", 262144)),  # noqa: F821
     )
 
 
@@ -45,7 +57,7 @@ def main() -> None:
     model_path = _model_path()
     build_dir = Path(env.subst("$BUILD_DIR"))  # noqa: F821
     try:
-        result = generate_for_build(model_path, build_dir, _limits())
+        result = generate_for_build(model_path, build_dir, _limits(), _scheme_path())
     except (ModelError, OSError) as exc:
         sys.stderr.write(f"mcutrain: error: {exc}\n")
         env.Exit(1)  # noqa: F821

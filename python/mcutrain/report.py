@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .compiler import CompiledModel
 from .graph import ModelError
+
+if TYPE_CHECKING:
+    from .training_graph import TrainProgram
 
 
 @dataclass(frozen=True)
@@ -18,6 +21,9 @@ class BoardLimits:
     # and flash besides the weights (code). Measured from linked firmware; see README.
     ram_reserve: int = 16 * 1024
     flash_reserve: int = 64 * 1024
+    # The training step's SRAM budget: the paper's 256 KB, leaving the rest of the chip's 320 KB
+    # to the application.
+    train_ram_bytes: int = 256 * 1024
 
 
 def build_report(model: CompiledModel, weight_bytes: int, limits: BoardLimits) -> dict[str, Any]:
@@ -77,3 +83,64 @@ def check_fits(model: CompiledModel, weight_bytes: int, limits: BoardLimits) -> 
             f"{model.graph.name} does not fit {limits.name}: weights need {weight_bytes} B of "
             f"flash but {flash_budget} B are available ({weight_bytes - flash_budget} B over)."
         )
+
+
+def training_report(program: TrainProgram) -> dict[str, Any]:
+    """The training step's memory and compute, for report.json and the benchmark."""
+    placements = program.planner.placements().values()
+    saved = sum(p.size for p in placements if p.name.startswith("t") and p.last >= len(
+        program.model.ops) + 1)
+    masks = sum(p.size for p in placements if p.name.startswith("m"))
+    grads = max((sum(p.size for p in program.planner.live_at(s) if p.name.startswith("g"))
+                 for s in range(-1, len(program.model.ops) + len(program.backward) + 2)),
+                default=0)
+    trained = []
+    for step, t in sorted(program.trained.items()):
+        p = program.model.ops[step]
+        trained.append({"step": step, "operator": p.op.index, "opcode": p.op.opcode,
+                        "output_channels_trained": t.slot.n_train,
+                        "bias_trained": t.slot.bias is not None,
+                        "weight_offset": t.weight_offset, "bias_offset": t.bias_offset,
+                        "weight_bytes": 0 if t.slot.weights is None else t.slot.weights.nbytes,
+                        "weight_shape": None if t.slot.weights is None
+                        else list(t.slot.weights.shape)})
+    from .train_codegen import backward_macs
+
+    return {
+        "scheme": program.scheme.name,
+        "loss": program.scheme.loss,
+        "qas": program.scheme.qas,
+        "rounding": program.scheme.rounding,
+        "lr": program.scheme.lr,
+        "arena_bytes": program.arena_bytes,
+        "state_bytes": program.state_bytes,
+        "peak_sram_bytes": program.arena_bytes + program.state_bytes,
+        "saved_activation_bytes": saved,
+        "mask_bytes": masks,
+        "peak_gradient_bytes": grads,
+        "backward_macs": backward_macs(program),
+        "backward_steps": [{"step": b.step, "opcode": b.op.op.opcode,
+                            "input_gradients": b.need_dx, "mask": b.mask is not None}
+                           for b in program.backward],
+        "trained": trained,
+    }
+
+
+def check_training_fits(program: TrainProgram, weight_bytes: int, limits: BoardLimits) -> None:
+    """A training step must fit the training budget (256 KB of the F746's 320 KB by default)."""
+    need = program.arena_bytes + program.state_bytes + limits.ram_reserve
+    if need > limits.train_ram_bytes:
+        step = program.planner.peak_step()
+        live = sorted(program.planner.live_at(step), key=lambda p: -p.size)[:4]
+        names = ", ".join(f"{p.name} ({p.size} B)" for p in live)
+        raise ModelError(
+            f"{program.model.graph.name} with scheme {program.scheme.name} does not fit: the "
+            f"training step needs {need} B of SRAM (arena {program.arena_bytes} + trainable "
+            f"state {program.state_bytes} + runtime {limits.ram_reserve}) but the budget is "
+            f"{limits.train_ram_bytes} B ({need - limits.train_ram_bytes} B over). Dominated by "
+            f"{names} (t = activation, g = gradient, m = mask). Train fewer or later layers, "
+            "or lower the channel ratio.")
+    flash_budget = limits.flash_bytes - limits.flash_reserve
+    if weight_bytes > flash_budget:
+        raise ModelError(f"{program.model.graph.name}: weights need {weight_bytes} B of flash, "
+                         f"{weight_bytes - flash_budget} B more than available")
