@@ -1,7 +1,11 @@
 """`mcutrain` command line: talk to a board running the firmware.
 
-  mcutrain info  [--port P]
-  mcutrain infer [--port P] --data FILE.npz [--save OUT.npz] [--limit N]
+  mcutrain info   [--port P]
+  mcutrain infer  [--port P] --data FILE.npz [--save OUT.npz] [--limit N]
+  mcutrain train  [--port P] --data TRAIN.npz [--eval TEST.npz] --epochs N [--lr LR]
+                  [--schedule constant|cosine] [--seed S] [--limit N] [--out DIR] [--no-reset]
+  mcutrain eval   [--port P] --data FILE.npz [--limit N]
+  mcutrain params [--port P] --out STATE.bin
 
 Each subcommand is one `cmd_<name>(args) -> int` plus its parser block in `build_parser`, so
 `train` and `eval` slot in the same way. Errors print one line and exit with status 1.
@@ -10,14 +14,18 @@ Each subcommand is one `cmd_<name>(args) -> int` plus its parser block in `build
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import math
 import sys
+import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .curves import Curve, EpochRecord, plot_curve, write_curve_json
 from .device import (
     Device,
     DeviceGone,
@@ -27,7 +35,15 @@ from .device import (
     open_device,
     quantize_input,
 )
-from .protocol import CounterUnit, DeviceError, DeviceInfo, ProtocolError, TensorDesc
+from .protocol import (
+    CounterUnit,
+    DeviceError,
+    DeviceInfo,
+    LossKind,
+    ProtocolError,
+    TensorDesc,
+    TrainInfo,
+)
 from .qemu import QemuError
 
 DEFAULT_PORT = "qemu"
@@ -60,6 +76,16 @@ def format_info(info: DeviceInfo) -> str:
     if info.stack_size_bytes:
         used, size = info.stack_used_bytes, info.stack_size_bytes
         lines.append(f"stack          {used} of {size} bytes used")
+    t = info.train
+    if t.enabled:
+        classes = f", {t.num_classes} classes" if t.loss == LossKind.CROSS_ENTROPY else ""
+        lines += [
+            f"training       {t.loss.name.lower()}{classes}, lr {t.current_lr:g} "
+            f"(default {t.default_lr:g}), seed {t.seed}",
+            f"trainable      {t.state_bytes} bytes, backward MACs {t.backward_macs}",
+        ]
+    else:
+        lines.append("training       not built in (set custom_train / MCUTRAIN_TRAIN)")
     return "\n".join(lines)
 
 
@@ -75,6 +101,13 @@ def info_json(info: DeviceInfo) -> dict:
         "weight_bytes": info.weight_bytes, "macs": info.macs,
         "input": tensor(info.input), "output": tensor(info.output),
         "stack_used_bytes": info.stack_used_bytes, "stack_size_bytes": info.stack_size_bytes,
+        "train": {
+            "enabled": info.train.enabled, "loss": info.train.loss.name.lower(),
+            "num_classes": info.train.num_classes, "label_bytes": info.train.label_bytes,
+            "default_lr": info.train.default_lr, "current_lr": info.train.current_lr,
+            "seed": info.train.seed, "state_bytes": info.train.state_bytes,
+            "backward_macs": info.train.backward_macs,
+        },
     }
 
 
@@ -94,7 +127,9 @@ class Dataset:
     y: np.ndarray | None
 
 
-def load_npz(path: Path, limit: int | None) -> Dataset:
+def load_npz(path: Path, limit: int | None, regression: bool = False) -> Dataset:
+    """x and optional y from an .npz. y: class labels (one-hot accepted), or with `regression`
+    float targets of shape (N, ...)."""
     try:
         with np.load(path, allow_pickle=False) as data:
             if "x" not in data:
@@ -106,7 +141,10 @@ def load_npz(path: Path, limit: int | None) -> Dataset:
     if limit is not None:
         x = x[:limit]
         y = None if y is None else y[:limit]
-    if y is not None:
+    if y is not None and regression:
+        if len(y) != len(x):
+            raise CliError(f"{path}: y has {len(y)} targets for {len(x)} samples")
+    elif y is not None:
         if y.ndim == 2:  # one-hot
             y = y.argmax(axis=1)
         if y.ndim != 1 or len(y) != len(x):
@@ -176,6 +214,184 @@ def cmd_infer(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- training ----
+
+
+@dataclass
+class Pass:
+    """Outcome of one pass of TRAIN or EVAL requests over a data set."""
+
+    loss: float
+    accuracy: float | None  # None for regression
+    predictions: np.ndarray
+    counters: np.ndarray
+
+
+def require_training(info: DeviceInfo) -> TrainInfo:
+    if not info.train.enabled:
+        raise CliError(f"{info.board} runs firmware built without a training scheme: "
+                       "set custom_train / MCUTRAIN_TRAIN and rebuild")
+    return info.train
+
+
+def training_data(path: Path, limit: int | None, info: DeviceInfo) -> tuple[np.ndarray,
+                                                                            np.ndarray]:
+    """Quantized inputs and labels checked against the firmware's loss."""
+    train = require_training(info)
+    regression = train.loss == LossKind.MEAN_SQUARED_ERROR
+    data = load_npz(path, limit, regression=regression)
+    if data.y is None:
+        raise CliError(f"{path}: training and evaluation need labels (an array named 'y')")
+    xq = prepare_inputs(data.x, info.input)
+    if regression:
+        y = data.y.astype(np.float32).reshape(len(data.y), -1)
+        if y.shape[1] * 4 != train.label_bytes:
+            raise CliError(f"{path}: {y.shape[1]} targets per sample, the model has "
+                           f"{train.label_bytes // 4}")
+        return xq, y
+    y = data.y.astype(np.int64)
+    bad = (y < 0) | (y >= train.num_classes)
+    if bad.any():
+        raise CliError(f"{path}: label {int(y[bad][0])} outside [0, {train.num_classes})")
+    return xq, y
+
+
+def run_pass(dev: Device, xq: np.ndarray, y: np.ndarray, order: np.ndarray, *, update: bool,
+             desc: str, progress: bool) -> Pass:
+    """TRAIN (update) or EVAL over the samples in `order`, with a running loss/accuracy bar."""
+    from tqdm import tqdm
+
+    classify = y.ndim == 1
+    step = dev.train if update else dev.eval
+    losses = np.zeros(len(order), dtype=np.float64)
+    preds = np.zeros(len(order), dtype=np.int64)
+    counters = np.zeros(len(order), dtype=np.uint64)
+    correct = 0
+    bar = tqdm(order, desc=desc, unit="step", disable=not progress, file=sys.stderr, leave=False)
+    for k, i in enumerate(bar):
+        label = int(y[i]) if classify else y[i]
+        reply = step(xq[i], label)
+        losses[k], preds[k], counters[k] = reply.loss, reply.prediction, reply.counter
+        if classify:
+            correct += int(reply.prediction == label)
+        if progress and (k % 10 == 0 or k + 1 == len(order)):
+            postfix = {"loss": f"{losses[: k + 1].mean():.4f}"}
+            if classify:
+                postfix["acc"] = f"{correct / (k + 1):.3f}"
+            bar.set_postfix(postfix)
+    accuracy = correct / len(order) if classify and len(order) else None
+    return Pass(float(losses.mean()) if len(order) else math.nan, accuracy, preds, counters)
+
+
+def lr_for_epoch(schedule: str, base: float, epoch: int, epochs: int) -> float:
+    """Learning rate of epoch `epoch` (0-based): constant, or cosine from base down towards 0."""
+    if schedule == "cosine":
+        return base * 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
+    return base
+
+
+def format_epoch(rec: EpochRecord, epochs: int, unit: str) -> str:
+    def metric(loss: float | None, acc: float | None) -> str:
+        text = f"loss {loss:.4f}" if loss is not None else "loss -"
+        return text + (f" acc {acc:.4f}" if acc is not None else "")
+
+    parts = [f"epoch {rec.epoch}/{epochs}"]
+    if rec.lr is not None:
+        parts.append(f"lr {rec.lr:.6g}")
+    if rec.train_loss is not None:
+        parts.append("train " + metric(rec.train_loss, rec.train_accuracy))
+    if rec.eval_loss is not None:
+        parts.append("eval " + metric(rec.eval_loss, rec.eval_accuracy))
+    if rec.counter_per_step is not None:
+        parts.append(f"{rec.counter_per_step:.0f} {unit}/step")
+    return "  ".join(parts)
+
+
+def counter_name(info: DeviceInfo) -> str:
+    return "instructions" if info.counter_unit == CounterUnit.INSTRUCTIONS else "cycles"
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    if args.epochs < 1:
+        raise CliError("--epochs must be at least 1")
+    if args.lr is not None and not (math.isfinite(args.lr) and args.lr >= 0):
+        raise CliError(f"--lr {args.lr} must be finite and >= 0")
+    out_dir = Path(args.out)
+    progress = not args.quiet
+    with open_device(args.port, args.timeout) as dev:
+        info = dev.info()
+        train = require_training(info)
+        xq, y = training_data(Path(args.data), args.limit, info)
+        ev = training_data(Path(args.eval), None, info) if args.eval else None
+        if not args.no_reset:
+            dev.reset()
+        base = args.lr if args.lr is not None else (
+            train.current_lr if args.no_reset else train.default_lr)
+        if args.lr is not None:
+            base = dev.set_lr(args.lr)
+        curve = Curve(board=info.board, model=info.model, counter_unit=counter_name(info),
+                      loss=train.loss.name.lower(), schedule=args.schedule, base_lr=base,
+                      seed=args.seed, train_samples=len(xq),
+                      eval_samples=0 if ev is None else len(ev[0]))
+        if ev is not None:
+            first = run_pass(dev, ev[0], ev[1], np.arange(len(ev[0])), update=False,
+                             desc="eval", progress=progress)
+            curve.epochs.append(EpochRecord(0, eval_loss=first.loss,
+                                            eval_accuracy=first.accuracy))
+            print(format_epoch(curve.epochs[-1], args.epochs, counter_name(info)))
+        rng = np.random.default_rng(args.seed)
+        for epoch in range(args.epochs):
+            lr = lr_for_epoch(args.schedule, base, epoch, args.epochs)
+            if args.schedule == "cosine":
+                lr = dev.set_lr(lr)
+            order = rng.permutation(len(xq))
+            start = time.monotonic()
+            tr = run_pass(dev, xq, y, order, update=True, desc=f"epoch {epoch + 1}",
+                          progress=progress)
+            rec = EpochRecord(epoch + 1, lr=lr, train_loss=tr.loss, train_accuracy=tr.accuracy,
+                              counter_per_step=float(tr.counters.astype(np.float64).mean()),
+                              seconds=time.monotonic() - start)
+            if ev is not None:
+                res = run_pass(dev, ev[0], ev[1], np.arange(len(ev[0])), update=False,
+                               desc="eval", progress=progress)
+                rec.eval_loss, rec.eval_accuracy = res.loss, res.accuracy
+            curve.epochs.append(rec)
+            curve.order.append(order.tolist())
+            print(format_epoch(rec, args.epochs, counter_name(info)), flush=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_curve_json(curve, out_dir / "curve.json")
+    plot_curve(curve, out_dir / "curve.png")
+    print(f"wrote {out_dir / 'curve.json'} and {out_dir / 'curve.png'}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    with open_device(args.port, args.timeout) as dev:
+        info = dev.info()
+        xq, y = training_data(Path(args.data), args.limit, info)
+        res = run_pass(dev, xq, y, np.arange(len(xq)), update=False, desc="eval",
+                       progress=not args.quiet)
+    print(f"{len(xq)} samples on {info.board}, model {info.model}")
+    print(f"mean {counter_name(info)} per step: {res.counters.astype(np.float64).mean():.0f}")
+    print(f"loss: {res.loss:.6f}")
+    if res.accuracy is not None:
+        correct = int((res.predictions == y).sum())
+        print(f"accuracy: {res.accuracy:.4f} ({correct}/{len(y)})")
+        print(format_confusion(confusion_matrix(y, res.predictions, info.train.num_classes)))
+    return 0
+
+
+def cmd_params(args: argparse.Namespace) -> int:
+    with open_device(args.port, args.timeout) as dev:
+        info = dev.info()
+        require_training(info)
+        state = dev.read_params()
+    Path(args.out).write_bytes(state)
+    print(f"wrote {len(state)} bytes of trainable state to {args.out} "
+          f"(sha256 {hashlib.sha256(state).hexdigest()})")
+    return 0
+
+
 # ---- entry point ----
 
 
@@ -201,6 +417,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="use only the first N samples")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_infer)
+
+    p = sub.add_parser("train", help="train on the board over a .npz file (x, y)")
+    add_port(p)
+    p.add_argument("--data", required=True, help="training .npz with x and y")
+    p.add_argument("--eval", help=".npz evaluated before training and after every epoch")
+    p.add_argument("--epochs", type=int, required=True)
+    p.add_argument("--lr", type=float, help="learning rate (default: the scheme's)")
+    p.add_argument("--schedule", choices=("constant", "cosine"), default="constant")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sample shuffling")
+    p.add_argument("--limit", type=int, help="use only the first N training samples")
+    p.add_argument("--out", default="train_out", help="directory for curve.json and curve.png")
+    p.add_argument("--no-reset", action="store_true",
+                   help="continue from the board's current parameters")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="loss, accuracy and confusion matrix without updates")
+    add_port(p)
+    p.add_argument("--data", required=True, help=".npz with x and y")
+    p.add_argument("--limit", type=int, help="use only the first N samples")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("params", help="save the trainable parameters")
+    add_port(p)
+    p.add_argument("--out", required=True, help="file for the raw state block")
+    p.set_defaults(func=cmd_params)
     return parser
 
 

@@ -30,18 +30,27 @@ from .protocol import (
     ProtocolError,
     RequestType,
     TensorDesc,
+    TrainReply,
     check_reply,
     encode_frame,
+    encode_label,
     parse_infer,
     parse_info,
+    parse_set_lr,
+    parse_train,
+    read_params_payload,
+    set_lr_payload,
+    train_payload,
 )
 
 BAUD_RATE = 115200
+# READ_PARAMS slice size: small enough that one reply never stalls a slow link for long.
+PARAMS_CHUNK_BYTES = 4096
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 
 __all__ = [
-    "Device", "DeviceError", "DeviceGone", "DeviceTimeout", "ProtocolError", "build_host_firmware",
-    "dequantize_output", "open_device", "quantize_input",
+    "Device", "DeviceError", "DeviceGone", "DeviceTimeout", "ProtocolError", "TrainReply",
+    "build_host_firmware", "dequantize_output", "open_device", "quantize_input",
 ]
 
 
@@ -251,6 +260,51 @@ class Device:
         data, counter = parse_infer(frame.payload, info.output.nbytes)
         out = np.frombuffer(data, dtype=DTYPE_NUMPY[info.output.dtype]).reshape(info.output.shape)
         return out.copy(), counter
+
+    # ---- training (firmware built with a scheme) ----
+
+    def _sample_payload(self, x_int8: np.ndarray, label: object) -> bytes:
+        info = self.cached_info
+        check_input_shape(x_int8, info.input)
+        if x_int8.dtype != np.int8:
+            raise ValueError(f"training needs int8 input, got {x_int8.dtype} (use quantize_input)")
+        label_bytes = encode_label(label, info.train)  # type: ignore[arg-type]
+        return train_payload(np.ascontiguousarray(x_int8).tobytes(), label_bytes)
+
+    def train(self, x_int8: np.ndarray, label: int | float | np.ndarray) -> TrainReply:
+        """One training step: int class (cross-entropy) or float targets (mse)."""
+        return parse_train(self.request(RequestType.TRAIN, self._sample_payload(x_int8, label))
+                           .payload)
+
+    def eval(self, x_int8: np.ndarray, label: int | float | np.ndarray) -> TrainReply:
+        """Forward pass and loss without any update."""
+        return parse_train(self.request(RequestType.EVAL, self._sample_payload(x_int8, label))
+                           .payload)
+
+    def reset(self) -> None:
+        """Trainable parameters, PRNG and learning rate back to the flashed defaults."""
+        self.request(RequestType.RESET)
+
+    def set_lr(self, lr: float) -> float:
+        """Sets the learning rate; returns the rate now in effect (float32)."""
+        return parse_set_lr(self.request(RequestType.SET_LR, set_lr_payload(lr)).payload)
+
+    def read_params_slice(self, offset: int, length: int) -> bytes:
+        frame = self.request(RequestType.READ_PARAMS, read_params_payload(offset, length))
+        if len(frame.payload) != length:
+            raise ProtocolError(
+                f"READ_PARAMS reply has {len(frame.payload)} bytes, asked for {length}"
+            )
+        return frame.payload
+
+    def read_params(self, chunk: int = PARAMS_CHUNK_BYTES) -> bytes:
+        """The whole trainable state block (layout in the build's report.json)."""
+        total = self.cached_info.train.state_bytes
+        if total == 0:  # lets firmware without training say so rather than return nothing
+            return self.read_params_slice(0, 0)
+        parts = [self.read_params_slice(off, min(chunk, total - off))
+                 for off in range(0, total, chunk)]
+        return b"".join(parts)
 
 
 def _request_name(rtype: int) -> str:

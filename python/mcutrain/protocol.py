@@ -12,14 +12,24 @@ Decoded frame, little-endian::
 type ``request | 0x80``; an error reply has type ``0x7F`` and payload ``u16 status | ascii``.
 
 Requests: 0x01 INFO (empty payload), 0x02 INFER (int8 input tensor bytes; reply = output tensor
-bytes + u64 counter delta). 0x03 TRAIN, 0x04 EVAL, 0x05 RESET, 0x06 SET_LR are reserved.
+bytes + u64 counter delta). Training (served only by firmware built with a scheme; otherwise an
+UNKNOWN_REQUEST error that says so):
+
+    0x03 TRAIN        input tensor bytes + label (u16 class or f32 targets)
+                      -> f32 loss | u16 prediction | u64 counter delta
+    0x04 EVAL         as TRAIN, nothing updated
+    0x05 RESET        empty -> empty (parameters, PRNG, learning rate back to defaults)
+    0x06 SET_LR       f32 -> f32 rate in effect (NOT_FINITE for NaN, inf, negative)
+    0x07 READ_PARAMS  u32 offset | u32 length -> that slice of the trainable state
 
 INFO reply payload (version 1)::
 
     u8 protocol_version | u8 counter_unit (0 cycles, 1 instructions) | u16 max_small_payload |
     u32 request_mask | u8 n, board name | u8 n, model name | 32 bytes model SHA-256 |
     u32 arena_bytes | u32 weight_bytes | u64 macs | tensor input | tensor output |
-    u32 stack_used_bytes (deepest stack use so far) | u32 stack_size_bytes (0 = not measured)
+    u32 stack_used_bytes (deepest stack use so far) | u32 stack_size_bytes (0 = not measured) |
+    u8 train_enabled | u8 loss | u16 num_classes | u32 label_bytes | f32 default_lr |
+    f32 current_lr | u32 seed | u32 state_bytes | u64 backward_macs
 
     tensor = u8 dtype | u8 rank | rank x i32 dims | f32 scale | i32 zero_point | u32 bytes
 """
@@ -29,8 +39,10 @@ from __future__ import annotations
 import enum
 import struct
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 from cobs import cobs
 
 PROTOCOL_VERSION = 1
@@ -46,10 +58,11 @@ MAX_FRAME_BYTES = 16 * 1024 * 1024
 class RequestType(enum.IntEnum):
     INFO = 0x01
     INFER = 0x02
-    TRAIN = 0x03  # reserved
-    EVAL = 0x04  # reserved
-    RESET = 0x05  # reserved
-    SET_LR = 0x06  # reserved
+    TRAIN = 0x03
+    EVAL = 0x04
+    RESET = 0x05
+    SET_LR = 0x06
+    READ_PARAMS = 0x07
 
 
 class Status(enum.IntEnum):
@@ -72,6 +85,14 @@ class Status(enum.IntEnum):
 class CounterUnit(enum.IntEnum):
     CYCLES = 0
     INSTRUCTIONS = 1
+
+
+class LossKind(enum.IntEnum):
+    """mt::LossKind (firmware/runtime/model.h)."""
+
+    NONE = 0
+    CROSS_ENTROPY = 1
+    MEAN_SQUARED_ERROR = 2
 
 
 class DType(enum.IntEnum):
@@ -118,6 +139,36 @@ class TensorDesc:
 
 
 @dataclass(frozen=True)
+class TrainInfo:
+    """mt::TrainDesc plus the learning rate in effect, as reported by INFO."""
+
+    enabled: bool = False
+    loss: LossKind = LossKind.NONE
+    num_classes: int = 0
+    label_bytes: int = 0
+    default_lr: float = 0.0
+    current_lr: float = 0.0
+    seed: int = 0
+    state_bytes: int = 0
+    backward_macs: int = 0
+
+
+TRAIN_INFO = struct.Struct("<BBHIffIIQ")
+
+
+@dataclass(frozen=True)
+class TrainReply:
+    """Reply to TRAIN or EVAL."""
+
+    loss: float
+    prediction: int
+    counter: int
+
+
+TRAIN_REPLY = struct.Struct("<fHQ")
+
+
+@dataclass(frozen=True)
 class DeviceInfo:
     protocol_version: int
     counter_unit: CounterUnit
@@ -133,9 +184,14 @@ class DeviceInfo:
     output: TensorDesc
     stack_used_bytes: int = 0
     stack_size_bytes: int = 0
+    train: TrainInfo = TrainInfo()
 
     def serves(self, request: RequestType) -> bool:
         return bool(self.request_mask >> int(request) & 1)
+
+    @property
+    def num_classes(self) -> int:
+        return self.train.num_classes
 
 
 # ---- frames ----
@@ -280,7 +336,12 @@ def info_payload(info: DeviceInfo) -> bytes:
     out += bytes([len(board)]) + board + bytes([len(model)]) + model + info.model_sha256
     out += struct.pack("<IIQ", info.arena_bytes, info.weight_bytes, info.macs)
     out += tensor_desc_bytes(info.input) + tensor_desc_bytes(info.output)
-    return out + struct.pack("<II", info.stack_used_bytes, info.stack_size_bytes)
+    out += struct.pack("<II", info.stack_used_bytes, info.stack_size_bytes)
+    t = info.train
+    return out + TRAIN_INFO.pack(
+        int(t.enabled), int(t.loss), t.num_classes, t.label_bytes, t.default_lr, t.current_lr,
+        t.seed, t.state_bytes, t.backward_macs,
+    )
 
 
 def parse_info(payload: bytes) -> DeviceInfo:
@@ -295,14 +356,20 @@ def parse_info(payload: bytes) -> DeviceInfo:
     inp = r.tensor()
     out = r.tensor()
     stack_used, stack_size = r.unpack("II")
+    enabled, loss, classes, label_bytes, default_lr, lr, seed, state, bmacs = r.unpack(
+        TRAIN_INFO.format[1:]
+    )
     r.done()
     try:
         counter_unit = CounterUnit(unit)
+        loss_kind = LossKind(loss)
     except ValueError as exc:
-        raise ProtocolError(f"INFO reply: unknown counter unit {unit}") from exc
+        raise ProtocolError(f"INFO reply: unknown counter unit {unit} or loss {loss}") from exc
+    train = TrainInfo(bool(enabled), loss_kind, classes, label_bytes, default_lr, lr, seed, state,
+                      bmacs)
     return DeviceInfo(
         version, counter_unit, max_small, mask, board, model, sha, arena, weights, macs, inp, out,
-        stack_used, stack_size,
+        stack_used, stack_size, train,
     )
 
 
@@ -314,6 +381,61 @@ def parse_infer(payload: bytes, output_bytes: int) -> tuple[bytes, int]:
         )
     (counter,) = struct.unpack_from("<Q", payload, output_bytes)
     return payload[:output_bytes], counter
+
+
+def encode_label(label: int | float | Sequence[float] | np.ndarray, train: TrainInfo, *,
+                 check: bool = True) -> bytes:
+    """Label bytes of a TRAIN/EVAL request: u16 class (cross-entropy) or f32 targets (mse).
+
+    `check` refuses labels the firmware would refuse (class out of range, NaN targets) before
+    they go on the line; tests turn it off to exercise the firmware's own checks."""
+    if train.loss == LossKind.CROSS_ENTROPY:
+        if isinstance(label, (bytes, bytearray)) or np.ndim(label) != 0:
+            raise ValueError(f"classification label must be one integer, got {label!r}")
+        value = int(label)  # type: ignore[arg-type]
+        if check and not 0 <= value < train.num_classes:
+            raise ValueError(f"label {value} outside [0, {train.num_classes})")
+        if not 0 <= value <= 0xFFFF:
+            raise ValueError(f"label {value} does not fit a u16")
+        return struct.pack("<H", value)
+    if train.loss == LossKind.MEAN_SQUARED_ERROR:
+        targets = np.asarray(label, dtype=np.float32).reshape(-1)
+        if targets.size * 4 != train.label_bytes:
+            raise ValueError(
+                f"{targets.size} regression targets, the model has {train.label_bytes // 4}"
+            )
+        if check and not np.all(np.isfinite(targets)):
+            raise ValueError("regression targets contain NaN or infinity")
+        return targets.astype("<f4").tobytes()
+    raise ValueError("the firmware was built without a training scheme")
+
+
+def train_payload(x: bytes, label: bytes) -> bytes:
+    """TRAIN/EVAL request payload: input tensor bytes followed by the label."""
+    return x + label
+
+
+def parse_train(payload: bytes) -> TrainReply:
+    if len(payload) != TRAIN_REPLY.size:
+        raise ProtocolError(
+            f"TRAIN/EVAL reply has {len(payload)} bytes, expected {TRAIN_REPLY.size}"
+        )
+    loss, prediction, counter = TRAIN_REPLY.unpack(payload)
+    return TrainReply(loss, prediction, counter)
+
+
+def set_lr_payload(lr: float) -> bytes:
+    return struct.pack("<f", lr)
+
+
+def parse_set_lr(payload: bytes) -> float:
+    if len(payload) != 4:
+        raise ProtocolError(f"SET_LR reply has {len(payload)} bytes, expected 4")
+    return struct.unpack("<f", payload)[0]
+
+
+def read_params_payload(offset: int, length: int) -> bytes:
+    return struct.pack("<II", offset, length)
 
 
 def parse_error(payload: bytes) -> DeviceError:
