@@ -2,17 +2,33 @@
 
 Bit-exact with TFLite's reference_integer_ops::ConvPerChannel, including grouped convolution
 (input channels a multiple of the filter's). Kernel: firmware/kernels/conv2d.h.
+
+Training (docs/training.md): with `train` set, the first n_train output channels of the filter
+(a contiguous prefix of OHWI) and optionally the bias are read from SRAM copies; the backward
+rule (input gradient, bias and weight update) is registered with register_backward.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..graph import Graph, Operator
-from . import common
-from .base import EmitContext, OpDef, register
+from ..train_math import QGrad, XorShift32
+from . import common, param_train
+from .base import (
+    BackwardDef,
+    EmitContext,
+    GradRef,
+    OpDef,
+    TrainBinding,
+    TrainEmit,
+    TrainSlot,
+    register,
+    register_backward,
+)
 
 
 @dataclass(frozen=True, eq=False)
@@ -31,6 +47,9 @@ class Conv2dParams:
     shift: np.ndarray  # int32 [out_c]
     act_min: int
     act_max: int
+    filter_scale: np.ndarray | None = None  # float32 [out_c] weight scales (per-tensor repeated)
+    input_scale: float = 0.0
+    train: TrainBinding | None = None  # trained channels / bias in SRAM (forward reads them)
 
 
 def prepare(op: Operator, graph: Graph) -> Conv2dParams:
@@ -66,6 +85,8 @@ def prepare(op: Operator, graph: Graph) -> Conv2dParams:
         stride=stride, dilation=dilation, pad=(win.pad_h, win.pad_w),
         input_offset=-x.zero_point, output_offset=y.zero_point,
         multiplier=multiplier, shift=shift, act_min=act_min, act_max=act_max,
+        filter_scale=np.broadcast_to(scales, (out_c,)).astype(np.float32),
+        input_scale=float(np.float32(x.scale)),
     )
 
 
@@ -97,12 +118,7 @@ def reference(p: Conv2dParams, inputs: list[np.ndarray]) -> np.ndarray:
                              p.act_min, p.act_max)
 
 
-def emit(p: Conv2dParams, ctx: EmitContext, inputs: list[str], output: str) -> str:
-    tag = f"op{p.op_index}_conv2d"
-    filt = ctx.const_array(f"{tag}_filter", p.filter)
-    bias = "nullptr" if p.bias is None else ctx.const_array(f"{tag}_bias", p.bias)
-    mult = ctx.const_array(f"{tag}_multiplier", p.multiplier.astype(np.int32))
-    shift = ctx.const_array(f"{tag}_shift", p.shift.astype(np.int32))
+def _struct(p: Conv2dParams, mult: str, shift: str, binding: TrainBinding | None) -> str:
     n, in_h, in_w, in_c = p.input_shape
     _, out_h, out_w, out_c = p.output_shape
     _, f_h, f_w, f_c = p.filter.shape
@@ -115,8 +131,24 @@ def emit(p: Conv2dParams, ctx: EmitContext, inputs: list[str], output: str) -> s
         ("pad_h", p.pad[0]), ("pad_w", p.pad[1]),
         ("input_offset", p.input_offset), ("output_offset", p.output_offset),
         ("multiplier", mult), ("shift", shift), ("act_min", p.act_min), ("act_max", p.act_max),
+        *param_train.struct_train_fields(binding),
     ]
-    init = common.struct_init("mt::Conv2dParams", "kParams", fields)
+    return common.struct_init("mt::Conv2dParams", "kParams", fields)
+
+
+def _constants(p: Conv2dParams, ctx: EmitContext) -> tuple[str, str, str, str]:
+    tag = f"op{p.op_index}_conv2d"
+    filt = ctx.const_array(f"{tag}_filter", p.filter)
+    bias = "nullptr" if p.bias is None else ctx.const_array(f"{tag}_bias", p.bias)
+    mult = ctx.const_array(f"{tag}_multiplier", p.multiplier.astype(np.int32))
+    shift = ctx.const_array(f"{tag}_shift", p.shift.astype(np.int32))
+    return filt, bias, mult, shift
+
+
+def emit(p: Conv2dParams, ctx: EmitContext, inputs: list[str], output: str) -> str:
+    filt, bias, mult, shift = _constants(p, ctx)
+    init = _struct(p, mult, shift, p.train)
+    bias = param_train.forward_bias(p.train, bias)
     call = f"mt::ref::conv2d_s8(kParams, {inputs[0]}, {filt}, {bias}, {output});"
     return "{\n" + init + "\n" + call + "\n}"
 
@@ -127,3 +159,99 @@ def macs(p: Conv2dParams) -> int:
 
 
 OPDEF = register(OpDef("CONV_2D", prepare, reference, emit, macs, header="kernels/conv2d.h"))
+
+
+# ---- training ----
+
+
+def trainable_weights(p: Conv2dParams, n_train: int) -> np.ndarray:
+    """The SRAM copy of the trained channels: the first n_train rows of the OHWI filter."""
+    return p.filter[:n_train].copy()
+
+
+def with_trained(p: Conv2dParams, weights: np.ndarray | None,
+                 bias: np.ndarray | None) -> Conv2dParams:
+    """Params whose filter has its first rows replaced by `weights` (SRAM layout) and whose
+    bias is `bias` when given."""
+    filt = p.filter.copy()
+    if weights is not None and weights.size:
+        n = weights.size // int(np.prod(filt.shape[1:]))
+        filt[:n] = np.asarray(weights, dtype=np.int8).reshape((n, *filt.shape[1:]))
+    new_bias = p.bias if bias is None else np.asarray(bias, dtype=np.int32).copy()
+    return dataclasses.replace(p, filter=filt, bias=new_bias)
+
+
+def _padded_shape(p: Conv2dParams) -> tuple[int, ...]:
+    _, f_h, f_w, _ = p.filter.shape
+    probe = np.zeros((1, *p.input_shape[1:3], 1), dtype=np.int8)
+    shape = common.padded_input(probe, p.pad, (f_h, f_w), p.stride, p.dilation,
+                                p.output_shape[1:3]).shape
+    return (p.input_shape[0], shape[1], shape[2], p.input_shape[3])
+
+
+def input_grad_acc(p: Conv2dParams, filt: np.ndarray, dy: np.ndarray) -> np.ndarray:
+    """int64 [N, H, W, in_c]: the transposed convolution of the (folded) output gradient;
+    taps that fall in the padding are dropped. Exact in float64 (|sum| < 2^31)."""
+    out_hw = p.output_shape[1:3]
+    out_c, f_h, f_w, f_c = filt.shape
+    groups = p.input_shape[3] // f_c
+    per_group = out_c // groups
+    accp = np.zeros(_padded_shape(p), dtype=np.float64)
+    d = np.asarray(dy, dtype=np.float64).reshape(p.output_shape)
+    w = filt.astype(np.float64)
+    for fy in range(f_h):
+        for fx in range(f_w):
+            view = common.window_tap(accp, (fy, fx), p.stride, p.dilation, out_hw)
+            for g in range(groups):
+                cin, cout = slice(g * f_c, (g + 1) * f_c), slice(g * per_group, (g + 1) * per_group)
+                view[..., cin] += d[..., cout] @ w[cout, fy, fx, :]
+    _, in_h, in_w, _ = p.input_shape
+    return accp[:, p.pad[0]:p.pad[0] + in_h, p.pad[1]:p.pad[1] + in_w, :].astype(np.int64)
+
+
+def weight_grad(p: Conv2dParams, x: np.ndarray, dy: np.ndarray, n_train: int) -> np.ndarray:
+    """int64 [n_train, kh, kw, f_c]: GW = sum over positions of dy[pos, o] * (x - zx)."""
+    out_hw = p.output_shape[1:3]
+    out_c, f_h, f_w, f_c = p.filter.shape
+    per_group = out_c // (p.input_shape[3] // f_c)
+    xp = common.padded_input(x.reshape(p.input_shape).astype(np.float64) + p.input_offset,
+                             p.pad, (f_h, f_w), p.stride, p.dilation, out_hw)
+    d = np.asarray(dy, dtype=np.float64).reshape(-1, out_c)
+    gw = np.zeros((n_train, f_h, f_w, f_c), dtype=np.float64)
+    for fy in range(f_h):
+        for fx in range(f_w):
+            tap = common.window_tap(xp, (fy, fx), p.stride, p.dilation, out_hw)
+            tap = tap.reshape(-1, p.input_shape[3])
+            for o0 in range(0, n_train, per_group):
+                o1, c0 = min(o0 + per_group, n_train), (o0 // per_group) * f_c
+                gw[o0:o1, fy, fx, :] = d[:, o0:o1].T @ tap[:, c0:c0 + f_c]
+    return gw.astype(np.int64)
+
+
+GEOMETRY = param_train.Geometry(input_grad_acc, weight_grad, channel_axis=0,
+                                with_trained=with_trained)
+
+
+def backward_reference(p: Conv2dParams, saved: list[np.ndarray | None], dy: QGrad,
+                       need_dx: list[bool], slot: TrainSlot | None, lr: float,
+                       rng: XorShift32) -> list[QGrad | None]:
+    return param_train.backward(p, GEOMETRY, saved, dy, need_dx, slot, lr, rng)
+
+
+def backward_emit(p: Conv2dParams, ctx: EmitContext, saved: list[str | None], dy: GradRef,
+                  dx: list[GradRef | None], train: TrainEmit | None) -> str:
+    filt, _, mult, shift = _constants(p, ctx)
+    binding = train.binding if train is not None else p.train
+    return param_train.emit_backward(p, ctx, "conv2d", _struct(p, mult, shift, binding), filt,
+                                     saved, dy, dx, train, f"op{p.op_index}_conv2d")
+
+
+def input_grad_depth(p: Conv2dParams) -> int:
+    out_c, f_h, f_w, f_c = p.filter.shape
+    return out_c // (p.input_shape[3] // f_c) * f_h * f_w
+
+
+BACKWARD = register_backward("CONV_2D", BackwardDef(
+    reference=backward_reference, emit=backward_emit,
+    saves_input=lambda p, slot: param_train.saves_input(slot),
+    input_grad_depth=input_grad_depth))

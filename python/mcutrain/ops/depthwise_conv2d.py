@@ -3,17 +3,33 @@
 Bit-exact with TFLite's reference_integer_ops::DepthwiseConvPerChannel. Like TFLite, the depth
 multiplier is derived from the channel counts (filter channels / input channels); the option in
 the file is ignored. Kernel: firmware/kernels/depthwise_conv2d.h.
+
+Training (docs/training.md): with `train` set, the first n_train output channels are read from
+an SRAM copy laid out [kh][kw][n_train] (the 1HWC filter restricted to those channels) and the
+bias optionally from SRAM; the backward rule is registered with register_backward.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..graph import Graph, Operator
-from . import common
-from .base import EmitContext, OpDef, register
+from ..train_math import QGrad, XorShift32
+from . import common, param_train
+from .base import (
+    BackwardDef,
+    EmitContext,
+    GradRef,
+    OpDef,
+    TrainBinding,
+    TrainEmit,
+    TrainSlot,
+    register,
+    register_backward,
+)
 
 
 @dataclass(frozen=True, eq=False)
@@ -33,6 +49,9 @@ class DepthwiseConv2dParams:
     shift: np.ndarray  # int32 [out_c]
     act_min: int
     act_max: int
+    filter_scale: np.ndarray | None = None  # float32 [out_c] weight scales (per-tensor repeated)
+    input_scale: float = 0.0
+    train: TrainBinding | None = None  # trained channels / bias in SRAM (forward reads them)
 
 
 def prepare(op: Operator, graph: Graph) -> DepthwiseConv2dParams:
@@ -70,6 +89,8 @@ def prepare(op: Operator, graph: Graph) -> DepthwiseConv2dParams:
         stride=stride, dilation=dilation, pad=(win.pad_h, win.pad_w),
         input_offset=-x.zero_point, output_offset=y.zero_point,
         multiplier=multiplier, shift=shift, act_min=act_min, act_max=act_max,
+        filter_scale=np.broadcast_to(scales, (out_c,)).astype(np.float32),
+        input_scale=float(np.float32(x.scale)),
     )
 
 
@@ -97,12 +118,8 @@ def reference(p: DepthwiseConv2dParams, inputs: list[np.ndarray]) -> np.ndarray:
                              p.act_min, p.act_max)
 
 
-def emit(p: DepthwiseConv2dParams, ctx: EmitContext, inputs: list[str], output: str) -> str:
-    tag = f"op{p.op_index}_dwconv2d"
-    filt = ctx.const_array(f"{tag}_filter", p.filter)
-    bias = "nullptr" if p.bias is None else ctx.const_array(f"{tag}_bias", p.bias)
-    mult = ctx.const_array(f"{tag}_multiplier", p.multiplier.astype(np.int32))
-    shift = ctx.const_array(f"{tag}_shift", p.shift.astype(np.int32))
+def _struct(p: DepthwiseConv2dParams, mult: str, shift: str,
+            binding: TrainBinding | None) -> str:
     n, in_h, in_w, in_c = p.input_shape
     _, out_h, out_w, out_c = p.output_shape
     _, f_h, f_w, _ = p.filter.shape
@@ -116,8 +133,24 @@ def emit(p: DepthwiseConv2dParams, ctx: EmitContext, inputs: list[str], output: 
         ("pad_h", p.pad[0]), ("pad_w", p.pad[1]),
         ("input_offset", p.input_offset), ("output_offset", p.output_offset),
         ("multiplier", mult), ("shift", shift), ("act_min", p.act_min), ("act_max", p.act_max),
+        *param_train.struct_train_fields(binding),
     ]
-    init = common.struct_init("mt::DepthwiseConv2dParams", "kParams", fields)
+    return common.struct_init("mt::DepthwiseConv2dParams", "kParams", fields)
+
+
+def _constants(p: DepthwiseConv2dParams, ctx: EmitContext) -> tuple[str, str, str, str]:
+    tag = f"op{p.op_index}_dwconv2d"
+    filt = ctx.const_array(f"{tag}_filter", p.filter)
+    bias = "nullptr" if p.bias is None else ctx.const_array(f"{tag}_bias", p.bias)
+    mult = ctx.const_array(f"{tag}_multiplier", p.multiplier.astype(np.int32))
+    shift = ctx.const_array(f"{tag}_shift", p.shift.astype(np.int32))
+    return filt, bias, mult, shift
+
+
+def emit(p: DepthwiseConv2dParams, ctx: EmitContext, inputs: list[str], output: str) -> str:
+    filt, bias, mult, shift = _constants(p, ctx)
+    init = _struct(p, mult, shift, p.train)
+    bias = param_train.forward_bias(p.train, bias)
     call = f"mt::ref::depthwise_conv2d_s8(kParams, {inputs[0]}, {filt}, {bias}, {output});"
     return "{\n" + init + "\n" + call + "\n}"
 
@@ -129,3 +162,90 @@ def macs(p: DepthwiseConv2dParams) -> int:
 
 OPDEF = register(OpDef("DEPTHWISE_CONV_2D", prepare, reference, emit, macs,
                        header="kernels/depthwise_conv2d.h"))
+
+
+# ---- training ----
+
+
+def trainable_weights(p: DepthwiseConv2dParams, n_train: int) -> np.ndarray:
+    """The SRAM copy of the trained channels: [kh, kw, n_train], channels innermost."""
+    return np.ascontiguousarray(p.filter[0, :, :, :n_train])
+
+
+def with_trained(p: DepthwiseConv2dParams, weights: np.ndarray | None,
+                 bias: np.ndarray | None) -> DepthwiseConv2dParams:
+    """Params whose filter has channels < n_train replaced by `weights` ([kh, kw, n_train])
+    and whose bias is `bias` when given."""
+    filt = p.filter.copy()
+    _, f_h, f_w, _ = filt.shape
+    if weights is not None and weights.size:
+        n = weights.size // (f_h * f_w)
+        filt[0, :, :, :n] = np.asarray(weights, dtype=np.int8).reshape(f_h, f_w, n)
+    new_bias = p.bias if bias is None else np.asarray(bias, dtype=np.int32).copy()
+    return dataclasses.replace(p, filter=filt, bias=new_bias)
+
+
+def input_grad_acc(p: DepthwiseConv2dParams, filt: np.ndarray, dy: np.ndarray) -> np.ndarray:
+    """int64 [N, H, W, in_c]: each (folded) output gradient times its tap weight, summed over
+    the depth multiplier into the input channel it read; taps in the padding are dropped."""
+    out_hw = p.output_shape[1:3]
+    _, f_h, f_w, out_c = filt.shape
+    n, in_h, in_w, in_c = p.input_shape
+    probe = np.zeros((1, in_h, in_w, 1), dtype=np.int8)
+    pshape = common.padded_input(probe, p.pad, (f_h, f_w), p.stride, p.dilation, out_hw).shape
+    accp = np.zeros((n, pshape[1], pshape[2], in_c), dtype=np.int64)
+    d = np.asarray(dy, dtype=np.int64).reshape(p.output_shape)
+    w = filt.astype(np.int64)
+    for fy in range(f_h):
+        for fx in range(f_w):
+            view = common.window_tap(accp, (fy, fx), p.stride, p.dilation, out_hw)
+            prod = (d * w[0, fy, fx]).reshape((*view.shape[:3], in_c, p.depth_multiplier))
+            view += prod.sum(axis=-1)
+    return accp[:, p.pad[0]:p.pad[0] + in_h, p.pad[1]:p.pad[1] + in_w, :]
+
+
+def weight_grad(p: DepthwiseConv2dParams, x: np.ndarray, dy: np.ndarray,
+                n_train: int) -> np.ndarray:
+    """int64 [kh, kw, n_train]: GW = sum over positions of dy[pos, o] * (x[.., o / dm] - zx)."""
+    out_hw = p.output_shape[1:3]
+    _, f_h, f_w, out_c = p.filter.shape
+    xp = common.padded_input(x.reshape(p.input_shape).astype(np.int64) + p.input_offset,
+                             p.pad, (f_h, f_w), p.stride, p.dilation, out_hw)
+    d = np.asarray(dy, dtype=np.int64).reshape(-1, out_c)[:, :n_train]
+    gw = np.zeros((f_h, f_w, n_train), dtype=np.int64)
+    for fy in range(f_h):
+        for fx in range(f_w):
+            tap = common.window_tap(xp, (fy, fx), p.stride, p.dilation, out_hw)
+            tap = np.repeat(tap.reshape(-1, p.input_shape[3]), p.depth_multiplier, axis=1)
+            gw[fy, fx] = (d * tap[:, :n_train]).sum(axis=0)
+    return gw
+
+
+GEOMETRY = param_train.Geometry(input_grad_acc, weight_grad, channel_axis=2,
+                                with_trained=with_trained)
+
+
+def backward_reference(p: DepthwiseConv2dParams, saved: list[np.ndarray | None], dy: QGrad,
+                       need_dx: list[bool], slot: TrainSlot | None, lr: float,
+                       rng: XorShift32) -> list[QGrad | None]:
+    return param_train.backward(p, GEOMETRY, saved, dy, need_dx, slot, lr, rng)
+
+
+def backward_emit(p: DepthwiseConv2dParams, ctx: EmitContext, saved: list[str | None],
+                  dy: GradRef, dx: list[GradRef | None], train: TrainEmit | None) -> str:
+    filt, _, mult, shift = _constants(p, ctx)
+    binding = train.binding if train is not None else p.train
+    return param_train.emit_backward(p, ctx, "depthwise_conv2d",
+                                     _struct(p, mult, shift, binding), filt, saved, dy, dx,
+                                     train, f"op{p.op_index}_dwconv2d")
+
+
+def input_grad_depth(p: DepthwiseConv2dParams) -> int:
+    _, f_h, f_w, _ = p.filter.shape
+    return p.depth_multiplier * f_h * f_w
+
+
+BACKWARD = register_backward("DEPTHWISE_CONV_2D", BackwardDef(
+    reference=backward_reference, emit=backward_emit,
+    saves_input=lambda p, slot: param_train.saves_input(slot),
+    input_grad_depth=input_grad_depth))

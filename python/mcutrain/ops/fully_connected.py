@@ -10,17 +10,33 @@ double(acc) * (in_scale * filter_scale / out_scale) in double precision, while i
 kernels, TFLite Micro and CMSIS-NN use the fixed-point multiplier. They disagree by one level on
 roughly one output in a hundred. `double_requant=True` (the default) follows the reference;
 dataclasses.replace(params, double_requant=False) gives the fixed-point behaviour.
+
+Training (docs/training.md): with `train` set, the first n_train rows of the filter and
+optionally the bias are read from SRAM copies; the backward rule is registered with
+register_backward. Weights with a zero point cannot train (check_trainable).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 
-from ..graph import Graph, Operator
-from . import common
-from .base import EmitContext, OpDef, register
+from ..graph import Graph, ModelError, Operator
+from ..train_math import QGrad, XorShift32
+from . import common, param_train
+from .base import (
+    BackwardDef,
+    EmitContext,
+    GradRef,
+    OpDef,
+    TrainBinding,
+    TrainEmit,
+    TrainSlot,
+    register,
+    register_backward,
+)
 
 
 @dataclass(frozen=True, eq=False)
@@ -39,6 +55,10 @@ class FullyConnectedParams:
     act_min: int
     act_max: int
     double_requant: bool = True
+    input_shape: tuple[int, ...] | None = None  # the input tensor's shape (gradient shape)
+    filter_scale: np.ndarray | None = None  # float32 [units] weight scales (per-tensor repeated)
+    input_scale: float = 0.0
+    train: TrainBinding | None = None  # trained rows / bias in SRAM (forward reads them)
 
 
 def _filter_offset(op: Operator, w) -> tuple[np.ndarray, int]:
@@ -86,7 +106,9 @@ def prepare(op: Operator, graph: Graph) -> FullyConnectedParams:
         bias=common.optional_bias(op, graph, 2, units),
         input_offset=-x.zero_point, filter_offset=filter_offset, output_offset=y.zero_point,
         multiplier=multiplier, shift=shift, real_scale=real_scale,
-        act_min=act_min, act_max=act_max,
+        act_min=act_min, act_max=act_max, input_shape=tuple(x.shape),
+        filter_scale=np.broadcast_to(scales, (units,)).astype(np.float32),
+        input_scale=float(np.float32(x.scale)),
     )
 
 
@@ -106,13 +128,30 @@ def reference(p: FullyConnectedParams, inputs: list[np.ndarray]) -> np.ndarray:
     return out.reshape(p.output_shape)
 
 
-def emit(p: FullyConnectedParams, ctx: EmitContext, inputs: list[str], output: str) -> str:
+def _struct(p: FullyConnectedParams, mult: str, shift: str, real_scale: str,
+            binding: TrainBinding | None) -> str:
+    units, depth = p.filter.shape
+    fields: list[tuple[str, object]] = [
+        ("batches", p.batches), ("accum_depth", depth), ("output_depth", units),
+        ("input_offset", p.input_offset), ("filter_offset", p.filter_offset),
+        ("output_offset", p.output_offset), ("multiplier", mult), ("shift", shift),
+        ("real_scale", real_scale), ("act_min", p.act_min), ("act_max", p.act_max),
+        *param_train.struct_train_fields(binding),
+    ]
+    return common.struct_init("mt::FullyConnectedParams", "kParams", fields)
+
+
+def _constants(p: FullyConnectedParams, ctx: EmitContext) -> tuple[str, str, str, str]:
     tag = f"op{p.op_index}_fc"
     filt = ctx.const_array(f"{tag}_filter", p.filter)
     bias = "nullptr" if p.bias is None else ctx.const_array(f"{tag}_bias", p.bias)
     mult = ctx.const_array(f"{tag}_multiplier", p.multiplier.astype(np.int32))
     shift = ctx.const_array(f"{tag}_shift", p.shift.astype(np.int32))
-    units, depth = p.filter.shape
+    return filt, bias, mult, shift
+
+
+def emit(p: FullyConnectedParams, ctx: EmitContext, inputs: list[str], output: str) -> str:
+    filt, bias, mult, shift = _constants(p, ctx)
     scale_def = ""
     real_scale = "nullptr"
     if p.double_requant:
@@ -120,13 +159,8 @@ def emit(p: FullyConnectedParams, ctx: EmitContext, inputs: list[str], output: s
         values = ", ".join(float(v).hex() for v in p.real_scale)
         scale_def = f"static const double kRealScale[] = {{{values}}};\n"
         real_scale = "kRealScale"
-    fields: list[tuple[str, object]] = [
-        ("batches", p.batches), ("accum_depth", depth), ("output_depth", units),
-        ("input_offset", p.input_offset), ("filter_offset", p.filter_offset),
-        ("output_offset", p.output_offset), ("multiplier", mult), ("shift", shift),
-        ("real_scale", real_scale), ("act_min", p.act_min), ("act_max", p.act_max),
-    ]
-    init = common.struct_init("mt::FullyConnectedParams", "kParams", fields)
+    init = _struct(p, mult, shift, real_scale, p.train)
+    bias = param_train.forward_bias(p.train, bias)
     call = f"mt::ref::fully_connected_s8(kParams, {inputs[0]}, {filt}, {bias}, {output});"
     return "{\n" + scale_def + init + "\n" + call + "\n}"
 
@@ -137,3 +171,79 @@ def macs(p: FullyConnectedParams) -> int:
 
 OPDEF = register(OpDef("FULLY_CONNECTED", prepare, reference, emit, macs,
                        header="kernels/fully_connected.h"))
+
+
+# ---- training ----
+
+
+def check_trainable(p: FullyConnectedParams) -> None:
+    """Training's gradient rules assume symmetric weights: refuse a weight zero point."""
+    if p.filter_offset != 0:
+        raise ModelError(f"operator {p.op_index} (FULLY_CONNECTED): weights with zero point "
+                         f"{-p.filter_offset} cannot be trained or back-propagated through; "
+                         "quantize the weights symmetrically")
+
+
+def trainable_weights(p: FullyConnectedParams, n_train: int) -> np.ndarray:
+    """The SRAM copy of the trained units: the first n_train rows of the [units, depth] filter."""
+    return p.filter[:n_train].copy()
+
+
+def with_trained(p: FullyConnectedParams, weights: np.ndarray | None,
+                 bias: np.ndarray | None) -> FullyConnectedParams:
+    """Params whose filter has its first rows replaced by `weights` and whose bias is `bias`
+    when given."""
+    filt = p.filter.copy()
+    if weights is not None and weights.size:
+        n = weights.size // filt.shape[1]
+        filt[:n] = np.asarray(weights, dtype=np.int8).reshape(n, filt.shape[1])
+    new_bias = p.bias if bias is None else np.asarray(bias, dtype=np.int32).copy()
+    return dataclasses.replace(p, filter=filt, bias=new_bias)
+
+
+def input_grad_acc(p: FullyConnectedParams, filt: np.ndarray, dy: np.ndarray) -> np.ndarray:
+    """int64 accumulators of the input's shape: (folded dy) @ W. Exact in float64."""
+    units, depth = filt.shape
+    d = np.asarray(dy, dtype=np.float64).reshape(p.batches, units)
+    acc = (d @ filt.astype(np.float64)).astype(np.int64)
+    return acc.reshape(p.input_shape if p.input_shape is not None else (p.batches, depth))
+
+
+def weight_grad(p: FullyConnectedParams, x: np.ndarray, dy: np.ndarray,
+                n_train: int) -> np.ndarray:
+    """int64 [n_train, depth]: GW = dy[:, :n]^T @ (x - zx)."""
+    units, depth = p.filter.shape
+    xs = x.reshape(p.batches, depth).astype(np.float64) + p.input_offset
+    d = np.asarray(dy, dtype=np.float64).reshape(p.batches, units)[:, :n_train]
+    return (d.T @ xs).astype(np.int64)
+
+
+GEOMETRY = param_train.Geometry(input_grad_acc, weight_grad, channel_axis=0,
+                                with_trained=with_trained)
+
+
+def backward_reference(p: FullyConnectedParams, saved: list[np.ndarray | None], dy: QGrad,
+                       need_dx: list[bool], slot: TrainSlot | None, lr: float,
+                       rng: XorShift32) -> list[QGrad | None]:
+    check_trainable(p)
+    return param_train.backward(p, GEOMETRY, saved, dy, need_dx, slot, lr, rng)
+
+
+def backward_emit(p: FullyConnectedParams, ctx: EmitContext, saved: list[str | None],
+                  dy: GradRef, dx: list[GradRef | None], train: TrainEmit | None) -> str:
+    check_trainable(p)
+    filt, _, mult, shift = _constants(p, ctx)
+    binding = train.binding if train is not None else p.train
+    return param_train.emit_backward(p, ctx, "fully_connected",
+                                     _struct(p, mult, shift, "nullptr", binding), filt, saved,
+                                     dy, dx, train, f"op{p.op_index}_fc")
+
+
+def saves_input(p: FullyConnectedParams, slot: TrainSlot | None) -> list[bool]:
+    check_trainable(p)
+    return param_train.saves_input(slot)
+
+
+BACKWARD = register_backward("FULLY_CONNECTED", BackwardDef(
+    reference=backward_reference, emit=backward_emit, saves_input=saves_input,
+    input_grad_depth=lambda p: int(p.filter.shape[0])))

@@ -1,0 +1,175 @@
+"""Backward pass shared by the weighted operators (CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED).
+
+docs/training.md, "Rules per operator": (1) input gradient with the old weights, (2) bias update,
+(3) weight update. Each operator module supplies the two integer sums that depend on its
+geometry (input-gradient accumulators, weight gradient in the SRAM copy's layout); everything
+else (fold ratios, float32 update expressions, rounding, emitted C++) lives here, mirroring
+firmware/kernels/param_update.h.
+
+Not an operator module: it registers nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..train_math import (
+    F32,
+    QGrad,
+    XorShift32,
+    grad_requantize,
+    round_half_away,
+    round_update,
+    saturate_bias,
+    saturate_weight,
+)
+from .base import GradRef, TrainBinding, TrainEmit, TrainSlot
+
+# (params, filter with trained channels substituted, folded dy as int64) -> int64 accumulators
+InputGradFn = Callable[[Any, np.ndarray, np.ndarray], np.ndarray]
+# (params, saved input, dy int64, n_train) -> int64 weight gradient in the SRAM copy's layout
+WeightGradFn = Callable[[Any, np.ndarray, np.ndarray, int], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """What the shared backward needs from one operator module."""
+
+    input_grad: InputGradFn
+    weight_grad: WeightGradFn
+    channel_axis: int  # axis of the output channel in the weight gradient / SRAM copy
+    with_trained: Callable[[Any, np.ndarray, np.ndarray | None], Any]
+
+
+def c_float(value: float) -> str:
+    """A float32 constant as an exact C++ hex-float literal."""
+    v = float(np.float32(value))
+    if not np.isfinite(v):
+        raise ValueError(f"non-finite constant {v} cannot be emitted")
+    return v.hex() + "f"
+
+
+def channel_scales(p: Any) -> np.ndarray:
+    """Weight scales sW as float32 [out_c] (a per-tensor scale repeated)."""
+    out_c = p.multiplier.size
+    return np.broadcast_to(np.asarray(p.filter_scale, dtype=np.float32), (out_c,)).copy()
+
+
+def fold_ratio(p: Any) -> np.ndarray | None:
+    """ratio[c] = float32(sW[c] / max(sW)); None when every ratio is 1 (per-tensor weights),
+    where the fold is the identity and the kernels skip it."""
+    sw = channel_scales(p).astype(np.float64)
+    ratio = (sw / sw.max()).astype(np.float32)
+    return None if np.all(ratio == F32(1.0)) else ratio
+
+
+def max_scale(p: Any) -> np.float32:
+    return F32(channel_scales(p).max())
+
+
+def coefficients(p: Any, n_train: int, qas: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(w_coef float32 [n_train], bias_coef float32 [out_c]) per docs/training.md: under QAS
+    1/sW[o] and 1/(sx*sW[o]), without sW[o] and sx*sW[o] (computed in double, rounded once)."""
+    sw = channel_scales(p).astype(np.float64)
+    sx = float(np.float32(p.input_scale))
+    w_coef = 1.0 / sw[:n_train] if qas else sw[:n_train]
+    bias_coef = 1.0 / (sx * sw) if qas else sx * sw
+    return w_coef.astype(np.float32), bias_coef.astype(np.float32)
+
+
+def backward(
+    p: Any, geo: Geometry, saved: list[np.ndarray | None], dy: QGrad, need_dx: list[bool],
+    slot: TrainSlot | None, lr: float, rng: XorShift32,
+) -> list[QGrad | None]:
+    """The numpy training step of one weighted operator; updates `slot` in place."""
+    out_c = p.multiplier.size
+    d = np.asarray(dy.data, dtype=np.int64)
+    n_train = slot.n_train if slot is not None and slot.weights is not None else 0
+    dx: QGrad | None = None
+    if need_dx and need_dx[0]:
+        current = p if n_train == 0 else geo.with_trained(p, slot.weights, None)
+        ratio = fold_ratio(p)
+        folded = d if ratio is None else np.asarray(
+            round_half_away(d.astype(np.float32) * ratio), dtype=np.int64)
+        acc = geo.input_grad(p, current.filter, folded)
+        dx = grad_requantize(acc.astype(np.int32), F32(dy.scale) * max_scale(p))
+    lr_dy = F32(lr) * F32(dy.scale)
+    if slot is not None and slot.bias is not None:
+        gb = d.reshape(-1, out_c).sum(axis=0).astype(np.float32)
+        delta = (lr_dy * gb) * np.asarray(slot.bias_coef, dtype=np.float32)
+        new = slot.bias.astype(np.float64) - round_half_away(delta).astype(np.float64)
+        slot.bias[...] = saturate_bias(new).reshape(slot.bias.shape)
+    if n_train > 0:
+        x = saved[0] if saved else None
+        if x is None:
+            raise ValueError(f"operator {p.op_index}: weight update needs the saved input")
+        gw = geo.weight_grad(p, x, d, n_train)
+        coef = lr_dy * F32(p.input_scale)
+        coef_o = coef * np.asarray(slot.w_coef, dtype=np.float32)[:n_train]
+        shape = [1] * gw.ndim
+        shape[geo.channel_axis] = n_train
+        delta = gw.astype(np.float32) * coef_o.reshape(shape)
+        step = round_update(delta, slot.stochastic, rng)
+        w = slot.weights.reshape(gw.shape).astype(np.float32) - step
+        slot.weights[...] = saturate_weight(w).reshape(slot.weights.shape)
+    return [dx]
+
+
+def struct_train_fields(binding: TrainBinding | None) -> list[tuple[str, object]]:
+    """The params struct's trailing training fields (omitted: defaults, plain inference)."""
+    if binding is None or binding.n_train == 0:
+        return []
+    if binding.weight_symbol is None:
+        raise ValueError("a TrainBinding with n_train > 0 needs weight_symbol")
+    return [("train_filter", binding.weight_symbol), ("n_train", binding.n_train)]
+
+
+def forward_bias(binding: TrainBinding | None, flash_bias: str) -> str:
+    """The bias pointer the forward kernel reads: the SRAM copy when the bias trains."""
+    if binding is not None and binding.bias_symbol is not None:
+        return binding.bias_symbol
+    return flash_bias
+
+
+def emit_backward(
+    p: Any, ctx: Any, kernel: str, struct_init: str, filt: str, saved: list[str | None],
+    dy: GradRef, dx: list[GradRef | None], train: TrainEmit | None, tag: str,
+) -> str:
+    """C++ for one weighted operator's backward step: mt::ref::<kernel>_input_grad then
+    GradRequantize, <kernel>_bias_update, <kernel>_weight_update (in that order)."""
+    lines = ["{", struct_init]
+    target = dx[0] if dx else None
+    if target is not None:
+        ratio = fold_ratio(p)
+        ratio_sym = "nullptr" if ratio is None else ctx.const_array(f"{tag}_fold", ratio)
+        lines.append(f"mt::ref::{kernel}_input_grad(kParams, {filt}, {dy.data()}, {ratio_sym}, "
+                     f"{target.acc()});")
+        lines.append(f"{target.scale} = mt::GradRequantize({target.buffer}, {target.count}, "
+                     f"{dy.scale} * {c_float(max_scale(p))});")
+    binding = train.binding if train is not None else None
+    trains_bias = binding is not None and binding.bias_symbol is not None
+    trains_weights = binding is not None and binding.n_train > 0
+    if trains_bias or trains_weights:
+        lines.append(f"const float lr_dy = ({train.lr}) * {dy.scale};")
+    if trains_bias:
+        if train.bias_coef is None:
+            raise ValueError(f"operator {p.op_index}: bias trains but bias_coef is missing")
+        lines.append(f"mt::ref::{kernel}_bias_update(kParams, {dy.data()}, lr_dy, "
+                     f"{train.bias_coef}, {binding.bias_symbol});")
+    if trains_weights:
+        if not saved or saved[0] is None or train.w_coef is None:
+            raise ValueError(f"operator {p.op_index}: weight update needs the saved input "
+                             "and w_coef")
+        lines.append(f"mt::ref::{kernel}_weight_update(kParams, {saved[0]}, {dy.data()}, "
+                     f"lr_dy * {c_float(p.input_scale)}, {train.w_coef}, {train.rounding}, "
+                     f"{train.prng}, {binding.weight_symbol});")
+    lines.append("}")
+    return "\n".join(lines)
+
+
+def saves_input(slot: TrainSlot | None) -> list[bool]:
+    return [slot is not None and slot.n_train > 0]
