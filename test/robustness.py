@@ -2,7 +2,9 @@
 
 `run_robustness_suite(device)` sends garbage, truncated frames, bad CRCs, wrong lengths, bad
 versions, unknown types and stalled frames; each must get the right ERROR reply and the next
-valid INFER must still give the same answer as before.
+valid INFER must still give the same answer as before. Malformed training requests (wrong label
+size, bad CRC, refused labels and learning rates, out-of-range READ_PARAMS) must leave the
+trainable state byte for byte as it was; firmware without training must refuse them all.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import struct
 import time
 import zlib
+from collections.abc import Callable
 
 import numpy as np
 from cobs import cobs
@@ -18,11 +21,16 @@ from mcutrain.device import Device
 from mcutrain.protocol import (
     ERROR_REPLY,
     PROTOCOL_VERSION,
+    DeviceInfo,
     Frame,
+    LossKind,
     RequestType,
     Status,
     encode_frame,
+    encode_label,
     parse_error,
+    read_params_payload,
+    set_lr_payload,
 )
 
 
@@ -104,6 +112,7 @@ def run_robustness_suite(dev: Device, *, stall_seconds: float = 3.0) -> None:
           {Status.TOO_LONG}, 109)
     check("payload_len near 4 GB", raw_line(v, infer, 110, good, declared=0xFFFFFFF0),
           {Status.BAD_LENGTH}, 110)
+    check_training_requests(dev, info, good, check)
 
     # Idle delimiters get no reply at all.
     stale = dev.stale_frames
@@ -119,3 +128,68 @@ def run_robustness_suite(dev: Device, *, stall_seconds: float = 3.0) -> None:
     dev.send_raw(line[20:])
     still_serving("stalled frame")
     assert dev.stale_frames == stale, "the late remainder of a stalled frame got a reply"
+
+
+NO_TRAINING = "without a training scheme"
+
+
+def check_training_requests(dev: Device, info: DeviceInfo, good: bytes,
+                            check: Callable[..., None]) -> None:
+    """Malformed and refused training requests; `check` is the suite's send-expect-still-serving
+    helper. The trainable state must not change."""
+    v = PROTOCOL_VERSION
+    train, ev = int(RequestType.TRAIN), int(RequestType.EVAL)
+    if not info.train.enabled:
+        for rtype, payload in ((train, good + b"\x00\x00"), (ev, good + b"\x00\x00"),
+                               (int(RequestType.RESET), b""),
+                               (int(RequestType.SET_LR), set_lr_payload(0.1)),
+                               (int(RequestType.READ_PARAMS), read_params_payload(0, 0))):
+            dev.send_raw(raw_line(v, rtype, 120, payload))
+            frame = dev.read_frame(f"the error reply to request {rtype:#x}")
+            err = parse_error(frame.payload)
+            assert frame.type == ERROR_REPLY and err.status == Status.UNKNOWN_REQUEST, err
+            assert NO_TRAINING in err.message, err.message
+        return
+
+    t = info.train
+    before = dev.read_params()
+    if t.loss == LossKind.CROSS_ENTROPY:
+        label = encode_label(0, t)
+        refused = encode_label(t.num_classes, t, check=False)
+        refused_status = Status.BAD_LABEL
+    else:
+        label = encode_label(np.zeros(t.label_bytes // 4, dtype=np.float32), t)
+        refused = encode_label(np.full(t.label_bytes // 4, np.nan, dtype=np.float32), t,
+                               check=False)
+        refused_status = Status.NOT_FINITE
+    sample = good + label
+    check("TRAIN with a wrong CRC", raw_line(v, train, 121, sample, crc_xor=1), {Status.BAD_CRC},
+          121)
+    check("TRAIN with a label byte too many", raw_line(v, train, 122, sample + b"\x00"),
+          {Status.BAD_SHAPE}, 122)
+    check("TRAIN with a label byte too few", raw_line(v, train, 123, sample[:-1]),
+          {Status.BAD_SHAPE}, 123)
+    check("TRAIN without a label", raw_line(v, train, 124, good), {Status.BAD_SHAPE}, 124)
+    check("TRAIN shorter than declared", raw_line(v, train, 125, sample[:-1],
+                                                  declared=len(sample)), {Status.BAD_LENGTH}, 125)
+    check("TRAIN with a refused label", raw_line(v, train, 126, good + refused),
+          {refused_status}, 126)
+    check("EVAL with a refused label", raw_line(v, ev, 127, good + refused), {refused_status}, 127)
+    check("SET_LR NaN", raw_line(v, int(RequestType.SET_LR), 128, set_lr_payload(float("nan"))),
+          {Status.NOT_FINITE}, 128)
+    check("SET_LR negative", raw_line(v, int(RequestType.SET_LR), 129, set_lr_payload(-1.0)),
+          {Status.NOT_FINITE}, 129)
+    check("SET_LR short", raw_line(v, int(RequestType.SET_LR), 130, b"\x00\x00"),
+          {Status.BAD_LENGTH}, 130)
+    check("RESET with a payload", raw_line(v, int(RequestType.RESET), 131, b"\x01"),
+          {Status.BAD_LENGTH}, 131)
+    rp = int(RequestType.READ_PARAMS)
+    check("READ_PARAMS past the end", raw_line(v, rp, 132, read_params_payload(0,
+                                                                               t.state_bytes + 1)),
+          {Status.BAD_LENGTH}, 132)
+    check("READ_PARAMS wrapping offset", raw_line(v, rp, 133, read_params_payload(0xFFFFFFFF, 2)),
+          {Status.BAD_LENGTH}, 133)
+    # A valid EVAL reads the state but must not change it either.
+    dev.request(ev, sample)
+    assert dev.read_params() == before, "malformed training requests changed the trainable state"
+    assert dev.info().train.current_lr == t.current_lr, "refused SET_LR changed the rate"

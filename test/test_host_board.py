@@ -1,11 +1,15 @@
 """The firmware runtime as a Linux process (firmware/bsp/host), built with ASan/UBSan against the
-echo test double (test/fixtures/echo_model.cc: 16 int8 in, output = input reversed).
+echo test double (test/fixtures/echo_model.cc: 16 int8 in, output = input reversed plus a
+trainable bias; training adds floor(lr * label + 0.5) to the bias per step), and once more
+without training (ECHO_NO_TRAIN).
 
 `run_robustness_suite(device)` is board-independent: the lead runs it against QEMU as well."""
 
 from __future__ import annotations
 
+import json
 import shutil
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +20,13 @@ from mcutrain.device import Device, ProcessTransport, build_host_firmware, open_
 from mcutrain.protocol import (
     PROTOCOL_VERSION,
     CounterUnit,
+    DeviceError,
     DType,
+    LossKind,
     RequestType,
+    Status,
+    read_params_payload,
+    train_payload,
 )
 from robustness import run_robustness_suite
 
@@ -26,14 +35,24 @@ FIXTURES = ROOT / "test" / "fixtures"
 
 
 
-@pytest.fixture(scope="module")
-def host_fw(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def build_echo(tmp_path_factory: pytest.TempPathFactory, training: bool) -> Path:
     if shutil.which("g++") is None:
         pytest.fail("host g++ is needed for the host-process board: apt-get install g++")
     gen = tmp_path_factory.mktemp("gen")
-    shutil.copy(FIXTURES / "echo_model.cc", gen / "model.cc")
+    define = "" if training else "#define ECHO_NO_TRAIN\n"
+    (gen / "model.cc").write_text(f'{define}#include "{FIXTURES / "echo_model.cc"}"\n')
     out = tmp_path_factory.mktemp("fw") / "echo_fw"
     return build_host_firmware(gen, out, include_kernels=False).path
+
+
+@pytest.fixture(scope="module")
+def host_fw(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_echo(tmp_path_factory, training=True)
+
+
+@pytest.fixture(scope="module")
+def host_fw_no_train(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_echo(tmp_path_factory, training=False)
 
 
 @pytest.fixture()
@@ -53,7 +72,12 @@ def test_info(dev: Device) -> None:
     assert (info.input.scale, info.input.zero_point, info.input.nbytes) == (0.5, -3, 16)
     assert (info.output.scale, info.output.zero_point, info.output.nbytes) == (0.25, 7, 16)
     assert info.serves(RequestType.INFO) and info.serves(RequestType.INFER)
-    assert not info.serves(RequestType.TRAIN)
+    assert all(info.serves(r) for r in (RequestType.TRAIN, RequestType.EVAL, RequestType.RESET,
+                                        RequestType.SET_LR, RequestType.READ_PARAMS))
+    t = info.train
+    assert t.enabled and t.loss == LossKind.CROSS_ENTROPY and info.num_classes == 16
+    assert (t.label_bytes, t.default_lr, t.current_lr, t.seed) == (2, 0.5, 0.5, 1)
+    assert (t.state_bytes, t.backward_macs) == (8, 16)
 
 
 def test_infer(dev: Device) -> None:
@@ -70,6 +94,91 @@ def test_infer(dev: Device) -> None:
 
 def test_robustness(dev: Device) -> None:
     run_robustness_suite(dev)
+
+
+def test_robustness_without_training(host_fw_no_train: Path) -> None:
+    with open_device(f"host:{host_fw_no_train}", timeout=5.0) as device:
+        run_robustness_suite(device)
+
+
+def echo_state(dev: Device) -> tuple[int, int]:
+    """(bias, updating steps) of the echo double's 8-byte state."""
+    return struct.unpack("<iI", dev.read_params())
+
+
+def sample(hot: int) -> np.ndarray:
+    """An input whose reversed argmax (the echo's prediction) is 15 - hot."""
+    x = np.zeros(16, dtype=np.int8)
+    x[hot] = 50
+    return x
+
+
+def test_train_eval_reset(dev: Device) -> None:
+    dev.reset()
+    assert echo_state(dev) == (0, 0)
+    r = dev.eval(sample(3), 5)  # prediction 12, loss |5 - 12|; nothing changes
+    assert (r.loss, r.prediction) == (7.0, 12) and r.counter > 0
+    assert echo_state(dev) == (0, 0)
+    r = dev.train(sample(3), 5)  # bias += floor(0.5 * 5 + 0.5) = 3
+    assert (r.loss, r.prediction) == (7.0, 12)
+    assert echo_state(dev) == (3, 1)
+    out, _ = dev.infer(np.zeros(16, dtype=np.int8))  # INFER sees the trained bias
+    assert out.tolist() == [[3] * 16]
+    assert dev.set_lr(2.0) == 2.0
+    assert dev.info().train.current_lr == 2.0
+    dev.train(sample(0), 15)  # bias += 30
+    assert echo_state(dev) == (33, 2)
+    dev.reset()
+    assert echo_state(dev) == (0, 0) and dev.info().train.current_lr == 0.5
+    assert dev.read_params_slice(4, 4) == b"\x00" * 4
+    assert dev.read_params_slice(8, 0) == b""
+
+
+def test_refused_label_changes_nothing(dev: Device) -> None:
+    dev.reset()
+    dev.train(sample(1), 2)
+    before = dev.read_params()
+    x = sample(1).tobytes()
+    for rtype in (RequestType.TRAIN, RequestType.EVAL):
+        with pytest.raises(DeviceError, match="label 16 outside") as exc:
+            dev.request(rtype, train_payload(x, struct.pack("<H", 16)))
+        assert exc.value.status == Status.BAD_LABEL
+        with pytest.raises(DeviceError) as exc:
+            dev.request(rtype, train_payload(x, b"\x01"))
+        assert exc.value.status == Status.BAD_SHAPE
+    with pytest.raises(ValueError, match="outside"):
+        dev.train(sample(1), 16)  # the host refuses it before sending
+    assert dev.read_params() == before
+
+
+def test_set_lr_refuses_non_finite(dev: Device) -> None:
+    dev.reset()
+    for bad in (float("nan"), float("inf"), -0.5):
+        with pytest.raises(DeviceError) as exc:
+            dev.set_lr(bad)
+        assert exc.value.status == Status.NOT_FINITE
+    assert dev.info().train.current_lr == 0.5
+    assert dev.set_lr(0.0) == 0.0
+
+
+def test_read_params_bounds(dev: Device) -> None:
+    for offset, length in ((0, 9), (8, 1), (9, 0), (0xFFFFFFFF, 1), (4, 0xFFFFFFFF)):
+        with pytest.raises(DeviceError, match="outside the 8-byte state") as exc:
+            dev.request(RequestType.READ_PARAMS, read_params_payload(offset, length))
+        assert exc.value.status == Status.BAD_LENGTH
+
+
+def test_firmware_without_training(host_fw_no_train: Path) -> None:
+    with open_device(f"host:{host_fw_no_train}", timeout=5.0) as device:
+        info = device.info()
+        assert not info.train.enabled and not info.serves(RequestType.TRAIN)
+        assert info.serves(RequestType.INFER)
+        for call in (device.reset, lambda: device.set_lr(0.1), device.read_params,
+                     lambda: device.request(RequestType.TRAIN, bytes(18))):
+            with pytest.raises(DeviceError, match="without a training scheme: set custom_train"):
+                call()
+        out, _ = device.infer(np.arange(16, dtype=np.int8))
+        assert out[0].tolist() == list(range(15, -1, -1))
 
 
 def test_random_noise_never_breaks_the_firmware(dev: Device) -> None:
@@ -117,3 +226,59 @@ def test_cli(host_fw: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert cli_main(["infer", "--port", port, "--data", str(tmp_path / "missing.npz")]) == 1
     assert cli_main(["info", "--port", "host:/nonexistent"]) == 1
     assert "not an executable" in capsys.readouterr().err
+
+
+def test_cli_train_eval_params(host_fw: Path, tmp_path: Path,
+                               capsys: pytest.CaptureFixture[str]) -> None:
+    port = f"host:{host_fw}"
+    hot = np.array([0, 3, 15, 7, 3, 9])
+    x = np.zeros((6, 16), dtype=np.float32)
+    x[np.arange(6), hot] = 10.0
+    y = 15 - hot
+    np.savez(tmp_path / "train.npz", x=x, y=y)
+    np.savez(tmp_path / "test.npz", x=x[:4], y=y[:4])
+    out = tmp_path / "run"
+    assert cli_main(["train", "--port", port, "--data", str(tmp_path / "train.npz"),
+                     "--eval", str(tmp_path / "test.npz"), "--epochs", "2", "--lr", "0.0",
+                     "--schedule", "cosine", "--seed", "3", "--out", str(out), "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "epoch 0/2" in text and "epoch 2/2" in text
+    curve = json.loads((out / "curve.json").read_text())
+    assert (out / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [e["epoch"] for e in curve["epochs"]] == [0, 1, 2]
+    # lr 0: the bias stays 0, so every prediction is right and every loss is 0.
+    assert all(e["eval_accuracy"] == 1.0 and e["eval_loss"] == 0.0 for e in curve["epochs"])
+    assert curve["epochs"][1]["train_accuracy"] == 1.0
+    assert curve["epochs"][1]["counter_per_step"] > 0
+    assert len(curve["order"]) == 2 and sorted(curve["order"][0]) == list(range(6))
+    assert curve["order"][0] == np.random.default_rng(3).permutation(6).tolist()
+
+    # A run with a learning rate on the first 2 samples. Each CLI call starts a fresh firmware
+    # process, so the state read back below is the reset state.
+    assert cli_main(["train", "--port", port, "--data", str(tmp_path / "train.npz"),
+                     "--epochs", "1", "--lr", "0.5", "--limit", "2", "--out", str(out),
+                     "--quiet"]) == 0
+    capsys.readouterr()
+    assert cli_main(["eval", "--port", port, "--data", str(tmp_path / "test.npz"),
+                     "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "accuracy: 1.0000 (4/4)" in text and "true\\pred" in text
+    assert cli_main(["params", "--port", port, "--out", str(tmp_path / "state.bin")]) == 0
+    assert (tmp_path / "state.bin").read_bytes() == struct.pack("<iI", 0, 0)  # fresh process
+
+    np.savez(tmp_path / "bad.npz", x=x, y=np.full(6, 16))
+    assert cli_main(["train", "--port", port, "--data", str(tmp_path / "bad.npz"),
+                     "--epochs", "1", "--out", str(out), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "label 16 outside [0, 16)" in err
+
+
+def test_cli_train_without_training(host_fw_no_train: Path, tmp_path: Path,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    np.savez(tmp_path / "d.npz", x=np.zeros((2, 16), dtype=np.float32), y=np.zeros(2))
+    for argv in (["train", "--data", str(tmp_path / "d.npz"), "--epochs", "1",
+                  "--out", str(tmp_path / "o")],
+                 ["params", "--out", str(tmp_path / "s.bin")]):
+        assert cli_main([*argv, "--port", f"host:{host_fw_no_train}"]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "without a training scheme" in err

@@ -21,17 +21,26 @@ from mcutrain.protocol import (
     DType,
     Frame,
     FrameDecoder,
+    LossKind,
     ProtocolError,
     RequestType,
     Status,
     TensorDesc,
+    TrainInfo,
+    TrainReply,
     check_reply,
     encode_frame,
+    encode_label,
     frame_bytes,
     info_payload,
     parse_frame,
     parse_infer,
     parse_info,
+    parse_set_lr,
+    parse_train,
+    read_params_payload,
+    set_lr_payload,
+    train_payload,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -124,6 +133,7 @@ def make_info() -> DeviceInfo:
         input=TensorDesc(DType.INT8, (1, 128, 128, 3), 0.0078125, -1, 49152),
         output=TensorDesc(DType.INT8, (1, 10), 0.00390625, -128, 10),
         stack_used_bytes=1234, stack_size_bytes=8192,
+        train=TrainInfo(True, LossKind.CROSS_ENTROPY, 10, 2, 0.0625, 0.03125, 7, 4096, 2**34 + 1),
     )
 
 
@@ -136,6 +146,54 @@ def test_info_round_trip() -> None:
         parse_info(info_payload(info)[:-1])
     with pytest.raises(ProtocolError, match="extra"):
         parse_info(info_payload(info) + b"\x00")
+
+
+def test_info_training_fields_layout() -> None:
+    info = make_info()
+    tail = info_payload(info)[-32:]
+    assert tail == struct.pack("<BBHIffIIQ", 1, 1, 10, 2, 0.0625, 0.03125, 7, 4096, 2**34 + 1)
+    assert parse_info(info_payload(info)).num_classes == 10
+    with pytest.raises(ProtocolError, match="loss"):
+        parse_info(info_payload(info)[:-31] + b"\x09" + info_payload(info)[-30:])
+
+
+CE = TrainInfo(True, LossKind.CROSS_ENTROPY, 10, 2, 0.05, 0.05, 1, 16, 0)
+MSE = TrainInfo(True, LossKind.MEAN_SQUARED_ERROR, 0, 12, 0.05, 0.05, 1, 16, 0)
+
+
+def test_encode_label() -> None:
+    assert encode_label(3, CE) == b"\x03\x00"
+    assert encode_label(np.int64(9), CE) == b"\x09\x00"
+    with pytest.raises(ValueError, match="outside"):
+        encode_label(10, CE)
+    assert encode_label(10, CE, check=False) == b"\x0a\x00"  # for firmware-side checks
+    with pytest.raises(ValueError, match="u16"):
+        encode_label(70000, CE, check=False)
+    with pytest.raises(ValueError, match="one integer"):
+        encode_label([1, 2], CE)
+    assert encode_label([1.0, -2.5, 0.25], MSE) == struct.pack("<3f", 1.0, -2.5, 0.25)
+    with pytest.raises(ValueError, match="targets"):
+        encode_label([1.0, 2.0], MSE)
+    with pytest.raises(ValueError, match="NaN"):
+        encode_label([1.0, np.nan, 0.0], MSE)
+    assert len(encode_label([1.0, np.nan, 0.0], MSE, check=False)) == 12
+    with pytest.raises(ValueError, match="without a training scheme"):
+        encode_label(1, TrainInfo())
+
+
+def test_training_messages() -> None:
+    assert train_payload(b"\x01\x02", b"\x03\x00") == b"\x01\x02\x03\x00"
+    reply = struct.pack("<fHQ", 1.5, 7, 2**40 + 9)
+    assert parse_train(reply) == TrainReply(1.5, 7, 2**40 + 9)
+    with pytest.raises(ProtocolError, match="TRAIN/EVAL reply"):
+        parse_train(reply[:-1])
+    assert set_lr_payload(0.125) == struct.pack("<f", 0.125)
+    assert parse_set_lr(struct.pack("<f", 0.125)) == 0.125
+    with pytest.raises(ProtocolError):
+        parse_set_lr(b"\x00")
+    assert read_params_payload(4096, 100) == struct.pack("<II", 4096, 100)
+    frame = Frame(int(RequestType.READ_PARAMS), 3, read_params_payload(1, 2))
+    assert decode_all(encode_frame(frame)) == [frame]
 
 
 def test_infer_and_error_replies() -> None:
