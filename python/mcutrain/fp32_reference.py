@@ -1,0 +1,402 @@
+"""Float32 TensorFlow reference for on-device training: what ideal (float) training would do.
+
+The float model is built from our IR (mcutrain.compiler), not from the .tflite through TFLite's
+own tooling, so it trains exactly the operators and parameters the firmware trains: weights are
+dequantized (W = sW[c] * Wq, b = sb[c] * bq), the float input is what the int8 input represents
+(quantize then dequantize with the input tensor's parameters), and intermediate activations are
+not quantized. Training follows a scheme (docs/training.md) with plain SGD, batch 1, softmax
+cross-entropy on the logits that feed the final SOFTMAX (or MSE), in a given sample order; only
+the scheme's parameters move, and a channel ratio < 1 trains the first ceil(ratio * out_c) output
+channels (the gradient of the others is masked to zero).
+
+TensorFlow is imported inside functions so that importing mcutrain stays light.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .compiler import CompiledModel, PreparedOp, compile_model
+from .graph import Graph, ModelError, Tensor
+from .scheme import PARAMETRIC, LayerPlan, Scheme, parse_scheme, plan_layers
+
+
+def _tf() -> Any:
+    import tensorflow as tf  # noqa: PLC0415 (lazy: TensorFlow is slow to import)
+
+    return tf
+
+
+# ---- dequantization helpers ----
+
+def dequantize(t: Tensor) -> np.ndarray:
+    """A constant tensor's real values, float32 (per-channel scales broadcast on quant.axis)."""
+    if t.data is None:
+        raise ModelError(f"tensor {t.index} '{t.name}' is not constant")
+    data = np.asarray(t.data)
+    if t.quant is None:
+        return data.astype(np.float32)
+    shape = [1] * data.ndim
+    if t.quant.per_channel:
+        shape[t.quant.axis] = -1
+    scale = t.quant.scale.astype(np.float32).reshape(shape)
+    zp = t.quant.zero_point.astype(np.float32).reshape(shape)
+    return ((data.astype(np.float32) - zp) * scale).astype(np.float32)
+
+
+def quantize_input(graph: Graph, x: np.ndarray) -> np.ndarray:
+    """Float input (the model's real units) -> int8, as the host does before sending it."""
+    t = graph.tensors[graph.inputs[0]]
+    q = np.round(np.asarray(x, np.float32) / np.float32(t.scale)) + t.zero_point
+    return np.clip(q, -128, 127).astype(np.int8)
+
+
+def fake_quant_input(graph: Graph, x: np.ndarray) -> np.ndarray:
+    """What the int8 input represents: dequantize(quantize(x)), float32."""
+    t = graph.tensors[graph.inputs[0]]
+    q = quantize_input(graph, x).astype(np.float32)
+    return ((q - np.float32(t.zero_point)) * np.float32(t.scale)).astype(np.float32)
+
+
+def _bias_real(graph: Graph, p: PreparedOp, out_c: int) -> np.ndarray:
+    if len(p.op.inputs) < 3 or p.op.inputs[2] < 0:
+        return np.zeros(out_c, np.float32)
+    b = graph.tensors[p.op.inputs[2]]
+    if b.quant is not None:
+        return dequantize(b).reshape(out_c)
+    # No bias scale recorded: TFLite's convention is sx * sW[c].
+    sx = graph.tensors[p.inputs[0]].scale
+    sw = graph.tensors[p.op.inputs[1]].quant.scale.astype(np.float32)
+    return (np.asarray(b.data, np.float32) * sx * sw).astype(np.float32).reshape(out_c)
+
+
+# ---- the float model ----
+
+@dataclass
+class FloatParam:
+    """One parameter tensor of a parametric operator, in the IR's layout (CONV_2D/FC: out_c
+    first; DEPTHWISE_CONV_2D: [1, kh, kw, out_c]). `mask` is None for frozen parameters."""
+
+    step: int
+    kind: str  # "weights" or "bias"
+    value: Any  # tf.Variable if trainable, else tf.constant
+    mask: np.ndarray | None = None
+
+
+@dataclass
+class FloatModel:
+    compiled: CompiledModel
+    params: dict[tuple[int, str], FloatParam] = field(default_factory=dict)
+
+    @property
+    def graph(self) -> Graph:
+        return self.compiled.graph
+
+    @property
+    def trainable(self) -> list[FloatParam]:
+        return [p for p in self.params.values() if p.mask is not None]
+
+    def logits_and_output(self, x: Any) -> tuple[Any, Any]:
+        """Batched forward (x: float [N, ...input shape without batch]). Returns (logits, output):
+        logits are beta * the input of a final SOFTMAX (else the output itself)."""
+        tf = _tf()
+        values: dict[int, Any] = {self.compiled.input: x}
+        logits = None
+        for step, p in enumerate(self.compiled.ops):
+            ins = [values[t] for t in p.inputs]
+            if step == len(self.compiled.ops) - 1 and p.op.opcode == "SOFTMAX":
+                logits = ins[0] * float(p.op.options.get("beta", 1.0))
+                values[p.output] = tf.nn.softmax(logits, axis=-1)
+                continue
+            values[p.output] = _FORWARD[p.op.opcode](self, step, p, ins)
+        out = values[self.compiled.output]
+        return (out if logits is None else logits), out
+
+    def run(self, x: np.ndarray, batch: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+        """(logits, outputs) for float inputs in real units, fake-quantized like the int8 input."""
+        fn = self._batched()
+        xs = fake_quant_input(self.graph, x).reshape(self._batch_shape(len(x)))
+        parts = [fn(xs[i:i + batch]) for i in range(0, len(xs), batch)]
+        return (np.concatenate([a.numpy() for a, _ in parts]),
+                np.concatenate([b.numpy() for _, b in parts]))
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Float model outputs (after the final SOFTMAX, if any)."""
+        return self.run(x)[1]
+
+    def evaluate(self, x: np.ndarray, y: np.ndarray, loss: str = "cross_entropy"
+                 ) -> dict[str, float]:
+        logits, out = self.run(x)
+        if loss == "mse":
+            return {"loss": float(np.mean((out.reshape(len(x), -1)
+                                           - np.asarray(y, np.float32).reshape(len(x), -1))
+                                          ** 2))}
+        logits = logits.reshape(len(x), -1).astype(np.float64)
+        logz = np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1)) + logits.max(1)
+        ce = logz - logits[np.arange(len(x)), y]
+        return {"accuracy": float(np.mean(logits.argmax(1) == y)), "loss": float(ce.mean())}
+
+    def state(self) -> dict[int, dict[str, np.ndarray]]:
+        """Current float parameters of the trained operators, IR layout."""
+        out: dict[int, dict[str, np.ndarray]] = {}
+        for p in self.trainable:
+            out.setdefault(p.step, {})[p.kind] = np.array(p.value.numpy())
+        return out
+
+    def _batch_shape(self, n: int) -> tuple[int, ...]:
+        return (n, *self.graph.tensors[self.compiled.input].shape[1:])
+
+    def _batched(self) -> Callable[[Any], tuple[Any, Any]]:
+        if not hasattr(self, "_fn"):
+            tf = _tf()
+            spec = tf.TensorSpec([None, *self.graph.tensors[self.compiled.input].shape[1:]],
+                                 tf.float32)
+            self._fn = tf.function(self.logits_and_output, input_signature=[spec])
+        return self._fn
+
+
+def build_float_model(model: str | Path | bytes | CompiledModel,
+                      plans: list[LayerPlan] | None = None) -> FloatModel:
+    """The float TensorFlow model of a compiled int8 model; `plans` (from scheme.plan_layers)
+    makes the listed parameters trainable tf.Variables with their gradient masks."""
+    tf = _tf()
+    compiled = model if isinstance(model, CompiledModel) else compile_model(model)
+    unsupported = sorted({p.op.opcode for p in compiled.ops} - set(_FORWARD) - {"SOFTMAX"})
+    if unsupported:
+        raise ModelError(f"fp32 reference: operators {unsupported} are not supported")
+    by_step = {plan.step: plan for plan in plans or []}
+    fm = FloatModel(compiled)
+    graph = compiled.graph
+    for step, p in enumerate(compiled.ops):
+        if p.op.opcode not in PARAMETRIC:
+            continue
+        w_t = graph.tensors[p.op.inputs[1]]
+        w = dequantize(w_t)
+        axis = 3 if p.op.opcode == "DEPTHWISE_CONV_2D" else 0
+        out_c = w.shape[axis]
+        b = _bias_real(graph, p, out_c)
+        plan = by_step.get(step)
+        if plan is not None and plan.n_train > 0:
+            shape = [1] * w.ndim
+            shape[axis] = out_c
+            mask = (np.arange(out_c) < plan.n_train).astype(np.float32).reshape(shape)
+            fm.params[(step, "weights")] = FloatParam(step, "weights", tf.Variable(w), mask)
+        else:
+            fm.params[(step, "weights")] = FloatParam(step, "weights", tf.constant(w))
+        if plan is not None and plan.train_bias:
+            fm.params[(step, "bias")] = FloatParam(step, "bias", tf.Variable(b),
+                                                   np.ones(out_c, np.float32))
+        else:
+            fm.params[(step, "bias")] = FloatParam(step, "bias", tf.constant(b))
+    return fm
+
+
+# ---- operators (float, NHWC, batch first) ----
+
+def _activation(x: Any, op_options: dict[str, Any]) -> Any:
+    tf = _tf()
+    act = str(op_options.get("activation", "NONE"))
+    if act == "NONE":
+        return x
+    if act == "RELU":
+        return tf.nn.relu(x)
+    if act == "RELU6":
+        return tf.nn.relu6(x)
+    if act == "RELU_N1_TO_1":
+        return tf.clip_by_value(x, -1.0, 1.0)
+    raise ModelError(f"fp32 reference: fused activation {act} is not supported")
+
+
+def _const_or_dynamic(fm: FloatModel, p: PreparedOp, ins: list[Any]) -> list[Any]:
+    """All inputs in operator order: dynamic values from `ins`, constants dequantized."""
+    tf = _tf()
+    dynamic = iter(ins)
+    out = []
+    for tid in p.op.inputs:
+        if tid < 0:
+            continue
+        t = fm.graph.tensors[tid]
+        out.append(tf.constant(dequantize(t)) if t.is_const else next(dynamic))
+    return out
+
+
+def _reshape(fm: FloatModel, step: int, p: PreparedOp, ins: list[Any]) -> Any:
+    shape = fm.graph.tensors[p.output].shape
+    return _tf().reshape(ins[0], [-1, *shape[1:]])
+
+
+def _conv2d(fm: FloatModel, step: int, p: PreparedOp, ins: list[Any]) -> Any:
+    tf = _tf()
+    o = p.op.options
+    w = tf.transpose(fm.params[(step, "weights")].value, [1, 2, 3, 0])  # -> [kh, kw, in, out]
+    y = tf.nn.conv2d(ins[0], w, strides=[1, int(o["stride_h"]), int(o["stride_w"]), 1],
+                     padding=str(o["padding"]),
+                     dilations=[1, int(o.get("dilation_h", 1)), int(o.get("dilation_w", 1)), 1])
+    return _activation(y + fm.params[(step, "bias")].value, o)
+
+
+def _depthwise(fm: FloatModel, step: int, p: PreparedOp, ins: list[Any]) -> Any:
+    tf = _tf()
+    o = p.op.options
+    w = fm.params[(step, "weights")].value  # [1, kh, kw, in_c * mult], channel = i * mult + m
+    in_c = int(fm.graph.tensors[p.inputs[0]].shape[-1])
+    kh, kw, out_c = (int(d) for d in w.shape[1:])
+    w = tf.reshape(w[0], [kh, kw, in_c, out_c // in_c])
+    y = tf.nn.depthwise_conv2d(
+        ins[0], w, strides=[1, int(o["stride_h"]), int(o["stride_w"]), 1],
+        padding=str(o["padding"]),
+        dilations=[int(o.get("dilation_h", 1)), int(o.get("dilation_w", 1))])
+    return _activation(y + fm.params[(step, "bias")].value, o)
+
+
+def _fully_connected(fm: FloatModel, step: int, p: PreparedOp, ins: list[Any]) -> Any:
+    tf = _tf()
+    w = fm.params[(step, "weights")].value  # [out, accum]
+    x = tf.reshape(ins[0], [-1, int(w.shape[1])])
+    y = tf.matmul(x, w, transpose_b=True) + fm.params[(step, "bias")].value
+    shape = fm.graph.tensors[p.output].shape
+    if len(shape) > 2:
+        y = tf.reshape(y, [-1, *shape[1:]])
+    return _activation(y, p.op.options)
+
+
+def _pool(kind: str) -> Callable[[FloatModel, int, PreparedOp, list[Any]], Any]:
+    def run(fm: FloatModel, step: int, p: PreparedOp, ins: list[Any]) -> Any:
+        tf = _tf()
+        o = p.op.options
+        fn = tf.nn.max_pool2d if kind == "max" else tf.nn.avg_pool2d
+        y = fn(ins[0], ksize=[int(o["filter_h"]), int(o["filter_w"])],
+               strides=[int(o["stride_h"]), int(o["stride_w"])], padding=str(o["padding"]))
+        return _activation(y, o)
+    return run
+
+
+def _mean(fm: FloatModel, step: int, p: PreparedOp, ins: list[Any]) -> Any:
+    axes = [int(a) for a in np.asarray(fm.graph.tensors[p.op.inputs[1]].data).reshape(-1)]
+    return _tf().reduce_mean(ins[0], axis=axes,
+                             keepdims=bool(p.op.options.get("keep_dims", False)))
+
+
+def _add(fm: FloatModel, step: int, p: PreparedOp, ins: list[Any]) -> Any:
+    a, b = _const_or_dynamic(fm, p, ins)
+    return _activation(a + b, p.op.options)
+
+
+def _pad(fm: FloatModel, step: int, p: PreparedOp, ins: list[Any]) -> Any:
+    tf = _tf()
+    pads = np.asarray(fm.graph.tensors[p.op.inputs[1]].data).reshape(-1, 2)
+    x_t = fm.graph.tensors[p.inputs[0]]
+    pad_value = int(getattr(p.params, "pad_value", x_t.zero_point))  # PADV2: not always zero
+    value = float(np.float32(x_t.scale) * (pad_value - x_t.zero_point))
+    return tf.pad(ins[0], pads.tolist(), constant_values=value)
+
+
+def _concat(fm: FloatModel, step: int, p: PreparedOp, ins: list[Any]) -> Any:
+    return _tf().concat(_const_or_dynamic(fm, p, ins), axis=int(p.op.options.get("axis", 0)))
+
+
+def _identity(fm: FloatModel, step: int, p: PreparedOp, ins: list[Any]) -> Any:
+    return ins[0]  # int8 -> int8 QUANTIZE only rescales: the real value is unchanged
+
+
+_FORWARD: dict[str, Callable[[FloatModel, int, PreparedOp, list[Any]], Any]] = {
+    "RESHAPE": _reshape, "CONV_2D": _conv2d, "DEPTHWISE_CONV_2D": _depthwise,
+    "FULLY_CONNECTED": _fully_connected, "MAX_POOL_2D": _pool("max"),
+    "AVERAGE_POOL_2D": _pool("avg"), "MEAN": _mean, "ADD": _add, "PAD": _pad, "PADV2": _pad,
+    "CONCATENATION": _concat, "QUANTIZE": _identity,
+}
+
+
+# ---- training ----
+
+def parametric_layers(compiled: CompiledModel) -> list[tuple[int, str, int]]:
+    """(schedule step, output tensor name, output channels), as the training graph resolves
+    scheme layers."""
+    out = []
+    for step, p in enumerate(compiled.ops):
+        if p.op.opcode in PARAMETRIC:
+            t = compiled.graph.tensors[p.output]
+            out.append((step, t.name, int(t.shape[-1])))
+    return out
+
+
+def _make_step(fm: FloatModel, loss_kind: str) -> Callable[..., Any]:
+    tf = _tf()
+    params = fm.trainable
+    variables = [p.value for p in params]
+    masks = [tf.constant(p.mask) for p in params]
+    in_shape = fm.graph.tensors[fm.compiled.input].shape
+    out_shape = fm.graph.tensors[fm.compiled.output].shape
+    target_spec = (tf.TensorSpec([], tf.int32) if loss_kind == "cross_entropy"
+                   else tf.TensorSpec([1, *out_shape[1:]], tf.float32))
+
+    @tf.function(input_signature=[tf.TensorSpec([1, *in_shape[1:]], tf.float32), target_spec,
+                                  tf.TensorSpec([], tf.float32)])
+    def step(x: Any, target: Any, lr: Any) -> Any:
+        with tf.GradientTape() as tape:
+            logits, out = fm.logits_and_output(x)
+            if loss_kind == "cross_entropy":
+                loss = tf.nn.sparse_softmax_cross_entropy_with_logits(
+                    labels=tf.reshape(target, [1]), logits=tf.reshape(logits, [1, -1]))[0]
+            else:
+                loss = tf.reduce_mean(tf.square(out - target))
+        grads = tape.gradient(loss, variables)
+        for v, g, m in zip(variables, grads, masks, strict=True):
+            v.assign_sub(lr * g * m)  # plain SGD, batch 1; masked channels never move
+        return loss
+
+    return step
+
+
+def train_fp32(model_path: str | Path | bytes, scheme: dict[str, Any] | Scheme,
+               x_train: np.ndarray, y_train: np.ndarray, order: list[np.ndarray],
+               lr: float | None = None,
+               eval_sets: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
+               ) -> dict[str, Any]:
+    """Train the float model with `scheme`: one epoch per entry of `order` (sample indices into
+    x_train, visited in that order), batch 1, plain SGD at `lr` (default: the scheme's).
+
+    x_* are float inputs in the model's real units (e.g. g); y_* class labels (cross_entropy) or
+    float targets (mse). Returns {"trainable": [...], "lr", "steps", "seconds", "epochs": [...]}
+    where epochs[0] is the evaluation before training and epochs[e] after epoch e; each has
+    "train_loss" (mean step loss of that epoch, None for epoch 0) and, per eval set, "accuracy"
+    and "loss". The final float parameters are under "state" (not JSON; drop before saving).
+    """
+    s = scheme if isinstance(scheme, Scheme) else parse_scheme(scheme)
+    compiled = compile_model(model_path)
+    plans = plan_layers(s, parametric_layers(compiled))
+    fm = build_float_model(compiled, plans)
+    rate = np.float32(s.lr if lr is None else lr)
+    step = _make_step(fm, s.loss)
+    xs = fake_quant_input(compiled.graph, x_train).reshape(fm._batch_shape(len(x_train)))
+    targets = (np.asarray(y_train, np.int32) if s.loss == "cross_entropy"
+               else np.asarray(y_train, np.float32).reshape(len(x_train), 1, -1))
+    evals = eval_sets or {}
+
+    def evaluate(train_loss: float | None) -> dict[str, Any]:
+        row: dict[str, Any] = {"train_loss": train_loss}
+        for name, (x, y) in evals.items():
+            row[name] = fm.evaluate(x, y, s.loss)
+        return row
+
+    start = time.perf_counter()
+    epochs = [evaluate(None)]
+    steps = 0
+    for indices in order:
+        losses = [float(step(xs[i:i + 1], targets[i], rate)) for i in np.asarray(indices)]
+        steps += len(losses)
+        if not all(math.isfinite(v) for v in losses):
+            raise ModelError(f"fp32 training diverged at lr {float(rate)} (non-finite loss)")
+        epochs.append(evaluate(float(np.mean(losses)) if losses else None))
+    trainable = [{"step": p.step, "opcode": compiled.ops[p.step].op.opcode, "kind": p.kind,
+                  "channels": int(p.mask.sum()) if p.kind == "weights"
+                  and p.mask.ndim else int(p.mask.size)} for p in fm.trainable]
+    return {"trainable": trainable, "lr": float(rate), "steps": steps,
+            "seconds": time.perf_counter() - start, "epochs": epochs, "state": fm.state()}
