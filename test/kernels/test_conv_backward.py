@@ -1,0 +1,459 @@
+"""Training of CONV_2D, DEPTHWISE_CONV_2D and FULLY_CONNECTED (docs/training.md).
+
+(a) the numpy backward step (ops.<op>.BACKWARD.reference) equals the C++ kernels called through
+    ctypes (shim_conv.cc) exactly: input gradient (int16 and scale), updated weights and bias,
+    PRNG state;
+(b) the gradient math agrees with float64 autodiff (tf.GradientTape) of the dequantized operator;
+(c) emitted C++ (forward with a TrainBinding, and the backward step) compiled on the host equals
+    the numpy reference.
+Cases are one line each and reuse the graph builder of test_conv_kernels.py.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_conv_kernels import MODULES, Case, _ptr, _scalars, build_graph
+
+from mcutrain.graph import ModelError
+from mcutrain.ops import param_train
+from mcutrain.ops.base import BACKWARD, GradRef, TrainBinding, TrainEmit, TrainSlot
+from mcutrain.train_math import F32, GRAD_MAX, QGrad, XorShift32
+
+ROOT = Path(__file__).resolve().parents[2]
+OPCODES = {"conv": "CONV_2D", "dw": "DEPTHWISE_CONV_2D", "fc": "FULLY_CONNECTED"}
+
+
+@dataclass(frozen=True)
+class Step:
+    case: Case
+    n_train: int | str = "all"  # output channels trained ("all" = out_c, 0 = weights frozen)
+    bias: bool = True  # bias trains
+    dx: bool = True  # input gradient wanted
+    stochastic: bool = True
+    qas: bool = True
+    seed: int = 0
+
+
+STEPS = [
+    Step(Case("conv", (1, 5, 5, 3), 4)),
+    Step(Case("conv", (1, 7, 6, 3), 5, stride=(2, 2), seed=1), n_train=3, qas=False),
+    Step(Case("conv", (1, 8, 8, 4), 6, stride=(2, 2), padding="VALID", seed=2), stochastic=False),
+    Step(Case("conv", (2, 9, 7, 5), 3, kernel=(3, 2), stride=(1, 2), padding="VALID", seed=3),
+         n_train=1),
+    Step(Case("conv", (1, 9, 9, 2), 3, dilation=(2, 2), seed=4), bias=False),
+    Step(Case("conv", (1, 6, 6, 8), 16, kernel=(1, 1), per_channel=False, seed=5), n_train=8),
+    Step(Case("conv", (1, 5, 5, 6), 4, groups=2, seed=6), n_train=3),
+    Step(Case("conv", (1, 6, 6, 6), 6, groups=3, stride=(2, 2), seed=7), dx=False),
+    Step(Case("conv", (1, 3, 3, 2), 3, kernel=(5, 5), seed=8), n_train=0),
+    Step(Case("conv", (1, 7, 7, 3), 8, kernel=(5, 5), stride=(2, 2), seed=9), n_train=2,
+         stochastic=False, qas=False),
+    Step(Case("dw", (1, 6, 6, 4))),
+    Step(Case("dw", (1, 7, 7, 3), stride=(2, 2), dm=2, seed=1), n_train=3),
+    Step(Case("dw", (1, 8, 9, 5), stride=(2, 2), padding="VALID", seed=2), stochastic=False),
+    Step(Case("dw", (2, 9, 9, 3), dilation=(2, 2), dm=2, seed=3), qas=False),
+    Step(Case("dw", (1, 5, 7, 4), kernel=(5, 3), per_channel=False, seed=4), n_train=2),
+    Step(Case("dw", (1, 6, 6, 2), bias=False, dm=3, seed=5), bias=False, n_train=5),
+    Step(Case("dw", (1, 5, 5, 8), seed=6), n_train=0, dx=True),
+    Step(Case("fc", (1, 16), 10)),
+    Step(Case("fc", (3, 33), 7, seed=1), n_train=4, stochastic=False),
+    Step(Case("fc", (1, 2, 3, 4), 5, per_channel=False, seed=2), qas=False),
+    Step(Case("fc", (2, 3, 10), 6, keep_num_dims=True, seed=3), n_train=1, dx=False),
+    Step(Case("fc", (1, 20), 4, bias=False, seed=5), bias=False),
+    Step(Case("fc", (4, 12), 9, seed=6), n_train=0),
+]
+
+
+def _step_id(s: Step) -> str:
+    c = s.case
+    return (f"{c.kind}-{'x'.join(map(str, c.shape))}-n{s.n_train}-{'b' if s.bias else ''}"
+            f"{'x' if s.dx else ''}-{'sr' if s.stochastic else 'rn'}-{'qas' if s.qas else 'raw'}"
+            f"-seed{c.seed}")
+
+
+def _out_c(p) -> int:
+    return int(p.multiplier.size)
+
+
+def _n_train(step: Step, p) -> int:
+    return _out_c(p) if step.n_train == "all" else int(step.n_train)
+
+
+def make_slot(step: Step, p) -> TrainSlot:
+    module = MODULES[step.case.kind]
+    n = _n_train(step, p)
+    w_coef, bias_coef = param_train.coefficients(p, n, step.qas)
+    bias = None
+    if step.bias:
+        bias = (p.bias if p.bias is not None else np.zeros(_out_c(p), np.int32)).copy()
+    return TrainSlot(n_train=n, weights=module.trainable_weights(p, n) if n else None,
+                     bias=bias, w_coef=w_coef, bias_coef=bias_coef,
+                     stochastic=step.stochastic)
+
+
+def random_dy(p, rng: np.random.Generator) -> QGrad:
+    shape = p.output_shape
+    d = rng.integers(-GRAD_MAX, GRAD_MAX + 1, size=shape)
+    d[rng.random(size=shape) < 0.2] = 0  # masked positions, as after a RELU
+    d.flat[0] = GRAD_MAX
+    return QGrad(d.astype(np.int16), F32(rng.uniform(1e-5, 1e-3)))
+
+
+def pick_lr(step: Step, p, x: np.ndarray, dy: QGrad) -> np.float32:
+    """A learning rate that moves the largest weight by ~3 levels, so updates are not all 0."""
+    module = MODULES[step.case.kind]
+    n = max(_n_train(step, p), 1)
+    gw = module.weight_grad(p, x, dy.data.astype(np.int64), n).astype(np.float64)
+    w_coef, _ = param_train.coefficients(p, n, step.qas)
+    axis = module.GEOMETRY.channel_axis
+    shape = [1] * gw.ndim
+    shape[axis] = n
+    biggest = np.max(np.abs(gw * dy.scale * p.input_scale * w_coef.reshape(shape)))
+    return F32(3.0 / biggest) if biggest > 0 else F32(0.01)
+
+
+def prepared(step: Step):
+    graph, op = build_graph(step.case)
+    p = MODULES[step.case.kind].prepare(op, graph)
+    rng = np.random.default_rng(1000 + step.seed + step.case.seed)
+    x = rng.integers(-128, 128, size=step.case.shape).astype(np.int8)
+    dy = random_dy(p, rng)
+    return p, x, dy, pick_lr(step, p, x, dy)
+
+
+class BackwardArgs(ctypes.Structure):
+    _fields_ = [
+        ("filter", ctypes.c_void_p), ("weights", ctypes.c_void_p), ("input", ctypes.c_void_p),
+        ("dy", ctypes.c_void_p), ("dy_scale", ctypes.c_float), ("ratio", ctypes.c_void_p),
+        ("max_sw", ctypes.c_float), ("dx", ctypes.c_void_p), ("dx_count", ctypes.c_int32),
+        ("dx_scale", ctypes.c_void_p), ("lr", ctypes.c_float), ("input_scale", ctypes.c_float),
+        ("bias", ctypes.c_void_p), ("bias_coef", ctypes.c_void_p), ("w_coef", ctypes.c_void_p),
+        ("rounding", ctypes.c_int32), ("prng", ctypes.c_void_p),
+    ]
+
+
+def _addr(a: np.ndarray | None) -> int | None:
+    return None if a is None else a.ctypes.data
+
+
+def run_kernel_step(lib: ctypes.CDLL, kind: str, p, slot: TrainSlot, x: np.ndarray,
+                    dy: QGrad, lr: np.float32, want_dx: bool, prng: int):
+    """The C++ backward step on copies of the slot; returns (dx or None, weights, bias, prng)."""
+    fn = {"conv": lib.shim_conv2d_backward, "dw": lib.shim_depthwise_conv2d_backward,
+          "fc": lib.shim_fully_connected_backward}[kind]
+    scalars = np.array(_scalars(kind, p), dtype=np.int32)
+    filt = np.ascontiguousarray(p.filter)
+    weights = None if slot.weights is None else np.ascontiguousarray(slot.weights).copy()
+    bias = None if slot.bias is None else slot.bias.copy()
+    ratio = param_train.fold_ratio(p)
+    x = np.ascontiguousarray(x)
+    d = np.ascontiguousarray(dy.data, dtype=np.int16)
+    count = x.size
+    dx_buf = np.zeros(count, dtype=np.int32) if want_dx else None
+    dx_scale = np.zeros(1, dtype=np.float32)
+    state = np.array([prng], dtype=np.uint32)
+    w_coef = np.ascontiguousarray(slot.w_coef, dtype=np.float32)
+    bias_coef = np.ascontiguousarray(slot.bias_coef, dtype=np.float32)
+    args = BackwardArgs(
+        filter=_addr(filt), weights=_addr(weights), input=_addr(x), dy=_addr(d),
+        dy_scale=float(dy.scale), ratio=_addr(ratio), max_sw=float(param_train.max_scale(p)),
+        dx=_addr(dx_buf), dx_count=count, dx_scale=_addr(dx_scale), lr=float(lr),
+        input_scale=float(p.input_scale), bias=_addr(bias), bias_coef=_addr(bias_coef),
+        w_coef=_addr(w_coef), rounding=1 if slot.stochastic else 0, prng=_addr(state))
+    fn(_ptr(scalars, ctypes.c_int32), ctypes.c_int32(slot.n_train if weights is not None else 0),
+       ctypes.byref(args))
+    dx = None
+    if want_dx:
+        dx = QGrad(dx_buf.view(np.int16)[:count].copy(), F32(dx_scale[0]))
+    return dx, weights, bias, int(state[0])
+
+
+@pytest.mark.parametrize("step", STEPS, ids=[_step_id(s) for s in STEPS])
+def test_backward_reference_equals_kernels(kernels_lib: ctypes.CDLL, step: Step) -> None:
+    kind = step.case.kind
+    p, x, dy, lr = prepared(step)
+    slot = make_slot(step, p)
+    before_w = None if slot.weights is None else slot.weights.copy()
+    before_b = None if slot.bias is None else slot.bias.copy()
+    got_dx, got_w, got_b, got_state = run_kernel_step(kernels_lib, kind, p, slot, x, dy, lr,
+                                                      step.dx, prng=12345 + step.case.seed)
+    bdef = BACKWARD[OPCODES[kind]]
+    saved = [x if bdef.saves_input(p, slot)[0] else None]
+    rng = XorShift32(12345 + step.case.seed)
+    (dx,) = bdef.reference(p, saved, dy, [step.dx], slot, lr, rng)
+    if step.dx:
+        assert dx is not None and got_dx is not None
+        np.testing.assert_array_equal(got_dx.data, dx.data.ravel())
+        assert np.float32(got_dx.scale).tobytes() == np.float32(dx.scale).tobytes()
+        assert dx.data.shape == tuple(x.shape) and dx.scale > 0
+        assert np.abs(dx.data).max() == GRAD_MAX
+    else:
+        assert dx is None
+    if slot.weights is not None:
+        np.testing.assert_array_equal(got_w, slot.weights)
+        assert not np.array_equal(before_w, slot.weights), "learning rate too small to test"
+    if slot.bias is not None:
+        np.testing.assert_array_equal(got_b, slot.bias)
+        # Without QAS the bias step is scaled by (sx * sW)^2 relative to QAS: usually 0.
+        assert not step.qas or not np.array_equal(before_b, slot.bias)
+    assert got_state == rng.state
+    draws = slot.weights.size if slot.weights is not None and step.stochastic else 0
+    reference_rng = XorShift32(12345 + step.case.seed)
+    for _ in range(draws):
+        reference_rng.next()
+    assert rng.state == reference_rng.state, "one PRNG draw per trained weight"
+
+
+def test_saves_input_and_depth() -> None:
+    p, _, _, _ = prepared(STEPS[0])
+    bdef = BACKWARD["CONV_2D"]
+    assert bdef.saves_input(p, None) == [False]
+    assert bdef.saves_input(p, make_slot(dataclasses.replace(STEPS[0], n_train=0), p)) == [False]
+    assert bdef.saves_input(p, make_slot(STEPS[0], p)) == [True]
+    assert bdef.input_grad_depth(p) == 4 * 3 * 3
+    dw, _, _, _ = prepared(STEPS[11])
+    assert BACKWARD["DEPTHWISE_CONV_2D"].input_grad_depth(dw) == 2 * 3 * 3
+    fc, _, _, _ = prepared(STEPS[17])
+    assert BACKWARD["FULLY_CONNECTED"].input_grad_depth(fc) == 10
+
+
+def test_fc_with_weight_zero_point_is_refused() -> None:
+    graph, op = build_graph(Case("fc", (4, 12), 9, per_channel=False, weight_zp=3, seed=4))
+    p = MODULES["fc"].prepare(op, graph)
+    with pytest.raises(ModelError, match="zero point"):
+        BACKWARD["FULLY_CONNECTED"].saves_input(p, None)
+
+
+# ---- (b) independent float check with tf.GradientTape ----
+
+
+def _float_forward(tf, p, kind: str, x, w):
+    """The operator's pre-activation output in float64, written with TF primitives only."""
+    if kind == "fc":
+        units, depth = p.filter.shape
+        return tf.matmul(tf.reshape(x, (p.batches, depth)), w, transpose_b=True)
+    _, in_h, in_w, in_c = p.input_shape
+    _, out_h, out_w, out_c = p.output_shape
+    f_h, f_w = p.filter.shape[1:3]
+    after = []
+    for axis, size in ((0, in_h), (1, in_w)):
+        extent = (p.output_shape[1 + axis] - 1) * p.stride[axis] + \
+            ((f_h, f_w)[axis] - 1) * p.dilation[axis] + 1
+        after.append(max(0, extent - size - p.pad[axis]))
+    xp = tf.pad(x, [[0, 0], [p.pad[0], after[0]], [p.pad[1], after[1]], [0, 0]])
+    y = tf.zeros(p.output_shape, dtype=tf.float64)
+    for fy in range(f_h):
+        for fx in range(f_w):
+            y0, x0 = fy * p.dilation[0], fx * p.dilation[1]
+            tap = xp[:, y0:y0 + (out_h - 1) * p.stride[0] + 1:p.stride[0],
+                     x0:x0 + (out_w - 1) * p.stride[1] + 1:p.stride[1], :]
+            if kind == "dw":
+                y = y + tf.repeat(tap, p.depth_multiplier, axis=3) * w[0, fy, fx]
+            else:
+                f_c = p.filter.shape[3]
+                groups = in_c // f_c
+                per = out_c // groups
+                parts = [tf.einsum("nhwc,oc->nhwo", tap[..., g * f_c:(g + 1) * f_c],
+                                   w[g * per:(g + 1) * per, fy, fx, :]) for g in range(groups)]
+                y = y + tf.concat(parts, axis=3)
+    return y
+
+
+FLOAT_CASES = [
+    Step(Case("conv", (1, 7, 6, 3), 5, stride=(2, 2), seed=21)),
+    Step(Case("conv", (1, 9, 9, 4), 6, dilation=(2, 2), groups=2, seed=22)),
+    Step(Case("conv", (2, 6, 6, 8), 8, kernel=(1, 1), per_channel=False, seed=23)),
+    Step(Case("dw", (1, 7, 7, 3), stride=(2, 2), dm=2, seed=24)),
+    Step(Case("dw", (1, 8, 8, 4), kernel=(5, 5), padding="VALID", seed=25)),
+    Step(Case("fc", (2, 40), 12, seed=26)),
+    Step(Case("fc", (1, 3, 3, 4), 7, per_channel=False, seed=27)),
+]
+
+
+@pytest.mark.parametrize("step", FLOAT_CASES, ids=[_step_id(s) for s in FLOAT_CASES])
+def test_gradients_match_float_autodiff(step: Step) -> None:
+    tf = pytest.importorskip("tensorflow")
+    kind = step.case.kind
+    module = MODULES[kind]
+    p, x, dy, _ = prepared(step)
+    sw = param_train.channel_scales(p).astype(np.float64)
+    w_axis = 3 if kind == "dw" else 0
+    shape = [1] * p.filter.ndim
+    shape[w_axis] = sw.size
+    w_real = tf.Variable(p.filter.astype(np.float64) * sw.reshape(shape))
+    x_real = tf.Variable((x.astype(np.float64) + p.input_offset) * p.input_scale)
+    g = dy.data.astype(np.float64).reshape(p.output_shape) * float(dy.scale)
+    with tf.GradientTape() as tape:
+        y = _float_forward(tf, p, kind, x_real, w_real)
+        loss = tf.reduce_sum(y * tf.reshape(tf.constant(g), y.shape))
+    dx_true, dw_true = (t.numpy() for t in tape.gradient(loss, [x_real, w_real]))
+    # Input gradient: the integer rule with fold and requantization.
+    (dx,) = BACKWARD[OPCODES[kind]].reference(p, [x], dy, [True], None, 0.0, XorShift32(1))
+    dx_real = dx.data.astype(np.float64) * float(dx.scale)
+    err = np.abs(dx_real - dx_true.reshape(dx_real.shape)).max()
+    assert err < 2e-3 * np.abs(dx_true).max(), err
+    # Weight gradient: GW * dy.scale * sx is the real gradient of the trained weights.
+    out_c = _out_c(p)
+    gw = module.weight_grad(p, x, dy.data.astype(np.int64), out_c).astype(np.float64)
+    gw_real = gw * float(dy.scale) * p.input_scale
+    dw_layout = dw_true[0] if kind == "dw" else dw_true  # SRAM layout of all channels
+    np.testing.assert_allclose(gw_real, dw_layout.reshape(gw_real.shape), rtol=1e-9,
+                               atol=1e-12 * np.abs(dw_layout).max())
+    # Bias gradient: the column sums the bias update uses.
+    gb_true = g.reshape(-1, out_c).sum(axis=0)
+    gb = dy.data.astype(np.int64).reshape(-1, out_c).sum(axis=0) * float(dy.scale)
+    np.testing.assert_allclose(gb, gb_true, rtol=1e-9, atol=1e-12)
+
+
+# ---- (c) emitted code on the host ----
+
+
+class _Collector:
+    TYPES = {"int8": "int8_t", "int16": "int16_t", "int32": "int32_t", "float32": "float"}
+
+    def __init__(self) -> None:
+        self.defs: list[str] = []
+
+    def const_array(self, hint: str, array: np.ndarray) -> str:
+        array = np.asarray(array)
+        if array.dtype == np.float32:
+            values = ", ".join(float(v).hex() + "f" for v in array.ravel())
+        else:
+            values = ", ".join(str(int(v)) for v in array.ravel())
+        name = f"{hint}_{len(self.defs)}"
+        self.defs.append(f"static const {self.TYPES[str(array.dtype)]} {name}[] = {{{values}}};")
+        return name
+
+
+def _array_def(ctype: str, name: str, values: np.ndarray) -> str:
+    body = ", ".join(str(int(v)) for v in np.asarray(values).ravel()) or "0"
+    return f"{ctype} {name}[] = {{{body}}};"
+
+
+def _build(tmp_path: Path, source: str, name: str) -> ctypes.CDLL:
+    compiler = shutil.which("g++")
+    if compiler is None:
+        pytest.fail("host g++ is needed")
+    src = tmp_path / f"{name}.cc"
+    src.write_text(source)
+    lib = tmp_path / f"{name}.so"
+    kernels = [ROOT / "firmware" / "kernels" / f for f in
+               ("conv2d_ref.cc", "depthwise_conv2d_ref.cc", "fully_connected_ref.cc")]
+    subprocess.run([compiler, "-std=c++17", "-O1", "-ffp-contract=off", "-shared", "-fPIC",
+                    "-Wall", "-Wextra", "-Werror", f"-I{ROOT / 'firmware'}", "-o", str(lib),
+                    str(src), *map(str, kernels)], check=True)
+    return ctypes.CDLL(str(lib))
+
+
+HEADERS = "".join(f'#include "{m.OPDEF.header}"\n' for m in MODULES.values())
+FORWARD_CASES = [Case("conv", (1, 7, 6, 3), 5, stride=(2, 2), seed=1),
+                 Case("conv", (1, 5, 5, 6), 4, groups=2, seed=7),
+                 Case("dw", (1, 7, 7, 3), stride=(2, 2), dm=2, activation="RELU6", seed=2),
+                 Case("fc", (2, 3, 10), 6, seed=3)]
+
+
+def test_forward_with_trained_channels(tmp_path: Path) -> None:
+    """n_train in {0, some, all}: with the SRAM copy equal to flash the output equals the plain
+    forward; with perturbed SRAM weights and bias it equals reference(with_trained(...))."""
+    ctx = _Collector()
+    defs, bodies, runs = [], [], []
+    rng = np.random.default_rng(3)
+    for i, case in enumerate(FORWARD_CASES):
+        graph, op = build_graph(case)
+        op.index = i
+        module = MODULES[case.kind]
+        p = module.prepare(op, graph)
+        out_c = _out_c(p)
+        for j, n in enumerate((0, out_c // 2, out_c)):
+            for perturb in (False, True):
+                tag = f"op{i}_{j}_{int(perturb)}"
+                w = module.trainable_weights(p, n)
+                bias = p.bias.copy()
+                if perturb:
+                    w = np.clip(w.astype(np.int64) + rng.integers(-9, 10, w.shape), -127,
+                                127).astype(np.int8)
+                    bias = bias + rng.integers(-500, 500, bias.shape).astype(np.int32)
+                defs.append(_array_def("int8_t", f"g_w_{tag}", w))
+                defs.append(_array_def("int32_t", f"g_b_{tag}", bias))
+                binding = TrainBinding(n, f"g_w_{tag}" if n else None,
+                                       f"g_b_{tag}" if perturb else None)
+                body = module.emit(dataclasses.replace(p, train=binding), ctx, ["in"], "out")
+                bodies.append(f'extern "C" void run_{tag}(const int8_t* in, int8_t* out) '
+                              f'{{\n{body}\n}}')
+                expected_params = module.with_trained(p, w, bias if perturb else None)
+                runs.append((tag, case, p, expected_params))
+    lib = _build(tmp_path, HEADERS + "\n".join(ctx.defs + defs + bodies) + "\n", "forward")
+    for tag, case, p, expected_params in runs:
+        module = MODULES[case.kind]
+        x = rng.integers(-128, 128, size=case.shape).astype(np.int8)
+        expected = module.reference(expected_params, [x])
+        out = np.zeros(expected.shape, dtype=np.int8)
+        getattr(lib, f"run_{tag}")(_ptr(x, ctypes.c_int8), _ptr(out, ctypes.c_int8))
+        np.testing.assert_array_equal(out, expected, err_msg=tag)
+        if tag.endswith("_0"):
+            np.testing.assert_array_equal(out, module.reference(p, [x]), err_msg=tag)
+
+
+EMIT_STEPS = [STEPS[1], STEPS[6], STEPS[11], STEPS[14], STEPS[18], STEPS[19]]
+
+
+@pytest.mark.parametrize("step", EMIT_STEPS, ids=[_step_id(s) for s in EMIT_STEPS])
+def test_emitted_backward_equals_reference(tmp_path: Path, step: Step) -> None:
+    kind = step.case.kind
+    module = MODULES[kind]
+    p, x, dy, lr = prepared(step)
+    slot = make_slot(step, p)
+    n = slot.n_train if slot.weights is not None else 0
+    binding = TrainBinding(n, "g_w" if n else None, "g_b" if slot.bias is not None else None)
+    ctx = _Collector()
+    dy_ref = GradRef("(g_dy)", "g_dy_scale", dy.data.size)
+    dx_ref = GradRef("(g_dx)", "g_dx_scale", x.size) if step.dx else None
+    train = TrainEmit(binding, w_coef=ctx.const_array("w_coef", slot.w_coef),
+                      bias_coef=ctx.const_array("bias_coef", slot.bias_coef),
+                      lr="g_lr", prng="&g_prng",
+                      rounding="mt::Rounding::kStochastic" if step.stochastic
+                      else "mt::Rounding::kNearest")
+    body = module.BACKWARD.emit(dataclasses.replace(p, train=binding), ctx, ["g_x"], dy_ref,
+                                [dx_ref], train)
+    globals_ = [
+        _array_def("int8_t", "g_w", slot.weights if n else np.zeros(1)),
+        _array_def("int32_t", "g_b", slot.bias if slot.bias is not None else np.zeros(1)),
+        _array_def("int8_t", "g_x", x),
+        f"alignas(4) uint8_t g_dy[{dy.data.nbytes}];",
+        f"alignas(4) uint8_t g_dx[{4 * x.size}];",
+        "float g_dy_scale, g_dx_scale, g_lr;", "uint32_t g_prng;",
+    ]
+    api = [
+        'extern "C" void step() {', body, "}",
+        'extern "C" void* get(int i) { void* p[] = {g_w, g_b, g_dy, g_dx, &g_dy_scale, '
+        "&g_dx_scale, &g_lr, &g_prng}; return p[i]; }",
+    ]
+    lib = _build(tmp_path, HEADERS + "\n".join(ctx.defs + globals_ + api) + "\n", "backward")
+    lib.get.restype = ctypes.c_void_p
+
+    def view(i: int, ctype, count: int) -> np.ndarray:
+        return np.ctypeslib.as_array(ctypes.cast(lib.get(i), ctypes.POINTER(ctype)), (count,))
+
+    view(2, ctypes.c_int16, dy.data.size)[:] = dy.data.ravel()
+    view(4, ctypes.c_float, 1)[0] = dy.scale
+    view(6, ctypes.c_float, 1)[0] = lr
+    view(7, ctypes.c_uint32, 1)[0] = 777
+    lib.step()
+    rng = XorShift32(777)
+    (dx,) = module.BACKWARD.reference(p, [x], dy, [step.dx], slot, lr, rng)
+    if step.dx:
+        np.testing.assert_array_equal(view(3, ctypes.c_int16, x.size), dx.data.ravel())
+        assert view(5, ctypes.c_float, 1)[0].tobytes() == np.float32(dx.scale).tobytes()
+    if n:
+        np.testing.assert_array_equal(view(0, ctypes.c_int8, slot.weights.size),
+                                      slot.weights.ravel())
+    if slot.bias is not None:
+        np.testing.assert_array_equal(view(1, ctypes.c_int32, slot.bias.size), slot.bias)
+    assert int(view(7, ctypes.c_uint32, 1)[0]) == rng.state
