@@ -1,7 +1,7 @@
 """The firmware runtime as a Linux process (firmware/bsp/host), built with ASan/UBSan against the
 echo test double (test/fixtures/echo_model.cc: 16 int8 in, output = input reversed plus a
-trainable bias; training adds floor(lr * label + 0.5) to the bias per step), and once more
-without training (ECHO_NO_TRAIN).
+trainable bias; training adds floor(lr * label + 0.5) to the bias per step), once more as a
+regression double (ECHO_MSE) and once without training (ECHO_NO_TRAIN).
 
 `run_robustness_suite(device)` is board-independent: the lead runs it against QEMU as well."""
 
@@ -35,11 +35,12 @@ FIXTURES = ROOT / "test" / "fixtures"
 
 
 
-def build_echo(tmp_path_factory: pytest.TempPathFactory, training: bool) -> Path:
+def build_echo(tmp_path_factory: pytest.TempPathFactory, variant: str = "") -> Path:
+    """The echo double, optionally with ECHO_<variant> defined (NO_TRAIN, MSE)."""
     if shutil.which("g++") is None:
         pytest.fail("host g++ is needed for the host-process board: apt-get install g++")
     gen = tmp_path_factory.mktemp("gen")
-    define = "" if training else "#define ECHO_NO_TRAIN\n"
+    define = f"#define ECHO_{variant}\n" if variant else ""
     (gen / "model.cc").write_text(f'{define}#include "{FIXTURES / "echo_model.cc"}"\n')
     out = tmp_path_factory.mktemp("fw") / "echo_fw"
     return build_host_firmware(gen, out, include_kernels=False).path
@@ -47,12 +48,17 @@ def build_echo(tmp_path_factory: pytest.TempPathFactory, training: bool) -> Path
 
 @pytest.fixture(scope="module")
 def host_fw(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_echo(tmp_path_factory, training=True)
+    return build_echo(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
 def host_fw_no_train(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_echo(tmp_path_factory, training=False)
+    return build_echo(tmp_path_factory, "NO_TRAIN")
+
+
+@pytest.fixture(scope="module")
+def host_fw_mse(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_echo(tmp_path_factory, "MSE")
 
 
 @pytest.fixture()
@@ -99,6 +105,31 @@ def test_robustness(dev: Device) -> None:
 def test_robustness_without_training(host_fw_no_train: Path) -> None:
     with open_device(f"host:{host_fw_no_train}", timeout=5.0) as device:
         run_robustness_suite(device)
+
+
+def test_robustness_regression(host_fw_mse: Path) -> None:
+    with open_device(f"host:{host_fw_mse}", timeout=5.0) as device:
+        run_robustness_suite(device)
+
+
+def test_regression_training(host_fw_mse: Path) -> None:
+    with open_device(f"host:{host_fw_mse}", timeout=5.0) as device:
+        t = device.info().train
+        assert t.loss == LossKind.MEAN_SQUARED_ERROR and t.label_bytes == 64
+        target = np.full(16, 2.0, dtype=np.float32)
+        r = device.eval(np.zeros(16, dtype=np.int8), target)
+        assert (r.loss, r.prediction) == (4.0, 0)
+        device.train(np.zeros(16, dtype=np.int8), target)  # bias += floor(0.5 * 2 + 0.5) = 1
+        assert echo_state(device) == (1, 1)
+        assert device.eval(np.zeros(16, dtype=np.int8), target).loss == 1.0
+        bad = target.copy()
+        bad[3] = np.inf
+        with pytest.raises(ValueError, match="NaN or infinity"):
+            device.train(np.zeros(16, dtype=np.int8), bad)
+        with pytest.raises(DeviceError, match="NaN or infinity") as exc:
+            device.request(RequestType.TRAIN, bytes(16) + bad.tobytes())
+        assert exc.value.status == Status.NOT_FINITE
+        assert echo_state(device) == (1, 1)
 
 
 def echo_state(dev: Device) -> tuple[int, int]:
@@ -282,3 +313,23 @@ def test_cli_train_without_training(host_fw_no_train: Path, tmp_path: Path,
         assert cli_main([*argv, "--port", f"host:{host_fw_no_train}"]) == 1
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "without a training scheme" in err
+
+
+def test_cli_train_regression(host_fw_mse: Path, tmp_path: Path,
+                              capsys: pytest.CaptureFixture[str]) -> None:
+    x = np.zeros((4, 16), dtype=np.float32)
+    y = np.full((4, 16), 2.0, dtype=np.float32)
+    np.savez(tmp_path / "r.npz", x=x, y=y)
+    out = tmp_path / "run"
+    assert cli_main(["train", "--port", f"host:{host_fw_mse}", "--data", str(tmp_path / "r.npz"),
+                     "--eval", str(tmp_path / "r.npz"), "--epochs", "1", "--out", str(out),
+                     "--quiet"]) == 0
+    capsys.readouterr()
+    curve = json.loads((out / "curve.json").read_text())
+    assert curve["loss"] == "mean_squared_error"
+    # Input 0 quantizes to the zero point -3, so the first output is -3 and the loss 25; the
+    # first step adds 1 to the bias, the rest 1 each: losses 25, 16, 9, 4 -> mean 13.5.
+    first, last = curve["epochs"]
+    assert first["eval_loss"] == 25.0 and first["eval_accuracy"] is None
+    assert last["train_loss"] == 13.5 and last["eval_loss"] == 1.0
+    assert (out / "curve.png").is_file()
