@@ -24,5 +24,16 @@ namespace ref {
 /// @param[out] out     int8, dense [outer, out_row_bytes]; must not alias any input
 void concat_s8(const ConcatParams& p, const int8_t* const* inputs, int8_t* out);
 
+
+// ---- backward (docs/training.md, "CONCATENATION") ----
+
+/// Input gradient of input k: its columns of each output row, copied without rescaling;
+/// dx.scale = dy.scale (set by the caller). Constant inputs simply get no call.
+/// @param[in]  p   the forward layout (row_bytes counts elements, here int16 ones)
+/// @param[in]  k   input index, 0 <= k < p.num_inputs (constants included in the numbering)
+/// @param[in]  dy  int16, dense [outer, out_row_bytes]
+/// @param[out] dx  int16, dense [outer, row_bytes[k]]; must not overlap `dy`
+void concat_backward(const ConcatParams& p, int32_t k, const int16_t* dy, int16_t* dx);
+
 }  // namespace ref
 }  // namespace mt

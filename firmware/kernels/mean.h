@@ -31,5 +31,15 @@ namespace ref {
 /// @param[out] out  int8, outer * inner values; must not overlap `in`
 void mean_s8(const MeanParams& p, const int8_t* in, int8_t* out);
 
+
+// ---- backward (docs/training.md, "MEAN") ----
+
+/// Input gradient of MEAN: every reduced position receives its output's gradient unchanged
+/// (the 1/n goes into the scale, dx.scale = dy.scale / n, set by the caller), so no rounding.
+/// @param[in]  p   the forward params (only outer, reduce, inner are read)
+/// @param[in]  dy  int16, outer * inner values
+/// @param[out] dx  int16, outer * reduce * inner values; must not overlap `dy`
+void mean_backward(const MeanParams& p, const int16_t* dy, int16_t* dx);
+
 }  // namespace ref
 }  // namespace mt

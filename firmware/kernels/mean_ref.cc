@@ -23,5 +23,18 @@ void mean_s8(const MeanParams& p, const int8_t* in, int8_t* out) {
   }
 }
 
+
+void mean_backward(const MeanParams& p, const int16_t* dy, int16_t* dx) {
+  for (int32_t o = 0; o < p.outer; ++o) {
+    const int16_t* row = dy + o * p.inner;
+    int16_t* block = dx + o * p.reduce * p.inner;
+    for (int32_t r = 0; r < p.reduce; ++r) {
+      for (int32_t i = 0; i < p.inner; ++i) {
+        block[r * p.inner + i] = row[i];
+      }
+    }
+  }
+}
+
 }  // namespace ref
 }  // namespace mt

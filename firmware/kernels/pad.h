@@ -23,5 +23,15 @@ namespace ref {
 /// @param[out] out  int8, dense, out_shape; must not alias `in`
 void pad_s8(const PadParams& p, const int8_t* in, int8_t* out);
 
+
+// ---- backward (docs/training.md, "PAD") ----
+
+/// Input gradient of PAD/PADV2: the interior of dy (padding positions are dropped), copied
+/// without rescaling; dx.scale = dy.scale (set by the caller).
+/// @param[in]  p   the forward params (pad_value unused)
+/// @param[in]  dy  int16, dense, out_shape
+/// @param[out] dx  int16, dense, in_shape; must not overlap `dy`
+void pad_backward(const PadParams& p, const int16_t* dy, int16_t* dx);
+
 }  // namespace ref
 }  // namespace mt

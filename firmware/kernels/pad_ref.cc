@@ -33,5 +33,23 @@ void pad_s8(const PadParams& p, const int8_t* in, int8_t* out) {
   }
 }
 
+
+void pad_backward(const PadParams& p, const int16_t* dy, int16_t* dx) {
+  // Walk the input positions and read the matching output position: padding is never touched.
+  for (int32_t i0 = 0; i0 < p.in_shape[0]; ++i0) {
+    const int32_t o0 = i0 + p.before[0];
+    for (int32_t i1 = 0; i1 < p.in_shape[1]; ++i1) {
+      const int32_t o1 = o0 * p.out_shape[1] + i1 + p.before[1];
+      for (int32_t i2 = 0; i2 < p.in_shape[2]; ++i2) {
+        const int32_t o2 = o1 * p.out_shape[2] + i2 + p.before[2];
+        const int16_t* src = dy + o2 * p.out_shape[3] + p.before[3];
+        for (int32_t i3 = 0; i3 < p.in_shape[3]; ++i3) {
+          *dx++ = src[i3];
+        }
+      }
+    }
+  }
+}
+
 }  // namespace ref
 }  // namespace mt

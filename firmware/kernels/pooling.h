@@ -33,5 +33,26 @@ void avg_pool_s8(const PoolParams& p, const int8_t* in, int8_t* out);
 /// Same layout and aliasing rules as avg_pool_s8.
 void max_pool_s8(const PoolParams& p, const int8_t* in, int8_t* out);
 
+
+// ---- backward (docs/training.md, "AVERAGE_POOL_2D", "MAX_POOL_2D") ----
+// Both take the int16 output gradient and a buffer of 4 bytes per input element: it is used as
+// int32 accumulators, then compacted in place by mt::GradRequantize, so on return it holds the
+// input gradient as int16 (first 2 * n bytes). The return value is that gradient's scale.
+
+/// acc[p] = sum over windows w holding p of dy[w] * round(4096 / count[w]) (count = valid
+/// taps); the scale returned is GradRequantize's with acc_scale = dy_scale / 4096.
+/// @param[in]  p         the forward geometry (act_min/act_max unused: the mask handles them)
+/// @param[in]  dy        int16 NHWC [batches, out_h, out_w, channels]
+/// @param[in]  dy_scale  scale of dy
+/// @param[out] dx        4 * batches * in_h * in_w * channels bytes, 4-byte aligned; must not
+///                       overlap `dy`
+float avg_pool_backward(const PoolParams& p, const int16_t* dy, float dy_scale, void* dx);
+
+/// Each dy[w] goes to the first maximal input of its window (scan order: rows, then columns)
+/// found in the saved forward input `in`; scale = GradRequantize(acc, dy_scale).
+/// Same buffers as avg_pool_backward, plus `in`: int8 NHWC, the forward input.
+float max_pool_backward(const PoolParams& p, const int8_t* in, const int16_t* dy, float dy_scale,
+                        void* dx);
+
 }  // namespace ref
 }  // namespace mt
