@@ -3,7 +3,7 @@
 TFLite's Prepare requires, for int8, every input to carry exactly the output's scale and zero
 point (no rescaling; uint8 is the only type it rescales) and no fused activation, so this is a
 pure copy and anything else is rejected. Constant inputs are allowed and live in flash.
-macs() is 0.
+macs() is 0. Backward (training): each dynamic input gets its slice of dy, same scale.
 """
 
 from __future__ import annotations
@@ -13,7 +13,18 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..graph import Graph, Operator
-from .base import EmitContext, OpDef, c_int_list, register
+from ..train_math import F32, QGrad, XorShift32
+from .base import (
+    BackwardDef,
+    EmitContext,
+    GradRef,
+    OpDef,
+    TrainEmit,
+    TrainSlot,
+    c_int_list,
+    register,
+    register_backward,
+)
 from .common import fail, output_tensor, require_int8_activation
 
 
@@ -103,3 +114,56 @@ def macs(params: ConcatParams) -> int:
 
 OP = register(OpDef("CONCATENATION", prepare, reference, emit, macs,
                     header="kernels/concatenation.h"))
+
+
+# ---- training (docs/training.md, "CONCATENATION") ----
+
+
+def _dynamic_positions(params: ConcatParams) -> list[int]:
+    """Index among all inputs (constants included) of each dynamic input."""
+    return [k for k, c in enumerate(params.consts) if c is None]
+
+
+def input_shape(params: ConcatParams, k: int) -> tuple[int, ...]:
+    shape = list(params.output_shape)
+    inner = int(np.prod(shape[params.axis + 1:], dtype=np.int64))
+    shape[params.axis] = params.row_sizes[k] // inner
+    return tuple(shape)
+
+
+def backward_reference(params: ConcatParams, saved: list[np.ndarray | None], dy: QGrad,
+                       need_dx: list[bool], slot: TrainSlot | None, lr: float,
+                       rng: XorShift32) -> list[QGrad | None]:
+    """dx_k = slice k of dy (per outer row), same scale: a copy, no rounding."""
+    d = np.asarray(dy.data, np.int16).reshape(params.outer, params.out_row)
+    starts = np.concatenate([[0], np.cumsum(params.row_sizes)])
+    out: list[QGrad | None] = []
+    for k, need in zip(_dynamic_positions(params), need_dx, strict=True):
+        if not need:
+            out.append(None)
+            continue
+        part = d[:, starts[k]:starts[k + 1]].reshape(input_shape(params, k)).copy()
+        out.append(QGrad(part, F32(dy.scale)))
+    return out
+
+
+def backward_emit(params: ConcatParams, ctx: EmitContext, saved: list[str | None], dy: GradRef,
+                  dx: list[GradRef | None], train: TrainEmit | None) -> str:
+    if all(g is None for g in dx):
+        return ""
+    n = len(params.row_sizes)
+    lines = ["{",
+             f"  static const int32_t concat_rows[{n}] = {c_int_list(params.row_sizes)};",
+             f"  static const mt::ConcatParams p = {{{n}, {params.outer}, concat_rows, "
+             f"{params.out_row}}};"]
+    for k, g in zip(_dynamic_positions(params), dx, strict=True):
+        if g is not None:
+            lines.append(f"  mt::ref::concat_backward(p, {k}, {dy.data()}, {g.data()});")
+            lines.append(f"  {g.scale} = {dy.scale};")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+BACKWARD = register_backward("CONCATENATION", BackwardDef(
+    reference=backward_reference, emit=backward_emit,
+    saves_input=lambda p, slot: [False] * len(_dynamic_positions(p))))

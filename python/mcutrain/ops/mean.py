@@ -20,6 +20,7 @@ The reduced axes must form one contiguous block once size-1 dimensions are ignor
 {1, 2}, [N, T, C] axis 1, all axes, ...), so the kernel sees [outer, reduce, inner]. The prepared
 multiplier already includes 1/n, exactly as TFLite folds it at run time.
 macs() counts one addition per input element (there are no multiplications in the sum).
+Backward (training): dx is dy broadcast over the reduced block with scale dy.scale / n.
 """
 
 from __future__ import annotations
@@ -30,7 +31,17 @@ import numpy as np
 
 from .. import quant
 from ..graph import Graph, Operator
-from .base import EmitContext, OpDef, register
+from ..train_math import F32, QGrad, XorShift32
+from .base import (
+    BackwardDef,
+    EmitContext,
+    GradRef,
+    OpDef,
+    TrainEmit,
+    TrainSlot,
+    register,
+    register_backward,
+)
 from .common import fail, output_tensor, require_int8_activation, struct_init, tensor_at
 
 
@@ -154,3 +165,31 @@ def macs(params: MeanParams) -> int:
 
 
 OP = register(OpDef("MEAN", prepare, reference, emit, macs, header="kernels/mean.h"))
+
+
+# ---- training (docs/training.md, "MEAN") ----
+
+
+def backward_reference(params: MeanParams, saved: list[np.ndarray | None], dy: QGrad,
+                       need_dx: list[bool], slot: TrainSlot | None, lr: float,
+                       rng: XorShift32) -> list[QGrad | None]:
+    """dx = dy broadcast over the reduced block, scale dy.scale / n: a copy, no rounding."""
+    if not need_dx[0]:
+        return [None]
+    d = np.asarray(dy.data, np.int16).reshape(params.outer, 1, params.inner)
+    data = np.broadcast_to(d, (params.outer, params.reduce, params.inner))
+    return [QGrad(data.reshape(params.input_shape).copy(), F32(dy.scale) / F32(params.reduce))]
+
+
+def backward_emit(params: MeanParams, ctx: EmitContext, saved: list[str | None], dy: GradRef,
+                  dx: list[GradRef | None], train: TrainEmit | None) -> str:
+    if dx[0] is None:
+        return ""
+    init = struct_init("mt::MeanParams", "p", params.fields()).replace("\n", "\n  ")
+    return (f"{{\n  {init}\n"
+            f"  mt::ref::mean_backward(p, {dy.data()}, {dx[0].data()});\n"
+            f"  {dx[0].scale} = {dy.scale} / static_cast<float>({params.reduce});\n}}\n")
+
+
+BACKWARD = register_backward("MEAN", BackwardDef(
+    reference=backward_reference, emit=backward_emit, saves_input=lambda p, slot: [False]))

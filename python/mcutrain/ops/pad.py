@@ -3,7 +3,8 @@
 The paddings come from the constant second input ([rank, 2] of int32/int64, before/after per
 dim). The fill value is the output zero point for PAD (a real 0.0) and the constant third input
 for PADV2, whose quantization TFLite requires to equal the output's. Bytes are copied without
-requantization, as in TFLite. macs() is 0.
+requantization, as in TFLite. macs() is 0. Backward (training): dx is the interior of
+dy with the same scale.
 """
 
 from __future__ import annotations
@@ -13,7 +14,18 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..graph import Graph, Operator, Tensor
-from .base import EmitContext, OpDef, c_int_list, register
+from ..train_math import F32, QGrad, XorShift32
+from .base import (
+    BackwardDef,
+    EmitContext,
+    GradRef,
+    OpDef,
+    TrainEmit,
+    TrainSlot,
+    c_int_list,
+    register,
+    register_backward,
+)
 from .common import fail, output_tensor, tensor_at
 
 MAX_RANK = 4
@@ -109,3 +121,41 @@ def macs(params: PadParams) -> int:
 
 PAD = register(OpDef("PAD", prepare, reference, emit, macs, header="kernels/pad.h"))
 PADV2 = register(OpDef("PADV2", prepare, reference, emit, macs, header="kernels/pad.h"))
+
+
+# ---- training (docs/training.md, "PAD") ----
+
+
+def input_shape(params: PadParams) -> tuple[int, ...]:
+    """The input's TFLite shape (the 4-D view drops its leading 1s)."""
+    return tuple(params.in_shape[MAX_RANK - len(params.output_shape):])
+
+
+def backward_reference(params: PadParams, saved: list[np.ndarray | None], dy: QGrad,
+                       need_dx: list[bool], slot: TrainSlot | None, lr: float,
+                       rng: XorShift32) -> list[QGrad | None]:
+    """dx = the interior of dy, same scale: a copy, no rounding."""
+    if not need_dx[0]:
+        return [None]
+    d = np.asarray(dy.data, np.int16).reshape(params.out_shape)
+    window = tuple(slice(b, b + n) for b, n in zip(params.before, params.in_shape, strict=True))
+    return [QGrad(d[window].reshape(input_shape(params)).copy(), F32(dy.scale))]
+
+
+def backward_emit(params: PadParams, ctx: EmitContext, saved: list[str | None], dy: GradRef,
+                  dx: list[GradRef | None], train: TrainEmit | None) -> str:
+    if dx[0] is None:
+        return ""
+    return (
+        "{\n"
+        f"  static const mt::PadParams p = {c_int_list(params.fields())};\n"
+        f"  mt::ref::pad_backward(p, {dy.data()}, {dx[0].data()});\n"
+        f"  {dx[0].scale} = {dy.scale};\n"
+        "}\n"
+    )
+
+
+_PAD_BACKWARD = BackwardDef(reference=backward_reference, emit=backward_emit,
+                            saves_input=lambda p, slot: [False])
+PAD_BACKWARD = register_backward("PAD", _PAD_BACKWARD)
+PADV2_BACKWARD = register_backward("PADV2", _PAD_BACKWARD)

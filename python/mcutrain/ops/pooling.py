@@ -4,6 +4,9 @@ Padding is resolved here (TFLite's ComputePaddingHeightWidth); windows are clipp
 and padded positions are neither summed nor counted. The quotient of the average is rounded half
 away from zero by integer division. Pooling does not requantize: TFLite assumes equal input and
 output quantization (a debug check only), and we reject models where they differ. macs() is 0.
+
+Backward (training): AVERAGE_POOL_2D spreads dy[w] * round(4096 / count[w]) over each window;
+MAX_POOL_2D routes dy[w] to the first maximal input of its window (so it keeps its input).
 """
 
 from __future__ import annotations
@@ -13,7 +16,18 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..graph import Graph, Operator
-from .base import EmitContext, OpDef, c_int_list, register
+from ..train_math import F32, QGrad, XorShift32, grad_requantize
+from .base import (
+    BackwardDef,
+    EmitContext,
+    GradRef,
+    OpDef,
+    TrainEmit,
+    TrainSlot,
+    c_int_list,
+    register,
+    register_backward,
+)
 from .common import (
     activation_bounds,
     compute_window,
@@ -148,3 +162,105 @@ AVG = register(OpDef("AVERAGE_POOL_2D", prepare, reference_avg, _emitter("avg_po
                      header="kernels/pooling.h"))
 MAX = register(OpDef("MAX_POOL_2D", prepare, reference_max, _emitter("max_pool_s8"), macs,
                      header="kernels/pooling.h"))
+
+
+# ---- training (docs/training.md, "AVERAGE_POOL_2D", "MAX_POOL_2D") ----
+
+
+def _bounds(p: PoolParams, oy: int, ox: int) -> tuple[int, int, int, int]:
+    """The clipped window of one output position: rows [y0, y1), columns [x0, x1)."""
+    y0, x0 = oy * p.stride_h - p.pad_h, ox * p.stride_w - p.pad_w
+    return (max(y0, 0), min(y0 + p.filter_h, p.in_h), max(x0, 0), min(x0 + p.filter_w, p.in_w))
+
+
+def average_weight(count: int) -> int:
+    """round(4096 / count), half away from zero: one tap's share of an average."""
+    return (4096 + count // 2) // count
+
+
+def _dy(p: PoolParams, dy: QGrad) -> np.ndarray:
+    return np.asarray(dy.data, np.int64).reshape(p.batches, p.out_h, p.out_w, p.channels)
+
+
+def backward_avg(p: PoolParams, saved: list[np.ndarray | None], dy: QGrad, need_dx: list[bool],
+                 slot: TrainSlot | None, lr: float, rng: XorShift32) -> list[QGrad | None]:
+    if not need_dx[0]:
+        return [None]
+    g = _dy(p, dy)
+    acc = np.zeros((p.batches, p.in_h, p.in_w, p.channels), np.int64)
+    for oy in range(p.out_h):
+        for ox in range(p.out_w):
+            y0, y1, x0, x1 = _bounds(p, oy, ox)
+            weight = average_weight((y1 - y0) * (x1 - x0))
+            acc[:, y0:y1, x0:x1, :] += (g[:, oy, ox, :] * weight)[:, None, None, :]
+    return [grad_requantize(acc, F32(dy.scale) / F32(4096.0))]
+
+
+def backward_max(p: PoolParams, saved: list[np.ndarray | None], dy: QGrad, need_dx: list[bool],
+                 slot: TrainSlot | None, lr: float, rng: XorShift32) -> list[QGrad | None]:
+    if not need_dx[0]:
+        return [None]
+    if saved[0] is None:
+        raise ValueError("MAX_POOL_2D backward needs the saved forward input")
+    x = np.asarray(saved[0]).reshape(p.batches, p.in_h, p.in_w, p.channels)
+    g = _dy(p, dy)
+    acc = np.zeros(x.shape, np.int64)
+    n_idx, c_idx = np.meshgrid(np.arange(p.batches), np.arange(p.channels), indexing="ij")
+    for oy in range(p.out_h):
+        for ox in range(p.out_w):
+            y0, y1, x0, x1 = _bounds(p, oy, ox)
+            patch = x[:, y0:y1, x0:x1, :].reshape(p.batches, -1, p.channels)
+            first = np.argmax(patch, axis=1)  # argmax returns the first maximum in scan order
+            ys, xs = y0 + first // (x1 - x0), x0 + first % (x1 - x0)
+            np.add.at(acc, (n_idx, ys, xs, c_idx), g[:, oy, ox, :])
+    return [grad_requantize(acc, F32(dy.scale))]
+
+
+def window_overlap(p: PoolParams) -> int:
+    """The most windows any input position belongs to."""
+    rows = np.zeros(p.in_h, np.int64)
+    cols = np.zeros(p.in_w, np.int64)
+    for oy in range(p.out_h):
+        y0, y1, _, _ = _bounds(p, oy, 0)
+        rows[y0:y1] += 1
+    for ox in range(p.out_w):
+        _, _, x0, x1 = _bounds(p, 0, ox)
+        cols[x0:x1] += 1
+    return int(rows.max() * cols.max())
+
+
+def avg_grad_depth(p: PoolParams) -> int:
+    """Equivalent K of the int32 sum: max over inputs of sum of window weights (each <= 4096,
+    dy <= 8191), expressed in units of 127 for the compiler's 8191 * 127 * K < 2^31 check."""
+    total = np.zeros((p.in_h, p.in_w), np.int64)
+    for oy in range(p.out_h):
+        for ox in range(p.out_w):
+            y0, y1, x0, x1 = _bounds(p, oy, ox)
+            total[y0:y1, x0:x1] += average_weight((y1 - y0) * (x1 - x0))
+    return -(-int(total.max()) // 127)
+
+
+def _backward_emitter(kernel: str, with_input: bool):
+    def emit(params: PoolParams, ctx: EmitContext, saved: list[str | None], dy: GradRef,
+             dx: list[GradRef | None], train: TrainEmit | None) -> str:
+        if dx[0] is None:
+            return ""
+        args = [saved[0]] if with_input else []
+        if with_input and saved[0] is None:
+            raise ValueError("MAX_POOL_2D backward needs the saved forward input")
+        args += [dy.data(), dy.scale, dx[0].buffer]
+        return (
+            "{\n"
+            f"  static const mt::PoolParams p = {c_int_list(params.fields())};\n"
+            f"  {dx[0].scale} = mt::ref::{kernel}(p, {', '.join(args)});\n"
+            "}\n"
+        )
+    return emit
+
+
+AVG_BACKWARD = register_backward("AVERAGE_POOL_2D", BackwardDef(
+    reference=backward_avg, emit=_backward_emitter("avg_pool_backward", False),
+    saves_input=lambda p, slot: [False], input_grad_depth=avg_grad_depth))
+MAX_BACKWARD = register_backward("MAX_POOL_2D", BackwardDef(
+    reference=backward_max, emit=_backward_emitter("max_pool_backward", True),
+    saves_input=lambda p, slot: [True], input_grad_depth=window_overlap))
