@@ -90,10 +90,16 @@ class FloatParam:
     mask: np.ndarray | None = None
 
 
-@dataclass
+@dataclass(repr=False)
 class FloatModel:
+    """`saturate`: clamp every activation to the real range its int8 tensor can represent, as the
+    int8 graph does (the gradient passes straight through, as in the integer backward pass).
+    Without it, inputs outside the calibration range drive the float model far from the int8 one.
+    """
+
     compiled: CompiledModel
     params: dict[tuple[int, str], FloatParam] = field(default_factory=dict)
+    saturate: bool = True
 
     @property
     def graph(self) -> Graph:
@@ -103,11 +109,19 @@ class FloatModel:
     def trainable(self) -> list[FloatParam]:
         return [p for p in self.params.values() if p.mask is not None]
 
+    def __repr__(self) -> str:
+        return f"FloatModel({self.graph.name}, {len(self.trainable)} trainable tensors)"
+
     def logits_and_output(self, x: Any) -> tuple[Any, Any]:
         """Batched forward (x: float [N, ...input shape without batch]). Returns (logits, output):
         logits are beta * the input of a final SOFTMAX (else the output itself)."""
+        values = self.tensors(x)
+        return values["logits"], values[self.compiled.output]
+
+    def tensors(self, x: Any) -> dict[Any, Any]:
+        """Batched forward returning every tensor by id, plus "logits" (see logits_and_output)."""
         tf = _tf()
-        values: dict[int, Any] = {self.compiled.input: x}
+        values: dict[Any, Any] = {self.compiled.input: x}
         logits = None
         for step, p in enumerate(self.compiled.ops):
             ins = [values[t] for t in p.inputs]
@@ -115,9 +129,10 @@ class FloatModel:
                 logits = ins[0] * float(p.op.options.get("beta", 1.0))
                 values[p.output] = tf.nn.softmax(logits, axis=-1)
                 continue
-            values[p.output] = _FORWARD[p.op.opcode](self, step, p, ins)
-        out = values[self.compiled.output]
-        return (out if logits is None else logits), out
+            y = _FORWARD[p.op.opcode](self, step, p, ins)
+            values[p.output] = self._saturate(y, p.output) if self.saturate else y
+        values["logits"] = values[self.compiled.output] if logits is None else logits
+        return values
 
     def run(self, x: np.ndarray, batch: int = 1024) -> tuple[np.ndarray, np.ndarray]:
         """(logits, outputs) for float inputs in real units, fake-quantized like the int8 input."""
@@ -126,6 +141,13 @@ class FloatModel:
         parts = [fn(xs[i:i + batch]) for i in range(0, len(xs), batch)]
         return (np.concatenate([a.numpy() for a, _ in parts]),
                 np.concatenate([b.numpy() for _, b in parts]))
+
+    def _saturate(self, y: Any, tensor_id: int) -> Any:
+        tf = _tf()
+        t = self.graph.tensors[tensor_id]
+        lo = float(np.float32(t.scale) * (-128 - t.zero_point))
+        hi = float(np.float32(t.scale) * (127 - t.zero_point))
+        return y + tf.stop_gradient(tf.clip_by_value(y, lo, hi) - y)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Float model outputs (after the final SOFTMAX, if any)."""
@@ -158,12 +180,12 @@ class FloatModel:
             tf = _tf()
             spec = tf.TensorSpec([None, *self.graph.tensors[self.compiled.input].shape[1:]],
                                  tf.float32)
-            self._fn = tf.function(self.logits_and_output, input_signature=[spec])
+            self._fn = tf.function(lambda x: self.logits_and_output(x), input_signature=[spec])
         return self._fn
 
 
 def build_float_model(model: str | Path | bytes | CompiledModel,
-                      plans: list[LayerPlan] | None = None) -> FloatModel:
+                      plans: list[LayerPlan] | None = None, saturate: bool = True) -> FloatModel:
     """The float TensorFlow model of a compiled int8 model; `plans` (from scheme.plan_layers)
     makes the listed parameters trainable tf.Variables with their gradient masks."""
     tf = _tf()
@@ -172,7 +194,7 @@ def build_float_model(model: str | Path | bytes | CompiledModel,
     if unsupported:
         raise ModelError(f"fp32 reference: operators {unsupported} are not supported")
     by_step = {plan.step: plan for plan in plans or []}
-    fm = FloatModel(compiled)
+    fm = FloatModel(compiled, saturate=saturate)
     graph = compiled.graph
     for step, p in enumerate(compiled.ops):
         if p.op.opcode not in PARAMETRIC:

@@ -1,0 +1,125 @@
+"""The float32 TensorFlow reference (mcutrain.fp32_reference): the float model built from our IR
+behaves like the int8 model it came from, and its training follows the scheme."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tensorflow")
+
+from ai_edge_litert.interpreter import Interpreter  # noqa: E402
+
+from mcutrain.compiler import compile_model  # noqa: E402
+from mcutrain.fp32_reference import (  # noqa: E402
+    build_float_model,
+    parametric_layers,
+    quantize_input,
+    train_fp32,
+)
+from mcutrain.scheme import parse_scheme, plan_layers  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+HAR = ROOT / "models" / "har_cnn1d_int8.tflite"
+HAR_ADAPT = {"preset": "sparse", "bias_layers": 3,
+             "weights": [{"layer": -1, "ratio": 1.0}, {"layer": -2, "ratio": 0.5}],
+             "lr": 0.005, "rounding": "stochastic", "qas": True}
+
+
+def _load(name: str) -> tuple[np.ndarray, np.ndarray]:
+    d = np.load(ROOT / "data" / f"{name}.npz")
+    return d["x"], d["y"]
+
+
+def _tflite_outputs(path: Path, q: np.ndarray) -> np.ndarray:
+    interp = Interpreter(model_path=str(path))
+    interp.allocate_tensors()
+    i, o = interp.get_input_details()[0], interp.get_output_details()[0]
+    out = []
+    for sample in q:
+        interp.set_tensor(i["index"], sample[None])
+        interp.invoke()
+        out.append(interp.get_tensor(o["index"])[0].copy())
+    return np.array(out)
+
+
+def test_float_har_model_matches_int8_tflite() -> None:
+    compiled = compile_model(HAR)
+    x, _ = _load("har_test")
+    q = _tflite_outputs(HAR, quantize_input(compiled.graph, x))
+    out_t = compiled.graph.tensors[compiled.output]
+    deq = (q.astype(np.float32) - out_t.zero_point) * out_t.scale
+    prob = build_float_model(compiled).predict(x).reshape(deq.shape)
+    agree = np.mean(prob.argmax(1) == q.argmax(1))
+    err = np.abs(prob - deq)
+    assert agree >= 0.95, f"float and int8 predictions agree on {agree:.3f} of the windows"
+    assert err.mean() < 0.02, f"mean |p_float - p_int8| = {err.mean():.4f}"
+    assert np.mean(err.max(1) < 0.1) >= 0.95
+
+
+@pytest.mark.parametrize("model", ["test/residual_dw_f32io.tflite",
+                                   "test/concat_pool_pertensor_int8.tflite",
+                                   "third_party/tflm_micro_speech_int8.tflite"])
+def test_every_tensor_tracks_the_int8_reference(model: str) -> None:
+    """Tensor by tensor against the numpy integer reference (bit-exact with TFLite), on a random
+    input: covers ADD, PAD, CONCATENATION, pooling, DEPTHWISE_CONV_2D with multiplier."""
+    compiled = compile_model(ROOT / "models" / model)
+    graph = compiled.graph
+    tin = graph.tensors[compiled.input]
+    q = np.random.default_rng(7).integers(-128, 128, size=tin.shape).astype(np.int8)
+    ints = {compiled.input: q}
+    for p in compiled.ops:
+        ints[p.output] = np.asarray(p.opdef.reference(p.params, [ints[t] for t in p.inputs]),
+                                    np.int8).reshape(graph.tensors[p.output].shape)
+    x = (q.astype(np.float32) - tin.zero_point) * np.float32(tin.scale)
+    floats = build_float_model(compiled).tensors(x)
+    for p in compiled.ops:
+        t = graph.tensors[p.output]
+        real = (ints[p.output].astype(np.float32) - t.zero_point) * t.scale
+        err = np.abs(floats[p.output].numpy() - real).max() / (255 * t.scale)
+        assert err < 0.03, f"{p.op.opcode} output {t.name}: max error {err:.4f} of the range"
+
+
+def test_zero_learning_rate_changes_nothing() -> None:
+    x, y = _load("adapt_train")
+    xt, yt = _load("adapt_test")
+    order = [np.arange(60)]
+    result = train_fp32(HAR, HAR_ADAPT, x, y, order, lr=0.0, eval_sets={"test": (xt, yt)})
+    before, after = result["epochs"][0]["test"], result["epochs"][1]["test"]
+    assert result["steps"] == 60
+    assert after == before
+
+
+def test_training_follows_the_scheme() -> None:
+    """Partial ratio: only the first ceil(ratio * out_c) channels of the last conv move."""
+    compiled = compile_model(HAR)
+    x, y = _load("adapt_train")
+    initial = build_float_model(compiled)
+    result = train_fp32(HAR, HAR_ADAPT, x, y, [np.arange(100)])
+    plans = plan_layers(parse_scheme(HAR_ADAPT), parametric_layers(compiled))
+    assert {(t["step"], t["kind"]) for t in result["trainable"]} == {
+        (pl.step, kind) for pl in plans
+        for kind, on in (("weights", pl.n_train > 0), ("bias", pl.train_bias)) if on}
+    conv = next(pl for pl in plans if pl.n_train and pl.n_train < 32)
+    w0 = initial.params[(conv.step, "weights")].value.numpy()
+    w1 = result["state"][conv.step]["weights"]
+    assert np.array_equal(w0[conv.n_train:], w1[conv.n_train:])
+    assert not np.allclose(w0[:conv.n_train], w1[:conv.n_train])
+    b0 = initial.params[(conv.step, "bias")].value.numpy()
+    assert not np.allclose(b0, result["state"][conv.step]["bias"])
+
+
+@pytest.mark.parametrize("scheme", [
+    {"preset": "sparse", "bias_layers": 1, "weights": [{"layer": -1}], "lr": 0.005},
+    HAR_ADAPT,
+], ids=["classifier", "har_adapt"])
+def test_training_improves_adapt_test(scheme: dict) -> None:
+    x, y = _load("adapt_train")
+    xt, yt = _load("adapt_test")
+    order = [np.random.default_rng(0).permutation(len(y))]
+    result = train_fp32(HAR, scheme, x, y, order, eval_sets={"test": (xt, yt)})
+    before, after = (e["test"]["accuracy"] for e in result["epochs"])
+    assert after >= before + 0.1, f"adapt_test accuracy {before:.3f} -> {after:.3f}"
+    assert result["seconds"] < 20
