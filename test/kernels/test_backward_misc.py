@@ -1,0 +1,841 @@
+"""Backward rules of MEAN, pooling, PAD/PADV2 and CONCATENATION, activation masks, losses and the
+fan-out sum (docs/training.md): numpy definition vs C++ kernel, bit for bit.
+
+Each case is one line. Three checks per case:
+- the numpy rule equals the kernel called through test/kernels/shim_train.cc (int16 data equal,
+  scales equal as float32 bits);
+- the code the emit() functions generate, compiled on the host and run on a little arena, equals
+  the numpy rule too;
+- independently, the real-valued gradient (scale * data) matches the float gradient of the
+  dequantized operator (TensorFlow's GradientTape, or a float64 numpy formula) within the
+  quantization error of the rule.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mcutrain import grad_rules
+from mcutrain.codegen import ConstPool
+from mcutrain.graph import Graph, Operator, Quant, Tensor
+from mcutrain.ops.base import BACKWARD, GradRef, lookup
+from mcutrain.train_math import F32, GRAD_MAX, QGrad, XorShift32
+
+ROOT = Path(__file__).resolve().parents[2]
+KERNELS = ROOT / "firmware" / "kernels"
+
+# ---- single-operator graphs ----------------------------------------------------------------
+
+
+@dataclass
+class Case:
+    opcode: str
+    options: dict
+    tensors: list[Tensor]
+    inputs: list[int]
+    dy_kind: str = "rand"  # rand | max | zero
+    x_kind: str = "rand"  # rand | ties | distinct
+    seed: int = 0
+
+    @property
+    def op(self) -> Operator:
+        return Operator(0, self.opcode, self.inputs, [len(self.tensors) - 1], self.options)
+
+    @property
+    def graph(self) -> Graph:
+        dynamic = [i for i in self.inputs if not self.tensors[i].is_const]
+        return Graph("case", self.tensors, [self.op], dynamic[:1], [len(self.tensors) - 1])
+
+    @property
+    def dynamic(self) -> list[int]:
+        return [i for i in self.inputs if not self.tensors[i].is_const]
+
+
+class Builder:
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+        self.rng = np.random.default_rng(seed)
+        self.tensors: list[Tensor] = []
+
+    def _add(self, shape, dtype, quant=None, data=None) -> int:
+        self.tensors.append(Tensor(len(self.tensors), f"t{len(self.tensors)}", tuple(shape),
+                                   dtype, quant, data))
+        return len(self.tensors) - 1
+
+    def act(self, shape, scale=None, zp=None, const=False) -> int:
+        scale = float(self.rng.uniform(0.005, 0.1)) if scale is None else scale
+        zp = int(self.rng.integers(-128, 128)) if zp is None else zp
+        q = Quant(np.array([scale], np.float32), np.array([zp], np.int64))
+        data = self.rng.integers(-128, 128, size=shape, dtype=np.int8) if const else None
+        return self._add(shape, "int8", q, data)
+
+    def ints(self, values, dtype="int32") -> int:
+        return self._add(np.shape(values), dtype, None, np.asarray(values, dtype=dtype))
+
+    def case(self, opcode, inputs, out_shape, options, same_quant_as=None, **kinds) -> Case:
+        if same_quant_as is not None:
+            q = self.tensors[same_quant_as].quant
+            self.act(out_shape, float(q.scale[0]), int(q.zero_point[0]))
+        else:
+            self.act(out_shape)
+        return Case(opcode, options, self.tensors, list(inputs), seed=self.seed, **kinds)
+
+
+def mean(seed, shape, axes, keep_dims=False, **kinds) -> Case:
+    b = Builder(seed)
+    x = b.act(shape)
+    rank = len(shape)
+    axes_n = [a % rank for a in axes]
+    out = [1 if d in axes_n else n for d, n in enumerate(shape)] if keep_dims else \
+        [n for d, n in enumerate(shape) if d not in axes_n]
+    return b.case("MEAN", [x, b.ints(axes)], out, {"keep_dims": keep_dims}, **kinds)
+
+
+def pool(seed, opcode, shape, filt, stride, padding, out_hw, **kinds) -> Case:
+    b = Builder(seed)
+    x = b.act(shape)
+    opts = {"padding": padding, "stride_h": stride[0], "stride_w": stride[1],
+            "filter_h": filt[0], "filter_w": filt[1], "activation": "NONE"}
+    return b.case(opcode, [x], (shape[0], *out_hw, shape[3]), opts, same_quant_as=x, **kinds)
+
+
+def pad(seed, shape, pads, value=None, **kinds) -> Case:
+    b = Builder(seed)
+    x = b.act(shape)
+    inputs = [x, b.ints(pads)]
+    opcode = "PAD"
+    if value is not None:
+        opcode = "PADV2"
+        inputs.append(b._add((1,), "int8", b.tensors[x].quant, np.array([value], np.int8)))
+    out = tuple(d + p0 + p1 for d, (p0, p1) in zip(shape, pads, strict=True))
+    return b.case(opcode, inputs, out, {}, same_quant_as=x, **kinds)
+
+
+def concat(seed, shapes, axis, const=(), **kinds) -> Case:
+    b = Builder(seed)
+    ids = [b.act(s, 0.05, 3, const=k in const) for k, s in enumerate(shapes)]
+    out = list(shapes[0])
+    out[axis] = sum(s[axis] for s in shapes)
+    return b.case("CONCATENATION", ids, out, {"axis": axis, "activation": "NONE"},
+                  same_quant_as=ids[0], **kinds)
+
+
+AVG, MAX = "AVERAGE_POOL_2D", "MAX_POOL_2D"
+CASES: dict[str, Callable[[], Case]] = {
+    "mean_hw": lambda: mean(1, (1, 4, 4, 8), [1, 2]),
+    "mean_hw_keep": lambda: mean(2, (2, 3, 5, 4), [1, 2], keep_dims=True),
+    "mean_time": lambda: mean(3, (2, 7, 3), [1]),
+    "mean_all": lambda: mean(4, (3, 5), [0, 1]),
+    "mean_max_dy": lambda: mean(5, (1, 6, 6, 2), [1, 2], dy_kind="max"),
+    "mean_zero_dy": lambda: mean(6, (1, 3, 3, 4), [1, 2], dy_kind="zero"),
+    "avg_valid_2x2": lambda: pool(10, AVG, (1, 6, 6, 3), (2, 2), (2, 2), "VALID", (3, 3)),
+    "avg_same_3x3_s1": lambda: pool(11, AVG, (2, 5, 7, 4), (3, 3), (1, 1), "SAME", (5, 7)),
+    "avg_same_3x2_s2": lambda: pool(12, AVG, (1, 7, 6, 5), (3, 2), (2, 2), "SAME", (4, 3)),
+    "avg_global_7x7": lambda: pool(13, AVG, (1, 7, 7, 6), (7, 7), (1, 1), "VALID", (1, 1)),
+    "avg_1x1": lambda: pool(14, AVG, (1, 3, 3, 2), (1, 1), (1, 1), "VALID", (3, 3)),
+    "avg_max_dy": lambda: pool(15, AVG, (1, 5, 5, 3), (3, 3), (1, 1), "SAME", (5, 5),
+                               dy_kind="max"),
+    "avg_zero_dy": lambda: pool(16, AVG, (1, 4, 4, 2), (2, 2), (2, 2), "VALID", (2, 2),
+                                dy_kind="zero"),
+    "max_valid_2x2": lambda: pool(20, MAX, (1, 6, 6, 3), (2, 2), (2, 2), "VALID", (3, 3)),
+    "max_same_3x3_s2": lambda: pool(21, MAX, (2, 7, 5, 4), (3, 3), (2, 2), "SAME", (4, 3)),
+    "max_same_s3": lambda: pool(22, MAX, (1, 8, 8, 2), (2, 3), (3, 3), "SAME", (3, 3)),
+    "max_overlap_s1": lambda: pool(23, MAX, (1, 6, 5, 3), (3, 3), (1, 1), "SAME", (6, 5)),
+    "max_ties_const": lambda: pool(24, MAX, (1, 4, 4, 2), (2, 2), (1, 1), "VALID", (3, 3),
+                                   x_kind="ties"),
+    "max_ties_few": lambda: pool(25, MAX, (2, 6, 6, 3), (3, 3), (2, 2), "SAME", (3, 3),
+                                 x_kind="few"),
+    "max_max_dy": lambda: pool(26, MAX, (1, 6, 6, 2), (3, 3), (1, 1), "SAME", (6, 6),
+                               dy_kind="max", x_kind="ties"),
+    "max_zero_dy": lambda: pool(27, MAX, (1, 4, 4, 2), (2, 2), (2, 2), "VALID", (2, 2),
+                                dy_kind="zero"),
+    "pad_hw": lambda: pad(30, (1, 4, 5, 3), [[0, 0], [1, 2], [2, 1], [0, 0]]),
+    "pad_all_dims": lambda: pad(31, (2, 3, 3, 2), [[1, 0], [0, 1], [1, 1], [2, 3]]),
+    "pad_2d": lambda: pad(32, (3, 4), [[1, 1], [0, 2]]),
+    "pad_none": lambda: pad(33, (1, 2, 2, 3), [[0, 0], [0, 0], [0, 0], [0, 0]]),
+    "padv2_value": lambda: pad(34, (1, 3, 3, 4), [[0, 0], [1, 1], [1, 1], [0, 0]], value=-7),
+    "pad_max_dy": lambda: pad(35, (1, 3, 3, 2), [[0, 0], [1, 1], [1, 1], [0, 0]], dy_kind="max"),
+    "concat_channels": lambda: concat(40, [(1, 3, 3, 4), (1, 3, 3, 2)], 3),
+    "concat_neg_axis": lambda: concat(41, [(1, 2, 3, 4), (1, 2, 3, 1), (1, 2, 3, 3)], -1),
+    "concat_height": lambda: concat(42, [(2, 2, 3, 4), (2, 5, 3, 4)], 1),
+    "concat_batch": lambda: concat(43, [(1, 4), (3, 4)], 0),
+    "concat_const": lambda: concat(44, [(1, 2, 2, 3), (1, 2, 2, 5), (1, 2, 2, 2)], 3,
+                                   const=(1,)),
+    "concat_zero_dy": lambda: concat(45, [(1, 2, 2), (1, 3, 2)], 1, dy_kind="zero"),
+}
+
+
+@dataclass
+class Prepared:
+    case: Case
+    params: object
+    xs: list[np.ndarray]  # dynamic inputs
+    dy: QGrad
+    expected: list[QGrad | None] = field(default_factory=list)
+
+
+def _inputs(case: Case, rng: np.random.Generator) -> list[np.ndarray]:
+    xs = []
+    for i in case.dynamic:
+        shape = case.tensors[i].shape
+        if case.x_kind == "ties":
+            xs.append(np.full(shape, int(rng.integers(-128, 128)), np.int8))
+        elif case.x_kind == "few":
+            xs.append(rng.integers(-1, 2, size=shape).astype(np.int8))
+        elif case.x_kind == "distinct":  # no ties inside any (batch, channel) plane
+            n, h, w, c = shape
+            planes = [rng.choice(256, h * w, replace=False) - 128 for _ in range(n * c)]
+            xs.append(np.stack(planes).reshape(n, c, h, w).transpose(0, 2, 3, 1).astype(np.int8))
+        else:
+            xs.append(rng.integers(-128, 128, size=shape, dtype=np.int8))
+    return xs
+
+
+def _dy(kind: str, shape, rng: np.random.Generator) -> QGrad:
+    if kind == "zero":
+        return QGrad(np.zeros(shape, np.int16), F32(0.0))
+    if kind == "max":
+        sign = np.where(rng.integers(0, 2, size=shape) == 1, 1, -1)
+        data = (sign * GRAD_MAX).astype(np.int16)
+        data.flat[0] = GRAD_MAX  # at least one positive extreme
+        return QGrad(data, F32(rng.uniform(1e-4, 1e-1)))
+    data = rng.integers(-GRAD_MAX, GRAD_MAX + 1, size=shape).astype(np.int16)
+    data.flat[int(rng.integers(0, data.size))] = -GRAD_MAX
+    return QGrad(data, F32(rng.uniform(1e-4, 1e-1)))
+
+
+def prepare(case_id: str, x_kind: str | None = None) -> Prepared:
+    case = CASES[case_id]()
+    if x_kind is not None:
+        case.x_kind = x_kind
+    rng = np.random.default_rng(1000 + case.seed)
+    params = lookup(case.op).prepare(case.op, case.graph)
+    xs = _inputs(case, rng)
+    dy = _dy(case.dy_kind, case.tensors[-1].shape, rng)
+    bdef = BACKWARD[case.opcode]
+    saves = bdef.saves_input(params, None)
+    saved = [x if keep else None for x, keep in zip(xs, saves, strict=True)]
+    expected = bdef.reference(params, saved, dy, [True] * len(xs), None, F32(0.0),
+                              XorShift32(1))
+    return Prepared(case, params, xs, dy, expected)
+
+
+# ---- ctypes ---------------------------------------------------------------------------------
+
+
+def _i32(values) -> ctypes.Array:
+    return (ctypes.c_int32 * len(values))(*[int(v) for v in values])
+
+
+def _ptr(a: np.ndarray) -> ctypes.c_void_p:
+    return a.ctypes.data_as(ctypes.c_void_p)
+
+
+def _setup(lib: ctypes.CDLL) -> ctypes.CDLL:
+    f32 = ctypes.c_float
+    for name in ("mt_avg_pool_backward", "mt_max_pool_backward", "mt_mse_grad", "mt_grad_sum"):
+        getattr(lib, name).restype = f32
+    lib.mt_avg_pool_backward.argtypes = [ctypes.c_void_p, ctypes.c_void_p, f32, ctypes.c_void_p]
+    lib.mt_max_pool_backward.argtypes = [ctypes.c_void_p] * 3 + [f32, ctypes.c_void_p]
+    lib.mt_mse_grad.argtypes = [ctypes.c_void_p, ctypes.c_int32, f32, ctypes.c_int32,
+                                ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+    lib.mt_grad_sum.argtypes = [ctypes.c_void_p, f32, ctypes.c_void_p, f32, ctypes.c_int32,
+                                ctypes.c_void_p]
+    return lib
+
+
+def run_shim(lib: ctypes.CDLL, p: Prepared) -> list[tuple[np.ndarray, np.float32]]:
+    case, params, dy = p.case, p.params, np.ascontiguousarray(p.dy.data, np.int16)
+    sizes = [int(np.prod(case.tensors[i].shape)) for i in case.dynamic]
+    if case.opcode == "MEAN":
+        assert lib.mt_mean_params_fields() == len(params.fields())
+        dx = np.zeros(sizes[0], np.int16)
+        lib.mt_mean_backward(_i32([v for _, v in params.fields()]), _ptr(dy), _ptr(dx))
+        return [(dx, F32(dy_scale_div(p.dy.scale, params.reduce)))]
+    if case.opcode in (AVG, MAX):
+        acc = np.full(sizes[0], 0x5A5A5A5A, np.int32)  # garbage: the kernel must clear it
+        if case.opcode == AVG:
+            scale = lib.mt_avg_pool_backward(_i32(params.fields()), _ptr(dy), p.dy.scale,
+                                             _ptr(acc))
+        else:
+            x = np.ascontiguousarray(p.xs[0])
+            scale = lib.mt_max_pool_backward(_i32(params.fields()), _ptr(x), _ptr(dy),
+                                              p.dy.scale, _ptr(acc))
+        return [(acc.view(np.int16)[:sizes[0]].copy(), F32(scale))]
+    if case.opcode in ("PAD", "PADV2"):
+        dx = np.zeros(sizes[0], np.int16)
+        lib.mt_pad_backward(_i32(params.fields()), _ptr(dy), _ptr(dx))
+        return [(dx, F32(p.dy.scale))]
+    if case.opcode == "CONCATENATION":
+        out = []
+        positions = [k for k, c in enumerate(params.consts) if c is None]
+        for k, n in zip(positions, sizes, strict=True):
+            dx = np.zeros(n, np.int16)
+            lib.mt_concat_backward(len(params.row_sizes), params.outer, _i32(params.row_sizes),
+                                   params.out_row, k, _ptr(dy), _ptr(dx))
+            out.append((dx, F32(p.dy.scale)))
+        return out
+    raise AssertionError(case.opcode)
+
+
+def dy_scale_div(scale: np.float32, n: int) -> np.float32:
+    return F32(scale) / F32(n)
+
+
+def assert_same(actual: np.ndarray, actual_scale, expected: QGrad, what: str) -> None:
+    assert expected.data.dtype == np.int16, what
+    np.testing.assert_array_equal(np.asarray(actual).ravel(), expected.data.ravel(), err_msg=what)
+    assert np.float32(actual_scale).tobytes() == np.float32(expected.scale).tobytes(), \
+        f"{what}: scale {actual_scale!r} != {expected.scale!r}"
+    assert np.all(np.abs(expected.data.astype(np.int32)) <= GRAD_MAX), what
+
+
+@pytest.fixture(scope="module")
+def lib(kernels_lib: ctypes.CDLL) -> ctypes.CDLL:
+    return _setup(kernels_lib)
+
+
+@pytest.mark.parametrize("case_id", sorted(CASES))
+def test_op_backward_kernel_matches_reference(lib: ctypes.CDLL, case_id: str) -> None:
+    p = prepare(case_id)
+    for i, (t, exp) in enumerate(zip(p.case.dynamic, p.expected, strict=True)):
+        assert exp is not None and exp.data.shape == p.case.tensors[t].shape, case_id
+        if p.case.dy_kind == "zero":
+            assert exp.scale == 0 and not exp.data.any()
+        del i
+    for k, ((data, scale), exp) in enumerate(zip(run_shim(lib, p), p.expected, strict=True)):
+        assert_same(data, scale, exp, f"{case_id} input {k}")
+
+
+def test_need_dx_false_gives_none() -> None:
+    p = prepare("concat_channels")
+    bdef = BACKWARD["CONCATENATION"]
+    out = bdef.reference(p.params, [None, None], p.dy, [False, True], None, F32(0), XorShift32(1))
+    assert out[0] is None and out[1] is not None
+    for case_id in ("mean_hw", "avg_valid_2x2", "max_valid_2x2", "pad_hw"):
+        q = prepare(case_id)
+        rule = BACKWARD[q.case.opcode]
+        saved = [x if s else None for x, s in zip(q.xs, rule.saves_input(q.params, None),
+                                                  strict=True)]
+        assert rule.reference(q.params, saved, q.dy, [False], None, F32(0), XorShift32(1)) == [None]
+        assert rule.emit(q.params, ConstPool(), ["x"], GradRef("(a)", "s", 1), [None], None) == ""
+
+
+def test_saves_input_and_depth() -> None:
+    for case_id, saves in (("mean_hw", [False]), ("avg_valid_2x2", [False]),
+                           ("max_valid_2x2", [True]), ("pad_hw", [False]),
+                           ("concat_const", [False, False])):
+        p = prepare(case_id)
+        assert BACKWARD[p.case.opcode].saves_input(p.params, None) == saves, case_id
+    # 3x3 stride 1 SAME: input (1, 1) sits in a corner window (4 taps, weight 1024), four edge
+    # windows (6 taps, 683) and four full ones (9 taps, 455): 5576 = 43.9 * 127 -> K = 44.
+    p = prepare("avg_same_3x3_s1")
+    assert BACKWARD[AVG].input_grad_depth(p.params) == 44
+    assert BACKWARD[MAX].input_grad_depth(prepare("max_overlap_s1").params) == 9
+    assert BACKWARD[MAX].input_grad_depth(prepare("max_valid_2x2").params) == 1
+
+
+# ---- emitted code, compiled on the host -------------------------------------------------------
+
+_SIGNATURE = ("(int8_t* arena, float* scales, int32_t label, float* loss, int32_t* pred, "
+              "const float* targets)")
+
+
+class Arena:
+    """Byte offsets of the buffers one emitted function uses, 16-byte aligned."""
+
+    def __init__(self) -> None:
+        self.size = 0
+        self.scales = 0
+
+    def take(self, nbytes: int) -> int:
+        at = self.size
+        self.size += (max(nbytes, 1) + 15) // 16 * 16
+        return at
+
+    def grad(self, count: int) -> tuple[GradRef, int, int]:
+        at, index = self.take(4 * count), self.scales
+        self.scales += 1
+        return GradRef(f"(arena + {at})", f"scales[{index}]", count), at, index
+
+
+@dataclass
+class Emitted:
+    body: str
+    arena: Arena
+    run: Callable  # (lib fn) -> None: fills the arena, calls, checks
+
+
+def _emit_op(case_id: str, pool: ConstPool) -> tuple[str, Callable]:
+    p = prepare(case_id)
+    case, params = p.case, p.params
+    arena = Arena()
+    dy_ref, dy_at, dy_index = arena.grad(p.dy.data.size)
+    dxs = [arena.grad(int(np.prod(case.tensors[t].shape))) for t in case.dynamic]
+    saves = BACKWARD[case.opcode].saves_input(params, None)
+    saved_at = [arena.take(x.size) if keep else None for x, keep in zip(p.xs, saves, strict=True)]
+    body = BACKWARD[case.opcode].emit(params, pool, [None if a is None else f"(arena + {a})"
+                                                     for a in saved_at],
+                                      dy_ref, [g for g, _, _ in dxs], None)
+
+    def run(fn) -> None:
+        buf = np.zeros(arena.size, np.uint8)
+        scales = np.zeros(max(arena.scales, 1), np.float32)
+        buf[dy_at:dy_at + 2 * p.dy.data.size] = _bytes(p.dy.data, "<i2")
+        scales[dy_index] = p.dy.scale
+        for x, at in zip(p.xs, saved_at, strict=True):
+            if at is not None:
+                buf[at:at + x.size] = _bytes(x, np.int8)
+        _call(fn, buf, scales)
+        for (g, at, index), exp in zip(dxs, p.expected, strict=True):
+            data = buf[at:at + 2 * g.count].view("<i2")
+            assert_same(data, scales[index], exp, f"emitted {case_id}")
+    return body, run
+
+
+def _bytes(a: np.ndarray, dtype) -> np.ndarray:
+    return np.ascontiguousarray(np.asarray(a).ravel(), dtype).view(np.uint8)
+
+
+def _call(fn, buf: np.ndarray, scales: np.ndarray, label: int = 0,
+          targets: np.ndarray | None = None) -> tuple[float, int]:
+    loss = np.zeros(1, np.float32)
+    pred = np.zeros(1, np.int32)
+    t = np.zeros(1, np.float32) if targets is None else np.ascontiguousarray(targets, np.float32)
+    fn(_ptr(buf), _ptr(scales), ctypes.c_int32(label), _ptr(loss), _ptr(pred), _ptr(t))
+    return float(loss[0]), int(pred[0])
+
+
+def _emit_sources() -> tuple[str, list[tuple[str, Callable]]]:
+    pool = ConstPool()
+    runs: list[tuple[str, Callable]] = []
+    functions = []
+    for case_id in sorted(CASES):
+        body, run = _emit_op(case_id, pool)
+        runs.append((case_id, run))
+        functions.append(body)
+    for case_id in sorted(RULE_EMITS):
+        body, run = RULE_EMITS[case_id]()
+        runs.append((case_id, run))
+        functions.append(body)
+    headers = sorted({lookup(CASES[c]().op).header for c in CASES} | set(grad_rules.HEADERS))
+    text = ["#include <cstdint>", *[f'#include "{h}"' for h in headers],
+            "namespace mt {", "namespace {", pool.definitions(), "}  // namespace"]
+    for k, body in enumerate(functions):
+        text.append(f'extern "C" void run_{k}{_SIGNATURE} {{\n'
+                    "  (void)arena; (void)scales; (void)label; (void)loss; (void)pred; "
+                    f"(void)targets;\n{body}\n}}")
+    text.append("}  // namespace mt\n")
+    return "\n".join(text), runs
+
+
+@pytest.fixture(scope="module")
+def emitted(tmp_path_factory: pytest.TempPathFactory):
+    source, runs = _emit_sources()
+    out_dir = tmp_path_factory.mktemp("emitted_train")
+    src = out_dir / "emitted.cc"
+    src.write_text(source)
+    so = out_dir / "libemitted.so"
+    sources = [str(p) for p in sorted(KERNELS.glob("*.cc"))] + [str(src)]
+    subprocess.run(["g++", "-std=c++17", "-O1", "-ffp-contract=off", "-shared", "-fPIC", "-Wall",
+                    "-Wextra", "-Werror", "-fno-exceptions", "-fno-rtti",
+                    f"-I{ROOT / 'firmware'}", "-o", str(so), *sources], check=True)
+    return ctypes.CDLL(str(so)), runs
+
+
+def test_emitted_code_matches_reference(emitted) -> None:
+    lib_, runs = emitted
+    for k, (case_id, run) in enumerate(runs):
+        fn = getattr(lib_, f"run_{k}")
+        fn.restype = None
+        run(fn)
+        del case_id
+
+
+# ---- independent float check (TensorFlow GradientTape on the dequantized op) -------------------
+
+
+def _dequant(case: Case, t: int, x: np.ndarray) -> np.ndarray:
+    q = case.tensors[t].quant
+    return (x.astype(np.float64) - float(q.zero_point[0])) * float(q.scale[0])
+
+
+def _float_op(case: Case, params, tf):
+    o = case.options
+    if case.opcode == "MEAN":
+        axes = [int(a) for a in case.tensors[case.inputs[1]].data]
+        return lambda xs: tf.reduce_mean(xs[0], axis=axes, keepdims=bool(o["keep_dims"]))
+    if case.opcode in (AVG, MAX):
+        fn = tf.nn.avg_pool2d if case.opcode == AVG else tf.nn.max_pool2d
+        return lambda xs: fn(xs[0], (o["filter_h"], o["filter_w"]),
+                             (o["stride_h"], o["stride_w"]), o["padding"])
+    if case.opcode in ("PAD", "PADV2"):
+        pads = case.tensors[case.inputs[1]].data.astype(np.int64)
+        return lambda xs: tf.pad(xs[0], pads)
+    if case.opcode == "CONCATENATION":
+        def concat_fn(xs):
+            it = iter(xs)
+            parts = [tf.constant(_dequant(case, i, case.tensors[i].data))
+                     if case.tensors[i].is_const else next(it) for i in case.inputs]
+            return tf.concat(parts, axis=int(o["axis"]))
+        return concat_fn
+    raise AssertionError(case.opcode)
+
+
+def _avg_weight_error(case: Case, params, dy_real: np.ndarray) -> np.ndarray:
+    """Per input: sum over its windows of |dy| * |round(4096/count)/4096 - 1/count|."""
+    p = params
+    err = np.zeros((p.batches, p.in_h, p.in_w, p.channels))
+    for oy in range(p.out_h):
+        for ox in range(p.out_w):
+            y0, x0 = oy * p.stride_h - p.pad_h, ox * p.stride_w - p.pad_w
+            ys = slice(max(y0, 0), min(y0 + p.filter_h, p.in_h))
+            xs = slice(max(x0, 0), min(x0 + p.filter_w, p.in_w))
+            count = (ys.stop - ys.start) * (xs.stop - xs.start)
+            w = abs(((4096 + count // 2) // count) / 4096 - 1 / count)
+            err[:, ys, xs, :] += np.abs(dy_real[:, oy, ox, :])[:, None, None, :] * w
+    return err
+
+
+FLOAT_CASES = [c for c in sorted(CASES) if CASES[c]().dy_kind == "rand"]
+
+
+@pytest.mark.parametrize("case_id", FLOAT_CASES)
+def test_op_backward_matches_float_gradient(case_id: str) -> None:
+    tf = pytest.importorskip("tensorflow")
+    x_kind = "distinct" if CASES[case_id]().opcode == MAX else None  # ties: no unique gradient
+    p = prepare(case_id, x_kind)
+    case = p.case
+    xs = [tf.Variable(_dequant(case, t, x)) for t, x in zip(case.dynamic, p.xs, strict=True)]
+    dy_real = p.dy.data.astype(np.float64) * float(p.dy.scale)
+    with tf.GradientTape() as tape:
+        y = _float_op(case, p.params, tf)(xs)
+        objective = tf.reduce_sum(y * tf.constant(dy_real.reshape(y.shape)))
+    grads = tape.gradient(objective, xs)
+    for g, exp in zip(grads, p.expected, strict=True):
+        want = g.numpy()
+        got = exp.data.astype(np.float64) * float(exp.scale)
+        tol = 0.5 * float(exp.scale) + 1e-6 * np.abs(want).max()
+        if case.opcode == AVG:
+            tol = tol + _avg_weight_error(case, p.params, dy_real.reshape(
+                case.tensors[-1].shape)) * 1.0000001
+        else:
+            tol = np.full(want.shape, tol)
+        if case.opcode not in (AVG, MAX):  # copies: only float rounding of the scale
+            tol = np.full(want.shape, 1e-6 * np.abs(want).max() + 1e-30)
+        assert np.all(np.abs(got - want) <= tol), f"{case_id}: max error " \
+            f"{np.abs(got - want).max()} > {tol.max()}"
+
+
+# ---- activation masks, losses, fan-out ---------------------------------------------------------
+
+MASKS = {  # case -> (activation, act_min, act_max, n)
+    "relu": ("RELU", -5, 127, 37),
+    "relu_zp_min": ("RELU", -128, 127, 8),
+    "relu6": ("RELU6", -100, 20, 64),
+    "relu_n1_to_1": ("RELU_N1_TO_1", -30, 34, 13),
+    "relu_one": ("RELU", 0, 127, 1),
+}
+
+
+def _mask_inputs(case_id: str):
+    activation, lo_c, hi_c, n = MASKS[case_id]
+    rng = np.random.default_rng(sum(map(ord, case_id)))
+    y = rng.integers(lo_c, hi_c + 1, size=n).astype(np.int8)
+    y[0] = lo_c  # the clamp values themselves are masked
+    if n > 1:
+        y[-1] = hi_c
+    dy = _dy("rand", (n,), rng)
+    return grad_rules.mask_bounds(activation, lo_c, hi_c), y, dy
+
+
+def test_mask_bounds() -> None:
+    assert grad_rules.mask_bounds("NONE", -128, 127) is None
+    assert grad_rules.mask_bounds("RELU", -3, 127) == (-3, 128)
+    assert grad_rules.mask_bounds("RELU6", -3, 90) == (-3, 90)
+    assert grad_rules.mask_bounds("RELU_N1_TO_1", -50, 70) == (-50, 70)
+    with pytest.raises(ValueError):
+        grad_rules.mask_bounds("TANH", -128, 127)
+
+
+@pytest.mark.parametrize("case_id", sorted(MASKS))
+def test_mask_kernel_matches_reference(lib: ctypes.CDLL, case_id: str) -> None:
+    (lo, hi), y, dy = _mask_inputs(case_id)
+    bits = grad_rules.mask_pack(y, lo, hi)
+    assert bits.dtype == np.uint8 and bits.size == (y.size + 7) // 8
+    inside = (y.astype(int) > lo) & (y.astype(int) < hi)
+    for i in range(y.size):  # layout: bit i of byte i // 8, least significant first
+        assert (bits[i // 8] >> (i % 8)) & 1 == inside[i]
+    c_bits = np.full(bits.size, 0xFF, np.uint8)
+    lib.mt_mask_pack(_ptr(y), y.size, lo, hi, _ptr(c_bits))
+    np.testing.assert_array_equal(c_bits, bits)
+    masked = grad_rules.mask_apply(dy, bits)
+    np.testing.assert_array_equal(masked.data, np.where(inside, dy.data, 0))
+    assert masked.scale == dy.scale
+    d = dy.data.copy()
+    lib.mt_mask_apply(_ptr(d), d.size, _ptr(bits))
+    assert_same(d, dy.scale, masked, case_id)
+
+
+def test_mask_matches_float_derivative() -> None:
+    """The mask is the derivative of the real clamp, evaluated at the pre-activation value,
+    except for values that round onto the clamp boundary."""
+    rng = np.random.default_rng(7)
+    scale, zp = 0.05, -20
+    v = rng.uniform(-3, 9, size=500)
+    for activation, lo_r, hi_r in (("RELU", 0.0, np.inf), ("RELU6", 0.0, 6.0),
+                                   ("RELU_N1_TO_1", -1.0, 1.0)):
+        act_min = max(-128, zp + round(lo_r / scale))
+        act_max = 127 if hi_r == np.inf else min(127, zp + round(hi_r / scale))
+        y = np.clip(np.round(v / scale) + zp, act_min, act_max).astype(np.int8)
+        lo, hi = grad_rules.mask_bounds(activation, act_min, act_max)
+        bits = np.unpackbits(grad_rules.mask_pack(y, lo, hi), count=v.size, bitorder="little")
+        # int8 saturation above a RELU is straight-through (docs/training.md), so only the
+        # activation's own bounds count.
+        derivative = (v > lo_r) & (v < hi_r)
+        near = (np.abs(v - lo_r) < scale) | (np.abs(v - hi_r) < scale)
+        np.testing.assert_array_equal(bits[~near], derivative[~near], err_msg=activation)
+
+
+CE = {  # case -> (n, label, kind)
+    "ce_rand": (10, 3, "rand"),
+    "ce_label_zero_prob": (6, 0, "zero"),
+    "ce_certain": (4, 2, "certain"),
+    "ce_ties": (7, 5, "ties"),
+    "ce_one_class": (1, 0, "rand"),
+    "ce_many": (100, 99, "rand"),
+}
+
+
+def _ce_inputs(case_id: str) -> tuple[np.ndarray, int]:
+    n, label, kind = CE[case_id]
+    rng = np.random.default_rng(sum(map(ord, case_id)))
+    q = rng.integers(-128, 128, size=(1, n)).astype(np.int8)
+    if kind == "zero":
+        q[0, label] = -128
+    elif kind == "certain":
+        q[:] = -128
+        q[0, label] = 127
+    elif kind == "ties":
+        q[:] = 10
+    return q, label
+
+
+@pytest.mark.parametrize("case_id", sorted(CE))
+def test_cross_entropy_kernel_matches_reference(lib: ctypes.CDLL, case_id: str) -> None:
+    q, label = _ce_inputs(case_id)
+    loss, pred, dl = grad_rules.cross_entropy(q, label)
+    assert dl.data.shape == q.shape and dl.scale == F32(1 / 256)
+    assert pred == int(np.argmax(q.ravel()))
+    d = np.zeros(q.size, np.int16)
+    scale = np.zeros(1, np.float32)
+    c_loss = np.zeros(1, np.float32)
+    c_pred = lib.mt_softmax_cross_entropy_grad(_ptr(q), q.size, label, _ptr(d), _ptr(scale),
+                                               _ptr(c_loss))
+    assert c_pred == pred
+    assert_same(d, scale[0], dl, case_id)
+    assert abs(c_loss[0] - loss) <= 1e-5 * abs(loss)
+    p = max(int(q[0, label]) + 128, 0.5) / 256
+    assert abs(loss + np.log(p)) <= 1e-6 * abs(loss) + 1e-7
+
+
+def test_cross_entropy_matches_float_gradient() -> None:
+    """d/dlogits of -log softmax(z)[label] = softmax(z) - onehot, within the output's 1/256
+    quantization (rounded softmax values, 256 saturating at 255)."""
+    rng = np.random.default_rng(5)
+    for _ in range(20):
+        z = rng.normal(0, 2, size=12)
+        label = int(rng.integers(0, 12))
+        prob = np.exp(z - z.max())
+        prob /= prob.sum()
+        q = np.clip(np.round(prob * 256) - 128, -128, 127).astype(np.int8)
+        loss, _, dl = grad_rules.cross_entropy(q, label)
+        want = prob - np.eye(12)[label]
+        assert np.abs(dl.real() - want).max() <= 1 / 256 + 1e-9
+        if prob[label] > 0.05:
+            assert abs(loss + np.log(prob[label])) <= (1 / 256) / (prob[label] - 1 / 256)
+
+
+MSE = {  # case -> (n, scale, zp, kind)
+    "mse_rand": (10, 0.03, -5, "rand"),
+    "mse_exact_zero": (4, 0.5, 0, "exact"),
+    "mse_one": (1, 0.1, 3, "rand"),
+    "mse_large": (300, 0.2, 17, "rand"),
+    "mse_extreme": (6, 1.0, -128, "extreme"),
+}
+
+
+def _mse_inputs(case_id: str) -> tuple[np.ndarray, float, int, np.ndarray]:
+    n, scale, zp, kind = MSE[case_id]
+    rng = np.random.default_rng(sum(map(ord, case_id)))
+    y = rng.integers(-128, 128, size=(1, n)).astype(np.int8)
+    t = rng.normal(0, 3, size=n).astype(np.float32)
+    if kind == "exact":
+        t = (F32(scale) * (y.ravel().astype(np.int32) - zp).astype(np.float32)).astype(np.float32)
+    elif kind == "extreme":
+        y[:] = 127
+        t[:] = -1e3
+    return y, scale, zp, t
+
+
+@pytest.mark.parametrize("case_id", sorted(MSE))
+def test_mse_kernel_matches_reference(lib: ctypes.CDLL, case_id: str) -> None:
+    y, so, zo, t = _mse_inputs(case_id)
+    loss, dy = grad_rules.mse(y, so, zo, t)
+    assert dy.data.shape == y.shape
+    d = np.zeros(y.size, np.int16)
+    scale = np.zeros(1, np.float32)
+    c_loss = lib.mt_mse_grad(_ptr(y), y.size, F32(so), zo, _ptr(t), _ptr(d), _ptr(scale))
+    assert_same(d, scale[0], dy, case_id)
+    assert np.float32(c_loss) == np.float32(loss)
+    if MSE[case_id][3] == "exact":
+        assert dy.scale == 0 and loss == 0
+    # float64 check of the value and the gradient
+    err = (y.ravel().astype(np.float64) - zo) * np.float64(F32(so)) - t.astype(np.float64)
+    assert abs(loss - np.mean(err**2)) <= 1e-5 * max(np.mean(err**2), 1e-30)
+    want = 2.0 / y.size * err
+    assert np.abs(dy.real().ravel() - want).max() <= 0.5 * float(dy.scale) + 1e-6 * np.abs(
+        want).max()
+
+
+SUMS = {  # case -> (n, scale a, scale b, kind)
+    "sum_rand": (50, 0.01, 0.003, "rand"),
+    "sum_equal_scales": (20, 0.02, 0.02, "rand"),
+    "sum_b_larger": (33, 1e-4, 5e-2, "rand"),
+    "sum_a_zero": (9, 0.0, 0.5, "rand"),
+    "sum_b_zero": (9, 0.5, 0.0, "rand"),
+    "sum_both_zero": (5, 0.0, 0.0, "zero"),
+    "sum_extreme": (16, 0.7, 0.7, "max"),
+    "sum_cancel": (8, 0.25, 0.25, "cancel"),
+}
+
+
+def _sum_inputs(case_id: str) -> tuple[QGrad, QGrad]:
+    n, sa, sb, kind = SUMS[case_id]
+    rng = np.random.default_rng(sum(map(ord, case_id)))
+    if kind == "zero":
+        return QGrad(np.zeros(n, np.int16), F32(0)), QGrad(np.zeros(n, np.int16), F32(0))
+    a = _dy("max" if kind == "max" else "rand", (n,), rng).data
+    b = a.copy() if kind == "max" else _dy("rand", (n,), rng).data
+    if kind == "cancel":
+        b = (-a).astype(np.int16)
+    return QGrad(a, F32(sa)), QGrad(b, F32(sb))
+
+
+@pytest.mark.parametrize("case_id", sorted(SUMS))
+def test_grad_sum_kernel_matches_reference(lib: ctypes.CDLL, case_id: str) -> None:
+    a, b = _sum_inputs(case_id)
+    total = grad_rules.grad_sum(a, b)
+    acc = np.full(a.data.size, 0x5A5A5A5A, np.int32)
+    scale = lib.mt_grad_sum(_ptr(a.data), a.scale, _ptr(b.data), b.scale, a.data.size,
+                            _ptr(acc))
+    assert_same(acc.view(np.int16)[:a.data.size], scale, total, case_id)
+    if a.scale == 0:
+        np.testing.assert_array_equal(total.data, b.data)
+        assert total.scale == b.scale
+    elif b.scale == 0:
+        np.testing.assert_array_equal(total.data, a.data)
+        assert total.scale == a.scale
+    # real-valued: the sum of the two reals, within one rounding of the smaller-scale term and
+    # the final requantization
+    want = a.data.astype(np.float64) * float(a.scale) + b.data.astype(np.float64) * float(b.scale)
+    tol = 0.5 * max(float(a.scale), float(b.scale)) + 0.5 * float(total.scale) + 1e-6 * (
+        np.abs(want).max() + 1e-30)
+    assert np.abs(total.real().astype(np.float64) - want).max() <= tol
+
+
+# ---- emitted code for the grad_rules helpers ---------------------------------------------------
+
+
+def _emit_mask(case_id: str):
+    (lo, hi), y, dy = _mask_inputs(case_id)
+    arena = Arena()
+    y_at, bits_at = arena.take(y.size), arena.take((y.size + 7) // 8)
+    g, g_at, g_index = arena.grad(y.size)
+    body = "\n".join([grad_rules.emit_mask_pack(f"(arena + {y_at})", y.size, lo, hi,
+                                                f"(arena + {bits_at})"),
+                      grad_rules.emit_mask_apply(g, f"(arena + {bits_at})")])
+    expected = grad_rules.mask_apply(dy, grad_rules.mask_pack(y, lo, hi))
+
+    def run(fn) -> None:
+        buf = np.full(arena.size, 0xEE, np.uint8)
+        buf[y_at:y_at + y.size] = _bytes(y, np.int8)
+        buf[g_at:g_at + 2 * y.size] = _bytes(dy.data, "<i2")
+        scales = np.array([dy.scale], np.float32)
+        _call(fn, buf, scales)
+        assert_same(buf[g_at:g_at + 2 * y.size].view("<i2"), scales[g_index], expected,
+                    f"emitted {case_id}")
+    return body, run
+
+
+def _emit_ce(case_id: str):
+    q, label = _ce_inputs(case_id)
+    arena = Arena()
+    q_at = arena.take(q.size)
+    g, g_at, g_index = arena.grad(q.size)
+    body = grad_rules.emit_cross_entropy(f"(arena + {q_at})", q.size, "label", g, "*loss",
+                                         "*pred")
+    loss, pred, dl = grad_rules.cross_entropy(q, label)
+
+    def run(fn) -> None:
+        buf = np.zeros(arena.size, np.uint8)
+        buf[q_at:q_at + q.size] = _bytes(q, np.int8)
+        scales = np.zeros(1, np.float32)
+        c_loss, c_pred = _call(fn, buf, scales, label=label)
+        assert c_pred == pred and abs(c_loss - loss) <= 1e-5 * abs(loss)
+        assert_same(buf[g_at:g_at + 2 * q.size].view("<i2"), scales[g_index], dl, case_id)
+    return body, run
+
+
+def _emit_mse(case_id: str):
+    y, so, zo, t = _mse_inputs(case_id)
+    arena = Arena()
+    y_at = arena.take(y.size)
+    g, g_at, g_index = arena.grad(y.size)
+    body = grad_rules.emit_mse(f"(arena + {y_at})", y.size, so, zo, "targets", g, "*loss")
+    loss, dy = grad_rules.mse(y, so, zo, t)
+
+    def run(fn) -> None:
+        buf = np.zeros(arena.size, np.uint8)
+        buf[y_at:y_at + y.size] = _bytes(y, np.int8)
+        scales = np.zeros(1, np.float32)
+        c_loss, _ = _call(fn, buf, scales, targets=t)
+        assert np.float32(c_loss) == np.float32(loss), case_id
+        assert_same(buf[g_at:g_at + 2 * y.size].view("<i2"), scales[g_index], dy, case_id)
+    return body, run
+
+
+def _emit_sum(case_id: str):
+    a, b = _sum_inputs(case_id)
+    arena = Arena()
+    ga, a_at, a_index = arena.grad(a.data.size)
+    gb, b_at, b_index = arena.grad(a.data.size)
+    go, o_at, o_index = arena.grad(a.data.size)
+    body = grad_rules.emit_grad_sum(ga, gb, go)
+    expected = grad_rules.grad_sum(a, b)
+
+    def run(fn) -> None:
+        buf = np.full(arena.size, 0x77, np.uint8)
+        n = a.data.size
+        buf[a_at:a_at + 2 * n] = _bytes(a.data, "<i2")
+        buf[b_at:b_at + 2 * n] = _bytes(b.data, "<i2")
+        scales = np.zeros(3, np.float32)
+        scales[a_index], scales[b_index] = a.scale, b.scale
+        _call(fn, buf, scales)
+        assert_same(buf[o_at:o_at + 2 * n].view("<i2"), scales[o_index], expected, case_id)
+    return body, run
+
+
+RULE_EMITS: dict[str, Callable[[], tuple[str, Callable]]] = {
+    **{f"mask_{c}": (lambda c=c: _emit_mask(c)) for c in MASKS},
+    **{c: (lambda c=c: _emit_ce(c)) for c in CE},
+    **{c: (lambda c=c: _emit_mse(c)) for c in MSE},
+    **{c: (lambda c=c: _emit_sum(c)) for c in SUMS},
+}
