@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("tensorflow")
 
-from ai_edge_litert.interpreter import Interpreter  # noqa: E402
+from ai_edge_litert.interpreter import Interpreter, OpResolverType  # noqa: E402
 
 from mcutrain.compiler import compile_model  # noqa: E402
 from mcutrain.fp32_reference import (  # noqa: E402
@@ -34,7 +34,8 @@ def _load(name: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _tflite_outputs(path: Path, q: np.ndarray) -> np.ndarray:
-    interp = Interpreter(model_path=str(path))
+    interp = Interpreter(model_path=str(path),
+                         experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
     interp.allocate_tensors()
     i, o = interp.get_input_details()[0], interp.get_output_details()[0]
     out = []
