@@ -14,6 +14,7 @@ Each case is one line. Three checks per case:
 from __future__ import annotations
 
 import ctypes
+import struct
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -839,3 +840,77 @@ RULE_EMITS: dict[str, Callable[[], tuple[str, Callable]]] = {
     **{c: (lambda c=c: _emit_mse(c)) for c in MSE},
     **{c: (lambda c=c: _emit_sum(c)) for c in SUMS},
 }
+
+
+# ---- whole training step: generated code built on the host vs the numpy reference -------------
+
+_HARNESS = r"""
+#include <cstdio>
+#include "runtime/model.h"
+// Reads: int32 steps, then per step the input and the label bytes; prints status, loss and
+// prediction per step and writes the trainable state block at the end.
+int main(int argc, char** argv) {
+  if (argc != 3) return 2;
+  FILE* f = std::fopen(argv[1], "rb");
+  int32_t steps = 0;
+  if (f == nullptr || std::fread(&steps, 4, 1, f) != 1) return 3;
+  static uint8_t label[4096];
+  for (int32_t s = 0; s < steps; ++s) {
+    if (std::fread(mt::model_input(), 1, mt::kModel.input.bytes, f) != mt::kModel.input.bytes ||
+        std::fread(label, 1, mt::kTrain.label_bytes, f) != mt::kTrain.label_bytes) return 4;
+    mt::TrainResult r;
+    const mt::Status st = mt::model_train_step(label, true, &r);
+    std::printf("%d %.9g %d\n", static_cast<int>(st), static_cast<double>(r.loss),
+                static_cast<int>(r.prediction));
+  }
+  FILE* o = std::fopen(argv[2], "wb");
+  std::fwrite(mt::model_train_state(), 1, mt::kTrain.state_bytes, o);
+  std::fclose(o);
+  return 0;
+}
+"""
+
+TRAIN_MODELS = {  # these models exercise MEAN, both pools, PAD, CONCATENATION, fan-out, masks
+    "har_full": ("models/har_cnn1d_int8.tflite", {"preset": "full", "lr": 0.01}),
+    "concat_pool_full": ("models/test/concat_pool_pertensor_int8.tflite",
+                         {"preset": "full", "lr": 0.05, "rounding": "nearest"}),
+    "residual_full": ("models/test/residual_dw_f32io.tflite", {"preset": "full", "lr": 0.02}),
+}
+
+
+@pytest.mark.parametrize("case_id", sorted(TRAIN_MODELS))
+def test_training_step_host_build_matches_reference(case_id: str, tmp_path: Path) -> None:
+    from mcutrain.compiler import compile_model
+    from mcutrain.scheme import parse_scheme
+    from mcutrain.train_codegen import generate_training_source
+    from mcutrain.train_reference import TrainingReference
+    from mcutrain.training_graph import build_training
+
+    path, raw = TRAIN_MODELS[case_id]
+    model = compile_model(ROOT / path)
+    program = build_training(model, parse_scheme(raw))
+    source, _ = generate_training_source(program)
+    (tmp_path / "model.cc").write_text(source)
+    (tmp_path / "harness.cc").write_text(_HARNESS)
+    exe = tmp_path / "train"
+    subprocess.run(["g++", "-std=c++17", "-O1", "-ffp-contract=off", "-fno-exceptions",
+                    "-fno-rtti", f"-I{ROOT / 'firmware'}", "-o", str(exe),
+                    str(tmp_path / "model.cc"), str(tmp_path / "harness.cc"),
+                    *[str(p) for p in sorted(KERNELS.glob("*.cc"))]], check=True)
+    reference = TrainingReference(program)
+    rng = np.random.default_rng(sum(map(ord, case_id)))
+    shape = model.graph.tensors[model.input].shape
+    steps, blob, expected = 5, bytearray(struct.pack("<i", 5)), []
+    for _ in range(steps):
+        x = rng.integers(-128, 128, size=shape, dtype=np.int8)
+        label = int(rng.integers(0, program.num_classes))
+        blob += x.tobytes() + struct.pack("<H", label)
+        expected.append(reference.step(x, label))
+    (tmp_path / "in.bin").write_bytes(bytes(blob))
+    out = subprocess.run([str(exe), str(tmp_path / "in.bin"), str(tmp_path / "state.bin")],
+                         check=True, capture_output=True, text=True).stdout.split()
+    for k, want in enumerate(expected):
+        status, loss, prediction = out[3 * k:3 * k + 3]
+        assert status == "0" and int(prediction) == want.prediction, f"step {k}"
+        assert abs(float(loss) - want.loss) <= 1e-5 * abs(want.loss), f"step {k}"
+    assert (tmp_path / "state.bin").read_bytes() == reference.state_bytes()
