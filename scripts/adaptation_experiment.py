@@ -41,6 +41,9 @@ from mcutrain.scheme import load_scheme  # noqa: E402
 MODEL = ROOT / "models" / "har_cnn1d_int8.tflite"
 SCHEME = ROOT / "train" / "har_adapt.json"
 SCHEME_NOQAS = ROOT / "train" / "har_adapt_noqas.json"
+# Batch-1 updates are often below half an int8 step: nearest rounding drops them, stochastic
+# rounding keeps them in expectation.
+SCHEME_NEAREST = ROOT / "train" / "har_adapt_nearest.json"
 PRESETS = {"fp32 bias-only": ROOT / "train" / "har_bias_only.json",
            "fp32 last-2": ROOT / "train" / "har_last2.json"}
 RESULTS = ROOT / "results"
@@ -215,6 +218,8 @@ def main() -> None:
                                                                  train, test)
         runners["int8 no QAS (numpy)"] = lambda s: run_int8_numpy(SCHEME_NOQAS, s, args.epochs,
                                                                   train, test)
+        runners["int8 + QAS, nearest rounding (numpy)"] = lambda s: run_int8_numpy(
+            SCHEME_NEAREST, s, args.epochs, train, test)
     if args.board_elf:
         runners["int8 + QAS (board)"] = lambda s: run_board(args.board_elf, s, args.epochs)
     if args.board_elf_noqas:
