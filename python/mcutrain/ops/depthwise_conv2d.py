@@ -138,17 +138,8 @@ def _struct(p: DepthwiseConv2dParams, mult: str, shift: str,
     return common.struct_init("mt::DepthwiseConv2dParams", "kParams", fields)
 
 
-def _constants(p: DepthwiseConv2dParams, ctx: EmitContext) -> tuple[str, str, str, str]:
-    tag = f"op{p.op_index}_dwconv2d"
-    filt = ctx.const_array(f"{tag}_filter", p.filter)
-    bias = "nullptr" if p.bias is None else ctx.const_array(f"{tag}_bias", p.bias)
-    mult = ctx.const_array(f"{tag}_multiplier", p.multiplier.astype(np.int32))
-    shift = ctx.const_array(f"{tag}_shift", p.shift.astype(np.int32))
-    return filt, bias, mult, shift
-
-
 def emit(p: DepthwiseConv2dParams, ctx: EmitContext, inputs: list[str], output: str) -> str:
-    filt, bias, mult, shift = _constants(p, ctx)
+    filt, bias, mult, shift = param_train.flash_constants(p, ctx, f"op{p.op_index}_dwconv2d")
     init = _struct(p, mult, shift, p.train)
     bias = param_train.forward_bias(p.train, bias)
     call = f"mt::ref::depthwise_conv2d_s8(kParams, {inputs[0]}, {filt}, {bias}, {output});"
@@ -233,7 +224,7 @@ def backward_reference(p: DepthwiseConv2dParams, saved: list[np.ndarray | None],
 
 def backward_emit(p: DepthwiseConv2dParams, ctx: EmitContext, saved: list[str | None],
                   dy: GradRef, dx: list[GradRef | None], train: TrainEmit | None) -> str:
-    filt, _, mult, shift = _constants(p, ctx)
+    filt, _, mult, shift = param_train.flash_constants(p, ctx, f"op{p.op_index}_dwconv2d")
     binding = train.binding if train is not None else p.train
     return param_train.emit_backward(p, ctx, "depthwise_conv2d",
                                      _struct(p, mult, shift, binding), filt, saved, dy, dx,

@@ -141,17 +141,8 @@ def _struct(p: FullyConnectedParams, mult: str, shift: str, real_scale: str,
     return common.struct_init("mt::FullyConnectedParams", "kParams", fields)
 
 
-def _constants(p: FullyConnectedParams, ctx: EmitContext) -> tuple[str, str, str, str]:
-    tag = f"op{p.op_index}_fc"
-    filt = ctx.const_array(f"{tag}_filter", p.filter)
-    bias = "nullptr" if p.bias is None else ctx.const_array(f"{tag}_bias", p.bias)
-    mult = ctx.const_array(f"{tag}_multiplier", p.multiplier.astype(np.int32))
-    shift = ctx.const_array(f"{tag}_shift", p.shift.astype(np.int32))
-    return filt, bias, mult, shift
-
-
 def emit(p: FullyConnectedParams, ctx: EmitContext, inputs: list[str], output: str) -> str:
-    filt, bias, mult, shift = _constants(p, ctx)
+    filt, bias, mult, shift = param_train.flash_constants(p, ctx, f"op{p.op_index}_fc")
     scale_def = ""
     real_scale = "nullptr"
     if p.double_requant:
@@ -232,7 +223,7 @@ def backward_reference(p: FullyConnectedParams, saved: list[np.ndarray | None], 
 def backward_emit(p: FullyConnectedParams, ctx: EmitContext, saved: list[str | None],
                   dy: GradRef, dx: list[GradRef | None], train: TrainEmit | None) -> str:
     check_trainable(p)
-    filt, _, mult, shift = _constants(p, ctx)
+    filt, _, mult, shift = param_train.flash_constants(p, ctx, f"op{p.op_index}_fc")
     binding = train.binding if train is not None else p.train
     return param_train.emit_backward(p, ctx, "fully_connected",
                                      _struct(p, mult, shift, "nullptr", binding), filt, saved,

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from ..codegen import c_float
 from ..train_math import (
     F32,
     QGrad,
@@ -27,7 +28,7 @@ from ..train_math import (
     saturate_bias,
     saturate_weight,
 )
-from .base import GradRef, TrainBinding, TrainEmit, TrainSlot
+from .base import EmitContext, GradRef, TrainBinding, TrainEmit, TrainSlot
 
 # (params, filter with trained channels substituted, folded dy as int64) -> int64 accumulators
 InputGradFn = Callable[[Any, np.ndarray, np.ndarray], np.ndarray]
@@ -45,12 +46,13 @@ class Geometry:
     with_trained: Callable[[Any, np.ndarray, np.ndarray | None], Any]
 
 
-def c_float(value: float) -> str:
-    """A float32 constant as an exact C++ hex-float literal."""
-    v = float(np.float32(value))
-    if not np.isfinite(v):
-        raise ValueError(f"non-finite constant {v} cannot be emitted")
-    return v.hex() + "f"
+def flash_constants(p: Any, ctx: EmitContext, tag: str) -> tuple[str, str, str, str]:
+    """Filter, bias (or nullptr), multipliers and shifts of a weighted operator, in flash."""
+    filt = ctx.const_array(f"{tag}_filter", p.filter)
+    bias = "nullptr" if p.bias is None else ctx.const_array(f"{tag}_bias", p.bias)
+    mult = ctx.const_array(f"{tag}_multiplier", p.multiplier.astype(np.int32))
+    shift = ctx.const_array(f"{tag}_shift", p.shift.astype(np.int32))
+    return filt, bias, mult, shift
 
 
 def channel_scales(p: Any) -> np.ndarray:
