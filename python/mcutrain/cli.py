@@ -362,6 +362,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     write_curve_json(curve, out_dir / "curve.json")
     plot_curve(curve, out_dir / "curve.png")
     print(f"wrote {out_dir / 'curve.json'} and {out_dir / 'curve.png'}")
+    accuracies = [e.eval_accuracy for e in curve.epochs if e.eval_accuracy is not None]
+    if ev is not None and len(accuracies) >= 2:
+        print(f"{Path(args.eval).name} accuracy: {accuracies[0]:.2%} before training, "
+              f"{accuracies[-1]:.2%} after {args.epochs} epoch(s) on {info.board}")
     return 0
 
 
