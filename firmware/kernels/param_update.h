@@ -4,6 +4,7 @@
 // evaluates it, so the two round identically under -ffp-contract=off.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 
 #include "kernels/train_math.h"
@@ -22,7 +23,9 @@ inline int32_t FoldGrad(int16_t d, const float* ratio, int32_t c) {
 inline void UpdateWeight(int8_t* w, int64_t gw, float coef_o, Rounding rounding,
                          uint32_t* prng) {
   const float delta = static_cast<float>(gw) * coef_o;
-  const float step = RoundUpdate(delta, rounding, prng);
+  float step = RoundUpdate(delta, rounding, prng);
+  // A non-finite step (only possible from an overflowing gradient scale) never reaches a weight.
+  if (!std::isfinite(step)) step = 0.0f;
   *w = SaturateWeight(static_cast<float>(*w) - step);
 }
 
@@ -35,7 +38,8 @@ inline void UpdateBias(int32_t rows, int32_t channels, const int16_t* dy, float 
     int64_t gb = 0;
     for (int32_t r = 0; r < rows; ++r) gb += dy[r * channels + o];
     const float delta = (lr_dy * static_cast<float>(gb)) * bias_coef[o];
-    const double step = static_cast<double>(RoundHalfAway(delta));
+    const float rounded = RoundHalfAway(delta);
+    const double step = std::isfinite(rounded) ? static_cast<double>(rounded) : 0.0;
     bias[o] = SaturateBias(static_cast<double>(bias[o]) - step);
   }
 }

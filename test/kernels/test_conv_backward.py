@@ -457,3 +457,24 @@ def test_emitted_backward_equals_reference(tmp_path: Path, step: Step) -> None:
     if slot.bias is not None:
         np.testing.assert_array_equal(view(1, ctypes.c_int32, slot.bias.size), slot.bias)
     assert int(view(7, ctypes.c_uint32, 1)[0]) == rng.state
+
+
+@pytest.mark.parametrize("step", STEPS[:4], ids=[_step_id(s) for s in STEPS[:4]])
+def test_non_finite_updates_never_reach_parameters(kernels_lib: ctypes.CDLL, step: Step) -> None:
+    """An infinite learning rate makes every delta non-finite: both sides must skip the update."""
+    p, x, dy, _ = prepared(step)
+    slot = make_slot(step, p)
+    before_w = None if slot.weights is None else slot.weights.copy()
+    before_b = None if slot.bias is None else slot.bias.copy()
+    lr = np.float32(np.inf)
+    _, got_w, got_b, _ = run_kernel_step(kernels_lib, step.case.kind, p, slot, x, dy, lr,
+                                         False, prng=7)
+    bdef = BACKWARD[OPCODES[step.case.kind]]
+    saved = [x if bdef.saves_input(p, slot)[0] else None]
+    bdef.reference(p, saved, dy, [False], slot, lr, XorShift32(7))
+    if before_w is not None:
+        np.testing.assert_array_equal(got_w, before_w)
+        np.testing.assert_array_equal(slot.weights, before_w)
+    if before_b is not None:
+        np.testing.assert_array_equal(got_b, before_b)
+        np.testing.assert_array_equal(slot.bias, before_b)

@@ -103,7 +103,9 @@ def backward(
     if slot is not None and slot.bias is not None:
         gb = d.reshape(-1, out_c).sum(axis=0).astype(np.float32)
         delta = (lr_dy * gb) * np.asarray(slot.bias_coef, dtype=np.float32)
-        new = slot.bias.astype(np.float64) - round_half_away(delta).astype(np.float64)
+        rounded = round_half_away(delta)
+        rounded = np.where(np.isfinite(rounded), rounded, np.float32(0))  # as UpdateBias
+        new = slot.bias.astype(np.float64) - rounded.astype(np.float64)
         slot.bias[...] = saturate_bias(new).reshape(slot.bias.shape)
     if n_train > 0:
         x = saved[0] if saved else None
@@ -116,6 +118,7 @@ def backward(
         shape[geo.channel_axis] = n_train
         delta = gw.astype(np.float32) * coef_o.reshape(shape)
         step = round_update(delta, slot.stochastic, rng)
+        step = np.where(np.isfinite(step), step, np.float32(0))  # as UpdateWeight
         w = slot.weights.reshape(gw.shape).astype(np.float32) - step
         slot.weights[...] = saturate_weight(w).reshape(slot.weights.shape)
     return [dx]
