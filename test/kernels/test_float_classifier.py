@@ -1,0 +1,154 @@
+"""The fp32 classifier (docs/training.md, "fp32 classifier"): numpy definition
+(mcutrain.float_classifier) vs the C++ kernel (firmware/kernels/float_classifier.h through
+test/kernels/shim_float.cc), bit for bit over several chained training steps, plus an independent
+float64 check of the forward pass and the gradients.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+
+import numpy as np
+import pytest
+
+from mcutrain import float_classifier as fcl
+from mcutrain.train_math import F32, GRAD_MAX
+
+_F = ctypes.c_float
+_I = ctypes.c_int32
+_P = ctypes.c_void_p
+
+
+def _ptr(a: np.ndarray | None) -> int | None:
+    return None if a is None else a.ctypes.data
+
+
+@pytest.fixture(scope="module")
+def lib(kernels_lib: ctypes.CDLL) -> ctypes.CDLL:
+    kernels_lib.mt_exp_f32.argtypes = [_F]
+    kernels_lib.mt_exp_f32.restype = _F
+    kernels_lib.mt_float_classifier_init.argtypes = [_I, _I, _P, _P, _P, _P, _P, _P]
+    kernels_lib.mt_float_classifier_forward.argtypes = [_I, _I, _I, _F, _P, _P, _P, _P, _P]
+    kernels_lib.mt_float_classifier_loss.argtypes = [_I, _I, _P, _I, _P]
+    kernels_lib.mt_float_classifier_loss.restype = _I
+    kernels_lib.mt_float_classifier_backward.argtypes = [_I, _I, _P, _P, _P, _I, _F, _P, _P]
+    kernels_lib.mt_float_classifier_backward.restype = _F
+    return kernels_lib
+
+
+def _classifier(depth: int, units: int, seed: int, bias: bool = True) -> fcl.FloatClassifier:
+    rng = np.random.default_rng(seed)
+    # Logits of a few units: |x_real| <= 128 * sx ~ 4, |W| <= 127 * sW ~ 4 / sqrt(depth).
+    sx = F32(rng.uniform(0.01, 0.05))
+    w_scale = (rng.uniform(0.5, 2.0, units) / (32 * math.sqrt(depth))).astype(np.float32)
+    return fcl.FloatClassifier(
+        fc_step=0, softmax_step=1, operator=0, input_tensor=0, input_shape=(1, depth),
+        depth=depth, units=units, input_scale=sx,
+        input_zero_point=int(rng.integers(-128, 128)),
+        weights_q=rng.integers(-127, 128, (units, depth), dtype=np.int8),
+        bias_q=rng.integers(-3000, 3000, units).astype(np.int32) if bias else None,
+        w_scale=w_scale, b_scale=(sx * w_scale).astype(np.float32))
+
+
+def _bits(a: np.ndarray) -> np.ndarray:
+    return np.asarray(a, np.float32).view(np.uint32)
+
+
+def test_exp_matches_kernel_and_math(lib: ctypes.CDLL) -> None:
+    xs = np.concatenate([
+        np.linspace(-100, 0, 20001, dtype=np.float32),
+        -np.random.default_rng(0).exponential(3.0, 20000).astype(np.float32),
+        np.array([0.0, -0.0, -80.0, np.nextafter(F32(-80), F32(-81)), -1e-30, -np.inf, np.nan],
+                 np.float32)])
+    want = fcl.exp_f32(xs)
+    got = np.array([lib.mt_exp_f32(float(v)) for v in xs], np.float32)
+    assert np.array_equal(_bits(got), _bits(want))
+    ok = np.isfinite(xs) & (xs >= -80)
+    exact = np.exp(xs[ok].astype(np.float64))
+    assert np.max(np.abs(want[ok] - exact) / exact) < 4e-7
+    assert np.all(want[~ok] == 0)
+
+
+CASES = [(32, 3, 0, True), (7, 10, 1, True), (64, 2, 2, False), (1, 5, 3, True),
+         (300, 12, 4, True)]
+
+
+@pytest.mark.parametrize("depth, units, seed, bias", CASES)
+def test_training_steps_match_kernel(lib: ctypes.CDLL, depth: int, units: int, seed: int,
+                                     bias: bool) -> None:
+    c = _classifier(depth, units, seed, bias)
+    rng = np.random.default_rng(100 + seed)
+    w_ref, b_ref = c.initial()
+    w_fw = np.zeros((units, depth), np.float32)
+    b_fw = np.zeros(units, np.float32)
+    ws, bs = c.w_scale, c.b_scale
+    bq = c.bias_q
+    lib.mt_float_classifier_init(depth, units, _ptr(c.weights_q), _ptr(bq), _ptr(ws), _ptr(bs),
+                                 _ptr(w_fw), _ptr(b_fw))
+    assert np.array_equal(_bits(w_fw), _bits(w_ref)) and np.array_equal(_bits(b_fw), _bits(b_ref))
+    lr = F32(0.37)  # large, so the logits move a lot over the steps
+    work = np.zeros(c.work_floats, np.float32)
+    for step in range(12):
+        x = rng.integers(-128, 128, depth, dtype=np.int8)
+        label = int(rng.integers(0, units))
+        need_dx = step % 3 != 2
+        ref_work, ref_q = fcl.forward(c, w_ref, b_ref, x)
+        q = np.zeros(units, np.int8)
+        lib.mt_float_classifier_forward(depth, units, -c.input_zero_point, float(c.input_scale),
+                                        _ptr(w_fw), _ptr(b_fw), _ptr(x), _ptr(work), _ptr(q))
+        packed = np.concatenate([ref_work.x_real, ref_work.logits, ref_work.prob])
+        assert np.array_equal(_bits(work), _bits(packed)), f"step {step}: forward"
+        assert np.array_equal(q, ref_q), f"step {step}: int8 output"
+        loss = np.zeros(1, np.float32)
+        pred = lib.mt_float_classifier_loss(depth, units, _ptr(work), label, _ptr(loss))
+        ref_loss, ref_pred = fcl.loss(ref_work, label)
+        assert pred == ref_pred
+        assert float(loss[0]) == pytest.approx(ref_loss, rel=1e-5, abs=1e-6)
+        dx_ref = fcl.backward(c, w_ref, b_ref, ref_work, label, lr, need_dx)
+        scratch = np.zeros(depth, np.float32)
+        dx = np.zeros(depth, np.int16)
+        scale = lib.mt_float_classifier_backward(
+            depth, units, _ptr(w_fw), _ptr(b_fw), _ptr(work), label, float(lr),
+            _ptr(scratch) if need_dx else None, _ptr(dx) if need_dx else None)
+        if need_dx:
+            assert np.array_equal(dx, dx_ref.data.ravel()), f"step {step}: dx"
+            assert _bits(np.float32(scale)) == _bits(dx_ref.scale)
+        else:
+            assert dx_ref is None and scale == 0.0
+        assert np.array_equal(_bits(w_fw), _bits(w_ref)), f"step {step}: weights"
+        assert np.array_equal(_bits(b_fw), _bits(b_ref)), f"step {step}: bias"
+
+
+@pytest.mark.parametrize("depth, units, seed, bias", CASES)
+def test_gradients_match_float64(depth: int, units: int, seed: int, bias: bool) -> None:
+    """Forward, input gradient and update against a float64 softmax cross-entropy."""
+    c = _classifier(depth, units, seed, bias)
+    rng = np.random.default_rng(200 + seed)
+    w, b = c.initial()
+    x = rng.integers(-128, 128, depth, dtype=np.int8)
+    label = int(rng.integers(0, units))
+    lr = F32(0.05)
+    w64, b64 = w.astype(np.float64), b.astype(np.float64)
+    x64 = (x.astype(np.float64) - c.input_zero_point) * float(c.input_scale)
+    logits = w64 @ x64 + b64
+    p = np.exp(logits - logits.max())
+    p /= p.sum()
+    work, q = fcl.forward(c, w, b, x)
+    assert np.allclose(work.logits, logits, rtol=1e-5, atol=1e-5 * np.abs(logits).max())
+    assert np.allclose(work.prob, p, rtol=1e-5, atol=1e-7)
+    assert np.all(np.abs(q.astype(np.int32) + 128 - np.minimum(p * 256, 255)) <= 0.5 + 1e-4)
+    loss, pred = fcl.loss(work, label)
+    assert loss == pytest.approx(-math.log(p[label]), rel=1e-5, abs=1e-6)
+    assert pred == int(np.argmax(logits))
+    g = p.copy()
+    g[label] -= 1.0
+    dx_want = g @ w64
+    dx = fcl.backward(c, w, b, work, label, lr, need_dx=True)
+    real = dx.data.astype(np.float64).ravel() * float(dx.scale)
+    tol = float(dx.scale) * 0.5 + 1e-5 * np.abs(dx_want).max()
+    assert np.max(np.abs(real - dx_want)) <= tol
+    assert np.max(np.abs(dx.data)) == GRAD_MAX
+    step = float(lr) * np.abs(np.outer(g, x64)).max()
+    assert np.allclose(w, w64 - float(lr) * np.outer(g, x64), rtol=0, atol=1e-5 * step + 1e-6)
+    assert np.allclose(b, b64 - float(lr) * g, rtol=0, atol=1e-6 * (1 + np.abs(b64).max()))
