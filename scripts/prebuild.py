@@ -33,8 +33,17 @@ def _model_path() -> Path:
 
 
 def _scheme_path() -> Path | None:
-    option = env.GetProjectOption("custom_train", "")  # noqa: F821
-    chosen = os.environ.get("MCUTRAIN_TRAIN", option)
+    """MCUTRAIN_TRAIN if set (empty: none); else `custom_train`, which is written for
+    `custom_model`: when MCUTRAIN_MODEL swaps the model, the build is inference-only."""
+    if "MCUTRAIN_TRAIN" in os.environ:
+        chosen = os.environ["MCUTRAIN_TRAIN"]
+    else:
+        chosen = env.GetProjectOption("custom_train", "")  # noqa: F821
+        if chosen and os.environ.get("MCUTRAIN_MODEL"):
+            print(f"mcutrain: MCUTRAIN_MODEL replaces the configured model, so its training "
+                  f"scheme {chosen} is not used: building inference only "
+                  "(set MCUTRAIN_TRAIN=scheme.json to train)")
+            return None
     if not chosen:
         return None
     path = Path(chosen)
