@@ -108,6 +108,7 @@ def training_report(program: TrainProgram) -> dict[str, Any]:
 
     return {
         "scheme": program.scheme.name,
+        "classifier": program.scheme.classifier,
         "loss": program.scheme.loss,
         "qas": program.scheme.qas,
         "rounding": program.scheme.rounding,
@@ -123,7 +124,20 @@ def training_report(program: TrainProgram) -> dict[str, Any]:
                             "input_gradients": b.need_dx, "mask": b.mask is not None}
                            for b in program.backward],
         "trained": trained,
+        "float_classifier": _float_classifier(program),
     }
+
+
+def _float_classifier(program: TrainProgram) -> dict[str, Any] | None:
+    """The fp32 classifier's place in the state block (float32, row-major [units, depth])."""
+    cls = program.classifier
+    if cls is None:
+        return None
+    return {"steps": [cls.fc_step, cls.softmax_step], "operator": cls.operator,
+            "units": cls.units, "depth": cls.depth, "dtype": "float32",
+            "weight_offset": cls.weight_offset, "weight_bytes": cls.weight_bytes,
+            "weight_shape": [cls.units, cls.depth], "bias_offset": cls.bias_offset,
+            "bias_bytes": cls.bias_bytes, "input_gradient": cls.need_dx}
 
 
 def check_training_fits(program: TrainProgram, weight_bytes: int, limits: BoardLimits) -> None:

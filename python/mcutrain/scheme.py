@@ -19,6 +19,7 @@ from .graph import ModelError
 PARAMETRIC = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
 PRESETS = ("bias-only", "last-k", "sparse", "full")
 RATIOS = (1.0, 0.5, 0.25, 0.125)
+CLASSIFIERS = ("int8", "fp32")
 _KEYS = {"preset", "bias_layers", "layers", "weights", "classifier", "lr", "optimizer", "momentum",
          "loss", "rounding", "qas", "seed"}
 
@@ -101,7 +102,10 @@ def _validate(s: Scheme) -> None:
         (s.preset in PRESETS, f"preset '{s.preset}' is not one of {PRESETS}"),
         (s.optimizer == "sgd", f"optimizer '{s.optimizer}' is not supported (sgd)"),
         (s.momentum == 0.0, "momentum is not supported yet; use 0"),
-        (s.classifier == "int8", "classifier 'fp32' is not supported yet; use 'int8'"),
+        (s.classifier in CLASSIFIERS, f"classifier '{s.classifier}' is not one of "
+                                      f"{CLASSIFIERS}"),
+        (s.classifier == "int8" or s.loss == "cross_entropy",
+         "classifier 'fp32' needs loss 'cross_entropy'"),
         (s.loss in ("cross_entropy", "mse"), f"loss '{s.loss}' is not cross_entropy or mse"),
         (s.rounding in ("stochastic", "nearest"), f"rounding '{s.rounding}' is not "
                                                   "stochastic or nearest"),
@@ -117,7 +121,9 @@ def plan_layers(scheme: Scheme, parametric: list[tuple[int, str, int]]) -> list[
     """Resolve a scheme against a model's parametric operators.
 
     `parametric` lists (schedule step, output tensor name, output channels) in execution order.
-    Returns one LayerPlan per operator that trains anything.
+    Returns one LayerPlan per operator that trains anything. With classifier 'fp32' the last
+    parametric operator is the float classifier (always trained in full, planned by
+    training_graph), so it gets no LayerPlan whatever the scheme says about it.
     """
     count = len(parametric)
     n_train = [0] * count
@@ -136,9 +142,10 @@ def plan_layers(scheme: Scheme, parametric: list[tuple[int, str, int]]) -> list[
         for update in scheme.weights:
             i = _resolve_layer(scheme, update.layer, parametric)
             n_train[i] = max(1, math.ceil(update.ratio * parametric[i][2]))
+    planned = count - 1 if scheme.classifier == "fp32" else count
     plans = [LayerPlan(step=parametric[i][0], n_train=n_train[i], train_bias=bias[i])
-             for i in range(count) if n_train[i] or bias[i]]
-    if not plans:
+             for i in range(planned) if n_train[i] or bias[i]]
+    if not plans and scheme.classifier != "fp32":
         raise ModelError(f"{scheme.name}: the scheme trains nothing")
     return plans
 

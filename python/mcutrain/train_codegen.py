@@ -6,16 +6,21 @@ Layout of what this file emits, besides the inference parts (see codegen.py):
   by model_train_reset() at boot and on RESET;
 - g_grad_scale[]: one float scale per gradient buffer; gradient data lives in the arena;
 - g_train: learning rate and PRNG state.
+With an fp32 classifier (float_classifier.py) the final FULLY_CONNECTED + SOFTMAX are one float
+step in the forward pass, the loss reads its probabilities and its backward (input gradient, then
+the float update) runs first in model_train_step's backward section.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
-from . import grad_rules
+from . import float_classifier, grad_rules
 from .codegen import ConstPool, c_float, indent, tensor_desc
 from .ops.base import GradRef, TrainBinding, TrainEmit
 from .training_graph import (
+    CLASSIFIER_SCRATCH,
+    CLASSIFIER_WORK,
     TrainProgram,
     grad_buffer,
     gradient_contributions,
@@ -72,9 +77,24 @@ class _Emitter:
 
     # ---- sections ----
 
+    def cls_state(self) -> tuple[str, str]:
+        step = self.program.classifier.fc_step
+        return f"g_state.cw{step}", f"g_state.cb{step}"
+
     def forward(self) -> str:
         lines = []
+        cls = self.program.classifier
         for step, p in enumerate(self.program.model.ops):
+            if cls is not None and step == cls.softmax_step:
+                continue
+            if cls is not None and step == cls.fc_step:
+                lines.append(f"  // [{step}] FULLY_CONNECTED + [{cls.softmax_step}] SOFTMAX as the "
+                             f"fp32 classifier (operator {p.op.index})")
+                w, b = self.cls_state()
+                lines.append(indent(float_classifier.emit_forward(
+                    cls, w, b, self.act(p.inputs[0]), self.arena(CLASSIFIER_WORK),
+                    self.act(self.program.model.output)), 2))
+                continue
             ins = [self.act(t) for t in p.inputs]
             body = p.opdef.emit(self.params(step), self.pool, ins, self.act(p.output)).strip()
             lines.append(f"  // [{step}] {p.op.opcode} (operator {p.op.index})")
@@ -91,6 +111,10 @@ class _Emitter:
         program = self.program
         model = program.model
         out = model.graph.tensors[model.output]
+        if program.classifier is not None:
+            return float_classifier.emit_loss(program.classifier, self.arena(CLASSIFIER_WORK),
+                                              "label_class", "result->loss",
+                                              "result->prediction")
         dl = self.grad(program.loss_input)
         if program.scheme.loss == "cross_entropy":
             return grad_rules.emit_cross_entropy(
@@ -104,6 +128,15 @@ class _Emitter:
         contributions = gradient_contributions(program)
         seen: dict[int, int] = {}
         lines = []
+        cls = program.classifier
+        if cls is not None:
+            lines.append(f"  // backward [{cls.fc_step}] fp32 classifier (operator {cls.operator})")
+            w, bias = self.cls_state()
+            dx = self.grad(program.loss_input) if cls.need_dx else None
+            lines.append(indent(float_classifier.emit_backward(
+                cls, w, bias, self.arena(CLASSIFIER_WORK), "label_class", "g_train.lr",
+                self.arena(CLASSIFIER_SCRATCH) if dx else None, dx.data() if dx else None,
+                dx.scale if dx else None), 2))
         for b in program.backward:
             p = b.op
             lines.append(f"  // backward [{b.step}] {p.op.opcode} (operator {p.op.index})")
@@ -145,6 +178,9 @@ class _Emitter:
             if slot.bias is not None:
                 sym = self.pool.const_array(f"init_b{step}", slot.bias)
                 lines.append(f"  std::memcpy(g_state.b{step}, {sym}, {slot.bias.nbytes});")
+        cls = self.program.classifier
+        if cls is not None:
+            lines.append(indent(float_classifier.emit_init(cls, self.pool, *self.cls_state()), 2))
         return "\n".join(lines)
 
     def state_struct(self) -> str:
@@ -158,6 +194,13 @@ class _Emitter:
             if slot.bias is not None:
                 members.append(f"  int32_t b{step}[{slot.bias.size}];")
                 checks.append(f"static_assert(offsetof(State, b{step}) == {t.bias_offset});")
+        cls = self.program.classifier
+        if cls is not None:
+            step = cls.fc_step
+            members += [f"  float cw{step}[{cls.units * cls.depth}];",
+                        f"  float cb{step}[{cls.units}];"]
+            checks += [f"static_assert(offsetof(State, cw{step}) == {cls.weight_offset});",
+                       f"static_assert(offsetof(State, cb{step}) == {cls.bias_offset});"]
         if not members:
             members.append("  int32_t unused;")
         return ("struct State {\n" + "\n".join(members) + "\n};\n" + "\n".join(checks)
@@ -178,6 +221,9 @@ def backward_macs(program: TrainProgram) -> int:
         slot = program.trained.get(b.step)
         if slot is not None and slot.slot.n_train:
             total += fwd * slot.slot.n_train // out_c
+    cls = program.classifier
+    if cls is not None:  # the float update, plus the input gradient when needed
+        total += cls.units * cls.depth * (2 if cls.need_dx else 1)
     return total
 
 
@@ -188,7 +234,8 @@ def generate_training_source(program: TrainProgram) -> tuple[str, int]:
     model = program.model
     g = model.graph
     headers = sorted({p.opdef.header for p in model.ops if p.opdef.header}
-                     | {"kernels/train_math.h", *grad_rules.HEADERS})
+                     | {"kernels/train_math.h", *grad_rules.HEADERS}
+                     | ({float_classifier.HEADER} if program.classifier is not None else set()))
     ce = program.scheme.loss == "cross_entropy"
     out = g.tensors[model.output]
     label = ("  const uint32_t label_class = static_cast<uint32_t>(label[0]) | "

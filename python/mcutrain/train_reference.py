@@ -3,7 +3,8 @@
 Runs the int8 forward with the current trainable copies, the loss, then the backward schedule of
 the TrainProgram with each operator's rule (ops/*.py BackwardDef.reference), updating parameters
 in place in the same order as the firmware, with the same PRNG draws. After every step the state
-(trainable int8 weights and int32 biases) must equal the firmware's byte for byte.
+(trainable int8 weights and int32 biases, and the float32 weights of an fp32 classifier) must
+equal the firmware's byte for byte.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import dataclasses
 
 import numpy as np
 
-from . import grad_rules
+from . import float_classifier, grad_rules
 from .ops.base import TrainSlot
 from .train_math import QGrad, XorShift32
 from .training_graph import TrainProgram, param_module
@@ -35,6 +36,10 @@ class TrainingReference:
             step: copy.deepcopy(t.slot) for step, t in self.program.trained.items()}
         self.lr = np.float32(self.program.scheme.lr)
         self.rng = XorShift32(self.program.scheme.seed)
+        cls = self.program.classifier
+        # The fp32 classifier's float32 weights and bias, and the last forward's work values.
+        self.cls_w, self.cls_b = cls.initial() if cls is not None else (None, None)
+        self.cls_work: float_classifier.Work | None = None
 
     # ---- state ----
 
@@ -49,6 +54,12 @@ class TrainingReference:
             if slot.bias is not None:
                 raw = slot.bias.astype("<i4").tobytes()
                 block[t.bias_offset:t.bias_offset + len(raw)] = raw
+        cls = self.program.classifier
+        if cls is not None:
+            raw = self.cls_w.astype("<f4").tobytes()
+            block[cls.weight_offset:cls.weight_offset + len(raw)] = raw
+            raw = self.cls_b.astype("<f4").tobytes()
+            block[cls.bias_offset:cls.bias_offset + len(raw)] = raw
         return bytes(block)
 
     def params(self, step: int):
@@ -66,7 +77,14 @@ class TrainingReference:
         model = self.program.model
         graph = model.graph
         values = {model.input: np.asarray(x, np.int8).reshape(graph.tensors[model.input].shape)}
+        cls = self.program.classifier
         for step, p in enumerate(model.ops):
+            if cls is not None and step == cls.fc_step:
+                # FC + SOFTMAX as one float step; the int8 logits tensor is never produced.
+                self.cls_work, q = float_classifier.forward(cls, self.cls_w, self.cls_b,
+                                                            values[cls.input_tensor])
+                values[model.output] = q.reshape(graph.tensors[model.output].shape)
+                break
             out = p.opdef.reference(self.params(step), [values[t] for t in p.inputs])
             values[p.output] = np.asarray(out, np.int8).reshape(graph.tensors[p.output].shape)
         return values
@@ -75,6 +93,14 @@ class TrainingReference:
         program = self.program
         model = program.model
         values = self.forward(x)
+        if program.classifier is not None:
+            loss, pred = float_classifier.loss(self.cls_work, int(label))
+            if update:
+                dx = float_classifier.backward(program.classifier, self.cls_w, self.cls_b,
+                                               self.cls_work, int(label), self.lr,
+                                               program.classifier.need_dx)
+                self._backward(values, dx)
+            return StepResult(float(loss), int(pred))
         if program.scheme.loss == "cross_entropy":
             loss, pred, dlogits = grad_rules.cross_entropy(values[model.output], int(label))
         else:
@@ -86,9 +112,9 @@ class TrainingReference:
             self._backward(values, dlogits)
         return StepResult(float(loss), int(pred))
 
-    def _backward(self, values: dict[int, np.ndarray], dloss: QGrad) -> None:
+    def _backward(self, values: dict[int, np.ndarray], dloss: QGrad | None) -> None:
         program = self.program
-        grads: dict[int, list[QGrad]] = {program.loss_input: [dloss]}
+        grads: dict[int, list[QGrad]] = {} if dloss is None else {program.loss_input: [dloss]}
         for b in program.backward:
             p = b.op
             dy = _total(grads.pop(p.output))

@@ -6,6 +6,10 @@ activations the backward pass must keep (inputs of weight-trained operators and 
 which only need a 1-bit mask (fused ReLU/ReLU6), the backward schedule with each operator's
 parameters updated in place in its own step (so no weight-gradient buffer ever exists), where
 every trainable copy sits in the state block, and one arena plan covering forward and backward.
+With classifier 'fp32' the final FULLY_CONNECTED -> SOFTMAX becomes a float layer
+(float_classifier.py): it is left out of the int8 schedule, its loss gradient feeds the FC's input,
+its float weights follow the int8 copies in the state block and its float work buffers
+(x_real/logits/probabilities, input-gradient scratch) are arena buffers.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from types import ModuleType
 import numpy as np
 
 from .compiler import CompiledModel, PreparedOp
+from .float_classifier import FloatClassifier, plan_float_classifier
 from .graph import ModelError
 from .memory_plan import ArenaPlanner
 from .ops import load_all
@@ -70,6 +75,7 @@ class TrainProgram:
     num_classes: int
     state_bytes: int
     planner: ArenaPlanner = field(default_factory=ArenaPlanner)
+    classifier: FloatClassifier | None = None  # classifier 'fp32': the float FC + SOFTMAX
 
     @property
     def arena_bytes(self) -> int:
@@ -86,6 +92,7 @@ def build_training(model: CompiledModel, scheme: Scheme) -> TrainProgram:
     load_all()
     _import_backward_rules()
     ops = model.ops
+    classifier = plan_float_classifier(model) if scheme.classifier == "fp32" else None
     trained = _trained_ops(model, scheme)
     loss_input, num_classes = _loss(model, scheme)
     producer = {p.output: i for i, p in enumerate(ops)}
@@ -93,6 +100,11 @@ def build_training(model: CompiledModel, scheme: Scheme) -> TrainProgram:
     backward: list[BackwardStep] = []
     masks: dict[int, tuple[int, int]] = {}
     last = len(ops) - 1 if scheme.loss == "cross_entropy" else len(ops)
+    if classifier is not None:
+        # The float classifier's backward runs with the loss; the int8 schedule ends before it.
+        last = classifier.fc_step
+        loss_input = classifier.input_tensor
+        classifier.need_dx = loss_input in producer and upstream[producer[loss_input]]
     for step in reversed(range(last)):
         p = ops[step]
         if not upstream[step]:
@@ -112,7 +124,8 @@ def build_training(model: CompiledModel, scheme: Scheme) -> TrainProgram:
         backward.append(BackwardStep(step, p, rule, mask, need_dx, saved))
     program = TrainProgram(model=model, scheme=scheme, trained=trained, backward=backward,
                            masks=masks, grad_tensors=[], loss_input=loss_input,
-                           num_classes=num_classes, state_bytes=_layout_state(trained))
+                           num_classes=num_classes,
+                           state_bytes=_layout_state(trained, classifier), classifier=classifier)
     program.grad_tensors = _gradient_tensors(program)
     program.planner = _plan(program)
     return program
@@ -164,7 +177,7 @@ def _initial_slot(model: CompiledModel, p: PreparedOp, plan: LayerPlan,
                      stochastic=scheme.rounding == "stochastic")
 
 
-def _layout_state(trained: dict[int, TrainedOp]) -> int:
+def _layout_state(trained: dict[int, TrainedOp], classifier: FloatClassifier | None) -> int:
     offset = 0
     for step in sorted(trained):
         t = trained[step]
@@ -174,6 +187,11 @@ def _layout_state(trained: dict[int, TrainedOp]) -> int:
         if t.slot.bias is not None:
             t.bias_offset = offset
             offset += t.slot.bias.nbytes
+    if classifier is not None:  # float32 W_f [units, depth], then b_f [units]; offset is 4-aligned
+        classifier.weight_offset = offset
+        offset += classifier.weight_bytes
+        classifier.bias_offset = offset
+        offset += classifier.bias_bytes
     return offset
 
 
@@ -215,7 +233,7 @@ def _check_depth(p: PreparedOp, rule: BackwardDef) -> None:
 
 
 def _gradient_tensors(program: TrainProgram) -> list[int]:
-    order = [program.loss_input]
+    order = [program.loss_input] if _loss_has_gradient(program) else []
     for b in program.backward:
         for t, need in zip(b.op.inputs, b.need_dx, strict=True):
             if need and t not in order:
@@ -231,6 +249,17 @@ def grad_buffer(tensor_id: int, contribution: int | None = None) -> str:
 
 def mask_buffer(step: int) -> str:
     return f"m{step}"
+
+
+# The fp32 classifier's float buffers: x_real, logits, probabilities (forward to loss/backward)
+# and the float input gradient before it is quantized.
+CLASSIFIER_WORK = "cls_work"
+CLASSIFIER_SCRATCH = "cls_dx"
+
+
+def _loss_has_gradient(program: TrainProgram) -> bool:
+    """False only when an fp32 classifier is the sole trained part: nothing needs its dx."""
+    return program.classifier is None or program.classifier.need_dx
 
 
 def _plan(program: TrainProgram) -> ArenaPlanner:
@@ -249,7 +278,20 @@ def _plan(program: TrainProgram) -> ArenaPlanner:
         use(model.buffer_of[tid], model.graph.tensors[tid].nbytes, step)
 
     act(model.input, -1)
+    cls = program.classifier
     for step, p in enumerate(model.ops):
+        if cls is not None and step == cls.softmax_step:
+            continue
+        if cls is not None and step == cls.fc_step:
+            # One float step reads the FC's input and writes the SOFTMAX's output; the int8
+            # logits never exist.
+            act(p.inputs[0], step)
+            act(model.output, step)
+            use(CLASSIFIER_WORK, 4 * cls.work_floats, step)
+            use(CLASSIFIER_WORK, 4 * cls.work_floats, n)  # loss and classifier backward
+            if cls.need_dx:
+                use(CLASSIFIER_SCRATCH, 4 * cls.depth, n)
+            continue
         for t in p.inputs:
             act(t, step)
         act(p.output, step)
@@ -293,8 +335,10 @@ def _plan_gradients(program: TrainProgram, use, bstep: dict[int, int], loss_step
 
 
 def gradient_contributions(program: TrainProgram) -> dict[int, list[int | None]]:
-    """Tensor -> the forward steps whose backward writes part of its gradient (None = loss)."""
-    made: dict[int, list[int | None]] = {program.loss_input: [None]}
+    """Tensor -> the forward steps whose backward writes part of its gradient (None = loss,
+    including the fp32 classifier's backward)."""
+    made: dict[int, list[int | None]] = (
+        {program.loss_input: [None]} if _loss_has_gradient(program) else {})
     for b in program.backward:
         for t, need in zip(b.op.inputs, b.need_dx, strict=True):
             if need:

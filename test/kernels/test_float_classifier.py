@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import ctypes
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from mcutrain import float_classifier as fcl
+from mcutrain.compiler import compile_model
+from mcutrain.graph import ModelError
+from mcutrain.scheme import parse_scheme
 from mcutrain.train_math import F32, GRAD_MAX
+from mcutrain.training_graph import build_training
 
 _F = ctypes.c_float
 _I = ctypes.c_int32
@@ -152,3 +157,37 @@ def test_gradients_match_float64(depth: int, units: int, seed: int, bias: bool) 
     step = float(lr) * np.abs(np.outer(g, x64)).max()
     assert np.allclose(w, w64 - float(lr) * np.outer(g, x64), rtol=0, atol=1e-5 * step + 1e-6)
     assert np.allclose(b, b64 - float(lr) * g, rtol=0, atol=1e-6 * (1 + np.abs(b64).max()))
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("model, raw, message", [
+    ("third_party/tflm_hello_world_int8", {"classifier": "fp32"},
+     "end in FULLY_CONNECTED -> SOFTMAX"),
+    ("har_cnn1d_int8", {"classifier": "fp32", "loss": "mse"}, "needs loss 'cross_entropy'"),
+    ("har_cnn1d_int8", {"classifier": "fp16"}, "is not one of"),
+])
+def test_refusals(model: str, raw: dict, message: str) -> None:
+    with pytest.raises(ModelError, match=message):
+        build_training(compile_model(ROOT / "models" / f"{model}.tflite"), parse_scheme(raw))
+
+
+def test_program_layout() -> None:
+    """The FC is left out of the int8 schedule whatever the scheme says about it, its float
+    weights follow the int8 state, and with nothing else trained no gradient buffer exists."""
+    har = compile_model(ROOT / "models" / "har_cnn1d_int8.tflite")
+    program = build_training(har, parse_scheme(
+        {"bias_layers": 3, "weights": [{"layer": -1, "ratio": 0.5}, {"layer": -2, "ratio": 0.5}],
+         "classifier": "fp32"}))
+    cls = program.classifier
+    assert cls is not None and cls.need_dx and cls.fc_step not in program.trained
+    assert [b.step for b in program.backward][0] < cls.fc_step
+    assert cls.weight_offset % 4 == 0 and cls.bias_offset == cls.weight_offset + cls.weight_bytes
+    assert program.state_bytes == cls.bias_offset + cls.bias_bytes
+    assert program.loss_input == cls.input_tensor
+    alone = build_training(har, parse_scheme({"classifier": "fp32"}))
+    assert not alone.trained and not alone.backward and not alone.classifier.need_dx
+    assert not any(p.name.startswith("g") for p in alone.planner.placements().values())
+    w, b = alone.classifier.initial()
+    assert alone.state_bytes == w.nbytes + b.nbytes
