@@ -3,7 +3,8 @@
 For each (model, scheme) pair the firmware is built with the scheme, booted on QEMU, and trained
 sample by sample; after every step the prediction must match, the loss must agree within 1e-5
 (relative), and the trainable state read back over serial (int8 weights, int32 biases) must be
-byte-identical to the reference's. Together the pairs exercise every operator's backward rule.
+byte-identical to the reference's (with an fp32 classifier, its float32 weights too). Together
+the pairs exercise every operator's backward rule.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ TRAIN_RAM = 256 * 1024
 CASES = [
     ("har_cnn1d_int8", "sparse_ratios"),
     ("har_cnn1d_int8", "full_nearest_noqas"),
+    ("har_cnn1d_int8", "fp32_classifier"),  # float FC + SOFTMAX: float32 state byte-identical
     ("test/residual_dw_f32io", "full_stochastic"),
     ("test/concat_pool_pertensor_int8", "full_stochastic"),
     ("third_party/tflm_micro_speech_int8", "bias_only"),
@@ -67,6 +69,10 @@ def test_training_step_matches_reference(model_name: str, scheme_name: str) -> N
             assert got.prediction == want.prediction, f"step {i}"
             assert got.loss == pytest.approx(want.loss, rel=1e-5, abs=1e-6), f"step {i}"
             check_state_equal(reference.state_bytes(), board.read_params())
+        # INFER runs the same forward pass (an fp32 classifier included) with the trained state.
+        inferred, _ = board.infer(x)
+        want_out = reference.forward(x)[compiled.output]
+        assert np.array_equal(inferred.ravel(), want_out.ravel()), "INFER output"
         before = board.read_params()
         evaluated = board.eval(x, label)
         assert board.read_params() == before, "EVAL changed the trainable state"
