@@ -2,16 +2,20 @@
 """On-device adaptation experiment: the HAR model, sensor mounted differently (data/adapt_*.npz).
 
     python scripts/adaptation_experiment.py                       # fp32 TF + int8 numpy reference
-    python scripts/adaptation_experiment.py --board-elf qemu-qas.elf --board-elf-noqas q-noqas.elf
+    python scripts/adaptation_experiment.py --board-elf qemu-qas.elf --board-elf-noqas q-noqas.elf \
+        --board-elf-fp32cls q-fp32cls.elf
 
 Compares, on the same data orders (seeds 1, 2, 3: epoch e of seed s visits
 `np.random.default_rng(s)`'s e-th permutation, exactly as `mcutrain train --seed s` does):
   - fp32 TF: mcutrain.fp32_reference, float training of the same parameters (train/har_adapt.json)
   - int8 + QAS, numpy: mcutrain.train_reference (the definition of the firmware's step)
   - int8 without QAS, numpy: the same with train/har_adapt_noqas.json
-  - int8 + QAS / without QAS on the emulated board: `mcutrain train --port qemu:ELF` (optional;
-    build each ELF first with MCUTRAIN_MODEL=models/har_cnn1d_int8.tflite
-    MCUTRAIN_TRAIN=train/har_adapt.json pio run -e qemu, and likewise for har_adapt_noqas.json)
+  - int8 + QAS with the classifier kept in fp32, numpy: train/har_adapt_fp32cls.json (the final
+    FULLY_CONNECTED + SOFTMAX in float32, docs/training.md "fp32 classifier")
+  - the same three on the emulated board: `mcutrain train --port qemu:ELF` (optional; build
+    each ELF first with MCUTRAIN_MODEL=models/har_cnn1d_int8.tflite
+    MCUTRAIN_TRAIN=train/har_adapt.json PLATFORMIO_BUILD_DIR=.pio/exp-har_adapt pio run -e qemu,
+    and likewise for har_adapt_noqas.json and har_adapt_fp32cls.json)
 Writes results/adaptation_fp32.json (fp32 only), results/adaptation.json (everything, including
 the pretrained model's TFLite accuracies) and results/adaptation.png (adapt_test accuracy and loss
 per epoch, mean over seeds, one thin line per seed).
@@ -41,6 +45,7 @@ from mcutrain.scheme import load_scheme  # noqa: E402
 MODEL = ROOT / "models" / "har_cnn1d_int8.tflite"
 SCHEME = ROOT / "train" / "har_adapt.json"
 SCHEME_NOQAS = ROOT / "train" / "har_adapt_noqas.json"
+SCHEME_FP32CLS = ROOT / "train" / "har_adapt_fp32cls.json"
 # Batch-1 updates are often below half an int8 step: nearest rounding drops them, stochastic
 # rounding keeps them in expectation.
 SCHEME_NEAREST = ROOT / "train" / "har_adapt_nearest.json"
@@ -183,10 +188,11 @@ def plot(methods: dict[str, list[Run]], path: Path, title: str) -> None:
                 ax.plot(epochs, c, color=color, alpha=0.25, lw=0.8)
             ax.plot(epochs, curves.mean(0), color=color, lw=2, marker="o", label=name)
     ax_acc.set(xlabel="epoch", ylabel="adapt_test accuracy", title=title)
-    # The int8 loss comes from the int8 softmax output (capped at ln 512), so a confidently wrong
-    # window costs less than in float: compare the loss curves within a family only.
-    ax_loss.set(xlabel="epoch", ylabel="adapt_test cross-entropy (int8: capped at ln 512)",
-                yscale="log")
+    # The int8-classifier loss comes from the int8 softmax output (capped at ln 512; the fp32
+    # classifier's float loss is not), so a confidently wrong window costs less than in float:
+    # compare the loss curves within a family only.
+    ax_loss.set(xlabel="epoch", yscale="log",
+                ylabel="adapt_test cross-entropy (int8 classifier: capped at ln 512)")
     for ax in (ax_acc, ax_loss):
         ax.grid(alpha=0.3)
         ax.xaxis.get_major_locator().set_params(integer=True)
@@ -202,6 +208,8 @@ def main() -> None:
     parser.add_argument("--no-int8", action="store_true", help="skip the int8 numpy reference")
     parser.add_argument("--board-elf", type=Path, help="QEMU ELF built with har_adapt.json")
     parser.add_argument("--board-elf-noqas", type=Path, help="... with har_adapt_noqas.json")
+    parser.add_argument("--board-elf-fp32cls", type=Path,
+                        help="... with har_adapt_fp32cls.json")
     args = parser.parse_args()
 
     train, test = load("adapt_train"), load("adapt_test")
@@ -220,11 +228,16 @@ def main() -> None:
                                                                   train, test)
         runners["int8 + QAS, nearest rounding (numpy)"] = lambda s: run_int8_numpy(
             SCHEME_NEAREST, s, args.epochs, train, test)
+        runners["int8 + QAS, fp32 classifier (numpy)"] = lambda s: run_int8_numpy(
+            SCHEME_FP32CLS, s, args.epochs, train, test)
     if args.board_elf:
         runners["int8 + QAS (board)"] = lambda s: run_board(args.board_elf, s, args.epochs)
     if args.board_elf_noqas:
         runners["int8 no QAS (board)"] = lambda s: run_board(args.board_elf_noqas, s,
                                                              args.epochs)
+    if args.board_elf_fp32cls:
+        runners["int8 + QAS, fp32 classifier (board)"] = lambda s: run_board(
+            args.board_elf_fp32cls, s, args.epochs)
 
     methods: dict[str, list[Run]] = {}
     for name, run in runners.items():
