@@ -87,3 +87,6 @@ def test_training_step_matches_reference(model_name: str, scheme_name: str) -> N
         board.reset()
         reference.reset()
         check_state_equal(reference.state_bytes(), board.read_params())
+        info = board.info()
+        # Peak SRAM is static data + the deepest stack the training steps reached.
+        assert 0 < info.stack_used_bytes < info.stack_size_bytes, info
