@@ -8,7 +8,6 @@ arena offsets fixed at compile time. No interpreter, no allocator.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -104,19 +103,13 @@ def generate_model_source(model: CompiledModel) -> tuple[str, int]:
         body = p.opdef.emit(p.params, pool, ins, out).strip()
         comment = f"  // [{step}] {p.op.opcode} (operator {p.op.index}) -> tensor {p.output}"
         calls.append(comment + ("\n" + indent(body, 2) if body else " (aliases its input)"))
-    g = model.graph
-    digest = ", ".join(str(b) for b in g.sha256.ljust(32, b"\0"))
-    name = g.name.replace("\\", "_").replace('"', "_")
+    arena_bytes = max(model.arena_bytes, 16)
     text = _TEMPLATE.format(
         includes="\n".join(f'#include "{h}"' for h in headers),
         constants=pool.definitions(),
-        arena_bytes=max(model.arena_bytes, 16),
-        name=name,
-        digest=digest,
-        weight_bytes=pool.nbytes,
-        macs=model.macs,
-        input_desc=tensor_desc(g.tensors[model.input]),
-        output_desc=tensor_desc(g.tensors[model.output]),
+        arena_bytes=arena_bytes,
+        name=source_name(model),
+        model_desc=model_desc(model, arena_bytes, pool.nbytes),
         input_offset=model.offset_of(model.input),
         output_offset=model.offset_of(model.output),
         calls="\n".join(calls),
@@ -142,8 +135,19 @@ def write_if_changed(path: Path, text: str) -> bool:
     return True
 
 
-def source_fingerprint(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+def source_name(model: CompiledModel) -> str:
+    """The model's name as it may appear inside a C++ string literal and a comment."""
+    return model.graph.name.replace("\\", "_").replace('"', "_")
+
+
+def model_desc(model: CompiledModel, arena_bytes: int, weight_bytes: int) -> str:
+    """The `kModel` definition the runtime reports over INFO (shared by both templates)."""
+    g = model.graph
+    digest = ", ".join(str(b) for b in g.sha256.ljust(32, b"\0"))
+    fields = [f'"{source_name(model)}"', f"{{{digest}}}", f"{arena_bytes}u", f"{weight_bytes}u",
+              f"{model.macs}ull", tensor_desc(g.tensors[model.input]),
+              tensor_desc(g.tensors[model.output])]
+    return "const ModelDesc kModel = {\n" + "".join(f"    {f},\n" for f in fields) + "};"
 
 
 _TEMPLATE = """\
@@ -162,15 +166,7 @@ alignas(16) int8_t g_arena[{arena_bytes}];
 {constants}
 }}  // namespace
 
-const ModelDesc kModel = {{
-    "{name}",
-    {{{digest}}},
-    {arena_bytes}u,
-    {weight_bytes}u,
-    {macs}ull,
-    {input_desc},
-    {output_desc},
-}};
+{model_desc}
 
 int8_t* model_input() {{ return g_arena + {input_offset}; }}
 const int8_t* model_output() {{ return g_arena + {output_offset}; }}

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 
 from . import float_classifier, grad_rules
-from .codegen import ConstPool, c_float, indent, tensor_desc
+from .codegen import ConstPool, c_float, indent, model_desc, source_name
 from .ops.base import GradRef, TrainBinding, TrainEmit
 from .training_graph import (
     CLASSIFIER_SCRATCH,
@@ -245,18 +245,15 @@ def generate_training_source(program: TrainProgram) -> tuple[str, int]:
              f"  float targets[{out.num_elements}];\n"
              f"  std::memcpy(targets, label, sizeof(targets));\n"
              f"  for (float v : targets) if (!std::isfinite(v)) return Status::kNotFinite;")
+    arena_bytes = max(program.arena_bytes, 16)
     text = _TEMPLATE.format(
-        name=g.name.replace('"', "_"),
+        name=source_name(model),
+        model_desc=model_desc(model, arena_bytes, e.pool.nbytes),
         includes="\n".join(f'#include "{h}"' for h in headers),
         constants=e.pool.definitions(),
-        arena_bytes=max(program.arena_bytes, 16),
+        arena_bytes=arena_bytes,
         state_bytes=max(program.state_bytes, 4),
         grad_count=max(len(e.scales), 1),
-        digest=", ".join(str(b) for b in g.sha256.ljust(32, b"\0")),
-        weight_bytes=e.pool.nbytes,
-        macs=model.macs,
-        input_desc=tensor_desc(g.tensors[model.input]),
-        output_desc=tensor_desc(out),
         input_offset=e.program.offset(program.activation_buffer(model.input)),
         output_offset=e.program.offset(program.activation_buffer(model.output)),
         loss_kind="LossKind::kCrossEntropy" if ce else "LossKind::kMeanSquaredError",
@@ -303,15 +300,7 @@ void Forward() {{
 
 }}  // namespace
 
-const ModelDesc kModel = {{
-    "{name}",
-    {{{digest}}},
-    {arena_bytes}u,
-    {weight_bytes}u,
-    {macs}ull,
-    {input_desc},
-    {output_desc},
-}};
+{model_desc}
 
 const TrainDesc kTrain = {{true, {loss_kind}, {classes}, {label_bytes}u, {lr}, {seed}u,
                           {state_bytes}u, {backward_macs}ull}};
