@@ -36,12 +36,22 @@ def build_firmware(model: Path, env: str = "qemu", scheme: Path | None = None) -
     return elf
 
 
+def port_scheme(config: pytest.Config) -> Path | None:
+    """The training scheme of the board under test (--port-scheme; '' for none)."""
+    chosen = config.getoption("--port-scheme")
+    return Path(chosen) if chosen else None
+
+
 @contextmanager
-def open_board(config: pytest.Config, model: Path, timeout: float = 60.0) -> Iterator[Device]:
-    """The real board from --port, or QEMU booted with freshly built firmware for `model`."""
+def open_board(config: pytest.Config, model: Path, scheme: Path | None = None,
+               timeout: float = 60.0) -> Iterator[Device]:
+    """The real board from --port, or QEMU booted with freshly built firmware for `model` (and
+    `scheme`). A training build is reset first, so it runs the flashed weights."""
     port = config.getoption("--port")
-    target = port if port else f"qemu:{build_firmware(model)}"
+    target = port if port else f"qemu:{build_firmware(model, scheme=scheme)}"
     with open_device(target, timeout=timeout) as device:
+        if device.info().train.enabled:
+            device.reset()
         yield device
 
 

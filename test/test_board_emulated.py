@@ -1,5 +1,6 @@
-"""The firmware as users meet it: the default model's firmware on the emulated board (or the
-board behind --port), driven through the `mcutrain` command and hit with malformed traffic."""
+"""The firmware as users meet it: the default build (model and training scheme, as `pio run`
+makes it) on the emulated board or the board behind --port, driven through the `mcutrain`
+command and hit with malformed traffic, training requests included."""
 
 from __future__ import annotations
 
@@ -8,12 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from firmware_support import build_firmware, open_board
+from firmware_support import build_firmware, open_board, port_scheme
 from mcutrain.cli import main as cli_main
 from mcutrain.compiler import compile_model
 from mcutrain.device import quantize_input
 from mcutrain.protocol import CounterUnit
 from mcutrain.reference import run_reference
+from mcutrain.scheme import load_scheme
+from mcutrain.training_graph import build_training
 from robustness import run_robustness_suite
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,26 +29,35 @@ def model(request: pytest.FixtureRequest) -> Path:
 
 
 @pytest.fixture(scope="module")
-def port(request: pytest.FixtureRequest, model: Path) -> str:
+def scheme(request: pytest.FixtureRequest) -> Path | None:
+    return port_scheme(request.config)
+
+
+@pytest.fixture(scope="module")
+def port(request: pytest.FixtureRequest, model: Path, scheme: Path | None) -> str:
     given = request.config.getoption("--port")
-    return given if given else f"qemu:{build_firmware(model)}"
+    return given if given else f"qemu:{build_firmware(model, scheme=scheme)}"
 
 
-def test_info_describes_the_model(request: pytest.FixtureRequest, model: Path) -> None:
+def test_info_describes_the_model(request: pytest.FixtureRequest, model: Path,
+                                  scheme: Path | None) -> None:
     compiled = compile_model(model)
-    with open_board(request.config, model) as board:
+    with open_board(request.config, model, scheme) as board:
         info = board.info()
     t_in = compiled.graph.tensors[compiled.input]
     assert info.input.shape == t_in.shape and info.input.zero_point == t_in.zero_point
-    assert info.arena_bytes == compiled.arena_bytes and info.macs == compiled.macs
+    arena = (compiled.arena_bytes if scheme is None
+             else build_training(compiled, load_scheme(scheme)).arena_bytes)
+    assert info.arena_bytes == arena and info.macs == compiled.macs
+    assert info.train.enabled == (scheme is not None)
     if not request.config.getoption("--port"):
         assert info.board == "qemu-mps2-an500"
         assert info.counter_unit == CounterUnit.INSTRUCTIONS
 
 
 def test_malformed_traffic_gets_error_replies_and_service_continues(
-        request: pytest.FixtureRequest, model: Path) -> None:
-    with open_board(request.config, model) as board:
+        request: pytest.FixtureRequest, model: Path, scheme: Path | None) -> None:
+    with open_board(request.config, model, scheme) as board:
         run_robustness_suite(board)
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from firmware_support import open_board, tflite_reference
+from firmware_support import open_board, port_scheme, tflite_reference
 from mcutrain.compiler import compile_model
 from mcutrain.device import quantize_input
 from mcutrain.protocol import DType, TensorDesc
@@ -61,7 +61,8 @@ def test_firmware_matches_tflite(model: Path, request: pytest.FixtureRequest) ->
     shape = compiled.graph.tensors[compiled.input].shape
     inputs = _samples(model, shape)
     expected = tflite_reference(model, inputs)
-    with open_board(request.config, model) as board:
+    scheme = port_scheme(request.config) if request.config.getoption("--port") else None
+    with open_board(request.config, model, scheme) as board:
         info = board.info()
         assert info.model_sha256 == hashlib.sha256(model.read_bytes()).digest(), (
             "the board runs a different model than the test expects")
