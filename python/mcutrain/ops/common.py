@@ -40,6 +40,17 @@ def require_int8_activation(op: Operator, tensor: Tensor, role: str) -> None:
         raise fail(op, f"{role} tensor '{tensor.name}' has a non-positive scale")
 
 
+def int8_input_output(op: Operator, graph: Graph) -> tuple[Tensor, Tensor]:
+    """The data input and the output of a weighted operator, both checked to be int8."""
+    x = tensor_at(op, graph, 0)
+    if x is None:
+        raise fail(op, "input is missing")
+    y = output_tensor(op, graph)
+    require_int8_activation(op, x, "input")
+    require_int8_activation(op, y, "output")
+    return x, y
+
+
 def require_const(op: Operator, tensor: Tensor | None, role: str, dtype: str) -> Tensor:
     """A constant tensor of `dtype` (weights, bias), else ModelError."""
     if tensor is None:
@@ -89,6 +100,19 @@ def compute_window(
     pad_h = compute_padding(stride[0], dilation[0], in_hw[0], filt_hw[0], out_h)
     pad_w = compute_padding(stride[1], dilation[1], in_hw[1], filt_hw[1], out_w)
     return Window(out_h, out_w, pad_h, pad_w)
+
+
+def conv_window(op: Operator, in_hw: tuple[int, int], filt_hw: tuple[int, int],
+                ) -> tuple[tuple[int, int], tuple[int, int], Window]:
+    """Stride, dilation and window of a CONV_2D / DEPTHWISE_CONV_2D from its options."""
+    stride = (positive_option(op, "stride_h"), positive_option(op, "stride_w"))
+    dilation = (positive_option(op, "dilation_h"), positive_option(op, "dilation_w"))
+    try:
+        win = compute_window(str(op.options.get("padding", "SAME")), in_hw, filt_hw, stride,
+                             dilation)
+    except ValueError as exc:
+        raise fail(op, str(exc)) from None
+    return stride, dilation, win
 
 
 def requant_multiplier(real: float) -> tuple[int, int]:

@@ -53,12 +53,7 @@ class Conv2dParams:
 
 
 def prepare(op: Operator, graph: Graph) -> Conv2dParams:
-    x = common.tensor_at(op, graph, 0)
-    if x is None:
-        raise common.fail(op, "input is missing")
-    y = common.output_tensor(op, graph)
-    common.require_int8_activation(op, x, "input")
-    common.require_int8_activation(op, y, "output")
+    x, y = common.int8_input_output(op, graph)
     w = common.require_const(op, common.tensor_at(op, graph, 1), "filter", "int8")
     if len(x.shape) != 4 or len(w.shape) != 4:
         raise common.fail(op, f"needs a 4-D input and filter, got {x.shape} and {w.shape}")
@@ -67,13 +62,7 @@ def prepare(op: Operator, graph: Graph) -> Conv2dParams:
     if f_c < 1 or in_c % f_c != 0 or out_c % (in_c // f_c) != 0:
         raise common.fail(op, f"filter {w.shape} does not fit {in_c} input channels")
     scales = common.filter_quant(op, w, out_c, axis=0)
-    stride = (common.positive_option(op, "stride_h"), common.positive_option(op, "stride_w"))
-    dilation = (common.positive_option(op, "dilation_h"), common.positive_option(op, "dilation_w"))
-    try:
-        win = common.compute_window(str(op.options.get("padding", "SAME")), (in_h, in_w),
-                                    (f_h, f_w), stride, dilation)
-    except ValueError as exc:
-        raise common.fail(op, str(exc)) from None
+    stride, dilation, win = common.conv_window(op, (in_h, in_w), (f_h, f_w))
     out_shape = (n, win.out_h, win.out_w, out_c)
     common.check_output_shape(op, y, out_shape)
     multiplier, shift = common.per_channel_multipliers(x.scale, scales, y.scale, out_c)

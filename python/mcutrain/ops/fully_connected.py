@@ -76,12 +76,7 @@ def _filter_offset(op: Operator, w) -> tuple[np.ndarray, int]:
 
 
 def prepare(op: Operator, graph: Graph) -> FullyConnectedParams:
-    x = common.tensor_at(op, graph, 0)
-    if x is None:
-        raise common.fail(op, "input is missing")
-    y = common.output_tensor(op, graph)
-    common.require_int8_activation(op, x, "input")
-    common.require_int8_activation(op, y, "output")
+    x, y = common.int8_input_output(op, graph)
     fmt = str(op.options.get("weights_format", "DEFAULT"))
     if fmt != "DEFAULT":
         raise common.fail(op, f"weights_format {fmt} is not supported (DEFAULT only)")
