@@ -14,6 +14,7 @@ import pytest
 
 from firmware_support import build_firmware
 from mcutrain.firmware_size import firmware_size
+from tflite_convert import convert_full_int8
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = ROOT / "models" / "har_cnn1d_int8.tflite"
@@ -75,13 +76,9 @@ def too_big_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
         for _ in range(4):
             yield [np.random.default_rng(0).normal(size=(1, 96, 96, 8)).astype(np.float32)]
 
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = calibration
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    converter.inference_input_type = converter.inference_output_type = tf.int8
     path = tmp_path_factory.mktemp("big") / "too_big.tflite"
-    path.write_bytes(converter.convert())
+    path.write_bytes(convert_full_int8(tf.lite.TFLiteConverter.from_keras_model(model),
+                                       calibration))
     return path
 
 

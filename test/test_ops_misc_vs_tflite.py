@@ -24,6 +24,7 @@ import tensorflow as tf  # noqa: E402
 from mcutrain.graph import Graph
 from mcutrain.ops.base import lookup
 from mcutrain.tflite_reader import read_tflite
+from tflite_convert import convert_full_int8
 
 OURS = {"ADD", "AVERAGE_POOL_2D", "MAX_POOL_2D", "PAD", "PADV2", "CONCATENATION", "RESHAPE",
         "QUANTIZE"}
@@ -120,14 +121,8 @@ def converted(name: str) -> bytes:
             yield [rng.normal(0, std, shape).astype(np.float32)
                    for shape, std in zip(spec.input_shapes, spec.input_stds, strict=True)]
 
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = representative
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    converter.inference_input_type = tf.int8
-    converter.inference_output_type = tf.int8
-    if spec.legacy_quantizer:
-        converter.experimental_new_quantizer = False
-    return converter.convert()
+    return convert_full_int8(converter, representative,
+                             legacy_quantizer=spec.legacy_quantizer)
 
 
 def _interpreter(data: bytes, resolver: Any, seed: int) -> Any:

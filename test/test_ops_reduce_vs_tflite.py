@@ -24,6 +24,7 @@ import pytest
 from mcutrain.graph import Graph
 from mcutrain.ops import mean, softmax
 from mcutrain.tflite_reader import read_tflite
+from tflite_convert import convert_full_int8
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import tensorflow as tf  # noqa: E402
@@ -108,13 +109,7 @@ def converted(name: str) -> bytes:
         for _ in range(16):
             yield [rng.uniform(-1.0, 1.0, size=shape).astype(np.float32)]
 
-    conv = tf.lite.TFLiteConverter.from_keras_model(model)
-    conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    conv.representative_dataset = representative
-    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    conv.inference_input_type = tf.int8
-    conv.inference_output_type = tf.int8
-    return conv.convert()
+    return convert_full_int8(tf.lite.TFLiteConverter.from_keras_model(model), representative)
 
 
 def with_softmax_beta(model: bytes, beta: float) -> bytes:
