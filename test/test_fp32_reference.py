@@ -7,9 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-pytest.importorskip("tensorflow")
-
 from ai_edge_litert.interpreter import Interpreter, OpResolverType  # noqa: E402
 
 from mcutrain.compiler import compile_model  # noqa: E402

@@ -9,14 +9,11 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
+from host_build import KERNELS, ROOT, host_compile
 
-ROOT = Path(__file__).resolve().parents[2]
-KERNELS = ROOT / "firmware" / "kernels"
 SHIMS = Path(__file__).parent
 
 
@@ -26,9 +23,6 @@ def _sources() -> list[Path]:
 
 @pytest.fixture(scope="session")
 def kernels_lib() -> ctypes.CDLL:
-    compiler = shutil.which("g++")
-    if compiler is None:
-        pytest.fail("host g++ is needed for kernel unit tests: apt-get install g++")
     sources = _sources()
     digest = hashlib.sha256()
     for src in sources + sorted(KERNELS.glob("*.h")):
@@ -37,8 +31,5 @@ def kernels_lib() -> ctypes.CDLL:
     out_dir.mkdir(parents=True, exist_ok=True)
     lib = out_dir / f"libkernels-{digest.hexdigest()[:16]}.so"
     if not lib.exists():
-        cmd = [compiler, "-std=c++17", "-O1", "-g", "-ffp-contract=off", "-shared", "-fPIC",
-               "-Wall", "-Wextra", "-fno-exceptions", "-fno-rtti", f"-I{ROOT / 'firmware'}",
-               "-o", str(lib)]
-        subprocess.run(cmd + [str(s) for s in sources], check=True)
+        host_compile(sources, lib, werror=False)
     return ctypes.CDLL(str(lib))

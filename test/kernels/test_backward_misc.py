@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from host_build import host_compile, host_library
 
 from mcutrain import grad_rules
 from mcutrain.codegen import ConstPool
@@ -445,10 +446,7 @@ def emitted(tmp_path_factory: pytest.TempPathFactory):
     src.write_text(source)
     so = out_dir / "libemitted.so"
     sources = [str(p) for p in sorted(KERNELS.glob("*.cc"))] + [str(src)]
-    subprocess.run(["g++", "-std=c++17", "-O1", "-ffp-contract=off", "-shared", "-fPIC", "-Wall",
-                    "-Wextra", "-Werror", "-fno-exceptions", "-fno-rtti",
-                    f"-I{ROOT / 'firmware'}", "-o", str(so), *sources], check=True)
-    return ctypes.CDLL(str(so)), runs
+    return host_library(sources, so), runs
 
 
 def test_emitted_code_matches_reference(emitted) -> None:
@@ -510,7 +508,7 @@ FLOAT_CASES = [c for c in sorted(CASES) if CASES[c]().dy_kind == "rand"]
 
 @pytest.mark.parametrize("case_id", FLOAT_CASES)
 def test_op_backward_matches_float_gradient(case_id: str) -> None:
-    tf = pytest.importorskip("tensorflow")
+    import tensorflow as tf
     x_kind = "distinct" if CASES[case_id]().opcode == MAX else None  # ties: no unique gradient
     p = prepare(case_id, x_kind)
     case = p.case
@@ -893,10 +891,8 @@ def test_training_step_host_build_matches_reference(case_id: str, tmp_path: Path
     (tmp_path / "model.cc").write_text(source)
     (tmp_path / "harness.cc").write_text(_HARNESS)
     exe = tmp_path / "train"
-    subprocess.run(["g++", "-std=c++17", "-O1", "-ffp-contract=off", "-fno-exceptions",
-                    "-fno-rtti", f"-I{ROOT / 'firmware'}", "-o", str(exe),
-                    str(tmp_path / "model.cc"), str(tmp_path / "harness.cc"),
-                    *[str(p) for p in sorted(KERNELS.glob("*.cc"))]], check=True)
+    host_compile([tmp_path / "model.cc", tmp_path / "harness.cc", *sorted(KERNELS.glob("*.cc"))],
+                 exe, shared=False, werror=False)
     reference = TrainingReference(program)
     rng = np.random.default_rng(sum(map(ord, case_id)))
     shape = model.graph.tensors[model.input].shape

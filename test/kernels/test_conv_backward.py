@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
-import shutil
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
+from host_build import host_library
 from test_conv_kernels import MODULES, Case, _ptr, _scalars, build_graph
 
 from mcutrain.graph import ModelError
@@ -279,7 +278,7 @@ FLOAT_CASES = [
 
 @pytest.mark.parametrize("step", FLOAT_CASES, ids=[_step_id(s) for s in FLOAT_CASES])
 def test_gradients_match_float_autodiff(step: Step) -> None:
-    tf = pytest.importorskip("tensorflow")
+    import tensorflow as tf
     kind = step.case.kind
     module = MODULES[kind]
     p, x, dy, _ = prepared(step)
@@ -338,18 +337,12 @@ def _array_def(ctype: str, name: str, values: np.ndarray) -> str:
 
 
 def _build(tmp_path: Path, source: str, name: str) -> ctypes.CDLL:
-    compiler = shutil.which("g++")
-    if compiler is None:
-        pytest.fail("host g++ is needed")
     src = tmp_path / f"{name}.cc"
     src.write_text(source)
     lib = tmp_path / f"{name}.so"
     kernels = [ROOT / "firmware" / "kernels" / f for f in
                ("conv2d_ref.cc", "depthwise_conv2d_ref.cc", "fully_connected_ref.cc")]
-    subprocess.run([compiler, "-std=c++17", "-O1", "-ffp-contract=off", "-shared", "-fPIC",
-                    "-Wall", "-Wextra", "-Werror", f"-I{ROOT / 'firmware'}", "-o", str(lib),
-                    str(src), *map(str, kernels)], check=True)
-    return ctypes.CDLL(str(lib))
+    return host_library([src, *kernels], lib)
 
 
 HEADERS = "".join(f'#include "{m.OPDEF.header}"\n' for m in MODULES.values())

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
-import shutil
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pytest
+from host_build import host_library
 
 from mcutrain.graph import Graph, ModelError, Operator, Quant, Tensor
 from mcutrain.ops import common, conv2d, depthwise_conv2d, fully_connected
@@ -273,9 +272,6 @@ class _ArrayCollector:
 
 
 def test_emitted_code_matches_reference(tmp_path: Path) -> None:
-    compiler = shutil.which("g++")
-    if compiler is None:
-        pytest.skip("host g++ is needed")
     cases = [Case("conv", (1, 7, 6, 3), 5, stride=(2, 2), seed=1),
              Case("dw", (1, 7, 7, 3), stride=(2, 2), dm=2, activation="RELU6", seed=2),
              Case("fc", (2, 3, 10), 6, bias=False, seed=3),
@@ -295,10 +291,7 @@ def test_emitted_code_matches_reference(tmp_path: Path) -> None:
     lib_path = tmp_path / "emitted.so"
     kernels = [ROOT / "firmware" / "kernels" / f for f in
                ("conv2d_ref.cc", "depthwise_conv2d_ref.cc", "fully_connected_ref.cc")]
-    subprocess.run([compiler, "-std=c++17", "-O1", "-shared", "-fPIC", "-Wall", "-Wextra",
-                    "-Werror", f"-I{ROOT / 'firmware'}", "-o", str(lib_path), str(src),
-                    *map(str, kernels)], check=True)
-    lib = ctypes.CDLL(str(lib_path))
+    lib = host_library([src, *kernels], lib_path)
     rng = np.random.default_rng(7)
     for i, (case, params) in enumerate(zip(cases, prepared, strict=True)):
         x = rng.integers(-128, 128, size=case.shape).astype(np.int8)

@@ -9,13 +9,13 @@ and (2) the code emit() generates, compiled on the host and run.
 from __future__ import annotations
 
 import ctypes
-import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
+from host_build import host_library
 
 from mcutrain.codegen import ConstPool
 from mcutrain.graph import Graph, ModelError, Operator, Quant, Tensor
@@ -283,10 +283,7 @@ def emitted_lib(tmp_path_factory: pytest.TempPathFactory) -> tuple[ctypes.CDLL, 
     src.write_text(_emitted_source(case_ids))
     lib = out_dir / "libemitted.so"
     sources = [str(p) for p in sorted(KERNELS.glob("*.cc"))] + [str(src)]
-    subprocess.run(["g++", "-std=c++17", "-O1", "-shared", "-fPIC", "-Wall", "-Wextra", "-Werror",
-                    "-fno-exceptions", "-fno-rtti", f"-I{ROOT / 'firmware'}", "-o", str(lib),
-                    *sources], check=True)
-    return ctypes.CDLL(str(lib)), case_ids
+    return host_library(sources, lib), case_ids
 
 
 def test_emitted_code_matches_reference(emitted_lib: tuple[ctypes.CDLL, list[str]]) -> None:

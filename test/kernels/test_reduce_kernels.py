@@ -10,15 +10,15 @@ sanity check keeps both implementations honest against the real-valued definitio
 from __future__ import annotations
 
 import ctypes
-import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
+from host_build import host_library
 
-from conftest import KERNELS, ROOT
+from conftest import KERNELS
 from mcutrain.codegen import ConstPool
 from mcutrain.graph import Graph, ModelError, Operator, Quant, Tensor
 from mcutrain.ops.base import lookup
@@ -206,10 +206,7 @@ def emitted_lib(tmp_path_factory: pytest.TempPathFactory) -> ctypes.CDLL:
     lib = out_dir / "libemitted.so"
     sources = [str(KERNELS / "mean_ref.cc"), str(KERNELS / "softmax_ref.cc"),
                str(out_dir / "emitted.cc")]
-    subprocess.run(["g++", "-std=c++17", "-O1", "-shared", "-fPIC", "-Wall", "-Wextra", "-Werror",
-                    "-fno-exceptions", "-fno-rtti", f"-I{ROOT / 'firmware'}", "-o", str(lib),
-                    *sources], check=True)
-    return ctypes.CDLL(str(lib))
+    return host_library(sources, lib)
 
 
 def test_emitted_code_matches_reference(emitted_lib: ctypes.CDLL) -> None:
