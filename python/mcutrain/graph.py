@@ -98,16 +98,6 @@ class Graph:
         """Inputs computed at run time (activations), in operator order; constants excluded."""
         return [i for i in op.inputs if i >= 0 and not self.tensors[i].is_const]
 
-    def const_input(self, op: Operator, position: int) -> Tensor | None:
-        """The constant tensor at input `position` of `op`, or None if absent."""
-        if position >= len(op.inputs) or op.inputs[position] < 0:
-            return None
-        t = self.tensors[op.inputs[position]]
-        return t if t.is_const else None
-
-    def consumers(self, tensor_index: int) -> list[Operator]:
-        return [op for op in self.operators if tensor_index in op.inputs]
-
 
 def strip_io_conversions(graph: Graph) -> Graph:
     """Drop a float->int8 QUANTIZE at the input and an int8->float DEQUANTIZE at the output.

@@ -115,11 +115,6 @@ def conv_window(op: Operator, in_hw: tuple[int, int], filt_hw: tuple[int, int],
     return stride, dilation, win
 
 
-def requant_multiplier(real: float) -> tuple[int, int]:
-    """(significand, shift) of one real multiplier (TFLite's QuantizeMultiplier)."""
-    return quant.quantize_multiplier(real)
-
-
 def per_channel_multipliers(
     input_scale: float, filter_scales: np.ndarray, output_scale: float, channels: int
 ) -> tuple[np.ndarray, np.ndarray]:
