@@ -3,6 +3,7 @@
 
     python scripts/make_models.py har        # models/har_cnn1d_int8.tflite (needs data/har_*.npz)
     python scripts/make_models.py test       # models/test/*.tflite (operator coverage)
+    python scripts/make_models.py test --only wide_logits_int8   # one of them
     python scripts/make_models.py mobilenet  # models/mobilenetv2_w035_128_int8.tflite
     python scripts/make_models.py manifest   # models/README.md, models/test/README.md
     python scripts/make_models.py all
@@ -277,30 +278,47 @@ def concat_pool_model(tf: Any) -> Any:
     return tf.keras.Model(x, y, name="concat_pool")
 
 
+def wide_logits_model(tf: Any) -> Any:
+    """Ends in FULLY_CONNECTED logits (no SOFTMAX), like most exported classifiers; the first
+    CONV_2D's input gradient would sum 232 * 3 * 3 = 2088 products, past the int32 bound, so
+    training it is possible only because that gradient is never needed."""
+    layers = tf.keras.layers
+    x = tf.keras.Input((4, 4, 2))
+    t = layers.Conv2D(232, 3, activation="relu")(x)
+    t = layers.Conv2D(8, 1, activation="relu")(t)
+    t = layers.GlobalAveragePooling2D()(t)
+    return tf.keras.Model(x, layers.Dense(4)(t), name="wide_logits")
+
+
 @dataclass(frozen=True)
 class TestModel:
     name: str
     build: Callable[[Any], Any]
     int8_io: bool
     per_channel: bool
+    logits: bool = False  # the model ends in logits, not SOFTMAX
 
 
 TEST_MODELS = (
     TestModel("residual_dw_f32io", residual_dw_model, int8_io=False, per_channel=True),
     TestModel("concat_pool_pertensor_int8", concat_pool_model, int8_io=True, per_channel=False),
+    TestModel("wide_logits_int8", wide_logits_model, int8_io=True, per_channel=True, logits=True),
 )
 
 
-def make_test_models() -> None:
+def make_test_models(only: str | None = None) -> None:
     for spec in TEST_MODELS:
+        if only is not None and spec.name != only:
+            continue
         tf = _fresh_tf()
         rng = np.random.default_rng(SEED)
         model = spec.build(tf)
         classes = model.output_shape[-1]
         # A few steps on random data move biases off zero and spread weights; accuracy is moot.
-        x = rng.normal(0.0, 1.0, (128, 16, 16, 3)).astype(np.float32)
+        x = rng.normal(0.0, 1.0, (128, *model.input_shape[1:])).astype(np.float32)
         y = rng.integers(0, classes, 128)
-        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+        loss = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=spec.logits)
+        model.compile(optimizer="adam", loss=loss)
         model.fit(x, y, epochs=3, batch_size=16, verbose=0)
         save(MODELS / "test" / f"{spec.name}.tflite",
              convert_int8(model, x[:32], int8_io=spec.int8_io, per_channel=spec.per_channel))
@@ -365,11 +383,13 @@ def make_mobilenet() -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=("har", "test", "mobilenet", "manifest", "all"))
-    command = parser.parse_args().command
+    parser.add_argument("--only", help="with 'test': build just this test model (file stem)")
+    args = parser.parse_args()
+    command = args.command
     if command in ("har", "all"):
         make_har()
     if command in ("test", "all"):
-        make_test_models()
+        make_test_models(args.only)
     if command in ("mobilenet", "all"):
         make_mobilenet()
     write_manifests()
