@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from mcutrain.compiler import compile_model
@@ -15,6 +16,8 @@ from mcutrain.training_graph import build_training, grad_buffer
 ROOT = Path(__file__).resolve().parents[1]
 HAR = ROOT / "models" / "har_cnn1d_int8.tflite"
 MOBILENET = ROOT / "models" / "mobilenetv2_w035_128_int8.tflite"
+# First CONV_2D's input gradient would sum 2088 products; ends in FULLY_CONNECTED logits.
+WIDE_LOGITS = ROOT / "models" / "test" / "wide_logits_int8.tflite"
 F746 = BoardLimits("f746", 320 * 1024, 1024 * 1024)
 
 
@@ -64,6 +67,60 @@ def test_cross_entropy_needs_a_softmax() -> None:
     model = compile_model(ROOT / "models" / "third_party" / "tflm_hello_world_int8.tflite")
     with pytest.raises(ModelError, match="end in SOFTMAX"):
         build_training(model, parse_scheme({"preset": "full"}))
+
+
+@pytest.fixture(scope="module")
+def wide_logits():
+    return compile_model(WIDE_LOGITS)
+
+
+@pytest.mark.parametrize("raw", [
+    {"preset": "full", "loss": "mse"},
+    {"preset": "bias-only", "bias_layers": 4, "loss": "mse"},
+    {"preset": "bias-only", "bias_layers": 9, "loss": "mse"},
+    {"preset": "sparse", "weights": [{"layer": 0, "ratio": 0.25}], "loss": "mse"},
+], ids=["full", "bias_all", "bias_more_than_layers", "sparse_layer0"])
+def test_first_layer_trains_although_its_input_gradient_would_overflow(wide_logits, raw) -> None:
+    # Layer 0's input gradient would sum 232 * 3 * 3 products, past 8191 * 127 * K < 2^31; it is
+    # never computed (nothing before layer 0 trains), so it must not block training layer 0.
+    program = build_training(wide_logits, parse_scheme(raw))
+    first = program.backward[-1]
+    assert first.step == 0 and first.need_dx == [False]
+    assert 0 in program.trained
+    assert first.rule.input_grad_depth(first.op.params) == 2088
+
+
+@pytest.fixture(scope="module")
+def wide_second(tmp_path_factory: pytest.TempPathFactory):
+    """A small CONV_2D, then the wide one: training the first needs the wide one's dx."""
+    import tensorflow as tf
+
+    from tflite_convert import convert_full_int8
+
+    tf.keras.utils.set_random_seed(0)
+    inputs = tf.keras.Input((4, 4, 2), batch_size=1)
+    t = tf.keras.layers.Conv2D(2, 1, activation="relu")(inputs)
+    t = tf.keras.layers.Conv2D(232, 3, activation="relu")(t)
+    t = tf.keras.layers.Dense(3)(tf.keras.layers.GlobalAveragePooling2D()(t))
+    model = tf.keras.Model(inputs, t)
+
+    def calibration():
+        rng = np.random.default_rng(0)
+        for _ in range(4):
+            yield [rng.normal(size=(1, 4, 4, 2)).astype(np.float32)]
+
+    path = tmp_path_factory.mktemp("wide") / "wide_second.tflite"
+    path.write_bytes(convert_full_int8(tf.lite.TFLiteConverter.from_keras_model(model),
+                                       calibration))
+    return compile_model(path)
+
+
+def test_an_input_gradient_that_is_computed_is_still_checked(wide_second) -> None:
+    with pytest.raises(ModelError, match=r"operator 1 \(CONV_2D\).*sums 2088 products"):
+        build_training(wide_second, parse_scheme({"preset": "full", "loss": "mse"}))
+    program = build_training(wide_second, parse_scheme({"preset": "last-k", "layers": 2,
+                                                        "loss": "mse"}))
+    assert program.backward[-1].step == 1 and program.backward[-1].need_dx == [False]
 
 
 def test_schemes_that_do_not_fit_256k_are_refused_with_the_numbers() -> None:

@@ -119,7 +119,7 @@ def build_training(model: CompiledModel, scheme: Scheme) -> TrainProgram:
             masks[step] = mask
         slot = trained[step].slot if step in trained else None
         saved = rule.saves_input(p.params, slot) if rule else [False] * len(p.inputs)
-        if rule is not None:
+        if rule is not None and any(need_dx):
             _check_depth(p, rule)
         backward.append(BackwardStep(step, p, rule, mask, need_dx, saved))
     program = TrainProgram(model=model, scheme=scheme, trained=trained, backward=backward,
@@ -226,6 +226,9 @@ def _mask(model: CompiledModel, p: PreparedOp) -> tuple[int, int] | None:
 
 
 def _check_depth(p: PreparedOp, rule: BackwardDef) -> None:
+    """The int32 bound of an input gradient that is computed. Weight and bias gradients need no
+    check: they accumulate in int64 (8191 * 255 per product), and an operator whose input needs
+    no gradient (the first layer, or one after frozen layers) never forms the sum checked here."""
     depth = rule.input_grad_depth(p.params)
     if GRAD_MAX * 127 * depth >= 2**31:
         raise ModelError(f"operator {p.op.index} ({p.op.opcode}): its input gradient sums {depth} "
