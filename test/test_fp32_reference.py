@@ -121,3 +121,26 @@ def test_training_improves_adapt_test(scheme: dict) -> None:
     before, after = (e["test"]["accuracy"] for e in result["epochs"])
     assert after >= before + 0.1, f"adapt_test accuracy {before:.3f} -> {after:.3f}"
     assert result["seconds"] < 20
+
+
+def test_logits_model_trains_on_its_output_as_logits() -> None:
+    """A model without a final SOFTMAX: the float cross-entropy is taken on its output, and it
+    agrees with the int8 training loss (grad_rules.logits_cross_entropy on the int8 output)."""
+    from mcutrain.grad_rules import logits_cross_entropy
+
+    path = ROOT / "models" / "test" / "wide_logits_int8.tflite"
+    compiled = compile_model(path)
+    graph = compiled.graph
+    tin, tout = graph.tensors[compiled.input], graph.tensors[compiled.output]
+    rng = np.random.default_rng(3)
+    q = rng.integers(-128, 128, size=(40, *tin.shape[1:])).astype(np.int8)
+    y = rng.integers(0, tout.shape[-1], size=40)
+    x = (q.astype(np.float32) - tin.zero_point) * np.float32(tin.scale)
+    int8_out = _tflite_outputs(path, q)
+    int8_loss = np.mean([logits_cross_entropy(o, tout.scale, tout.zero_point, int(label))[0]
+                         for o, label in zip(int8_out, y, strict=True)])
+    result = train_fp32(path, {"preset": "full", "lr": 0.05}, x, y, [np.arange(40)],
+                        eval_sets={"train": (x, y)})
+    before = result["epochs"][0]["train"]["loss"]
+    assert abs(before - int8_loss) < 0.05 * int8_loss, (before, int8_loss)
+    assert result["epochs"][1]["train"]["loss"] < before

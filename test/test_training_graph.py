@@ -63,9 +63,10 @@ def test_saved_tensors_and_gradients_live_until_used(har) -> None:
     assert report["backward_macs"] > 0
 
 
-def test_cross_entropy_needs_a_softmax() -> None:
+def test_cross_entropy_needs_two_classes() -> None:
+    # hello_world ends in a one-value FULLY_CONNECTED: a regression output, not class logits.
     model = compile_model(ROOT / "models" / "third_party" / "tflm_hello_world_int8.tflite")
-    with pytest.raises(ModelError, match="end in SOFTMAX"):
+    with pytest.raises(ModelError, match=r"at least 2 classes.*use loss 'mse'"):
         build_training(model, parse_scheme({"preset": "full"}))
 
 
@@ -121,6 +122,18 @@ def test_an_input_gradient_that_is_computed_is_still_checked(wide_second) -> Non
     program = build_training(wide_second, parse_scheme({"preset": "last-k", "layers": 2,
                                                         "loss": "mse"}))
     assert program.backward[-1].step == 1 and program.backward[-1].need_dx == [False]
+
+
+def test_cross_entropy_on_logits_takes_the_gradient_of_the_output(wide_logits) -> None:
+    program = build_training(wide_logits, parse_scheme({"preset": "full"}))
+    assert program.loss_input == wide_logits.output and program.num_classes == 4
+    assert [b.step for b in program.backward] == [3, 2, 1, 0]
+    assert program.backward[0].op.op.opcode == "FULLY_CONNECTED"
+
+
+def test_mse_through_softmax_points_to_cross_entropy(har) -> None:
+    with pytest.raises(ModelError, match=r"SOFTMAX.*use loss 'cross_entropy'"):
+        build_training(har, parse_scheme({"preset": "full", "loss": "mse"}))
 
 
 def test_schemes_that_do_not_fit_256k_are_refused_with_the_numbers() -> None:

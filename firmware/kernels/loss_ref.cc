@@ -4,6 +4,7 @@
 
 #include <cmath>
 
+#include "kernels/float_classifier.h"
 #include "kernels/train_math.h"
 
 namespace mt {
@@ -20,6 +21,59 @@ int32_t softmax_cross_entropy_grad(const int8_t* q, int32_t n, int32_t label, in
   // A zero probability would give an infinite loss; 0.5 is half of the smallest step.
   const float p = static_cast<float>(q[label] + 128);
   *loss = -std::log((p > 0.5f ? p : 0.5f) / 256.0f);
+  return best;
+}
+
+namespace {
+
+// One softmax term, recomputed in each pass (the same expression gives the same float) so no
+// float buffer is needed: the classes can be many, the stack is small.
+inline float LogitsExp(const int8_t* y, int32_t o, int32_t top, float so) {
+  return exp_f32(so * static_cast<float>(y[o] - top));
+}
+
+// g_label = p_label - 1 = -(rest / sum): a confident right answer keeps its few significant bits.
+inline float LogitsGrad(const int8_t* y, int32_t o, int32_t top, float so, float sum,
+                        float rest, int32_t label) {
+  return o == label ? -(rest / sum) : LogitsExp(y, o, top, so) / sum;
+}
+
+}  // namespace
+
+int32_t logits_cross_entropy_grad(const int8_t* y, int32_t n, float so, int32_t label, int16_t* d,
+                                  float* scale, float* loss) {
+  int32_t best = 0;
+  for (int32_t o = 1; o < n; ++o) {
+    if (y[o] > y[best]) best = o;
+  }
+  const int32_t top = y[best];
+  float sum = 0.0f;
+  float rest = 0.0f;  // the sum without the label's term
+  for (int32_t o = 0; o < n; ++o) {
+    const float e = LogitsExp(y, o, top, so);
+    sum = sum + e;
+    if (o != label) rest = rest + e;
+  }
+  // Same steps as GradRequantizeF32.
+  float m = 0.0f;
+  for (int32_t o = 0; o < n; ++o) {
+    const float a = std::fabs(LogitsGrad(y, o, top, so, sum, rest, label));
+    if (a > m) m = a;
+  }
+  if (!(m > 0.0f)) {
+    for (int32_t o = 0; o < n; ++o) d[o] = 0;
+    *scale = 0.0f;
+  } else {
+    const float k = static_cast<float>(kGradMax) / m;
+    for (int32_t o = 0; o < n; ++o) {
+      float v = RoundHalfAway(LogitsGrad(y, o, top, so, sum, rest, label) * k);
+      v = v > kGradMax ? kGradMax : (v < -kGradMax ? -kGradMax : v);
+      d[o] = static_cast<int16_t>(v);
+    }
+    *scale = m / static_cast<float>(kGradMax);
+  }
+  // ln(sum) - t_label rather than -ln(p_label): exact for a label whose probability underflows.
+  *loss = std::log(sum) - so * static_cast<float>(y[label] - top);
   return best;
 }
 

@@ -1,7 +1,8 @@
 """Gradient pieces that belong to no single operator (docs/training.md): activation masks, the
-two losses and the fan-out sum. Each has a numpy function (the definition, used by
-train_reference.py) and an emit_* helper producing the C++ call of its firmware kernel
-(firmware/kernels/activation_mask.h, loss.h, grad_sum.h), which reproduces it bit for bit.
+losses (cross-entropy after a SOFTMAX or on logits, MSE) and the fan-out sum. Each has a numpy
+function (the definition, used by train_reference.py) and an emit_* helper producing the C++
+call of its firmware kernel (firmware/kernels/activation_mask.h, loss.h, grad_sum.h), which
+reproduces it bit for bit.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from .codegen import c_float
+from .float_classifier import exp_f32
 from .ops.base import GradRef
 from .train_math import F32, QGrad, grad_requantize, grad_requantize_f32, round_half_away
 
@@ -69,6 +71,33 @@ def cross_entropy(q: np.ndarray, label: int) -> tuple[float, int, QGrad]:
                                                      F32(1.0 / 256.0))
 
 
+def logits_cross_entropy(y: np.ndarray, out_scale: float, out_zp: int,
+                         label: int) -> tuple[float, int, QGrad]:
+    """Softmax cross-entropy on int8 logits y (scale so; the zero point cancels), as TensorFlow's
+    from_logits=True: -> (loss, prediction, dy).
+
+    With b the first index of the largest y and t_o = so * (float)(y_o - y_b) (<= 0, one
+    rounding): e_o = exp_f32(t_o), s and r the float32 sums in index order of all e_o and of
+    those with o != label, g_o = e_o / s and g_label = -(r / s) (p_label - 1 without its
+    cancellation), dy = grad_requantize_f32(g). Loss ln(s) - t_label; prediction b."""
+    del out_zp  # softmax is shift-invariant: differences of y need no zero point
+    shape = np.shape(y)
+    flat = np.asarray(y).astype(np.int32).ravel()
+    best = int(np.argmax(flat))
+    t = F32(out_scale) * (flat - flat[best]).astype(np.float32)
+    e = exp_f32(t)
+    total, rest = F32(0.0), F32(0.0)
+    for o, v in enumerate(e):  # sequential, as the firmware adds
+        total = F32(total + v)
+        if o != label:
+            rest = F32(rest + v)
+    g = (e / total).astype(np.float32)
+    g[label] = -(rest / total)
+    dy = grad_requantize_f32(g)
+    loss = F32(np.log(total)) - t[label]
+    return float(loss), best, QGrad(dy.data.reshape(shape), dy.scale)
+
+
 def _mse_error(y: np.ndarray, out_scale: float, out_zp: int, target: np.ndarray) -> np.ndarray:
     flat = np.asarray(y).astype(np.int32).ravel()
     t = np.asarray(target, np.float32).ravel()
@@ -97,6 +126,14 @@ def emit_cross_entropy(q_ptr: str, n: int, label: str, dl: GradRef, loss: str,
     return (f"{prediction} = static_cast<uint16_t>(mt::ref::softmax_cross_entropy_grad("
             f"{q_ptr}, {n}, static_cast<int32_t>({label}), {dl.data()}, &{dl.scale}, "
             f"&{loss}));")
+
+
+def emit_logits_cross_entropy(y_ptr: str, n: int, out_scale: float, label: str, dl: GradRef,
+                              loss: str, prediction: str) -> str:
+    """Like emit_cross_entropy, for int8 logits of scale `out_scale`."""
+    return (f"{prediction} = static_cast<uint16_t>(mt::ref::logits_cross_entropy_grad("
+            f"{y_ptr}, {n}, {c_float(out_scale)}, static_cast<int32_t>({label}), {dl.data()}, "
+            f"&{dl.scale}, &{loss}));")
 
 
 def emit_mse(y_ptr: str, n: int, out_scale: float, out_zp: int, targets: str, dl: GradRef,

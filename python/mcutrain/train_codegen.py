@@ -116,6 +116,10 @@ class _Emitter:
                                               "label_class", "result->loss",
                                               "result->prediction")
         dl = self.grad(program.loss_input)
+        if program.logits_loss:
+            return grad_rules.emit_logits_cross_entropy(
+                self.act(model.output), out.num_elements, out.scale, "label_class", dl,
+                "result->loss", "result->prediction")
         if program.scheme.loss == "cross_entropy":
             return grad_rules.emit_cross_entropy(
                 self.act(model.output), out.num_elements, "label_class", dl,

@@ -101,10 +101,13 @@ class TrainingReference:
                                                program.classifier.need_dx)
                 self._backward(values, dx)
             return StepResult(float(loss), int(pred))
-        if program.scheme.loss == "cross_entropy":
+        out = model.graph.tensors[model.output]
+        if program.logits_loss:
+            loss, pred, dlogits = grad_rules.logits_cross_entropy(
+                values[model.output], out.scale, out.zero_point, int(label))
+        elif program.scheme.loss == "cross_entropy":
             loss, pred, dlogits = grad_rules.cross_entropy(values[model.output], int(label))
         else:
-            out = model.graph.tensors[model.output]
             loss, dlogits = grad_rules.mse(values[model.output], out.scale, out.zero_point,
                                            np.asarray(label, np.float32))
             pred = 0

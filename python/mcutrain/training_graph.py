@@ -34,6 +34,9 @@ _PARAM_MODULES = {"CONV_2D": "conv2d", "DEPTHWISE_CONV_2D": "depthwise_conv2d",
                   "FULLY_CONNECTED": "fully_connected"}
 # Operators whose input gradient is their output gradient (the training graph aliases them).
 _PASS_THROUGH = ("RESHAPE", "QUANTIZE")
+# Operators whose output a classifier can end in as class logits (no SOFTMAX): cross-entropy
+# then computes the softmax itself (docs/training.md, "Loss, classification").
+_LOGITS_OPS = ("FULLY_CONNECTED", "CONV_2D", "MEAN", "AVERAGE_POOL_2D")
 _FUSED_ACTIVATION = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD",
                      "AVERAGE_POOL_2D", "MAX_POOL_2D")
 
@@ -73,6 +76,7 @@ class TrainProgram:
     grad_tensors: list[int]  # tensors whose gradient is computed, in the order they appear
     loss_input: int  # tensor whose gradient the loss produces
     num_classes: int
+    logits_loss: bool  # cross-entropy on the output as logits (no final SOFTMAX)
     state_bytes: int
     planner: ArenaPlanner = field(default_factory=ArenaPlanner)
     classifier: FloatClassifier | None = None  # classifier 'fp32': the float FC + SOFTMAX
@@ -94,12 +98,13 @@ def build_training(model: CompiledModel, scheme: Scheme) -> TrainProgram:
     ops = model.ops
     classifier = plan_float_classifier(model) if scheme.classifier == "fp32" else None
     trained = _trained_ops(model, scheme)
-    loss_input, num_classes = _loss(model, scheme)
+    loss_input, num_classes, logits_loss = _loss(model, scheme)
     producer = {p.output: i for i, p in enumerate(ops)}
     upstream = _upstream_trained(ops, producer, set(trained))
     backward: list[BackwardStep] = []
     masks: dict[int, tuple[int, int]] = {}
-    last = len(ops) - 1 if scheme.loss == "cross_entropy" else len(ops)
+    # Cross-entropy's gradient is that of the SOFTMAX's input: the SOFTMAX has no backward step.
+    last = len(ops) - 1 if scheme.loss == "cross_entropy" and not logits_loss else len(ops)
     if classifier is not None:
         # The float classifier's backward runs with the loss; the int8 schedule ends before it.
         last = classifier.fc_step
@@ -112,8 +117,7 @@ def build_training(model: CompiledModel, scheme: Scheme) -> TrainProgram:
         need_dx = [t in producer and upstream[producer[t]] for t in p.inputs]
         rule = None if p.op.opcode in _PASS_THROUGH + ("ADD",) else BACKWARD.get(p.op.opcode)
         if rule is None and p.op.opcode not in _PASS_THROUGH + ("ADD",):
-            raise ModelError(f"operator {p.op.index} ({p.op.opcode}) has no backward rule yet; "
-                             "train only layers after it")
+            raise ModelError(_no_rule_message(model, scheme, step))
         mask = _mask(model, p)
         if mask is not None:
             masks[step] = mask
@@ -124,7 +128,7 @@ def build_training(model: CompiledModel, scheme: Scheme) -> TrainProgram:
         backward.append(BackwardStep(step, p, rule, mask, need_dx, saved))
     program = TrainProgram(model=model, scheme=scheme, trained=trained, backward=backward,
                            masks=masks, grad_tensors=[], loss_input=loss_input,
-                           num_classes=num_classes,
+                           num_classes=num_classes, logits_loss=logits_loss,
                            state_bytes=_layout_state(trained, classifier), classifier=classifier)
     program.grad_tensors = _gradient_tensors(program)
     program.planner = _plan(program)
@@ -195,15 +199,46 @@ def _layout_state(trained: dict[int, TrainedOp], classifier: FloatClassifier | N
     return offset
 
 
-def _loss(model: CompiledModel, scheme: Scheme) -> tuple[int, int]:
+def _loss(model: CompiledModel, scheme: Scheme) -> tuple[int, int, bool]:
+    """(tensor the loss's gradient is for, number of classes, loss on logits)."""
     last = model.ops[-1]
     out = model.graph.tensors[model.output]
-    if scheme.loss == "cross_entropy":
-        if last.op.opcode != "SOFTMAX":
-            raise ModelError(f"{model.graph.name}: cross-entropy training needs the model to end "
-                             f"in SOFTMAX (it ends in {last.op.opcode}); use loss 'mse'")
-        return last.inputs[0], int(out.shape[-1])
-    return model.output, 0
+    if scheme.loss != "cross_entropy":
+        return model.output, 0, False
+    if last.op.opcode == "SOFTMAX":
+        return last.inputs[0], int(out.shape[-1]), False
+    name = model.graph.name
+    source = _logits_source(model)
+    if source not in _LOGITS_OPS:
+        raise ModelError(f"{name}: cross-entropy training needs the model to end in SOFTMAX or in "
+                         f"class logits from {', '.join(_LOGITS_OPS)} (it ends in {source}); "
+                         "use loss 'mse'")
+    classes = int(out.shape[-1]) if out.shape else 1
+    if classes < 2 or out.num_elements != classes:
+        raise ModelError(f"{name}: cross-entropy on logits needs one row of at least 2 classes "
+                         f"(the output has shape {list(out.shape)}); use loss 'mse'")
+    return model.output, classes, True
+
+
+def _logits_source(model: CompiledModel) -> str:
+    """The opcode that produces the output, looking through trailing RESHAPE/QUANTIZE."""
+    producer = {p.output: p for p in model.ops}
+    p = producer[model.output]
+    while p.op.opcode in _PASS_THROUGH and p.inputs[0] in producer:
+        p = producer[p.inputs[0]]
+    return p.op.opcode
+
+
+def _no_rule_message(model: CompiledModel, scheme: Scheme, step: int) -> str:
+    op = model.ops[step].op
+    head = f"operator {op.index} ({op.opcode}) has no backward rule yet"
+    if op.opcode == "SOFTMAX" and step == len(model.ops) - 1:
+        # Only reached with loss 'mse': cross-entropy's gradient starts below the SOFTMAX.
+        return (f"{head}, so loss '{scheme.loss}' cannot pass a gradient through the final "
+                "SOFTMAX; use loss 'cross_entropy' (its gradient skips the SOFTMAX)")
+    if not any(p.op.opcode in PARAMETRIC for p in model.ops[step + 1:]):
+        return f"{head} and no layer after it has parameters; this model cannot train yet"
+    return f"{head}; train only layers after it"
 
 
 def _upstream_trained(ops: list[PreparedOp], producer: dict[int, int],

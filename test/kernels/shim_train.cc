@@ -60,6 +60,11 @@ int32_t mt_softmax_cross_entropy_grad(const int8_t* q, int32_t n, int32_t label,
   return mt::ref::softmax_cross_entropy_grad(q, n, label, d, scale, loss);
 }
 
+int32_t mt_logits_cross_entropy_grad(const int8_t* y, int32_t n, float so, int32_t label,
+                                     int16_t* d, float* scale, float* loss) {
+  return mt::ref::logits_cross_entropy_grad(y, n, so, label, d, scale, loss);
+}
+
 float mt_mse_grad(const int8_t* y, int32_t n, float so, int32_t zo, const float* t, int16_t* d,
                   float* scale) {
   return mt::ref::mse_grad(y, n, so, zo, t, d, scale);

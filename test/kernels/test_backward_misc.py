@@ -250,6 +250,8 @@ def _setup(lib: ctypes.CDLL) -> ctypes.CDLL:
                                 ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
     lib.mt_grad_sum.argtypes = [ctypes.c_void_p, f32, ctypes.c_void_p, f32, ctypes.c_int32,
                                 ctypes.c_void_p]
+    lib.mt_logits_cross_entropy_grad.argtypes = [ctypes.c_void_p, ctypes.c_int32, f32,
+                                                 ctypes.c_int32] + [ctypes.c_void_p] * 3
     return lib
 
 
@@ -662,6 +664,68 @@ def test_cross_entropy_matches_float_gradient() -> None:
             assert abs(loss + np.log(prob[label])) <= (1 / 256) / (prob[label] - 1 / 256)
 
 
+LOGITS_CE = {  # case -> (n, label, output scale, kind)
+    "lce_rand": (10, 3, 0.1, "rand"),
+    "lce_ties": (7, 5, 0.2, "ties"),
+    "lce_certain": (4, 2, 0.5, "certain"),  # label's probability rounds to 1: tiny gradient
+    "lce_hopeless": (5, 1, 0.7, "hopeless"),  # label far below the rest: exp underflows to 0
+    "lce_flat": (12, 11, 1e-3, "rand"),  # nearly uniform softmax
+    "lce_many": (100, 0, 0.05, "rand"),
+    "lce_two": (2, 1, 0.08, "rand"),
+}
+
+
+def _lce_inputs(case_id: str) -> tuple[np.ndarray, float, int, int]:
+    n, label, scale, kind = LOGITS_CE[case_id]
+    rng = np.random.default_rng(sum(map(ord, case_id)))
+    y = rng.integers(-128, 128, size=(1, n)).astype(np.int8)
+    if kind == "ties":
+        y[:] = -7
+    elif kind == "certain":
+        y[:] = -128
+        y[0, label] = 127
+    elif kind == "hopeless":
+        y[:] = 127
+        y[0, label] = -128
+    return y, scale, int(rng.integers(-128, 128)), label
+
+
+@pytest.mark.parametrize("case_id", sorted(LOGITS_CE))
+def test_logits_cross_entropy_kernel_matches_reference(lib: ctypes.CDLL, case_id: str) -> None:
+    y, so, zo, label = _lce_inputs(case_id)
+    loss, pred, dl = grad_rules.logits_cross_entropy(y, so, zo, label)
+    assert dl.data.shape == y.shape
+    assert pred == int(np.argmax(y.ravel()))
+    d = np.zeros(y.size, np.int16)
+    scale = np.zeros(1, np.float32)
+    c_loss = np.zeros(1, np.float32)
+    c_pred = lib.mt_logits_cross_entropy_grad(_ptr(y), y.size, F32(so), label, _ptr(d),
+                                              _ptr(scale), _ptr(c_loss))
+    assert c_pred == pred
+    assert_same(d, scale[0], dl, case_id)
+    assert abs(c_loss[0] - loss) <= 1e-5 * abs(loss) + 1e-7
+
+
+@pytest.mark.parametrize("case_id", sorted(LOGITS_CE))
+def test_logits_cross_entropy_matches_float64(case_id: str) -> None:
+    """TensorFlow's from_logits=True in float64: loss = logsumexp(z) - z[label], dz = softmax(z)
+    - onehot, z = so * (y - zo). The int16 gradient is within half a step (plus 2e-6 relative
+    for the float32 softmax) of it, even when the label is nearly certain; the loss within 1e-5
+    relative."""
+    y, so, zo, label = _lce_inputs(case_id)
+    loss, _, dl = grad_rules.logits_cross_entropy(y, so, zo, label)
+    z = np.float64(F32(so)) * (y.ravel().astype(np.float64) - zo)
+    top = z.max()
+    lse = top + np.log(np.exp(z - top).sum())
+    want_loss = lse - z[label]
+    assert abs(loss - want_loss) <= 1e-5 * want_loss + 1e-6
+    want = np.exp(z - lse) - np.eye(z.size)[label]
+    err = np.abs(dl.real().ravel().astype(np.float64) - want).max()
+    # exp_f32 is 0 below e^-80: smaller probabilities are lost (1e-33 covers 100 of them)
+    assert err <= 0.5 * float(dl.scale) + 2e-6 * np.abs(want).max() + 1e-33, err
+    assert float(dl.scale) <= np.abs(want).max() / GRAD_MAX * (1 + 1e-5) + 1e-12
+
+
 MSE = {  # case -> (n, scale, zp, kind)
     "mse_rand": (10, 0.03, -5, "rand"),
     "mse_exact_zero": (4, 0.5, 0, "exact"),
@@ -793,6 +857,25 @@ def _emit_ce(case_id: str):
     return body, run
 
 
+def _emit_lce(case_id: str):
+    y, so, zo, label = _lce_inputs(case_id)
+    arena = Arena()
+    y_at = arena.take(y.size)
+    g, g_at, g_index = arena.grad(y.size)
+    body = grad_rules.emit_logits_cross_entropy(f"(arena + {y_at})", y.size, so, "label", g,
+                                                "*loss", "*pred")
+    loss, pred, dl = grad_rules.logits_cross_entropy(y, so, zo, label)
+
+    def run(fn) -> None:
+        buf = np.zeros(arena.size, np.uint8)
+        buf[y_at:y_at + y.size] = _bytes(y, np.int8)
+        scales = np.zeros(1, np.float32)
+        c_loss, c_pred = _call(fn, buf, scales, label=label)
+        assert c_pred == pred and abs(c_loss - loss) <= 1e-5 * abs(loss) + 1e-7, case_id
+        assert_same(buf[g_at:g_at + 2 * y.size].view("<i2"), scales[g_index], dl, case_id)
+    return body, run
+
+
 def _emit_mse(case_id: str):
     y, so, zo, t = _mse_inputs(case_id)
     arena = Arena()
@@ -835,6 +918,7 @@ def _emit_sum(case_id: str):
 RULE_EMITS: dict[str, Callable[[], tuple[str, Callable]]] = {
     **{f"mask_{c}": (lambda c=c: _emit_mask(c)) for c in MASKS},
     **{c: (lambda c=c: _emit_ce(c)) for c in CE},
+    **{c: (lambda c=c: _emit_lce(c)) for c in LOGITS_CE},
     **{c: (lambda c=c: _emit_mse(c)) for c in MSE},
     **{c: (lambda c=c: _emit_sum(c)) for c in SUMS},
 }
@@ -873,6 +957,8 @@ TRAIN_MODELS = {  # these models exercise MEAN, both pools, PAD, CONCATENATION, 
     "concat_pool_full": ("models/test/concat_pool_pertensor_int8.tflite",
                          {"preset": "full", "lr": 0.05, "rounding": "nearest"}),
     "residual_full": ("models/test/residual_dw_f32io.tflite", {"preset": "full", "lr": 0.02}),
+    # cross-entropy on FULLY_CONNECTED logits, and a first layer whose dx would overflow
+    "wide_logits_full": ("models/test/wide_logits_int8.tflite", {"preset": "full", "lr": 0.05}),
 }
 
 
