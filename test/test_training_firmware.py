@@ -40,6 +40,7 @@ CASES = [
     ("third_party/tflm_hello_world_int8", "full_mse"),
     # cross-entropy on FULLY_CONNECTED logits; a first layer whose dx would overflow trains
     ("test/wide_logits_int8", "full_stochastic"),
+    ("test/wide_logits_int8", "fp32_classifier"),  # float FC on logits, INFER returns logits
 ]
 
 

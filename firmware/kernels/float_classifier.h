@@ -1,5 +1,5 @@
 // The fp32 classifier of a training scheme with "classifier": "fp32" (docs/training.md,
-// "fp32 classifier"): the model's final FULLY_CONNECTED + SOFTMAX run in float32 with weights
+// "fp32 classifier"): the model's final FULLY_CONNECTED (+ SOFTMAX) run in float32 with weights
 // held in the trainable state block. python/mcutrain/float_classifier.py mirrors every function
 // operation for operation; the trained float weights agree bit for bit as long as this file is
 // built with -ffp-contract=off (no fused multiply-add) and no libm function enters the state
@@ -15,6 +15,11 @@ struct FloatClassifierParams {
   int32_t units;         // classes
   int32_t input_offset;  // -zx of the int8 input
   float input_scale;     // sx
+  // The int8 output: 0 = the SOFTMAX's probabilities (scale 1/256, zero point -128), 1 = the
+  // logits of a model without SOFTMAX, quantized with output_inv_scale (1 / so) and zero point.
+  int32_t output_logits;
+  float output_inv_scale;
+  int32_t output_zero_point;
 };
 
 // The float work buffer a forward pass fills and the loss and backward read:
@@ -35,7 +40,8 @@ void float_classifier_init(const FloatClassifierParams& p, const int8_t* wq, con
                            const float* w_scale, const float* b_scale, float* w, float* b);
 
 /// Forward: x_real, logits = b + sum_i W x_real (sequential in i), softmax probabilities into
-/// `work`; q[o] = clamp(round_half_away(prob[o] * 256) - 128) is the int8 SOFTMAX output.
+/// `work`; q[o] = clamp(round_half_away(prob[o] * 256) - 128) is the int8 SOFTMAX output, or
+/// with output_logits q[o] = clamp(round_half_away(logits[o] * output_inv_scale) + zo).
 /// `q` may overlap nothing in `work`; it may alias memory that held `x` only after x is read
 /// (x is converted to x_real first).
 void float_classifier_forward(const FloatClassifierParams& p, const float* w, const float* b,

@@ -80,7 +80,10 @@ void float_classifier_forward(const FloatClassifierParams& p, const float* w, co
   }
   for (int32_t o = 0; o < p.units; ++o) {
     prob[o] = prob[o] / sum;
-    float v = RoundHalfAway(prob[o] * 256.0f) - 128.0f;
+    float v = p.output_logits != 0
+                  ? RoundHalfAway(logits[o] * p.output_inv_scale) +
+                        static_cast<float>(p.output_zero_point)
+                  : RoundHalfAway(prob[o] * 256.0f) - 128.0f;
     v = v < -128.0f ? -128.0f : (v > 127.0f ? 127.0f : v);
     q[o] = static_cast<int8_t>(v);
   }

@@ -1,6 +1,7 @@
 """The fp32 classifier of a `"classifier": "fp32"` scheme (docs/training.md, "fp32 classifier").
 
-The model's final FULLY_CONNECTED -> SOFTMAX pair runs in float32: weights W_f = sW[o] * Wq and
+The model's final FULLY_CONNECTED -> SOFTMAX pair (or final FULLY_CONNECTED of logits) runs in
+float32: weights W_f = sW[o] * Wq and
 bias b_f = s_b[o] * bq live in the trainable state block as float32 and are trained in full,
 with no quantization-aware scaling and no rounding. The numpy functions here define the
 arithmetic; firmware/kernels/float_classifier.h reproduces it operation for operation, so the
@@ -36,10 +37,10 @@ _MIN_PROB = F32(1e-30)
 
 @dataclass
 class FloatClassifier:
-    """The FULLY_CONNECTED + SOFTMAX pair that a training build runs in float32."""
+    """The FULLY_CONNECTED (+ SOFTMAX) that a training build runs in float32."""
 
     fc_step: int
-    softmax_step: int
+    softmax_step: int | None  # None: the model ends in the FC's logits
     operator: int  # the FULLY_CONNECTED's operator index in the model
     input_tensor: int
     input_shape: tuple[int, ...]
@@ -51,9 +52,17 @@ class FloatClassifier:
     bias_q: np.ndarray | None  # int32 [units]
     w_scale: np.ndarray  # float32 [units]: sW
     b_scale: np.ndarray  # float32 [units]: sx * sW
+    # Logits models: the int8 output is the logits quantized as the FC's output (1 / so, zo).
+    output_inv_scale: np.float32 = F32(0.0)
+    output_zero_point: int = 0
     need_dx: bool = False  # does an earlier trained operator need the input gradient?
     weight_offset: int = -1  # byte offsets in the state block
     bias_offset: int = -1
+
+    @property
+    def steps(self) -> list[int]:
+        """The forward steps the float step replaces."""
+        return [self.fc_step] if self.softmax_step is None else [self.fc_step, self.softmax_step]
 
     @property
     def weight_bytes(self) -> int:
@@ -79,16 +88,20 @@ class FloatClassifier:
 
 
 def plan_float_classifier(model: CompiledModel) -> FloatClassifier:
-    """The model's final FULLY_CONNECTED -> SOFTMAX, refused with a one-line ModelError when the
-    model does not end that way or the FC cannot run as a plain float layer."""
+    """The model's final FULLY_CONNECTED -> SOFTMAX or final FULLY_CONNECTED (logits), refused
+    with a one-line ModelError when the model does not end that way or the FC cannot run as a
+    plain float layer."""
     ops = model.ops
     name = model.graph.name
-    if len(ops) < 2 or ops[-1].op.opcode != "SOFTMAX" or ops[-2].op.opcode != "FULLY_CONNECTED" \
-            or ops[-1].inputs[0] != ops[-2].output:
+    with_softmax = (len(ops) >= 2 and ops[-1].op.opcode == "SOFTMAX"
+                    and ops[-2].op.opcode == "FULLY_CONNECTED"
+                    and ops[-1].inputs[0] == ops[-2].output)
+    if not with_softmax and ops[-1].op.opcode != "FULLY_CONNECTED":
         tail = " -> ".join(p.op.opcode for p in ops[-2:])
         raise ModelError(f"{name}: classifier 'fp32' needs the model to end in FULLY_CONNECTED "
-                         f"-> SOFTMAX (it ends in {tail}); use classifier 'int8'")
-    fc = ops[-2]
+                         f"(logits) or FULLY_CONNECTED -> SOFTMAX (it ends in {tail}); "
+                         "use classifier 'int8'")
+    fc = ops[-2] if with_softmax else ops[-1]
     p = fc.params
     g = model.graph
     activation = fc.op.options.get("activation", "NONE")
@@ -103,15 +116,20 @@ def plan_float_classifier(model: CompiledModel) -> FloatClassifier:
             raise ModelError(f"{name}: classifier 'fp32' needs a plain FULLY_CONNECTED before "
                              f"the SOFTMAX; operator {fc.op.index} has {what}")
     x = g.tensors[fc.inputs[0]]
+    y = g.tensors[fc.output]
     sx = F32(x.scale)
     w_scale = np.asarray(p.filter_scale, np.float32).reshape(units)
+    last = len(ops) - 1
     return FloatClassifier(
-        fc_step=len(ops) - 2, softmax_step=len(ops) - 1, operator=fc.op.index,
+        fc_step=last - 1 if with_softmax else last, softmax_step=last if with_softmax else None,
+        operator=fc.op.index,
         input_tensor=fc.inputs[0], input_shape=tuple(x.shape), depth=int(depth),
         units=int(units), input_scale=sx, input_zero_point=int(x.zero_point),
         weights_q=np.asarray(p.filter, np.int8).copy(),
         bias_q=None if p.bias is None else np.asarray(p.bias, np.int32).copy(),
-        w_scale=w_scale, b_scale=(sx * w_scale).astype(np.float32))
+        w_scale=w_scale, b_scale=(sx * w_scale).astype(np.float32),
+        output_inv_scale=F32(0.0) if with_softmax else F32(1.0) / F32(y.scale),
+        output_zero_point=0 if with_softmax else int(y.zero_point))
 
 
 # ---- numpy definition ----
@@ -144,7 +162,8 @@ class Work:
 
 def forward(c: FloatClassifier, w: np.ndarray, b: np.ndarray,
             x: np.ndarray) -> tuple[Work, np.ndarray]:
-    """-> (work, q): q is the int8 SOFTMAX output (scale 1/256, zero point -128)."""
+    """-> (work, q): q is the int8 SOFTMAX output (scale 1/256, zero point -128), or for a
+    logits model clamp(round_half_away(logits * (1 / so)) + zo)."""
     xq = np.asarray(x).astype(np.int32).ravel()
     x_real = (xq - c.input_zero_point).astype(np.float32) * c.input_scale
     acc = np.zeros(c.units, np.float32)
@@ -160,7 +179,11 @@ def forward(c: FloatClassifier, w: np.ndarray, b: np.ndarray,
     for v in e:
         total = F32(total + v)
     prob = (e / total).astype(np.float32)
-    q = np.clip(round_half_away(prob * F32(256.0)) - F32(128.0), -128, 127).astype(np.int8)
+    if c.softmax_step is None:
+        v = round_half_away(logits * c.output_inv_scale) + F32(c.output_zero_point)
+    else:
+        v = round_half_away(prob * F32(256.0)) - F32(128.0)
+    q = np.clip(v, -128, 127).astype(np.int8)
     return Work(x_real, logits, prob), q
 
 
@@ -199,7 +222,9 @@ def backward(c: FloatClassifier, w: np.ndarray, b: np.ndarray, work: Work, label
 def emit_params(c: FloatClassifier) -> str:
     """A block-local constant `kCls` (the mt::FloatClassifierParams)."""
     return (f"static const mt::FloatClassifierParams kCls = {{{c.depth}, {c.units}, "
-            f"{-c.input_zero_point}, {c_float(c.input_scale)}}};")
+            f"{-c.input_zero_point}, {c_float(c.input_scale)}, "
+            f"{1 if c.softmax_step is None else 0}, {c_float(c.output_inv_scale)}, "
+            f"{c.output_zero_point}}};")
 
 
 def emit_init(c: FloatClassifier, pool: ConstPool, w: str, b: str) -> str:

@@ -133,7 +133,7 @@ def _float_classifier(program: TrainProgram) -> dict[str, Any] | None:
     cls = program.classifier
     if cls is None:
         return None
-    return {"steps": [cls.fc_step, cls.softmax_step], "operator": cls.operator,
+    return {"steps": cls.steps, "operator": cls.operator,
             "units": cls.units, "depth": cls.depth, "dtype": "float32",
             "weight_offset": cls.weight_offset, "weight_bytes": cls.weight_bytes,
             "weight_shape": [cls.units, cls.depth], "bias_offset": cls.bias_offset,

@@ -88,8 +88,9 @@ class _Emitter:
             if cls is not None and step == cls.softmax_step:
                 continue
             if cls is not None and step == cls.fc_step:
-                lines.append(f"  // [{step}] FULLY_CONNECTED + [{cls.softmax_step}] SOFTMAX as the "
-                             f"fp32 classifier (operator {p.op.index})")
+                softmax = "" if cls.softmax_step is None else f" + [{cls.softmax_step}] SOFTMAX"
+                lines.append(f"  // [{step}] FULLY_CONNECTED{softmax} as the fp32 classifier "
+                             f"(operator {p.op.index})")
                 w, b = self.cls_state()
                 lines.append(indent(float_classifier.emit_forward(
                     cls, w, b, self.act(p.inputs[0]), self.arena(CLASSIFIER_WORK),

@@ -6,10 +6,10 @@ activations the backward pass must keep (inputs of weight-trained operators and 
 which only need a 1-bit mask (fused ReLU/ReLU6), the backward schedule with each operator's
 parameters updated in place in its own step (so no weight-gradient buffer ever exists), where
 every trainable copy sits in the state block, and one arena plan covering forward and backward.
-With classifier 'fp32' the final FULLY_CONNECTED -> SOFTMAX becomes a float layer
-(float_classifier.py): it is left out of the int8 schedule, its loss gradient feeds the FC's input,
-its float weights follow the int8 copies in the state block and its float work buffers
-(x_real/logits/probabilities, input-gradient scratch) are arena buffers.
+With classifier 'fp32' the final FULLY_CONNECTED -> SOFTMAX (or FULLY_CONNECTED of logits)
+becomes a float layer (float_classifier.py): it is left out of the int8 schedule, its loss
+gradient feeds the FC's input, its float weights follow the int8 copies in the state block and
+its float work buffers (x_real/logits/probabilities, input-gradient scratch) are arena buffers.
 """
 
 from __future__ import annotations

@@ -6,8 +6,10 @@
 namespace {
 
 mt::FloatClassifierParams Params(int32_t depth, int32_t units, int32_t input_offset,
-                                 float input_scale) {
-  return {depth, units, input_offset, input_scale};
+                                 float input_scale, int32_t output_logits = 0,
+                                 float output_inv_scale = 0.0f, int32_t output_zero_point = 0) {
+  return {depth,         units,           input_offset,     input_scale,
+          output_logits, output_inv_scale, output_zero_point};
 }
 
 }  // namespace
@@ -22,10 +24,13 @@ void mt_float_classifier_init(int32_t depth, int32_t units, const int8_t* wq, co
 }
 
 void mt_float_classifier_forward(int32_t depth, int32_t units, int32_t input_offset,
-                                 float input_scale, const float* w, const float* b,
-                                 const int8_t* x, float* work, int8_t* q) {
-  mt::ref::float_classifier_forward(Params(depth, units, input_offset, input_scale), w, b, x,
-                                    work, q);
+                                 float input_scale, int32_t output_logits,
+                                 float output_inv_scale, int32_t output_zero_point,
+                                 const float* w, const float* b, const int8_t* x, float* work,
+                                 int8_t* q) {
+  mt::ref::float_classifier_forward(Params(depth, units, input_offset, input_scale, output_logits,
+                                           output_inv_scale, output_zero_point),
+                                    w, b, x, work, q);
 }
 
 int32_t mt_float_classifier_loss(int32_t depth, int32_t units, const float* work, int32_t label,

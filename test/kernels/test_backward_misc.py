@@ -959,6 +959,9 @@ TRAIN_MODELS = {  # these models exercise MEAN, both pools, PAD, CONCATENATION, 
     "residual_full": ("models/test/residual_dw_f32io.tflite", {"preset": "full", "lr": 0.02}),
     # cross-entropy on FULLY_CONNECTED logits, and a first layer whose dx would overflow
     "wide_logits_full": ("models/test/wide_logits_int8.tflite", {"preset": "full", "lr": 0.05}),
+    "wide_logits_fp32": ("models/test/wide_logits_int8.tflite",
+                         {"classifier": "fp32", "bias_layers": 3, "lr": 0.05,
+                          "weights": [{"layer": 0, "ratio": 0.5}]}),
 }
 
 

@@ -34,7 +34,8 @@ def lib(kernels_lib: ctypes.CDLL) -> ctypes.CDLL:
     kernels_lib.mt_exp_f32.argtypes = [_F]
     kernels_lib.mt_exp_f32.restype = _F
     kernels_lib.mt_float_classifier_init.argtypes = [_I, _I, _P, _P, _P, _P, _P, _P]
-    kernels_lib.mt_float_classifier_forward.argtypes = [_I, _I, _I, _F, _P, _P, _P, _P, _P]
+    kernels_lib.mt_float_classifier_forward.argtypes = [_I, _I, _I, _F, _I, _F, _I,
+                                                        _P, _P, _P, _P, _P]
     kernels_lib.mt_float_classifier_loss.argtypes = [_I, _I, _P, _I, _P]
     kernels_lib.mt_float_classifier_loss.restype = _I
     kernels_lib.mt_float_classifier_backward.argtypes = [_I, _I, _P, _P, _P, _I, _F, _P, _P]
@@ -42,18 +43,23 @@ def lib(kernels_lib: ctypes.CDLL) -> ctypes.CDLL:
     return kernels_lib
 
 
-def _classifier(depth: int, units: int, seed: int, bias: bool = True) -> fcl.FloatClassifier:
+def _classifier(depth: int, units: int, seed: int, bias: bool = True,
+                logits: bool = False) -> fcl.FloatClassifier:
+    """logits: the model ends in the FC (no SOFTMAX); its int8 output is the logits."""
     rng = np.random.default_rng(seed)
     # Logits of a few units: |x_real| <= 128 * sx ~ 4, |W| <= 127 * sW ~ 4 / sqrt(depth).
     sx = F32(rng.uniform(0.01, 0.05))
     w_scale = (rng.uniform(0.5, 2.0, units) / (32 * math.sqrt(depth))).astype(np.float32)
     return fcl.FloatClassifier(
-        fc_step=0, softmax_step=1, operator=0, input_tensor=0, input_shape=(1, depth),
+        fc_step=0, softmax_step=None if logits else 1, operator=0, input_tensor=0,
+        input_shape=(1, depth),
         depth=depth, units=units, input_scale=sx,
         input_zero_point=int(rng.integers(-128, 128)),
         weights_q=rng.integers(-127, 128, (units, depth), dtype=np.int8),
         bias_q=rng.integers(-3000, 3000, units).astype(np.int32) if bias else None,
-        w_scale=w_scale, b_scale=(sx * w_scale).astype(np.float32))
+        w_scale=w_scale, b_scale=(sx * w_scale).astype(np.float32),
+        output_inv_scale=F32(1.0) / F32(0.04) if logits else F32(0.0),
+        output_zero_point=int(rng.integers(-20, 20)) if logits else 0)
 
 
 def _bits(a: np.ndarray) -> np.ndarray:
@@ -75,14 +81,15 @@ def test_exp_matches_kernel_and_math(lib: ctypes.CDLL) -> None:
     assert np.all(want[~ok] == 0)
 
 
-CASES = [(32, 3, 0, True), (7, 10, 1, True), (64, 2, 2, False), (1, 5, 3, True),
-         (300, 12, 4, True)]
+CASES = [(32, 3, 0, True, False), (7, 10, 1, True, False), (64, 2, 2, False, False),
+         (1, 5, 3, True, False), (300, 12, 4, True, False), (32, 3, 5, True, True),
+         (300, 12, 6, False, True)]
 
 
-@pytest.mark.parametrize("depth, units, seed, bias", CASES)
+@pytest.mark.parametrize("depth, units, seed, bias, logits", CASES)
 def test_training_steps_match_kernel(lib: ctypes.CDLL, depth: int, units: int, seed: int,
-                                     bias: bool) -> None:
-    c = _classifier(depth, units, seed, bias)
+                                     bias: bool, logits: bool) -> None:
+    c = _classifier(depth, units, seed, bias, logits)
     rng = np.random.default_rng(100 + seed)
     w_ref, b_ref = c.initial()
     w_fw = np.zeros((units, depth), np.float32)
@@ -101,7 +108,9 @@ def test_training_steps_match_kernel(lib: ctypes.CDLL, depth: int, units: int, s
         ref_work, ref_q = fcl.forward(c, w_ref, b_ref, x)
         q = np.zeros(units, np.int8)
         lib.mt_float_classifier_forward(depth, units, -c.input_zero_point, float(c.input_scale),
-                                        _ptr(w_fw), _ptr(b_fw), _ptr(x), _ptr(work), _ptr(q))
+                                        int(logits), float(c.output_inv_scale),
+                                        c.output_zero_point, _ptr(w_fw), _ptr(b_fw), _ptr(x),
+                                        _ptr(work), _ptr(q))
         packed = np.concatenate([ref_work.x_real, ref_work.logits, ref_work.prob])
         assert np.array_equal(_bits(work), _bits(packed)), f"step {step}: forward"
         assert np.array_equal(q, ref_q), f"step {step}: int8 output"
@@ -125,10 +134,11 @@ def test_training_steps_match_kernel(lib: ctypes.CDLL, depth: int, units: int, s
         assert np.array_equal(_bits(b_fw), _bits(b_ref)), f"step {step}: bias"
 
 
-@pytest.mark.parametrize("depth, units, seed, bias", CASES)
-def test_gradients_match_float64(depth: int, units: int, seed: int, bias: bool) -> None:
+@pytest.mark.parametrize("depth, units, seed, bias, ends_in_logits", CASES)
+def test_gradients_match_float64(depth: int, units: int, seed: int, bias: bool,
+                                 ends_in_logits: bool) -> None:
     """Forward, input gradient and update against a float64 softmax cross-entropy."""
-    c = _classifier(depth, units, seed, bias)
+    c = _classifier(depth, units, seed, bias, ends_in_logits)
     rng = np.random.default_rng(200 + seed)
     w, b = c.initial()
     x = rng.integers(-128, 128, depth, dtype=np.int8)
@@ -142,7 +152,12 @@ def test_gradients_match_float64(depth: int, units: int, seed: int, bias: bool) 
     work, q = fcl.forward(c, w, b, x)
     assert np.allclose(work.logits, logits, rtol=1e-5, atol=1e-5 * np.abs(logits).max())
     assert np.allclose(work.prob, p, rtol=1e-5, atol=1e-7)
-    assert np.all(np.abs(q.astype(np.int32) + 128 - np.minimum(p * 256, 255)) <= 0.5 + 1e-4)
+    if ends_in_logits:  # the int8 output is the logits at the FC's output quantization
+        want_q = np.clip(logits * float(c.output_inv_scale) + c.output_zero_point, -128, 127)
+        assert np.all(np.abs(q.astype(np.int32) - want_q) <= 0.5 + 1e-4)
+        assert np.any(q != -128) and np.any(q != 127)
+    else:
+        assert np.all(np.abs(q.astype(np.int32) + 128 - np.minimum(p * 256, 255)) <= 0.5 + 1e-4)
     loss, pred = fcl.loss(work, label)
     assert loss == pytest.approx(-math.log(p[label]), rel=1e-5, abs=1e-6)
     assert pred == int(np.argmax(logits))
@@ -163,8 +178,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("model, raw, message", [
-    ("third_party/tflm_hello_world_int8", {"classifier": "fp32"},
-     "end in FULLY_CONNECTED -> SOFTMAX"),
+    # Its final FULLY_CONNECTED is accepted as logits, but of one value: no classes.
+    ("third_party/tflm_hello_world_int8", {"classifier": "fp32"}, "at least 2 classes"),
     ("har_cnn1d_int8", {"classifier": "fp32", "loss": "mse"}, "needs loss 'cross_entropy'"),
     ("har_cnn1d_int8", {"classifier": "fp16"}, "is not one of"),
 ])
@@ -191,3 +206,18 @@ def test_program_layout() -> None:
     assert not any(p.name.startswith("g") for p in alone.planner.placements().values())
     w, b = alone.classifier.initial()
     assert alone.state_bytes == w.nbytes + b.nbytes
+
+
+def test_program_layout_on_logits() -> None:
+    """A model ending in FULLY_CONNECTED logits: the FC alone is the float step, its output is
+    the model's (int8 logits for INFER), and the loss is the same softmax cross-entropy."""
+    model = compile_model(ROOT / "models" / "test" / "wide_logits_int8.tflite")
+    program = build_training(model, parse_scheme({"classifier": "fp32", "bias_layers": 2}))
+    cls = program.classifier
+    assert cls is not None and cls.softmax_step is None and cls.steps == [len(model.ops) - 1]
+    assert cls.units == program.num_classes == 4
+    assert cls.need_dx and program.loss_input == cls.input_tensor
+    assert [b.step for b in program.backward] == [2, 1]
+    out = model.graph.tensors[model.output]
+    assert cls.output_inv_scale == F32(1.0) / F32(out.scale)
+    assert cls.output_zero_point == out.zero_point
