@@ -967,14 +967,51 @@ TRAIN_MODELS = {  # these models exercise MEAN, both pools, PAD, CONCATENATION, 
 
 @pytest.mark.parametrize("case_id", sorted(TRAIN_MODELS))
 def test_training_step_host_build_matches_reference(case_id: str, tmp_path: Path) -> None:
+    path, raw = TRAIN_MODELS[case_id]
+    _host_build_matches_reference(ROOT / path, raw, tmp_path, sum(map(ord, case_id)))
+
+
+@pytest.fixture(scope="module")
+def conv_logits_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Ends in CONV_2D logits [1, 1, 1, 3] and a RESHAPE (Flatten) to [1, 3]."""
+    import tensorflow as tf
+
+    from tflite_convert import convert_full_int8
+
+    tf.keras.utils.set_random_seed(0)
+    inputs = tf.keras.Input((6, 6, 2), batch_size=1)
+    t = tf.keras.layers.Conv2D(4, 3, activation="relu")(inputs)
+    t = tf.keras.layers.Flatten()(tf.keras.layers.Conv2D(3, 4)(t))
+    model = tf.keras.Model(inputs, t)
+
+    def calibration():
+        rng = np.random.default_rng(0)
+        for _ in range(8):
+            yield [rng.normal(size=(1, 6, 6, 2)).astype(np.float32)]
+
+    path = tmp_path_factory.mktemp("conv_logits") / "conv_logits.tflite"
+    path.write_bytes(convert_full_int8(tf.lite.TFLiteConverter.from_keras_model(model),
+                                       calibration))
+    return path
+
+
+def test_cross_entropy_on_conv_logits_through_reshape(conv_logits_model: Path,
+                                                      tmp_path: Path) -> None:
+    from mcutrain.compiler import compile_model
+
+    opcodes = [p.op.opcode for p in compile_model(conv_logits_model).ops]
+    assert opcodes == ["CONV_2D", "CONV_2D", "RESHAPE"]
+    _host_build_matches_reference(conv_logits_model, {"preset": "full", "lr": 0.1}, tmp_path, 5)
+
+
+def _host_build_matches_reference(path: Path, raw: dict, tmp_path: Path, seed: int) -> None:
     from mcutrain.compiler import compile_model
     from mcutrain.scheme import parse_scheme
     from mcutrain.train_codegen import generate_training_source
     from mcutrain.train_reference import TrainingReference
     from mcutrain.training_graph import build_training
 
-    path, raw = TRAIN_MODELS[case_id]
-    model = compile_model(ROOT / path)
+    model = compile_model(path)
     program = build_training(model, parse_scheme(raw))
     source, _ = generate_training_source(program)
     (tmp_path / "model.cc").write_text(source)
@@ -983,7 +1020,7 @@ def test_training_step_host_build_matches_reference(case_id: str, tmp_path: Path
     host_compile([tmp_path / "model.cc", tmp_path / "harness.cc", *sorted(KERNELS.glob("*.cc"))],
                  exe, shared=False, werror=False)
     reference = TrainingReference(program)
-    rng = np.random.default_rng(sum(map(ord, case_id)))
+    rng = np.random.default_rng(seed)
     shape = model.graph.tensors[model.input].shape
     steps, blob, expected = 5, bytearray(struct.pack("<i", 5)), []
     for _ in range(steps):
