@@ -90,3 +90,21 @@ def test_model_that_does_not_fit_stops_the_build_with_the_numbers(
     assert "too_big does not fit" in log and "B over" in log, log[-2000:]
     assert "dominated by" in log and "(387072 B)" in log, log[-2000:]
     assert "Compiling" not in log, "the build compiled before refusing the model"
+
+
+@pytest.mark.parametrize("scheme", ['{"bias_layers": "three"}', '{"lr": null}',
+                                    '{"weights": [{"layer": "no/such/tensor"}]}'])
+def test_bad_scheme_stops_the_build_with_one_line_and_no_traceback(
+        scheme: str, tmp_path: Path) -> None:
+    path = tmp_path / "bad_scheme.json"
+    path.write_text(scheme)
+    environ = dict(os.environ, PLATFORMIO_BUILD_DIR=str(tmp_path / "build"),
+                   MCUTRAIN_TRAIN=str(path))
+    environ.pop("MCUTRAIN_MODEL", None)
+    proc = subprocess.run([sys.executable, "-m", "platformio", "run", "-e", "qemu", "-d",
+                           str(ROOT)], env=environ, capture_output=True, text=True, timeout=900)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    errors = [line for line in log.splitlines() if line.startswith("mcutrain: error: ")]
+    assert len(errors) == 1 and errors[0].startswith("mcutrain: error: bad_scheme: "), log[-2000:]
+    assert "Traceback" not in log and "Compiling" not in log, log[-2000:]

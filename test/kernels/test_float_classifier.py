@@ -166,7 +166,7 @@ ROOT = Path(__file__).resolve().parents[2]
     ("third_party/tflm_hello_world_int8", {"classifier": "fp32"},
      "end in FULLY_CONNECTED -> SOFTMAX"),
     ("har_cnn1d_int8", {"classifier": "fp32", "loss": "mse"}, "needs loss 'cross_entropy'"),
-    ("har_cnn1d_int8", {"classifier": "fp16"}, "is not one of"),
+    ("har_cnn1d_int8", {"classifier": "fp16"}, "\"classifier\" must be one of"),
 ])
 def test_refusals(model: str, raw: dict, message: str) -> None:
     with pytest.raises(ModelError, match=message):
