@@ -143,3 +143,11 @@ def test_scheme_file_that_is_not_utf8_is_a_one_line_error(tmp_path: Path) -> Non
     bad.write_bytes(b'{"loss": "\xe9"}')
     with pytest.raises(ModelError, match="not valid JSON"):
         load_scheme(bad)
+
+
+def test_layer_may_be_named_by_the_first_part_of_a_fused_tensor_name() -> None:
+    fused = [(0, "m/conv1/Relu;m/conv1/BiasAdd", 8), (3, "m/fc/MatMul;m/fc/BiasAdd", 2)]
+    scheme = parse_scheme({"weights": [{"layer": "m/conv1/Relu"}]})
+    assert [p.step for p in plan_layers(scheme, fused)] == [0]
+    full = parse_scheme({"weights": [{"layer": "m/fc/MatMul;m/fc/BiasAdd"}]})
+    assert [p.step for p in plan_layers(full, fused)] == [3]

@@ -236,11 +236,20 @@ def plan_layers(scheme: Scheme, parametric: list[tuple[int, str, int]]) -> list[
 def _resolve_layer(scheme: Scheme, layer: int | str, parametric: list[tuple[int, str, int]]) -> int:
     if isinstance(layer, str):
         names = [name for _, name, _ in parametric]
+        if layer in names:
+            return names.index(layer)
+        # TFLite joins fused tensor names with ';': the first part (what `mcutrain layers`
+        # shows) names the layer too when it is unique.
+        short = [i for i, name in enumerate(names) if name.split(";")[0] == layer]
+        if len(short) == 1:
+            return short[0]
+        names = [name.split(";")[0] for name in names]
         if layer not in names:
             raise ModelError(f"{scheme.name}: no parametric layer writes tensor '{layer}'; the "
                              f"{len(names)} layers are: {_name_list(names)} (indices and shapes: "
                              "`mcutrain layers MODEL.tflite`)")
-        return names.index(layer)
+        raise ModelError(f"{scheme.name}: {len(short)} layers write a tensor named '{layer}'; "
+                         "use the index (see `mcutrain layers MODEL.tflite`)")
     if not -len(parametric) <= layer < len(parametric):
         raise ModelError(f"{scheme.name}: layer {layer} out of range: the model has "
                          f"{len(parametric)} parametric layers ({-len(parametric)} to "
