@@ -219,8 +219,9 @@ def plan_layers(scheme: Scheme, parametric: list[tuple[int, str, int]]) -> list[
         for update in scheme.weights:
             i = _resolve_layer(scheme, update.layer, parametric)
             if i in seen:
+                short = parametric[i][1].split(";")[0]
                 raise ModelError(
-                    f'{scheme.name}: weights lists layer {i} ("{parametric[i][1]}") twice (as '
+                    f'{scheme.name}: weights lists layer {i} ("{short}") twice (as '
                     f"{json.dumps(seen[i])} and {json.dumps(update.layer)}); give each layer "
                     "once")
             seen[i] = update.layer
