@@ -151,3 +151,12 @@ def test_layer_may_be_named_by_the_first_part_of_a_fused_tensor_name() -> None:
     assert [p.step for p in plan_layers(scheme, fused)] == [0]
     full = parse_scheme({"weights": [{"layer": "m/fc/MatMul;m/fc/BiasAdd"}]})
     assert [p.step for p in plan_layers(full, fused)] == [3]
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"bias_layers": 5}, '"bias_layers" is 5 but the model has 4 parametric layers'),
+    ({"preset": "last-k", "layers": 9}, '"layers" is 9 but the model has 4 parametric layers'),
+])
+def test_counts_beyond_the_model_are_refused(raw: dict, message: str) -> None:
+    with pytest.raises(ModelError, match=message):
+        plan_layers(parse_scheme(raw), LAYERS)

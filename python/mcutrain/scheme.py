@@ -202,6 +202,10 @@ def plan_layers(scheme: Scheme, parametric: list[tuple[int, str, int]]) -> list[
     training_graph), so it gets no LayerPlan whatever the scheme says about it.
     """
     count = len(parametric)
+    for key, value in (("bias_layers", scheme.bias_layers), ("layers", scheme.layers)):
+        if value > count:
+            raise ModelError(f'{scheme.name}: "{key}" is {value} but the model has {count} '
+                             f"parametric layers (use at most {count})")
     n_train = [0] * count
     bias = [False] * count
     if scheme.preset == "full":
