@@ -120,8 +120,8 @@ def check_fits(model: CompiledModel, weight_bytes: int, limits: BoardLimits) -> 
     if need.total > limits.ram_bytes:
         step = model.planner.peak_step()
         live = sorted(model.planner.live_at(step), key=lambda p: -p.size)[:4]
-        names = ", ".join(
-            f"{model.graph.tensors[int(p.name[1:])].name or p.name} ({p.size} B)" for p in live)
+        names = ", ".join(f"'{short_name(_buffer_tensor(model, p.name).name)}' ({p.size} B)"
+                          for p in live)
         op = model.ops[step].op if 0 <= step < len(model.ops) else None
         where = f"operator {op.index} ({op.opcode})" if op else "the model edges"
         raise ModelError(
