@@ -17,6 +17,7 @@ PROJECT_DIR = Path(env.subst("$PROJECT_DIR"))  # noqa: F821
 sys.path.insert(0, str(PROJECT_DIR / "python"))
 
 from mcutrain.build import generate_for_build  # noqa: E402
+from mcutrain.firmware_size import stack_bytes_from_flags  # noqa: E402
 from mcutrain.graph import ModelError  # noqa: E402
 from mcutrain.report import BoardLimits  # noqa: E402
 
@@ -50,13 +51,23 @@ def _scheme_path() -> Path | None:
     return path if path.is_absolute() else PROJECT_DIR / path
 
 
+def _link_flags() -> list[str]:
+    """build_flags (with PLATFORMIO_BUILD_FLAGS) and LINKFLAGS as the link will see them: the
+    stack reservation the linker script uses comes from there."""
+    flags = []
+    for name in ("BUILD_FLAGS", "LINKFLAGS"):
+        value = env.get(name, [])  # noqa: F821
+        flags += [value] if isinstance(value, str) else list(value)
+    return [env.subst(str(f)) for f in flags]  # noqa: F821
+
+
 def _limits() -> BoardLimits:
     board = env.BoardConfig()  # noqa: F821
     return BoardLimits(
         name=board.get("name", env.subst("$BOARD")),  # noqa: F821
         ram_bytes=int(board.get("upload.maximum_ram_size")),
         flash_bytes=int(board.get("upload.maximum_size")),
-        ram_reserve=int(env.GetProjectOption("custom_ram_reserve", 16384)),  # noqa: F821
+        stack_bytes=stack_bytes_from_flags(_link_flags()),
         flash_reserve=int(env.GetProjectOption("custom_flash_reserve", 65536)),  # noqa: F821
         train_ram_bytes=int(env.GetProjectOption("custom_train_ram", 262144)),  # noqa: F821
     )

@@ -42,11 +42,27 @@ def test_default_training_build_links_within_256k(env: str, tmp_path: Path) -> N
     assert report["training"]["scheme"] == "har_adapt"
     size = firmware_size(tmp_path / env / "firmware.elf")
     assert size.flash_bytes <= F746_FLASH and size.ram_bytes <= TRAIN_RAM, size
+    # The pre-check's sum bounds what the linker placed on both boards (so what it accepts links)
+    # and is not loose by more than the runtime allowance's headroom.
+    from mcutrain.compiler import compile_model
+    from mcutrain.report import BoardLimits, training_ram
+    from mcutrain.scheme import load_scheme
+    from mcutrain.training_graph import build_training
+
+    program = build_training(compile_model(DEFAULT_MODEL), load_scheme(ROOT / "train" /
+                                                                       "har_adapt.json"))
+    need = training_ram(program, BoardLimits(env, F746_RAM, F746_FLASH)).total
+    assert need - 1024 < size.linked_ram_bytes <= need, (need, size)
 
 
 def test_mobilenetv2_inference_fits_the_f746() -> None:
     size = firmware_size(build_firmware(MOBILENET))
     assert size.ram_bytes <= F746_RAM and size.flash_bytes <= F746_FLASH, size
+    from mcutrain.compiler import compile_model
+    from mcutrain.report import BoardLimits, inference_ram
+
+    need = inference_ram(compile_model(MOBILENET), BoardLimits("f746", F746_RAM, F746_FLASH))
+    assert size.linked_ram_bytes <= need.total <= F746_RAM, (need, size)
 
 
 def test_unchanged_model_regenerates_and_recompiles_nothing(tmp_path: Path) -> None:
@@ -90,3 +106,78 @@ def test_model_that_does_not_fit_stops_the_build_with_the_numbers(
     assert "too_big does not fit" in log and "B over" in log, log[-2000:]
     assert "dominated by" in log and "(387072 B)" in log, log[-2000:]
     assert "Compiling" not in log, "the build compiled before refusing the model"
+
+
+@pytest.mark.parametrize("scheme", ['{"bias_layers": "three"}', '{"lr": null}',
+                                    '{"weights": [{"layer": "no/such/tensor"}]}'])
+def test_bad_scheme_stops_the_build_with_one_line_and_no_traceback(
+        scheme: str, tmp_path: Path) -> None:
+    path = tmp_path / "bad_scheme.json"
+    path.write_text(scheme)
+    environ = dict(os.environ, PLATFORMIO_BUILD_DIR=str(tmp_path / "build"),
+                   MCUTRAIN_TRAIN=str(path))
+    environ.pop("MCUTRAIN_MODEL", None)
+    proc = subprocess.run([sys.executable, "-m", "platformio", "run", "-e", "qemu", "-d",
+                           str(ROOT)], env=environ, capture_output=True, text=True, timeout=900)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    errors = [line for line in log.splitlines() if line.startswith("mcutrain: error: ")]
+    assert len(errors) == 1 and errors[0].startswith("mcutrain: error: bad_scheme: "), log[-2000:]
+    assert "Traceback" not in log and "Compiling" not in log, log[-2000:]
+
+
+def test_ram_precheck_agrees_with_the_linker_at_the_boundary(tmp_path: Path) -> None:
+    """The stack reservation moves the RAM boundary byte by byte: with the stack that leaves
+    exactly what the pre-check says the model and runtime need, the firmware links; one byte
+    more and the pre-check refuses (before compiling), instead of `ld` failing after it."""
+    from mcutrain.compiler import compile_model
+    from mcutrain.report import BoardLimits, inference_ram
+
+    need = inference_ram(compile_model(DEFAULT_MODEL), BoardLimits("f746", F746_RAM, F746_FLASH,
+                                                                    stack_bytes=0))
+    stack = F746_RAM - need.total
+    environ = dict(os.environ, PLATFORMIO_BUILD_DIR=str(tmp_path), MCUTRAIN_TRAIN="",
+                   MCUTRAIN_MODEL=str(DEFAULT_MODEL))
+    for extra, fits in ((0, True), (1, False)):
+        environ["PLATFORMIO_BUILD_FLAGS"] = f"-Wl,--defsym=__stack_size__={stack + extra}"
+        proc = subprocess.run([sys.executable, "-m", "platformio", "run", "-e", "qemu", "-d",
+                               str(ROOT)], env=environ, capture_output=True, text=True,
+                              timeout=900)
+        log = proc.stdout + proc.stderr
+        assert (proc.returncode == 0) == fits, log[-3000:]
+        if fits:
+            used = firmware_size(tmp_path / "qemu" / "firmware.elf").linked_ram_bytes
+            assert used <= F746_RAM, used
+        else:
+            assert "har_cnn1d_int8 does not fit" in log and "(1 B over)" in log, log[-3000:]
+            assert f"stack {stack + 1}" in log and "Compiling" not in log, log[-3000:]
+            assert "RAM overflow" not in log, log[-3000:]
+
+
+def test_stack_size_is_read_like_the_linker_reads_it() -> None:
+    from mcutrain.firmware_size import DEFAULT_STACK_BYTES, stack_bytes_from_flags
+    from mcutrain.graph import ModelError
+
+    script = (ROOT / "firmware" / "bsp" / "cortex_m7_sections.ld").read_text()
+    assert f"__stack_size__ : {DEFAULT_STACK_BYTES // 1024}K;" in script
+    assert stack_bytes_from_flags(["-O2", "-Wl,--gc-sections"]) == DEFAULT_STACK_BYTES
+    assert stack_bytes_from_flags(["-Wl,--defsym=__stack_size__=8K"]) == 8192
+    assert stack_bytes_from_flags(["-Wl,--defsym,__stack_size__=0x1000", "-g"]) == 4096
+    assert stack_bytes_from_flags(["-Wl,--defsym=__stack_size__=1", "-Wl,--defsym="
+                                   "__stack_size__=12345"]) == 12345
+    with pytest.raises(ModelError, match="cannot read the stack size 'lots'"):
+        stack_bytes_from_flags(["-Wl,--defsym=__stack_size__=lots"])
+
+
+def test_inference_fit_check_counts_arena_runtime_and_stack_exactly() -> None:
+    from mcutrain.compiler import compile_model
+    from mcutrain.graph import ModelError
+    from mcutrain.report import RUNTIME_STATIC_RAM, BoardLimits, check_fits, inference_ram
+
+    model = compile_model(DEFAULT_MODEL)
+    need = inference_ram(model, BoardLimits("f746", F746_RAM, F746_FLASH)).total
+    assert need == -(-model.arena_bytes // 16) * 16 + RUNTIME_STATIC_RAM + 16 * 1024
+    check_fits(model, 0, BoardLimits("b", need, F746_FLASH))
+    with pytest.raises(ModelError, match=r"needs \d+ B of SRAM \(arena \d+ \+ runtime 1024 \+ "
+                                         r"stack 16384\) but the board has \d+ B \(1 B over\)"):
+        check_fits(model, 0, BoardLimits("b", need - 1, F746_FLASH))

@@ -41,9 +41,9 @@ def generate_for_build(model_path: Path, build_dir: Path, limits: BoardLimits,
     report_path = build_dir / "report.json"
     stamp_path = build_dir / "mcutrain.stamp"
     data = model_path.read_bytes()
-    scheme_text = scheme_path.read_text() if scheme_path else ""
+    scheme_data = scheme_path.read_bytes() if scheme_path else b""
     stamp = json.dumps({"model": hashlib.sha256(data).hexdigest(),
-                        "scheme": hashlib.sha256(scheme_text.encode()).hexdigest(),
+                        "scheme": hashlib.sha256(scheme_data).hexdigest(),
                         "compiler": compiler_fingerprint(), "limits": repr(limits)})
     if (stamp_path.exists() and stamp_path.read_text() == stamp
             and (generated / "model.cc").exists() and report_path.exists()):

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import layers
 from .curves import Curve, EpochRecord, plot_curve, write_curve_json
 from .device import (
     Device,
@@ -448,6 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_port(p)
     p.add_argument("--out", required=True, help="file for the raw state block")
     p.set_defaults(func=cmd_params)
+    layers.add_parser(sub)
     return parser
 
 

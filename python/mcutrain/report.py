@@ -6,10 +6,21 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .compiler import CompiledModel
+from .firmware_size import DEFAULT_STACK_BYTES
 from .graph import ModelError
+from .scheme import PARAMETRIC
 
 if TYPE_CHECKING:
     from .training_graph import TrainProgram
+
+
+# SRAM of everything linked besides the model's own buffers: .data and .bss of the runtime, the
+# board support and newlib, and the alignment gaps around them. Measured from linked firmware
+# (test_build.py checks the pre-check's sum against the linker's for both boards): 560 B on the
+# emulated board with each object rounded up to 16 B; the rest is headroom, so that a build the
+# pre-check accepts always links.
+RUNTIME_STATIC_RAM = 1024
+_ALIGN = 16  # alignas(16) of the generated arena and state
 
 
 @dataclass(frozen=True)
@@ -17,13 +28,55 @@ class BoardLimits:
     name: str
     ram_bytes: int
     flash_bytes: int
-    # SRAM the runtime needs besides the arena (stack, protocol state, .data/.bss of the runtime)
-    # and flash besides the weights (code). Measured from linked firmware; see README.
-    ram_reserve: int = 16 * 1024
+    # The stack the linker reserves at the top of RAM (__stack_size__; prebuild.py reads it from
+    # the build's link flags) and the runtime's own static SRAM besides the model's buffers.
+    stack_bytes: int = DEFAULT_STACK_BYTES
+    runtime_ram: int = RUNTIME_STATIC_RAM
+    # Flash besides the weights (code). Measured from linked firmware; see README.
     flash_reserve: int = 64 * 1024
     # The training step's SRAM budget: the paper's 256 KB, leaving the rest of the chip's 320 KB
     # to the application.
     train_ram_bytes: int = 256 * 1024
+
+
+@dataclass(frozen=True)
+class RamNeed:
+    """Static SRAM as the linker lays it out: the generated model's buffers, the runtime's
+    statics and the stack. Each model buffer counts rounded up to the 16-byte alignment, an
+    upper bound of what the linker places whatever their order."""
+
+    arena: int
+    state: int  # trainable copies + gradient scales + learning rate and PRNG (training only)
+    runtime: int
+    stack: int
+
+    @property
+    def total(self) -> int:
+        return self.arena + self.state + self.runtime + self.stack
+
+    def breakdown(self) -> str:
+        state = f" + trainable state {self.state}" if self.state else ""
+        return f"arena {self.arena}{state} + runtime {self.runtime} + stack {self.stack}"
+
+
+def _aligned(size: int) -> int:
+    return -(-size // _ALIGN) * _ALIGN
+
+
+def inference_ram(model: CompiledModel, limits: BoardLimits) -> RamNeed:
+    # codegen.py: alignas(16) int8_t g_arena[max(arena, 16)]
+    return RamNeed(arena=_aligned(max(model.arena_bytes, 16)), state=0,
+                   runtime=limits.runtime_ram, stack=limits.stack_bytes)
+
+
+def training_ram(program: TrainProgram, limits: BoardLimits) -> RamNeed:
+    # train_codegen.py: g_arena, g_state (alignas 16), g_grad_scale[one float per gradient
+    # buffer] and g_train {float lr; uint32_t prng}.
+    grads = sum(1 for p in program.planner.placements().values() if p.name.startswith("g"))
+    state = (_aligned(max(program.state_bytes, 4)) + _aligned(4 * max(grads, 1))
+             + _aligned(8))
+    return RamNeed(arena=_aligned(max(program.arena_bytes, 16)), state=state,
+                   runtime=limits.runtime_ram, stack=limits.stack_bytes)
 
 
 def build_report(model: CompiledModel, weight_bytes: int, limits: BoardLimits) -> dict[str, Any]:
@@ -63,18 +116,18 @@ def _io(model: CompiledModel, tid: int) -> dict[str, Any]:
 
 def check_fits(model: CompiledModel, weight_bytes: int, limits: BoardLimits) -> None:
     """Raise ModelError saying by how much and what dominates when the model cannot fit."""
-    ram_budget = limits.ram_bytes - limits.ram_reserve
-    if model.arena_bytes > ram_budget:
+    need = inference_ram(model, limits)
+    if need.total > limits.ram_bytes:
         step = model.planner.peak_step()
         live = sorted(model.planner.live_at(step), key=lambda p: -p.size)[:4]
-        names = ", ".join(
-            f"{model.graph.tensors[int(p.name[1:])].name or p.name} ({p.size} B)" for p in live)
+        names = ", ".join(f"'{short_name(_buffer_tensor(model, p.name).name)}' ({p.size} B)"
+                          for p in live)
         op = model.ops[step].op if 0 <= step < len(model.ops) else None
         where = f"operator {op.index} ({op.opcode})" if op else "the model edges"
         raise ModelError(
-            f"{model.graph.name} does not fit {limits.name}: the tensor arena needs "
-            f"{model.arena_bytes} B but {ram_budget} B of {limits.ram_bytes} B SRAM are "
-            f"available ({model.arena_bytes - ram_budget} B over). Peak at {where}, "
+            f"{model.graph.name} does not fit {limits.name}: it needs {need.total} B of SRAM "
+            f"({need.breakdown()}) but the board has {limits.ram_bytes} B "
+            f"({need.total - limits.ram_bytes} B over). Peak at {where}, "
             f"dominated by: {names}. Use a smaller input resolution or width."
         )
     flash_budget = limits.flash_bytes - limits.flash_reserve
@@ -141,20 +194,135 @@ def _float_classifier(program: TrainProgram) -> dict[str, Any] | None:
 
 
 def check_training_fits(program: TrainProgram, weight_bytes: int, limits: BoardLimits) -> None:
-    """A training step must fit the training budget (256 KB of the F746's 320 KB by default)."""
-    need = program.arena_bytes + program.state_bytes + limits.ram_reserve
-    if need > limits.train_ram_bytes:
+    """A training step must fit the training budget (256 KB of the F746's 320 KB by default).
+
+    When the forward pass alone is over budget no scheme can help, and the message says so;
+    otherwise it names what dominates the step by layer and tensor."""
+    need = training_ram(program, limits)
+    budget = min(limits.train_ram_bytes, limits.ram_bytes)
+    if need.total <= budget:
+        pass
+    elif (forward := inference_ram(program.model, limits)).total > budget:
+        raise ModelError(_forward_over_budget(program.model, limits, budget))
+    else:
+        names = _Names(program)
         step = program.planner.peak_step()
-        live = sorted(program.planner.live_at(step), key=lambda p: -p.size)[:4]
-        names = ", ".join(f"{p.name} ({p.size} B)" for p in live)
+        live = sorted(program.planner.live_at(step), key=lambda p: -p.size)[:3]
+        held = ", ".join(f"{p.size} B {names.buffer(p)}" for p in live)
         raise ModelError(
             f"{program.model.graph.name} with scheme {program.scheme.name} does not fit: the "
-            f"training step needs {need} B of SRAM (arena {program.arena_bytes} + trainable "
-            f"state {program.state_bytes} + runtime {limits.ram_reserve}) but the budget is "
-            f"{limits.train_ram_bytes} B ({need - limits.train_ram_bytes} B over). Dominated by "
-            f"{names} (t = activation, g = gradient, m = mask). Train fewer or later layers, "
-            "or lower the channel ratio.")
+            f"training step needs {need.total} B of SRAM ({need.breakdown()}) but the budget is "
+            f"{budget} B ({need.total - budget} B over); the forward pass alone needs "
+            f"{forward.total} B. At the peak ({names.step(step)}) the "
+            f"arena holds {held}; {names.state()}. Train fewer or later layers, or lower the "
+            "channel ratio (`mcutrain layers MODEL.tflite` lists what each layer costs).")
     flash_budget = limits.flash_bytes - limits.flash_reserve
     if weight_bytes > flash_budget:
         raise ModelError(f"{program.model.graph.name}: weights need {weight_bytes} B of flash, "
                          f"{weight_bytes - flash_budget} B more than available")
+
+
+def _forward_over_budget(model: CompiledModel, limits: BoardLimits, budget: int) -> str:
+    forward = inference_ram(model, limits)
+    step = model.planner.peak_step()
+    live = sorted(model.planner.live_at(step), key=lambda p: -p.size)[:2]
+    tensors = " and ".join(f"'{short_name(_buffer_tensor(model, p.name).name)}' ({p.size} B)"
+                           for p in live)
+    where = layer_label(model, step) if 0 <= step < len(model.ops) else "the model edges"
+    return (f"{model.graph.name}: no training scheme can fit the {budget} B training budget: "
+            f"the forward pass alone needs {forward.total} B ({forward.breakdown()}), "
+            f"{forward.total - budget} B over before any gradient, saved activation or trainable "
+            f"copy; its peak at {where} holds {tensors}. What helps: a smaller input resolution "
+            "or width (activations scale with both), a larger custom_train_ram if the "
+            f"application can spare SRAM (the board has {limits.ram_bytes} B), or patch-based "
+            "execution of the first layers (not supported yet).")
+
+
+def short_name(name: str, limit: int = 56) -> str:
+    """A tensor name as a user recognises it: TFLite joins fused names with ';' and the first
+    is the layer's own; a long one loses leading scopes (the model's), keeping the layer."""
+    parts = (name.split(";")[0] or "(unnamed)").split("/")
+    while len(parts) > 1 and len("/".join(parts)) > limit:
+        parts = parts[1:]
+        if len(".../" + "/".join(parts)) <= limit:
+            return ".../" + "/".join(parts)
+    text = "/".join(parts)
+    return text if len(text) <= limit else "..." + text[-(limit - 3):]
+
+
+def layer_label(model: CompiledModel, step: int) -> str:
+    """An operator as a scheme addresses it: parametric layers by their index from the front
+    and from the back, others by their schedule position."""
+    steps = [i for i, p in enumerate(model.ops) if p.op.opcode in PARAMETRIC]
+    opcode = model.ops[step].op.opcode
+    if step in steps:
+        pos = steps.index(step)
+        return f"layer {pos}/{pos - len(steps)} {opcode}"
+    return f"operator {step} {opcode}"
+
+
+def _buffer_tensor(model: CompiledModel, buffer: str):
+    owner = next((t for t, b in sorted(model.buffer_of.items()) if b == buffer), None)
+    return model.graph.tensors[owner if owner is not None else int(buffer[1:])]
+
+
+class _Names:
+    """Arena buffers and steps of a training program in user terms: tensor names, layers with
+    their scheme indices (positive/negative), what each buffer is for."""
+
+    def __init__(self, program: TrainProgram) -> None:
+        self.program = program
+        self.model = program.model
+        self.producer = {p.output: i for i, p in enumerate(self.model.ops)}
+        self.forward = len(self.model.ops)
+
+    def op(self, step: int) -> str:
+        return layer_label(self.model, step)
+
+    def step(self, step: int) -> str:
+        if step < 0:
+            return "the model input"
+        if step < self.forward:
+            return f"forward {self.op(step)}"
+        if step == self.forward:
+            return "the loss"
+        return f"backward of {self.op(self.program.backward[step - self.forward - 1].step)}"
+
+    def tensor(self, tid: int) -> str:
+        name = f"'{short_name(self.model.graph.tensors[tid].name)}'"
+        made = self.producer.get(tid)
+        if made is not None:
+            return f"{name} (output of {self.op(made)})"
+        readers = [i for i, p in enumerate(self.model.ops) if tid in p.inputs]
+        return f"{name} (input of {self.op(readers[0])})" if readers else name
+
+    def buffer(self, p) -> str:
+        name = p.name
+        if name.startswith("g"):
+            return f"gradient of {self.tensor(int(name[1:].split('_')[0]))}"
+        if name.startswith("m"):
+            return f"ReLU mask of {self.op(int(name[1:]))}"
+        if name.startswith("cls"):
+            return "fp32 classifier work buffer"
+        tid = next((t for t, b in sorted(self.model.buffer_of.items()) if b == name), None)
+        if tid is None:
+            return name
+        kept = " kept for backward" if p.last > self.forward else ""
+        return f"activation {self.tensor(tid)}{kept}"
+
+    def state(self) -> str:
+        parts = []
+        for step, t in self.program.trained.items():
+            if t.slot.weights is not None:
+                parts.append((t.slot.weights.nbytes, f"{self.op(step)} weights"))
+            if t.slot.bias is not None:
+                parts.append((t.slot.bias.nbytes, f"{self.op(step)} bias"))
+        cls = self.program.classifier
+        if cls is not None:
+            parts.append((cls.weight_bytes + cls.bias_bytes, "the fp32 classifier"))
+        parts.sort(key=lambda x: -x[0])
+        if not parts:
+            return "no trainable copies"
+        more = f" and {len(parts) - 3} more" if len(parts) > 3 else ""
+        return ("trainable copies: " + ", ".join(f"{what} {size} B" for size, what in parts[:3])
+                + more)

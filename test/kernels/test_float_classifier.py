@@ -181,7 +181,7 @@ ROOT = Path(__file__).resolve().parents[2]
     # Its final FULLY_CONNECTED is accepted as logits, but of one value: no classes.
     ("third_party/tflm_hello_world_int8", {"classifier": "fp32"}, "at least 2 classes"),
     ("har_cnn1d_int8", {"classifier": "fp32", "loss": "mse"}, "needs loss 'cross_entropy'"),
-    ("har_cnn1d_int8", {"classifier": "fp16"}, "is not one of"),
+    ("har_cnn1d_int8", {"classifier": "fp16"}, "\"classifier\" must be one of"),
 ])
 def test_refusals(model: str, raw: dict, message: str) -> None:
     with pytest.raises(ModelError, match=message):
