@@ -77,10 +77,9 @@ def wide_logits():
 
 @pytest.mark.parametrize("raw", [
     {"preset": "full", "loss": "mse"},
-    {"preset": "bias-only", "bias_layers": 4, "loss": "mse"},
-    {"preset": "bias-only", "bias_layers": 9, "loss": "mse"},
+    {"preset": "bias-only", "bias_layers": 3, "loss": "mse"},
     {"preset": "sparse", "weights": [{"layer": 0, "ratio": 0.25}], "loss": "mse"},
-], ids=["full", "bias_all", "bias_more_than_layers", "sparse_layer0"])
+], ids=["full", "bias_all", "sparse_layer0"])
 def test_first_layer_trains_although_its_input_gradient_would_overflow(wide_logits, raw) -> None:
     # Layer 0's input gradient would sum 232 * 3 * 3 products, past 8191 * 127 * K < 2^31; it is
     # never computed (nothing before layer 0 trains), so it must not block training layer 0.
