@@ -32,8 +32,10 @@ from .device import (
     DeviceTimeout,
     check_input_shape,
     dequantize_output,
+    input_range,
     open_device,
     quantize_input,
+    saturated_fraction,
 )
 from .protocol import (
     CounterUnit,
@@ -47,6 +49,8 @@ from .protocol import (
 from .qemu import QemuError
 
 DEFAULT_PORT = "qemu"
+ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")  # an archive with members, an empty archive
+SATURATION_WARN_FRACTION = 0.01
 
 
 class CliError(Exception):
@@ -130,6 +134,7 @@ class Dataset:
 def load_npz(path: Path, limit: int | None, regression: bool = False) -> Dataset:
     """x and optional y from an .npz. y: class labels (one-hot accepted), or with `regression`
     float targets of shape (N, ...)."""
+    check_is_npz(path)
     try:
         with np.load(path, allow_pickle=False) as data:
             if "x" not in data:
@@ -152,7 +157,35 @@ def load_npz(path: Path, limit: int | None, regression: bool = False) -> Dataset
     return Dataset(x, y)
 
 
-def prepare_inputs(x: np.ndarray, desc: TensorDesc) -> np.ndarray:
+def check_is_npz(path: Path) -> None:
+    """np.load takes anything else for a pickle and gives allow_pickle advice: say what it is."""
+    try:
+        with path.open("rb") as fp:
+            magic = fp.read(4)
+    except OSError as exc:
+        raise CliError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    if magic not in ZIP_MAGICS:
+        raise CliError(f"{path} is not an .npz archive: write one with numpy.savez(path, x=..., "
+                       "y=...)")
+
+
+def check_class_labels(y: np.ndarray, classes: int, source: Path) -> np.ndarray:
+    """Labels as int64, or CliError naming the first label that is not a class in [0, classes)."""
+    if not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating)
+            or y.dtype == np.bool_):
+        raise CliError(f"{source}: labels have dtype {y.dtype}; give integer class indices")
+    values = y.astype(np.float64)
+    fractional = ~np.isfinite(values) | (values != np.round(values))
+    outside = ~fractional & ((values < 0) | (values >= classes))
+    for bad, why in ((fractional, "is not an integer class index"),
+                     (outside, f"outside [0, {classes})")):
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise CliError(f"{source}: label {y[i]:g} {why} at index {i}")
+    return values.astype(np.int64)
+
+
+def prepare_inputs(x: np.ndarray, desc: TensorDesc, source: Path | None = None) -> np.ndarray:
     """Quantizes float samples and checks each sample's shape against the model input."""
     if len(x) == 0:
         raise CliError("the data file holds no samples")
@@ -161,10 +194,22 @@ def prepare_inputs(x: np.ndarray, desc: TensorDesc) -> np.ndarray:
     except ValueError as exc:
         raise CliError(f"sample {exc} (x has shape {x.shape}, samples along axis 0)") from exc
     if np.issubdtype(x.dtype, np.floating):
+        warn_if_saturated(x, desc, source)
         return quantize_input(x, desc)
     if x.dtype == np.int8:
         return x
     raise CliError(f"x has dtype {x.dtype}: give float (quantized on the host) or int8")
+
+
+def warn_if_saturated(x: np.ndarray, desc: TensorDesc, source: Path | None) -> None:
+    """Float inputs in the wrong units clamp to -128/127 and wreck accuracy without an error."""
+    fraction = saturated_fraction(x, desc)
+    if fraction > SATURATION_WARN_FRACTION:
+        low, high = input_range(desc)
+        where = f"{source}: " if source is not None else ""
+        print(f"warning: {where}{fraction:.1%} of the input values lie outside [{low:.6g}, "
+              f"{high:.6g}], the float range of the model's int8 input, and were clipped "
+              "(wrong units or scaling?)", file=sys.stderr)
 
 
 def confusion_matrix(y: np.ndarray, pred: np.ndarray, classes: int) -> np.ndarray:
@@ -196,15 +241,15 @@ def cmd_infer(args: argparse.Namespace) -> int:
     data = load_npz(Path(args.data), args.limit)
     with open_device(args.port, args.timeout) as dev:
         info = dev.info()
-        xq = prepare_inputs(data.x, info.input)
+        xq = prepare_inputs(data.x, info.input, Path(args.data))
+        classes = int(np.prod(info.output.shape))
+        y = None if data.y is None else check_class_labels(data.y, classes, Path(args.data))
         outputs, counters = run_inference(dev, xq, progress=not args.quiet)
     pred = outputs.reshape(len(outputs), -1).argmax(axis=1)
     unit = "instructions" if info.counter_unit == CounterUnit.INSTRUCTIONS else "cycles"
     print(f"{len(outputs)} inferences on {info.board}, model {info.model}")
     print(f"mean {unit} per inference: {counters.astype(np.float64).mean():.0f}")
-    if data.y is not None:
-        y = data.y.astype(np.int64)
-        classes = int(max(y.max(), pred.max(), outputs[0].size - 1)) + 1
+    if y is not None:
         print(f"accuracy: {(pred == y).mean():.4f} ({int((pred == y).sum())}/{len(y)})")
         print(format_confusion(confusion_matrix(y, pred, classes)))
     if args.save:
@@ -242,18 +287,14 @@ def training_data(path: Path, limit: int | None, info: DeviceInfo) -> tuple[np.n
     data = load_npz(path, limit, regression=regression)
     if data.y is None:
         raise CliError(f"{path}: training and evaluation need labels (an array named 'y')")
-    xq = prepare_inputs(data.x, info.input)
+    xq = prepare_inputs(data.x, info.input, path)
     if regression:
         y = data.y.astype(np.float32).reshape(len(data.y), -1)
         if y.shape[1] * 4 != train.label_bytes:
             raise CliError(f"{path}: {y.shape[1]} targets per sample, the model has "
                            f"{train.label_bytes // 4}")
         return xq, y
-    y = data.y.astype(np.int64)
-    bad = (y < 0) | (y >= train.num_classes)
-    if bad.any():
-        raise CliError(f"{path}: label {int(y[bad][0])} outside [0, {train.num_classes})")
-    return xq, y
+    return xq, check_class_labels(data.y, train.num_classes, path)
 
 
 def run_pass(dev: Device, xq: np.ndarray, y: np.ndarray, order: np.ndarray, *, update: bool,
@@ -399,8 +440,32 @@ def cmd_params(args: argparse.Namespace) -> int:
 # ---- entry point ----
 
 
+def positive_int(text: str) -> int:
+    """argparse type of --limit: a count of samples, so 0 and negative counts are mistakes."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return value
+
+
+def package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("mcutrain")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        from . import __version__
+
+        return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mcutrain", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"mcutrain {package_version()}",
+                        help="print the version of mcutrain and exit")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add_port(p: argparse.ArgumentParser) -> None:
@@ -418,7 +483,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_port(p)
     p.add_argument("--data", required=True, help=".npz with x (float or int8) and optional y")
     p.add_argument("--save", help="write outputs, dequantized outputs, predictions, counters")
-    p.add_argument("--limit", type=int, help="use only the first N samples")
+    p.add_argument("--limit", type=positive_int, metavar="N",
+                   help="use only the first N samples")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_infer)
 
@@ -426,11 +492,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_port(p)
     p.add_argument("--data", required=True, help="training .npz with x and y")
     p.add_argument("--eval", help=".npz evaluated before training and after every epoch")
-    p.add_argument("--epochs", type=int, required=True)
+    p.add_argument("--epochs", type=int, required=True, help="passes over the training data")
     p.add_argument("--lr", type=float, help="learning rate (default: the scheme's)")
-    p.add_argument("--schedule", choices=("constant", "cosine"), default="constant")
+    p.add_argument("--schedule", choices=("constant", "cosine"), default="constant",
+                   help="learning rate per epoch: constant, or cosine decay from --lr towards 0 "
+                        "(default: constant)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sample shuffling")
-    p.add_argument("--limit", type=int, help="use only the first N training samples")
+    p.add_argument("--limit", type=positive_int, metavar="N",
+                   help="use only the first N training samples")
     p.add_argument("--out", default="train_out", help="directory for curve.json and curve.png")
     p.add_argument("--no-reset", action="store_true",
                    help="continue from the board's current parameters")
@@ -440,7 +509,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="loss, accuracy and confusion matrix without updates")
     add_port(p)
     p.add_argument("--data", required=True, help=".npz with x and y")
-    p.add_argument("--limit", type=int, help="use only the first N samples")
+    p.add_argument("--limit", type=positive_int, metavar="N",
+                   help="use only the first N samples")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_eval)
 

@@ -328,6 +328,22 @@ def check_input_shape(x: np.ndarray, desc: TensorDesc) -> None:
 def quantize_input(x: np.ndarray, desc: TensorDesc) -> np.ndarray:
     """float -> int8 like TFLite QUANTIZE: round(x / scale) in float32, half away from zero,
     plus zero point, clamped to [-128, 127]."""
+    return np.clip(_quantize_unclamped(x, desc), -128, 127).astype(np.int8)
+
+
+def saturated_fraction(x: np.ndarray, desc: TensorDesc) -> float:
+    """Fraction of the values of `x` that quantize_input clamps to -128 or 127 because they lie
+    outside the float range the int8 input represents (input_range)."""
+    q = _quantize_unclamped(x, desc)
+    return float(np.mean((q < -128) | (q > 127))) if q.size else 0.0
+
+
+def input_range(desc: TensorDesc) -> tuple[float, float]:
+    """The float values of int8 -128 and 127 for the input tensor `desc`."""
+    return (-128 - desc.zero_point) * desc.scale, (127 - desc.zero_point) * desc.scale
+
+
+def _quantize_unclamped(x: np.ndarray, desc: TensorDesc) -> np.ndarray:
     if desc.dtype != DType.INT8 or desc.scale == 0:
         raise ValueError("model input is not a quantized int8 tensor")
     xf = np.asarray(x, dtype=np.float32)
@@ -335,7 +351,7 @@ def quantize_input(x: np.ndarray, desc: TensorDesc) -> np.ndarray:
         raise ValueError("input contains NaN or infinity")
     q = (xf / np.float32(desc.scale)).astype(np.float64)  # the division is float32, like C++
     rounded = np.sign(q) * np.floor(np.abs(q) + 0.5)  # exact in float64 for float32 values
-    return np.clip(rounded + desc.zero_point, -128, 127).astype(np.int8)
+    return rounded + desc.zero_point
 
 
 def dequantize_output(q: np.ndarray, desc: TensorDesc) -> np.ndarray:
