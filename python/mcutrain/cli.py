@@ -6,6 +6,12 @@
                   [--schedule constant|cosine] [--seed S] [--limit N] [--out DIR] [--no-reset]
   mcutrain eval   [--port P] --data FILE.npz [--limit N]
   mcutrain params [--port P] --out STATE.bin
+  mcutrain board  start|stop|status [--port qemu[:ELF]]
+
+Every command takes --port (default `qemu`: the emulated board running the ELF that
+`pio run -e qemu` built in the current directory, or in --project-dir). The emulated board keeps
+its state between commands, like a real one: the first command starts a QEMU for that ELF and
+later ones reconnect to it (`mcutrain board` shows and stops it; mcutrain.kept_board).
 
 Each subcommand is one `cmd_<name>(args) -> int` plus its parser block in `build_parser`, so
 `train` and `eval` slot in the same way. Errors print one line and exit with status 1.
@@ -33,6 +39,7 @@ from .device import (
     check_input_shape,
     dequantize_output,
     input_range,
+    is_qemu_port,
     open_device,
     quantize_input,
     saturated_fraction,
@@ -46,7 +53,7 @@ from .protocol import (
     TensorDesc,
     TrainInfo,
 )
-from .qemu import QemuError
+from .qemu import QemuError, resolve_elf
 
 DEFAULT_PORT = "qemu"
 ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")  # an archive with members, an empty archive
@@ -55,6 +62,14 @@ SATURATION_WARN_FRACTION = 0.01
 
 class CliError(Exception):
     """A user-facing problem (bad file, shape mismatch) reported as one line."""
+
+
+def connect(args: argparse.Namespace) -> Device:
+    """The board behind --port; on the emulated board, says on stderr which one and which ELF."""
+    dev = open_device(args.port, args.timeout, keep_board=True, project_dir=args.project_dir)
+    if is_qemu_port(args.port):
+        print(f"mcutrain {args.command}: on the {dev.description}", file=sys.stderr, flush=True)
+    return dev
 
 
 # ---- info ----
@@ -116,9 +131,15 @@ def info_json(info: DeviceInfo) -> dict:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    with open_device(args.port, args.timeout) as dev:
+    with connect(args) as dev:
         info = dev.info()
-    print(json.dumps(info_json(info), indent=2) if args.json else format_info(info))
+    if args.json:
+        print(json.dumps({**info_json(info), "elf": None if dev.elf is None else str(dev.elf)},
+                         indent=2))
+    else:
+        print(format_info(info))
+        if dev.elf is not None:
+            print(f"firmware ELF   {dev.elf}")
     return 0
 
 
@@ -239,7 +260,7 @@ def run_inference(dev: Device, xq: np.ndarray, progress: bool) -> tuple[np.ndarr
 
 def cmd_infer(args: argparse.Namespace) -> int:
     data = load_npz(Path(args.data), args.limit)
-    with open_device(args.port, args.timeout) as dev:
+    with connect(args) as dev:
         info = dev.info()
         xq = prepare_inputs(data.x, info.input, Path(args.data))
         classes = int(np.prod(info.output.shape))
@@ -359,7 +380,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise CliError(f"--lr {args.lr} must be finite and >= 0")
     out_dir = Path(args.out)
     progress = not args.quiet
-    with open_device(args.port, args.timeout) as dev:
+    with connect(args) as dev:
         info = dev.info()
         train = require_training(info)
         xq, y = training_data(Path(args.data), args.limit, info)
@@ -399,10 +420,17 @@ def cmd_train(args: argparse.Namespace) -> int:
             curve.epochs.append(rec)
             curve.order.append(order.tolist())
             print(format_epoch(rec, args.epochs, counter_name(info)), flush=True)
+        state = dev.read_params()
     out_dir.mkdir(parents=True, exist_ok=True)
     write_curve_json(curve, out_dir / "curve.json")
     plot_curve(curve, out_dir / "curve.png")
-    print(f"wrote {out_dir / 'curve.json'} and {out_dir / 'curve.png'}")
+    (out_dir / "params.bin").write_bytes(state)
+    layout = params_layout(info, dev.elf)
+    (out_dir / "layout.json").write_text(json.dumps(layout, indent=2) + "\n")
+    print(f"wrote {out_dir / 'curve.json'}, {out_dir / 'curve.png'}, "
+          f"{out_dir / 'params.bin'} ({len(state)} bytes of trained parameters, sha256 "
+          f"{hashlib.sha256(state).hexdigest()[:16]}) and {out_dir / 'layout.json'} "
+          f"(its layout, from {layout['source']})")
     accuracies = [e.eval_accuracy for e in curve.epochs if e.eval_accuracy is not None]
     if ev is not None and len(accuracies) >= 2:
         print(f"{Path(args.eval).name} accuracy: {accuracies[0]:.2%} before training, "
@@ -410,8 +438,24 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def params_layout(info: DeviceInfo, elf: Path | None) -> dict:
+    """Where each trained tensor lies in the READ_PARAMS block: the build's report.json
+    "training" section when it is the build of this model, else only what INFO says."""
+    layout: dict = {"model": info.model, "model_sha256": info.model_sha256.hex(),
+                    "board": info.board, "state_bytes": info.train.state_bytes}
+    report = None if elf is None else elf.parent / "report.json"
+    if report is not None and report.is_file():
+        try:
+            built = json.loads(report.read_text())
+        except (OSError, ValueError):
+            built = {}
+        if built.get("sha256") == layout["model_sha256"] and "training" in built:
+            return {**layout, "source": str(report), "training": built["training"]}
+    return {**layout, "source": "the board's INFO reply (no report.json of this build found)"}
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
-    with open_device(args.port, args.timeout) as dev:
+    with connect(args) as dev:
         info = dev.info()
         xq, y = training_data(Path(args.data), args.limit, info)
         res = run_pass(dev, xq, y, np.arange(len(xq)), update=False, desc="eval",
@@ -427,13 +471,39 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_params(args: argparse.Namespace) -> int:
-    with open_device(args.port, args.timeout) as dev:
+    with connect(args) as dev:
         info = dev.info()
         require_training(info)
         state = dev.read_params()
     Path(args.out).write_bytes(state)
     print(f"wrote {len(state)} bytes of trainable state to {args.out} "
           f"(sha256 {hashlib.sha256(state).hexdigest()})")
+    return 0
+
+
+# ---- the kept emulated board ----
+
+
+def cmd_board(args: argparse.Namespace) -> int:
+    from . import kept_board
+
+    if not is_qemu_port(args.port):
+        raise CliError(f"--port {args.port}: `mcutrain board` manages the emulated board only "
+                       "(--port qemu or qemu:PATH.elf)")
+    elf = resolve_elf(args.port, args.project_dir)
+    if args.action == "status":
+        print(kept_board.status(elf).describe(elf))
+    elif args.action == "start":
+        lock = kept_board.BoardLock(elf)
+        try:
+            record, note = kept_board.ensure_running(elf)
+        finally:
+            lock.release()
+        print(f"emulated board (QEMU pid {record.pid}) {note}, firmware {elf}")
+    else:
+        stopped = kept_board.stop(elf)
+        print(f"stopped the emulated board (QEMU pid {stopped.pid}), firmware {elf}"
+              if stopped else f"no emulated board running for {elf}")
     return 0
 
 
@@ -468,11 +538,18 @@ def build_parser() -> argparse.ArgumentParser:
                         help="print the version of mcutrain and exit")
     sub = parser.add_subparsers(dest="command", required=True)
 
+    def add_project_dir(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--project-dir", "-d", metavar="DIR",
+                       help="PlatformIO project whose .pio/build/qemu/firmware.elf --port qemu "
+                            "runs (default: the current directory)")
+
     def add_port(p: argparse.ArgumentParser) -> None:
         p.add_argument("--port", default=DEFAULT_PORT,
-                       help="serial device, pyserial URL, qemu[:ELF] or host:EXE (default: qemu)")
+                       help="serial device, pyserial URL, qemu[:ELF] or host:EXE (default: qemu, "
+                            "the emulated board, kept between commands)")
         p.add_argument("--timeout", type=float, default=30.0,
                        help="seconds to wait for each reply (default: 30)")
+        add_project_dir(p)
 
     p = sub.add_parser("info", help="show the board and the model it runs")
     add_port(p)
@@ -500,9 +577,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the sample shuffling")
     p.add_argument("--limit", type=positive_int, metavar="N",
                    help="use only the first N training samples")
-    p.add_argument("--out", default="train_out", help="directory for curve.json and curve.png")
+    p.add_argument("--out", default="train_out",
+                   help="directory for curve.json, curve.png, params.bin (the trained "
+                        "parameters) and layout.json (default: train_out)")
     p.add_argument("--no-reset", action="store_true",
-                   help="continue from the board's current parameters")
+                   help="continue from the board's current parameters (default: reset to the "
+                        "flashed ones first)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 
@@ -518,6 +598,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_port(p)
     p.add_argument("--out", required=True, help="file for the raw state block")
     p.set_defaults(func=cmd_params)
+
+    p = sub.add_parser("board", help="start, stop or show the emulated board kept between "
+                                     "commands")
+    p.add_argument("action", choices=("start", "stop", "status"),
+                   help="start: boot it now; stop: end it (the trained state is lost); "
+                        "status: is it running, since when, on which ELF")
+    p.add_argument("--port", default=DEFAULT_PORT,
+                   help="qemu (the project's ELF) or qemu:PATH.elf (default: qemu)")
+    add_project_dir(p)
+    p.set_defaults(func=cmd_board)
     return parser
 
 
