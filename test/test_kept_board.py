@@ -93,7 +93,7 @@ def test_train_then_eval_and_params_see_the_trained_state(
     common = ["--timeout", "60", "--quiet"]
     out, err = run(["train", "--data", str(train), "--eval", str(test), "--epochs", "1",
                     "--lr", "0.05", "--out", str(tmp_path / "run1"), *common], capsys)
-    assert f"firmware {project}" in err and "started (flashed weights" in err
+    assert f"firmware {project}" in err and "started now with the flashed weights" in err
     before, after = eval_losses(tmp_path / "run1")
     assert before != after
 
@@ -128,7 +128,7 @@ def test_rebuilt_elf_restarts_the_board(project: Path, data: tuple[Path, Path],
     out, _ = run(["board", "status"], capsys)
     assert "ELF rebuilt since" in out
     _, err = run(["info", "--timeout", "60"], capsys)
-    assert "restarted (flashed weights)" in err
+    assert "restarted with the flashed weights because the ELF was rebuilt" in err
     second = kept_board.read_record(project)
     assert second is not None and second.pid != first.pid
     assert not kept_board.process_alive(first.pid, first.elf)
@@ -141,7 +141,7 @@ def test_board_start_status_stop(project: Path, capsys: pytest.CaptureFixture[st
     record = kept_board.read_record(project)
     assert record is not None and f"QEMU pid {record.pid}" in out
     out, _ = run(["board", "start"], capsys)  # already running: the same board
-    assert f"QEMU pid {record.pid}) kept since" in out
+    assert f"QEMU pid {record.pid}, kept since" in out
     out, _ = run(["board", "status"], capsys)
     assert out.startswith(f"emulated board running: QEMU pid {record.pid}")
     out, _ = run(["board", "stop"], capsys)

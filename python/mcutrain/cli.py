@@ -499,7 +499,7 @@ def cmd_board(args: argparse.Namespace) -> int:
             record, note = kept_board.ensure_running(elf)
         finally:
             lock.release()
-        print(f"emulated board (QEMU pid {record.pid}) {note}, firmware {elf}")
+        print(f"emulated board, QEMU pid {record.pid}, {note}; firmware {elf}")
     else:
         stopped = kept_board.stop(elf)
         print(f"stopped the emulated board (QEMU pid {stopped.pid}), firmware {elf}"
@@ -620,7 +620,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except USER_ERRORS as exc:
-        print(f"mcutrain {args.command}: error: {exc}", file=sys.stderr)
+        hint = ""
+        if isinstance(exc, (DeviceTimeout, DeviceGone)) and is_qemu_port(args.port):
+            hint = " (if the emulated board is stuck, `mcutrain board stop` restarts it)"
+        print(f"mcutrain {args.command}: error: {exc}{hint}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"mcutrain {args.command}: interrupted", file=sys.stderr)

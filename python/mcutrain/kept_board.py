@@ -242,9 +242,9 @@ def ensure_running(elf: Path) -> tuple[BoardRecord, str]:
     if record is not None:
         kill(record)
         state_path(elf).unlink(missing_ok=True)
-        return launch(elf), "ELF rebuilt since the board started: restarted (flashed weights)"
-    return launch(elf), ("started (flashed weights; kept between commands until "
-                         "`mcutrain board stop`)")
+        return launch(elf), "restarted with the flashed weights because the ELF was rebuilt"
+    return launch(elf), ("started now with the flashed weights, kept between commands until "
+                         "`mcutrain board stop`")
 
 
 class BoardLock:
@@ -289,8 +289,7 @@ class BoardSession:
 
     @property
     def description(self) -> str:
-        return (f"emulated board (QEMU pid {self.record.pid}, {self.note}), "
-                f"firmware {self.elf}")
+        return f"emulated board, QEMU pid {self.record.pid}, {self.note}; firmware {self.elf}"
 
     def resume(self) -> None:
         """Lets the guest run; call after connecting to the serial port (a fresh QEMU waits for
