@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from firmware_support import build_firmware, open_board, port_scheme
+from mcutrain import kept_board
 from mcutrain.cli import main as cli_main
 from mcutrain.compiler import compile_model
 from mcutrain.device import quantize_input
@@ -34,9 +35,16 @@ def scheme(request: pytest.FixtureRequest) -> Path | None:
 
 
 @pytest.fixture(scope="module")
-def port(request: pytest.FixtureRequest, model: Path, scheme: Path | None) -> str:
+def port(request: pytest.FixtureRequest, model: Path, scheme: Path | None):
     given = request.config.getoption("--port")
-    return given if given else f"qemu:{build_firmware(model, scheme=scheme)}"
+    if given:
+        yield given
+        return
+    elf = build_firmware(model, scheme=scheme).resolve()
+    kept_board.stop(elf)  # `mcutrain` commands share the board kept for this ELF: start clean
+    yield f"qemu:{elf}"
+    kept_board.stop(elf)
+    assert kept_board.read_record(elf) is None
 
 
 def test_info_describes_the_model(request: pytest.FixtureRequest, model: Path,
@@ -89,5 +97,7 @@ def test_cli_errors_are_one_line(port: str, tmp_path: Path,
     bad = tmp_path / "bad.npz"
     np.savez(bad, x=np.zeros((3, 5, 5), np.float32))
     assert cli_main(["infer", "--port", port, "--data", str(bad), "--quiet"]) == 1
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("mcutrain infer: error:") and "shape" in err and "\n" not in err
+    lines = capsys.readouterr().err.strip().splitlines()
+    if port.startswith("qemu"):  # first the line naming the board and its ELF
+        assert lines.pop(0).startswith("mcutrain infer: on the emulated board")
+    assert len(lines) == 1 and lines[0].startswith("mcutrain infer: error:") and "shape" in lines[0]

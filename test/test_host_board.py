@@ -333,3 +333,109 @@ def test_cli_train_regression(host_fw_mse: Path, tmp_path: Path,
     assert first["eval_loss"] == 25.0 and first["eval_accuracy"] is None
     assert last["train_loss"] == 13.5 and last["eval_loss"] == 1.0
     assert (out / "curve.png").is_file()
+
+
+# ---- bad labels, saturated inputs, bad files, options (issue 6) ----
+
+
+def _labelled(tmp_path: Path, y: np.ndarray, x: np.ndarray | None = None) -> Path:
+    path = tmp_path / "labels.npz"
+    np.savez(path, x=np.zeros((len(y), 16), np.float32) if x is None else x, y=y)
+    return path
+
+
+@pytest.mark.parametrize("labels, bad, index", [
+    ([0, -1, 3], "-1", 1),          # used to wrap into the last confusion-matrix row
+    ([0, 1, 16], "16", 2),          # used to add a row
+    ([0.0, 2.5, 3.0], "2.5", 1),    # used to be truncated to 2
+])
+@pytest.mark.parametrize("command", ["infer", "train", "eval"])
+def test_cli_refuses_bad_labels(host_fw: Path, tmp_path: Path,
+                                capsys: pytest.CaptureFixture[str], command: str,
+                                labels: list[float], bad: str, index: int) -> None:
+    data = _labelled(tmp_path, np.array(labels))
+    argv = [command, "--port", f"host:{host_fw}", "--data", str(data), "--quiet"]
+    if command == "train":
+        argv += ["--epochs", "1", "--out", str(tmp_path / "run")]
+    assert cli_main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"label {bad} " in err and f"index {index}" in err, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_cli_accepts_integral_float_labels(host_fw: Path, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    data = _labelled(tmp_path, np.array([0.0, 0.0]))  # all-equal input: the echo predicts 0
+    for command in ("infer", "eval"):
+        assert cli_main([command, "--port", f"host:{host_fw}", "--data", str(data),
+                         "--quiet"]) == 0
+        assert "accuracy: 1.0000 (2/2)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", ["infer", "eval"])
+def test_cli_warns_when_float_inputs_saturate(host_fw: Path, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str],
+                                              command: str) -> None:
+    # The echo input has scale 0.5 and zero point -3: it represents [-62.5, 65].
+    x = np.full((4, 16), 1.0, np.float32)
+    x[:, :8] = 1000.0  # half the values, e.g. milli-g instead of g
+    data = _labelled(tmp_path, np.zeros(4, np.int64), x)
+    argv = [command, "--port", f"host:{host_fw}", "--data", str(data), "--quiet"]
+    assert cli_main(argv) == 0
+    err = capsys.readouterr().err
+    assert "50.0% of the input values" in err and "[-62.5, 65]" in err, err
+    np.savez(data, x=np.clip(x, -62.5, 65.0), y=np.zeros(4, np.int64))  # in range: no warning
+    assert cli_main(argv) == 0
+    assert "input values" not in capsys.readouterr().err
+
+
+def test_cli_says_a_non_npz_file_is_not_an_npz(host_fw: Path, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    junk = tmp_path / "junk.npz"
+    junk.write_bytes(np.random.default_rng(0).integers(0, 256, 1000, np.uint8).tobytes())
+    np.save(tmp_path / "array.npy", np.zeros(3))
+    for path in (junk, tmp_path / "array.npy"):
+        assert cli_main(["infer", "--port", f"host:{host_fw}", "--data", str(path)]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "not an .npz archive" in err, err
+        assert "allow_pickle" not in err
+
+
+@pytest.mark.parametrize("limit", ["0", "-5", "two"])
+def test_cli_limit_must_be_at_least_one(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                        limit: str) -> None:
+    for argv in (["infer"], ["eval"], ["train", "--epochs", "1"]):
+        with pytest.raises(SystemExit) as exc:
+            cli_main([*argv, "--data", "d.npz", "--limit", limit])
+        assert exc.value.code == 2
+        assert "--limit: must be an integer >= 1" in capsys.readouterr().err
+
+
+def test_cli_version_matches_pyproject(capsys: pytest.CaptureFixture[str]) -> None:
+    import tomllib
+
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    with pytest.raises(SystemExit) as exc:
+        cli_main(["--version"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out.strip() == f"mcutrain {version}"
+
+
+def test_every_cli_option_has_help() -> None:
+    import argparse
+
+    from mcutrain.cli import build_parser
+
+    def undocumented(parser: argparse.ArgumentParser, where: str) -> list[str]:
+        missing = []
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                helped = {a.dest for a in action._choices_actions if a.help}
+                missing += [f"subcommand {n}" for n in action.choices if n not in helped]
+                for name, sub in action.choices.items():
+                    missing += undocumented(sub, f"{where} {name}")
+            elif not action.help:
+                missing.append(f"{where} {'/'.join(action.option_strings) or action.dest}")
+        return missing
+
+    assert undocumented(build_parser(), "mcutrain") == []

@@ -61,7 +61,7 @@ def test_missing_qemu_names_the_debian_package(
 
 
 def test_find_default_elf(tmp_path: Path) -> None:
-    with pytest.raises(QemuError, match=r"run `pio run -e qemu` first"):
+    with pytest.raises(QemuError, match=r"run `pio run -e qemu` in .*--project-dir"):
         find_default_elf(tmp_path)
     elf = tmp_path / ".pio" / "build" / "qemu" / "firmware.elf"
     elf.parent.mkdir(parents=True)

@@ -6,6 +6,13 @@
                   [--schedule constant|cosine] [--seed S] [--limit N] [--out DIR] [--no-reset]
   mcutrain eval   [--port P] --data FILE.npz [--limit N]
   mcutrain params [--port P] --out STATE.bin
+  mcutrain board  start|stop|status [--port qemu[:ELF]]
+  mcutrain layers MODEL.tflite [--json] [--train-ram BYTES]
+
+Every command takes --port (default `qemu`: the emulated board running the ELF that
+`pio run -e qemu` built in the current directory, or in --project-dir). The emulated board keeps
+its state between commands, like a real one: the first command starts a QEMU for that ELF and
+later ones reconnect to it (`mcutrain board` shows and stops it; mcutrain.kept_board).
 
 Each subcommand is one `cmd_<name>(args) -> int` plus its parser block in `build_parser`, so
 `train` and `eval` slot in the same way. Errors print one line and exit with status 1.
@@ -33,8 +40,11 @@ from .device import (
     DeviceTimeout,
     check_input_shape,
     dequantize_output,
+    input_range,
+    is_qemu_port,
     open_device,
     quantize_input,
+    saturated_fraction,
 )
 from .protocol import (
     CounterUnit,
@@ -45,13 +55,23 @@ from .protocol import (
     TensorDesc,
     TrainInfo,
 )
-from .qemu import QemuError
+from .qemu import QemuError, resolve_elf
 
 DEFAULT_PORT = "qemu"
+ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")  # an archive with members, an empty archive
+SATURATION_WARN_FRACTION = 0.01
 
 
 class CliError(Exception):
     """A user-facing problem (bad file, shape mismatch) reported as one line."""
+
+
+def connect(args: argparse.Namespace) -> Device:
+    """The board behind --port; on the emulated board, says on stderr which one and which ELF."""
+    dev = open_device(args.port, args.timeout, keep_board=True, project_dir=args.project_dir)
+    if is_qemu_port(args.port):
+        print(f"mcutrain {args.command}: on the {dev.description}", file=sys.stderr, flush=True)
+    return dev
 
 
 # ---- info ----
@@ -113,9 +133,15 @@ def info_json(info: DeviceInfo) -> dict:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    with open_device(args.port, args.timeout) as dev:
+    with connect(args) as dev:
         info = dev.info()
-    print(json.dumps(info_json(info), indent=2) if args.json else format_info(info))
+    if args.json:
+        print(json.dumps({**info_json(info), "elf": None if dev.elf is None else str(dev.elf)},
+                         indent=2))
+    else:
+        print(format_info(info))
+        if dev.elf is not None:
+            print(f"firmware ELF   {dev.elf}")
     return 0
 
 
@@ -131,6 +157,7 @@ class Dataset:
 def load_npz(path: Path, limit: int | None, regression: bool = False) -> Dataset:
     """x and optional y from an .npz. y: class labels (one-hot accepted), or with `regression`
     float targets of shape (N, ...)."""
+    check_is_npz(path)
     try:
         with np.load(path, allow_pickle=False) as data:
             if "x" not in data:
@@ -153,7 +180,35 @@ def load_npz(path: Path, limit: int | None, regression: bool = False) -> Dataset
     return Dataset(x, y)
 
 
-def prepare_inputs(x: np.ndarray, desc: TensorDesc) -> np.ndarray:
+def check_is_npz(path: Path) -> None:
+    """np.load takes anything else for a pickle and gives allow_pickle advice: say what it is."""
+    try:
+        with path.open("rb") as fp:
+            magic = fp.read(4)
+    except OSError as exc:
+        raise CliError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    if magic not in ZIP_MAGICS:
+        raise CliError(f"{path} is not an .npz archive: write one with numpy.savez(path, x=..., "
+                       "y=...)")
+
+
+def check_class_labels(y: np.ndarray, classes: int, source: Path) -> np.ndarray:
+    """Labels as int64, or CliError naming the first label that is not a class in [0, classes)."""
+    if not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating)
+            or y.dtype == np.bool_):
+        raise CliError(f"{source}: labels have dtype {y.dtype}; give integer class indices")
+    values = y.astype(np.float64)
+    fractional = ~np.isfinite(values) | (values != np.round(values))
+    outside = ~fractional & ((values < 0) | (values >= classes))
+    for bad, why in ((fractional, "is not an integer class index"),
+                     (outside, f"outside [0, {classes})")):
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise CliError(f"{source}: label {y[i]:g} {why} at index {i}")
+    return values.astype(np.int64)
+
+
+def prepare_inputs(x: np.ndarray, desc: TensorDesc, source: Path | None = None) -> np.ndarray:
     """Quantizes float samples and checks each sample's shape against the model input."""
     if len(x) == 0:
         raise CliError("the data file holds no samples")
@@ -162,10 +217,22 @@ def prepare_inputs(x: np.ndarray, desc: TensorDesc) -> np.ndarray:
     except ValueError as exc:
         raise CliError(f"sample {exc} (x has shape {x.shape}, samples along axis 0)") from exc
     if np.issubdtype(x.dtype, np.floating):
+        warn_if_saturated(x, desc, source)
         return quantize_input(x, desc)
     if x.dtype == np.int8:
         return x
     raise CliError(f"x has dtype {x.dtype}: give float (quantized on the host) or int8")
+
+
+def warn_if_saturated(x: np.ndarray, desc: TensorDesc, source: Path | None) -> None:
+    """Float inputs in the wrong units clamp to -128/127 and wreck accuracy without an error."""
+    fraction = saturated_fraction(x, desc)
+    if fraction > SATURATION_WARN_FRACTION:
+        low, high = input_range(desc)
+        where = f"{source}: " if source is not None else ""
+        print(f"warning: {where}{fraction:.1%} of the input values lie outside [{low:.6g}, "
+              f"{high:.6g}], the float range of the model's int8 input, and were clipped "
+              "(wrong units or scaling?)", file=sys.stderr)
 
 
 def confusion_matrix(y: np.ndarray, pred: np.ndarray, classes: int) -> np.ndarray:
@@ -195,17 +262,17 @@ def run_inference(dev: Device, xq: np.ndarray, progress: bool) -> tuple[np.ndarr
 
 def cmd_infer(args: argparse.Namespace) -> int:
     data = load_npz(Path(args.data), args.limit)
-    with open_device(args.port, args.timeout) as dev:
+    with connect(args) as dev:
         info = dev.info()
-        xq = prepare_inputs(data.x, info.input)
+        xq = prepare_inputs(data.x, info.input, Path(args.data))
+        classes = int(np.prod(info.output.shape))
+        y = None if data.y is None else check_class_labels(data.y, classes, Path(args.data))
         outputs, counters = run_inference(dev, xq, progress=not args.quiet)
     pred = outputs.reshape(len(outputs), -1).argmax(axis=1)
     unit = "instructions" if info.counter_unit == CounterUnit.INSTRUCTIONS else "cycles"
     print(f"{len(outputs)} inferences on {info.board}, model {info.model}")
     print(f"mean {unit} per inference: {counters.astype(np.float64).mean():.0f}")
-    if data.y is not None:
-        y = data.y.astype(np.int64)
-        classes = int(max(y.max(), pred.max(), outputs[0].size - 1)) + 1
+    if y is not None:
         print(f"accuracy: {(pred == y).mean():.4f} ({int((pred == y).sum())}/{len(y)})")
         print(format_confusion(confusion_matrix(y, pred, classes)))
     if args.save:
@@ -243,18 +310,14 @@ def training_data(path: Path, limit: int | None, info: DeviceInfo) -> tuple[np.n
     data = load_npz(path, limit, regression=regression)
     if data.y is None:
         raise CliError(f"{path}: training and evaluation need labels (an array named 'y')")
-    xq = prepare_inputs(data.x, info.input)
+    xq = prepare_inputs(data.x, info.input, path)
     if regression:
         y = data.y.astype(np.float32).reshape(len(data.y), -1)
         if y.shape[1] * 4 != train.label_bytes:
             raise CliError(f"{path}: {y.shape[1]} targets per sample, the model has "
                            f"{train.label_bytes // 4}")
         return xq, y
-    y = data.y.astype(np.int64)
-    bad = (y < 0) | (y >= train.num_classes)
-    if bad.any():
-        raise CliError(f"{path}: label {int(y[bad][0])} outside [0, {train.num_classes})")
-    return xq, y
+    return xq, check_class_labels(data.y, train.num_classes, path)
 
 
 def run_pass(dev: Device, xq: np.ndarray, y: np.ndarray, order: np.ndarray, *, update: bool,
@@ -319,7 +382,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise CliError(f"--lr {args.lr} must be finite and >= 0")
     out_dir = Path(args.out)
     progress = not args.quiet
-    with open_device(args.port, args.timeout) as dev:
+    with connect(args) as dev:
         info = dev.info()
         train = require_training(info)
         xq, y = training_data(Path(args.data), args.limit, info)
@@ -359,10 +422,17 @@ def cmd_train(args: argparse.Namespace) -> int:
             curve.epochs.append(rec)
             curve.order.append(order.tolist())
             print(format_epoch(rec, args.epochs, counter_name(info)), flush=True)
+        state = dev.read_params()
     out_dir.mkdir(parents=True, exist_ok=True)
     write_curve_json(curve, out_dir / "curve.json")
     plot_curve(curve, out_dir / "curve.png")
-    print(f"wrote {out_dir / 'curve.json'} and {out_dir / 'curve.png'}")
+    (out_dir / "params.bin").write_bytes(state)
+    layout = params_layout(info, dev.elf)
+    (out_dir / "layout.json").write_text(json.dumps(layout, indent=2) + "\n")
+    print(f"wrote {out_dir / 'curve.json'}, {out_dir / 'curve.png'}, "
+          f"{out_dir / 'params.bin'} ({len(state)} bytes of trained parameters, sha256 "
+          f"{hashlib.sha256(state).hexdigest()[:16]}) and {out_dir / 'layout.json'} "
+          f"(its layout, from {layout['source']})")
     accuracies = [e.eval_accuracy for e in curve.epochs if e.eval_accuracy is not None]
     if ev is not None and len(accuracies) >= 2:
         print(f"{Path(args.eval).name} accuracy: {accuracies[0]:.2%} before training, "
@@ -370,8 +440,24 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def params_layout(info: DeviceInfo, elf: Path | None) -> dict:
+    """Where each trained tensor lies in the READ_PARAMS block: the build's report.json
+    "training" section when it is the build of this model, else only what INFO says."""
+    layout: dict = {"model": info.model, "model_sha256": info.model_sha256.hex(),
+                    "board": info.board, "state_bytes": info.train.state_bytes}
+    report = None if elf is None else elf.parent / "report.json"
+    if report is not None and report.is_file():
+        try:
+            built = json.loads(report.read_text())
+        except (OSError, ValueError):
+            built = {}
+        if built.get("sha256") == layout["model_sha256"] and "training" in built:
+            return {**layout, "source": str(report), "training": built["training"]}
+    return {**layout, "source": "the board's INFO reply (no report.json of this build found)"}
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
-    with open_device(args.port, args.timeout) as dev:
+    with connect(args) as dev:
         info = dev.info()
         xq, y = training_data(Path(args.data), args.limit, info)
         res = run_pass(dev, xq, y, np.arange(len(xq)), update=False, desc="eval",
@@ -387,7 +473,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_params(args: argparse.Namespace) -> int:
-    with open_device(args.port, args.timeout) as dev:
+    with connect(args) as dev:
         info = dev.info()
         require_training(info)
         state = dev.read_params()
@@ -397,18 +483,75 @@ def cmd_params(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- the kept emulated board ----
+
+
+def cmd_board(args: argparse.Namespace) -> int:
+    from . import kept_board
+
+    if not is_qemu_port(args.port):
+        raise CliError(f"--port {args.port}: `mcutrain board` manages the emulated board only "
+                       "(--port qemu or qemu:PATH.elf)")
+    elf = resolve_elf(args.port, args.project_dir)
+    if args.action == "status":
+        print(kept_board.status(elf).describe(elf))
+    elif args.action == "start":
+        lock = kept_board.BoardLock(elf)
+        try:
+            record, note = kept_board.ensure_running(elf)
+        finally:
+            lock.release()
+        print(f"emulated board, QEMU pid {record.pid}, {note}; firmware {elf}")
+    else:
+        stopped = kept_board.stop(elf)
+        print(f"stopped the emulated board (QEMU pid {stopped.pid}), firmware {elf}"
+              if stopped else f"no emulated board running for {elf}")
+    return 0
+
+
 # ---- entry point ----
+
+
+def positive_int(text: str) -> int:
+    """argparse type of --limit: a count of samples, so 0 and negative counts are mistakes."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return value
+
+
+def package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("mcutrain")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        from . import __version__
+
+        return __version__
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mcutrain", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"mcutrain {package_version()}",
+                        help="print the version of mcutrain and exit")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    def add_project_dir(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--project-dir", "-d", metavar="DIR",
+                       help="PlatformIO project whose .pio/build/qemu/firmware.elf --port qemu "
+                            "runs (default: the current directory)")
 
     def add_port(p: argparse.ArgumentParser) -> None:
         p.add_argument("--port", default=DEFAULT_PORT,
-                       help="serial device, pyserial URL, qemu[:ELF] or host:EXE (default: qemu)")
+                       help="serial device, pyserial URL, qemu[:ELF] or host:EXE (default: qemu, "
+                            "the emulated board, kept between commands)")
         p.add_argument("--timeout", type=float, default=30.0,
                        help="seconds to wait for each reply (default: 30)")
+        add_project_dir(p)
 
     p = sub.add_parser("info", help="show the board and the model it runs")
     add_port(p)
@@ -419,7 +562,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_port(p)
     p.add_argument("--data", required=True, help=".npz with x (float or int8) and optional y")
     p.add_argument("--save", help="write outputs, dequantized outputs, predictions, counters")
-    p.add_argument("--limit", type=int, help="use only the first N samples")
+    p.add_argument("--limit", type=positive_int, metavar="N",
+                   help="use only the first N samples")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_infer)
 
@@ -427,21 +571,28 @@ def build_parser() -> argparse.ArgumentParser:
     add_port(p)
     p.add_argument("--data", required=True, help="training .npz with x and y")
     p.add_argument("--eval", help=".npz evaluated before training and after every epoch")
-    p.add_argument("--epochs", type=int, required=True)
+    p.add_argument("--epochs", type=int, required=True, help="passes over the training data")
     p.add_argument("--lr", type=float, help="learning rate (default: the scheme's)")
-    p.add_argument("--schedule", choices=("constant", "cosine"), default="constant")
+    p.add_argument("--schedule", choices=("constant", "cosine"), default="constant",
+                   help="learning rate per epoch: constant, or cosine decay from --lr towards 0 "
+                        "(default: constant)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sample shuffling")
-    p.add_argument("--limit", type=int, help="use only the first N training samples")
-    p.add_argument("--out", default="train_out", help="directory for curve.json and curve.png")
+    p.add_argument("--limit", type=positive_int, metavar="N",
+                   help="use only the first N training samples")
+    p.add_argument("--out", default="train_out",
+                   help="directory for curve.json, curve.png, params.bin (the trained "
+                        "parameters) and layout.json (default: train_out)")
     p.add_argument("--no-reset", action="store_true",
-                   help="continue from the board's current parameters")
+                   help="continue from the board's current parameters (default: reset to the "
+                        "flashed ones first)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="loss, accuracy and confusion matrix without updates")
     add_port(p)
     p.add_argument("--data", required=True, help=".npz with x and y")
-    p.add_argument("--limit", type=int, help="use only the first N samples")
+    p.add_argument("--limit", type=positive_int, metavar="N",
+                   help="use only the first N samples")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_eval)
 
@@ -449,6 +600,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_port(p)
     p.add_argument("--out", required=True, help="file for the raw state block")
     p.set_defaults(func=cmd_params)
+
+    p = sub.add_parser("board", help="start, stop or show the emulated board kept between "
+                                     "commands")
+    p.add_argument("action", choices=("start", "stop", "status"),
+                   help="start: boot it now; stop: end it (the trained state is lost); "
+                        "status: is it running, since when, on which ELF")
+    p.add_argument("--port", default=DEFAULT_PORT,
+                   help="qemu (the project's ELF) or qemu:PATH.elf (default: qemu)")
+    add_project_dir(p)
+    p.set_defaults(func=cmd_board)
+
     layers.add_parser(sub)
     return parser
 
@@ -462,7 +624,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except USER_ERRORS as exc:
-        print(f"mcutrain {args.command}: error: {exc}", file=sys.stderr)
+        hint = ""
+        if isinstance(exc, (DeviceTimeout, DeviceGone)) and is_qemu_port(args.port):
+            hint = " (if the emulated board is stuck, `mcutrain board stop` restarts it)"
+        print(f"mcutrain {args.command}: error: {exc}{hint}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"mcutrain {args.command}: interrupted", file=sys.stderr)

@@ -3,7 +3,8 @@
 Ports (``open_device``):
   ``/dev/ttyACM0``                     a serial device at 115200 baud (the DISCO's ST-LINK VCP)
   ``socket://``, ``rfc2217://``, ...   any pyserial URL
-  ``qemu`` / ``qemu:PATH.elf``         the emulated board (mcutrain.qemu), default ELF or PATH
+  ``qemu`` / ``qemu:PATH.elf``         the emulated board (mcutrain.qemu): the PlatformIO
+                                       project's .pio/build/qemu/firmware.elf, or PATH
   ``host:PATH``                        the host-process firmware at PATH, over its stdin/stdout
 """
 
@@ -46,6 +47,8 @@ from .protocol import (
 BAUD_RATE = 115200
 # READ_PARAMS slice size: small enough that one reply never stalls a slow link for long.
 PARAMS_CHUNK_BYTES = 4096
+# The source tree this module runs from: firmware sources for build_host_firmware (tests). Never
+# where a user's ELF is: that is their project (open_device's project_dir, or the cwd).
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 
 __all__ = [
@@ -171,6 +174,8 @@ class Device:
         self._seq = 0
         self._on_close = on_close
         self._info: DeviceInfo | None = None
+        self.description = transport.name  # which board, for the user
+        self.elf: Path | None = None  # the firmware image, when the host knows it (QEMU)
         self.stale_frames = 0  # replies discarded because their seq was not the awaited one
 
     def __enter__(self) -> Device:
@@ -328,6 +333,22 @@ def check_input_shape(x: np.ndarray, desc: TensorDesc) -> None:
 def quantize_input(x: np.ndarray, desc: TensorDesc) -> np.ndarray:
     """float -> int8 like TFLite QUANTIZE: round(x / scale) in float32, half away from zero,
     plus zero point, clamped to [-128, 127]."""
+    return np.clip(_quantize_unclamped(x, desc), -128, 127).astype(np.int8)
+
+
+def saturated_fraction(x: np.ndarray, desc: TensorDesc) -> float:
+    """Fraction of the values of `x` that quantize_input clamps to -128 or 127 because they lie
+    outside the float range the int8 input represents (input_range)."""
+    q = _quantize_unclamped(x, desc)
+    return float(np.mean((q < -128) | (q > 127))) if q.size else 0.0
+
+
+def input_range(desc: TensorDesc) -> tuple[float, float]:
+    """The float values of int8 -128 and 127 for the input tensor `desc`."""
+    return (-128 - desc.zero_point) * desc.scale, (127 - desc.zero_point) * desc.scale
+
+
+def _quantize_unclamped(x: np.ndarray, desc: TensorDesc) -> np.ndarray:
     if desc.dtype != DType.INT8 or desc.scale == 0:
         raise ValueError("model input is not a quantized int8 tensor")
     xf = np.asarray(x, dtype=np.float32)
@@ -335,7 +356,7 @@ def quantize_input(x: np.ndarray, desc: TensorDesc) -> np.ndarray:
         raise ValueError("input contains NaN or infinity")
     q = (xf / np.float32(desc.scale)).astype(np.float64)  # the division is float32, like C++
     rounded = np.sign(q) * np.floor(np.abs(q) + 0.5)  # exact in float64 for float32 values
-    return np.clip(rounded + desc.zero_point, -128, 127).astype(np.int8)
+    return rounded + desc.zero_point
 
 
 def dequantize_output(q: np.ndarray, desc: TensorDesc) -> np.ndarray:
@@ -347,24 +368,59 @@ def dequantize_output(q: np.ndarray, desc: TensorDesc) -> np.ndarray:
 # ---- opening ----
 
 
-def open_device(port: str, timeout: float = 30.0) -> Device:
-    """Opens `port` (see module docstring); `timeout` bounds the wait for each reply."""
-    if port == "qemu" or port.startswith("qemu:"):
-        from .qemu import QemuBoard, find_default_elf
+def is_qemu_port(port: str) -> bool:
+    return port == "qemu" or port.startswith("qemu:")
 
-        elf = port[len("qemu:"):] or None
-        if elf is None:
-            elf = find_default_elf(PROJECT_DIR)
-        board = QemuBoard(elf)
-        board.__enter__()
-        try:
-            return Device(SerialTransport(board.url), timeout, on_close=board)
-        except BaseException:
-            board.close()
-            raise
+
+def open_device(port: str, timeout: float = 30.0, *, keep_board: bool = False,
+                project_dir: Path | str | None = None) -> Device:
+    """Opens `port` (see module docstring); `timeout` bounds the wait for each reply.
+
+    For `qemu`, the ELF is `<project_dir>/.pio/build/qemu/firmware.elf` (default: the current
+    directory). By default the emulated board is private and stops on close; with `keep_board`
+    it is the board kept between commands (mcutrain.kept_board), paused on close."""
+    if is_qemu_port(port):
+        from .qemu import resolve_elf
+
+        elf = resolve_elf(port, project_dir)
+        return _open_kept_qemu(elf, timeout) if keep_board else _open_private_qemu(elf, timeout)
     if port.startswith("host:"):
         return Device(ProcessTransport(port[len("host:"):]), timeout)
     return Device(SerialTransport(port), timeout)
+
+
+def _open_private_qemu(elf: Path, timeout: float) -> Device:
+    from .qemu import QemuBoard
+
+    board = QemuBoard(elf)
+    try:
+        device = Device(SerialTransport(board.url), timeout, on_close=board)
+    except BaseException:
+        board.close()
+        raise
+    device.description = f"private emulated board, firmware {elf}"
+    device.elf = elf
+    return device
+
+
+def _open_kept_qemu(elf: Path, timeout: float) -> Device:
+    from .kept_board import BoardSession
+
+    session = BoardSession(elf)
+    try:
+        transport = SerialTransport(session.url)
+        try:
+            session.resume()
+        except BaseException:
+            transport.close()
+            raise
+    except BaseException:
+        session.close()
+        raise
+    device = Device(transport, timeout, on_close=session)
+    device.description = session.description
+    device.elf = session.elf
+    return device
 
 
 # ---- host-process firmware ----

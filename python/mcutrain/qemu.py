@@ -10,6 +10,9 @@ firmware prints is lost: the guest starts running only once the host connects to
 
     with QemuBoard(find_default_elf(project_dir)) as board:
         port = serial.serial_for_url(board.url, baudrate=115200, timeout=1)
+
+QemuBoard is private to its user and ends with it; mcutrain.kept_board keeps one board per ELF
+alive between `mcutrain` commands.
 """
 
 from __future__ import annotations
@@ -39,10 +42,23 @@ class QemuError(RuntimeError):
 
 def find_default_elf(project_dir: Path, env: str = DEFAULT_ENV) -> Path:
     """Return `<project_dir>/.pio/build/<env>/firmware.elf`, or say how to build it."""
-    elf = Path(project_dir) / ".pio" / "build" / env / "firmware.elf"
+    elf = Path(project_dir).resolve() / ".pio" / "build" / env / "firmware.elf"
     if not elf.is_file():
-        raise QemuError(f"firmware not built: {elf} does not exist; run `pio run -e {env}` first")
+        raise QemuError(f"firmware not built: {elf} does not exist; run `pio run -e {env}` in "
+                        f"{Path(project_dir).resolve()}, or pass --project-dir DIR or "
+                        "--port qemu:PATH.elf")
     return elf
+
+
+def resolve_elf(port: str, project_dir: Path | str | None = None) -> Path:
+    """The ELF of port `qemu` (the PlatformIO project in `project_dir`, by default the current
+    directory, like `pio -d`) or `qemu:PATH` (PATH, relative to the current directory)."""
+    given = port[len("qemu:"):] if port.startswith("qemu:") else ""
+    if given:
+        elf = Path(given).expanduser().resolve()
+        check_elf(elf)
+        return elf
+    return find_default_elf(Path(project_dir) if project_dir is not None else Path.cwd())
 
 
 def qemu_command(elf: Path, port: int) -> list[str]:
@@ -66,7 +82,7 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _check_elf(elf: Path) -> None:
+def check_elf(elf: Path) -> None:
     if not elf.is_file():
         raise QemuError(f"firmware ELF not found: {elf} (build it with `pio run -e {DEFAULT_ENV}`)")
     with elf.open("rb") as fp:
@@ -75,17 +91,21 @@ def _check_elf(elf: Path) -> None:
             raise QemuError(f"{elf} is not an ELF file")
 
 
+def check_qemu_installed() -> None:
+    if shutil.which(QEMU_BINARY) is None:
+        raise QemuError(
+            f"{QEMU_BINARY} not found on PATH: install the Debian package "
+            f"{QEMU_DEBIAN_PACKAGE} (bash scripts/setup.sh)"
+        )
+
+
 class QemuBoard:
     """A running QEMU with the firmware; a context manager. `.url` is for serial_for_url."""
 
     def __init__(self, elf: Path, boot_timeout: float = 10.0) -> None:
         self.elf = Path(elf)
-        _check_elf(self.elf)
-        if shutil.which(QEMU_BINARY) is None:
-            raise QemuError(
-                f"{QEMU_BINARY} not found on PATH: install the Debian package "
-                f"{QEMU_DEBIAN_PACKAGE} (bash scripts/setup.sh)"
-            )
+        check_elf(self.elf)
+        check_qemu_installed()
         self.port = _free_port()
         self._stderr_chunks: list[str] = []
         self._stderr_lock = threading.Lock()
