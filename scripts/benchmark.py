@@ -369,16 +369,20 @@ def _plot_sram(ax: Any, result: dict[str, Any]) -> None:
     ax.barh(y, stack, left=static, color="grey", label="stack high water")
     ax.set_yticks(y, [label for label, *_ in rows], fontsize=7)
     ax.invert_yaxis()
-    for r, (_, rec, _) in enumerate(rows):
-        ax.text(rec["peak_sram_bytes"] / KB, r, f" {rec['peak_sram_bytes'] / KB:.1f}",
-                fontsize=6, va="center")
     records = [rec for _, rec, _ in rows]
+    peak = max([rec["peak_sram_bytes"] / KB for rec in records], default=0.0)
+    xmax = max(DEVICE_SRAM / KB, peak) * 1.1
+    for r, rec in enumerate(records):
+        v = rec["peak_sram_bytes"] / KB
+        # A long bar's number goes inside it, clear of the 256 / 320 KB lines beyond its end.
+        inside = v > 0.5 * xmax
+        ax.text(v, r, f"{v:.1f} " if inside else f" {v:.1f}", fontsize=6, va="center",
+                ha="right" if inside else "left", color="white" if inside else "black")
     ax.axvline(TRAIN_SRAM_BUDGET / KB, color="k", ls="--", lw=1,
                label=f"{TRAIN_SRAM_BUDGET // KB} KB training budget")
     ax.axvline(DEVICE_SRAM / KB, color="r", ls="-", lw=1,
                label=f"{DEVICE_SRAM // KB} KB: STM32F746 SRAM")
-    peak = max([rec["peak_sram_bytes"] / KB for rec in records], default=0.0)
-    ax.set_xlim(0, max(DEVICE_SRAM / KB, peak) * 1.1)
+    ax.set_xlim(0, xmax)
     ax.set_xlabel("peak SRAM (KB)")
     ax.set_title("(c) peak SRAM = static + stack high-water mark")
 
