@@ -73,16 +73,16 @@ def _line_points(line: Any) -> np.ndarray:
 
 
 def _legend_covers_lines(legend: Legend, box: Bbox) -> list[str]:
-    axes = legend.axes
-    if axes is None or not _overlap(box, axes.bbox):
-        return []
+    """Lines of the legend's axes (a figure legend: of every axes) that run under it."""
     problems = []
-    for line in axes.lines:
-        points = _line_points(line)
-        inside = ((points[:, 0] > box.x0) & (points[:, 0] < box.x1)
-                  & (points[:, 1] > box.y0) & (points[:, 1] < box.y1))
-        if inside.any():
-            problems.append(f"legend of {axes.get_title()!r} covers line {line.get_label()!r}")
+    for axes in [legend.axes] if legend.axes else legend.figure.axes:
+        for line in axes.lines if _overlap(box, axes.bbox) else []:
+            points = _line_points(line)
+            inside = ((points[:, 0] > box.x0) & (points[:, 0] < box.x1)
+                      & (points[:, 1] > box.y0) & (points[:, 1] < box.y1))
+            if inside.any():
+                problems.append(f"a legend covers line {line.get_label()!r} of "
+                                f"{axes.get_title()!r}")
     return problems
 
 
