@@ -2,6 +2,7 @@
 """On-device adaptation experiment: the HAR model, sensor mounted differently (data/adapt_*.npz).
 
     python scripts/adaptation_experiment.py                       # fp32 TF + int8 numpy reference
+    python scripts/adaptation_experiment.py --plot-only           # redraw the PNG from the JSON
     python scripts/adaptation_experiment.py --board-elf qemu-qas.elf --board-elf-noqas q-noqas.elf \
         --board-elf-fp32cls q-fp32cls.elf
 
@@ -172,13 +173,18 @@ def summary(runs: list[Run]) -> list[float]:
     return [round(float(a), 4) for a in acc.mean(0)]
 
 
+def plot_title(train_windows: int) -> str:
+    return f"HAR, sensor remounted: {train_windows} training windows, batch-1 SGD"
+
+
 def plot(methods: dict[str, list[Run]], path: Path, title: str) -> None:
     import matplotlib  # noqa: PLC0415
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
-    fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(11, 5.4), layout="constrained")
+    fig.suptitle(title)
     for k, (name, runs) in enumerate(methods.items()):
         color = f"C{k}"
         for key, ax in (("test_accuracy", ax_acc), ("test_loss", ax_loss)):
@@ -187,18 +193,27 @@ def plot(methods: dict[str, list[Run]], path: Path, title: str) -> None:
             for c in curves:
                 ax.plot(epochs, c, color=color, alpha=0.25, lw=0.8)
             ax.plot(epochs, curves.mean(0), color=color, lw=2, marker="o", label=name)
-    ax_acc.set(xlabel="epoch", ylabel="adapt_test accuracy", title=title)
+    ax_acc.set(xlabel="epoch", ylabel="adapt_test accuracy")
+    ax_acc.set_title("(a) accuracy (thin: one line per seed)", fontsize=10)
     # The int8-classifier loss comes from the int8 softmax output (capped at ln 512; the fp32
     # classifier's float loss is not), so a confidently wrong window costs less than in float:
     # compare the loss curves within a family only.
-    ax_loss.set(xlabel="epoch", yscale="log",
-                ylabel="adapt_test cross-entropy (int8 classifier: capped at ln 512)")
+    ax_loss.set(xlabel="epoch", yscale="log", ylabel="adapt_test cross-entropy, log")
+    ax_loss.set_title("(b) loss (int8 classifier's capped at ln 512)", fontsize=10)
     for ax in (ax_acc, ax_loss):
         ax.grid(alpha=0.3)
         ax.xaxis.get_major_locator().set_params(integer=True)
-    ax_acc.legend(fontsize=8)
-    fig.tight_layout()
+    # Below both panels: inside either, ten entries would cover the curves.
+    fig.legend(*ax_acc.get_legend_handles_labels(), loc="outside lower center", ncol=4,
+               fontsize=8)
     fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_from_json(results: Path = RESULTS) -> None:
+    """Redraw adaptation.png from adaptation.json: no training, same curves."""
+    data = json.loads((results / "adaptation.json").read_text())
+    plot(data["methods"], results / "adaptation.png", plot_title(data["train_windows"]))
 
 
 def main() -> None:
@@ -210,7 +225,17 @@ def main() -> None:
     parser.add_argument("--board-elf-noqas", type=Path, help="... with har_adapt_noqas.json")
     parser.add_argument("--board-elf-fp32cls", type=Path,
                         help="... with har_adapt_fp32cls.json")
+    parser.add_argument("--plot-only", action="store_true",
+                        help="train nothing: redraw results/adaptation.png from "
+                             "results/adaptation.json")
     args = parser.parse_args()
+    if args.plot_only:
+        if not (RESULTS / "adaptation.json").is_file():
+            sys.exit("adaptation_experiment: --plot-only: no results/adaptation.json to plot "
+                     "(run the experiment first)")
+        plot_from_json()
+        print("wrote results/adaptation.png from results/adaptation.json")
+        return
 
     train, test = load("adapt_train"), load("adapt_test")
     before = pretrained(train, test)
@@ -257,8 +282,7 @@ def main() -> None:
     everything = {**common, "methods": methods,
                   "test_accuracy_mean": {k: summary(v) for k, v in methods.items()}}
     (RESULTS / "adaptation.json").write_text(json.dumps(everything, indent=1) + "\n")
-    plot(methods, RESULTS / "adaptation.png",
-         f"HAR, sensor remounted: {len(train[1])} training windows, batch-1 SGD")
+    plot(methods, RESULTS / "adaptation.png", plot_title(len(train[1])))
     print("wrote results/adaptation_fp32.json, results/adaptation.json, results/adaptation.png")
 
 

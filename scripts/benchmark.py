@@ -1,22 +1,25 @@
 #!/usr/bin/env python3
 """Speed and memory of the firmware on the emulated Cortex-M7, measured, into results/.
 
-    python scripts/benchmark.py                    # everything: results/benchmark.{json,png}
+    python scripts/benchmark.py                       # everything: results/benchmark.{json,png}
     python scripts/benchmark.py --runs 5 --only har   # names containing "har" only
+    python scripts/benchmark.py --model my.tflite --scheme my.json --out my_results
+    python scripts/benchmark.py --plot-only           # redraw results/benchmark.png from its JSON
 
-For every model in models/, models/test/ and models/third_party/ it builds an inference-only ELF
-(`MCUTRAIN_TRAIN=`, build dir .pio/bench/<name>), boots it on QEMU (`-icount shift=3`: the
-board's counter is retired instructions, resolution 5) and runs a few random int8 inputs. For
-models/har_cnn1d_int8.tflite with each scheme in train/*.json, and for each (model, scheme) pair
-of test/test_training_firmware.py's CASES, it builds a training ELF and runs a few TRAIN steps
-from random inputs and labels. Recorded per build: MACs (forward; backward for training),
-instructions per inference / training step, instructions per MAC, arena bytes, static SRAM
-(.data + .bss, which holds the arena; the reserved .stack section is left out), the stack
-high-water mark read by INFO after the runs, peak SRAM = static + stack high water, and flash.
-Training builds add the report.json training section's byte counts.
+By default, for every model in models/, models/test/ and models/third_party/ it builds an
+inference-only ELF (`MCUTRAIN_TRAIN=`, build dir .pio/bench/<name>), boots it on QEMU
+(`-icount shift=3`: the board's counter is retired instructions, resolution 5) and runs a few
+random int8 inputs. For models/har_cnn1d_int8.tflite with each scheme in train/*.json, and for
+each (model, scheme) pair of test/test_training_firmware.py's CASES, it builds a training ELF and
+runs a few TRAIN steps from random inputs and labels. With --model it benchmarks that model
+instead (inference, plus one training build per --scheme). Recorded per build: MACs (forward;
+backward for training), instructions per inference / training step, instructions per MAC, arena
+bytes, static SRAM (.data + .bss, which holds the arena; the reserved .stack section is left
+out), the stack high-water mark read by INFO after the runs, peak SRAM = static + stack high
+water, and flash. Training builds add the report.json training section's byte counts.
 
-The "reference" block is NOT measured here: it is quoted from MISSION.md section 6 (TFLite Micro
-with its reference kernels and with CMSIS-NN on the same emulated board), so the plot can show
+The "reference" block is NOT measured here: it holds TensorFlow Lite Micro's figures on the same
+emulated board, stated with their build conditions in docs/benchmark.md, so the plot can show
 where the project stands against the incumbent.
 """
 
@@ -58,24 +61,28 @@ FLASH_LIMIT = 1024 * KB
 REPORT_TRAIN_KEYS = ("arena_bytes", "state_bytes", "saved_activation_bytes", "mask_bytes",
                      "peak_gradient_bytes", "peak_sram_bytes", "backward_macs")
 
-# Quoted from /work/shared/MISSION.md section 6, not measured by this script.
+# TensorFlow Lite Micro on the same emulated board; docs/benchmark.md states how it was built and
+# counted. Not measured by this script. "ours" names the shipped model a row describes, if any.
 REFERENCE = {
-    "source": "quoted from MISSION.md section 6 (not measured by scripts/benchmark.py)",
-    "setup": "TensorFlow Lite Micro 90b983c2, CMSIS-NN 4ab83cc3, arm-none-eabi-gcc 12.2 -O2, "
-             "QEMU mps2-an500 -icount shift=3, one inference",
+    "source": "docs/benchmark.md (not measured by scripts/benchmark.py)",
+    "setup": "TensorFlow Lite Micro 90b983c2 release build, CMSIS-NN 4ab83cc3, arm-none-eabi-gcc "
+             "12.2 -O2, QEMU mps2-an500 -icount shift=3, one inference",
     "models": [
-        {"model": "MobileNetV2-w0.35 128x128x3", "macs": 18_950_000,
-         "tflm_reference_instructions": 1_470_000_000, "cmsis_nn_instructions": 81_400_000,
-         "arena_bytes": 312 * KB},
-        {"model": "MLPerf Tiny VWW (MobileNetV1-0.25 96x96x3)", "macs": 7_490_000,
-         "tflm_reference_instructions": 552_000_000, "cmsis_nn_instructions": 24_000_000,
+        {"model": "MobileNetV2-w0.35 128x128x3", "ours": "mobilenetv2_w035_128_int8",
+         "macs": 18_950_000, "tflm_reference_instructions": 343_200_000,
+         "cmsis_nn_instructions": 80_600_000, "arena_bytes": 312 * KB},
+        {"model": "MLPerf Tiny VWW (MobileNetV1-0.25 96x96x3)", "ours": None, "macs": 7_490_000,
+         "tflm_reference_instructions": 103_200_000, "cmsis_nn_instructions": 24_000_000,
          "arena_bytes": 101 * KB},
-        {"model": "MLPerf Tiny ResNet-8 (CIFAR-10)", "macs": 12_500_000,
-         "tflm_reference_instructions": 823_000_000, "cmsis_nn_instructions": 30_000_000,
+        {"model": "MLPerf Tiny ResNet-8 (CIFAR-10)", "ours": None, "macs": 12_500_000,
+         "tflm_reference_instructions": 109_400_000, "cmsis_nn_instructions": 30_000_000,
          "arena_bytes": 55 * KB},
-        {"model": "MLPerf Tiny DS-CNN KWS", "macs": 2_660_000,
-         "tflm_reference_instructions": 198_000_000, "cmsis_nn_instructions": 7_600_000,
+        {"model": "MLPerf Tiny DS-CNN KWS", "ours": None, "macs": 2_660_000,
+         "tflm_reference_instructions": 44_200_000, "cmsis_nn_instructions": 7_600_000,
          "arena_bytes": 23 * KB},
+        {"model": "HAR 1-D CNN", "ours": "har_cnn1d_int8", "macs": 110_000,
+         "tflm_reference_instructions": 1_590_000, "cmsis_nn_instructions": 460_000,
+         "arena_bytes": 4 * KB},
     ],
     "targets": {
         "inference_instructions_vs_cmsis_nn": 0.3, "inference_arena_vs_tflm": 0.5,
@@ -84,7 +91,6 @@ REFERENCE = {
         "instructions_per_mac_floor": 0.5,
     },
 }
-REFERENCE_MATCH = "mobilenetv2"  # our model that the reference's first row describes
 
 
 @dataclass(frozen=True)
@@ -129,6 +135,22 @@ def training_jobs(root: Path = ROOT, test_file: Path = TRAIN_CASES_FILE) -> list
     return jobs
 
 
+def custom_jobs(model: Path, schemes: list[Path]) -> list[Job]:
+    """A user's model: one inference build, and one training build per scheme."""
+    jobs = [Job(model.stem, model)]
+    jobs += [Job(f"{model.stem}-train-{s.stem}", model, s) for s in schemes]
+    if len({j.name for j in jobs}) != len(jobs):
+        raise ValueError(f"two --scheme files are named {[s.name for s in schemes]}: "
+                         "give each scheme its own file name")
+    return jobs
+
+
+def repo_path(path: Path) -> str:
+    """`path` relative to the repository if it is inside it (shipped files), else absolute."""
+    path = path.resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
 # ---- aggregation (pure: unit-tested without QEMU) ----
 
 def count_stats(counts: list[int]) -> dict[str, float]:
@@ -158,7 +180,7 @@ def memory_record(sections: dict[str, int], flash_bytes: int, info: DeviceInfo) 
 def inference_record(job: Job, info: DeviceInfo, counts: list[int], sections: dict[str, int],
                      flash_bytes: int) -> dict[str, Any]:
     stats = count_stats(counts)
-    return {"name": job.name, "model": str(job.model.relative_to(ROOT)), "macs": info.macs,
+    return {"name": job.name, "model": repo_path(job.model), "macs": info.macs,
             "instructions": stats, "instructions_per_mac": per_mac(stats["mean"], info.macs),
             **memory_record(sections, flash_bytes, info)}
 
@@ -169,8 +191,8 @@ def training_record(job: Job, info: DeviceInfo, counts: list[int], sections: dic
     fwd, bwd = info.macs, info.train.backward_macs
     train_report = report.get("training") or {}
     assert job.scheme is not None
-    return {"name": job.name, "model": str(job.model.relative_to(ROOT)),
-            "scheme": str(job.scheme.relative_to(ROOT)), "forward_macs": fwd,
+    return {"name": job.name, "model": repo_path(job.model),
+            "scheme": repo_path(job.scheme), "forward_macs": fwd,
             "backward_macs": bwd, "instructions_per_step": stats,
             "instructions_per_mac": per_mac(stats["mean"], fwd + bwd),
             **memory_record(sections, flash_bytes, info),
@@ -261,83 +283,134 @@ def _short(name: str) -> str:
             .replace("tflm_", ""))
 
 
-def plot(result: dict[str, Any], path: Path) -> None:
-    import matplotlib
+def _rows(result: dict[str, Any]) -> list[tuple[str, dict[str, Any], str]]:
+    """One (label, record, colour) per build: inference builds, then training builds."""
+    rows = [(f"infer {_short(r['name'])}", r, "tab:blue") for r in result["inference"]]
+    return rows + [(f"train {_short(r['name'])}", r, "tab:orange") for r in result["training"]]
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    inf, tr, ref = result["inference"], result["training"], result["reference"]
-    fig, axes = plt.subplots(1, 3, figsize=(18, 7.5), gridspec_kw={"width_ratios": [3, 2, 3]})
-    fig.suptitle("mcutrain on the emulated Cortex-M7 (QEMU icount) — measured; TFLM rows quoted "
-                 "from MISSION.md §6", fontsize=12)
+def _matched(result: dict[str, Any]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(our inference record, reference row) for each reference model that was measured."""
+    ours = {r["name"]: r for r in result["inference"]}
+    return [(ours[m["ours"]], m) for m in result["reference"]["models"] if m.get("ours") in ours]
 
-    # (a) instructions per MAC
-    ax = axes[0]
-    rows = [(f"infer {_short(r['name'])}", r["instructions_per_mac"], "tab:blue") for r in inf]
-    rows += [(f"train {_short(r['name'])}", r["instructions_per_mac"], "tab:orange") for r in tr]
-    rows = [r for r in rows if r[1]]
+
+def _per_mac_span(ref: dict[str, Any], key: str) -> tuple[float, float]:
+    values = [m[key] / m["macs"] for m in ref["models"]]
+    return min(values), max(values)
+
+
+def _legends_below(fig: Any, legends: list[tuple[Any, int]]) -> None:
+    """Each (axes, columns) legend just below its axes' tick labels and x label, which a fixed
+    axes fraction would cover in a short figure (tick labels keep their size in inches)."""
+    from matplotlib.transforms import ScaledTranslation
+
+    fig.draw_without_rendering()
+    renderer = fig.canvas.get_renderer()
+    for ax, ncol in legends:
+        below = (ax.bbox.y0 - ax.get_tightbbox(renderer).y0) / fig.dpi + 0.08
+        offset = ax.transAxes + ScaledTranslation(0, -below, fig.dpi_scale_trans)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, 0),
+                  bbox_transform=offset, ncol=ncol)
+
+
+def _plot_per_mac(ax: Any, result: dict[str, Any]) -> None:
+    rows = [(label, rec["instructions_per_mac"], colour) for label, rec, colour in _rows(result)
+            if rec["instructions_per_mac"]]
     ax.barh(range(len(rows)), [r[1] for r in rows], color=[r[2] for r in rows])
     ax.set_yticks(range(len(rows)), [r[0] for r in rows], fontsize=7)
     ax.invert_yaxis()
     ax.set_xscale("log")
     for r, (_, v, _) in enumerate(rows):
         ax.text(v, r, f" {v:.1f}", fontsize=6, va="center")
+    ref = result["reference"]
     ax.axvline(0.5, color="k", ls=":", lw=1, label="floor: 2 MACs per SMLAD (0.5)")
-    ax.axvspan(2.4, 4.3, color="green", alpha=0.2, label="TFLM + CMSIS-NN 2.4-4.3 (quoted)")
-    ax.axvspan(66, 78, color="red", alpha=0.2, label="TFLM reference 66-78 (quoted)")
+    lo, hi = _per_mac_span(ref, "cmsis_nn_instructions")
+    ax.axvspan(lo, hi, color="green", alpha=0.2, label=f"TFLM + CMSIS-NN {lo:.1f}-{hi:.1f}")
+    lo, hi = _per_mac_span(ref, "tflm_reference_instructions")
+    ax.axvspan(lo, hi, color="red", alpha=0.2, label=f"TFLM reference kernels {lo:.0f}-{hi:.0f}")
     ax.set_xlim(0.3, 200)
-    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.09), ncol=2)
     ax.set_xlabel("instructions per MAC (training: per forward + backward MAC), log")
     ax.set_title("(a) instructions per MAC")
 
-    # (b) MobileNetV2-w0.35 one inference vs the incumbent
-    ax = axes[1]
-    ours = next((r for r in inf if REFERENCE_MATCH in r["name"]), None)
-    mref = ref["models"][0]
-    bars = [("TFLM ref. (quoted)", mref["tflm_reference_instructions"], "tab:red"),
-            ("TFLM+CMSIS-NN (quoted)", mref["cmsis_nn_instructions"], "tab:green")]
-    if ours:
-        bars.insert(0, ("mcutrain (measured)", ours["instructions"]["mean"], "tab:blue"))
-    ax.bar(range(len(bars)), [b[1] / 1e6 for b in bars], color=[b[2] for b in bars])
-    ax.set_xticks(range(len(bars)), [b[0] for b in bars], fontsize=8, rotation=15)
-    for i, b in enumerate(bars):
-        ax.text(i, b[1] / 1e6, f"{b[1] / 1e6:,.0f} M", ha="center", va="bottom", fontsize=8)
+
+def _plot_incumbent(ax: Any, result: dict[str, Any]) -> bool:
+    """Our inference against TFLite Micro's for the models both measured; False if none."""
+    matched = _matched(result)
+    if not matched:
+        ax.set_axis_off()
+        ax.set_title("(b) no TFLite Micro figures\nfor the models benchmarked", fontsize=10)
+        return False
+    series = [("mcutrain (measured)", "tab:blue", lambda o, m: o["instructions"]["mean"]),
+              ("TFLM reference kernels", "tab:red", lambda o, m: m["tflm_reference_instructions"]),
+              ("TFLM + CMSIS-NN", "tab:green", lambda o, m: m["cmsis_nn_instructions"])]
+    width = 0.27
+    for k, (label, colour, value) in enumerate(series):
+        xs = [i + (k - 1) * width for i in range(len(matched))]
+        vs = [value(o, m) / 1e6 for o, m in matched]
+        ax.bar(xs, vs, width, color=colour, label=label)
+        for x, v in zip(xs, vs, strict=True):
+            ax.text(x, v, f"{v:.3g}", ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(range(len(matched)),
+                  [f"{m['model']}\narena: ours {o['arena_bytes'] / KB:.1f} KB,\n"
+                   f"TFLM {m['arena_bytes'] / KB:.0f} KB" for o, m in matched], fontsize=8)
     ax.set_yscale("log")
     ax.set_ylabel("instructions per inference (M), log")
-    title = "(b) MobileNetV2-w0.35 128x128, one inference"
-    if ours:
-        title += (f"\narena: ours {ours['arena_bytes'] / KB:.0f} KB, "
-                  f"TFLM {mref['arena_bytes'] / KB:.0f} KB")
-    ax.set_title(title, fontsize=10)
+    ax.set_title("(b) one inference against TensorFlow Lite Micro", fontsize=10)
+    return True
 
-    # (c) peak SRAM
-    ax = axes[2]
-    rows = [(f"infer {_short(r['name'])}", r, "tab:blue") for r in inf]
-    rows += [(f"train {_short(r['name'])}", r, "tab:orange") for r in tr]
+
+def _plot_sram(ax: Any, result: dict[str, Any]) -> None:
+    rows = _rows(result)
     y = np.arange(len(rows))
-    static = [r["static_sram_bytes"] / KB for _, r, _ in rows]
-    stack = [r["stack_high_water_bytes"] / KB for _, r, _ in rows]
+    static = [rec["static_sram_bytes"] / KB for _, rec, _ in rows]
+    stack = [rec["stack_high_water_bytes"] / KB for _, rec, _ in rows]
     ax.barh(y, static, color=[c for *_, c in rows], label="static (.data + .bss incl. arena)")
     ax.barh(y, stack, left=static, color="grey", label="stack high water")
-    ax.set_yticks(y, [r[0] for r in rows], fontsize=7)
+    ax.set_yticks(y, [label for label, *_ in rows], fontsize=7)
     ax.invert_yaxis()
-    for r, (_, rec, _) in enumerate(rows):
-        ax.text(rec["peak_sram_bytes"] / KB, r, f" {rec['peak_sram_bytes'] / KB:.1f}",
-                fontsize=6, va="center")
-    if ours:
-        row = next(i for i, (_, rec, _) in enumerate(rows) if rec is ours)
-        ax.plot([mref["arena_bytes"] / KB], [row], "kx",
-                label="TFLM arena alone, MobileNetV2 (quoted)")
-    ax.axvline(TRAIN_SRAM_BUDGET / KB, color="k", ls="--", lw=1)
-    ax.axvline(DEVICE_SRAM / KB, color="r", ls="-", lw=1)
-    ax.text(TRAIN_SRAM_BUDGET / KB, -0.7, "256 KB", fontsize=8, ha="right")
-    ax.text(DEVICE_SRAM / KB, -0.7, "320 KB (F746)", fontsize=8, ha="left")
+    records = [rec for _, rec, _ in rows]
+    peak = max([rec["peak_sram_bytes"] / KB for rec in records], default=0.0)
+    xmax = max(DEVICE_SRAM / KB, peak) * 1.1
+    for r, rec in enumerate(records):
+        v = rec["peak_sram_bytes"] / KB
+        # A long bar's number goes inside it, clear of the 256 / 320 KB lines beyond its end.
+        inside = v > 0.5 * xmax
+        ax.text(v, r, f"{v:.1f} " if inside else f" {v:.1f}", fontsize=6, va="center",
+                ha="right" if inside else "left", color="white" if inside else "black")
+    ax.axvline(TRAIN_SRAM_BUDGET / KB, color="k", ls="--", lw=1,
+               label=f"{TRAIN_SRAM_BUDGET // KB} KB training budget")
+    ax.axvline(DEVICE_SRAM / KB, color="r", ls="-", lw=1,
+               label=f"{DEVICE_SRAM // KB} KB: STM32F746 SRAM")
+    ax.set_xlim(0, xmax)
     ax.set_xlabel("peak SRAM (KB)")
     ax.set_title("(c) peak SRAM = static + stack high-water mark")
-    ax.legend(fontsize=7, loc="lower right")
 
-    fig.tight_layout()
+
+def figure(result: dict[str, Any]) -> Any:
+    """The benchmark plot of a result dict (as written to benchmark.json), not yet saved."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    height = max(5.0, 3.0 + 0.24 * len(_rows(result)))
+    fig, axes = plt.subplots(1, 3, figsize=(18, height), layout="constrained",
+                             gridspec_kw={"width_ratios": [3, 2, 3]})
+    fig.suptitle("mcutrain on the emulated Cortex-M7 (QEMU icount), measured by "
+                 f"scripts/benchmark.py; TensorFlow Lite Micro figures: "
+                 f"{result['reference']['source'].split(' (')[0]}", fontsize=12)
+    _plot_per_mac(axes[0], result)
+    has_incumbent = _plot_incumbent(axes[1], result)
+    _plot_sram(axes[2], result)
+    _legends_below(fig, [(axes[0], 2), (axes[2], 2)] + [(axes[1], 1)] * has_incumbent)
+    return fig
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig = figure(result)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -351,6 +424,12 @@ def _fmt(r: dict[str, Any], key: str) -> str:
             f"peak SRAM {r['peak_sram_bytes'] / KB:6.1f} KB, flash {r['flash_bytes'] / KB:6.1f} KB")
 
 
+def _reason(error: str) -> str:
+    """The build's own one-line message (the pre-build hook's `mcutrain: ...`), if it has one."""
+    lines = [line for line in error.splitlines() if line.startswith("mcutrain:")]
+    return f": {lines[0]}" if lines else ""
+
+
 def run_all(jobs: list[Job], runs: int, seed: int) -> tuple[list[dict], list[dict], list[dict]]:
     inf: list[dict] = []
     tr: list[dict] = []
@@ -362,7 +441,7 @@ def run_all(jobs: list[Job], runs: int, seed: int) -> tuple[list[dict], list[dic
         try:
             rec = measure(job, runs, seed)
         except Exception as exc:  # noqa: BLE001 - one failing build must not lose the others
-            print(f"FAILED ({exc.__class__.__name__})", flush=True)
+            print(f"FAILED ({exc.__class__.__name__}{_reason(str(exc))})", flush=True)
             failures.append({"name": job.name, "kind": kind, "error": str(exc)[-2000:]})
             continue
         (tr if job.scheme else inf).append(rec)
@@ -371,31 +450,102 @@ def run_all(jobs: list[Job], runs: int, seed: int) -> tuple[list[dict], list[dic
     return inf, tr, failures
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", type=int, default=3, help="inferences / training steps per build")
     ap.add_argument("--seed", type=int, default=0, help="seed of the random inputs and labels")
     ap.add_argument("--only", default="", help="benchmark only builds whose name contains this")
-    ap.add_argument("--out", type=Path, default=ROOT / "results" / "benchmark.json")
-    ap.add_argument("--plot", type=Path, default=ROOT / "results" / "benchmark.png")
-    args = ap.parse_args(argv)
+    ap.add_argument("--model", type=Path, metavar="PATH.tflite",
+                    help="benchmark this int8 model instead of the shipped ones "
+                         "(one inference-only build)")
+    ap.add_argument("--scheme", type=Path, action="append", default=[], metavar="PATH.json",
+                    help="with --model: also a training build of the model with this training "
+                         "scheme (docs/training.md); repeat for several")
+    ap.add_argument("--out", type=Path, default=ROOT / "results", metavar="DIR",
+                    help="write DIR/benchmark.json and DIR/benchmark.png (default: results/)")
+    ap.add_argument("--plot-only", action="store_true",
+                    help="build and run nothing: redraw DIR/benchmark.png from DIR/benchmark.json")
+    return ap
 
-    jobs = [j for j in inference_jobs() + training_jobs() if args.only in j.name]
+
+def _file_error(option: str, path: Path, suffix: str, what: str) -> str | None:
+    if not path.is_file():
+        return f"{option} {path}: no such file (give the path of {what})"
+    if path.suffix != suffix:
+        return f"{option} {path}: not a {suffix} file (give the path of {what})"
+    return None
+
+
+def check_args(args: argparse.Namespace) -> str | None:
+    """The one-line problem with the command line, or None."""
+    if args.runs < 1:
+        return f"--runs {args.runs}: give at least 1 run per build"
+    if args.plot_only:
+        if args.model or args.scheme or args.only:
+            return "--plot-only measures nothing: drop --model, --scheme and --only"
+        if not (args.out / "benchmark.json").is_file():
+            return (f"--plot-only: no {args.out / 'benchmark.json'} to plot "
+                    "(run the benchmark first, or give its --out DIR)")
+        return None
+    if args.scheme and not args.model:
+        return "--scheme trains the model given with --model: add --model PATH.tflite"
+    if args.model:
+        error = _file_error("--model", args.model, ".tflite", "an int8 .tflite model")
+        if error:
+            return error
+    for scheme in args.scheme:
+        error = _file_error("--scheme", scheme, ".json", "a training scheme, docs/training.md")
+        if error:
+            return error
+    return None
+
+
+def select_jobs(args: argparse.Namespace) -> list[Job]:
+    if args.model:
+        jobs = custom_jobs(args.model.resolve(), [s.resolve() for s in args.scheme])
+    else:
+        jobs = inference_jobs() + training_jobs()
+    return [j for j in jobs if args.only in j.name]
+
+
+def job_record(job: Job) -> dict[str, Any]:
+    return asdict(job) | {"model": repo_path(job.model),
+                          "scheme": repo_path(job.scheme) if job.scheme else None}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parser().parse_args(argv)
+    error = check_args(args)
+    jobs: list[Job] = []
+    if error is None and not args.plot_only:
+        try:
+            jobs = select_jobs(args)
+        except ValueError as exc:
+            error = str(exc)
+        if error is None and not jobs:
+            error = f"--only {args.only!r}: no build is named like that (drop it or fix it)"
+    if error:
+        print(f"benchmark: {error}", file=sys.stderr)
+        return 2
+    json_path, png_path = args.out / "benchmark.json", args.out / "benchmark.png"
+    if args.plot_only:
+        plot(json.loads(json_path.read_text()), png_path)
+        print(f"wrote {png_path} from {json_path}")
+        return 0
+
     t0 = time.monotonic()
     inf, tr, failures = run_all(jobs, args.runs, args.seed)
     result = {"provenance": provenance(argv), "runs_per_build": args.runs, "seed": args.seed,
               "limits": {"train_sram_budget_bytes": TRAIN_SRAM_BUDGET,
                          "device_sram_bytes": DEVICE_SRAM, "flash_bytes": FLASH_LIMIT},
               "inference": inf, "training": tr, "failures": failures, "reference": REFERENCE,
-              "jobs": [asdict(j) | {"model": str(j.model.relative_to(ROOT)),
-                                    "scheme": str(j.scheme.relative_to(ROOT)) if j.scheme else None}
-                       for j in jobs]}
+              "jobs": [job_record(j) for j in jobs]}
     result["provenance"]["seconds"] = round(time.monotonic() - t0, 1)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
-    plot(result, args.plot)
-    print(f"wrote {args.out} and {args.plot} in {result['provenance']['seconds']} s"
+    args.out.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(result, indent=1) + "\n")
+    plot(result, png_path)
+    print(f"wrote {json_path} and {png_path} in {result['provenance']['seconds']} s"
           + (f"; {len(failures)} FAILED: {[f['name'] for f in failures]}" if failures else ""))
     return 1 if failures else 0
 

@@ -1,18 +1,23 @@
-"""scripts/benchmark.py's job list, parsing and aggregation, without building or running QEMU.
-No timing is asserted: the numbers themselves live in results/benchmark.json."""
+"""scripts/benchmark.py: its job list, command line, aggregation and plot without QEMU, and one
+benchmark of a user's model on QEMU. No timing is asserted: the numbers themselves live in
+results/benchmark.json."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import re
+import shutil
 import sys
 from pathlib import Path
 
 import pytest
 
 from mcutrain.protocol import CounterUnit, DeviceInfo, DType, LossKind, TensorDesc, TrainInfo
+from plot_layout import figure_texts, layout_problems, saved_figure
 
 ROOT = Path(__file__).resolve().parents[1]
+HAR = ROOT / "models" / "har_cnn1d_int8.tflite"
 _spec = importlib.util.spec_from_file_location("benchmark", ROOT / "scripts" / "benchmark.py")
 assert _spec is not None and _spec.loader is not None
 bench = importlib.util.module_from_spec(_spec)
@@ -97,11 +102,25 @@ def test_inference_and_training_records() -> None:
     assert trec["report"]["saved_activation_bytes"] == 9
 
 
-def test_reference_block_is_labelled_as_quoted() -> None:
+def _millions(cell: str) -> float:
+    value, unit = cell.split()
+    return float(value) * {"M": 1e6, "KB": 1024}[unit]
+
+
+def test_reference_figures_are_those_the_repository_documents() -> None:
     ref = bench.REFERENCE
-    assert "MISSION.md" in ref["source"] and "not measured" in ref["source"]
-    mnv2 = ref["models"][0]
-    assert mnv2["cmsis_nn_instructions"] == 81_400_000 and mnv2["arena_bytes"] == 312 * 1024
+    doc = ROOT / ref["source"].split(" (")[0]
+    assert doc.is_file() and doc.is_relative_to(ROOT), ref["source"]
+    assert "not measured" in ref["source"]
+    rows = {cells[0]: cells[1:] for line in doc.read_text().splitlines()
+            if (cells := [c.strip() for c in line.strip().strip("|").split("|")])}
+    for m in ref["models"]:
+        macs, tflm, cmsis, arena = rows[m["model"]][:4]
+        assert _millions(macs) == pytest.approx(m["macs"], rel=1e-9), m["model"]
+        assert _millions(tflm) == pytest.approx(m["tflm_reference_instructions"], rel=1e-9)
+        assert _millions(cmsis) == pytest.approx(m["cmsis_nn_instructions"], rel=1e-9)
+        assert _millions(arena) == m["arena_bytes"]
+        assert m["ours"] is None or (ROOT / "models" / f"{m['ours']}.tflite").is_file()
 
 
 def test_committed_results_have_the_expected_shape() -> None:
@@ -112,13 +131,115 @@ def test_committed_results_have_the_expected_shape() -> None:
     assert data["provenance"]["git_commit"] and data["provenance"]["command"]
     for rec in data["inference"] + data["training"]:
         assert rec["peak_sram_bytes"] == rec["static_sram_bytes"] + rec["stack_high_water_bytes"]
+    assert data["reference"] == bench.REFERENCE, "re-run scripts/benchmark.py"
+
+
+def _small_result() -> dict:
+    job = bench.Job("my_model", HAR)
+    inf = bench.inference_record(job, _info(), [4000], SECTIONS, 9000)
+    tjob = bench.Job("my_model-train-s", job.model, ROOT / "train" / "har_adapt.json")
+    tr = bench.training_record(tjob, _info(backward=10), [3000], SECTIONS, 9000, {})
+    return {"inference": [inf], "training": [tr], "reference": bench.REFERENCE}
 
 
 def test_plot_writes_a_png(tmp_path: Path) -> None:
-    job = bench.Job("mobilenetv2_x", ROOT / "models" / "har_cnn1d_int8.tflite")
-    inf = bench.inference_record(job, _info(), [4000], SECTIONS, 9000)
-    tjob = bench.Job("m-t", job.model, ROOT / "train" / "har_adapt.json")
-    tr = bench.training_record(tjob, _info(backward=10), [3000], SECTIONS, 9000, {})
     out = tmp_path / "b.png"
-    bench.plot({"inference": [inf], "training": [tr], "reference": bench.REFERENCE}, out)
+    bench.plot(_small_result(), out)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_committed_plot_labels_do_not_collide(tmp_path: Path) -> None:
+    data = json.loads((ROOT / "results" / "benchmark.json").read_text())
+    fig = saved_figure(lambda: bench.plot(data, tmp_path / "b.png"))
+    assert layout_problems(fig) == []
+
+
+def test_plot_of_one_custom_model_labels_do_not_collide(tmp_path: Path) -> None:
+    fig = saved_figure(lambda: bench.plot(_small_result(), tmp_path / "b.png"))
+    assert layout_problems(fig) == []
+
+
+def test_plot_names_only_documents_inside_the_repository(tmp_path: Path) -> None:
+    data = json.loads((ROOT / "results" / "benchmark.json").read_text())
+    texts = " ".join(figure_texts(saved_figure(lambda: bench.plot(data, tmp_path / "b.png"))))
+    named = re.findall(r"[\w./-]+\.(?:md|py|json)\b", texts)
+    assert named, "the plot names where its figures come from"
+    assert all((ROOT / n).is_file() for n in named), named
+    assert "§" not in texts and "/work/" not in texts
+
+
+# ---- command line ----
+
+def _run_main(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    status = bench.main(args)
+    return status, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("args", "named"), [
+    (["--scheme", "train/har_adapt.json"], "--model"),
+    (["--model", "no/such.tflite"], "no such file"),
+    (["--model", "train/har_adapt.json"], "not a .tflite"),
+    (["--model", str(HAR), "--scheme", "no/such.json"], "no such file"),
+    (["--model", str(HAR), "--scheme", str(HAR)], "not a .json"),
+    (["--only", "no build has this name"], "--only"),
+    (["--runs", "0"], "--runs"),
+    (["--plot-only"], "no "),
+    (["--plot-only", "--model", str(HAR)], "--plot-only"),
+])
+def test_bad_command_lines_fail_in_one_line_and_write_nothing(
+        args: list[str], named: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    status, err = _run_main([*args, "--out", str(tmp_path / "out")], capsys)
+    assert status == 2
+    assert err.count("\n") == 1 and err.startswith("benchmark: ") and named in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_every_option_has_help() -> None:
+    actions = [a for a in bench.parser()._actions if a.dest != "help"]
+    assert {a.dest for a in actions} >= {"model", "scheme", "out", "plot_only"}
+    assert all(a.help for a in actions), [a.dest for a in actions if not a.help]
+
+
+def test_default_and_custom_job_lists() -> None:
+    ap = bench.parser()
+    default = ap.parse_args([])
+    assert default.out == ROOT / "results"
+    assert bench.select_jobs(default) == bench.inference_jobs() + bench.training_jobs()
+    custom = ap.parse_args(["--model", str(HAR), "--scheme", "train/har_adapt.json",
+                            "--scheme", "train/har_bias_only.json"])
+    jobs = bench.select_jobs(custom)
+    assert [j.name for j in jobs] == ["har_cnn1d_int8", "har_cnn1d_int8-train-har_adapt",
+                                      "har_cnn1d_int8-train-har_bias_only"]
+    assert all(j.model == HAR and (j.scheme is None or j.scheme.is_absolute()) for j in jobs)
+    with pytest.raises(ValueError, match="file name"):
+        bench.custom_jobs(HAR, [Path("a/s.json"), Path("b/s.json")])
+
+
+def test_plot_only_redraws_the_png_from_the_json(tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    shutil.copy(ROOT / "results" / "benchmark.json", tmp_path / "benchmark.json")
+    status, _ = _run_main(["--plot-only", "--out", str(tmp_path)], capsys)
+    assert status == 0
+    assert (tmp_path / "benchmark.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["benchmark.json", "benchmark.png"]
+
+
+def test_benchmark_of_a_users_model_and_scheme_on_qemu(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A model and a scheme outside the repository, as a user's would be."""
+    model = shutil.copy(HAR, tmp_path / "my_har.tflite")
+    scheme = shutil.copy(ROOT / "train" / "har_bias_only.json", tmp_path / "my_bias.json")
+    out = tmp_path / "out"
+    status = bench.main(["--model", str(model), "--scheme", str(scheme), "--runs", "2",
+                         "--out", str(out)])
+    capsys.readouterr()
+    assert status == 0
+    data = json.loads((out / "benchmark.json").read_text())
+    assert [r["name"] for r in data["inference"]] == ["my_har"]
+    assert [r["name"] for r in data["training"]] == ["my_har-train-my_bias"]
+    assert data["inference"][0]["model"] == str(model) and data["failures"] == []
+    assert data["training"][0]["scheme"] == str(scheme)
+    assert data["inference"][0]["instructions"]["runs"] == 2
+    assert data["inference"][0]["macs"] == data["training"][0]["forward_macs"] > 0
+    assert data["training"][0]["backward_macs"] > 0
+    assert (out / "benchmark.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
