@@ -12,9 +12,26 @@ from typing import Any
 
 import numpy as np
 
+MESSAGE_LIMIT = 300
+
 
 class ModelError(ValueError):
-    """A model the compiler cannot take; the message names the problem and the fix."""
+    """A model the compiler cannot take; the message names the problem and the fix.
+
+    Messages quote names and values read from untrusted files, so the constructor makes every
+    one a single printable line of at most MESSAGE_LIMIT characters: control characters become
+    '?' (newlines and tabs a space) and the middle of an overlong message is elided."""
+
+    def __init__(self, message: object = "") -> None:
+        super().__init__(clean_message(str(message)))
+
+
+def clean_message(text: str, limit: int = MESSAGE_LIMIT) -> str:
+    text = "".join(c if c.isprintable() else (" " if c in "\n\r\t" else "?") for c in text)
+    if len(text) <= limit:
+        return text
+    keep = limit - 5
+    return text[: keep - 60] + " ... " + text[-60:]
 
 
 @dataclass
@@ -138,6 +155,13 @@ def check_deployable(graph: Graph) -> None:
         )
     for role, tid in (("input", graph.inputs[0]), ("output", graph.outputs[0])):
         t = graph.tensors[tid]
+        if t.dtype == "int16" and t.quant is not None:
+            raise ModelError(
+                f"{graph.name}: model {role} '{t.name[:40]}' is int16: int16 activations (16x8 "
+                "quantization) are not supported, only int8 activations; convert with "
+                "supported_ops=[tf.lite.OpsSet.TFLITE_BUILTINS_INT8] and "
+                "inference_input_type=inference_output_type=tf.int8"
+            )
         if t.dtype != "int8" or t.quant is None:
             raise ModelError(
                 f"{graph.name}: model {role} '{t.name}' is {t.dtype}"

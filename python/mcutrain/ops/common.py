@@ -45,6 +45,9 @@ def int8_input_output(op: Operator, graph: Graph) -> tuple[Tensor, Tensor]:
     x = tensor_at(op, graph, 0)
     if x is None:
         raise fail(op, "input is missing")
+    if x.is_const:
+        raise fail(op, f"data input '{x.name[:40]}' is a constant; the kernels read it from the "
+                       "arena (fold constant layers away before converting)")
     y = output_tensor(op, graph)
     require_int8_activation(op, x, "input")
     require_int8_activation(op, y, "output")
@@ -80,6 +83,9 @@ def compute_padding(stride: int, dilation: int, image: int, filt: int, out: int)
     return total // 2
 
 
+MAX_SPAN_RATIO = 4  # a dilated filter may span at most this many times its input
+
+
 @dataclass(frozen=True)
 class Window:
     """Spatial geometry of a convolution or pooling window (NHWC, one axis pair)."""
@@ -107,11 +113,22 @@ def conv_window(op: Operator, in_hw: tuple[int, int], filt_hw: tuple[int, int],
     """Stride, dilation and window of a CONV_2D / DEPTHWISE_CONV_2D from its options."""
     stride = (positive_option(op, "stride_h"), positive_option(op, "stride_w"))
     dilation = (positive_option(op, "dilation_h"), positive_option(op, "dilation_w"))
+    for axis, key in enumerate(("dilation_h", "dilation_w")):
+        span = (filt_hw[axis] - 1) * dilation[axis] + 1
+        # The references pad the input out to the dilated filter's span; TFLite only skips the
+        # taps that fall outside. A span many times the input has no use, so refuse it rather
+        # than allocate it.
+        if span > MAX_SPAN_RATIO * in_hw[axis] + 1:
+            raise fail(op, f"{key} {dilation[axis]} spreads the {filt_hw[axis]}-tap filter over "
+                           f"{span} pixels, more than {MAX_SPAN_RATIO}x the input's "
+                           f"{in_hw[axis]}; the model is corrupt")
     try:
         win = compute_window(str(op.options.get("padding", "SAME")), in_hw, filt_hw, stride,
                              dilation)
     except ValueError as exc:
         raise fail(op, str(exc)) from None
+    if win.out_h < 1 or win.out_w < 1:
+        raise fail(op, f"the window leaves an empty {win.out_h}x{win.out_w} output")
     return stride, dilation, win
 
 
