@@ -87,14 +87,26 @@ def test_requantization_multiplier_too_large_is_refused() -> None:
     refused(mm.set_scale(WAND, 10, 1e-30), "operator 0 (CONV_2D)", "scale")
 
 
-def test_saturated_fc_accumulator_matches_tflite() -> None:
-    """acc * scale saturates int32; adding the output zero point must not wrap to -128."""
-    data = mm.set_scale(HELLO, 9, 0.00829096 / 2**24)
+def power_of_two_fc(output_exponent: int, zero_point: int) -> bytes:
+    """hello_world whose last FULLY_CONNECTED has power-of-two scales, the bias scale exactly
+    input x weight scale (so TFLite accepts any output scale), output scale 2^output_exponent."""
+    data = HELLO
+    for tensor, scale in ((8, 2.0**-6), (2, 2.0**-6), (1, 2.0**-12),
+                          (9, 2.0**output_exponent)):
+        data = mm.set_scale(data, tensor, scale)
+    return mm.set_zero_point(data, 9, zero_point)
+
+
+@pytest.mark.parametrize("zero_point", [-100, 0, 5, 100])
+@pytest.mark.parametrize("exponent", [-40, -34, -31])
+def test_fc_accumulator_leaving_int32_matches_tflite(exponent: int, zero_point: int) -> None:
+    """acc * scale leaves int32 and the output zero point is added on top: the numpy reference
+    (and so the firmware, test_reader_fuzz) must give what TFLite gives."""
+    data = power_of_two_fc(exponent, zero_point)
     compiled = compile_model(data)
     xs = np.arange(-128, 128, dtype=np.int8)
     ours = np.array([run_reference(compiled, np.array([[x]], dtype=np.int8)).item() for x in xs])
     np.testing.assert_array_equal(ours, litert_outputs(data, xs))
-    assert 127 in ours  # the saturated case is exercised
 
 
 def litert_outputs(data: bytes, xs: np.ndarray) -> np.ndarray:
@@ -190,3 +202,11 @@ def test_int16x8_model_is_told_int8_activations_only() -> None:
     message = refused(data, "int16")
     assert "16x8" in message and "int8 activations" in message
     assert "full-integer quantization" not in message
+
+
+def test_fc_bias_scale_off_the_product_is_refused_like_tflite() -> None:
+    # TFLite's FULLY_CONNECTED refuses |in * w - bias| / out > 0.02 (the 2^-30 output scale).
+    data = mm.set_scale(HELLO, 9, 0.00829096 / 2**30)
+    with pytest.raises(RuntimeError, match="scale_diff"):
+        litert_outputs(data, np.zeros(1, dtype=np.int8))
+    refused(data, "operator 2 (FULLY_CONNECTED)", "bias")

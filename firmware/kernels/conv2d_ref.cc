@@ -36,9 +36,9 @@ void conv2d_s8(const Conv2dParams& p, const int8_t* input, const int8_t* filter,
             }
           }
           if (bias != nullptr) acc += bias[oc];
-          acc = MultiplyByQuantizedMultiplier(acc, p.multiplier[oc], p.shift[oc]) + p.output_offset;
+          acc = MultiplyByQuantizedMultiplier(acc, p.multiplier[oc], p.shift[oc]);
           output[((b * p.output_h + oy) * p.output_w + ox) * p.output_c + oc] =
-              static_cast<int8_t>(Clamp(acc, p.act_min, p.act_max));
+              static_cast<int8_t>(AddOffsetClamp(acc, p.output_offset, p.act_min, p.act_max));
         }
       }
     }

@@ -89,6 +89,8 @@ class _Checker:
         # Offsets may make many vectors share one table; a real model has at most one table per
         # four bytes, so more visits than that mean a crafted file (TFLite caps tables too).
         self.budget = len(data) // 4 + 16
+        self.scalars: list[tuple[int, int]] = []  # (position, width) of each scalar checked
+        self.vtables: list[int] = []
 
     def fail(self, what: str, pos: int) -> FlatbufferError:
         return FlatbufferError(f"{what} at byte {pos}")
@@ -119,6 +121,7 @@ class _Checker:
         self.within(pos, 4, what, 4)
         vtable = pos - struct.unpack_from("<i", self.data, pos)[0]
         self.within(vtable, 4, f"{what} vtable", 2)
+        self.vtables.append(vtable)
         vsize, tsize = self.u16(vtable), self.u16(vtable + 2)
         if vsize < 4 or vsize % 2:
             raise self.fail(f"{what} vtable has size {vsize}", vtable)
@@ -142,6 +145,7 @@ class _Checker:
             return
         if isinstance(kind, int):
             self.within(pos, kind, what, kind)
+            self.scalars.append((pos, kind))
         elif isinstance(kind, Str):
             start = self.follow(pos, what)
             length = self.u32(start)
@@ -150,7 +154,10 @@ class _Checker:
                 raise self.fail(f"{what} (a string) has no terminating NUL", start)
         elif isinstance(kind, Vec):
             start = self.follow(pos, what)
-            self.within(start + 4, self.u32(start) * kind.elem, what, kind.elem)
+            count = self.u32(start)
+            self.within(start + 4, count * kind.elem, what, kind.elem)
+            self.scalars.extend((start + 4 + i * kind.elem, kind.elem)
+                                for i in range(min(count, 64)))
         elif isinstance(kind, Tab):
             self.table(self.follow(pos, what), kind.spec, what)
         elif isinstance(kind, VecTab):
@@ -171,3 +178,17 @@ def check_model(data: bytes) -> None:
     if len(data) >= 2**31:
         raise FlatbufferError("files of 2 GB or more are not supported")
     checker.table(checker.follow(0, "model root"), MODEL, "model")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a sound model keeps its scalars and vtables (for mutation tests)."""
+
+    scalars: list[tuple[int, int]]
+    vtables: list[int]
+
+
+def layout(data: bytes) -> Layout:
+    checker = _Checker(data)
+    checker.table(checker.follow(0, "model root"), MODEL, "model")
+    return Layout(checker.scalars, sorted(set(checker.vtables)))

@@ -179,9 +179,11 @@ def requantize(
     acc: np.ndarray, significand: np.ndarray | int, shift: np.ndarray | int,
     output_zero_point: int, act_min: int, act_max: int,
 ) -> np.ndarray:
-    """int32 accumulators -> int8: multiply, add the output zero point, clamp (TFLite order)."""
+    """int32 accumulators -> int8: multiply, add the output zero point, clamp (TFLite order).
+    The addition wraps in int32 as TFLite's does (a saturated accumulator plus a positive zero
+    point comes out negative there); the firmware's AddOffsetClamp does the same."""
     scaled = quant.multiply_by_quantized_multiplier(acc, significand, shift)
-    return np.clip(scaled + output_zero_point, act_min, act_max).astype(np.int8)
+    return np.clip(wrap_int32(scaled + output_zero_point), act_min, act_max).astype(np.int8)
 
 
 def flat_size(shape: tuple[int, ...]) -> int:
