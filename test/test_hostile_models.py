@@ -210,3 +210,46 @@ def test_fc_bias_scale_off_the_product_is_refused_like_tflite() -> None:
     with pytest.raises(RuntimeError, match="scale_diff"):
         litert_outputs(data, np.zeros(1, dtype=np.int8))
     refused(data, "operator 2 (FULLY_CONNECTED)", "bias")
+
+
+def test_scales_too_small_to_train_are_refused() -> None:
+    """Normal but tiny weight and bias scales of har's last FULLY_CONNECTED: 1/(sx * sw), a
+    training coefficient, overflows float32."""
+    from mcutrain.scheme import load_scheme
+    from mcutrain.train_codegen import generate_training_source
+    from mcutrain.training_graph import build_training
+
+    root = MODELS.parent
+    data = (MODELS / "har_cnn1d_int8.tflite").read_bytes()
+    fc = [p for p in compile_model(data).ops if p.op.opcode == "FULLY_CONNECTED"][-1]
+    for tensor in fc.op.inputs[1:3]:
+        data = mm.set_scale(data, tensor, 1.2e-38)
+    with pytest.raises(ModelError) as err:
+        scheme = load_scheme(root / "train" / "har_adapt.json")
+        generate_training_source(build_training(compile_model(data), scheme))
+    assert_clean(str(err.value))
+    assert "scale" in str(err.value)
+
+
+@pytest.mark.parametrize("mutant", ["fc_constant_input", "inf_weight_scale", "float_reshape_shape"])
+def test_pre_build_hook_stops_on_a_hostile_model_in_one_line(mutant: str, tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    data = {"fc_constant_input": mm.set_op_input(HELLO, 2, 0, 6),
+            "inf_weight_scale": mm.set_scale(HELLO, 4, float("inf")),
+            "float_reshape_shape": mm.set_type(SPEECH, 5, tflite.TensorType.FLOAT32)}[mutant]
+    model = tmp_path / f"{mutant}.tflite"
+    model.write_bytes(data)
+    environ = dict(os.environ, PLATFORMIO_BUILD_DIR=str(tmp_path / "build"),
+                   MCUTRAIN_MODEL=str(model), MCUTRAIN_TRAIN="")
+    proc = subprocess.run([sys.executable, "-m", "platformio", "run", "-e", "qemu", "-d",
+                           str(MODELS.parent)], env=environ, capture_output=True, text=True,
+                          timeout=900)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "Traceback" not in log and "internal error" not in log, log[-2000:]
+    errors = [line for line in log.splitlines() if line.startswith("mcutrain: error: ")]
+    assert len(errors) == 1, log[-2000:]
+    assert_clean(errors[0])
