@@ -12,7 +12,9 @@ from typing import Any
 
 import numpy as np
 
-MESSAGE_LIMIT = 300
+# Long enough for the build's "does not fit" report, which names four tensors; short enough
+# that a hostile file's 8 KB tensor name cannot flood the terminal.
+MESSAGE_LIMIT = 1000
 
 
 class ModelError(ValueError):
@@ -30,8 +32,8 @@ def clean_message(text: str, limit: int = MESSAGE_LIMIT) -> str:
     text = "".join(c if c.isprintable() else (" " if c in "\n\r\t" else "?") for c in text)
     if len(text) <= limit:
         return text
-    keep = limit - 5
-    return text[: keep - 60] + " ... " + text[-60:]
+    tail = limit // 5
+    return text[: limit - tail - 5] + " ... " + text[-tail:]
 
 
 @dataclass
