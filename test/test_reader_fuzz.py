@@ -90,6 +90,34 @@ def saturating_fc_mutant() -> Mutant:
     return Mutant("tflm_hello_world_int8", "saturating FC", 0, data)
 
 
+def bias_at(data: bytes, tensor: int, value: int) -> bytes:
+    """Every entry of an int32 bias buffer set to `value` (an int32 limit): the accumulator
+    wraps, in TFLite as in the reference."""
+    model = mm.model(data)
+    buffer = model.Buffers(model.Subgraphs(0).Tensors(tensor).Buffer())
+    start = mm.vector_pos(buffer, 4)
+    out = bytearray(data)
+    for i in range(buffer.DataLength() // 4):
+        mm.put(out, start + 4 * i, "i", value)
+    return bytes(out)
+
+
+CRAFTED = {
+    "saturating_fc": saturating_fc_mutant,
+    "fc_bias_int32_max": lambda: Mutant("tflm_hello_world_int8", "bias max", 0,
+                                        bias_at(MODELS["tflm_hello_world_int8"], 5, 2**31 - 1)),
+    "fc_bias_int32_min": lambda: Mutant("tflm_hello_world_int8", "bias min", 0,
+                                        bias_at(MODELS["tflm_hello_world_int8"], 5, -(2**31))),
+    "conv_bias_int32_max": lambda: Mutant("arduino_magic_wand_int8", "bias max", 0,
+                                          bias_at(MODELS["arduino_magic_wand_int8"], 3,
+                                                  2**31 - 1)),
+    "depthwise_bias_int32_max": lambda: Mutant("tflm_micro_speech_int8", "bias max", 0,
+                                               bias_at(MODELS["tflm_micro_speech_int8"], 0,
+                                                       2**31 - 1)),
+}
+FUZZED = 4
+
+
 def distinct_accepted(limit: int) -> list[Mutant]:
     """Accepted mutants whose generated code differs from the originals' and from each other,
     round-robin over the models."""
@@ -125,18 +153,21 @@ def litert_reference(data: bytes, xs: list[np.ndarray]) -> list[np.ndarray] | No
     return results
 
 
-@pytest.mark.parametrize("which", range(5))
-def test_accepted_mutant_runs_clean_under_sanitizers(which: int, tmp_path: Path) -> None:
+@pytest.mark.parametrize("which", [*CRAFTED, *(f"fuzzed{i}" for i in range(FUZZED))])
+def test_accepted_mutant_runs_clean_under_sanitizers(which: str, tmp_path: Path) -> None:
     if shutil.which("g++") is None:
         pytest.fail("host g++ is needed for the sanitizer build: apt-get install g++")
-    m = saturating_fc_mutant() if which == 0 else distinct_accepted(4)[which - 1]
+    if which in CRAFTED:
+        m = CRAFTED[which]()
+    else:
+        m = distinct_accepted(FUZZED)[int(which.removeprefix("fuzzed"))]
     compiled = compile_model(m.data)
     source, _ = generate_model_source(compiled)
     (tmp_path / "gen").mkdir()
     (tmp_path / "gen" / "model.cc").write_text(source)
     firmware = build_host_firmware(tmp_path / "gen", tmp_path / "fw" / "mutant").path
     shape = compiled.graph.tensors[compiled.input].shape
-    rng = np.random.default_rng(which)
+    rng = np.random.default_rng(len(which))
     xs = [np.full(shape, -128, np.int8), np.full(shape, 127, np.int8),
           *(rng.integers(-128, 128, size=shape, dtype=np.int8) for _ in range(6))]
     if int(np.prod(shape)) == 1:
@@ -147,8 +178,9 @@ def test_accepted_mutant_runs_clean_under_sanitizers(which: int, tmp_path: Path)
     for g, e in zip(got, expected, strict=True):
         np.testing.assert_array_equal(g.ravel(), e.ravel(), err_msg=m.label())
     tflite = litert_reference(m.data, xs)
-    if which == 0:
-        assert tflite is not None, "TFLite must run the saturating FC mutant"
+    if which in CRAFTED:
+        assert tflite is not None, f"TFLite must run the {which} mutant"
+    if which == "saturating_fc":
         assert {-128, 127} <= set(np.concatenate([g.ravel() for g in got]).tolist())
     if tflite is not None:
         for g, t in zip(got, tflite, strict=True):

@@ -50,6 +50,14 @@ inline int32_t MultiplyByQuantizedMultiplierSmallerThanOneExp(int32_t x, int32_t
   return RoundingDivideByPOT(SaturatingRoundingDoublingHighMul(x, significand), -shift);
 }
 
+// a + b in two's complement. TFLite's accumulators add in plain int32, which wraps on its
+// interpreter when a corrupt bias sits near the int32 limits; the host reference wraps too.
+// The unsigned sum gives that result without signed overflow (undefined behaviour), and
+// compiles to the same single add.
+inline int32_t WrappingAdd(int32_t a, int32_t b) {
+  return static_cast<int32_t>(static_cast<uint32_t>(a) + static_cast<uint32_t>(b));
+}
+
 // TFLite's order, min(max(x, lo), hi): should lo ever exceed hi, the result is hi, as in TFLite.
 inline int32_t Clamp(int32_t x, int32_t lo, int32_t hi) {
   const int32_t low_clamped = x < lo ? lo : x;
@@ -60,9 +68,7 @@ inline int32_t Clamp(int32_t x, int32_t lo, int32_t hi) {
 // wraps on its interpreter when a saturated accumulator meets a zero point; the unsigned sum
 // gives that same two's-complement result without signed overflow (undefined behaviour).
 inline int32_t AddOffsetClamp(int32_t acc, int32_t offset, int32_t lo, int32_t hi) {
-  const int32_t sum =
-      static_cast<int32_t>(static_cast<uint32_t>(acc) + static_cast<uint32_t>(offset));
-  return Clamp(sum, lo, hi);
+  return Clamp(WrappingAdd(acc, offset), lo, hi);
 }
 
 }  // namespace mt

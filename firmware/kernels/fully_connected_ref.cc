@@ -32,10 +32,10 @@ void fully_connected_s8(const FullyConnectedParams& p, const int8_t* input, cons
       const int8_t* w = (o < p.n_train ? p.train_filter : filter) + o * p.accum_depth;
       int32_t acc = 0;
       for (int32_t d = 0; d < p.accum_depth; ++d) {
-        acc += (static_cast<int32_t>(w[d]) + p.filter_offset) *
-               (static_cast<int32_t>(x[d]) + p.input_offset);
+        acc = WrappingAdd(acc, (static_cast<int32_t>(w[d]) + p.filter_offset) *
+                                   (static_cast<int32_t>(x[d]) + p.input_offset));
       }
-      if (bias != nullptr) acc += bias[o];
+      if (bias != nullptr) acc = WrappingAdd(acc, bias[o]);
       acc = p.real_scale != nullptr
                 ? RoundScaled(acc, p.real_scale[o])
                 : MultiplyByQuantizedMultiplier(acc, p.multiplier[o], p.shift[o]);

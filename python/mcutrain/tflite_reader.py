@@ -55,6 +55,7 @@ _ZERO_POINT_RANGE: dict[str, tuple[int, int]] = {
 _INT32 = (-(2**31), 2**31 - 1)
 # No supported board holds a tensor anywhere near this; refusing early keeps numpy bounded.
 MAX_TENSOR_ELEMENTS = 1 << 26
+MAX_RANK = 8  # TFLite's kernels stop at 6 dimensions (5 for most)
 _SMALLEST_NORMAL = float(np.finfo(np.float32).tiny)
 
 # Errors the generated flatbuffer accessors raise on bytes that are not a valid model.
@@ -182,19 +183,22 @@ def _buffer_bytes(buffer: Any, data: bytes) -> bytes | None:
 def _constant_array(raw: bytes, tensor: Tensor) -> np.ndarray:
     if tensor.dtype.startswith("type"):
         raise ModelError(
-            f"tensor {tensor.index} '{tensor.name}' has unsupported type {tensor.dtype}"
+            f"tensor {tensor.index} '{tensor.name[:40]}' has unsupported type {tensor.dtype}"
         )
     dtype = np.dtype(tensor.dtype).newbyteorder("<")
     expected = tensor.num_elements * dtype.itemsize
     if len(raw) != expected:
         raise ModelError(
-            f"corrupt .tflite: tensor {tensor.index} '{tensor.name}' of shape {tensor.shape} "
-            f"needs {expected} bytes but its buffer has {len(raw)}"
+            f"corrupt .tflite: tensor {tensor.index} '{tensor.name[:40]}' of shape "
+            f"{tensor.shape} needs {expected} bytes but its buffer has {len(raw)}"
         )
     return np.frombuffer(raw, dtype=dtype).astype(dtype.newbyteorder("=")).reshape(tensor.shape)
 
 
 def _check_shape(shape: tuple[int, ...], label: str) -> None:
+    if len(shape) > MAX_RANK:
+        raise ModelError(f"{label} has rank {len(shape)}; the operators take at most "
+                         f"{MAX_RANK} dimensions")
     if any(d < 0 for d in shape):
         raise ModelError(f"{label} has a negative dimension in shape {shape[:8]}; export the "
                          "model with fixed shapes")
