@@ -40,6 +40,14 @@ def assert_clean(message: str) -> None:
     assert message.isprintable(), repr(message)
 
 
+@pytest.mark.parametrize("op", [0, 11], ids=["quantize", "dequantize"])
+def test_operator_without_outputs_is_refused(op: int) -> None:
+    data = bytearray((MODELS / "test" / "residual_dw_f32io.tflite").read_bytes())
+    start = mm.vector_pos(mm.operator(bytes(data), op), mm.OP_OUTPUTS)
+    mm.put(data, start - 4, "I", 0)
+    refused(bytes(data), "corrupt", "outputs")
+
+
 def test_fc_whose_data_input_is_a_constant_is_refused() -> None:
     # hello_world op 2 takes its 16 inputs from a constant (1,16)-element weight tensor instead.
     refused(mm.set_op_input(HELLO, 2, 0, 6), "operator 2 (FULLY_CONNECTED)", "constant")

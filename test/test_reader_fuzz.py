@@ -29,6 +29,9 @@ THIRD_PARTY = Path(__file__).resolve().parents[1] / "models" / "third_party"
 MODELS = {name: (THIRD_PARTY / f"{name}.tflite").read_bytes()
           for name in ("tflm_hello_world_int8", "tflm_micro_speech_int8",
                        "arduino_magic_wand_int8")}
+# Float edges (QUANTIZE/DEQUANTIZE), ADD, PAD and MEAN, which the three above lack.
+MODELS["residual_dw_f32io"] = (THIRD_PARTY.parent / "test"
+                               / "residual_dw_f32io.tflite").read_bytes()
 COUNT = 2400
 SECONDS_PER_MUTANT = 3
 

@@ -130,7 +130,7 @@ def strip_io_conversions(graph: Graph) -> Graph:
     for position, tid in enumerate(inputs):
         users = [op for op in ops if tid in op.inputs]
         if (graph.tensors[tid].dtype == "float32" and len(users) == 1
-                and users[0].opcode == "QUANTIZE"
+                and users[0].opcode == "QUANTIZE" and len(users[0].outputs) == 1
                 and graph.tensors[users[0].outputs[0]].dtype == "int8"):
             inputs[position] = users[0].outputs[0]
             ops.remove(users[0])
@@ -138,7 +138,8 @@ def strip_io_conversions(graph: Graph) -> Graph:
     for position, tid in enumerate(outputs):
         producers = [op for op in ops if tid in op.outputs]
         if (graph.tensors[tid].dtype == "float32" and len(producers) == 1
-                and producers[0].opcode == "DEQUANTIZE"
+                and producers[0].opcode == "DEQUANTIZE" and len(producers[0].inputs) == 1
+                and producers[0].inputs[0] >= 0
                 and graph.tensors[producers[0].inputs[0]].dtype == "int8"):
             outputs[position] = producers[0].inputs[0]
             ops.remove(producers[0])

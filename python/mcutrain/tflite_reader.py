@@ -253,6 +253,9 @@ def _read_operator(op: Any, index: int, opcodes: list[str], num_tensors: int) ->
     for t in inputs + outputs:
         if t >= num_tensors or t < -1:
             raise ModelError(f"corrupt .tflite: operator {index} ({opcode}) refers to tensor {t}")
+    if not outputs or -1 in outputs:
+        raise ModelError(f"corrupt .tflite: operator {index} ({opcode}) has outputs {outputs[:4]}; "
+                         "every operator writes at least one real tensor")
     parser = _OPTION_PARSERS.get(opcode)
     options = parser(op) if parser else {}
     return Operator(index=index, opcode=opcode, inputs=inputs, outputs=outputs, options=options)
