@@ -54,7 +54,7 @@ _ZERO_POINT_RANGE: dict[str, tuple[int, int]] = {
 }
 _INT32 = (-(2**31), 2**31 - 1)
 # No supported board holds a tensor anywhere near this; refusing early keeps numpy bounded.
-MAX_TENSOR_ELEMENTS = 1 << 26
+MAX_TENSOR_ELEMENTS = 1 << 22
 MAX_RANK = 8  # TFLite's kernels stop at 6 dimensions (5 for most)
 _SMALLEST_NORMAL = float(np.finfo(np.float32).tiny)
 

@@ -83,7 +83,7 @@ def compute_padding(stride: int, dilation: int, image: int, filt: int, out: int)
     return total // 2
 
 
-MAX_SPAN_RATIO = 4  # a dilated filter may span at most this many times its input
+MAX_PADDED_VALUES = 1 << 22  # bound on the padded input of a dilated convolution
 
 
 @dataclass(frozen=True)
@@ -109,19 +109,20 @@ def compute_window(
 
 
 def conv_window(op: Operator, in_hw: tuple[int, int], filt_hw: tuple[int, int],
-                ) -> tuple[tuple[int, int], tuple[int, int], Window]:
-    """Stride, dilation and window of a CONV_2D / DEPTHWISE_CONV_2D from its options."""
+                pixel_values: int = 1) -> tuple[tuple[int, int], tuple[int, int], Window]:
+    """Stride, dilation and window of a CONV_2D / DEPTHWISE_CONV_2D from its options.
+    `pixel_values` (batches x channels) sizes the padded input the numpy reference builds."""
     stride = (positive_option(op, "stride_h"), positive_option(op, "stride_w"))
     dilation = (positive_option(op, "dilation_h"), positive_option(op, "dilation_w"))
-    for axis, key in enumerate(("dilation_h", "dilation_w")):
-        span = (filt_hw[axis] - 1) * dilation[axis] + 1
-        # The references pad the input out to the dilated filter's span; TFLite only skips the
-        # taps that fall outside. A span many times the input has no use, so refuse it rather
-        # than allocate it.
-        if span > MAX_SPAN_RATIO * in_hw[axis] + 1:
-            raise fail(op, f"{key} {dilation[axis]} spreads the {filt_hw[axis]}-tap filter over "
-                           f"{span} pixels, more than {MAX_SPAN_RATIO}x the input's "
-                           f"{in_hw[axis]}; the model is corrupt")
+    # The references pad the input out to the dilated filter's span, where TFLite only skips
+    # the taps that fall outside: refuse a span whose padded input could not be allocated
+    # (no model that fits a board comes near).
+    spans = [(filt_hw[a] - 1) * dilation[a] + 1 + in_hw[a] for a in range(2)]
+    if spans[0] * spans[1] * max(pixel_values, 1) > MAX_PADDED_VALUES:
+        raise fail(op, f"dilation_h/dilation_w {dilation[0]}/{dilation[1]} spread the "
+                       f"{filt_hw[0]}x{filt_hw[1]} filter so far that the padded "
+                       f"{in_hw[0]}x{in_hw[1]} input would need {spans[0]}x{spans[1]} pixels; "
+                       "the model is corrupt")
     try:
         win = compute_window(str(op.options.get("padding", "SAME")), in_hw, filt_hw, stride,
                              dilation)

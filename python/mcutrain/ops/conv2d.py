@@ -62,7 +62,7 @@ def prepare(op: Operator, graph: Graph) -> Conv2dParams:
     if f_c < 1 or in_c < f_c or in_c % f_c != 0 or out_c % (in_c // f_c) != 0:
         raise common.fail(op, f"filter {w.shape} does not fit {in_c} input channels")
     scales = common.filter_quant(op, w, out_c, axis=0)
-    stride, dilation, win = common.conv_window(op, (in_h, in_w), (f_h, f_w))
+    stride, dilation, win = common.conv_window(op, (in_h, in_w), (f_h, f_w), n * in_c)
     out_shape = (n, win.out_h, win.out_w, out_c)
     common.check_output_shape(op, y, out_shape)
     multiplier, shift = common.per_channel_multipliers(x.scale, scales, y.scale, out_c)
