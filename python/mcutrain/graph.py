@@ -156,15 +156,19 @@ def check_deployable(graph: Graph) -> None:
             f"{graph.name}: model has {len(graph.inputs)} inputs and {len(graph.outputs)} outputs; "
             "mcutrain supports exactly one of each"
         )
+    # Before the edge checks: a 16x8 model with float edges is already full-integer, and
+    # "convert with full-integer quantization" would send its author in a circle.
+    int16 = [t for t in graph.tensors if t.dtype == "int16" and t.quant is not None
+             and not t.is_const]
+    if int16:
+        raise ModelError(
+            f"{graph.name}: tensor '{int16[0].name[:40]}' is an int16 activation: int16 "
+            "activations (16x8 quantization) are not supported, only int8 activations; convert "
+            "with supported_ops=[tf.lite.OpsSet.TFLITE_BUILTINS_INT8] and "
+            "inference_input_type=inference_output_type=tf.int8"
+        )
     for role, tid in (("input", graph.inputs[0]), ("output", graph.outputs[0])):
         t = graph.tensors[tid]
-        if t.dtype == "int16" and t.quant is not None:
-            raise ModelError(
-                f"{graph.name}: model {role} '{t.name[:40]}' is int16: int16 activations (16x8 "
-                "quantization) are not supported, only int8 activations; convert with "
-                "supported_ops=[tf.lite.OpsSet.TFLITE_BUILTINS_INT8] and "
-                "inference_input_type=inference_output_type=tf.int8"
-            )
         if t.dtype != "int8" or t.quant is None:
             raise ModelError(
                 f"{graph.name}: model {role} '{t.name}' is {t.dtype}"
