@@ -66,13 +66,15 @@ class Tensor:
     def scale(self) -> float:
         """Per-tensor scale (activations). Raises for unquantized tensors."""
         if self.quant is None:
-            raise ModelError(f"tensor {self.index} '{self.name}' has no quantization parameters")
+            raise ModelError(f"tensor {self.index} '{self.name[:40]}' has no quantization "
+                             "parameters")
         return float(self.quant.scale[0])
 
     @property
     def zero_point(self) -> int:
         if self.quant is None:
-            raise ModelError(f"tensor {self.index} '{self.name}' has no quantization parameters")
+            raise ModelError(f"tensor {self.index} '{self.name[:40]}' has no quantization "
+                             "parameters")
         return int(self.quant.zero_point[0])
 
     @property
@@ -171,7 +173,7 @@ def check_deployable(graph: Graph) -> None:
         t = graph.tensors[tid]
         if t.dtype != "int8" or t.quant is None:
             raise ModelError(
-                f"{graph.name}: model {role} '{t.name}' is {t.dtype}"
+                f"{graph.name}: model {role} '{t.name[:40]}' is {t.dtype}"
                 f"{'' if t.quant else ' without quantization'}; convert with full-integer "
                 "quantization (converter.optimizations=[tf.lite.Optimize.DEFAULT] and a "
                 "representative_dataset)"
@@ -183,6 +185,7 @@ def check_deployable(graph: Graph) -> None:
             t = graph.tensors[tid]
             if t.dtype != "int8":
                 raise ModelError(
-                    f"operator {op.index} ({op.opcode}) produces a {t.dtype} tensor '{t.name}'; "
+                    f"operator {op.index} ({op.opcode}) produces a {t.dtype} tensor "
+                    f"'{t.name[:40]}'; "
                     "mcutrain runs int8 activations only"
                 )

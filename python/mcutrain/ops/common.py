@@ -33,11 +33,12 @@ def output_tensor(op: Operator, graph: Graph, position: int = 0) -> Tensor:
 def require_int8_activation(op: Operator, tensor: Tensor, role: str) -> None:
     """An int8 per-tensor quantized activation, else ModelError (int16, float, hybrid, ...)."""
     if tensor.dtype != "int8":
-        raise fail(op, f"{role} tensor '{tensor.name}' is {tensor.dtype}; only int8 is supported")
+        raise fail(op, f"{role} tensor '{tensor.name[:40]}' is {tensor.dtype}; only int8 is "
+                       "supported")
     if tensor.quant is None or tensor.quant.scale.size != 1:
-        raise fail(op, f"{role} tensor '{tensor.name}' needs per-tensor int8 quantization")
+        raise fail(op, f"{role} tensor '{tensor.name[:40]}' needs per-tensor int8 quantization")
     if not tensor.scale > 0.0:
-        raise fail(op, f"{role} tensor '{tensor.name}' has a non-positive scale")
+        raise fail(op, f"{role} tensor '{tensor.name[:40]}' has a non-positive scale")
 
 
 def int8_input_output(op: Operator, graph: Graph) -> tuple[Tensor, Tensor]:
@@ -59,9 +60,9 @@ def require_const(op: Operator, tensor: Tensor | None, role: str, dtype: str) ->
     if tensor is None:
         raise fail(op, f"{role} is missing")
     if not tensor.is_const:
-        raise fail(op, f"{role} tensor '{tensor.name}' must be constant")
+        raise fail(op, f"{role} tensor '{tensor.name[:40]}' must be constant")
     if tensor.dtype != dtype:
-        raise fail(op, f"{role} tensor '{tensor.name}' is {tensor.dtype}; expected {dtype}")
+        raise fail(op, f"{role} tensor '{tensor.name[:40]}' is {tensor.dtype}; expected {dtype}")
     return tensor
 
 
@@ -199,19 +200,20 @@ def filter_quant(op: Operator, tensor: Tensor, channels: int, axis: int) -> np.n
     offset, exactly like TFLite's)."""
     q = tensor.quant
     if q is None or q.scale.size == 0:
-        raise fail(op, f"weights '{tensor.name}' are not quantized (float or hybrid models are "
+        raise fail(op, f"weights '{tensor.name[:40]}' are not quantized (float or hybrid models "
+                       "are "
                        "not supported; convert with full int8 quantization)")
     if q.scale.size not in (1, channels):
-        raise fail(op, f"weights '{tensor.name}' have {q.scale.size} scales for {channels} "
+        raise fail(op, f"weights '{tensor.name[:40]}' have {q.scale.size} scales for {channels} "
                        "channels")
     if q.scale.size > 1 and q.axis != axis:
-        raise fail(op, f"weights '{tensor.name}' are quantized along axis {q.axis}; "
+        raise fail(op, f"weights '{tensor.name[:40]}' are quantized along axis {q.axis}; "
                        f"expected axis {axis}")
     if np.any(np.asarray(q.zero_point) != 0):
-        raise fail(op, f"weights '{tensor.name}' have a non-zero zero point; int8 weights "
+        raise fail(op, f"weights '{tensor.name[:40]}' have a non-zero zero point; int8 weights "
                        "must be symmetric")
     if np.any(np.asarray(q.scale) <= 0):
-        raise fail(op, f"weights '{tensor.name}' have a non-positive scale")
+        raise fail(op, f"weights '{tensor.name[:40]}' have a non-positive scale")
     return np.asarray(q.scale, dtype=np.float32).ravel()
 
 
@@ -223,7 +225,7 @@ def optional_bias(op: Operator, graph: Graph, position: int, channels: int) -> n
     require_const(op, tensor, "bias", "int32")
     bias = np.asarray(tensor.data, dtype=np.int32).ravel()
     if bias.size != channels:
-        raise fail(op, f"bias '{tensor.name}' has {bias.size} entries for {channels} channels")
+        raise fail(op, f"bias '{tensor.name[:40]}' has {bias.size} entries for {channels} channels")
     return bias
 
 

@@ -69,9 +69,9 @@ def _filter_offset(op: Operator, w) -> tuple[np.ndarray, int]:
     if q is not None and q.scale.size == 1 and q.zero_point.size == 1 and q.zero_point[0] != 0:
         zp = int(q.zero_point[0])
         if not -128 <= zp <= 127:
-            raise common.fail(op, f"weights '{w.name}' zero point {zp} is outside int8")
+            raise common.fail(op, f"weights '{w.name[:40]}' zero point {zp} is outside int8")
         if not q.scale[0] > 0:
-            raise common.fail(op, f"weights '{w.name}' have a non-positive scale")
+            raise common.fail(op, f"weights '{w.name[:40]}' have a non-positive scale")
         return np.asarray(q.scale, dtype=np.float32), -zp
     return common.filter_quant(op, w, units, axis=0), 0
 
