@@ -280,3 +280,27 @@ def test_pre_build_hook_stops_on_a_hostile_model_in_one_line(mutant: str, tmp_pa
     errors = [line for line in log.splitlines() if line.startswith("mcutrain: error: ")]
     assert len(errors) == 1, log[-2000:]
     assert_clean(errors[0])
+
+
+def set_options_type(data: bytes, op: int, options_type: int) -> bytes:
+    out = bytearray(data)
+    return bytes(mm.put(out, mm.field_pos(mm.operator(data, op), 10), "B", options_type))
+
+
+def test_softmax_without_options_is_refused_like_tflite() -> None:
+    # TFLite zero-fills absent SoftmaxOptions: beta 0, which its Prepare aborts on.
+    refused(set_options_type(SPEECH, 3, tflite.BuiltinOptions.NONE), "SoftmaxOptions", "beta")
+
+
+@pytest.mark.parametrize(("data", "op"), [(HELLO, 0), (WAND, 0)], ids=["fc", "conv"])
+def test_options_of_another_operator_are_refused(data: bytes, op: int) -> None:
+    # SVDFOptions on a FULLY_CONNECTED or CONV_2D: TFLite's verifier checks the table as SVDF,
+    # a table mcutrain's check does not know, so it refuses rather than guess.
+    refused(set_options_type(data, op, tflite.BuiltinOptions.SVDFOptions), "corrupt", "type 6")
+
+
+def test_conv_with_another_operators_options_is_refused_like_tflite() -> None:
+    # FullyConnectedOptions on a CONV_2D verify as such; TFLite then runs the conv with zeroed
+    # Conv2DOptions (stride 0) and refuses it.
+    data = set_options_type(WAND, 0, tflite.BuiltinOptions.FullyConnectedOptions)
+    refused(data, "Conv2DOptions", "strides")

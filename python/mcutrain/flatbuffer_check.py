@@ -63,8 +63,10 @@ RESHAPE: Spec = {0: Vec(4)}
 SOFTMAX: Spec = {0: _I32}
 REDUCER: Spec = {0: _I8}
 # BuiltinOptions union type codes (schema.fbs) of the options the reader interprets.
+# Field-less options (PAD, PADV2, DEQUANTIZE, QUANTIZE) are fully checked by the table check.
 OPTIONS: dict[int, Spec] = {1: CONV2D, 2: DEPTHWISE, 5: POOL2D, 8: FULLY_CONNECTED,
-                            9: SOFTMAX, 10: CONCATENATION, 11: ADD, 17: RESHAPE, 27: REDUCER}
+                            9: SOFTMAX, 10: CONCATENATION, 11: ADD, 17: RESHAPE, 27: REDUCER,
+                            22: {}, 43: {}, 38: {}, 89: {}}
 
 QUANTIZATION: Spec = {0: Vec(4), 1: Vec(4), 2: Vec(4), 3: Vec(8), 4: _I8,
                       5: Union(4), 6: _I32}

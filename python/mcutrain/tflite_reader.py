@@ -28,7 +28,7 @@ import flatbuffers
 import numpy as np
 import tflite
 
-from .flatbuffer_check import FlatbufferError, check_model
+from .flatbuffer_check import OPTIONS, FlatbufferError, check_model
 from .graph import Graph, ModelError, Operator, Quant, Tensor
 
 _TENSOR_TYPES: dict[int, str] = {
@@ -257,8 +257,39 @@ def _read_operator(op: Any, index: int, opcodes: list[str], num_tensors: int) ->
         raise ModelError(f"corrupt .tflite: operator {index} ({opcode}) has outputs {outputs[:4]}; "
                          "every operator writes at least one real tensor")
     parser = _OPTION_PARSERS.get(opcode)
-    options = parser(op) if parser else {}
+    # Options of another operator's type: TFLite's verifier checks them as that type and the
+    # operator then ignores them. flatbuffer_check knows only the types below, so refuse the
+    # others rather than accept what TFLite's verifier might reject.
+    expected = _OPTION_TYPES.get(opcode)
+    carried = int(op.BuiltinOptionsType())
+    if (expected is not None and carried not in (tflite.BuiltinOptions.NONE, expected)
+            and carried not in OPTIONS):
+        raise ModelError(f"corrupt .tflite: operator {index} ({opcode}) carries options of "
+                         f"type {carried}, not its own ({expected})")
+    if parser is None:
+        return Operator(index=index, opcode=opcode, inputs=inputs, outputs=outputs)
+    try:
+        options = parser(op)
+    except _MissingOptions as exc:
+        raise ModelError(f"operator {index} ({opcode}) has no {exc}; TFLite would run it with "
+                         "zeroed options and refuse it too") from None
     return Operator(index=index, opcode=opcode, inputs=inputs, outputs=outputs, options=options)
+
+
+class _MissingOptions(Exception):
+    """Options TFLite zero-fills when absent, giving parameters its kernels refuse (stride 0,
+    beta 0); the message names the options table."""
+
+
+def _required(op: Any, cls: type) -> Any:
+    o = _table(op, cls)
+    if o is None:
+        raise _MissingOptions(f"{cls.__name__} ({_REQUIRED_FIELDS[cls.__name__]} unknown)")
+    return o
+
+
+_REQUIRED_FIELDS = {"Conv2DOptions": "strides", "DepthwiseConv2DOptions": "strides",
+                    "Pool2DOptions": "filter size", "SoftmaxOptions": "beta"}
 
 
 def _table(op: Any, cls: type) -> Any | None:
@@ -282,10 +313,7 @@ def _activation(code: int) -> str:
 
 
 def _conv_options(op: Any) -> dict[str, Any]:
-    o = _table(op, tflite.Conv2DOptions)
-    if o is None:  # all-default options are sometimes omitted by older converters
-        return {"padding": "SAME", "stride_h": 1, "stride_w": 1, "dilation_h": 1,
-                "dilation_w": 1, "activation": "NONE"}
+    o = _required(op, tflite.Conv2DOptions)
     return {
         "padding": _padding(o.Padding()),
         "stride_h": int(o.StrideH()), "stride_w": int(o.StrideW()),
@@ -295,10 +323,7 @@ def _conv_options(op: Any) -> dict[str, Any]:
 
 
 def _depthwise_options(op: Any) -> dict[str, Any]:
-    o = _table(op, tflite.DepthwiseConv2DOptions)
-    if o is None:
-        return {"padding": "SAME", "stride_h": 1, "stride_w": 1, "dilation_h": 1,
-                "dilation_w": 1, "activation": "NONE", "depth_multiplier": 1}
+    o = _required(op, tflite.DepthwiseConv2DOptions)
     return {
         "padding": _padding(o.Padding()),
         "stride_h": int(o.StrideH()), "stride_w": int(o.StrideW()),
@@ -321,9 +346,7 @@ def _fc_options(op: Any) -> dict[str, Any]:
 
 
 def _pool_options(op: Any) -> dict[str, Any]:
-    o = _table(op, tflite.Pool2DOptions)
-    if o is None:
-        raise ModelError("pooling operator without options (filter size unknown)")
+    o = _required(op, tflite.Pool2DOptions)
     return {
         "padding": _padding(o.Padding()),
         "stride_h": int(o.StrideH()), "stride_w": int(o.StrideW()),
@@ -353,8 +376,7 @@ def _reshape_options(op: Any) -> dict[str, Any]:
 
 
 def _softmax_options(op: Any) -> dict[str, Any]:
-    o = _table(op, tflite.SoftmaxOptions)
-    beta = float(o.Beta()) if o else 1.0
+    beta = float(_required(op, tflite.SoftmaxOptions).Beta())
     if not np.isfinite(beta):
         raise ModelError(f"a SOFTMAX has beta {beta}, which is not finite; re-export the model")
     return {"beta": beta}
@@ -376,4 +398,20 @@ _OPTION_PARSERS: dict[str, Callable[[Any], dict[str, Any]]] = {
     "RESHAPE": _reshape_options,
     "SOFTMAX": _softmax_options,
     "MEAN": _reducer_options,
+}
+_OPTION_TYPES: dict[str, int] = {
+    "CONV_2D": tflite.BuiltinOptions.Conv2DOptions,
+    "DEPTHWISE_CONV_2D": tflite.BuiltinOptions.DepthwiseConv2DOptions,
+    "FULLY_CONNECTED": tflite.BuiltinOptions.FullyConnectedOptions,
+    "AVERAGE_POOL_2D": tflite.BuiltinOptions.Pool2DOptions,
+    "MAX_POOL_2D": tflite.BuiltinOptions.Pool2DOptions,
+    "ADD": tflite.BuiltinOptions.AddOptions,
+    "CONCATENATION": tflite.BuiltinOptions.ConcatenationOptions,
+    "RESHAPE": tflite.BuiltinOptions.ReshapeOptions,
+    "SOFTMAX": tflite.BuiltinOptions.SoftmaxOptions,
+    "MEAN": tflite.BuiltinOptions.ReducerOptions,
+    "PAD": tflite.BuiltinOptions.PadOptions,
+    "PADV2": tflite.BuiltinOptions.PadV2Options,
+    "QUANTIZE": tflite.BuiltinOptions.QuantizeOptions,
+    "DEQUANTIZE": tflite.BuiltinOptions.DequantizeOptions,
 }
