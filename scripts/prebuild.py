@@ -9,6 +9,7 @@ directory.
 
 import os
 import sys
+import traceback
 from pathlib import Path
 
 Import("env")  # noqa: F821  (SCons injects Import)
@@ -80,6 +81,14 @@ def main() -> None:
         result = generate_for_build(model_path, build_dir, _limits(), _scheme_path())
     except (ModelError, OSError) as exc:
         sys.stderr.write(f"mcutrain: error: {exc}\n")
+        env.Exit(1)  # noqa: F821
+        return
+    except Exception as exc:  # noqa: BLE001 - bad input raises ModelError; this is a bug
+        # Keep the traceback for the bug report, then say in one line what happened.
+        traceback.print_exc()
+        sys.stderr.write(f"mcutrain: internal error while compiling {model_path.name}: "
+                         f"{type(exc).__name__}: {str(exc)[:200]} (a compiler bug: please "
+                         "report it with the model)\n")
         env.Exit(1)  # noqa: F821
         return
     state = "generated" if result.regenerated else "up to date"

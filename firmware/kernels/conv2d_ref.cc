@@ -31,14 +31,14 @@ void conv2d_s8(const Conv2dParams& p, const int8_t* input, const int8_t* filter,
                   input + ((b * p.input_h + iy) * p.input_w + ix) * p.input_c + in_c0;
               const int8_t* w = rows + ((oc * p.filter_h + fy) * p.filter_w + fx) * p.filter_c;
               for (int32_t ic = 0; ic < p.filter_c; ++ic) {
-                acc += static_cast<int32_t>(w[ic]) * (in[ic] + p.input_offset);
+                acc = WrappingAdd(acc, static_cast<int32_t>(w[ic]) * (in[ic] + p.input_offset));
               }
             }
           }
-          if (bias != nullptr) acc += bias[oc];
-          acc = MultiplyByQuantizedMultiplier(acc, p.multiplier[oc], p.shift[oc]) + p.output_offset;
+          if (bias != nullptr) acc = WrappingAdd(acc, bias[oc]);
+          acc = MultiplyByQuantizedMultiplier(acc, p.multiplier[oc], p.shift[oc]);
           output[((b * p.output_h + oy) * p.output_w + ox) * p.output_c + oc] =
-              static_cast<int8_t>(Clamp(acc, p.act_min, p.act_max));
+              static_cast<int8_t>(AddOffsetClamp(acc, p.output_offset, p.act_min, p.act_max));
         }
       }
     }

@@ -28,14 +28,13 @@ void depthwise_conv2d_s8(const DepthwiseConv2dParams& p, const int8_t* input,
                 const int32_t w = oc < p.n_train
                                       ? p.train_filter[(fy * p.filter_w + fx) * p.n_train + oc]
                                       : filter[(fy * p.filter_w + fx) * p.output_c + oc];
-                acc += w * (x + p.input_offset);
+                acc = WrappingAdd(acc, w * (x + p.input_offset));
               }
             }
-            if (bias != nullptr) acc += bias[oc];
-            acc = MultiplyByQuantizedMultiplier(acc, p.multiplier[oc], p.shift[oc]) +
-                  p.output_offset;
+            if (bias != nullptr) acc = WrappingAdd(acc, bias[oc]);
+            acc = MultiplyByQuantizedMultiplier(acc, p.multiplier[oc], p.shift[oc]);
             output[((b * p.output_h + oy) * p.output_w + ox) * p.output_c + oc] =
-                static_cast<int8_t>(Clamp(acc, p.act_min, p.act_max));
+                static_cast<int8_t>(AddOffsetClamp(acc, p.output_offset, p.act_min, p.act_max));
           }
         }
       }

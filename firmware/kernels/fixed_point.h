@@ -23,7 +23,8 @@ inline int32_t SaturatingRoundingDoublingHighMul(int32_t a, int32_t b) {
   return static_cast<int32_t>((ab + nudge) / (int64_t{1} << 31));
 }
 
-// x / 2^exponent rounded half away from zero (exponent in [0, 31]).
+// x / 2^exponent rounded half away from zero (exponent in [0, 31]: quant.quantize_multiplier
+// refuses scales that need more, and maps multipliers below 2^-32 to zero as TFLite does).
 inline int32_t RoundingDivideByPOT(int32_t x, int exponent) {
   const int32_t mask = static_cast<int32_t>((int64_t{1} << exponent) - 1);
   const int32_t remainder = x & mask;
@@ -32,6 +33,8 @@ inline int32_t RoundingDivideByPOT(int32_t x, int exponent) {
 }
 
 // x * significand * 2^(shift - 31): the requantization step of CONV_2D, FULLY_CONNECTED, ...
+// shift is in [-31, 31]; the left shift is done on uint32 so that it wraps instead of being
+// undefined, as the host mirror assumes.
 inline int32_t MultiplyByQuantizedMultiplier(int32_t x, int32_t significand, int shift) {
   const int left_shift = shift > 0 ? shift : 0;
   const int right_shift = shift > 0 ? 0 : -shift;
@@ -47,8 +50,25 @@ inline int32_t MultiplyByQuantizedMultiplierSmallerThanOneExp(int32_t x, int32_t
   return RoundingDivideByPOT(SaturatingRoundingDoublingHighMul(x, significand), -shift);
 }
 
+// a + b in two's complement. TFLite's accumulators add in plain int32, which wraps on its
+// interpreter when a corrupt bias sits near the int32 limits; the host reference wraps too.
+// The unsigned sum gives that result without signed overflow (undefined behaviour), and
+// compiles to the same single add.
+inline int32_t WrappingAdd(int32_t a, int32_t b) {
+  return static_cast<int32_t>(static_cast<uint32_t>(a) + static_cast<uint32_t>(b));
+}
+
+// TFLite's order, min(max(x, lo), hi): should lo ever exceed hi, the result is hi, as in TFLite.
 inline int32_t Clamp(int32_t x, int32_t lo, int32_t hi) {
-  return x < lo ? lo : (x > hi ? hi : x);
+  const int32_t low_clamped = x < lo ? lo : x;
+  return low_clamped > hi ? hi : low_clamped;
+}
+
+// A requantized accumulator plus the output zero point, clamped. TFLite adds in int32, which
+// wraps on its interpreter when a saturated accumulator meets a zero point; the unsigned sum
+// gives that same two's-complement result without signed overflow (undefined behaviour).
+inline int32_t AddOffsetClamp(int32_t acc, int32_t offset, int32_t lo, int32_t hi) {
+  return Clamp(WrappingAdd(acc, offset), lo, hi);
 }
 
 }  // namespace mt

@@ -7,14 +7,13 @@
 namespace mt::ref {
 namespace {
 
-// std::round(acc * scale) (halves away from zero) saturated to int32, without libm. TFLite casts
-// without saturating (undefined out of range); saturating keeps it defined, and the result is
-// clamped to int8 right after anyway. v - trunc(v) is exact for |v| < 2^52, so this rounds
-// exactly like std::round.
+// static_cast<int32_t>(std::round(acc * scale)) (halves away from zero), without libm. TFLite's
+// cast is undefined when the rounded value leaves int32; its interpreter's x86 conversion then
+// gives INT32_MIN, and so does this, defined (checked against the interpreter). v - trunc(v) is
+// exact for |v| < 2^52, so this rounds exactly like std::round.
 int32_t RoundScaled(int32_t acc, double scale) {
   const double v = static_cast<double>(acc) * scale;
-  if (v >= 2147483647.0) return 2147483647;
-  if (v <= -2147483648.0) return -2147483647 - 1;
+  if (!(v > -2147483648.5 && v < 2147483647.5)) return -2147483647 - 1;
   int32_t r = static_cast<int32_t>(v);  // truncates toward zero
   const double frac = v - static_cast<double>(r);
   if (frac >= 0.5) ++r;
@@ -33,15 +32,15 @@ void fully_connected_s8(const FullyConnectedParams& p, const int8_t* input, cons
       const int8_t* w = (o < p.n_train ? p.train_filter : filter) + o * p.accum_depth;
       int32_t acc = 0;
       for (int32_t d = 0; d < p.accum_depth; ++d) {
-        acc += (static_cast<int32_t>(w[d]) + p.filter_offset) *
-               (static_cast<int32_t>(x[d]) + p.input_offset);
+        acc = WrappingAdd(acc, (static_cast<int32_t>(w[d]) + p.filter_offset) *
+                                   (static_cast<int32_t>(x[d]) + p.input_offset));
       }
-      if (bias != nullptr) acc += bias[o];
+      if (bias != nullptr) acc = WrappingAdd(acc, bias[o]);
       acc = p.real_scale != nullptr
                 ? RoundScaled(acc, p.real_scale[o])
                 : MultiplyByQuantizedMultiplier(acc, p.multiplier[o], p.shift[o]);
-      acc += p.output_offset;
-      output[b * p.output_depth + o] = static_cast<int8_t>(Clamp(acc, p.act_min, p.act_max));
+      output[b * p.output_depth + o] =
+          static_cast<int8_t>(AddOffsetClamp(acc, p.output_offset, p.act_min, p.act_max));
     }
   }
 }

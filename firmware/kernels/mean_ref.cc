@@ -18,7 +18,8 @@ void mean_s8(const MeanParams& p, const int8_t* in, int8_t* out) {
       }
       const int32_t scaled = MultiplyByQuantizedMultiplier(sum - zero_point_sum, p.multiplier,
                                                            p.shift);
-      out[o * p.inner + i] = static_cast<int8_t>(Clamp(scaled + p.output_zero_point, -128, 127));
+      out[o * p.inner + i] =
+          static_cast<int8_t>(AddOffsetClamp(scaled, p.output_zero_point, -128, 127));
     }
   }
 }

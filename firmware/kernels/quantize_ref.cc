@@ -9,7 +9,7 @@ namespace ref {
 void requantize_s8(const RequantizeParams& p, const int8_t* in, int8_t* out) {
   for (int32_t i = 0; i < p.size; ++i) {
     const int32_t v = MultiplyByQuantizedMultiplier(in[i] - p.in_zp, p.multiplier, p.shift);
-    out[i] = static_cast<int8_t>(Clamp(v + p.out_zp, -128, 127));
+    out[i] = static_cast<int8_t>(AddOffsetClamp(v, p.out_zp, -128, 127));
   }
 }
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .compiler import CompiledModel
-from .graph import Tensor
+from .graph import ModelError, Tensor
 
 _C_TYPES = {
     np.dtype(np.int8): "int8_t",
@@ -58,7 +58,10 @@ def _identifier(hint: str) -> str:
 def c_float(value: float) -> str:
     """A float32 as a C++ literal that reads back to the same value (9 significant digits)."""
     if not np.isfinite(value):
-        raise ValueError(f"non-finite constant {value} cannot be emitted")
+        # Reached only by extreme but valid scales (e.g. a training coefficient 1/(sx*sw) past
+        # float32's range): a model problem, so a ModelError rather than a traceback.
+        raise ModelError(f"a float32 constant of the generated code is {value}: the model's "
+                         "scales are too extreme (e.g. 1/scale overflows float32); re-quantize")
     text = f"{float(np.float32(value)):.9g}"
     if not any(c in text for c in ".e"):
         text += ".0"

@@ -13,6 +13,7 @@ from typing import Any
 from .graph import Graph, ModelError, Operator, check_deployable, strip_io_conversions
 from .memory_plan import ArenaPlanner
 from .ops.base import OpDef, lookup
+from .quant import ScaleRangeError
 from .tflite_reader import read_tflite
 
 
@@ -70,7 +71,10 @@ def _prepare(op: Operator, graph: Graph) -> PreparedOp:
     if len(op.outputs) != 1:
         raise ModelError(f"operator {op.index} ({op.opcode}) has {len(op.outputs)} outputs; "
                          "mcutrain supports single-output operators")
-    params = opdef.prepare(op, graph)
+    try:
+        params = opdef.prepare(op, graph)
+    except ScaleRangeError as exc:
+        raise ModelError(f"operator {op.index} ({op.opcode}): {exc}") from None
     return PreparedOp(op=op, opdef=opdef, params=params, inputs=graph.dynamic_inputs(op),
                       output=op.outputs[0])
 

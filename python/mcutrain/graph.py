@@ -12,9 +12,28 @@ from typing import Any
 
 import numpy as np
 
+# Long enough for the build's "does not fit" report, which names four tensors; short enough
+# that a hostile file's 8 KB tensor name cannot flood the terminal.
+MESSAGE_LIMIT = 1000
+
 
 class ModelError(ValueError):
-    """A model the compiler cannot take; the message names the problem and the fix."""
+    """A model the compiler cannot take; the message names the problem and the fix.
+
+    Messages quote names and values read from untrusted files, so the constructor makes every
+    one a single printable line of at most MESSAGE_LIMIT characters: control characters become
+    '?' (newlines and tabs a space) and the middle of an overlong message is elided."""
+
+    def __init__(self, message: object = "") -> None:
+        super().__init__(clean_message(str(message)))
+
+
+def clean_message(text: str, limit: int = MESSAGE_LIMIT) -> str:
+    text = "".join(c if c.isprintable() else (" " if c in "\n\r\t" else "?") for c in text)
+    if len(text) <= limit:
+        return text
+    tail = limit // 5
+    return text[: limit - tail - 5] + " ... " + text[-tail:]
 
 
 @dataclass
@@ -47,13 +66,15 @@ class Tensor:
     def scale(self) -> float:
         """Per-tensor scale (activations). Raises for unquantized tensors."""
         if self.quant is None:
-            raise ModelError(f"tensor {self.index} '{self.name}' has no quantization parameters")
+            raise ModelError(f"tensor {self.index} '{self.name[:40]}' has no quantization "
+                             "parameters")
         return float(self.quant.scale[0])
 
     @property
     def zero_point(self) -> int:
         if self.quant is None:
-            raise ModelError(f"tensor {self.index} '{self.name}' has no quantization parameters")
+            raise ModelError(f"tensor {self.index} '{self.name[:40]}' has no quantization "
+                             "parameters")
         return int(self.quant.zero_point[0])
 
     @property
@@ -111,7 +132,7 @@ def strip_io_conversions(graph: Graph) -> Graph:
     for position, tid in enumerate(inputs):
         users = [op for op in ops if tid in op.inputs]
         if (graph.tensors[tid].dtype == "float32" and len(users) == 1
-                and users[0].opcode == "QUANTIZE"
+                and users[0].opcode == "QUANTIZE" and len(users[0].outputs) == 1
                 and graph.tensors[users[0].outputs[0]].dtype == "int8"):
             inputs[position] = users[0].outputs[0]
             ops.remove(users[0])
@@ -119,7 +140,8 @@ def strip_io_conversions(graph: Graph) -> Graph:
     for position, tid in enumerate(outputs):
         producers = [op for op in ops if tid in op.outputs]
         if (graph.tensors[tid].dtype == "float32" and len(producers) == 1
-                and producers[0].opcode == "DEQUANTIZE"
+                and producers[0].opcode == "DEQUANTIZE" and len(producers[0].inputs) == 1
+                and producers[0].inputs[0] >= 0
                 and graph.tensors[producers[0].inputs[0]].dtype == "int8"):
             outputs[position] = producers[0].inputs[0]
             ops.remove(producers[0])
@@ -136,11 +158,22 @@ def check_deployable(graph: Graph) -> None:
             f"{graph.name}: model has {len(graph.inputs)} inputs and {len(graph.outputs)} outputs; "
             "mcutrain supports exactly one of each"
         )
+    # Before the edge checks: a 16x8 model with float edges is already full-integer, and
+    # "convert with full-integer quantization" would send its author in a circle.
+    int16 = [t for t in graph.tensors if t.dtype == "int16" and t.quant is not None
+             and not t.is_const]
+    if int16:
+        raise ModelError(
+            f"{graph.name}: tensor '{int16[0].name[:40]}' is an int16 activation: int16 "
+            "activations (16x8 quantization) are not supported, only int8 activations; convert "
+            "with supported_ops=[tf.lite.OpsSet.TFLITE_BUILTINS_INT8] and "
+            "inference_input_type=inference_output_type=tf.int8"
+        )
     for role, tid in (("input", graph.inputs[0]), ("output", graph.outputs[0])):
         t = graph.tensors[tid]
         if t.dtype != "int8" or t.quant is None:
             raise ModelError(
-                f"{graph.name}: model {role} '{t.name}' is {t.dtype}"
+                f"{graph.name}: model {role} '{t.name[:40]}' is {t.dtype}"
                 f"{'' if t.quant else ' without quantization'}; convert with full-integer "
                 "quantization (converter.optimizations=[tf.lite.Optimize.DEFAULT] and a "
                 "representative_dataset)"
@@ -152,6 +185,7 @@ def check_deployable(graph: Graph) -> None:
             t = graph.tensors[tid]
             if t.dtype != "int8":
                 raise ModelError(
-                    f"operator {op.index} ({op.opcode}) produces a {t.dtype} tensor '{t.name}'; "
+                    f"operator {op.index} ({op.opcode}) produces a {t.dtype} tensor "
+                    f"'{t.name[:40]}'; "
                     "mcutrain runs int8 activations only"
                 )

@@ -14,6 +14,11 @@ INT32_MIN = -(2**31)
 INT32_MAX = 2**31 - 1
 
 
+class ScaleRangeError(ValueError):
+    """Scales whose requantization the int32 kernels cannot represent; compiler._prepare turns
+    it into a ModelError naming the operator."""
+
+
 def round_half_away(x: float) -> float:
     """C's std::round: halves go away from zero (Python's round() goes to even)."""
     return math.copysign(math.floor(abs(x) + 0.5), x)
@@ -26,6 +31,8 @@ def quantize_multiplier(real: float) -> tuple[int, int]:
     """
     if real == 0.0:
         return 0, 0
+    if not math.isfinite(real):
+        raise ScaleRangeError(f"its scales give a requantization multiplier of {real}")
     fraction, shift = math.frexp(real)
     significand = int(round_half_away(fraction * (1 << 31)))
     if significand == 1 << 31:
@@ -34,6 +41,11 @@ def quantize_multiplier(real: float) -> tuple[int, int]:
     if shift < -31:
         return 0, 0
     # TFLite clamps shift > 30 only in its single-rounding build; the default build does not.
+    # A left shift past 31 bits is undefined in the int32 kernels (TFLite's too): refuse it.
+    if shift > 31:
+        raise ScaleRangeError(f"its scales give a requantization multiplier of {real:.3g}, "
+                              f"which needs a {shift}-bit left shift (31 at most); the scales "
+                              "are corrupt")
     return significand, shift
 
 
@@ -92,8 +104,13 @@ def activation_range(activation: str, scale: float, zero_point: int) -> tuple[in
     qmin, qmax = -128, 127
 
     def quantize(v: float) -> int:
-        # TFLite divides in float32 before rounding; so do we.
-        return zero_point + int(round_half_away(float(np.float32(v) / np.float32(scale))))
+        # TFLite divides in float32 before rounding; so do we. Like TFLite's Quantize(), refuse
+        # a bound that does not fit int32.
+        with np.errstate(over="ignore"):
+            scaled = float(np.float32(v) / np.float32(scale))
+        if not (math.isfinite(scaled) and INT32_MIN <= round_half_away(scaled) <= INT32_MAX):
+            raise ValueError(f"the {activation} bound {v} / scale {scale:.4g} overflows int32")
+        return zero_point + int(round_half_away(scaled))
 
     if activation == "NONE":
         return qmin, qmax

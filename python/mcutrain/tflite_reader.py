@@ -5,6 +5,12 @@ Uses the `tflite` package (Python classes generated from TFLite's schema.fbs) on
 verification, so every access goes through guards: a corrupt or truncated file becomes one
 ModelError naming the problem, never a traceback or a hang on a bogus vector length.
 
+Before any accessor runs, flatbuffer_check walks the file the way TFLite's verifier does, and
+every field the compiler uses is checked against what TFLite (Micro) accepts: finite, positive,
+normal float32 scales; zero points inside the tensor type's range (int8 activations in
+[-128, 127], biases 0); dimensions non-negative and tensors of a size a board could hold;
+known paddings, activations and finite softmax betas.
+
 Tolerance follows TFLite Micro: old files that only fill `deprecated_builtin_code`, quantization
 blocks with scales but no zero points, per-channel scales with a single zero point, and empty
 quantization blocks on unquantized tensors are all accepted.
@@ -18,9 +24,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import flatbuffers
 import numpy as np
 import tflite
 
+from .flatbuffer_check import OPTIONS, FlatbufferError, check_model
 from .graph import Graph, ModelError, Operator, Quant, Tensor
 
 _TENSOR_TYPES: dict[int, str] = {
@@ -40,6 +48,16 @@ _ACTIVATIONS = {
 }
 _PADDINGS = {v: k for k, v in vars(tflite.Padding).items() if not k.startswith("_")}
 
+# Zero-point range of each quantized tensor type (TFLite: int8 [-128, 127]; biases 0).
+_ZERO_POINT_RANGE: dict[str, tuple[int, int]] = {
+    "int8": (-128, 127), "uint8": (0, 255), "int16": (-32768, 32767), "int32": (0, 0),
+}
+_INT32 = (-(2**31), 2**31 - 1)
+# No supported board holds a tensor anywhere near this; refusing early keeps numpy bounded.
+MAX_TENSOR_ELEMENTS = 1 << 22
+MAX_RANK = 8  # TFLite's kernels stop at 6 dimensions (5 for most)
+_SMALLEST_NORMAL = float(np.finfo(np.float32).tiny)
+
 # Errors the generated flatbuffer accessors raise on bytes that are not a valid model.
 _DECODE_ERRORS = (struct.error, IndexError, ValueError, TypeError, OverflowError,
                   UnicodeDecodeError, AttributeError)
@@ -54,6 +72,10 @@ def read_tflite(source: str | Path | bytes) -> Graph:
             f"{name}: not a TFLite flatbuffer (expected the 'TFL3' identifier at byte 4; "
             f"file is {len(data)} bytes). Convert the model with tf.lite.TFLiteConverter."
         )
+    try:
+        check_model(data)
+    except FlatbufferError as exc:
+        raise ModelError(f"{name}: corrupt .tflite ({exc}); re-export the model") from None
     try:
         graph = _read_model(data, name)
     except ModelError:
@@ -113,7 +135,11 @@ def _int_vector(length: int, getter: Callable[[int], int], limit: int, what: str
 
 def _opcode_name(code: Any) -> str:
     # Files from before schema 3a only carry the 8-bit deprecated field; newer ones carry both.
-    builtin = max(int(code.BuiltinCode()), int(code.DeprecatedBuiltinCode()))
+    # TFLite's GetBuiltinCode takes the larger of the two. The tflite package's BuiltinCode()
+    # substitutes the deprecated field below 127, so read the raw field.
+    slot = code._tab.Offset(10)
+    raw = code._tab.Get(flatbuffers.number_types.Int32Flags, slot + code._tab.Pos) if slot else 0
+    builtin = max(int(raw), int(code.DeprecatedBuiltinCode()))
     if builtin == tflite.BuiltinOperator.CUSTOM:
         custom = code.CustomCode()
         return f"CUSTOM({custom.decode(errors='replace') if custom else '?'})"
@@ -125,7 +151,12 @@ def _read_tensor(t: Any, index: int, buffers: list[Any], data: bytes) -> Tensor:
     dtype = _TENSOR_TYPES.get(type_code, f"type{type_code}")
     shape = tuple(int(d) for d in _int_vector(t.ShapeLength(), t.Shape, len(data), "shape"))
     name = (t.Name() or b"").decode(errors="replace")
-    tensor = Tensor(index=index, name=name, shape=shape, dtype=dtype, quant=_read_quant(t, name))
+    label = f"tensor {index} '{name[:40]}'"
+    _check_shape(shape, label)
+    quant = _read_quant(t, label)
+    if quant is not None:
+        _check_quant(quant, dtype, label)
+    tensor = Tensor(index=index, name=name, shape=shape, dtype=dtype, quant=quant)
     buffer_index = int(t.Buffer())
     if not 0 <= buffer_index < len(buffers):
         raise ModelError(f"corrupt .tflite: tensor {index} refers to buffer {buffer_index}")
@@ -152,16 +183,47 @@ def _buffer_bytes(buffer: Any, data: bytes) -> bytes | None:
 def _constant_array(raw: bytes, tensor: Tensor) -> np.ndarray:
     if tensor.dtype.startswith("type"):
         raise ModelError(
-            f"tensor {tensor.index} '{tensor.name}' has unsupported type {tensor.dtype}"
+            f"tensor {tensor.index} '{tensor.name[:40]}' has unsupported type {tensor.dtype}"
         )
     dtype = np.dtype(tensor.dtype).newbyteorder("<")
     expected = tensor.num_elements * dtype.itemsize
     if len(raw) != expected:
         raise ModelError(
-            f"corrupt .tflite: tensor {tensor.index} '{tensor.name}' of shape {tensor.shape} "
-            f"needs {expected} bytes but its buffer has {len(raw)}"
+            f"corrupt .tflite: tensor {tensor.index} '{tensor.name[:40]}' of shape "
+            f"{tensor.shape} needs {expected} bytes but its buffer has {len(raw)}"
         )
     return np.frombuffer(raw, dtype=dtype).astype(dtype.newbyteorder("=")).reshape(tensor.shape)
+
+
+def _check_shape(shape: tuple[int, ...], label: str) -> None:
+    if len(shape) > MAX_RANK:
+        raise ModelError(f"{label} has rank {len(shape)}; the operators take at most "
+                         f"{MAX_RANK} dimensions")
+    if any(d < 0 for d in shape):
+        raise ModelError(f"{label} has a negative dimension in shape {shape[:8]}; export the "
+                         "model with fixed shapes")
+    elements = 1
+    for d in shape:
+        elements *= d
+    if elements > MAX_TENSOR_ELEMENTS:
+        raise ModelError(f"{label} has {elements} elements, far more than a microcontroller "
+                         "holds; the model is corrupt or far too large")
+
+
+def _check_quant(q: Quant, dtype: str, label: str) -> None:
+    """Scales and zero points TFLite Micro's kernels can use (see the module docstring)."""
+    for s in np.asarray(q.scale, dtype=np.float64):
+        if not (np.isfinite(s) and s >= _SMALLEST_NORMAL):
+            raise ModelError(f"{label}: quantization scale {s:.4g} is not a positive normal "
+                             "float32; re-quantize the model")
+    low, high = _ZERO_POINT_RANGE.get(dtype, _INT32)
+    for zp in q.zero_point:
+        if not low <= int(zp) <= high:
+            if dtype == "int32":
+                raise ModelError(f"{label}: bias zero point {int(zp)} must be 0 (TFLite's bias "
+                                 "convention); re-quantize the model")
+            raise ModelError(f"{label}: zero point {int(zp)} is outside {dtype}'s "
+                             f"[{low}, {high}]; re-quantize the model")
 
 
 def _read_quant(t: Any, name: str) -> Quant | None:
@@ -175,7 +237,7 @@ def _read_quant(t: Any, name: str) -> Quant | None:
         zero_point = np.full(scale.shape, zero_point[0], dtype=np.int64)
     if zero_point.size != scale.size:
         raise ModelError(
-            f"tensor '{name}': {scale.size} quantization scales but {zero_point.size} zero points"
+            f"{name}: {scale.size} quantization scales but {zero_point.size} zero points"
         )
     return Quant(scale=scale, zero_point=zero_point, axis=int(q.QuantizedDimension()))
 
@@ -191,18 +253,59 @@ def _read_operator(op: Any, index: int, opcodes: list[str], num_tensors: int) ->
     for t in inputs + outputs:
         if t >= num_tensors or t < -1:
             raise ModelError(f"corrupt .tflite: operator {index} ({opcode}) refers to tensor {t}")
+    if not outputs or -1 in outputs:
+        raise ModelError(f"corrupt .tflite: operator {index} ({opcode}) has outputs {outputs[:4]}; "
+                         "every operator writes at least one real tensor")
     parser = _OPTION_PARSERS.get(opcode)
-    options = parser(op) if parser else {}
+    # Options of another operator's type: TFLite's verifier checks them as that type and the
+    # operator then ignores them. flatbuffer_check knows only the types below, so refuse the
+    # others rather than accept what TFLite's verifier might reject.
+    expected = _OPTION_TYPES.get(opcode)
+    carried = int(op.BuiltinOptionsType())
+    if (expected is not None and carried not in (tflite.BuiltinOptions.NONE, expected)
+            and carried not in OPTIONS):
+        raise ModelError(f"corrupt .tflite: operator {index} ({opcode}) carries options of "
+                         f"type {carried}, not its own ({expected})")
+    if parser is None:
+        return Operator(index=index, opcode=opcode, inputs=inputs, outputs=outputs)
+    try:
+        options = parser(op)
+    except _MissingOptions as exc:
+        raise ModelError(f"operator {index} ({opcode}) has no {exc}; TFLite would run it with "
+                         "zeroed options and refuse it too") from None
     return Operator(index=index, opcode=opcode, inputs=inputs, outputs=outputs, options=options)
 
 
+class _MissingOptions(Exception):
+    """Options TFLite zero-fills when absent, giving parameters its kernels refuse (stride 0,
+    beta 0); the message names the options table."""
+
+
+def _required(op: Any, cls: type) -> Any:
+    o = _table(op, cls)
+    if o is None:
+        raise _MissingOptions(f"{cls.__name__} ({_REQUIRED_FIELDS[cls.__name__]} unknown)")
+    return o
+
+
+_REQUIRED_FIELDS = {"Conv2DOptions": "strides", "DepthwiseConv2DOptions": "strides",
+                    "Pool2DOptions": "filter size", "SoftmaxOptions": "beta"}
+
+
 def _table(op: Any, cls: type) -> Any | None:
+    """The operator's options as `cls`, or None when absent or of another type (TFLite's
+    builtin_options_as_X() also gives null then, and the defaults apply)."""
     table = op.BuiltinOptions()
-    if table is None:
+    if table is None or int(op.BuiltinOptionsType()) != getattr(tflite.BuiltinOptions,
+                                                                  cls.__name__):
         return None
     opts = cls()
     opts.Init(table.Bytes, table.Pos)
     return opts
+
+
+def _padding(code: int) -> str:
+    return _PADDINGS.get(int(code), f"UNKNOWN_PADDING_{code}")
 
 
 def _activation(code: int) -> str:
@@ -210,12 +313,9 @@ def _activation(code: int) -> str:
 
 
 def _conv_options(op: Any) -> dict[str, Any]:
-    o = _table(op, tflite.Conv2DOptions)
-    if o is None:  # all-default options are sometimes omitted by older converters
-        return {"padding": "SAME", "stride_h": 1, "stride_w": 1, "dilation_h": 1,
-                "dilation_w": 1, "activation": "NONE"}
+    o = _required(op, tflite.Conv2DOptions)
     return {
-        "padding": _PADDINGS.get(int(o.Padding()), "SAME"),
+        "padding": _padding(o.Padding()),
         "stride_h": int(o.StrideH()), "stride_w": int(o.StrideW()),
         "dilation_h": int(o.DilationHFactor()), "dilation_w": int(o.DilationWFactor()),
         "activation": _activation(o.FusedActivationFunction()),
@@ -223,12 +323,9 @@ def _conv_options(op: Any) -> dict[str, Any]:
 
 
 def _depthwise_options(op: Any) -> dict[str, Any]:
-    o = _table(op, tflite.DepthwiseConv2DOptions)
-    if o is None:
-        return {"padding": "SAME", "stride_h": 1, "stride_w": 1, "dilation_h": 1,
-                "dilation_w": 1, "activation": "NONE", "depth_multiplier": 1}
+    o = _required(op, tflite.DepthwiseConv2DOptions)
     return {
-        "padding": _PADDINGS.get(int(o.Padding()), "SAME"),
+        "padding": _padding(o.Padding()),
         "stride_h": int(o.StrideH()), "stride_w": int(o.StrideW()),
         "dilation_h": int(o.DilationHFactor()), "dilation_w": int(o.DilationWFactor()),
         "activation": _activation(o.FusedActivationFunction()),
@@ -249,11 +346,9 @@ def _fc_options(op: Any) -> dict[str, Any]:
 
 
 def _pool_options(op: Any) -> dict[str, Any]:
-    o = _table(op, tflite.Pool2DOptions)
-    if o is None:
-        raise ModelError("pooling operator without options (filter size unknown)")
+    o = _required(op, tflite.Pool2DOptions)
     return {
-        "padding": _PADDINGS.get(int(o.Padding()), "SAME"),
+        "padding": _padding(o.Padding()),
         "stride_h": int(o.StrideH()), "stride_w": int(o.StrideW()),
         "filter_h": int(o.FilterHeight()), "filter_w": int(o.FilterWidth()),
         "activation": _activation(o.FusedActivationFunction()),
@@ -281,8 +376,10 @@ def _reshape_options(op: Any) -> dict[str, Any]:
 
 
 def _softmax_options(op: Any) -> dict[str, Any]:
-    o = _table(op, tflite.SoftmaxOptions)
-    return {"beta": float(o.Beta()) if o else 1.0}
+    beta = float(_required(op, tflite.SoftmaxOptions).Beta())
+    if not np.isfinite(beta):
+        raise ModelError(f"a SOFTMAX has beta {beta}, which is not finite; re-export the model")
+    return {"beta": beta}
 
 
 def _reducer_options(op: Any) -> dict[str, Any]:
@@ -301,4 +398,20 @@ _OPTION_PARSERS: dict[str, Callable[[Any], dict[str, Any]]] = {
     "RESHAPE": _reshape_options,
     "SOFTMAX": _softmax_options,
     "MEAN": _reducer_options,
+}
+_OPTION_TYPES: dict[str, int] = {
+    "CONV_2D": tflite.BuiltinOptions.Conv2DOptions,
+    "DEPTHWISE_CONV_2D": tflite.BuiltinOptions.DepthwiseConv2DOptions,
+    "FULLY_CONNECTED": tflite.BuiltinOptions.FullyConnectedOptions,
+    "AVERAGE_POOL_2D": tflite.BuiltinOptions.Pool2DOptions,
+    "MAX_POOL_2D": tflite.BuiltinOptions.Pool2DOptions,
+    "ADD": tflite.BuiltinOptions.AddOptions,
+    "CONCATENATION": tflite.BuiltinOptions.ConcatenationOptions,
+    "RESHAPE": tflite.BuiltinOptions.ReshapeOptions,
+    "SOFTMAX": tflite.BuiltinOptions.SoftmaxOptions,
+    "MEAN": tflite.BuiltinOptions.ReducerOptions,
+    "PAD": tflite.BuiltinOptions.PadOptions,
+    "PADV2": tflite.BuiltinOptions.PadV2Options,
+    "QUANTIZE": tflite.BuiltinOptions.QuantizeOptions,
+    "DEQUANTIZE": tflite.BuiltinOptions.DequantizeOptions,
 }

@@ -33,11 +33,12 @@ def output_tensor(op: Operator, graph: Graph, position: int = 0) -> Tensor:
 def require_int8_activation(op: Operator, tensor: Tensor, role: str) -> None:
     """An int8 per-tensor quantized activation, else ModelError (int16, float, hybrid, ...)."""
     if tensor.dtype != "int8":
-        raise fail(op, f"{role} tensor '{tensor.name}' is {tensor.dtype}; only int8 is supported")
+        raise fail(op, f"{role} tensor '{tensor.name[:40]}' is {tensor.dtype}; only int8 is "
+                       "supported")
     if tensor.quant is None or tensor.quant.scale.size != 1:
-        raise fail(op, f"{role} tensor '{tensor.name}' needs per-tensor int8 quantization")
+        raise fail(op, f"{role} tensor '{tensor.name[:40]}' needs per-tensor int8 quantization")
     if not tensor.scale > 0.0:
-        raise fail(op, f"{role} tensor '{tensor.name}' has a non-positive scale")
+        raise fail(op, f"{role} tensor '{tensor.name[:40]}' has a non-positive scale")
 
 
 def int8_input_output(op: Operator, graph: Graph) -> tuple[Tensor, Tensor]:
@@ -45,6 +46,9 @@ def int8_input_output(op: Operator, graph: Graph) -> tuple[Tensor, Tensor]:
     x = tensor_at(op, graph, 0)
     if x is None:
         raise fail(op, "input is missing")
+    if x.is_const:
+        raise fail(op, f"data input '{x.name[:40]}' is a constant; the kernels read it from the "
+                       "arena (fold constant layers away before converting)")
     y = output_tensor(op, graph)
     require_int8_activation(op, x, "input")
     require_int8_activation(op, y, "output")
@@ -56,9 +60,9 @@ def require_const(op: Operator, tensor: Tensor | None, role: str, dtype: str) ->
     if tensor is None:
         raise fail(op, f"{role} is missing")
     if not tensor.is_const:
-        raise fail(op, f"{role} tensor '{tensor.name}' must be constant")
+        raise fail(op, f"{role} tensor '{tensor.name[:40]}' must be constant")
     if tensor.dtype != dtype:
-        raise fail(op, f"{role} tensor '{tensor.name}' is {tensor.dtype}; expected {dtype}")
+        raise fail(op, f"{role} tensor '{tensor.name[:40]}' is {tensor.dtype}; expected {dtype}")
     return tensor
 
 
@@ -78,6 +82,9 @@ def compute_padding(stride: int, dilation: int, image: int, filt: int, out: int)
     effective = (filt - 1) * dilation + 1
     total = max((out - 1) * stride + effective - image, 0)
     return total // 2
+
+
+MAX_PADDED_VALUES = 1 << 22  # bound on the padded input of a dilated convolution
 
 
 @dataclass(frozen=True)
@@ -103,15 +110,27 @@ def compute_window(
 
 
 def conv_window(op: Operator, in_hw: tuple[int, int], filt_hw: tuple[int, int],
-                ) -> tuple[tuple[int, int], tuple[int, int], Window]:
-    """Stride, dilation and window of a CONV_2D / DEPTHWISE_CONV_2D from its options."""
+                pixel_values: int = 1) -> tuple[tuple[int, int], tuple[int, int], Window]:
+    """Stride, dilation and window of a CONV_2D / DEPTHWISE_CONV_2D from its options.
+    `pixel_values` (batches x channels) sizes the padded input the numpy reference builds."""
     stride = (positive_option(op, "stride_h"), positive_option(op, "stride_w"))
     dilation = (positive_option(op, "dilation_h"), positive_option(op, "dilation_w"))
+    # The references pad the input out to the dilated filter's span, where TFLite only skips
+    # the taps that fall outside: refuse a span whose padded input could not be allocated
+    # (no model that fits a board comes near).
+    spans = [(filt_hw[a] - 1) * dilation[a] + 1 + in_hw[a] for a in range(2)]
+    if spans[0] * spans[1] * max(pixel_values, 1) > MAX_PADDED_VALUES:
+        raise fail(op, f"dilation_h/dilation_w {dilation[0]}/{dilation[1]} spread the "
+                       f"{filt_hw[0]}x{filt_hw[1]} filter so far that the padded "
+                       f"{in_hw[0]}x{in_hw[1]} input would need {spans[0]}x{spans[1]} pixels; "
+                       "the model is corrupt")
     try:
         win = compute_window(str(op.options.get("padding", "SAME")), in_hw, filt_hw, stride,
                              dilation)
     except ValueError as exc:
         raise fail(op, str(exc)) from None
+    if win.out_h < 1 or win.out_w < 1:
+        raise fail(op, f"the window leaves an empty {win.out_h}x{win.out_w} output")
     return stride, dilation, win
 
 
@@ -162,9 +181,11 @@ def requantize(
     acc: np.ndarray, significand: np.ndarray | int, shift: np.ndarray | int,
     output_zero_point: int, act_min: int, act_max: int,
 ) -> np.ndarray:
-    """int32 accumulators -> int8: multiply, add the output zero point, clamp (TFLite order)."""
+    """int32 accumulators -> int8: multiply, add the output zero point, clamp (TFLite order).
+    The addition wraps in int32 as TFLite's does (a saturated accumulator plus a positive zero
+    point comes out negative there); the firmware's AddOffsetClamp does the same."""
     scaled = quant.multiply_by_quantized_multiplier(acc, significand, shift)
-    return np.clip(scaled + output_zero_point, act_min, act_max).astype(np.int8)
+    return np.clip(wrap_int32(scaled + output_zero_point), act_min, act_max).astype(np.int8)
 
 
 def flat_size(shape: tuple[int, ...]) -> int:
@@ -179,19 +200,20 @@ def filter_quant(op: Operator, tensor: Tensor, channels: int, axis: int) -> np.n
     offset, exactly like TFLite's)."""
     q = tensor.quant
     if q is None or q.scale.size == 0:
-        raise fail(op, f"weights '{tensor.name}' are not quantized (float or hybrid models are "
+        raise fail(op, f"weights '{tensor.name[:40]}' are not quantized (float or hybrid models "
+                       "are "
                        "not supported; convert with full int8 quantization)")
     if q.scale.size not in (1, channels):
-        raise fail(op, f"weights '{tensor.name}' have {q.scale.size} scales for {channels} "
+        raise fail(op, f"weights '{tensor.name[:40]}' have {q.scale.size} scales for {channels} "
                        "channels")
     if q.scale.size > 1 and q.axis != axis:
-        raise fail(op, f"weights '{tensor.name}' are quantized along axis {q.axis}; "
+        raise fail(op, f"weights '{tensor.name[:40]}' are quantized along axis {q.axis}; "
                        f"expected axis {axis}")
     if np.any(np.asarray(q.zero_point) != 0):
-        raise fail(op, f"weights '{tensor.name}' have a non-zero zero point; int8 weights "
+        raise fail(op, f"weights '{tensor.name[:40]}' have a non-zero zero point; int8 weights "
                        "must be symmetric")
     if np.any(np.asarray(q.scale) <= 0):
-        raise fail(op, f"weights '{tensor.name}' have a non-positive scale")
+        raise fail(op, f"weights '{tensor.name[:40]}' have a non-positive scale")
     return np.asarray(q.scale, dtype=np.float32).ravel()
 
 
@@ -203,7 +225,7 @@ def optional_bias(op: Operator, graph: Graph, position: int, channels: int) -> n
     require_const(op, tensor, "bias", "int32")
     bias = np.asarray(tensor.data, dtype=np.int32).ravel()
     if bias.size != channels:
-        raise fail(op, f"bias '{tensor.name}' has {bias.size} entries for {channels} channels")
+        raise fail(op, f"bias '{tensor.name[:40]}' has {bias.size} entries for {channels} channels")
     return bias
 
 

@@ -59,10 +59,10 @@ def prepare(op: Operator, graph: Graph) -> Conv2dParams:
         raise common.fail(op, f"needs a 4-D input and filter, got {x.shape} and {w.shape}")
     n, in_h, in_w, in_c = x.shape
     out_c, f_h, f_w, f_c = w.shape
-    if f_c < 1 or in_c % f_c != 0 or out_c % (in_c // f_c) != 0:
+    if f_c < 1 or in_c < f_c or in_c % f_c != 0 or out_c % (in_c // f_c) != 0:
         raise common.fail(op, f"filter {w.shape} does not fit {in_c} input channels")
     scales = common.filter_quant(op, w, out_c, axis=0)
-    stride, dilation, win = common.conv_window(op, (in_h, in_w), (f_h, f_w))
+    stride, dilation, win = common.conv_window(op, (in_h, in_w), (f_h, f_w), n * in_c)
     out_shape = (n, win.out_h, win.out_w, out_c)
     common.check_output_shape(op, y, out_shape)
     multiplier, shift = common.per_channel_multipliers(x.scale, scales, y.scale, out_c)

@@ -66,7 +66,7 @@ def prepare(op: Operator, graph: Graph) -> DepthwiseConv2dParams:
         raise common.fail(op, f"filter channels {out_c} are not a multiple of input channels "
                               f"{in_c}")
     scales = common.filter_quant(op, w, out_c, axis=3)
-    stride, dilation, win = common.conv_window(op, (in_h, in_w), (f_h, f_w))
+    stride, dilation, win = common.conv_window(op, (in_h, in_w), (f_h, f_w), n * out_c)
     out_shape = (n, win.out_h, win.out_w, out_c)
     common.check_output_shape(op, y, out_shape)
     multiplier, shift = common.per_channel_multipliers(x.scale, scales, y.scale, out_c)

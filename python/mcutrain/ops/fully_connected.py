@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import quant
 from ..graph import Graph, ModelError, Operator
 from ..train_math import QGrad, XorShift32
 from . import common, param_train
@@ -68,11 +69,26 @@ def _filter_offset(op: Operator, w) -> tuple[np.ndarray, int]:
     if q is not None and q.scale.size == 1 and q.zero_point.size == 1 and q.zero_point[0] != 0:
         zp = int(q.zero_point[0])
         if not -128 <= zp <= 127:
-            raise common.fail(op, f"weights '{w.name}' zero point {zp} is outside int8")
+            raise common.fail(op, f"weights '{w.name[:40]}' zero point {zp} is outside int8")
         if not q.scale[0] > 0:
-            raise common.fail(op, f"weights '{w.name}' have a non-positive scale")
+            raise common.fail(op, f"weights '{w.name[:40]}' have a non-positive scale")
         return np.asarray(q.scale, dtype=np.float32), -zp
     return common.filter_quant(op, w, units, axis=0), 0
+
+
+def _check_bias_scale(op: Operator, graph: Graph, input_scale: float, filter_scale: float,
+                      output_scale: float) -> None:
+    """TFLite's FULLY_CONNECTED Prepare (GetQuantizedConvolutionMultipler) refuses a bias whose
+    scale strays from input_scale * filter_scale by more than 0.02 output steps; so do we. A
+    bias without quantization counts as scale 0, as there."""
+    bias = common.tensor_at(op, graph, 2)
+    if bias is None:
+        return
+    bias_scale = quant.as_double(bias.scale) if bias.quant is not None else 0.0
+    product = quant.as_double(input_scale) * quant.as_double(filter_scale)
+    if abs(product - bias_scale) / quant.as_double(output_scale) > 0.02:
+        raise common.fail(op, f"bias '{bias.name[:40]}' scale {bias_scale:.6g} is not input scale "
+                              f"x weight scale ({product:.6g}), as TFLite requires")
 
 
 def prepare(op: Operator, graph: Graph) -> FullyConnectedParams:
@@ -91,6 +107,7 @@ def prepare(op: Operator, graph: Graph) -> FullyConnectedParams:
     if y.num_elements != batches * units:
         raise common.fail(op, f"output shape {tuple(y.shape)} does not hold {batches} x {units}")
     scales, filter_offset = _filter_offset(op, w)
+    _check_bias_scale(op, graph, x.scale, float(scales[0]), y.scale)
     multiplier, shift = common.per_channel_multipliers(x.scale, scales, y.scale, units)
     act_min, act_max = common.activation_bounds(op, y)
     per_unit = np.broadcast_to(scales, (units,))
@@ -107,6 +124,16 @@ def prepare(op: Operator, graph: Graph) -> FullyConnectedParams:
     )
 
 
+def round_to_int32_like_tflite(v: np.ndarray) -> np.ndarray:
+    """static_cast<int32_t>(std::round(v)) as TFLite's reference FULLY_CONNECTED computes it on
+    the x86 hosts its interpreter runs on: a rounded value outside int32 (or NaN) becomes
+    INT32_MIN (the conversion's "integer indefinite"). Checked against the interpreter."""
+    v = np.asarray(v, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        inside = (v > -2147483648.5) & (v < 2147483647.5)
+    return np.where(inside, common.round_half_away(np.where(inside, v, 0.0)), -(2**31))
+
+
 def reference(p: FullyConnectedParams, inputs: list[np.ndarray]) -> np.ndarray:
     units, depth = p.filter.shape
     x = inputs[0].reshape(p.batches, depth).astype(np.float64) + p.input_offset
@@ -116,8 +143,9 @@ def reference(p: FullyConnectedParams, inputs: list[np.ndarray]) -> np.ndarray:
         acc = acc + p.bias
     acc = common.wrap_int32(acc)
     if p.double_requant:
-        scaled = common.round_half_away(acc.astype(np.float64) * p.real_scale)
-        out = np.clip(scaled + p.output_offset, p.act_min, p.act_max).astype(np.int8)
+        scaled = round_to_int32_like_tflite(acc.astype(np.float64) * p.real_scale)
+        out = np.clip(common.wrap_int32(scaled + p.output_offset), p.act_min,
+                      p.act_max).astype(np.int8)
     else:
         out = common.requantize(acc, p.multiplier, p.shift, p.output_offset, p.act_min, p.act_max)
     return out.reshape(p.output_shape)

@@ -42,7 +42,14 @@ from .base import (
     register,
     register_backward,
 )
-from .common import fail, output_tensor, require_int8_activation, struct_init, tensor_at
+from .common import (
+    fail,
+    output_tensor,
+    require_int8_activation,
+    struct_init,
+    tensor_at,
+    wrap_int32,
+)
 
 
 @dataclass(frozen=True)
@@ -149,7 +156,7 @@ def reference(params: MeanParams, inputs: list[np.ndarray]) -> np.ndarray:
     x = np.asarray(inputs[0], dtype=np.int64).reshape(params.outer, params.reduce, params.inner)
     total = x.sum(axis=1) - params.input_zero_point * params.reduce
     scaled = quant.multiply_by_quantized_multiplier(total, params.multiplier, params.shift)
-    out = np.clip(scaled + params.output_zero_point, -128, 127).astype(np.int8)
+    out = np.clip(wrap_int32(scaled + params.output_zero_point), -128, 127).astype(np.int8)
     return out.reshape(params.output_shape)
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..codegen import c_float
+from ..graph import ModelError
 from ..train_math import (
     F32,
     QGrad,
@@ -80,7 +81,12 @@ def coefficients(p: Any, n_train: int, qas: bool) -> tuple[np.ndarray, np.ndarra
     sx = float(np.float32(p.input_scale))
     w_coef = 1.0 / sw[:n_train] if qas else sw[:n_train]
     bias_coef = 1.0 / (sx * sw) if qas else sx * sw
-    return w_coef.astype(np.float32), bias_coef.astype(np.float32)
+    with np.errstate(over="ignore"):
+        w32, b32 = w_coef.astype(np.float32), bias_coef.astype(np.float32)
+    if not (np.all(np.isfinite(w32)) and np.all(np.isfinite(b32))):
+        raise ModelError(f"operator {getattr(p, 'op_index', '?')}: its input and weight scales "
+                         "are too small to train (1/scale overflows float32); re-quantize")
+    return w32, b32
 
 
 def backward(

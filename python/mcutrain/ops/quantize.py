@@ -14,7 +14,7 @@ import numpy as np
 from .. import quant
 from ..graph import Graph, Operator
 from .base import EmitContext, OpDef, c_int_list, register
-from .common import fail, output_tensor, require_int8_activation, tensor_at
+from .common import fail, output_tensor, require_int8_activation, tensor_at, wrap_int32
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ def reference(params: RequantizeParams, inputs: list[np.ndarray]) -> np.ndarray:
     x = np.asarray(inputs[0])
     scaled = quant.multiply_by_quantized_multiplier(
         x.astype(np.int64) - params.in_zp, params.multiplier, params.shift)
-    return np.clip(scaled + params.out_zp, -128, 127).astype(np.int8).reshape(x.shape)
+    return np.clip(wrap_int32(scaled + params.out_zp), -128, 127).astype(np.int8).reshape(x.shape)
 
 
 def emit(params: RequantizeParams, ctx: EmitContext, inputs: list[str], output: str) -> str:

@@ -7,6 +7,7 @@ tensor, else from the `new_shape` option, else from the output tensor; one dim m
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +27,9 @@ def _requested_shape(op: Operator, graph: Graph) -> list[int]:
     if shape_tensor is not None:
         if not shape_tensor.is_const:
             raise fail(op, "a shape computed at run time (non-constant input 1) is not supported")
+        if shape_tensor.dtype != "int32":
+            raise fail(op, f"shape tensor '{shape_tensor.name[:40]}' is {shape_tensor.dtype}; "
+                           "TFLite's RESHAPE takes an int32 shape")
         if len(shape_tensor.shape) == 1:
             return [int(v) for v in np.asarray(shape_tensor.data).reshape(-1)]
     new_shape = op.options.get("new_shape")
@@ -39,13 +43,13 @@ def _resolve(op: Operator, requested: list[int], count: int) -> tuple[int, ...]:
     unknown = [i for i, d in enumerate(requested) if d == -1]
     if len(unknown) > 1 or any(d < -1 for d in requested):
         raise fail(op, f"shape {requested} is invalid (at most one -1, no other negatives)")
-    known = int(np.prod([d for d in requested if d != -1], dtype=np.int64))
+    known = math.prod(d for d in requested if d != -1)  # Python ints: no wrap-around
     if unknown:
         if known == 0 or count % known:
             raise fail(op, f"shape {requested} cannot hold {count} elements")
         requested = requested.copy()
         requested[unknown[0]] = count // known
-    if int(np.prod(requested, dtype=np.int64)) != count:
+    if math.prod(requested) != count:
         raise fail(op, f"shape {requested} does not hold {count} elements")
     return tuple(requested)
 
