@@ -8,8 +8,9 @@
 
 Compares, on the same data orders (seeds 1, 2, 3: epoch e of seed s visits
 `np.random.default_rng(s)`'s e-th permutation, exactly as `mcutrain train --seed s` does):
-  - fp32 TF: mcutrain.fp32_reference, float training of the same parameters (train/har_adapt.json)
-  - int8 + QAS, numpy: mcutrain.train_reference (the definition of the firmware's step)
+  - fp32 TF: mcutrain.train.fp32_reference, float training of the same parameters
+    (train/har_adapt.json)
+  - int8 + QAS, numpy: mcutrain.train.reference (the definition of the firmware's step)
   - int8 without QAS, numpy: the same with train/har_adapt_noqas.json
   - int8 + QAS with the classifier kept in fp32, numpy: train/har_adapt_fp32cls.json (the final
     FULLY_CONNECTED + SOFTMAX in float32, docs/training.md "fp32 classifier")
@@ -39,9 +40,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "python"))
 
-from mcutrain.compiler import compile_model  # noqa: E402
-from mcutrain.fp32_reference import quantize_input, train_fp32  # noqa: E402
-from mcutrain.scheme import load_scheme  # noqa: E402
+from mcutrain.compile.compiler import compile_model  # noqa: E402
+from mcutrain.train.fp32_reference import quantize_input, train_fp32  # noqa: E402
+from mcutrain.train.scheme import load_scheme  # noqa: E402
 
 MODEL = ROOT / "models" / "har_cnn1d_int8.tflite"
 SCHEME = ROOT / "train" / "har_adapt.json"
@@ -115,13 +116,13 @@ def run_fp32(scheme_path: Path, seed: int, epochs: int, train: Split, test: Spli
             "trainable": res["trainable"]}
 
 
-# ---- HOOK (int8 numpy reference): mcutrain.train_reference ----
+# ---- HOOK (int8 numpy reference): mcutrain.train.reference ----
 # One TrainingReference per run, fed the int8 windows in the same order. The loss/accuracy of an
 # epoch are the int8 step results; the held-out test is evaluated with update=False steps.
 
 def run_int8_numpy(scheme_path: Path, seed: int, epochs: int, train: Split, test: Split) -> Run:
-    from mcutrain.train_reference import TrainingReference  # noqa: PLC0415
-    from mcutrain.training_graph import build_training  # noqa: PLC0415
+    from mcutrain.train.reference import TrainingReference  # noqa: PLC0415
+    from mcutrain.train.training_graph import build_training  # noqa: PLC0415
 
     compiled = compile_model(MODEL)
     ref = TrainingReference(build_training(compiled, load_scheme(scheme_path)))
@@ -151,7 +152,7 @@ def run_int8_numpy(scheme_path: Path, seed: int, epochs: int, train: Split, test
 
 def run_board(elf: Path, seed: int, epochs: int) -> Run:
     with tempfile.TemporaryDirectory() as out:
-        cmd = [sys.executable, "-m", "mcutrain.cli", "train", "--port", f"qemu:{elf}",
+        cmd = [sys.executable, "-m", "mcutrain.host.cli", "train", "--port", f"qemu:{elf}",
                "--data", str(ROOT / "data" / "adapt_train.npz"),
                "--eval", str(ROOT / "data" / "adapt_test.npz"), "--epochs", str(epochs),
                "--seed", str(seed), "--out", out, "--quiet"]

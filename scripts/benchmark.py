@@ -44,9 +44,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "python"))
 
-from mcutrain.device import Device, open_device  # noqa: E402
-from mcutrain.firmware_size import firmware_size  # noqa: E402
-from mcutrain.protocol import DeviceInfo, LossKind  # noqa: E402
+from mcutrain.compile.firmware_size import firmware_size  # noqa: E402
+from mcutrain.host.device import Device, open_device  # noqa: E402
+from mcutrain.host.protocol import DeviceInfo, LossKind  # noqa: E402
 
 MODEL_DIRS = ("models", "models/test", "models/third_party")
 TRAIN_MODEL = "har_cnn1d_int8"

@@ -18,9 +18,9 @@ PROJECT_DIR = Path(env.subst("$PROJECT_DIR"))  # noqa: F821
 sys.path.insert(0, str(PROJECT_DIR / "python"))
 
 from mcutrain.build import generate_for_build  # noqa: E402
-from mcutrain.firmware_size import stack_bytes_from_flags  # noqa: E402
-from mcutrain.graph import ModelError  # noqa: E402
-from mcutrain.report import BoardLimits  # noqa: E402
+from mcutrain.compile.firmware_size import stack_bytes_from_flags  # noqa: E402
+from mcutrain.compile.report import BoardLimits  # noqa: E402
+from mcutrain.frontend.graph import ModelError  # noqa: E402
 
 
 def _model_path() -> Path:

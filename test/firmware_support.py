@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mcutrain.device import Device, open_device
+from mcutrain.host.device import Device, open_device
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,7 +63,7 @@ def tflite_reference(model: Path, inputs: list[np.ndarray]) -> list[np.ndarray]:
     """
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-    from mcutrain.compiler import compile_model
+    from mcutrain.compile.compiler import compile_model
 
     compiled = compile_model(model)
     interp = Interpreter(model_path=str(model), experimental_preserve_all_tensors=True,

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mcutrain.flatbuffer_check import layout
+from mcutrain.frontend.flatbuffer_check import layout
 
 _EDGE_INTS = [0, 1, -1, 2, 3, 7, 127, 128, 255, 256, -128, -129, 2**15, 2**31 - 1, -(2**31),
               2**16 + 1, 1000, 10**6]

@@ -17,8 +17,8 @@ from collections.abc import Callable
 import numpy as np
 from cobs import cobs
 
-from mcutrain.device import Device
-from mcutrain.protocol import (
+from mcutrain.host.device import Device
+from mcutrain.host.protocol import (
     ERROR_REPLY,
     PROTOCOL_VERSION,
     DeviceInfo,

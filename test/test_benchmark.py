@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from mcutrain.protocol import CounterUnit, DeviceInfo, DType, LossKind, TensorDesc, TrainInfo
+from mcutrain.host.protocol import CounterUnit, DeviceInfo, DType, LossKind, TensorDesc, TrainInfo
 from plot_layout import figure_texts, layout_problems, saved_figure
 
 ROOT = Path(__file__).resolve().parents[1]

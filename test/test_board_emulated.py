@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 
 from firmware_support import build_firmware, open_board, port_scheme
-from mcutrain import kept_board
-from mcutrain.cli import main as cli_main
-from mcutrain.compiler import compile_model
-from mcutrain.device import quantize_input
-from mcutrain.protocol import CounterUnit
-from mcutrain.reference import run_reference
-from mcutrain.scheme import load_scheme
-from mcutrain.training_graph import build_training
+from mcutrain.compile.compiler import compile_model
+from mcutrain.compile.reference import run_reference
+from mcutrain.host import kept_board
+from mcutrain.host.cli import main as cli_main
+from mcutrain.host.device import quantize_input
+from mcutrain.host.protocol import CounterUnit
+from mcutrain.train.scheme import load_scheme
+from mcutrain.train.training_graph import build_training
 from robustness import run_robustness_suite
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,7 +82,7 @@ def test_cli_infer_reports_accuracy_and_saves_reference_exact_predictions(
     saved = np.load(out)
     compiled = compile_model(model)
     t = compiled.graph.tensors[compiled.input]
-    from mcutrain.protocol import DType, TensorDesc
+    from mcutrain.host.protocol import DType, TensorDesc
 
     desc = TensorDesc(DType.INT8, t.shape, t.scale, t.zero_point, t.nbytes)
     for i in range(limit):

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from firmware_support import build_firmware
-from mcutrain.firmware_size import firmware_size
+from mcutrain.compile.firmware_size import firmware_size
 from tflite_convert import convert_full_int8
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,10 +44,11 @@ def test_default_training_build_links_within_256k(env: str, tmp_path: Path) -> N
     assert size.flash_bytes <= F746_FLASH and size.ram_bytes <= TRAIN_RAM, size
     # The pre-check's sum bounds what the linker placed on both boards (so what it accepts links)
     # and is not loose by more than the runtime allowance's headroom.
-    from mcutrain.compiler import compile_model
-    from mcutrain.report import BoardLimits, training_ram
-    from mcutrain.scheme import load_scheme
-    from mcutrain.training_graph import build_training
+    from mcutrain.compile.compiler import compile_model
+    from mcutrain.compile.report import BoardLimits
+    from mcutrain.train.report import training_ram
+    from mcutrain.train.scheme import load_scheme
+    from mcutrain.train.training_graph import build_training
 
     program = build_training(compile_model(DEFAULT_MODEL), load_scheme(ROOT / "train" /
                                                                        "har_adapt.json"))
@@ -58,8 +59,8 @@ def test_default_training_build_links_within_256k(env: str, tmp_path: Path) -> N
 def test_mobilenetv2_inference_fits_the_f746() -> None:
     size = firmware_size(build_firmware(MOBILENET))
     assert size.ram_bytes <= F746_RAM and size.flash_bytes <= F746_FLASH, size
-    from mcutrain.compiler import compile_model
-    from mcutrain.report import BoardLimits, inference_ram
+    from mcutrain.compile.compiler import compile_model
+    from mcutrain.compile.report import BoardLimits, inference_ram
 
     need = inference_ram(compile_model(MOBILENET), BoardLimits("f746", F746_RAM, F746_FLASH))
     assert size.linked_ram_bytes <= need.total <= F746_RAM, (need, size)
@@ -130,8 +131,8 @@ def test_ram_precheck_agrees_with_the_linker_at_the_boundary(tmp_path: Path) -> 
     """The stack reservation moves the RAM boundary byte by byte: with the stack that leaves
     exactly what the pre-check says the model and runtime need, the firmware links; one byte
     more and the pre-check refuses (before compiling), instead of `ld` failing after it."""
-    from mcutrain.compiler import compile_model
-    from mcutrain.report import BoardLimits, inference_ram
+    from mcutrain.compile.compiler import compile_model
+    from mcutrain.compile.report import BoardLimits, inference_ram
 
     need = inference_ram(compile_model(DEFAULT_MODEL), BoardLimits("f746", F746_RAM, F746_FLASH,
                                                                     stack_bytes=0))
@@ -155,8 +156,8 @@ def test_ram_precheck_agrees_with_the_linker_at_the_boundary(tmp_path: Path) -> 
 
 
 def test_stack_size_is_read_like_the_linker_reads_it() -> None:
-    from mcutrain.firmware_size import DEFAULT_STACK_BYTES, stack_bytes_from_flags
-    from mcutrain.graph import ModelError
+    from mcutrain.compile.firmware_size import DEFAULT_STACK_BYTES, stack_bytes_from_flags
+    from mcutrain.frontend.graph import ModelError
 
     script = (ROOT / "firmware" / "bsp" / "cortex_m7_sections.ld").read_text()
     assert f"__stack_size__ : {DEFAULT_STACK_BYTES // 1024}K;" in script
@@ -170,9 +171,9 @@ def test_stack_size_is_read_like_the_linker_reads_it() -> None:
 
 
 def test_inference_fit_check_counts_arena_runtime_and_stack_exactly() -> None:
-    from mcutrain.compiler import compile_model
-    from mcutrain.graph import ModelError
-    from mcutrain.report import RUNTIME_STATIC_RAM, BoardLimits, check_fits, inference_ram
+    from mcutrain.compile.compiler import compile_model
+    from mcutrain.compile.report import RUNTIME_STATIC_RAM, BoardLimits, check_fits, inference_ram
+    from mcutrain.frontend.graph import ModelError
 
     model = compile_model(DEFAULT_MODEL)
     need = inference_ram(model, BoardLimits("f746", F746_RAM, F746_FLASH)).total

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from firmware_support import open_board, port_scheme, tflite_reference
-from mcutrain.compiler import compile_model
-from mcutrain.device import quantize_input
-from mcutrain.protocol import DType, TensorDesc
+from mcutrain.compile.compiler import compile_model
+from mcutrain.host.device import quantize_input
+from mcutrain.host.protocol import DType, TensorDesc
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "models"

@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from mcutrain.compiler import compile_model
-from mcutrain.graph import ModelError
-from mcutrain.report import BoardLimits, check_training_fits, inference_ram, short_name
-from mcutrain.scheme import parse_scheme
-from mcutrain.training_graph import build_training
+from mcutrain.compile.compiler import compile_model
+from mcutrain.compile.report import BoardLimits, inference_ram, short_name
+from mcutrain.frontend.graph import ModelError
+from mcutrain.train.report import check_training_fits
+from mcutrain.train.scheme import parse_scheme
+from mcutrain.train.training_graph import build_training
 
 ROOT = Path(__file__).resolve().parents[1]
 F746 = BoardLimits("f746", 320 * 1024, 1024 * 1024)

@@ -1,5 +1,5 @@
-"""The float32 TensorFlow reference (mcutrain.fp32_reference): the float model built from our IR
-behaves like the int8 model it came from, and its training follows the scheme."""
+"""The float32 TensorFlow reference (mcutrain.train.fp32_reference): the float model built from
+our IR behaves like the int8 model it came from, and its training follows the scheme."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 from ai_edge_litert.interpreter import Interpreter, OpResolverType  # noqa: E402
 
-from mcutrain.compiler import compile_model  # noqa: E402
-from mcutrain.fp32_reference import (  # noqa: E402
+from mcutrain.compile.compiler import compile_model  # noqa: E402
+from mcutrain.train.fp32_reference import (
     build_float_model,
     parametric_layers,
     quantize_input,
     train_fp32,
 )
-from mcutrain.scheme import parse_scheme, plan_layers  # noqa: E402
+from mcutrain.train.scheme import parse_scheme, plan_layers  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 HAR = ROOT / "models" / "har_cnn1d_int8.tflite"
@@ -126,7 +126,7 @@ def test_training_improves_adapt_test(scheme: dict) -> None:
 def test_logits_model_trains_on_its_output_as_logits() -> None:
     """A model without a final SOFTMAX: the float cross-entropy is taken on its output, and it
     agrees with the int8 training loss (grad_rules.logits_cross_entropy on the int8 output)."""
-    from mcutrain.grad_rules import logits_cross_entropy
+    from mcutrain.train.grad_rules import logits_cross_entropy
 
     path = ROOT / "models" / "test" / "wide_logits_int8.tflite"
     compiled = compile_model(path)

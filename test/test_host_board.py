@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mcutrain.cli import main as cli_main
-from mcutrain.device import Device, ProcessTransport, build_host_firmware, open_device
-from mcutrain.protocol import (
+from mcutrain.host.cli import main as cli_main
+from mcutrain.host.device import Device, ProcessTransport, build_host_firmware, open_device
+from mcutrain.host.protocol import (
     PROTOCOL_VERSION,
     CounterUnit,
     DeviceError,
@@ -424,7 +424,7 @@ def test_cli_version_matches_pyproject(capsys: pytest.CaptureFixture[str]) -> No
 def test_every_cli_option_has_help() -> None:
     import argparse
 
-    from mcutrain.cli import build_parser
+    from mcutrain.host.cli import build_parser
 
     def undocumented(parser: argparse.ArgumentParser, where: str) -> list[str]:
         missing = []

@@ -12,11 +12,11 @@ import pytest
 import tflite
 
 import model_mutation as mm
-from mcutrain.codegen import generate_model_source
-from mcutrain.compiler import _prepare, compile_model
-from mcutrain.graph import MESSAGE_LIMIT, ModelError
-from mcutrain.reference import run_reference
-from mcutrain.tflite_reader import read_tflite
+from mcutrain.compile.codegen import generate_model_source
+from mcutrain.compile.compiler import _prepare, compile_model
+from mcutrain.compile.reference import run_reference
+from mcutrain.frontend.graph import MESSAGE_LIMIT, ModelError
+from mcutrain.frontend.tflite_reader import read_tflite
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
 HELLO = (MODELS / "third_party" / "tflm_hello_world_int8.tflite").read_bytes()
@@ -242,9 +242,9 @@ def test_fc_bias_scale_off_the_product_is_refused_like_tflite() -> None:
 def test_scales_too_small_to_train_are_refused() -> None:
     """Normal but tiny weight and bias scales of har's last FULLY_CONNECTED: 1/(sx * sw), a
     training coefficient, overflows float32."""
-    from mcutrain.scheme import load_scheme
-    from mcutrain.train_codegen import generate_training_source
-    from mcutrain.training_graph import build_training
+    from mcutrain.train.codegen import generate_training_source
+    from mcutrain.train.scheme import load_scheme
+    from mcutrain.train.training_graph import build_training
 
     root = MODELS.parent
     data = (MODELS / "har_cnn1d_int8.tflite").read_bytes()

@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 
 from firmware_support import build_firmware
-from mcutrain import kept_board
-from mcutrain.cli import main as cli_main
-from mcutrain.device import open_device
-from mcutrain.qemu import QemuError, resolve_elf
+from mcutrain.host import kept_board
+from mcutrain.host.cli import main as cli_main
+from mcutrain.host.device import open_device
+from mcutrain.host.qemu import QemuError, resolve_elf
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "models" / "har_cnn1d_int8.tflite"
@@ -205,10 +205,10 @@ def test_info_from_a_non_editable_install(tmp_path: Path, built_elf: Path) -> No
     where = python("-c", "import mcutrain; print(mcutrain.__file__)").stdout
     assert Path(where.strip()).is_relative_to(target)
     try:
-        proc = python("-m", "mcutrain.cli", "info", "--timeout", "60")
+        proc = python("-m", "mcutrain.host.cli", "info", "--timeout", "60")
         assert proc.returncode == 0, proc.stderr
         assert f"firmware ELF   {elf}" in proc.stdout
     finally:
-        stopped = python("-m", "mcutrain.cli", "board", "stop")
+        stopped = python("-m", "mcutrain.host.cli", "board", "stop")
     assert "stopped the emulated board" in stopped.stdout, stopped.stderr
     assert kept_board.read_record(elf) is None

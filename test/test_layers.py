@@ -11,13 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mcutrain.cli import main
-from mcutrain.compiler import compile_model
-from mcutrain.graph import ModelError
-from mcutrain.layers import list_layers
-from mcutrain.report import BoardLimits, check_training_fits
-from mcutrain.scheme import parse_scheme, plan_layers
-from mcutrain.training_graph import build_training
+from mcutrain.compile.compiler import compile_model
+from mcutrain.compile.report import BoardLimits
+from mcutrain.frontend.graph import ModelError
+from mcutrain.host.cli import main
+from mcutrain.host.layers import list_layers
+from mcutrain.train.report import check_training_fits
+from mcutrain.train.scheme import parse_scheme, plan_layers
+from mcutrain.train.training_graph import build_training
 
 ROOT = Path(__file__).resolve().parents[1]
 HAR = ROOT / "models" / "har_cnn1d_int8.tflite"
@@ -92,7 +93,7 @@ def test_table_names_work_in_a_scheme(capsys: pytest.CaptureFixture) -> None:
 
 
 def test_layers_reads_the_model_without_tensorflow() -> None:
-    code = ("import sys; from mcutrain.cli import main; main(['layers', sys.argv[1]]); "
+    code = ("import sys; from mcutrain.host.cli import main; main(['layers', sys.argv[1]]); "
             "assert not any(m.split('.')[0] in ('tensorflow', 'ai_edge_litert', 'keras') "
             "for m in sys.modules), 'imported a TensorFlow package'")
     proc = subprocess.run([sys.executable, "-c", code, str(HAR)], capture_output=True,

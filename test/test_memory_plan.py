@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mcutrain.memory_plan import ArenaPlanner
+from mcutrain.compile.memory_plan import ArenaPlanner
 
 
 def test_chain_reuses_memory_exactly() -> None:

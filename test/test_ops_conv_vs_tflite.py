@@ -1,8 +1,8 @@
 """CONV_2D, DEPTHWISE_CONV_2D and FULLY_CONNECTED against TensorFlow Lite itself.
 
 Tiny Keras models are converted in memory to full-int8 TFLite (int8 input and output), read with
-mcutrain.tflite_reader, and every supported operator is checked in isolation: TFLite's own input
-tensor for the op goes through prepare + reference, and the result must equal TFLite's output
+mcutrain.frontend.tflite_reader, and every supported operator is checked in isolation: TFLite's
+own input tensor for the op goes through prepare + reference, and the result must equal TFLite's output
 tensor bit for bit under the REFERENCE op resolver (BUILTIN_REF). What the default resolver
 computes is recorded too (test_optimized_resolver_is_single_rounding).
 Conversions are cached for the session.
@@ -18,9 +18,9 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from mcutrain.graph import Graph
+from mcutrain.frontend.graph import Graph
+from mcutrain.frontend.tflite_reader import read_tflite
 from mcutrain.ops import conv2d, depthwise_conv2d, fully_connected
-from mcutrain.tflite_reader import read_tflite
 from tflite_convert import convert_full_int8
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")

@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 import tensorflow as tf  # noqa: E402
 
-from mcutrain.graph import Graph
+from mcutrain.frontend.graph import Graph
+from mcutrain.frontend.tflite_reader import read_tflite
 from mcutrain.ops.base import lookup
-from mcutrain.tflite_reader import read_tflite
 from tflite_convert import convert_full_int8
 
 OURS = {"ADD", "AVERAGE_POOL_2D", "MAX_POOL_2D", "PAD", "PADV2", "CONCATENATION", "RESHAPE",

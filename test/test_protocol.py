@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from cobs import cobs
 
-from mcutrain.device import dequantize_output, quantize_input
-from mcutrain.protocol import (
+from mcutrain.host.device import dequantize_output, quantize_input
+from mcutrain.host.protocol import (
     CounterUnit,
     DeviceError,
     DeviceInfo,

@@ -1,6 +1,6 @@
 """The emulated board and its launcher, independent of the model and the protocol.
 
-- mcutrain.qemu's error paths (missing or bad ELF, missing QEMU, QEMU dying at start);
+- mcutrain.host.qemu's error paths (missing or bad ELF, missing QEMU, QEMU dying at start);
 - the boards' linker scripts and JSONs agree on the STM32F746's 1 MB flash / 320 KB RAM;
 - the QEMU board support itself: a tiny test program, compiled here with arm-none-eabi-g++
   against firmware/bsp/qemu_mps2_an500 (no PlatformIO, no model), prints over UART0 through
@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 import serial
 
-from mcutrain import qemu
-from mcutrain.qemu import QemuBoard, QemuError, find_default_elf
+from mcutrain.host import qemu
+from mcutrain.host.qemu import QemuBoard, QemuError, find_default_elf
 
 ROOT = Path(__file__).resolve().parents[1]
 BSP_DIR = ROOT / "firmware" / "bsp"

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mcutrain.compiler import compile_model
-from mcutrain.graph import ModelError
+from mcutrain.compile.compiler import compile_model
+from mcutrain.frontend.graph import ModelError
+from mcutrain.frontend.tflite_reader import read_tflite
 from mcutrain.ops.base import lookup
-from mcutrain.tflite_reader import read_tflite
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
 MAGIC_WAND = MODELS / "third_party" / "arduino_magic_wand_int8.tflite"

@@ -19,11 +19,11 @@ import pytest
 
 import model_mutation as mm
 from fuzz_models import Mutant, mutants
-from mcutrain.codegen import generate_model_source
-from mcutrain.compiler import compile_model
-from mcutrain.device import build_host_firmware, open_device
-from mcutrain.graph import ModelError
-from mcutrain.reference import run_reference
+from mcutrain.compile.codegen import generate_model_source
+from mcutrain.compile.compiler import compile_model
+from mcutrain.compile.reference import run_reference
+from mcutrain.frontend.graph import ModelError
+from mcutrain.host.device import build_host_firmware, open_device
 
 THIRD_PARTY = Path(__file__).resolve().parents[1] / "models" / "third_party"
 MODELS = {name: (THIRD_PARTY / f"{name}.tflite").read_bytes()

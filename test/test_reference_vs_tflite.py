@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from firmware_support import tflite_reference
-from mcutrain.compiler import compile_model
-from mcutrain.reference import run_reference
+from mcutrain.compile.compiler import compile_model
+from mcutrain.compile.reference import run_reference
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
 ALL = sorted([*MODELS.glob("*.tflite"), *MODELS.glob("*/*.tflite")])

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from mcutrain.graph import ModelError
-from mcutrain.scheme import load_scheme, parse_scheme, plan_layers
+from mcutrain.frontend.graph import ModelError
+from mcutrain.train.scheme import load_scheme, parse_scheme, plan_layers
 
 # (step, output tensor name, output channels) of a 4-layer model
 LAYERS = [(0, "conv1", 16), (2, "conv2", 32), (4, "conv3", 64), (7, "fc", 3)]

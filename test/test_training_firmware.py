@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 
 from firmware_support import build_firmware
-from mcutrain.compiler import compile_model
-from mcutrain.device import open_device
-from mcutrain.firmware_size import firmware_size
-from mcutrain.protocol import DeviceError, RequestType
-from mcutrain.scheme import load_scheme
-from mcutrain.train_reference import TrainingReference, check_state_equal
-from mcutrain.training_graph import build_training
+from mcutrain.compile.compiler import compile_model
+from mcutrain.compile.firmware_size import firmware_size
+from mcutrain.host.device import open_device
+from mcutrain.host.protocol import DeviceError, RequestType
+from mcutrain.train.reference import TrainingReference, check_state_equal
+from mcutrain.train.scheme import load_scheme
+from mcutrain.train.training_graph import build_training
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "models"

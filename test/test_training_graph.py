@@ -7,11 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mcutrain.compiler import compile_model
-from mcutrain.graph import ModelError
-from mcutrain.report import BoardLimits, check_training_fits, training_report
-from mcutrain.scheme import load_scheme, parse_scheme
-from mcutrain.training_graph import build_training, grad_buffer
+from mcutrain.compile.compiler import compile_model
+from mcutrain.compile.report import BoardLimits
+from mcutrain.frontend.graph import ModelError
+from mcutrain.train.report import check_training_fits, training_report
+from mcutrain.train.scheme import load_scheme, parse_scheme
+from mcutrain.train.training_graph import build_training, grad_buffer
 
 ROOT = Path(__file__).resolve().parents[1]
 HAR = ROOT / "models" / "har_cnn1d_int8.tflite"

@@ -3,7 +3,7 @@
 // An operator with a fused RELU/RELU6/RELU_N1_TO_1 keeps, instead of its whole int8 output, one
 // bit per element saying whether the output was strictly inside the clamp (lo < y < hi); the
 // backward pass zeroes the output gradient where the bit is 0. The host
-// (python/mcutrain/grad_rules.py) chooses lo and hi: for RELU hi = 128, so only the lower
+// (python/mcutrain/train/grad_rules.py) chooses lo and hi: for RELU hi = 128, so only the lower
 // clamp masks.
 #pragma once
 

@@ -2,7 +2,7 @@
 //
 // These reproduce TensorFlow Lite's integer arithmetic exactly (the "double rounding" variant that
 // TFLite and TFLite Micro build by default): a real multiplier M is stored as a Q31 significand and
-// a power-of-two exponent, M = significand * 2^(shift - 31). python/mcutrain/quant.py computes
+// a power-of-two exponent, M = significand * 2^(shift - 31). python/mcutrain/ops/quant.py computes
 // the same significands on the host and mirrors these functions in numpy; both must stay in step.
 #pragma once
 

@@ -1,6 +1,6 @@
 // The fp32 classifier of a training scheme with "classifier": "fp32" (docs/training.md,
 // "fp32 classifier"): the model's final FULLY_CONNECTED (+ SOFTMAX) run in float32 with weights
-// held in the trainable state block. python/mcutrain/float_classifier.py mirrors every function
+// held in the trainable state block. python/mcutrain/train/float_classifier.py mirrors every function
 // operation for operation; the trained float weights agree bit for bit as long as this file is
 // built with -ffp-contract=off (no fused multiply-add) and no libm function enters the state
 // (exp is implemented here; only the reported loss uses logf).

@@ -1,5 +1,5 @@
 // Reference fp32 classifier. Every float expression is one IEEE operation written in the order
-// python/mcutrain/float_classifier.py evaluates it (build with -ffp-contract=off).
+// python/mcutrain/train/float_classifier.py evaluates it (build with -ffp-contract=off).
 #include "kernels/float_classifier.h"
 
 #include <cmath>

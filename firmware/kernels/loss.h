@@ -1,6 +1,6 @@
 // Losses for training (docs/training.md, "Loss, classification" and "Loss, regression"): each
 // turns the forward output into the first gradient (int16 + scale) and reports the loss value.
-// python/mcutrain/grad_rules.py mirrors all three; the gradients agree bit for bit, the loss values
+// python/mcutrain/train/grad_rules.py mirrors all three; the gradients agree bit for bit, the loss values
 // within float rounding of the log.
 #pragma once
 

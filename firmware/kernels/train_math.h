@@ -1,5 +1,5 @@
 // Arithmetic shared by every backward and update kernel (docs/training.md, "Shared arithmetic").
-// python/mcutrain/train_math.py mirrors each function; the float expressions are written out
+// python/mcutrain/ops/train_math.py mirrors each function; the float expressions are written out
 // step by step because the reference and the firmware must round identically. Build with
 // -ffp-contract=off so the compiler does not fuse a multiply and an add.
 #pragma once

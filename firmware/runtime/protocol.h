@@ -1,4 +1,4 @@
-// Serial protocol between the host tool (python/mcutrain/protocol.py mirrors this file) and the
+// Serial protocol between the host tool (python/mcutrain/host/protocol.py mirrors this file) and the
 // firmware.
 //
 // Line format. Every frame is COBS-encoded and has a 0x00 delimiter BEFORE and AFTER it:

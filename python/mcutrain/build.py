@@ -13,10 +13,12 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .codegen import generate_model_source, write_if_changed
-from .compiler import compile_model
-from .report import BoardLimits, build_report, check_fits, check_training_fits, training_report
-from .scheme import load_scheme
+from .compile.codegen import generate_model_source
+from .compile.compiler import compile_model
+from .compile.report import BoardLimits, build_report, check_fits
+from .ops.cxx import write_if_changed
+from .train.report import check_training_fits, training_report
+from .train.scheme import load_scheme
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -55,8 +57,8 @@ def generate_for_build(model_path: Path, build_dir: Path, limits: BoardLimits,
         check_fits(model, weight_bytes, limits)
         report = build_report(model, weight_bytes, limits)
     else:
-        from .train_codegen import generate_training_source
-        from .training_graph import build_training
+        from .train.codegen import generate_training_source
+        from .train.training_graph import build_training
 
         program = build_training(model, load_scheme(scheme_path))
         source, weight_bytes = generate_training_source(program)

@@ -24,11 +24,11 @@ import numpy as np
 import pytest
 from host_build import host_compile, host_library
 
-from mcutrain import grad_rules
-from mcutrain.codegen import ConstPool
-from mcutrain.graph import Graph, Operator, Quant, Tensor
+from mcutrain.frontend.graph import Graph, Operator, Quant, Tensor
 from mcutrain.ops.base import BACKWARD, GradRef, lookup
-from mcutrain.train_math import F32, GRAD_MAX, QGrad, XorShift32
+from mcutrain.ops.cxx import ConstPool
+from mcutrain.ops.train_math import F32, GRAD_MAX, QGrad, XorShift32
+from mcutrain.train import grad_rules
 
 ROOT = Path(__file__).resolve().parents[2]
 KERNELS = ROOT / "firmware" / "kernels"
@@ -997,7 +997,7 @@ def conv_logits_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_cross_entropy_on_conv_logits_through_reshape(conv_logits_model: Path,
                                                       tmp_path: Path) -> None:
-    from mcutrain.compiler import compile_model
+    from mcutrain.compile.compiler import compile_model
 
     opcodes = [p.op.opcode for p in compile_model(conv_logits_model).ops]
     assert opcodes == ["CONV_2D", "CONV_2D", "RESHAPE"]
@@ -1005,11 +1005,11 @@ def test_cross_entropy_on_conv_logits_through_reshape(conv_logits_model: Path,
 
 
 def _host_build_matches_reference(path: Path, raw: dict, tmp_path: Path, seed: int) -> None:
-    from mcutrain.compiler import compile_model
-    from mcutrain.scheme import parse_scheme
-    from mcutrain.train_codegen import generate_training_source
-    from mcutrain.train_reference import TrainingReference
-    from mcutrain.training_graph import build_training
+    from mcutrain.compile.compiler import compile_model
+    from mcutrain.train.codegen import generate_training_source
+    from mcutrain.train.reference import TrainingReference
+    from mcutrain.train.scheme import parse_scheme
+    from mcutrain.train.training_graph import build_training
 
     model = compile_model(path)
     program = build_training(model, parse_scheme(raw))

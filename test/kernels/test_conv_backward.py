@@ -21,10 +21,10 @@ import pytest
 from host_build import host_library
 from test_conv_kernels import MODULES, Case, _ptr, _scalars, build_graph
 
-from mcutrain.graph import ModelError
+from mcutrain.frontend.graph import ModelError
 from mcutrain.ops import param_train
 from mcutrain.ops.base import BACKWARD, GradRef, TrainBinding, TrainEmit, TrainSlot
-from mcutrain.train_math import F32, GRAD_MAX, QGrad, XorShift32
+from mcutrain.ops.train_math import F32, GRAD_MAX, QGrad, XorShift32
 
 ROOT = Path(__file__).resolve().parents[2]
 OPCODES = {"conv": "CONV_2D", "dw": "DEPTHWISE_CONV_2D", "fc": "FULLY_CONNECTED"}

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from host_build import host_library
 
-from mcutrain.graph import Graph, ModelError, Operator, Quant, Tensor
+from mcutrain.frontend.graph import Graph, ModelError, Operator, Quant, Tensor
 from mcutrain.ops import common, conv2d, depthwise_conv2d, fully_connected
 
 ROOT = Path(__file__).resolve().parents[2]

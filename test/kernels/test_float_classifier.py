@@ -1,5 +1,5 @@
 """The fp32 classifier (docs/training.md, "fp32 classifier"): numpy definition
-(mcutrain.float_classifier) vs the C++ kernel (firmware/kernels/float_classifier.h through
+(mcutrain.train.float_classifier) vs the C++ kernel (firmware/kernels/float_classifier.h through
 test/kernels/shim_float.cc), bit for bit over several chained training steps, plus an independent
 float64 check of the forward pass and the gradients.
 """
@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mcutrain import float_classifier as fcl
-from mcutrain.compiler import compile_model
-from mcutrain.graph import ModelError
-from mcutrain.scheme import parse_scheme
-from mcutrain.train_math import F32, GRAD_MAX
-from mcutrain.training_graph import build_training
+from mcutrain.compile.compiler import compile_model
+from mcutrain.frontend.graph import ModelError
+from mcutrain.ops.train_math import F32, GRAD_MAX
+from mcutrain.train import float_classifier as fcl
+from mcutrain.train.scheme import parse_scheme
+from mcutrain.train.training_graph import build_training
 
 _F = ctypes.c_float
 _I = ctypes.c_int32

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 from host_build import host_library
 
-from mcutrain.codegen import ConstPool
-from mcutrain.graph import Graph, ModelError, Operator, Quant, Tensor
+from mcutrain.frontend.graph import Graph, ModelError, Operator, Quant, Tensor
 from mcutrain.ops.base import lookup
+from mcutrain.ops.cxx import ConstPool
 
 ROOT = Path(__file__).resolve().parents[2]
 KERNELS = ROOT / "firmware" / "kernels"

@@ -19,9 +19,9 @@ import pytest
 from host_build import host_library
 
 from conftest import KERNELS
-from mcutrain.codegen import ConstPool
-from mcutrain.graph import Graph, ModelError, Operator, Quant, Tensor
+from mcutrain.frontend.graph import Graph, ModelError, Operator, Quant, Tensor
 from mcutrain.ops.base import lookup
+from mcutrain.ops.cxx import ConstPool
 
 
 @dataclass

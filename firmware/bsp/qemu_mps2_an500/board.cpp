@@ -3,7 +3,7 @@
 // Serial: CMSDK APB UART0, polled. Counter: SysTick clocked from the 25 MHz system clock. Under
 // -icount shift=3 every instruction takes 8 ns of virtual time, so one 40 ns SysTick tick is
 // exactly 5 retired instructions. counter_now() returns ticks * 5, a deterministic instruction
-// count with a resolution of 5 (python/mcutrain/qemu.py: INSTRUCTIONS_PER_TICK).
+// count with a resolution of 5 (python/mcutrain/host/qemu.py: INSTRUCTIONS_PER_TICK).
 #include <cstddef>
 #include <cstdint>
 

@@ -1,4 +1,9 @@
-"""Operator library: importing a module registers its OpDef (see ops/base.py for the contract)."""
+"""Operator library: importing a module registers its OpDef (see ops/base.py for the contract).
+
+Beside the operator modules sit what they are built from, the numeric mirrors of the firmware's
+shared kernel headers (quant.py: fixed_point.h, train_math.py: train_math.h) and the C++ emission
+helpers (cxx.py). They import only frontend.graph, so every later stage may use them.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import importlib
 import pkgutil
 
 _loaded = False
+_NOT_OPERATORS = ("base", "common", "cxx", "quant", "train_math")
 
 
 def load_all() -> None:
@@ -14,6 +20,6 @@ def load_all() -> None:
     if _loaded:
         return
     for info in pkgutil.iter_modules(__path__):
-        if info.name != "base":
+        if info.name not in _NOT_OPERATORS:
             importlib.import_module(f"{__name__}.{info.name}")
     _loaded = True

@@ -23,7 +23,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ..graph import Graph, ModelError, Operator
+from ..frontend.graph import Graph, ModelError, Operator
+
+# The weighted operators: what a training scheme calls its layers (index = position among them).
+PARAMETRIC = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
 
 
 class EmitContext(Protocol):

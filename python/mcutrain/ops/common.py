@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import quant
-from ..graph import Graph, ModelError, Operator, Tensor
+from ..frontend.graph import Graph, ModelError, Operator, Tensor
+from . import quant
 
 
 def fail(op: Operator, message: str) -> ModelError:

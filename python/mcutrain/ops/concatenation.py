@@ -12,8 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..graph import Graph, Operator
-from ..train_math import F32, QGrad, XorShift32
+from ..frontend.graph import Graph, Operator
 from .base import (
     BackwardDef,
     EmitContext,
@@ -26,6 +25,7 @@ from .base import (
     register_backward,
 )
 from .common import fail, output_tensor, require_int8_activation
+from .train_math import F32, QGrad, XorShift32
 
 
 @dataclass(frozen=True)

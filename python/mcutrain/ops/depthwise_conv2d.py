@@ -16,8 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..graph import Graph, Operator
-from ..train_math import QGrad, XorShift32
+from ..frontend.graph import Graph, Operator
 from . import common, param_train
 from .base import (
     BackwardDef,
@@ -30,6 +29,7 @@ from .base import (
     register,
     register_backward,
 )
+from .train_math import QGrad, XorShift32
 
 
 @dataclass(frozen=True, eq=False)

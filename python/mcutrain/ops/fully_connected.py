@@ -23,10 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import quant
-from ..graph import Graph, ModelError, Operator
-from ..train_math import QGrad, XorShift32
-from . import common, param_train
+from ..frontend.graph import Graph, ModelError, Operator
+from . import common, param_train, quant
 from .base import (
     BackwardDef,
     EmitContext,
@@ -38,6 +36,7 @@ from .base import (
     register,
     register_backward,
 )
+from .train_math import QGrad, XorShift32
 
 
 @dataclass(frozen=True, eq=False)

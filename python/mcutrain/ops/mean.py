@@ -29,9 +29,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import quant
-from ..graph import Graph, Operator
-from ..train_math import F32, QGrad, XorShift32
+from ..frontend.graph import Graph, Operator
+from . import quant
 from .base import (
     BackwardDef,
     EmitContext,
@@ -50,6 +49,7 @@ from .common import (
     tensor_at,
     wrap_int32,
 )
+from .train_math import F32, QGrad, XorShift32
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..graph import Graph, Operator, Tensor
-from ..train_math import F32, QGrad, XorShift32
+from ..frontend.graph import Graph, Operator, Tensor
 from .base import (
     BackwardDef,
     EmitContext,
@@ -27,6 +26,7 @@ from .base import (
     register_backward,
 )
 from .common import fail, output_tensor, tensor_at
+from .train_math import F32, QGrad, XorShift32
 
 MAX_RANK = 4
 

@@ -17,9 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from ..codegen import c_float
-from ..graph import ModelError
-from ..train_math import (
+from ..frontend.graph import ModelError
+from .base import EmitContext, GradRef, TrainBinding, TrainEmit, TrainSlot
+from .cxx import c_float
+from .train_math import (
     F32,
     QGrad,
     XorShift32,
@@ -29,7 +30,6 @@ from ..train_math import (
     saturate_bias,
     saturate_weight,
 )
-from .base import EmitContext, GradRef, TrainBinding, TrainEmit, TrainSlot
 
 # (params, filter with trained channels substituted, folded dy as int64) -> int64 accumulators
 InputGradFn = Callable[[Any, np.ndarray, np.ndarray], np.ndarray]

@@ -15,8 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..graph import Graph, Operator
-from ..train_math import F32, QGrad, XorShift32, grad_requantize
+from ..frontend.graph import Graph, Operator
 from .base import (
     BackwardDef,
     EmitContext,
@@ -36,6 +35,7 @@ from .common import (
     require_int8_activation,
     tensor_at,
 )
+from .train_math import F32, QGrad, XorShift32, grad_requantize
 
 
 @dataclass(frozen=True)

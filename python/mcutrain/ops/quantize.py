@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import quant
-from ..graph import Graph, Operator
+from ..frontend.graph import Graph, Operator
+from . import quant
 from .base import EmitContext, OpDef, c_int_list, register
 from .common import fail, output_tensor, require_int8_activation, tensor_at, wrap_int32
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..graph import Graph, Operator
+from ..frontend.graph import Graph, Operator
 from .base import EmitContext, OpDef, register
 from .common import fail, output_tensor, tensor_at
 

@@ -31,8 +31,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import quant
-from ..graph import Graph, Operator
+from ..frontend.graph import Graph, Operator
+from . import quant
 from .base import EmitContext, OpDef, register
 from .common import fail, output_tensor, require_int8_activation, struct_init, wrap_int32
 

@@ -1,7 +1,7 @@
 """Float32 TensorFlow reference for on-device training: what ideal (float) training would do.
 
-The float model is built from our IR (mcutrain.compiler), not from the .tflite through TFLite's
-own tooling, so it trains exactly the operators and parameters the firmware trains: weights are
+The float model is built from our IR (mcutrain.compile.compiler), not from the .tflite through
+TFLite's own tooling, so it trains exactly the operators and parameters the firmware trains: weights are
 dequantized (W = sW[c] * Wq, b = sb[c] * bq), the float input is what the int8 input represents
 (quantize then dequantize with the input tensor's parameters), and intermediate activations are
 not quantized. Training follows a scheme (docs/training.md) with plain SGD, batch 1, softmax
@@ -23,9 +23,10 @@ from typing import Any
 
 import numpy as np
 
-from .compiler import CompiledModel, PreparedOp, compile_model
-from .graph import Graph, ModelError, Tensor
-from .scheme import PARAMETRIC, LayerPlan, Scheme, parse_scheme, plan_layers
+from ..compile.compiler import CompiledModel, PreparedOp, compile_model
+from ..frontend.graph import Graph, ModelError, Tensor
+from ..ops.base import PARAMETRIC
+from .scheme import LayerPlan, Scheme, parse_scheme, plan_layers
 
 
 def _tf() -> Any:

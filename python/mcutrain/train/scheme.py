@@ -15,9 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .graph import ModelError
+from ..frontend.graph import ModelError
 
-PARAMETRIC = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
 PRESETS = ("bias-only", "last-k", "sparse", "full")
 RATIOS = (1.0, 0.5, 0.25, 0.125)
 CLASSIFIERS = ("int8", "fp32")

@@ -15,11 +15,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .compiler import CompiledModel, compile_model
-from .graph import ModelError
-from .report import BoardLimits, inference_ram, training_ram
-from .scheme import PARAMETRIC, RATIOS, parse_scheme
-from .training_graph import build_training
+from ..compile.compiler import CompiledModel, compile_model
+from ..compile.report import BoardLimits, inference_ram
+from ..frontend.graph import ModelError
+from ..ops.base import PARAMETRIC
+from ..train.report import training_ram
+from ..train.scheme import RATIOS, parse_scheme
+from ..train.training_graph import build_training
 
 COST_RATIOS = (1.0, 0.125)  # the table's weight columns; --json has every ratio
 

@@ -16,7 +16,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from .graph import ModelError
+from ..frontend.graph import ModelError
 
 FLASH_SECTIONS = (".isr_vector", ".text", ".rodata", ".ARM.extab", ".ARM.exidx",
                   ".preinit_array", ".init_array", ".fini_array", ".data")

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .codegen import ConstPool, c_float
-from .compiler import CompiledModel
-from .graph import ModelError
-from .train_math import F32, QGrad, grad_requantize_f32, round_half_away
+from ..compile.compiler import CompiledModel
+from ..frontend.graph import ModelError
+from ..ops.cxx import ConstPool, c_float
+from ..ops.train_math import F32, QGrad, grad_requantize_f32, round_half_away
 
 HEADER = "kernels/float_classifier.h"
 

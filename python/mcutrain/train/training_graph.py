@@ -20,15 +20,15 @@ from types import ModuleType
 
 import numpy as np
 
-from .compiler import CompiledModel, PreparedOp
+from ..compile.compiler import CompiledModel, PreparedOp
+from ..compile.memory_plan import ArenaPlanner
+from ..frontend.graph import ModelError
+from ..ops import load_all
+from ..ops.base import BACKWARD, PARAMETRIC, BackwardDef, TrainSlot
+from ..ops.quant import activation_range
+from ..ops.train_math import GRAD_MAX
 from .float_classifier import FloatClassifier, plan_float_classifier
-from .graph import ModelError
-from .memory_plan import ArenaPlanner
-from .ops import load_all
-from .ops.base import BACKWARD, BackwardDef, TrainSlot
-from .quant import activation_range
-from .scheme import PARAMETRIC, LayerPlan, Scheme, plan_layers
-from .train_math import GRAD_MAX
+from .scheme import LayerPlan, Scheme, plan_layers
 
 _PARAM_MODULES = {"CONV_2D": "conv2d", "DEPTHWISE_CONV_2D": "depthwise_conv2d",
                   "FULLY_CONNECTED": "fully_connected"}
@@ -137,7 +137,7 @@ def build_training(model: CompiledModel, scheme: Scheme) -> TrainProgram:
 
 def _import_backward_rules() -> None:
     # Backward rules register on import, like forward OpDefs; grad_rules holds masks and losses.
-    importlib.import_module("mcutrain.grad_rules")
+    importlib.import_module("mcutrain.train.grad_rules")
 
 
 def _parametric(model: CompiledModel) -> list[tuple[int, str, int]]:

@@ -14,9 +14,9 @@ import dataclasses
 
 import numpy as np
 
+from ..ops.base import TrainSlot
+from ..ops.train_math import QGrad, XorShift32
 from . import float_classifier, grad_rules
-from .ops.base import TrainSlot
-from .train_math import QGrad, XorShift32
 from .training_graph import TrainProgram, param_module
 
 

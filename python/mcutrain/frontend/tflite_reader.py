@@ -1,4 +1,4 @@
-"""Read a .tflite flatbuffer into the graph IR (mcutrain.graph).
+"""Read a .tflite flatbuffer into the graph IR (mcutrain.frontend.graph).
 
 Uses the `tflite` package (Python classes generated from TFLite's schema.fbs) on top of
 `flatbuffers`, so reading a model never imports TensorFlow. Python flatbuffers does no

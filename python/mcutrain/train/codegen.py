@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import dataclasses
 
+from ..compile.codegen import model_desc, source_name
+from ..ops.base import GradRef, TrainBinding, TrainEmit
+from ..ops.cxx import ConstPool, c_float, indent
 from . import float_classifier, grad_rules
-from .codegen import ConstPool, c_float, indent, model_desc, source_name
-from .ops.base import GradRef, TrainBinding, TrainEmit
 from .training_graph import (
     CLASSIFIER_SCRATCH,
     CLASSIFIER_WORK,

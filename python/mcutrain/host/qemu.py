@@ -11,7 +11,7 @@ firmware prints is lost: the guest starts running only once the host connects to
     with QemuBoard(find_default_elf(project_dir)) as board:
         port = serial.serial_for_url(board.url, baudrate=115200, timeout=1)
 
-QemuBoard is private to its user and ends with it; mcutrain.kept_board keeps one board per ELF
+QemuBoard is private to its user and ends with it; mcutrain.host.kept_board keeps one board per ELF
 alive between `mcutrain` commands.
 """
 

@@ -10,11 +10,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .graph import Graph, ModelError, Operator, check_deployable, strip_io_conversions
+from ..frontend.graph import Graph, ModelError, Operator, check_deployable, strip_io_conversions
+from ..frontend.tflite_reader import read_tflite
+from ..ops.base import OpDef, lookup
+from ..ops.quant import ScaleRangeError
 from .memory_plan import ArenaPlanner
-from .ops.base import OpDef, lookup
-from .quant import ScaleRangeError
-from .tflite_reader import read_tflite
 
 
 @dataclass

@@ -3,7 +3,7 @@
 Ports (``open_device``):
   ``/dev/ttyACM0``                     a serial device at 115200 baud (the DISCO's ST-LINK VCP)
   ``socket://``, ``rfc2217://``, ...   any pyserial URL
-  ``qemu`` / ``qemu:PATH.elf``         the emulated board (mcutrain.qemu): the PlatformIO
+  ``qemu`` / ``qemu:PATH.elf``         the emulated board (mcutrain.host.qemu): the PlatformIO
                                        project's .pio/build/qemu/firmware.elf, or PATH
   ``host:PATH``                        the host-process firmware at PATH, over its stdin/stdout
 """
@@ -49,7 +49,7 @@ BAUD_RATE = 115200
 PARAMS_CHUNK_BYTES = 4096
 # The source tree this module runs from: firmware sources for build_host_firmware (tests). Never
 # where a user's ELF is: that is their project (open_device's project_dir, or the cwd).
-PROJECT_DIR = Path(__file__).resolve().parents[2]
+PROJECT_DIR = Path(__file__).resolve().parents[3]
 
 __all__ = [
     "Device", "DeviceError", "DeviceGone", "DeviceTimeout", "ProtocolError", "TrainReply",
@@ -378,7 +378,7 @@ def open_device(port: str, timeout: float = 30.0, *, keep_board: bool = False,
 
     For `qemu`, the ELF is `<project_dir>/.pio/build/qemu/firmware.elf` (default: the current
     directory). By default the emulated board is private and stops on close; with `keep_board`
-    it is the board kept between commands (mcutrain.kept_board), paused on close."""
+    it is the board kept between commands (mcutrain.host.kept_board), paused on close."""
     if is_qemu_port(port):
         from .qemu import resolve_elf
 

@@ -12,7 +12,7 @@
 Every command takes --port (default `qemu`: the emulated board running the ELF that
 `pio run -e qemu` built in the current directory, or in --project-dir). The emulated board keeps
 its state between commands, like a real one: the first command starts a QEMU for that ELF and
-later ones reconnect to it (`mcutrain board` shows and stops it; mcutrain.kept_board).
+later ones reconnect to it (`mcutrain board` shows and stops it; mcutrain.host.kept_board).
 
 Each subcommand is one `cmd_<name>(args) -> int` plus its parser block in `build_parser`, so
 `train` and `eval` slot in the same way. Errors print one line and exit with status 1.
@@ -529,7 +529,7 @@ def package_version() -> str:
     try:
         return version("mcutrain")
     except PackageNotFoundError:  # run from a source tree that was never installed
-        from . import __version__
+        from .. import __version__
 
         return __version__
 

@@ -1,6 +1,6 @@
 """Gradient pieces that belong to no single operator (docs/training.md): activation masks, the
 losses (cross-entropy after a SOFTMAX or on logits, MSE) and the fan-out sum. Each has a numpy
-function (the definition, used by train_reference.py) and an emit_* helper producing the C++
+function (the definition, used by train/reference.py) and an emit_* helper producing the C++
 call of its firmware kernel (firmware/kernels/activation_mask.h, loss.h, grad_sum.h), which
 reproduces it bit for bit.
 """
@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .codegen import c_float
+from ..ops.base import GradRef
+from ..ops.cxx import c_float
+from ..ops.train_math import F32, QGrad, grad_requantize, grad_requantize_f32, round_half_away
 from .float_classifier import exp_f32
-from .ops.base import GradRef
-from .train_math import F32, QGrad, grad_requantize, grad_requantize_f32, round_half_away
 
 HEADERS = ("kernels/activation_mask.h", "kernels/loss.h", "kernels/grad_sum.h")
 

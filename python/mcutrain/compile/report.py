@@ -1,0 +1,171 @@
+"""Build report (report.json) and the fit check that stops a build before compiling.
+
+The SRAM sums here are the linker's (RamNeed); train.report adds the training step's own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..frontend.graph import ModelError
+from ..ops.base import PARAMETRIC
+from .compiler import CompiledModel
+from .firmware_size import DEFAULT_STACK_BYTES
+
+# SRAM of everything linked besides the model's own buffers: .data and .bss of the runtime, the
+# board support and newlib, and the alignment gaps around them. Measured from linked firmware
+# (test_build.py checks the pre-check's sum against the linker's for both boards): 560 B on the
+# emulated board with each object rounded up to 16 B; the rest is headroom, so that a build the
+# pre-check accepts always links.
+RUNTIME_STATIC_RAM = 1024
+_ALIGN = 16  # alignas(16) of the generated arena and state
+
+
+@dataclass(frozen=True)
+class BoardLimits:
+    name: str
+    ram_bytes: int
+    flash_bytes: int
+    # The stack the linker reserves at the top of RAM (__stack_size__; prebuild.py reads it from
+    # the build's link flags) and the runtime's own static SRAM besides the model's buffers.
+    stack_bytes: int = DEFAULT_STACK_BYTES
+    runtime_ram: int = RUNTIME_STATIC_RAM
+    # Flash besides the weights (code). Measured from linked firmware; see README.
+    flash_reserve: int = 64 * 1024
+    # The training step's SRAM budget: the paper's 256 KB, leaving the rest of the chip's 320 KB
+    # to the application.
+    train_ram_bytes: int = 256 * 1024
+
+
+@dataclass(frozen=True)
+class RamNeed:
+    """Static SRAM as the linker lays it out: the generated model's buffers, the runtime's
+    statics and the stack. Each model buffer counts rounded up to the 16-byte alignment, an
+    upper bound of what the linker places whatever their order."""
+
+    arena: int
+    state: int  # trainable copies + gradient scales + learning rate and PRNG (training only)
+    runtime: int
+    stack: int
+
+    @property
+    def total(self) -> int:
+        return self.arena + self.state + self.runtime + self.stack
+
+    def breakdown(self) -> str:
+        state = f" + trainable state {self.state}" if self.state else ""
+        return f"arena {self.arena}{state} + runtime {self.runtime} + stack {self.stack}"
+
+
+def aligned(size: int) -> int:
+    return -(-size // _ALIGN) * _ALIGN
+
+
+def inference_ram(model: CompiledModel, limits: BoardLimits) -> RamNeed:
+    # codegen.py: alignas(16) int8_t g_arena[max(arena, 16)]
+    return RamNeed(arena=aligned(max(model.arena_bytes, 16)), state=0,
+                   runtime=limits.runtime_ram, stack=limits.stack_bytes)
+
+
+def build_report(model: CompiledModel, weight_bytes: int, limits: BoardLimits) -> dict[str, Any]:
+    g = model.graph
+    tensors = []
+    for tid, buffer in sorted(model.buffer_of.items()):
+        p = model.planner.placements()[buffer]
+        t = g.tensors[tid]
+        tensors.append({"tensor": tid, "name": t.name, "shape": list(t.shape), "bytes": t.nbytes,
+                        "offset": p.offset, "first_step": p.first, "last_step": p.last,
+                        "buffer": buffer})
+    ops = [{"step": i, "operator": p.op.index, "opcode": p.op.opcode, "macs": p.macs,
+            "output": p.output} for i, p in enumerate(model.ops)]
+    return {
+        "model": g.name,
+        "sha256": g.sha256.hex(),
+        "board": limits.name,
+        "arena_bytes": model.arena_bytes,
+        "weight_bytes": weight_bytes,
+        "macs": model.macs,
+        "ram_limit_bytes": limits.ram_bytes,
+        "flash_limit_bytes": limits.flash_bytes,
+        "float_input": g.float_input,
+        "float_output": g.float_output,
+        "input": _io(model, model.input),
+        "output": _io(model, model.output),
+        "operators": ops,
+        "tensors": tensors,
+    }
+
+
+def _io(model: CompiledModel, tid: int) -> dict[str, Any]:
+    t = model.graph.tensors[tid]
+    return {"shape": list(t.shape), "dtype": t.dtype, "scale": t.scale,
+            "zero_point": t.zero_point, "offset": model.offset_of(tid)}
+
+
+def check_fits(model: CompiledModel, weight_bytes: int, limits: BoardLimits) -> None:
+    """Raise ModelError saying by how much and what dominates when the model cannot fit."""
+    need = inference_ram(model, limits)
+    if need.total > limits.ram_bytes:
+        step = model.planner.peak_step()
+        live = sorted(model.planner.live_at(step), key=lambda p: -p.size)[:4]
+        names = ", ".join(f"'{short_name(_buffer_tensor(model, p.name).name)}' ({p.size} B)"
+                          for p in live)
+        op = model.ops[step].op if 0 <= step < len(model.ops) else None
+        where = f"operator {op.index} ({op.opcode})" if op else "the model edges"
+        raise ModelError(
+            f"{model.graph.name} does not fit {limits.name}: it needs {need.total} B of SRAM "
+            f"({need.breakdown()}) but the board has {limits.ram_bytes} B "
+            f"({need.total - limits.ram_bytes} B over). Peak at {where}, "
+            f"dominated by: {names}. Use a smaller input resolution or width."
+        )
+    flash_budget = limits.flash_bytes - limits.flash_reserve
+    if weight_bytes > flash_budget:
+        raise ModelError(
+            f"{model.graph.name} does not fit {limits.name}: weights need {weight_bytes} B of "
+            f"flash but {flash_budget} B are available ({weight_bytes - flash_budget} B over)."
+        )
+
+
+def forward_over_budget(model: CompiledModel, limits: BoardLimits, budget: int) -> str:
+    forward = inference_ram(model, limits)
+    step = model.planner.peak_step()
+    live = sorted(model.planner.live_at(step), key=lambda p: -p.size)[:2]
+    tensors = " and ".join(f"'{short_name(_buffer_tensor(model, p.name).name)}' ({p.size} B)"
+                           for p in live)
+    where = layer_label(model, step) if 0 <= step < len(model.ops) else "the model edges"
+    return (f"{model.graph.name}: no training scheme can fit the {budget} B training budget: "
+            f"the forward pass alone needs {forward.total} B ({forward.breakdown()}), "
+            f"{forward.total - budget} B over before any gradient, saved activation or trainable "
+            f"copy; its peak at {where} holds {tensors}. What helps: a smaller input resolution "
+            "or width (activations scale with both), a larger custom_train_ram if the "
+            f"application can spare SRAM (the board has {limits.ram_bytes} B), or patch-based "
+            "execution of the first layers (not supported yet).")
+
+
+def short_name(name: str, limit: int = 56) -> str:
+    """A tensor name as a user recognises it: TFLite joins fused names with ';' and the first
+    is the layer's own; a long one loses leading scopes (the model's), keeping the layer."""
+    parts = (name.split(";")[0] or "(unnamed)").split("/")
+    while len(parts) > 1 and len("/".join(parts)) > limit:
+        parts = parts[1:]
+        if len(".../" + "/".join(parts)) <= limit:
+            return ".../" + "/".join(parts)
+    text = "/".join(parts)
+    return text if len(text) <= limit else "..." + text[-(limit - 3):]
+
+
+def layer_label(model: CompiledModel, step: int) -> str:
+    """An operator as a scheme addresses it: parametric layers by their index from the front
+    and from the back, others by their schedule position."""
+    steps = [i for i, p in enumerate(model.ops) if p.op.opcode in PARAMETRIC]
+    opcode = model.ops[step].op.opcode
+    if step in steps:
+        pos = steps.index(step)
+        return f"layer {pos}/{pos - len(steps)} {opcode}"
+    return f"operator {step} {opcode}"
+
+
+def _buffer_tensor(model: CompiledModel, buffer: str):
+    owner = next((t for t, b in sorted(model.buffer_of.items()) if b == buffer), None)
+    return model.graph.tensors[owner if owner is not None else int(buffer[1:])]

@@ -1,0 +1,3 @@
+"""The front end: the .tflite flatbuffer, checked and read into the graph IR (graph.py), with
+ModelError, the one-line refusal every later stage raises.
+"""
