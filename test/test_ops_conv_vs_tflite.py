@@ -1,11 +1,11 @@
 """CONV_2D, DEPTHWISE_CONV_2D and FULLY_CONNECTED against TensorFlow Lite itself.
 
 Tiny Keras models are converted in memory to full-int8 TFLite (int8 input and output), read with
-mcutrain.frontend.tflite_reader, and every supported operator is checked in isolation: TFLite's
-own input tensor for the op goes through prepare + reference, and the result must equal TFLite's output
-tensor bit for bit under the REFERENCE op resolver (BUILTIN_REF). What the default resolver
-computes is recorded too (test_optimized_resolver_is_single_rounding).
-Conversions are cached for the session.
+mcutrain.frontend.tflite_reader, and every supported operator is checked in isolation: TFLite's own
+input tensor for the op goes through prepare + reference, and the result must equal TFLite's output
+tensor bit for bit under the REFERENCE op resolver (BUILTIN_REF). What the default resolver computes
+is recorded too (test_optimized_resolver_is_single_rounding). Conversions are cached for the
+session.
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 Tiny Keras models (GlobalAveragePooling2D/1D, keras.ops.mean with keepdims, Dense + softmax at
 several logit scales) are converted in memory to full-int8 TFLite, read with
-mcutrain.frontend.tflite_reader, and every MEAN and SOFTMAX is checked in isolation: TFLite's
-own input tensor for the op goes through prepare + reference, and the result must equal TFLite's output
+mcutrain.frontend.tflite_reader, and every MEAN and SOFTMAX is checked in isolation: TFLite's own
+input tensor for the op goes through prepare + reference, and the result must equal TFLite's output
 tensor bit for bit under the REFERENCE op resolver (BUILTIN_REF).
 
 The default (optimized) resolver is not bit-exact with the reference for MEAN (its int8 paths

@@ -1,8 +1,8 @@
 """Graph IR: what the compiler knows about a model after reading it.
 
 The reader (mcutrain.frontend.tflite_reader) fills these dataclasses from a .tflite flatbuffer;
-every later stage (op preparation, memory planning, code generation, and later the training graph) reads them.
-Tensors are referred to by index into Graph.tensors, as in TFLite.
+every later stage (op preparation, memory planning, code generation, and later the training graph)
+reads them. Tensors are referred to by index into Graph.tensors, as in TFLite.
 """
 
 from __future__ import annotations

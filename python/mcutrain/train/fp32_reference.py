@@ -1,12 +1,12 @@
 """Float32 TensorFlow reference for on-device training: what ideal (float) training would do.
 
 The float model is built from our IR (mcutrain.compile.compiler), not from the .tflite through
-TFLite's own tooling, so it trains exactly the operators and parameters the firmware trains: weights are
-dequantized (W = sW[c] * Wq, b = sb[c] * bq), the float input is what the int8 input represents
-(quantize then dequantize with the input tensor's parameters), and intermediate activations are
-not quantized. Training follows a scheme (docs/training.md) with plain SGD, batch 1, softmax
-cross-entropy on the logits that feed the final SOFTMAX (or MSE), in a given sample order; only
-the scheme's parameters move, and a channel ratio < 1 trains the first ceil(ratio * out_c) output
+TFLite's own tooling, so it trains exactly the operators and parameters the firmware trains: weights
+are dequantized (W = sW[c] * Wq, b = sb[c] * bq), the float input is what the int8 input represents
+(quantize then dequantize with the input tensor's parameters), and intermediate activations are not
+quantized. Training follows a scheme (docs/training.md) with plain SGD, batch 1, softmax
+cross-entropy on the logits that feed the final SOFTMAX (or MSE), in a given sample order; only the
+scheme's parameters move, and a channel ratio < 1 trains the first ceil(ratio * out_c) output
 channels (the gradient of the others is masked to zero).
 
 TensorFlow is imported inside functions so that importing mcutrain stays light.
