@@ -9,6 +9,7 @@ arena offsets fixed at compile time. No interpreter, no allocator.
 from __future__ import annotations
 
 from ..frontend.graph import Tensor
+from ..ops.base import StepContext
 from ..ops.cxx import ConstPool, c_float, indent
 from .compiler import CompiledModel
 
@@ -25,11 +26,11 @@ def generate_model_source(model: CompiledModel) -> tuple[str, int]:
     """The model's C++ source text and the bytes of flash constants it defines."""
     pool = ConstPool()
     calls = []
-    headers = sorted({p.opdef.header for p in model.ops if p.opdef.header})
+    headers = sorted({h for p in model.ops for h in (p.opdef.header, p.variant.header) if h})
     for step, p in enumerate(model.ops):
         ins = [_arena_ptr(model, t) for t in p.inputs]
         out = _arena_ptr(model, p.output)
-        body = p.opdef.emit(p.params, pool, ins, out).strip()
+        body = p.opdef.emit(p.params, StepContext(pool, p.variant), ins, out).strip()
         comment = f"  // [{step}] {p.op.opcode} (operator {p.op.index}) -> tensor {p.output}"
         calls.append(comment + ("\n" + indent(body, 2) if body else " (aliases its input)"))
     arena_bytes = max(model.arena_bytes, 16)

@@ -12,7 +12,7 @@ from typing import Any
 
 from ..frontend.graph import Graph, ModelError, Operator, check_deployable, strip_io_conversions
 from ..frontend.tflite_reader import read_tflite
-from ..ops.base import OpDef, lookup
+from ..ops.base import REF, KernelVariant, OpDef, choose_variant, lookup
 from ..ops.quant import ScaleRangeError
 from .memory_plan import ArenaPlanner
 
@@ -24,6 +24,7 @@ class PreparedOp:
     params: Any
     inputs: list[int]  # dynamic input tensor ids, in operator order
     output: int
+    variant: KernelVariant = REF  # the kernels prepare chose for this operator's forward
 
     @property
     def macs(self) -> int:
@@ -76,7 +77,7 @@ def _prepare(op: Operator, graph: Graph) -> PreparedOp:
     except ScaleRangeError as exc:
         raise ModelError(f"operator {op.index} ({op.opcode}): {exc}") from None
     return PreparedOp(op=op, opdef=opdef, params=params, inputs=graph.dynamic_inputs(op),
-                      output=op.outputs[0])
+                      output=op.outputs[0], variant=choose_variant(op.opcode, params))
 
 
 def _assign_buffers(graph: Graph, ops: list[PreparedOp]) -> dict[int, str]:

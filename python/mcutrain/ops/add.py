@@ -14,7 +14,7 @@ import numpy as np
 
 from ..frontend.graph import Graph, Operator
 from . import quant
-from .base import EmitContext, OpDef, c_int_list, register
+from .base import EmitContext, OpDef, c_int_list, kernel_name, register
 from .common import activation_bounds, fail, output_tensor, require_int8_activation
 
 LEFT_SHIFT = 20  # TFLite's headroom for 8-bit ADD: 255 << 20 still fits in int32
@@ -144,7 +144,7 @@ def emit(params: AddParams, ctx: EmitContext, inputs: list[str], output: str) ->
     return (
         "{\n"
         f"  static const mt::AddParams p = {c_int_list(params.fields())};\n"
-        f"  mt::ref::add_s8(p, {exprs[0]}, {exprs[1]}, {output});\n"
+        f"  {kernel_name(ctx, 'add_s8')}(p, {exprs[0]}, {exprs[1]}, {output});\n"
         "}\n"
     )
 

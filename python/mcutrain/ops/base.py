@@ -13,6 +13,15 @@ but with Prepare run on the host at compile time ("prepare once, run blind"):
   and `output` are C++ expressions of type int8_t* (pointers into the arena); constants go to flash
   through ctx.const_array().
 - macs(params) -> int: multiply-accumulates of one forward pass (0 for data movement).
+
+Kernel variants. An emitter never names a C++ namespace: it asks `kernel_name(ctx, "conv2d_s8")`
+and gets the function of the variant prepare chose for its operator (compile time, by shape, like
+CMSIS-NN's `arm_convolve_wrapper_s8` but on the host). VARIANTS maps an operator's opcode (and
+`backward_key(opcode)` for its backward kernels) to its variants, most preferred first; REF, the
+plain loop-nest reference, serves everything and is the last resort. Each variant declares its
+scratch as a pure function of the prepared params (CMSIS-NN's `*_get_buffer_size`); the memory
+planners place that many bytes for exactly that step and the emitter passes the buffer on with
+`scratch_args(ctx)`. docs/kernel_variants.md shows how an optimized kernel plugs in.
 """
 
 from __future__ import annotations
@@ -30,10 +39,87 @@ PARAMETRIC = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
 
 
 class EmitContext(Protocol):
+    """What an emitter gets. A bare constant collector (only const_array) is a valid context:
+    kernel_name() and scratch_args() then give the reference variant and no scratch."""
+
     def const_array(self, hint: str, array: np.ndarray) -> str:
         """Place `array` (int8/int16/int32/float32, any shape, flattened C order) in flash as a
         `static const` array and return its C++ symbol."""
         ...
+
+
+def _no_scratch(params: Any) -> int:
+    return 0
+
+
+def _serves_all(params: Any, n_train: int) -> bool:
+    return True
+
+
+@dataclass(frozen=True)
+class KernelVariant:
+    """One implementation of an operator's firmware kernels (forward or backward)."""
+
+    name: str  # short tag, e.g. "ref", "m7"
+    namespace: str  # C++ namespace of its functions, e.g. "mt::ref"
+    header: str | None = None  # firmware header it needs beyond the OpDef's (None: none)
+    # Pure function of the prepared params: bytes of arena scratch one call needs (0: none).
+    scratch_bytes: Callable[[Any], int] = _no_scratch
+    # (params, n_train) -> whether it computes this operator exactly; n_train is the count of
+    # trained output channels read from SRAM (0 outside training).
+    serves: Callable[[Any, int], bool] = _serves_all
+
+    def kernel(self, function: str) -> str:
+        return f"{self.namespace}::{function}"
+
+
+REF = KernelVariant("ref", "mt::ref")
+VARIANTS: dict[str, list[KernelVariant]] = {}
+
+
+def backward_key(opcode: str) -> str:
+    """The VARIANTS key of an operator's backward kernels (they vary apart from its forward)."""
+    return f"{opcode}:backward"
+
+
+def register_variant(key: str, variant: KernelVariant) -> KernelVariant:
+    """Prefer `variant` for `key` (an opcode or backward_key(opcode)) over those registered
+    before it."""
+    VARIANTS.setdefault(key, []).insert(0, variant)
+    return variant
+
+
+def choose_variant(key: str, params: Any, n_train: int = 0) -> KernelVariant:
+    for variant in VARIANTS.get(key, ()):
+        if variant.serves(params, n_train):
+            return variant
+    return REF
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """The EmitContext of one schedule step: flash constants go to `pool`, kernels come from
+    `variant`, and `scratch` (C++ int8_t* expression, `scratch_size` bytes) is the step's
+    planned scratch buffer, None when the variant needs none."""
+
+    pool: Any  # anything with const_array, e.g. cxx.ConstPool
+    variant: KernelVariant = REF
+    scratch: str | None = None
+    scratch_size: int = 0
+
+    def const_array(self, hint: str, array: np.ndarray) -> str:
+        return self.pool.const_array(hint, array)
+
+
+def kernel_name(ctx: Any, function: str) -> str:
+    """The C++ name of `function` in the variant `ctx` carries (REF for a bare context)."""
+    return getattr(ctx, "variant", REF).kernel(function)
+
+
+def scratch_args(ctx: Any) -> str:
+    """Trailing `, scratch, bytes` arguments of a kernel call, "" when the step has no scratch."""
+    scratch = getattr(ctx, "scratch", None)
+    return "" if scratch is None else f", {scratch}, {ctx.scratch_size}"
 
 
 Prepare = Callable[[Operator, Graph], Any]

@@ -21,6 +21,7 @@ from .base import (
     TrainEmit,
     TrainSlot,
     c_int_list,
+    kernel_name,
     register,
     register_backward,
 )
@@ -103,7 +104,7 @@ def emit(params: ConcatParams, ctx: EmitContext, inputs: list[str], output: str)
         f"  static const int32_t concat_rows[{n}] = {c_int_list(params.row_sizes)};\n"
         f"  static const mt::ConcatParams p = {{{fields}}};\n"
         f"  const int8_t* const concat_in[{n}] = {{{', '.join(pointers)}}};\n"
-        f"  mt::ref::concat_s8(p, concat_in, {output});\n"
+        f"  {kernel_name(ctx, 'concat_s8')}(p, concat_in, {output});\n"
         "}\n"
     )
 
@@ -158,7 +159,8 @@ def backward_emit(params: ConcatParams, ctx: EmitContext, saved: list[str | None
              f"{params.out_row}}};"]
     for k, g in zip(_dynamic_positions(params), dx, strict=True):
         if g is not None:
-            lines.append(f"  mt::ref::concat_backward(p, {k}, {dy.data()}, {g.data()});")
+            call = kernel_name(ctx, "concat_backward")
+            lines.append(f"  {call}(p, {k}, {dy.data()}, {g.data()});")
             lines.append(f"  {g.scale} = {dy.scale};")
     lines.append("}")
     return "\n".join(lines) + "\n"

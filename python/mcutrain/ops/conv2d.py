@@ -25,8 +25,10 @@ from .base import (
     TrainBinding,
     TrainEmit,
     TrainSlot,
+    kernel_name,
     register,
     register_backward,
+    scratch_args,
 )
 from .train_math import QGrad, XorShift32
 
@@ -129,7 +131,8 @@ def emit(p: Conv2dParams, ctx: EmitContext, inputs: list[str], output: str) -> s
     filt, bias, mult, shift = param_train.flash_constants(p, ctx, f"op{p.op_index}_conv2d")
     init = _struct(p, mult, shift, p.train)
     bias = param_train.forward_bias(p.train, bias)
-    call = f"mt::ref::conv2d_s8(kParams, {inputs[0]}, {filt}, {bias}, {output});"
+    call = (f"{kernel_name(ctx, 'conv2d_s8')}(kParams, {inputs[0]}, {filt}, {bias}, "
+            f"{output}{scratch_args(ctx)});")
     return "{\n" + init + "\n" + call + "\n}"
 
 

@@ -26,8 +26,10 @@ from .base import (
     TrainBinding,
     TrainEmit,
     TrainSlot,
+    kernel_name,
     register,
     register_backward,
+    scratch_args,
 )
 from .train_math import QGrad, XorShift32
 
@@ -131,7 +133,8 @@ def emit(p: DepthwiseConv2dParams, ctx: EmitContext, inputs: list[str], output: 
     filt, bias, mult, shift = param_train.flash_constants(p, ctx, f"op{p.op_index}_dwconv2d")
     init = _struct(p, mult, shift, p.train)
     bias = param_train.forward_bias(p.train, bias)
-    call = f"mt::ref::depthwise_conv2d_s8(kParams, {inputs[0]}, {filt}, {bias}, {output});"
+    call = (f"{kernel_name(ctx, 'depthwise_conv2d_s8')}(kParams, {inputs[0]}, {filt}, {bias}, "
+            f"{output}{scratch_args(ctx)});")
     return "{\n" + init + "\n" + call + "\n}"
 
 

@@ -33,8 +33,10 @@ from .base import (
     TrainBinding,
     TrainEmit,
     TrainSlot,
+    kernel_name,
     register,
     register_backward,
+    scratch_args,
 )
 from .train_math import QGrad, XorShift32
 
@@ -174,7 +176,8 @@ def emit(p: FullyConnectedParams, ctx: EmitContext, inputs: list[str], output: s
         real_scale = "kRealScale"
     init = _struct(p, mult, shift, real_scale, p.train)
     bias = param_train.forward_bias(p.train, bias)
-    call = f"mt::ref::fully_connected_s8(kParams, {inputs[0]}, {filt}, {bias}, {output});"
+    call = (f"{kernel_name(ctx, 'fully_connected_s8')}(kParams, {inputs[0]}, {filt}, {bias}, "
+            f"{output}{scratch_args(ctx)});")
     return "{\n" + scale_def + init + "\n" + call + "\n}"
 
 

@@ -38,6 +38,7 @@ from .base import (
     OpDef,
     TrainEmit,
     TrainSlot,
+    kernel_name,
     register,
     register_backward,
 )
@@ -163,7 +164,7 @@ def reference(params: MeanParams, inputs: list[np.ndarray]) -> np.ndarray:
 def emit(params: MeanParams, ctx: EmitContext, inputs: list[str], output: str) -> str:
     init = struct_init("mt::MeanParams", "p", params.fields())
     body = init.replace("\n", "\n  ")
-    return f"{{\n  {body}\n  mt::ref::mean_s8(p, {inputs[0]}, {output});\n}}\n"
+    return f"{{\n  {body}\n  {kernel_name(ctx, 'mean_s8')}(p, {inputs[0]}, {output});\n}}\n"
 
 
 def macs(params: MeanParams) -> int:
@@ -194,7 +195,7 @@ def backward_emit(params: MeanParams, ctx: EmitContext, saved: list[str | None],
         return ""
     init = struct_init("mt::MeanParams", "p", params.fields()).replace("\n", "\n  ")
     return (f"{{\n  {init}\n"
-            f"  mt::ref::mean_backward(p, {dy.data()}, {dx[0].data()});\n"
+            f"  {kernel_name(ctx, 'mean_backward')}(p, {dy.data()}, {dx[0].data()});\n"
             f"  {dx[0].scale} = {dy.scale} / static_cast<float>({params.reduce});\n}}\n")
 
 

@@ -22,6 +22,7 @@ from .base import (
     TrainEmit,
     TrainSlot,
     c_int_list,
+    kernel_name,
     register,
     register_backward,
 )
@@ -110,7 +111,7 @@ def emit(params: PadParams, ctx: EmitContext, inputs: list[str], output: str) ->
     return (
         "{\n"
         f"  static const mt::PadParams p = {c_int_list(params.fields())};\n"
-        f"  mt::ref::pad_s8(p, {inputs[0]}, {output});\n"
+        f"  {kernel_name(ctx, 'pad_s8')}(p, {inputs[0]}, {output});\n"
         "}\n"
     )
 
@@ -149,7 +150,7 @@ def backward_emit(params: PadParams, ctx: EmitContext, saved: list[str | None], 
     return (
         "{\n"
         f"  static const mt::PadParams p = {c_int_list(params.fields())};\n"
-        f"  mt::ref::pad_backward(p, {dy.data()}, {dx[0].data()});\n"
+        f"  {kernel_name(ctx, 'pad_backward')}(p, {dy.data()}, {dx[0].data()});\n"
         f"  {dx[0].scale} = {dy.scale};\n"
         "}\n"
     )

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..frontend.graph import ModelError
-from .base import EmitContext, GradRef, TrainBinding, TrainEmit, TrainSlot
+from .base import EmitContext, GradRef, TrainBinding, TrainEmit, TrainSlot, kernel_name
 from .cxx import c_float
 from .train_math import (
     F32,
@@ -150,14 +150,15 @@ def emit_backward(
     p: Any, ctx: Any, kernel: str, struct_init: str, filt: str, saved: list[str | None],
     dy: GradRef, dx: list[GradRef | None], train: TrainEmit | None, tag: str,
 ) -> str:
-    """C++ for one weighted operator's backward step: mt::ref::<kernel>_input_grad then
-    GradRequantize, <kernel>_bias_update, <kernel>_weight_update (in that order)."""
+    """C++ for one weighted operator's backward step: <kernel>_input_grad then GradRequantize,
+    <kernel>_bias_update, <kernel>_weight_update (in that order), from ctx's variant."""
     lines = ["{", struct_init]
     target = dx[0] if dx else None
     if target is not None:
         ratio = fold_ratio(p)
         ratio_sym = "nullptr" if ratio is None else ctx.const_array(f"{tag}_fold", ratio)
-        lines.append(f"mt::ref::{kernel}_input_grad(kParams, {filt}, {dy.data()}, {ratio_sym}, "
+        call = kernel_name(ctx, f"{kernel}_input_grad")
+        lines.append(f"{call}(kParams, {filt}, {dy.data()}, {ratio_sym}, "
                      f"{target.acc()});")
         lines.append(f"{target.scale} = mt::GradRequantize({target.buffer}, {target.count}, "
                      f"{dy.scale} * {c_float(max_scale(p))});")
@@ -169,13 +170,15 @@ def emit_backward(
     if trains_bias:
         if train.bias_coef is None:
             raise ValueError(f"operator {p.op_index}: bias trains but bias_coef is missing")
-        lines.append(f"mt::ref::{kernel}_bias_update(kParams, {dy.data()}, lr_dy, "
+        call = kernel_name(ctx, f"{kernel}_bias_update")
+        lines.append(f"{call}(kParams, {dy.data()}, lr_dy, "
                      f"{train.bias_coef}, {binding.bias_symbol});")
     if trains_weights:
         if not saved or saved[0] is None or train.w_coef is None:
             raise ValueError(f"operator {p.op_index}: weight update needs the saved input "
                              "and w_coef")
-        lines.append(f"mt::ref::{kernel}_weight_update(kParams, {saved[0]}, {dy.data()}, "
+        call = kernel_name(ctx, f"{kernel}_weight_update")
+        lines.append(f"{call}(kParams, {saved[0]}, {dy.data()}, "
                      f"lr_dy * {c_float(p.input_scale)}, {train.w_coef}, {train.rounding}, "
                      f"{train.prng}, {binding.weight_symbol});")
     lines.append("}")

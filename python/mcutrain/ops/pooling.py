@@ -24,6 +24,7 @@ from .base import (
     TrainEmit,
     TrainSlot,
     c_int_list,
+    kernel_name,
     register,
     register_backward,
 )
@@ -148,7 +149,7 @@ def _emitter(kernel: str):
         return (
             "{\n"
             f"  static const mt::PoolParams p = {c_int_list(params.fields())};\n"
-            f"  mt::ref::{kernel}(p, {inputs[0]}, {output});\n"
+            f"  {kernel_name(ctx, kernel)}(p, {inputs[0]}, {output});\n"
             "}\n"
         )
     return emit
@@ -252,7 +253,7 @@ def _backward_emitter(kernel: str, with_input: bool):
         return (
             "{\n"
             f"  static const mt::PoolParams p = {c_int_list(params.fields())};\n"
-            f"  {dx[0].scale} = mt::ref::{kernel}(p, {', '.join(args)});\n"
+            f"  {dx[0].scale} = {kernel_name(ctx, kernel)}(p, {', '.join(args)});\n"
             "}\n"
         )
     return emit

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..frontend.graph import Graph, Operator
 from . import quant
-from .base import EmitContext, OpDef, c_int_list, register
+from .base import EmitContext, OpDef, c_int_list, kernel_name, register
 from .common import fail, output_tensor, require_int8_activation, tensor_at, wrap_int32
 
 
@@ -58,7 +58,7 @@ def emit(params: RequantizeParams, ctx: EmitContext, inputs: list[str], output: 
     return (
         "{\n"
         f"  static const mt::RequantizeParams p = {c_int_list(params.fields())};\n"
-        f"  mt::ref::requantize_s8(p, {inputs[0]}, {output});\n"
+        f"  {kernel_name(ctx, 'requantize_s8')}(p, {inputs[0]}, {output});\n"
         "}\n"
     )
 

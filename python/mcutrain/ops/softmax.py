@@ -33,7 +33,7 @@ import numpy as np
 
 from ..frontend.graph import Graph, Operator
 from . import quant
-from .base import EmitContext, OpDef, register
+from .base import EmitContext, OpDef, kernel_name, register
 from .common import fail, output_tensor, require_int8_activation, struct_init, wrap_int32
 
 SCALED_DIFF_INTEGER_BITS = 5  # the exp() input is Q5.26
@@ -191,7 +191,7 @@ def reference(params: SoftmaxParams, inputs: list[np.ndarray]) -> np.ndarray:
 def emit(params: SoftmaxParams, ctx: EmitContext, inputs: list[str], output: str) -> str:
     init = struct_init("mt::SoftmaxParams", "p", params.fields())
     body = init.replace("\n", "\n  ")
-    return f"{{\n  {body}\n  mt::ref::softmax_s8(p, {inputs[0]}, {output});\n}}\n"
+    return f"{{\n  {body}\n  {kernel_name(ctx, 'softmax_s8')}(p, {inputs[0]}, {output});\n}}\n"
 
 
 def macs(params: SoftmaxParams) -> int:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 
 from ..compile.codegen import model_desc, source_name
-from ..ops.base import GradRef, TrainBinding, TrainEmit
+from ..ops.base import GradRef, StepContext, TrainBinding, TrainEmit
 from ..ops.cxx import ConstPool, c_float, indent
 from . import float_classifier, grad_rules
 from .training_graph import (
@@ -98,7 +98,8 @@ class _Emitter:
                     self.act(self.program.model.output)), 2))
                 continue
             ins = [self.act(t) for t in p.inputs]
-            body = p.opdef.emit(self.params(step), self.pool, ins, self.act(p.output)).strip()
+            ctx = StepContext(self.pool, self.program.variants[step])
+            body = p.opdef.emit(self.params(step), ctx, ins, self.act(p.output)).strip()
             lines.append(f"  // [{step}] {p.op.opcode} (operator {p.op.index})")
             if body:
                 lines.append(indent(body, 2))
@@ -169,8 +170,8 @@ class _Emitter:
                 continue
             saved = [self.act(t) if keep else None
                      for t, keep in zip(p.inputs, b.saved, strict=True)]
-            body = b.rule.emit(self.params(b.step), self.pool, saved, dy, dxs,
-                               self.train_emit(b.step))
+            body = b.rule.emit(self.params(b.step), StepContext(self.pool, b.variant), saved, dy,
+                               dxs, self.train_emit(b.step))
             lines.append(indent(body.strip(), 2))
         return "\n".join(lines)
 
@@ -239,7 +240,9 @@ def generate_training_source(program: TrainProgram) -> tuple[str, int]:
     state_struct = e.state_struct()
     model = program.model
     g = model.graph
+    variants = [*program.variants, *(b.variant for b in program.backward)]
     headers = sorted({p.opdef.header for p in model.ops if p.opdef.header}
+                     | {v.header for v in variants if v.header}
                      | {"kernels/train_math.h", *grad_rules.HEADERS}
                      | ({float_classifier.HEADER} if program.classifier is not None else set()))
     ce = program.scheme.loss == "cross_entropy"

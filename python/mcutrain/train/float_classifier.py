@@ -18,6 +18,7 @@ import numpy as np
 
 from ..compile.compiler import CompiledModel
 from ..frontend.graph import ModelError
+from ..ops.base import REF
 from ..ops.cxx import ConstPool, c_float
 from ..ops.train_math import F32, QGrad, grad_requantize_f32, round_half_away
 
@@ -136,7 +137,7 @@ def plan_float_classifier(model: CompiledModel) -> FloatClassifier:
 
 
 def exp_f32(x: np.ndarray) -> np.ndarray:
-    """exp for x <= 0, exactly as mt::ref::exp_f32: 0 below -80 (and for NaN), else
+    """exp for x <= 0, exactly as the firmware's exp_f32: 0 below -80 (and for NaN), else
     2^n * poly(r), n = round_half_away(x * log2e), r = (x - n * ln2_hi) - n * ln2_lo."""
     x = np.asarray(x, np.float32)
     keep = x >= _EXP_MIN
@@ -233,26 +234,26 @@ def emit_init(c: FloatClassifier, pool: ConstPool, w: str, b: str) -> str:
     ws = pool.const_array(f"cls_wscale{c.fc_step}", c.w_scale)
     bs = pool.const_array(f"cls_bscale{c.fc_step}", c.b_scale)
     return ("{\n" + emit_params(c) + "\n"
-            f"mt::ref::float_classifier_init(kCls, {wq}, {bq}, {ws}, {bs}, {w}, {b});\n}}")
+            f"{REF.kernel('float_classifier_init')}(kCls, {wq}, {bq}, {ws}, {bs}, {w}, {b});\n}}")
 
 
 def emit_forward(c: FloatClassifier, w: str, b: str, x_ptr: str, work_ptr: str,
                  q_ptr: str) -> str:
     return ("{\n" + emit_params(c) + "\n"
-            f"mt::ref::float_classifier_forward(kCls, {w}, {b}, {x_ptr}, "
+            f"{REF.kernel('float_classifier_forward')}(kCls, {w}, {b}, {x_ptr}, "
             f"reinterpret_cast<float*>({work_ptr}), {q_ptr});\n}}")
 
 
 def emit_loss(c: FloatClassifier, work_ptr: str, label: str, loss: str, prediction: str) -> str:
     return ("{\n" + emit_params(c) + "\n"
-            f"{prediction} = static_cast<uint16_t>(mt::ref::float_classifier_loss(kCls, "
+            f"{prediction} = static_cast<uint16_t>({REF.kernel('float_classifier_loss')}(kCls, "
             f"reinterpret_cast<const float*>({work_ptr}), static_cast<int32_t>({label}), "
             f"&{loss}));\n}}")
 
 
 def emit_backward(c: FloatClassifier, w: str, b: str, work_ptr: str, label: str, lr: str,
                   scratch_ptr: str | None, dx_data: str | None, dx_scale: str | None) -> str:
-    call = (f"mt::ref::float_classifier_backward(kCls, {w}, {b}, "
+    call = (f"{REF.kernel('float_classifier_backward')}(kCls, {w}, {b}, "
             f"reinterpret_cast<const float*>({work_ptr}), static_cast<int32_t>({label}), {lr}, "
             + (f"reinterpret_cast<float*>({scratch_ptr}), {dx_data})" if dx_data is not None
                else "nullptr, nullptr)"))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..ops.base import GradRef
+from ..ops.base import REF, GradRef
 from ..ops.cxx import c_float
 from ..ops.train_math import F32, QGrad, grad_requantize, grad_requantize_f32, round_half_away
 from .float_classifier import exp_f32
@@ -47,12 +47,12 @@ def mask_apply(dy: QGrad, bits: np.ndarray) -> QGrad:
 
 
 def emit_mask_pack(y_ptr: str, n: int, lo: int, hi: int, bits_ptr: str) -> str:
-    return (f"mt::ref::mask_pack({y_ptr}, {n}, {lo}, {hi}, "
+    return (f"{REF.kernel('mask_pack')}({y_ptr}, {n}, {lo}, {hi}, "
             f"reinterpret_cast<uint8_t*>({bits_ptr}));")
 
 
 def emit_mask_apply(dy: GradRef, bits_ptr: str) -> str:
-    return (f"mt::ref::mask_apply({dy.data()}, {dy.count}, "
+    return (f"{REF.kernel('mask_apply')}({dy.data()}, {dy.count}, "
             f"reinterpret_cast<const uint8_t*>({bits_ptr}));")
 
 
@@ -123,7 +123,7 @@ def emit_cross_entropy(q_ptr: str, n: int, label: str, dl: GradRef, loss: str,
                        prediction: str) -> str:
     """`loss` is a float lvalue, `prediction` an integer lvalue, `label` an integer expression
     already checked to be < n."""
-    return (f"{prediction} = static_cast<uint16_t>(mt::ref::softmax_cross_entropy_grad("
+    return (f"{prediction} = static_cast<uint16_t>({REF.kernel('softmax_cross_entropy_grad')}("
             f"{q_ptr}, {n}, static_cast<int32_t>({label}), {dl.data()}, &{dl.scale}, "
             f"&{loss}));")
 
@@ -131,14 +131,14 @@ def emit_cross_entropy(q_ptr: str, n: int, label: str, dl: GradRef, loss: str,
 def emit_logits_cross_entropy(y_ptr: str, n: int, out_scale: float, label: str, dl: GradRef,
                               loss: str, prediction: str) -> str:
     """Like emit_cross_entropy, for int8 logits of scale `out_scale`."""
-    return (f"{prediction} = static_cast<uint16_t>(mt::ref::logits_cross_entropy_grad("
+    return (f"{prediction} = static_cast<uint16_t>({REF.kernel('logits_cross_entropy_grad')}("
             f"{y_ptr}, {n}, {c_float(out_scale)}, static_cast<int32_t>({label}), {dl.data()}, "
             f"&{dl.scale}, &{loss}));")
 
 
 def emit_mse(y_ptr: str, n: int, out_scale: float, out_zp: int, targets: str, dl: GradRef,
              loss: str) -> str:
-    return (f"{loss} = mt::ref::mse_grad({y_ptr}, {n}, {c_float(out_scale)}, {int(out_zp)}, "
+    return (f"{loss} = {REF.kernel('mse_grad')}({y_ptr}, {n}, {c_float(out_scale)}, {int(out_zp)}, "
             f"{targets}, {dl.data()}, &{dl.scale});")
 
 
@@ -161,5 +161,5 @@ def grad_sum(a: QGrad, b: QGrad) -> QGrad:
 def emit_grad_sum(a: GradRef, b: GradRef, out: GradRef) -> str:
     if not a.count == b.count == out.count:
         raise ValueError("fan-out gradients must have the same element count")
-    return (f"{out.scale} = mt::ref::grad_sum({a.data()}, {a.scale}, {b.data()}, {b.scale}, "
+    return (f"{out.scale} = {REF.kernel('grad_sum')}({a.data()}, {a.scale}, {b.data()}, {b.scale}, "
             f"{out.count}, {out.acc()});")

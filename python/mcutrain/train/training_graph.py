@@ -24,7 +24,16 @@ from ..compile.compiler import CompiledModel, PreparedOp
 from ..compile.memory_plan import ArenaPlanner
 from ..frontend.graph import ModelError
 from ..ops import load_all
-from ..ops.base import BACKWARD, PARAMETRIC, BackwardDef, TrainSlot
+from ..ops.base import (
+    BACKWARD,
+    PARAMETRIC,
+    REF,
+    BackwardDef,
+    KernelVariant,
+    TrainSlot,
+    backward_key,
+    choose_variant,
+)
 from ..ops.quant import activation_range
 from ..ops.train_math import GRAD_MAX
 from .float_classifier import FloatClassifier, plan_float_classifier
@@ -64,6 +73,7 @@ class BackwardStep:
     mask: tuple[int, int] | None  # activation mask bounds applied to dy first
     need_dx: list[bool]  # per dynamic input
     saved: list[bool]  # per dynamic input: kept from the forward pass
+    variant: KernelVariant = REF  # the kernels of this backward step
 
 
 @dataclass
@@ -80,6 +90,9 @@ class TrainProgram:
     state_bytes: int
     planner: ArenaPlanner = field(default_factory=ArenaPlanner)
     classifier: FloatClassifier | None = None  # classifier 'fp32': the float FC + SOFTMAX
+    # Per forward step, the kernels the training forward calls: a trained step reads channels
+    # from SRAM, so its variant must serve that n_train (see ops.base.KernelVariant.serves).
+    variants: list[KernelVariant] = field(default_factory=list)
 
     @property
     def arena_bytes(self) -> int:
@@ -125,11 +138,14 @@ def build_training(model: CompiledModel, scheme: Scheme) -> TrainProgram:
         saved = rule.saves_input(p.params, slot) if rule else [False] * len(p.inputs)
         if rule is not None and any(need_dx):
             _check_depth(p, rule)
-        backward.append(BackwardStep(step, p, rule, mask, need_dx, saved))
+        n_train = slot.n_train if slot is not None else 0
+        variant = choose_variant(backward_key(p.op.opcode), p.params, n_train)
+        backward.append(BackwardStep(step, p, rule, mask, need_dx, saved, variant))
     program = TrainProgram(model=model, scheme=scheme, trained=trained, backward=backward,
                            masks=masks, grad_tensors=[], loss_input=loss_input,
                            num_classes=num_classes, logits_loss=logits_loss,
-                           state_bytes=_layout_state(trained, classifier), classifier=classifier)
+                           state_bytes=_layout_state(trained, classifier), classifier=classifier,
+                           variants=_forward_variants(model, trained))
     program.grad_tensors = _gradient_tensors(program)
     program.planner = _plan(program)
     return program
@@ -179,6 +195,11 @@ def _initial_slot(model: CompiledModel, p: PreparedOp, plan: LayerPlan,
                      w_coef=w_coef[:plan.n_train].astype(np.float32),
                      bias_coef=bias_coef.astype(np.float32),
                      stochastic=scheme.rounding == "stochastic")
+
+
+def _forward_variants(model: CompiledModel, trained: dict[int, TrainedOp]) -> list[KernelVariant]:
+    return [choose_variant(p.op.opcode, p.params, trained[step].slot.n_train)
+            if step in trained else p.variant for step, p in enumerate(model.ops)]
 
 
 def _layout_state(trained: dict[int, TrainedOp], classifier: FloatClassifier | None) -> int:
