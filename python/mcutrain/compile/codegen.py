@@ -9,9 +9,10 @@ arena offsets fixed at compile time. No interpreter, no allocator.
 from __future__ import annotations
 
 from ..frontend.graph import Tensor
-from ..ops.base import StepContext
+from ..ops.base import KernelVariant, StepContext
 from ..ops.cxx import ConstPool, c_float, indent
-from .compiler import CompiledModel
+from .compiler import CompiledModel, scratch_buffer
+from .memory_plan import ArenaPlanner
 
 
 def tensor_desc(t: Tensor) -> str:
@@ -30,7 +31,8 @@ def generate_model_source(model: CompiledModel) -> tuple[str, int]:
     for step, p in enumerate(model.ops):
         ins = [_arena_ptr(model, t) for t in p.inputs]
         out = _arena_ptr(model, p.output)
-        body = p.opdef.emit(p.params, StepContext(pool, p.variant), ins, out).strip()
+        ctx = step_context(pool, p.variant, model.planner, scratch_buffer(step))
+        body = p.opdef.emit(p.params, ctx, ins, out).strip()
         comment = f"  // [{step}] {p.op.opcode} (operator {p.op.index}) -> tensor {p.output}"
         calls.append(comment + ("\n" + indent(body, 2) if body else " (aliases its input)"))
     arena_bytes = max(model.arena_bytes, 16)
@@ -45,6 +47,15 @@ def generate_model_source(model: CompiledModel) -> tuple[str, int]:
         calls="\n".join(calls),
     )
     return text, pool.nbytes
+
+
+def step_context(pool: ConstPool, variant: KernelVariant, planner: ArenaPlanner,
+                 scratch: str) -> StepContext:
+    """An emitter's context: the step's variant and, when planned, its scratch buffer."""
+    placement = planner.placements().get(scratch)
+    if placement is None:
+        return StepContext(pool, variant)
+    return StepContext(pool, variant, f"(g_arena + {placement.offset})", placement.size)
 
 
 def _arena_ptr(model: CompiledModel, tensor_id: int) -> str:

@@ -58,6 +58,20 @@ class CompiledModel:
         return self.planner.offset_of(self.buffer_of[tensor_id])
 
 
+def scratch_buffer(step: int, backward: bool = False) -> str:
+    """The arena buffer of a step's kernel scratch; it lives only during that step."""
+    return f"scratch_b{step}" if backward else f"scratch{step}"
+
+
+def scratch_size(variant: KernelVariant, params: Any) -> int:
+    """The variant's scratch bytes for these params (its pure size function, checked)."""
+    size = variant.scratch_bytes(params)
+    if not isinstance(size, int) or size < 0:
+        raise ValueError(f"kernel variant {variant.name}: scratch_bytes gave {size!r}, "
+                         "expected a byte count >= 0")
+    return size
+
+
 def compile_model(source: str | Path | bytes, alignment: int = 16) -> CompiledModel:
     graph = strip_io_conversions(read_tflite(source))
     check_deployable(graph)
@@ -115,5 +129,9 @@ def _plan(graph: Graph, ops: list[PreparedOp], buffer_of: dict[int, str],
     for name, (first, last) in lifetimes.items():
         tid = int(name[1:])
         planner.add_buffer(name, graph.tensors[tid].nbytes, first, last)
+    for step, p in enumerate(ops):
+        size = scratch_size(p.variant, p.params)
+        if size:
+            planner.add_buffer(scratch_buffer(step), size, step, step)
     return planner
 

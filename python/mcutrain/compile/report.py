@@ -109,8 +109,7 @@ def check_fits(model: CompiledModel, weight_bytes: int, limits: BoardLimits) -> 
     if need.total > limits.ram_bytes:
         step = model.planner.peak_step()
         live = sorted(model.planner.live_at(step), key=lambda p: -p.size)[:4]
-        names = ", ".join(f"'{short_name(_buffer_tensor(model, p.name).name)}' ({p.size} B)"
-                          for p in live)
+        names = ", ".join(f"{_buffer_label(model, p.name)} ({p.size} B)" for p in live)
         op = model.ops[step].op if 0 <= step < len(model.ops) else None
         where = f"operator {op.index} ({op.opcode})" if op else "the model edges"
         raise ModelError(
@@ -131,8 +130,7 @@ def forward_over_budget(model: CompiledModel, limits: BoardLimits, budget: int) 
     forward = inference_ram(model, limits)
     step = model.planner.peak_step()
     live = sorted(model.planner.live_at(step), key=lambda p: -p.size)[:2]
-    tensors = " and ".join(f"'{short_name(_buffer_tensor(model, p.name).name)}' ({p.size} B)"
-                           for p in live)
+    tensors = " and ".join(f"{_buffer_label(model, p.name)} ({p.size} B)" for p in live)
     where = layer_label(model, step) if 0 <= step < len(model.ops) else "the model edges"
     return (f"{model.graph.name}: no training scheme can fit the {budget} B training budget: "
             f"the forward pass alone needs {forward.total} B ({forward.breakdown()}), "
@@ -164,6 +162,13 @@ def layer_label(model: CompiledModel, step: int) -> str:
         pos = steps.index(step)
         return f"layer {pos}/{pos - len(steps)} {opcode}"
     return f"operator {step} {opcode}"
+
+
+def _buffer_label(model: CompiledModel, buffer: str) -> str:
+    """A planned buffer as a user recognises it: its tensor's name, or whose kernel scratch."""
+    if buffer.startswith("scratch"):
+        return f"kernel scratch of {layer_label(model, int(buffer.removeprefix('scratch')))}"
+    return f"'{short_name(_buffer_tensor(model, buffer).name)}'"
 
 
 def _buffer_tensor(model: CompiledModel, buffer: str):

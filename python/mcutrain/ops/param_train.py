@@ -18,7 +18,15 @@ from typing import Any
 import numpy as np
 
 from ..frontend.graph import ModelError
-from .base import EmitContext, GradRef, TrainBinding, TrainEmit, TrainSlot, kernel_name
+from .base import (
+    EmitContext,
+    GradRef,
+    TrainBinding,
+    TrainEmit,
+    TrainSlot,
+    kernel_name,
+    scratch_args,
+)
 from .cxx import c_float
 from .train_math import (
     F32,
@@ -151,7 +159,8 @@ def emit_backward(
     dy: GradRef, dx: list[GradRef | None], train: TrainEmit | None, tag: str,
 ) -> str:
     """C++ for one weighted operator's backward step: <kernel>_input_grad then GradRequantize,
-    <kernel>_bias_update, <kernel>_weight_update (in that order), from ctx's variant."""
+    <kernel>_bias_update, <kernel>_weight_update (in that order), from ctx's variant; the step's
+    scratch, if its variant has any, is passed to all three (they run one after the other)."""
     lines = ["{", struct_init]
     target = dx[0] if dx else None
     if target is not None:
@@ -159,7 +168,7 @@ def emit_backward(
         ratio_sym = "nullptr" if ratio is None else ctx.const_array(f"{tag}_fold", ratio)
         call = kernel_name(ctx, f"{kernel}_input_grad")
         lines.append(f"{call}(kParams, {filt}, {dy.data()}, {ratio_sym}, "
-                     f"{target.acc()});")
+                     f"{target.acc()}{scratch_args(ctx)});")
         lines.append(f"{target.scale} = mt::GradRequantize({target.buffer}, {target.count}, "
                      f"{dy.scale} * {c_float(max_scale(p))});")
     binding = train.binding if train is not None else None
@@ -172,7 +181,7 @@ def emit_backward(
             raise ValueError(f"operator {p.op_index}: bias trains but bias_coef is missing")
         call = kernel_name(ctx, f"{kernel}_bias_update")
         lines.append(f"{call}(kParams, {dy.data()}, lr_dy, "
-                     f"{train.bias_coef}, {binding.bias_symbol});")
+                     f"{train.bias_coef}, {binding.bias_symbol}{scratch_args(ctx)});")
     if trains_weights:
         if not saved or saved[0] is None or train.w_coef is None:
             raise ValueError(f"operator {p.op_index}: weight update needs the saved input "
@@ -180,7 +189,7 @@ def emit_backward(
         call = kernel_name(ctx, f"{kernel}_weight_update")
         lines.append(f"{call}(kParams, {saved[0]}, {dy.data()}, "
                      f"lr_dy * {c_float(p.input_scale)}, {train.w_coef}, {train.rounding}, "
-                     f"{train.prng}, {binding.weight_symbol});")
+                     f"{train.prng}, {binding.weight_symbol}{scratch_args(ctx)});")
     lines.append("}")
     return "\n".join(lines)
 

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..compile.codegen import model_desc, source_name
-from ..ops.base import GradRef, StepContext, TrainBinding, TrainEmit
+from ..compile.codegen import model_desc, source_name, step_context
+from ..compile.compiler import scratch_buffer
+from ..ops.base import GradRef, TrainBinding, TrainEmit
 from ..ops.cxx import ConstPool, c_float, indent
 from . import float_classifier, grad_rules
 from .training_graph import (
@@ -98,7 +99,8 @@ class _Emitter:
                     self.act(self.program.model.output)), 2))
                 continue
             ins = [self.act(t) for t in p.inputs]
-            ctx = StepContext(self.pool, self.program.variants[step])
+            ctx = step_context(self.pool, self.program.variants[step], self.program.planner,
+                               scratch_buffer(step))
             body = p.opdef.emit(self.params(step), ctx, ins, self.act(p.output)).strip()
             lines.append(f"  // [{step}] {p.op.opcode} (operator {p.op.index})")
             if body:
@@ -170,8 +172,9 @@ class _Emitter:
                 continue
             saved = [self.act(t) if keep else None
                      for t, keep in zip(p.inputs, b.saved, strict=True)]
-            body = b.rule.emit(self.params(b.step), StepContext(self.pool, b.variant), saved, dy,
-                               dxs, self.train_emit(b.step))
+            ctx = step_context(self.pool, b.variant, program.planner,
+                               scratch_buffer(b.step, backward=True))
+            body = b.rule.emit(self.params(b.step), ctx, saved, dy, dxs, self.train_emit(b.step))
             lines.append(indent(body.strip(), 2))
         return "\n".join(lines)
 

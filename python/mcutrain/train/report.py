@@ -150,6 +150,10 @@ class _Names:
             return f"gradient of {self.tensor(int(name[1:].split('_')[0]))}"
         if name.startswith("m"):
             return f"ReLU mask of {self.op(int(name[1:]))}"
+        if name.startswith("scratch_b"):
+            return f"kernel scratch of the backward of {self.op(int(name[9:]))}"
+        if name.startswith("scratch"):
+            return f"kernel scratch of {self.op(int(name[7:]))}"
         if name.startswith("cls"):
             return "fp32 classifier work buffer"
         tid = next((t for t, b in sorted(self.model.buffer_of.items()) if b == name), None)

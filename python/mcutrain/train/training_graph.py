@@ -20,7 +20,7 @@ from types import ModuleType
 
 import numpy as np
 
-from ..compile.compiler import CompiledModel, PreparedOp
+from ..compile.compiler import CompiledModel, PreparedOp, scratch_buffer, scratch_size
 from ..compile.memory_plan import ArenaPlanner
 from ..frontend.graph import ModelError
 from ..ops import load_all
@@ -354,6 +354,9 @@ def _plan(program: TrainProgram) -> ArenaPlanner:
         for t in p.inputs:
             act(t, step)
         act(p.output, step)
+        size = scratch_size(program.variants[step], p.params)
+        if size:
+            use(scratch_buffer(step), size, step)
     act(model.output, n)  # the loss reads the output
     bstep = {b.step: n + 1 + i for i, b in enumerate(program.backward)}
     for step in program.masks:
@@ -364,6 +367,9 @@ def _plan(program: TrainProgram) -> ArenaPlanner:
         for t, keep in zip(b.op.inputs, b.saved, strict=True):
             if keep:
                 act(t, bstep[b.step])
+        size = scratch_size(b.variant, b.op.params) if b.rule is not None else 0
+        if size:
+            use(scratch_buffer(b.step, backward=True), size, bstep[b.step])
     _plan_gradients(program, use, bstep, n)
     planner = ArenaPlanner(alignment=16)
     for name, (first, last) in lifetimes.items():
