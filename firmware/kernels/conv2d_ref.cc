@@ -6,40 +6,50 @@
 
 namespace mt::ref {
 
+namespace {
+
+// Output channels [oc_begin, oc_end) of one output pixel, weights from `rows` (row oc at the
+// same OHWI offset in flash and in the SRAM copy). The trained prefix and the frozen rest are
+// two calls, so no loop asks which memory a channel lives in.
+void ConvPixel(const Conv2dParams& p, const int8_t* input, const int8_t* rows,
+               const int32_t* bias, int8_t* output, int32_t b, int32_t oy, int32_t ox,
+               int32_t oc_begin, int32_t oc_end) {
+  const int32_t filters_per_group = p.output_c / (p.input_c / p.filter_c);
+  const int32_t in_y0 = oy * p.stride_h - p.pad_h;
+  const int32_t in_x0 = ox * p.stride_w - p.pad_w;
+  for (int32_t oc = oc_begin; oc < oc_end; ++oc) {
+    const int32_t in_c0 = (oc / filters_per_group) * p.filter_c;
+    int32_t acc = 0;
+    for (int32_t fy = 0; fy < p.filter_h; ++fy) {
+      const int32_t iy = in_y0 + fy * p.dilation_h;
+      for (int32_t fx = 0; fx < p.filter_w; ++fx) {
+        const int32_t ix = in_x0 + fx * p.dilation_w;
+        // Padding is implicit: a tap outside the image contributes nothing, which is
+        // what a pad value equal to the input zero point would give.
+        if (iy < 0 || iy >= p.input_h || ix < 0 || ix >= p.input_w) continue;
+        const int8_t* in = input + ((b * p.input_h + iy) * p.input_w + ix) * p.input_c + in_c0;
+        const int8_t* w = rows + ((oc * p.filter_h + fy) * p.filter_w + fx) * p.filter_c;
+        for (int32_t ic = 0; ic < p.filter_c; ++ic) {
+          acc = WrappingAdd(acc, static_cast<int32_t>(w[ic]) * (in[ic] + p.input_offset));
+        }
+      }
+    }
+    if (bias != nullptr) acc = WrappingAdd(acc, bias[oc]);
+    acc = MultiplyByQuantizedMultiplier(acc, p.multiplier[oc], p.shift[oc]);
+    output[((b * p.output_h + oy) * p.output_w + ox) * p.output_c + oc] =
+        static_cast<int8_t>(AddOffsetClamp(acc, p.output_offset, p.act_min, p.act_max));
+  }
+}
+
+}  // namespace
+
 void conv2d_s8(const Conv2dParams& p, const int8_t* input, const int8_t* filter,
                const int32_t* bias, int8_t* output) {
-  const int32_t groups = p.input_c / p.filter_c;
-  const int32_t filters_per_group = p.output_c / groups;
   for (int32_t b = 0; b < p.batches; ++b) {
     for (int32_t oy = 0; oy < p.output_h; ++oy) {
-      const int32_t in_y0 = oy * p.stride_h - p.pad_h;
       for (int32_t ox = 0; ox < p.output_w; ++ox) {
-        const int32_t in_x0 = ox * p.stride_w - p.pad_w;
-        for (int32_t oc = 0; oc < p.output_c; ++oc) {
-          const int32_t in_c0 = (oc / filters_per_group) * p.filter_c;
-          // Trained channels live in SRAM with the same row layout (a prefix of the filter).
-          const int8_t* rows = oc < p.n_train ? p.train_filter : filter;
-          int32_t acc = 0;
-          for (int32_t fy = 0; fy < p.filter_h; ++fy) {
-            const int32_t iy = in_y0 + fy * p.dilation_h;
-            for (int32_t fx = 0; fx < p.filter_w; ++fx) {
-              const int32_t ix = in_x0 + fx * p.dilation_w;
-              // Padding is implicit: a tap outside the image contributes nothing, which is
-              // what a pad value equal to the input zero point would give.
-              if (iy < 0 || iy >= p.input_h || ix < 0 || ix >= p.input_w) continue;
-              const int8_t* in =
-                  input + ((b * p.input_h + iy) * p.input_w + ix) * p.input_c + in_c0;
-              const int8_t* w = rows + ((oc * p.filter_h + fy) * p.filter_w + fx) * p.filter_c;
-              for (int32_t ic = 0; ic < p.filter_c; ++ic) {
-                acc = WrappingAdd(acc, static_cast<int32_t>(w[ic]) * (in[ic] + p.input_offset));
-              }
-            }
-          }
-          if (bias != nullptr) acc = WrappingAdd(acc, bias[oc]);
-          acc = MultiplyByQuantizedMultiplier(acc, p.multiplier[oc], p.shift[oc]);
-          output[((b * p.output_h + oy) * p.output_w + ox) * p.output_c + oc] =
-              static_cast<int8_t>(AddOffsetClamp(acc, p.output_offset, p.act_min, p.act_max));
-        }
+        ConvPixel(p, input, p.train_filter, bias, output, b, oy, ox, 0, p.n_train);
+        ConvPixel(p, input, filter, bias, output, b, oy, ox, p.n_train, p.output_c);
       }
     }
   }

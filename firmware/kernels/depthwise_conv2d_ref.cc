@@ -6,37 +6,49 @@
 
 namespace mt::ref {
 
+namespace {
+
+// Output channels [oc_begin, oc_end) of one output pixel, tap (fy, fx) of channel oc at
+// weights[(fy * filter_w + fx) * channel_stride + oc]: the flash filter (stride output_c) for
+// the frozen channels, the SRAM copy [filter_h][filter_w][n_train] (stride n_train) for the
+// trained prefix. Two calls, so no loop asks which memory a channel lives in.
+void DepthwisePixel(const DepthwiseConv2dParams& p, const int8_t* input, const int8_t* weights,
+                    int32_t channel_stride, const int32_t* bias, int8_t* output, int32_t b,
+                    int32_t oy, int32_t ox, int32_t oc_begin, int32_t oc_end) {
+  const int32_t in_y0 = oy * p.stride_h - p.pad_h;
+  const int32_t in_x0 = ox * p.stride_w - p.pad_w;
+  for (int32_t oc = oc_begin; oc < oc_end; ++oc) {
+    const int32_t ic = oc / p.depth_multiplier;
+    int32_t acc = 0;
+    for (int32_t fy = 0; fy < p.filter_h; ++fy) {
+      const int32_t iy = in_y0 + fy * p.dilation_h;
+      for (int32_t fx = 0; fx < p.filter_w; ++fx) {
+        const int32_t ix = in_x0 + fx * p.dilation_w;
+        // Taps outside the image are skipped: implicit padding with the zero point.
+        if (iy < 0 || iy >= p.input_h || ix < 0 || ix >= p.input_w) continue;
+        const int32_t x = input[((b * p.input_h + iy) * p.input_w + ix) * p.input_c + ic];
+        const int32_t w = weights[(fy * p.filter_w + fx) * channel_stride + oc];
+        acc = WrappingAdd(acc, w * (x + p.input_offset));
+      }
+    }
+    if (bias != nullptr) acc = WrappingAdd(acc, bias[oc]);
+    acc = MultiplyByQuantizedMultiplier(acc, p.multiplier[oc], p.shift[oc]);
+    output[((b * p.output_h + oy) * p.output_w + ox) * p.output_c + oc] =
+        static_cast<int8_t>(AddOffsetClamp(acc, p.output_offset, p.act_min, p.act_max));
+  }
+}
+
+}  // namespace
+
 void depthwise_conv2d_s8(const DepthwiseConv2dParams& p, const int8_t* input,
                          const int8_t* filter, const int32_t* bias, int8_t* output) {
   for (int32_t b = 0; b < p.batches; ++b) {
     for (int32_t oy = 0; oy < p.output_h; ++oy) {
-      const int32_t in_y0 = oy * p.stride_h - p.pad_h;
       for (int32_t ox = 0; ox < p.output_w; ++ox) {
-        const int32_t in_x0 = ox * p.stride_w - p.pad_w;
-        for (int32_t ic = 0; ic < p.input_c; ++ic) {
-          for (int32_t m = 0; m < p.depth_multiplier; ++m) {
-            const int32_t oc = ic * p.depth_multiplier + m;
-            int32_t acc = 0;
-            for (int32_t fy = 0; fy < p.filter_h; ++fy) {
-              const int32_t iy = in_y0 + fy * p.dilation_h;
-              for (int32_t fx = 0; fx < p.filter_w; ++fx) {
-                const int32_t ix = in_x0 + fx * p.dilation_w;
-                // Taps outside the image are skipped: implicit padding with the zero point.
-                if (iy < 0 || iy >= p.input_h || ix < 0 || ix >= p.input_w) continue;
-                const int32_t x = input[((b * p.input_h + iy) * p.input_w + ix) * p.input_c + ic];
-                // Trained channels live in SRAM, laid out [filter_h][filter_w][n_train].
-                const int32_t w = oc < p.n_train
-                                      ? p.train_filter[(fy * p.filter_w + fx) * p.n_train + oc]
-                                      : filter[(fy * p.filter_w + fx) * p.output_c + oc];
-                acc = WrappingAdd(acc, w * (x + p.input_offset));
-              }
-            }
-            if (bias != nullptr) acc = WrappingAdd(acc, bias[oc]);
-            acc = MultiplyByQuantizedMultiplier(acc, p.multiplier[oc], p.shift[oc]);
-            output[((b * p.output_h + oy) * p.output_w + ox) * p.output_c + oc] =
-                static_cast<int8_t>(AddOffsetClamp(acc, p.output_offset, p.act_min, p.act_max));
-          }
-        }
+        DepthwisePixel(p, input, p.train_filter, p.n_train, bias, output, b, oy, ox, 0,
+                       p.n_train);
+        DepthwisePixel(p, input, filter, p.output_c, bias, output, b, oy, ox, p.n_train,
+                       p.output_c);
       }
     }
   }

@@ -21,27 +21,34 @@ int32_t RoundScaled(int32_t acc, double scale) {
   return r;
 }
 
+// Output units [o_begin, o_end) of one batch row, row o of the weights at rows + o * accum_depth
+// (same layout in flash and in the SRAM copy of the trained prefix). The trained prefix and the
+// frozen rest are two calls, so no loop asks which memory a row lives in.
+void FullyConnectedRows(const FullyConnectedParams& p, const int8_t* x, const int8_t* rows,
+                        const int32_t* bias, int8_t* out, int32_t o_begin, int32_t o_end) {
+  for (int32_t o = o_begin; o < o_end; ++o) {
+    const int8_t* w = rows + o * p.accum_depth;
+    int32_t acc = 0;
+    for (int32_t d = 0; d < p.accum_depth; ++d) {
+      acc = WrappingAdd(acc, (static_cast<int32_t>(w[d]) + p.filter_offset) *
+                                 (static_cast<int32_t>(x[d]) + p.input_offset));
+    }
+    if (bias != nullptr) acc = WrappingAdd(acc, bias[o]);
+    acc = p.real_scale != nullptr ? RoundScaled(acc, p.real_scale[o])
+                                  : MultiplyByQuantizedMultiplier(acc, p.multiplier[o], p.shift[o]);
+    out[o] = static_cast<int8_t>(AddOffsetClamp(acc, p.output_offset, p.act_min, p.act_max));
+  }
+}
+
 }  // namespace
 
 void fully_connected_s8(const FullyConnectedParams& p, const int8_t* input, const int8_t* filter,
                         const int32_t* bias, int8_t* output) {
   for (int32_t b = 0; b < p.batches; ++b) {
     const int8_t* x = input + b * p.accum_depth;
-    for (int32_t o = 0; o < p.output_depth; ++o) {
-      // Trained rows live in SRAM with the same row layout (a prefix of the filter).
-      const int8_t* w = (o < p.n_train ? p.train_filter : filter) + o * p.accum_depth;
-      int32_t acc = 0;
-      for (int32_t d = 0; d < p.accum_depth; ++d) {
-        acc = WrappingAdd(acc, (static_cast<int32_t>(w[d]) + p.filter_offset) *
-                                   (static_cast<int32_t>(x[d]) + p.input_offset));
-      }
-      if (bias != nullptr) acc = WrappingAdd(acc, bias[o]);
-      acc = p.real_scale != nullptr
-                ? RoundScaled(acc, p.real_scale[o])
-                : MultiplyByQuantizedMultiplier(acc, p.multiplier[o], p.shift[o]);
-      output[b * p.output_depth + o] =
-          static_cast<int8_t>(AddOffsetClamp(acc, p.output_offset, p.act_min, p.act_max));
-    }
+    int8_t* out = output + b * p.output_depth;
+    FullyConnectedRows(p, x, p.train_filter, bias, out, 0, p.n_train);
+    FullyConnectedRows(p, x, filter, bias, out, p.n_train, p.output_depth);
   }
 }
 
