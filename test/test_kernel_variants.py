@@ -20,6 +20,7 @@ from mcutrain.compile.report import BoardLimits, check_fits
 from mcutrain.frontend.graph import ModelError
 from mcutrain.ops.base import REF, VARIANTS, KernelVariant, backward_key
 from mcutrain.train.codegen import generate_training_source
+from mcutrain.train.report import check_training_fits
 from mcutrain.train.scheme import parse_scheme
 from mcutrain.train.training_graph import build_training
 
@@ -129,3 +130,16 @@ def test_a_too_big_scratch_is_named_in_the_fit_message(monkeypatch: pytest.Monke
     message = str(err.value)
     assert re.search(r"kernel scratch of layer \d+/-\d+ CONV_2D \(409600 B\)", message), message
     assert "scratch0" not in message and "\n" not in message
+
+
+def test_a_too_big_backward_scratch_is_named_in_the_training_fit_message(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    huge = KernelVariant("huge", "mt::huge", scratch_bytes=lambda params: 260 * 1024)
+    monkeypatch.setitem(VARIANTS, backward_key("CONV_2D"), [huge])
+    program = build_training(compile_model(HAR), parse_scheme({"preset": "full"}, name="s"))
+    with pytest.raises(ModelError) as err:
+        check_training_fits(program, 0, BoardLimits("f746", 320 * 1024, 1024 * 1024))
+    message = str(err.value)
+    assert re.search(r"266240 B kernel scratch of the backward of layer \d+/-\d+ CONV_2D",
+                     message), message
+    assert "scratch_b" not in message and "\n" not in message
