@@ -153,3 +153,37 @@ def test_accepted_scheme_passes_the_check(har) -> None:
     program = build_training(har, load_scheme(ROOT / "train" / "har_adapt.json"))
     check_training_fits(program, 0, F746)
     assert program.arena_bytes + program.state_bytes < 16 * 1024
+
+
+def _emitted_floats(source: str, symbol: str) -> np.ndarray:
+    """The values of `const float k_<symbol>_<n>[...] = {...};` in generated C++."""
+    import re
+
+    match = re.search(rf"const float k_{symbol}_\d+\[\d+\] = \{{([^}}]*)\}};", source)
+    assert match is not None, symbol
+    return np.array([np.float32(v.strip().rstrip("f")) for v in match.group(1).split(",")
+                     if v.strip()], dtype=np.float32)
+
+
+@pytest.mark.parametrize("scheme", ["har_adapt.json", "har_adapt_noqas.json"])
+def test_update_coefficients_in_the_firmware_are_param_train_coefficients(har, scheme) -> None:
+    """The kernel tests take their coefficients from param_train.coefficients: these must be
+    the very float32 constants the generated firmware gets, bit for bit."""
+    from mcutrain.ops import param_train
+    from mcutrain.train.codegen import generate_training_source
+
+    program = build_training(har, load_scheme(ROOT / "train" / scheme))
+    source, _ = generate_training_source(program)
+    checked = 0
+    for step, t in program.trained.items():
+        w_coef, bias_coef = param_train.coefficients(har.ops[step].params, t.slot.n_train,
+                                                     program.scheme.qas)
+        if t.slot.n_train:
+            emitted = _emitted_floats(source, f"w_coef{step}")
+            np.testing.assert_array_equal(emitted.view(np.uint32), w_coef.view(np.uint32))
+            checked += 1
+        if t.slot.bias is not None:
+            emitted = _emitted_floats(source, f"bias_coef{step}")
+            np.testing.assert_array_equal(emitted.view(np.uint32), bias_coef.view(np.uint32))
+            checked += 1
+    assert checked >= 3

@@ -23,7 +23,7 @@ import numpy as np
 from ..compile.compiler import CompiledModel, PreparedOp
 from ..compile.memory_plan import ArenaPlanner
 from ..frontend.graph import ModelError
-from ..ops import load_all
+from ..ops import load_all, param_train
 from ..ops.base import BACKWARD, PARAMETRIC, BackwardDef, TrainSlot
 from ..ops.quant import activation_range
 from ..ops.train_math import GRAD_MAX
@@ -153,32 +153,18 @@ def _trained_ops(model: CompiledModel, scheme: Scheme) -> dict[int, TrainedOp]:
     trained = {}
     for plan in plan_layers(scheme, _parametric(model)):
         p = model.ops[plan.step]
-        trained[plan.step] = TrainedOp(plan.step, plan, _initial_slot(model, p, plan, scheme),
-                                       -1, -1)
+        trained[plan.step] = TrainedOp(plan.step, plan, _initial_slot(p, plan, scheme), -1, -1)
     return trained
 
 
-def _initial_slot(model: CompiledModel, p: PreparedOp, plan: LayerPlan,
-                  scheme: Scheme) -> TrainSlot:
-    g = model.graph
-    filt = g.tensors[p.op.inputs[1]]
-    x = g.tensors[p.inputs[0]]
-    out_c = int(g.tensors[p.output].shape[-1])
-    sw = np.broadcast_to(filt.quant.scale.astype(np.float32), (out_c,)).astype(np.float32)
-    sx = np.float32(x.scale)
+def _initial_slot(p: PreparedOp, plan: LayerPlan, scheme: Scheme) -> TrainSlot:
     has_bias = getattr(p.params, "bias", None) is not None
     module = param_module(p.op.opcode)
     weights = module.trainable_weights(p.params, plan.n_train) if plan.n_train else None
     bias = np.array(p.params.bias, dtype=np.int32) if plan.train_bias and has_bias else None
-    if scheme.qas:
-        w_coef = np.float32(1.0) / sw
-        bias_coef = np.float32(1.0) / (sx * sw)
-    else:
-        w_coef, bias_coef = sw.copy(), sx * sw
-    return TrainSlot(n_train=plan.n_train, weights=weights, bias=bias,
-                     w_coef=w_coef[:plan.n_train].astype(np.float32),
-                     bias_coef=bias_coef.astype(np.float32),
-                     stochastic=scheme.rounding == "stochastic")
+    w_coef, bias_coef = param_train.coefficients(p.params, plan.n_train, scheme.qas)
+    return TrainSlot(n_train=plan.n_train, weights=weights, bias=bias, w_coef=w_coef,
+                     bias_coef=bias_coef, stochastic=scheme.rounding == "stochastic")
 
 
 def _layout_state(trained: dict[int, TrainedOp], classifier: FloatClassifier | None) -> int:
