@@ -187,3 +187,17 @@ def test_update_coefficients_in_the_firmware_are_param_train_coefficients(har, s
             np.testing.assert_array_equal(emitted.view(np.uint32), bias_coef.view(np.uint32))
             checked += 1
     assert checked >= 3
+
+
+def test_activation_masks_are_grad_rules_mask_bounds_of_the_operator_clamp(har) -> None:
+    """The masks the firmware applies come from grad_rules.mask_bounds (the function the mask
+    kernel tests check), fed with the clamp the forward kernel uses."""
+    from mcutrain.train import grad_rules
+
+    program = build_training(har, parse_scheme({"preset": "full", "lr": 0.01}))
+    assert program.masks
+    for step, bounds in program.masks.items():
+        p = har.ops[step]
+        expected = grad_rules.mask_bounds(p.op.options["activation"], p.params.act_min,
+                                          p.params.act_max)
+        assert bounds == expected, step

@@ -27,6 +27,7 @@ from ..ops import load_all, param_train
 from ..ops.base import BACKWARD, PARAMETRIC, BackwardDef, TrainSlot
 from ..ops.quant import activation_range
 from ..ops.train_math import GRAD_MAX
+from . import grad_rules
 from .float_classifier import FloatClassifier, plan_float_classifier
 from .scheme import LayerPlan, Scheme, plan_layers
 
@@ -238,12 +239,14 @@ def _upstream_trained(ops: list[PreparedOp], producer: dict[int, int],
 
 
 def _mask(model: CompiledModel, p: PreparedOp) -> tuple[int, int] | None:
-    activation = p.op.options.get("activation", "NONE")
-    if p.op.opcode not in _FUSED_ACTIVATION or activation == "NONE":
+    """The activation mask bounds of an operator's output (grad_rules.mask_bounds, the rule the
+    mask kernel tests check), None without a fused activation."""
+    if p.op.opcode not in _FUSED_ACTIVATION:
         return None
+    activation = p.op.options.get("activation", "NONE")
     out = model.graph.tensors[p.output]
     lo, hi = activation_range(activation, out.scale, out.zero_point)
-    return (lo, 128) if activation == "RELU" else (lo, hi)
+    return grad_rules.mask_bounds(activation, lo, hi)
 
 
 def _check_depth(p: PreparedOp, rule: BackwardDef) -> None:
