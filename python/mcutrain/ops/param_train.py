@@ -24,7 +24,7 @@ from .train_math import (
     QGrad,
     XorShift32,
     grad_requantize,
-    round_half_away,
+    round_half_away_f32,
     round_update,
     saturate_bias,
     saturate_weight,
@@ -99,14 +99,14 @@ def backward(
         current = p if n_train == 0 else geo.with_trained(p, slot.weights, None)
         ratio = fold_ratio(p)
         folded = d if ratio is None else np.asarray(
-            round_half_away(d.astype(np.float32) * ratio), dtype=np.int64)
+            round_half_away_f32(d.astype(np.float32) * ratio), dtype=np.int64)
         acc = geo.input_grad(p, current.filter, folded)
         dx = grad_requantize(acc.astype(np.int32), F32(dy.scale) * max_scale(p))
     lr_dy = F32(lr) * F32(dy.scale)
     if slot is not None and slot.bias is not None:
         gb = d.reshape(-1, out_c).sum(axis=0).astype(np.float32)
         delta = (lr_dy * gb) * np.asarray(slot.bias_coef, dtype=np.float32)
-        rounded = round_half_away(delta)
+        rounded = round_half_away_f32(delta)
         rounded = np.where(np.isfinite(rounded), rounded, np.float32(0))  # as UpdateBias
         new = slot.bias.astype(np.float64) - rounded.astype(np.float64)
         slot.bias[...] = saturate_bias(new).reshape(slot.bias.shape)
