@@ -201,3 +201,17 @@ def test_activation_masks_are_grad_rules_mask_bounds_of_the_operator_clamp(har) 
         expected = grad_rules.mask_bounds(p.op.options["activation"], p.params.act_min,
                                           p.params.act_max)
         assert bounds == expected, step
+
+
+def test_gradient_and_mask_buffers_map_back_without_parsing_their_names() -> None:
+    """Every gradient and mask buffer of the arena plan is known to the program (tensor, or
+    masked step), fan-out parts included, so reports need not parse 'g<id>_c<k>' / 'm<step>'."""
+    model = compile_model(ROOT / "models" / "test" / "residual_dw_f32io.tflite")
+    program = build_training(model, parse_scheme({"preset": "full", "lr": 0.01}))
+    gradients, masks = program.gradient_buffers(), program.mask_buffers()
+    planned = set(program.planner.placements())
+    assert set(gradients) | set(masks) == {b for b in planned if b[0] in "gm"}
+    assert any("_c" in b for b in gradients)  # the residual's fan-out has two parts
+    for t in program.grad_tensors:
+        assert gradients[grad_buffer(t)] == t
+    assert {step for step in masks.values()} == set(program.masks)

@@ -92,6 +92,19 @@ class TrainProgram:
     def activation_buffer(self, tensor_id: int) -> str:
         return self.model.buffer_of[tensor_id]
 
+    def gradient_buffers(self) -> dict[str, int]:
+        """Gradient arena buffer -> the tensor whose gradient (or one fan-out part) it holds."""
+        out: dict[str, int] = {}
+        for t, made in gradient_contributions(self).items():
+            out[grad_buffer(t)] = t
+            if len(made) == 2:
+                out.update({grad_buffer(t, k): t for k in range(2)})
+        return out
+
+    def mask_buffers(self) -> dict[str, int]:
+        """Mask arena buffer -> the forward step whose output it masks."""
+        return {mask_buffer(step): step for step in self.masks}
+
 
 def build_training(model: CompiledModel, scheme: Scheme) -> TrainProgram:
     load_all()
