@@ -215,3 +215,21 @@ def test_gradient_and_mask_buffers_map_back_without_parsing_their_names() -> Non
     for t in program.grad_tensors:
         assert gradients[grad_buffer(t)] == t
     assert {step for step in masks.values()} == set(program.masks)
+
+
+def test_build_training_returns_frozen_records_with_their_state_offsets(har) -> None:
+    """The trained operators and the fp32 classifier come out of build_training complete (state
+    offsets, need_dx) and frozen: nothing patches them after they are made."""
+    import dataclasses
+
+    program = build_training(har, load_scheme(ROOT / "train" / "har_adapt_fp32cls.json"))
+    cls = program.classifier
+    assert cls is not None and program.trained
+    for t in program.trained.values():
+        assert t.weight_offset >= 0 or t.bias_offset >= 0
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            t.weight_offset = 0  # type: ignore[misc]
+    assert cls.weight_offset >= 0 and cls.bias_offset == cls.weight_offset + cls.weight_bytes
+    assert program.state_bytes == cls.bias_offset + cls.bias_bytes
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cls.need_dx = not cls.need_dx  # type: ignore[misc]

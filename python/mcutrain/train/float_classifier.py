@@ -35,7 +35,7 @@ _POLY = tuple(F32(float.fromhex(h)) for h in (
 _MIN_PROB = F32(1e-30)
 
 
-@dataclass
+@dataclass(frozen=True)
 class FloatClassifier:
     """The FULLY_CONNECTED (+ SOFTMAX) that a training build runs in float32."""
 

@@ -15,7 +15,7 @@ its float work buffers (x_real/logits/probabilities, input-gradient scratch) are
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import ModuleType
 
 import numpy as np
@@ -46,7 +46,7 @@ def param_module(opcode: str) -> ModuleType:
     return importlib.import_module(f"mcutrain.ops.{_PARAM_MODULES[opcode]}")
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainedOp:
     """One operator with trained parameters and where they live in the state block."""
 
@@ -123,7 +123,8 @@ def build_training(model: CompiledModel, scheme: Scheme) -> TrainProgram:
         # The float classifier's backward runs with the loss; the int8 schedule ends before it.
         last = classifier.fc_step
         loss_input = classifier.input_tensor
-        classifier.need_dx = loss_input in producer and upstream[producer[loss_input]]
+        classifier = replace(classifier,
+                             need_dx=loss_input in producer and upstream[producer[loss_input]])
     for step in reversed(range(last)):
         p = ops[step]
         if not upstream[step]:
@@ -140,10 +141,11 @@ def build_training(model: CompiledModel, scheme: Scheme) -> TrainProgram:
         if rule is not None and any(need_dx):
             _check_depth(p, rule)
         backward.append(BackwardStep(step, p, rule, mask, need_dx, saved))
+    trained, classifier, state_bytes = _layout_state(trained, classifier)
     program = TrainProgram(model=model, scheme=scheme, trained=trained, backward=backward,
                            masks=masks, grad_tensors=[], loss_input=loss_input,
                            num_classes=num_classes, logits_loss=logits_loss,
-                           state_bytes=_layout_state(trained, classifier), classifier=classifier)
+                           state_bytes=state_bytes, classifier=classifier)
     program.grad_tensors = _gradient_tensors(program)
     program.planner = _plan(program)
     return program
@@ -181,22 +183,29 @@ def _initial_slot(p: PreparedOp, plan: LayerPlan, scheme: Scheme) -> TrainSlot:
                      bias_coef=bias_coef, stochastic=scheme.rounding == "stochastic")
 
 
-def _layout_state(trained: dict[int, TrainedOp], classifier: FloatClassifier | None) -> int:
+def _layout_state(trained: dict[int, TrainedOp], classifier: FloatClassifier | None
+                  ) -> tuple[dict[int, TrainedOp], FloatClassifier | None, int]:
+    """The trained operators and the classifier with their state-block offsets, and its size."""
     offset = 0
+    offsets: dict[int, tuple[int, int]] = {}
     for step in sorted(trained):
         t = trained[step]
+        weight_offset = bias_offset = -1
         if t.slot.weights is not None:
-            t.weight_offset = offset
+            weight_offset = offset
             offset += (t.slot.weights.nbytes + 3) // 4 * 4
         if t.slot.bias is not None:
-            t.bias_offset = offset
+            bias_offset = offset
             offset += t.slot.bias.nbytes
+        offsets[step] = weight_offset, bias_offset
+    placed = {step: replace(t, weight_offset=offsets[step][0], bias_offset=offsets[step][1])
+              for step, t in trained.items()}
     if classifier is not None:  # float32 W_f [units, depth], then b_f [units]; offset is 4-aligned
-        classifier.weight_offset = offset
+        weight_offset = offset
         offset += classifier.weight_bytes
-        classifier.bias_offset = offset
+        classifier = replace(classifier, weight_offset=weight_offset, bias_offset=offset)
         offset += classifier.bias_bytes
-    return offset
+    return placed, classifier, offset
 
 
 def _loss(model: CompiledModel, scheme: Scheme) -> tuple[int, int, bool]:
