@@ -57,3 +57,22 @@ def test_rejects_bad_requests() -> None:
     p.add_buffer("x", 10, 0, 1)
     with pytest.raises(ValueError, match="twice"):
         p.add_buffer("x", 10, 0, 1)
+
+
+def test_compiled_buffers_map_back_to_the_tensor_they_were_made_for() -> None:
+    """Every arena buffer of a compiled model knows its tensor without parsing its name: a
+    RESHAPE's output shares its input's buffer, which stays the input's, sized by it."""
+    from pathlib import Path
+
+    from mcutrain.compile.compiler import compile_model
+
+    model = compile_model(Path(__file__).resolve().parents[1] / "models"
+                          / "third_party" / "tflm_micro_speech_int8.tflite")
+    reshapes = [p for p in model.ops if p.opdef.aliases_input]
+    assert reshapes
+    assert set(model.tensor_of) == set(model.planner.placements())
+    for buffer, tid in model.tensor_of.items():
+        assert model.buffer_of[tid] == buffer
+        assert model.planner.placements()[buffer].size >= model.graph.tensors[tid].nbytes
+    for p in reshapes:
+        assert model.tensor_of[model.buffer_of[p.output]] == p.inputs[0]

@@ -153,3 +153,83 @@ def test_accepted_scheme_passes_the_check(har) -> None:
     program = build_training(har, load_scheme(ROOT / "train" / "har_adapt.json"))
     check_training_fits(program, 0, F746)
     assert program.arena_bytes + program.state_bytes < 16 * 1024
+
+
+def _emitted_floats(source: str, symbol: str) -> np.ndarray:
+    """The values of `const float k_<symbol>_<n>[...] = {...};` in generated C++."""
+    import re
+
+    match = re.search(rf"const float k_{symbol}_\d+\[\d+\] = \{{([^}}]*)\}};", source)
+    assert match is not None, symbol
+    return np.array([np.float32(v.strip().rstrip("f")) for v in match.group(1).split(",")
+                     if v.strip()], dtype=np.float32)
+
+
+@pytest.mark.parametrize("scheme", ["har_adapt.json", "har_adapt_noqas.json"])
+def test_update_coefficients_in_the_firmware_are_param_train_coefficients(har, scheme) -> None:
+    """The kernel tests take their coefficients from param_train.coefficients: these must be
+    the very float32 constants the generated firmware gets, bit for bit."""
+    from mcutrain.ops import param_train
+    from mcutrain.train.codegen import generate_training_source
+
+    program = build_training(har, load_scheme(ROOT / "train" / scheme))
+    source, _ = generate_training_source(program)
+    checked = 0
+    for step, t in program.trained.items():
+        w_coef, bias_coef = param_train.coefficients(har.ops[step].params, t.slot.n_train,
+                                                     program.scheme.qas)
+        if t.slot.n_train:
+            emitted = _emitted_floats(source, f"w_coef{step}")
+            np.testing.assert_array_equal(emitted.view(np.uint32), w_coef.view(np.uint32))
+            checked += 1
+        if t.slot.bias is not None:
+            emitted = _emitted_floats(source, f"bias_coef{step}")
+            np.testing.assert_array_equal(emitted.view(np.uint32), bias_coef.view(np.uint32))
+            checked += 1
+    assert checked >= 3
+
+
+def test_activation_masks_are_grad_rules_mask_bounds_of_the_operator_clamp(har) -> None:
+    """The masks the firmware applies come from grad_rules.mask_bounds (the function the mask
+    kernel tests check), fed with the clamp the forward kernel uses."""
+    from mcutrain.train import grad_rules
+
+    program = build_training(har, parse_scheme({"preset": "full", "lr": 0.01}))
+    assert program.masks
+    for step, bounds in program.masks.items():
+        p = har.ops[step]
+        expected = grad_rules.mask_bounds(p.op.options["activation"], p.params.act_min,
+                                          p.params.act_max)
+        assert bounds == expected, step
+
+
+def test_gradient_and_mask_buffers_map_back_without_parsing_their_names() -> None:
+    """Every gradient and mask buffer of the arena plan is known to the program (tensor, or
+    masked step), fan-out parts included, so reports need not parse 'g<id>_c<k>' / 'm<step>'."""
+    model = compile_model(ROOT / "models" / "test" / "residual_dw_f32io.tflite")
+    program = build_training(model, parse_scheme({"preset": "full", "lr": 0.01}))
+    gradients, masks = program.gradient_buffers(), program.mask_buffers()
+    planned = set(program.planner.placements())
+    assert set(gradients) | set(masks) == {b for b in planned if b[0] in "gm"}
+    assert any("_c" in b for b in gradients)  # the residual's fan-out has two parts
+    for t in program.grad_tensors:
+        assert gradients[grad_buffer(t)] == t
+    assert {step for step in masks.values()} == set(program.masks)
+
+
+def test_build_training_returns_frozen_records_with_their_state_offsets(har) -> None:
+    """The trained operators and the fp32 classifier come out of build_training complete (state
+    offsets, need_dx) and frozen: nothing patches them after they are made."""
+    import dataclasses
+
+    program = build_training(har, load_scheme(ROOT / "train" / "har_adapt_fp32cls.json"))
+    cls = program.classifier
+    assert cls is not None and program.trained
+    for t in program.trained.values():
+        assert t.weight_offset >= 0 or t.bias_offset >= 0
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            t.weight_offset = 0  # type: ignore[misc]
+    assert cls.weight_offset >= 0 and cls.bias_offset == cls.weight_offset + cls.weight_bytes
+    assert program.state_bytes == cls.bias_offset + cls.bias_bytes
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cls.need_dx = not cls.need_dx  # type: ignore[misc]

@@ -37,6 +37,8 @@ class CompiledModel:
     ops: list[PreparedOp]
     planner: ArenaPlanner
     buffer_of: dict[int, str] = field(default_factory=dict)  # tensor id -> arena buffer name
+    # arena buffer -> the tensor it was made for (an aliasing output shares its input's buffer)
+    tensor_of: dict[str, int] = field(default_factory=dict)
 
     @property
     def input(self) -> int:
@@ -76,9 +78,10 @@ def compile_model(source: str | Path | bytes, alignment: int = 16) -> CompiledMo
     graph = strip_io_conversions(read_tflite(source))
     check_deployable(graph)
     ops = [_prepare(op, graph) for op in graph.operators]
-    buffer_of = _assign_buffers(graph, ops)
-    planner = _plan(graph, ops, buffer_of, alignment)
-    return CompiledModel(graph=graph, ops=ops, planner=planner, buffer_of=buffer_of)
+    buffer_of, tensor_of = _assign_buffers(graph, ops)
+    planner = _plan(graph, ops, buffer_of, tensor_of, alignment)
+    return CompiledModel(graph=graph, ops=ops, planner=planner, buffer_of=buffer_of,
+                         tensor_of=tensor_of)
 
 
 def _prepare(op: Operator, graph: Graph) -> PreparedOp:
@@ -94,8 +97,10 @@ def _prepare(op: Operator, graph: Graph) -> PreparedOp:
                       output=op.outputs[0], variant=choose_variant(op.opcode, params))
 
 
-def _assign_buffers(graph: Graph, ops: list[PreparedOp]) -> dict[int, str]:
-    """Every run-time tensor gets a buffer name; an aliasing op's output shares its input's."""
+def _assign_buffers(graph: Graph,
+                    ops: list[PreparedOp]) -> tuple[dict[int, str], dict[str, int]]:
+    """Every run-time tensor gets a buffer name; an aliasing op's output shares its input's.
+    Returns tensor -> buffer and buffer -> the tensor it was made for."""
     buffer_of: dict[int, str] = {graph.inputs[0]: f"t{graph.inputs[0]}"}
     for p in ops:
         for tid in p.inputs:
@@ -108,11 +113,14 @@ def _assign_buffers(graph: Graph, ops: list[PreparedOp]) -> dict[int, str]:
             buffer_of[p.output] = f"t{p.output}"
     if graph.outputs[0] not in buffer_of:
         raise ModelError(f"{graph.name}: the model output is not computed by any operator")
-    return buffer_of
+    tensor_of: dict[str, int] = {}
+    for tid, buffer in buffer_of.items():  # insertion order: a buffer's maker comes first
+        tensor_of.setdefault(buffer, tid)
+    return buffer_of, tensor_of
 
 
 def _plan(graph: Graph, ops: list[PreparedOp], buffer_of: dict[int, str],
-          alignment: int) -> ArenaPlanner:
+          tensor_of: dict[str, int], alignment: int) -> ArenaPlanner:
     lifetimes: dict[str, list[int]] = {}
 
     def touch(tid: int, step: int) -> None:
@@ -127,8 +135,7 @@ def _plan(graph: Graph, ops: list[PreparedOp], buffer_of: dict[int, str],
     touch(graph.outputs[0], len(ops))
     planner = ArenaPlanner(alignment)
     for name, (first, last) in lifetimes.items():
-        tid = int(name[1:])
-        planner.add_buffer(name, graph.tensors[tid].nbytes, first, last)
+        planner.add_buffer(name, graph.tensors[tensor_of[name]].nbytes, first, last)
     for step, p in enumerate(ops):
         size = scratch_size(p.variant, p.params)
         if size:

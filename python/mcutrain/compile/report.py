@@ -172,5 +172,5 @@ def _buffer_label(model: CompiledModel, buffer: str) -> str:
 
 
 def _buffer_tensor(model: CompiledModel, buffer: str):
-    owner = next((t for t, b in sorted(model.buffer_of.items()) if b == buffer), None)
-    return model.graph.tensors[owner if owner is not None else int(buffer[1:])]
+    """The tensor a message names an arena buffer by: the lowest tensor id the buffer holds."""
+    return model.graph.tensors[min(t for t, b in model.buffer_of.items() if b == buffer)]

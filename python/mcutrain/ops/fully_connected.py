@@ -132,7 +132,7 @@ def round_to_int32_like_tflite(v: np.ndarray) -> np.ndarray:
     v = np.asarray(v, dtype=np.float64)
     with np.errstate(invalid="ignore"):
         inside = (v > -2147483648.5) & (v < 2147483647.5)
-    return np.where(inside, common.round_half_away(np.where(inside, v, 0.0)), -(2**31))
+    return np.where(inside, common.round_half_away_int32(np.where(inside, v, 0.0)), -(2**31))
 
 
 def reference(p: FullyConnectedParams, inputs: list[np.ndarray]) -> np.ndarray:

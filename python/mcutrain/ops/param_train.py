@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 
-from ..frontend.graph import ModelError
 from .base import (
     EmitContext,
     GradRef,
@@ -33,7 +32,7 @@ from .train_math import (
     QGrad,
     XorShift32,
     grad_requantize,
-    round_half_away,
+    round_half_away_f32,
     round_update,
     saturate_bias,
     saturate_weight,
@@ -84,17 +83,15 @@ def max_scale(p: Any) -> np.float32:
 
 def coefficients(p: Any, n_train: int, qas: bool) -> tuple[np.ndarray, np.ndarray]:
     """(w_coef float32 [n_train], bias_coef float32 [out_c]) per docs/training.md: under QAS
-    1/sW[o] and 1/(sx*sW[o]), without sW[o] and sx*sW[o] (computed in double, rounded once)."""
-    sw = channel_scales(p).astype(np.float64)
-    sx = float(np.float32(p.input_scale))
-    w_coef = 1.0 / sw[:n_train] if qas else sw[:n_train]
-    bias_coef = 1.0 / (sx * sw) if qas else sx * sw
-    with np.errstate(over="ignore"):
-        w32, b32 = w_coef.astype(np.float32), bias_coef.astype(np.float32)
-    if not (np.all(np.isfinite(w32)) and np.all(np.isfinite(b32))):
-        raise ModelError(f"operator {getattr(p, 'op_index', '?')}: its input and weight scales "
-                         "are too small to train (1/scale overflows float32); re-quantize")
-    return w32, b32
+    1/sW[o] and 1/(sx*sW[o]), without sW[o] and sx*sW[o]. Computed in float32 (sx*sW[o] is
+    rounded before its reciprocal): these are the constants the generated firmware holds."""
+    sw = channel_scales(p)
+    sx = F32(p.input_scale)
+    if qas:
+        w_coef, bias_coef = F32(1.0) / sw, F32(1.0) / (sx * sw)
+    else:
+        w_coef, bias_coef = sw.copy(), sx * sw
+    return w_coef[:n_train].astype(np.float32), bias_coef.astype(np.float32)
 
 
 def backward(
@@ -110,14 +107,14 @@ def backward(
         current = p if n_train == 0 else geo.with_trained(p, slot.weights, None)
         ratio = fold_ratio(p)
         folded = d if ratio is None else np.asarray(
-            round_half_away(d.astype(np.float32) * ratio), dtype=np.int64)
+            round_half_away_f32(d.astype(np.float32) * ratio), dtype=np.int64)
         acc = geo.input_grad(p, current.filter, folded)
         dx = grad_requantize(acc.astype(np.int32), F32(dy.scale) * max_scale(p))
     lr_dy = F32(lr) * F32(dy.scale)
     if slot is not None and slot.bias is not None:
         gb = d.reshape(-1, out_c).sum(axis=0).astype(np.float32)
         delta = (lr_dy * gb) * np.asarray(slot.bias_coef, dtype=np.float32)
-        rounded = round_half_away(delta)
+        rounded = round_half_away_f32(delta)
         rounded = np.where(np.isfinite(rounded), rounded, np.float32(0))  # as UpdateBias
         new = slot.bias.astype(np.float64) - rounded.astype(np.float64)
         slot.bias[...] = saturate_bias(new).reshape(slot.bias.shape)

@@ -19,8 +19,9 @@ class ScaleRangeError(ValueError):
     it into a ModelError naming the operator."""
 
 
-def round_half_away(x: float) -> float:
-    """C's std::round: halves go away from zero (Python's round() goes to even)."""
+def round_half_away_f64(x: float) -> float:
+    """One float64 scalar rounded like C's std::round, halves away from zero (Python's round()
+    goes to even): for the compile-time quantization parameters."""
     return math.copysign(math.floor(abs(x) + 0.5), x)
 
 
@@ -34,7 +35,7 @@ def quantize_multiplier(real: float) -> tuple[int, int]:
     if not math.isfinite(real):
         raise ScaleRangeError(f"its scales give a requantization multiplier of {real}")
     fraction, shift = math.frexp(real)
-    significand = int(round_half_away(fraction * (1 << 31)))
+    significand = int(round_half_away_f64(fraction * (1 << 31)))
     if significand == 1 << 31:
         significand //= 2
         shift += 1
@@ -108,9 +109,9 @@ def activation_range(activation: str, scale: float, zero_point: int) -> tuple[in
         # a bound that does not fit int32.
         with np.errstate(over="ignore"):
             scaled = float(np.float32(v) / np.float32(scale))
-        if not (math.isfinite(scaled) and INT32_MIN <= round_half_away(scaled) <= INT32_MAX):
+        if not (math.isfinite(scaled) and INT32_MIN <= round_half_away_f64(scaled) <= INT32_MAX):
             raise ValueError(f"the {activation} bound {v} / scale {scale:.4g} overflows int32")
-        return zero_point + int(round_half_away(scaled))
+        return zero_point + int(round_half_away_f64(scaled))
 
     if activation == "NONE":
         return qmin, qmax

@@ -66,7 +66,7 @@ def softmax_scaling(beta: float, input_scale: float) -> tuple[int, int, int]:
     CalculateInputRadius compute them (double rounding build), for beta * scale * 2^26 > 1."""
     real = min(beta * input_scale * (1 << (31 - SCALED_DIFF_INTEGER_BITS)), (1 << 31) - 1.0)
     fraction, exponent = math.frexp(real)
-    significand = int(quant.round_half_away(fraction * (1 << 31)))
+    significand = int(quant.round_half_away_f64(fraction * (1 << 31)))
     if significand == 1 << 31:
         significand //= 2
         exponent += 1

@@ -25,7 +25,9 @@ class QGrad:
         return self.data.astype(np.float32) * self.scale
 
 
-def round_half_away(v: np.ndarray) -> np.ndarray:
+def round_half_away_f32(v: np.ndarray) -> np.ndarray:
+    """Halves away from zero in float32 arithmetic (floor(|v| + 0.5f) with v's sign), as the
+    training kernels round gradients and updates; the result stays float32, unsaturated."""
     v = np.asarray(v, dtype=np.float32)
     half = F32(0.5)
     return np.where(v >= 0, np.floor(v + half), -np.floor(-v + half)).astype(np.float32)
@@ -57,7 +59,7 @@ def round_update(v: np.ndarray, stochastic: bool, rng: XorShift32) -> np.ndarray
     """Rounds update deltas elementwise in C order; stochastic mode draws once per element."""
     v = np.asarray(v, dtype=np.float32)
     if not stochastic:
-        return round_half_away(v)
+        return round_half_away_f32(v)
     u = rng.uniform(v.size).reshape(v.shape)
     return np.floor(v + u).astype(np.float32)
 
@@ -76,7 +78,7 @@ def grad_requantize(acc: np.ndarray, acc_scale: np.float32) -> QGrad:
     if m == 0:
         return QGrad(np.zeros(acc.shape, np.int16), F32(0.0))
     k = F32(GRAD_MAX) / F32(m)
-    d = round_half_away(acc.astype(np.int32).astype(np.float32) * k)
+    d = round_half_away_f32(acc.astype(np.int32).astype(np.float32) * k)
     d = np.clip(d, -GRAD_MAX, GRAD_MAX).astype(np.int16)
     return QGrad(d, F32(acc_scale) * (F32(m) / F32(GRAD_MAX)))
 
@@ -87,11 +89,11 @@ def grad_requantize_f32(g: np.ndarray) -> QGrad:
     if not m > 0:
         return QGrad(np.zeros(g.shape, np.int16), F32(0.0))
     k = F32(GRAD_MAX) / m
-    d = np.clip(round_half_away(g * k), -GRAD_MAX, GRAD_MAX).astype(np.int16)
+    d = np.clip(round_half_away_f32(g * k), -GRAD_MAX, GRAD_MAX).astype(np.int16)
     return QGrad(d, m / F32(GRAD_MAX))
 
 
 def fold_channels(d: np.ndarray, ratio: np.ndarray) -> np.ndarray:
-    """D' = round_half_away(D * ratio[c]) with channels on the last axis."""
-    folded = round_half_away(d.astype(np.float32) * np.asarray(ratio, dtype=np.float32))
+    """D' = round_half_away_f32(D * ratio[c]) with channels on the last axis."""
+    folded = round_half_away_f32(d.astype(np.float32) * np.asarray(ratio, dtype=np.float32))
     return folded.astype(np.int16)

@@ -20,7 +20,7 @@ from ..compile.compiler import CompiledModel
 from ..frontend.graph import ModelError
 from ..ops.base import REF
 from ..ops.cxx import ConstPool, c_float
-from ..ops.train_math import F32, QGrad, grad_requantize_f32, round_half_away
+from ..ops.train_math import F32, QGrad, grad_requantize_f32, round_half_away_f32
 
 HEADER = "kernels/float_classifier.h"
 
@@ -36,7 +36,7 @@ _POLY = tuple(F32(float.fromhex(h)) for h in (
 _MIN_PROB = F32(1e-30)
 
 
-@dataclass
+@dataclass(frozen=True)
 class FloatClassifier:
     """The FULLY_CONNECTED (+ SOFTMAX) that a training build runs in float32."""
 
@@ -138,11 +138,11 @@ def plan_float_classifier(model: CompiledModel) -> FloatClassifier:
 
 def exp_f32(x: np.ndarray) -> np.ndarray:
     """exp for x <= 0, exactly as the firmware's exp_f32: 0 below -80 (and for NaN), else
-    2^n * poly(r), n = round_half_away(x * log2e), r = (x - n * ln2_hi) - n * ln2_lo."""
+    2^n * poly(r), n = round_half_away_f32(x * log2e), r = (x - n * ln2_hi) - n * ln2_lo."""
     x = np.asarray(x, np.float32)
     keep = x >= _EXP_MIN
     xs = np.where(keep, x, F32(0.0)).astype(np.float32)
-    n = round_half_away(xs * _LOG2E)
+    n = round_half_away_f32(xs * _LOG2E)
     r = (xs - n * _LN2_HI) - n * _LN2_LO
     poly = np.full(xs.shape, _POLY[0], np.float32)
     for c in _POLY[1:]:
@@ -164,7 +164,7 @@ class Work:
 def forward(c: FloatClassifier, w: np.ndarray, b: np.ndarray,
             x: np.ndarray) -> tuple[Work, np.ndarray]:
     """-> (work, q): q is the int8 SOFTMAX output (scale 1/256, zero point -128), or for a
-    logits model clamp(round_half_away(logits * (1 / so)) + zo)."""
+    logits model clamp(round_half_away_f32(logits * (1 / so)) + zo)."""
     xq = np.asarray(x).astype(np.int32).ravel()
     x_real = (xq - c.input_zero_point).astype(np.float32) * c.input_scale
     acc = np.zeros(c.units, np.float32)
@@ -181,9 +181,9 @@ def forward(c: FloatClassifier, w: np.ndarray, b: np.ndarray,
         total = F32(total + v)
     prob = (e / total).astype(np.float32)
     if c.softmax_step is None:
-        v = round_half_away(logits * c.output_inv_scale) + F32(c.output_zero_point)
+        v = round_half_away_f32(logits * c.output_inv_scale) + F32(c.output_zero_point)
     else:
-        v = round_half_away(prob * F32(256.0)) - F32(128.0)
+        v = round_half_away_f32(prob * F32(256.0)) - F32(128.0)
     q = np.clip(v, -128, 127).astype(np.int8)
     return Work(x_real, logits, prob), q
 

@@ -11,7 +11,7 @@ import numpy as np
 
 from ..ops.base import REF, GradRef
 from ..ops.cxx import c_float
-from ..ops.train_math import F32, QGrad, grad_requantize, grad_requantize_f32, round_half_away
+from ..ops.train_math import F32, QGrad, grad_requantize, grad_requantize_f32, round_half_away_f32
 from .float_classifier import exp_f32
 
 HEADERS = ("kernels/activation_mask.h", "kernels/loss.h", "kernels/grad_sum.h")
@@ -152,8 +152,8 @@ def grad_sum(a: QGrad, b: QGrad) -> QGrad:
         keep = b if sa == 0 else a
         return QGrad(keep.data.astype(np.int16).copy(), F32(keep.scale))
     s = max(sa, sb)
-    va = round_half_away(a.data.astype(np.float32) * (sa / s))
-    vb = round_half_away(b.data.reshape(a.data.shape).astype(np.float32) * (sb / s))
+    va = round_half_away_f32(a.data.astype(np.float32) * (sa / s))
+    vb = round_half_away_f32(b.data.reshape(a.data.shape).astype(np.float32) * (sb / s))
     acc = va.astype(np.int32) + vb.astype(np.int32)
     return grad_requantize(acc, s)
 

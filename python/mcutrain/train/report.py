@@ -123,6 +123,8 @@ class _Names:
         self.model = program.model
         self.producer = {p.output: i for i, p in enumerate(self.model.ops)}
         self.forward = len(self.model.ops)
+        self.gradients = program.gradient_buffers()
+        self.masks = program.mask_buffers()
 
     def op(self, step: int) -> str:
         return layer_label(self.model, step)
@@ -146,10 +148,10 @@ class _Names:
 
     def buffer(self, p) -> str:
         name = p.name
-        if name.startswith("g"):
-            return f"gradient of {self.tensor(int(name[1:].split('_')[0]))}"
-        if name.startswith("m"):
-            return f"ReLU mask of {self.op(int(name[1:]))}"
+        if name in self.gradients:
+            return f"gradient of {self.tensor(self.gradients[name])}"
+        if name in self.masks:
+            return f"ReLU mask of {self.op(self.masks[name])}"
         if name.startswith("scratch_b"):
             return f"kernel scratch of the backward of {self.op(int(name[9:]))}"
         if name.startswith("scratch"):

@@ -15,7 +15,7 @@ its float work buffers (x_real/logits/probabilities, input-gradient scratch) are
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import ModuleType
 
 import numpy as np
@@ -23,7 +23,7 @@ import numpy as np
 from ..compile.compiler import CompiledModel, PreparedOp, scratch_buffer, scratch_size
 from ..compile.memory_plan import ArenaPlanner
 from ..frontend.graph import ModelError
-from ..ops import load_all
+from ..ops import load_all, param_train
 from ..ops.base import (
     BACKWARD,
     PARAMETRIC,
@@ -36,6 +36,7 @@ from ..ops.base import (
 )
 from ..ops.quant import activation_range
 from ..ops.train_math import GRAD_MAX
+from . import grad_rules
 from .float_classifier import FloatClassifier, plan_float_classifier
 from .scheme import LayerPlan, Scheme, plan_layers
 
@@ -54,7 +55,7 @@ def param_module(opcode: str) -> ModuleType:
     return importlib.import_module(f"mcutrain.ops.{_PARAM_MODULES[opcode]}")
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainedOp:
     """One operator with trained parameters and where they live in the state block."""
 
@@ -104,6 +105,19 @@ class TrainProgram:
     def activation_buffer(self, tensor_id: int) -> str:
         return self.model.buffer_of[tensor_id]
 
+    def gradient_buffers(self) -> dict[str, int]:
+        """Gradient arena buffer -> the tensor whose gradient (or one fan-out part) it holds."""
+        out: dict[str, int] = {}
+        for t, made in gradient_contributions(self).items():
+            out[grad_buffer(t)] = t
+            if len(made) == 2:
+                out.update({grad_buffer(t, k): t for k in range(2)})
+        return out
+
+    def mask_buffers(self) -> dict[str, int]:
+        """Mask arena buffer -> the forward step whose output it masks."""
+        return {mask_buffer(step): step for step in self.masks}
+
 
 def build_training(model: CompiledModel, scheme: Scheme) -> TrainProgram:
     load_all()
@@ -122,7 +136,8 @@ def build_training(model: CompiledModel, scheme: Scheme) -> TrainProgram:
         # The float classifier's backward runs with the loss; the int8 schedule ends before it.
         last = classifier.fc_step
         loss_input = classifier.input_tensor
-        classifier.need_dx = loss_input in producer and upstream[producer[loss_input]]
+        classifier = replace(classifier,
+                             need_dx=loss_input in producer and upstream[producer[loss_input]])
     for step in reversed(range(last)):
         p = ops[step]
         if not upstream[step]:
@@ -141,10 +156,11 @@ def build_training(model: CompiledModel, scheme: Scheme) -> TrainProgram:
         n_train = slot.n_train if slot is not None else 0
         variant = choose_variant(backward_key(p.op.opcode), p.params, n_train)
         backward.append(BackwardStep(step, p, rule, mask, need_dx, saved, variant))
+    trained, classifier, state_bytes = _layout_state(trained, classifier)
     program = TrainProgram(model=model, scheme=scheme, trained=trained, backward=backward,
                            masks=masks, grad_tensors=[], loss_input=loss_input,
                            num_classes=num_classes, logits_loss=logits_loss,
-                           state_bytes=_layout_state(trained, classifier), classifier=classifier,
+                           state_bytes=state_bytes, classifier=classifier,
                            variants=_forward_variants(model, trained))
     program.grad_tensors = _gradient_tensors(program)
     program.planner = _plan(program)
@@ -169,32 +185,18 @@ def _trained_ops(model: CompiledModel, scheme: Scheme) -> dict[int, TrainedOp]:
     trained = {}
     for plan in plan_layers(scheme, _parametric(model)):
         p = model.ops[plan.step]
-        trained[plan.step] = TrainedOp(plan.step, plan, _initial_slot(model, p, plan, scheme),
-                                       -1, -1)
+        trained[plan.step] = TrainedOp(plan.step, plan, _initial_slot(p, plan, scheme), -1, -1)
     return trained
 
 
-def _initial_slot(model: CompiledModel, p: PreparedOp, plan: LayerPlan,
-                  scheme: Scheme) -> TrainSlot:
-    g = model.graph
-    filt = g.tensors[p.op.inputs[1]]
-    x = g.tensors[p.inputs[0]]
-    out_c = int(g.tensors[p.output].shape[-1])
-    sw = np.broadcast_to(filt.quant.scale.astype(np.float32), (out_c,)).astype(np.float32)
-    sx = np.float32(x.scale)
+def _initial_slot(p: PreparedOp, plan: LayerPlan, scheme: Scheme) -> TrainSlot:
     has_bias = getattr(p.params, "bias", None) is not None
     module = param_module(p.op.opcode)
     weights = module.trainable_weights(p.params, plan.n_train) if plan.n_train else None
     bias = np.array(p.params.bias, dtype=np.int32) if plan.train_bias and has_bias else None
-    if scheme.qas:
-        w_coef = np.float32(1.0) / sw
-        bias_coef = np.float32(1.0) / (sx * sw)
-    else:
-        w_coef, bias_coef = sw.copy(), sx * sw
-    return TrainSlot(n_train=plan.n_train, weights=weights, bias=bias,
-                     w_coef=w_coef[:plan.n_train].astype(np.float32),
-                     bias_coef=bias_coef.astype(np.float32),
-                     stochastic=scheme.rounding == "stochastic")
+    w_coef, bias_coef = param_train.coefficients(p.params, plan.n_train, scheme.qas)
+    return TrainSlot(n_train=plan.n_train, weights=weights, bias=bias, w_coef=w_coef,
+                     bias_coef=bias_coef, stochastic=scheme.rounding == "stochastic")
 
 
 def _forward_variants(model: CompiledModel, trained: dict[int, TrainedOp]) -> list[KernelVariant]:
@@ -202,22 +204,29 @@ def _forward_variants(model: CompiledModel, trained: dict[int, TrainedOp]) -> li
             if step in trained else p.variant for step, p in enumerate(model.ops)]
 
 
-def _layout_state(trained: dict[int, TrainedOp], classifier: FloatClassifier | None) -> int:
+def _layout_state(trained: dict[int, TrainedOp], classifier: FloatClassifier | None
+                  ) -> tuple[dict[int, TrainedOp], FloatClassifier | None, int]:
+    """The trained operators and the classifier with their state-block offsets, and its size."""
     offset = 0
+    offsets: dict[int, tuple[int, int]] = {}
     for step in sorted(trained):
         t = trained[step]
+        weight_offset = bias_offset = -1
         if t.slot.weights is not None:
-            t.weight_offset = offset
+            weight_offset = offset
             offset += (t.slot.weights.nbytes + 3) // 4 * 4
         if t.slot.bias is not None:
-            t.bias_offset = offset
+            bias_offset = offset
             offset += t.slot.bias.nbytes
+        offsets[step] = weight_offset, bias_offset
+    placed = {step: replace(t, weight_offset=offsets[step][0], bias_offset=offsets[step][1])
+              for step, t in trained.items()}
     if classifier is not None:  # float32 W_f [units, depth], then b_f [units]; offset is 4-aligned
-        classifier.weight_offset = offset
+        weight_offset = offset
         offset += classifier.weight_bytes
-        classifier.bias_offset = offset
+        classifier = replace(classifier, weight_offset=weight_offset, bias_offset=offset)
         offset += classifier.bias_bytes
-    return offset
+    return placed, classifier, offset
 
 
 def _loss(model: CompiledModel, scheme: Scheme) -> tuple[int, int, bool]:
@@ -273,12 +282,14 @@ def _upstream_trained(ops: list[PreparedOp], producer: dict[int, int],
 
 
 def _mask(model: CompiledModel, p: PreparedOp) -> tuple[int, int] | None:
-    activation = p.op.options.get("activation", "NONE")
-    if p.op.opcode not in _FUSED_ACTIVATION or activation == "NONE":
+    """The activation mask bounds of an operator's output (grad_rules.mask_bounds, the rule the
+    mask kernel tests check), None without a fused activation."""
+    if p.op.opcode not in _FUSED_ACTIVATION:
         return None
+    activation = p.op.options.get("activation", "NONE")
     out = model.graph.tensors[p.output]
     lo, hi = activation_range(activation, out.scale, out.zero_point)
-    return (lo, 128) if activation == "RELU" else (lo, hi)
+    return grad_rules.mask_bounds(activation, lo, hi)
 
 
 def _check_depth(p: PreparedOp, rule: BackwardDef) -> None:
