@@ -153,6 +153,8 @@ def _trained_ops(model: CompiledModel, scheme: Scheme) -> dict[int, TrainedOp]:
     trained = {}
     for plan in plan_layers(scheme, _parametric(model)):
         p = model.ops[plan.step]
+        # Trained weights may become any int8: the forward accumulator must stay in int32 then.
+        param_module(p.op.opcode).check_accumulator(p.params, p.op, plan.n_train)
         trained[plan.step] = TrainedOp(plan.step, plan, _initial_slot(model, p, plan, scheme),
                                        -1, -1)
     return trained
