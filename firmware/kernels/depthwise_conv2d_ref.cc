@@ -16,6 +16,9 @@ void depthwise_conv2d_s8(const DepthwiseConv2dParams& p, const int8_t* input,
         for (int32_t ic = 0; ic < p.input_c; ++ic) {
           for (int32_t m = 0; m < p.depth_multiplier; ++m) {
             const int32_t oc = ic * p.depth_multiplier + m;
+            // Plain signed adds: the compiler refuses any channel whose sum of |w| *
+            // max|x + input_offset| over its taps could leave int32 (ops/common.py
+            // check_accumulator, trained channels at |w| 128), so no partial sum overflows.
             int32_t acc = 0;
             for (int32_t fy = 0; fy < p.filter_h; ++fy) {
               const int32_t iy = in_y0 + fy * p.dilation_h;
@@ -28,7 +31,7 @@ void depthwise_conv2d_s8(const DepthwiseConv2dParams& p, const int8_t* input,
                 const int32_t w = oc < p.n_train
                                       ? p.train_filter[(fy * p.filter_w + fx) * p.n_train + oc]
                                       : filter[(fy * p.filter_w + fx) * p.output_c + oc];
-                acc = WrappingAdd(acc, w * (x + p.input_offset));
+                acc += w * (x + p.input_offset);
               }
             }
             if (bias != nullptr) acc = WrappingAdd(acc, bias[oc]);

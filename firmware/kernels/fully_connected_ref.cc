@@ -30,10 +30,13 @@ void fully_connected_s8(const FullyConnectedParams& p, const int8_t* input, cons
     for (int32_t o = 0; o < p.output_depth; ++o) {
       // Trained rows live in SRAM with the same row layout (a prefix of the filter).
       const int8_t* w = (o < p.n_train ? p.train_filter : filter) + o * p.accum_depth;
+      // Plain signed adds: the compiler refuses any unit whose sum of |w + filter_offset| *
+      // max|x + input_offset| could leave int32 (ops/common.py check_accumulator, trained
+      // units at |w| 128 + |filter_offset|), so no partial sum overflows.
       int32_t acc = 0;
       for (int32_t d = 0; d < p.accum_depth; ++d) {
-        acc = WrappingAdd(acc, (static_cast<int32_t>(w[d]) + p.filter_offset) *
-                                   (static_cast<int32_t>(x[d]) + p.input_offset));
+        acc += (static_cast<int32_t>(w[d]) + p.filter_offset) *
+               (static_cast<int32_t>(x[d]) + p.input_offset);
       }
       if (bias != nullptr) acc = WrappingAdd(acc, bias[o]);
       acc = p.real_scale != nullptr
