@@ -265,9 +265,10 @@ def _mask(model: CompiledModel, p: PreparedOp) -> tuple[int, int] | None:
 def _check_depth(p: PreparedOp, rule: BackwardDef) -> None:
     """The int32 bound of an input gradient that is computed. Weight and bias gradients need no
     check: they accumulate in int64 (8191 * 255 per product), and an operator whose input needs
-    no gradient (the first layer, or one after frozen layers) never forms the sum checked here."""
+    no gradient (the first layer, or one after frozen layers) never forms the sum checked here.
+    A weight may be -128 (in flash, or in a trained copy before its first update)."""
     depth = rule.input_grad_depth(p.params)
-    if GRAD_MAX * 127 * depth >= 2**31:
+    if GRAD_MAX * 128 * depth >= 2**31:
         raise ModelError(f"operator {p.op.index} ({p.op.opcode}): its input gradient sums {depth} "
                          "products, which could overflow int32; train only layers after it")
 
