@@ -23,6 +23,7 @@ from mcutrain.compile.codegen import generate_model_source
 from mcutrain.compile.compiler import compile_model
 from mcutrain.compile.reference import run_reference
 from mcutrain.frontend.graph import ModelError
+from mcutrain.frontend.tflite_reader import read_tflite
 from mcutrain.host.device import build_host_firmware, open_device
 
 THIRD_PARTY = Path(__file__).resolve().parents[1] / "models" / "third_party"
@@ -105,8 +106,65 @@ def bias_at(data: bytes, tensor: int, value: int) -> bytes:
     return bytes(out)
 
 
+# The most taps whose |w| 128 times |x - zero point| 255 still fit int32: 65793 * 32640 =
+# 2147483520. The compiler refuses any accumulator that could go further (the kernels add in
+# plain signed int32 there).
+LIMIT_TAPS = (2**31 - 1) // (128 * 255)
+
+
+@cache
+def wide_layer(kind: str) -> bytes:
+    """TFLite's full-int8 conversion of one 2-channel layer whose channels sum LIMIT_TAPS + 1
+    (fc) or LIMIT_TAPS (conv: 1x1 over that many channels, dw: a 1-row kernel that wide)
+    products, with the input zero point then set to 127: an input of -128 is 255 steps off."""
+    import tensorflow as tf
+
+    from tflite_convert import convert_full_int8
+
+    taps = LIMIT_TAPS + 1 if kind == "fc" else LIMIT_TAPS
+    shape, layer = {"fc": ((taps,), tf.keras.layers.Dense(2)),
+                    "conv": ((1, 1, taps), tf.keras.layers.Conv2D(2, 1)),
+                    "dw": ((1, taps, 2), tf.keras.layers.DepthwiseConv2D((1, taps)))}[kind]
+    tf.keras.utils.set_random_seed(3)
+    inputs = tf.keras.Input(shape, batch_size=1)
+    model = tf.keras.Model(inputs, layer(inputs))
+
+    def calibration():
+        rng = np.random.default_rng(0)
+        for _ in range(4):
+            yield [rng.uniform(-1, 1, size=(1, *shape)).astype(np.float32)]
+
+    data = convert_full_int8(tf.lite.TFLiteConverter.from_keras_model(model), calibration)
+    graph = read_tflite(data)
+    return mm.set_zero_point(data, graph.operators[0].inputs[0], 127)
+
+
+def at_accumulator_limit(kind: str, last_weight: int = -128) -> bytes:
+    """wide_layer with channel 0's weights all -128 but the last, `last_weight`. Its
+    accumulator then reaches at most 65793 * 128 * 255 = 2147483520 on an all -128 input (the
+    most accepted), except for fc with last_weight -128, which could pass int32 by 32640."""
+    data = wide_layer(kind)
+    weights = read_tflite(data).operators[0].inputs[1]
+    model = mm.model(data)
+    buffer = model.Buffers(model.Subgraphs(0).Tensors(weights).Buffer())
+    taps = LIMIT_TAPS + 1 if kind == "fc" else LIMIT_TAPS
+    channel0 = np.full(taps, -128, np.int8)
+    channel0[-1] = last_weight
+    if kind == "dw":  # [1, 1, taps, 2]: channel 0 is every other byte
+        positions = mm.vector_pos(buffer, 4) + 2 * np.arange(taps)
+    else:  # OHWI / [units, depth]: channel 0's taps come first
+        positions = mm.vector_pos(buffer, 4) + np.arange(taps)
+    out = np.frombuffer(data, np.int8).copy()
+    out[positions] = channel0
+    return out.tobytes()
+
+
 CRAFTED = {
     "saturating_fc": saturating_fc_mutant,
+    **{f"{kind}_accumulator_at_int32_limit": (
+        lambda kind=kind: Mutant(f"wide {kind}", "accumulator limit", 0,
+                                 at_accumulator_limit(kind, 0 if kind == "fc" else -128)))
+       for kind in ("fc", "conv", "dw")},
     "fc_bias_int32_max": lambda: Mutant("tflm_hello_world_int8", "bias max", 0,
                                         bias_at(MODELS["tflm_hello_world_int8"], 5, 2**31 - 1)),
     "fc_bias_int32_min": lambda: Mutant("tflm_hello_world_int8", "bias min", 0,
@@ -188,3 +246,30 @@ def test_accepted_mutant_runs_clean_under_sanitizers(which: str, tmp_path: Path)
     if tflite is not None:
         for g, t in zip(got, tflite, strict=True):
             np.testing.assert_array_equal(g.ravel(), t.ravel(), err_msg=m.label())
+
+
+def test_accumulator_that_could_leave_int32_is_refused_in_one_line() -> None:
+    """One weight more at -128 than the largest accepted accumulator (run under the sanitizers
+    above as fc_accumulator_at_int32_limit): the kernels could overflow, so it is refused."""
+    with pytest.raises(ModelError) as err:
+        generate_model_source(compile_model(at_accumulator_limit("fc")))
+    message = str(err.value)
+    assert 0 < len(message) <= 300 and message.isprintable(), message
+    assert "operator 0 (FULLY_CONNECTED)" in message and f"{LIMIT_TAPS + 1} products" in message
+
+
+def test_trained_weights_count_as_any_int8_in_the_accumulator_bound() -> None:
+    """wide_layer("fc")'s own weights keep its accumulator in int32, but trained weights may become
+    any int8 (-128 on every tap): training them is refused, training the bias is not."""
+    from mcutrain.train.scheme import parse_scheme
+    from mcutrain.train.training_graph import build_training
+
+    compiled = compile_model(wide_layer("fc"))
+    build_training(compiled, parse_scheme({"preset": "sparse", "bias_layers": 1, "loss": "mse"}))
+    scheme = parse_scheme({"preset": "sparse", "weights": [{"layer": -1, "ratio": 0.5}],
+                           "loss": "mse"})
+    with pytest.raises(ModelError) as err:
+        build_training(compiled, scheme)
+    message = str(err.value)
+    assert 0 < len(message) <= 300 and message.isprintable(), message
+    assert "operator 0 (FULLY_CONNECTED)" in message and "freeze its weights" in message

@@ -82,13 +82,30 @@ def wide_logits():
     {"preset": "sparse", "weights": [{"layer": 0, "ratio": 0.25}], "loss": "mse"},
 ], ids=["full", "bias_all", "sparse_layer0"])
 def test_first_layer_trains_although_its_input_gradient_would_overflow(wide_logits, raw) -> None:
-    # Layer 0's input gradient would sum 232 * 3 * 3 products, past 8191 * 127 * K < 2^31; it is
+    # Layer 0's input gradient would sum 232 * 3 * 3 products, past 8191 * 128 * K < 2^31; it is
     # never computed (nothing before layer 0 trains), so it must not block training layer 0.
     program = build_training(wide_logits, parse_scheme(raw))
     first = program.backward[-1]
     assert first.step == 0 and first.need_dx == [False]
     assert 0 in program.trained
     assert first.rule.input_grad_depth(first.op.params) == 2088
+
+
+@pytest.mark.parametrize(("depth", "refused"), [(2048, False), (2049, True), (2064, True)])
+def test_input_gradient_bound_counts_weights_of_minus_128(depth: int, refused: bool) -> None:
+    """An input gradient sums depth products d * w, |d| <= 8191 and w any int8 (-128 in a
+    flashed filter or a trained copy before its first update): 8191 * 128 * 2049 passes int32."""
+    from types import SimpleNamespace
+
+    from mcutrain.train.training_graph import _check_depth
+
+    step = SimpleNamespace(op=SimpleNamespace(index=4, opcode="CONV_2D"), params=None)
+    rule = SimpleNamespace(input_grad_depth=lambda params: depth)
+    if not refused:
+        _check_depth(step, rule)
+        return
+    with pytest.raises(ModelError, match=f"operator 4 \\(CONV_2D\\).* {depth} products"):
+        _check_depth(step, rule)
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,9 @@ void ConvPixel(const Conv2dParams& p, const int8_t* input, const int8_t* rows,
   const int32_t in_x0 = ox * p.stride_w - p.pad_w;
   for (int32_t oc = oc_begin; oc < oc_end; ++oc) {
     const int32_t in_c0 = (oc / filters_per_group) * p.filter_c;
+    // Plain signed adds (faster than wrapping ones): no partial sum can leave int32, since the
+    // compiler refuses any channel whose sum of |w| * max|x + input_offset| over its taps could
+    // (ops/common.py check_accumulator, trained channels at |w| 128).
     int32_t acc = 0;
     for (int32_t fy = 0; fy < p.filter_h; ++fy) {
       const int32_t iy = in_y0 + fy * p.dilation_h;
@@ -30,7 +33,7 @@ void ConvPixel(const Conv2dParams& p, const int8_t* input, const int8_t* rows,
         const int8_t* in = input + ((b * p.input_h + iy) * p.input_w + ix) * p.input_c + in_c0;
         const int8_t* w = rows + ((oc * p.filter_h + fy) * p.filter_w + fx) * p.filter_c;
         for (int32_t ic = 0; ic < p.filter_c; ++ic) {
-          acc = WrappingAdd(acc, static_cast<int32_t>(w[ic]) * (in[ic] + p.input_offset));
+          acc += static_cast<int32_t>(w[ic]) * (in[ic] + p.input_offset);
         }
       }
     }

@@ -19,6 +19,9 @@ void DepthwisePixel(const DepthwiseConv2dParams& p, const int8_t* input, const i
   const int32_t in_x0 = ox * p.stride_w - p.pad_w;
   for (int32_t oc = oc_begin; oc < oc_end; ++oc) {
     const int32_t ic = oc / p.depth_multiplier;
+    // Plain signed adds: the compiler refuses any channel whose sum of |w| * max|x + input_offset|
+    // over its taps could leave int32 (ops/common.py check_accumulator, trained channels at
+    // |w| 128), so no partial sum overflows.
     int32_t acc = 0;
     for (int32_t fy = 0; fy < p.filter_h; ++fy) {
       const int32_t iy = in_y0 + fy * p.dilation_h;
@@ -28,7 +31,7 @@ void DepthwisePixel(const DepthwiseConv2dParams& p, const int8_t* input, const i
         if (iy < 0 || iy >= p.input_h || ix < 0 || ix >= p.input_w) continue;
         const int32_t x = input[((b * p.input_h + iy) * p.input_w + ix) * p.input_c + ic];
         const int32_t w = weights[(fy * p.filter_w + fx) * channel_stride + oc];
-        acc = WrappingAdd(acc, w * (x + p.input_offset));
+        acc += w * (x + p.input_offset);
       }
     }
     if (bias != nullptr) acc = WrappingAdd(acc, bias[oc]);

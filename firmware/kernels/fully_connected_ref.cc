@@ -28,10 +28,13 @@ void FullyConnectedRows(const FullyConnectedParams& p, const int8_t* x, const in
                         const int32_t* bias, int8_t* out, int32_t o_begin, int32_t o_end) {
   for (int32_t o = o_begin; o < o_end; ++o) {
     const int8_t* w = rows + o * p.accum_depth;
+    // Plain signed adds: the compiler refuses any unit whose sum of |w + filter_offset| *
+    // max|x + input_offset| could leave int32 (ops/common.py check_accumulator, trained units at
+    // |w| 128 + |filter_offset|), so no partial sum overflows.
     int32_t acc = 0;
     for (int32_t d = 0; d < p.accum_depth; ++d) {
-      acc = WrappingAdd(acc, (static_cast<int32_t>(w[d]) + p.filter_offset) *
-                                 (static_cast<int32_t>(x[d]) + p.input_offset));
+      acc += (static_cast<int32_t>(w[d]) + p.filter_offset) *
+             (static_cast<int32_t>(x[d]) + p.input_offset);
     }
     if (bias != nullptr) acc = WrappingAdd(acc, bias[o]);
     acc = p.real_scale != nullptr ? RoundScaled(acc, p.real_scale[o])

@@ -339,7 +339,7 @@ def test_saves_input_and_depth() -> None:
         p = prepare(case_id)
         assert BACKWARD[p.case.opcode].saves_input(p.params, None) == saves, case_id
     # 3x3 stride 1 SAME: input (1, 1) sits in a corner window (4 taps, weight 1024), four edge
-    # windows (6 taps, 683) and four full ones (9 taps, 455): 5576 = 43.9 * 127 -> K = 44.
+    # windows (6 taps, 683) and four full ones (9 taps, 455): 5576 = 43.6 * 128 -> K = 44.
     p = prepare("avg_same_3x3_s1")
     assert BACKWARD[AVG].input_grad_depth(p.params) == 44
     assert BACKWARD[MAX].input_grad_depth(prepare("max_overlap_s1").params) == 9

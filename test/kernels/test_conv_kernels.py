@@ -300,3 +300,31 @@ def test_emitted_code_matches_reference(tmp_path: Path) -> None:
         getattr(lib, f"run{i}")(_ptr(x, ctypes.c_int8), _ptr(out, ctypes.c_int8))
         np.testing.assert_array_equal(out, expected)
         assert MODULES[case.kind].macs(params) > 0
+
+
+
+LIMIT_TAPS = (2**31 - 1) // (128 * 255)  # taps of |w| 128 times |x - zp| 255 that fit int32
+
+
+@pytest.mark.parametrize(("kind", "shape", "kernel"), [
+    ("conv", (1, 1, 1, LIMIT_TAPS + 1), (1, 1)),
+    ("dw", (1, 1, LIMIT_TAPS + 1, 1), (1, LIMIT_TAPS + 1)),
+    ("fc", (1, LIMIT_TAPS + 1), (1, 1)),
+])
+def test_accumulator_bound_refuses_one_tap_past_int32(kind: str, shape: tuple[int, ...],
+                                                      kernel: tuple[int, int]) -> None:
+    """One output channel of LIMIT_TAPS + 1 taps, all weights -128 but the last, input zero
+    point 127: accepted when the last is 0 (65793 * 128 * 255 fits int32), refused in one line
+    naming the depth when it is -128 too. The kernels add in plain int32 inside that bound."""
+    graph, op = build_graph(Case(kind, shape, 1, kernel=kernel, padding="VALID"))
+    graph.tensors[0].quant.zero_point[...] = 127
+    weights = np.full(graph.tensors[1].shape, -128, dtype=np.int8)
+    weights.reshape(-1)[-1] = 0
+    graph.tensors[1].data = weights
+    MODULES[kind].prepare(op, graph)
+    graph.tensors[1].data = np.full_like(weights, -128)
+    with pytest.raises(ModelError) as err:
+        MODULES[kind].prepare(op, graph)
+    message = str(err.value)
+    assert message.startswith(f"operator 0 ({op.opcode})") and "\n" not in message
+    assert f"{LIMIT_TAPS + 1} products" in message

@@ -234,7 +234,7 @@ class BackwardDef:
       GradRef or None; the emitted code must leave dx[i] requantized to int16 with its scale set.
     saves_input(params, slot) -> for each dynamic input, whether backward needs it kept.
     input_grad_depth(params) -> K, the longest integer sum of an input gradient (for the
-      8191 * 127 * K < 2^31 overflow check), 0 when the op has no weighted sum.
+      8191 * 128 * K < 2^31 overflow check), 0 when the op has no weighted sum.
     """
 
     reference: Callable[..., list[Any]]

@@ -230,6 +230,36 @@ def optional_bias(op: Operator, graph: Graph, position: int, channels: int) -> n
     return bias
 
 
+INT32_MAX = 2**31 - 1
+
+
+def accumulator_bound(taps: np.ndarray, input_offset: int, filter_offset: int = 0,
+                      n_train: int = 0) -> np.ndarray:
+    """The largest |inner sum| each output channel's accumulator can reach, before the bias:
+    the sum over its taps (`taps`, int8 [channels, taps]) of |w + filter_offset| times the
+    largest |x + input_offset| of an int8 x. Every partial sum of the kernels' inner loops lies
+    within it, whatever the order. The first n_train channels train on the device, where a
+    weight may become any int8: they count 128 + |filter_offset| for every tap."""
+    x_max = max(abs(-128 + input_offset), abs(127 + input_offset))
+    w_sum = np.abs(taps.astype(np.int64) + filter_offset).sum(axis=1)
+    w_sum[:n_train] = taps.shape[1] * (128 + abs(filter_offset))
+    return w_sum * x_max
+
+
+def check_accumulator(op: Operator, taps: np.ndarray, input_offset: int,
+                      filter_offset: int = 0, n_train: int = 0) -> None:
+    """Refuse an operator whose inner sum could leave int32 (see accumulator_bound): the
+    kernels accumulate in plain signed int32, which this check keeps free of overflow."""
+    bound = accumulator_bound(taps, input_offset, filter_offset, n_train)
+    if bound.size == 0 or int(bound.max()) <= INT32_MAX:
+        return
+    channel = int(bound.argmax())
+    hint = ("freeze its weights (train its bias or other layers)" if channel < n_train
+            else "the weights are corrupt (TFLite would wrap around)")
+    raise fail(op, f"output channel {channel} sums {taps.shape[1]} products that can reach "
+                   f"{int(bound.max())}, beyond int32; {hint}")
+
+
 def positive_option(op: Operator, key: str, default: int = 1) -> int:
     """An integer option that must be >= 1 (strides, dilations)."""
     value = int(op.options.get(key, default))

@@ -69,7 +69,7 @@ def prepare(op: Operator, graph: Graph) -> Conv2dParams:
     common.check_output_shape(op, y, out_shape)
     multiplier, shift = common.per_channel_multipliers(x.scale, scales, y.scale, out_c)
     act_min, act_max = common.activation_bounds(op, y)
-    return Conv2dParams(
+    p = Conv2dParams(
         op_index=op.index, input_shape=(n, in_h, in_w, in_c), output_shape=out_shape,
         filter=np.asarray(w.data, dtype=np.int8).reshape(w.shape),
         bias=common.optional_bias(op, graph, 2, out_c),
@@ -79,6 +79,14 @@ def prepare(op: Operator, graph: Graph) -> Conv2dParams:
         filter_scale=np.broadcast_to(scales, (out_c,)).astype(np.float32),
         input_scale=float(np.float32(x.scale)),
     )
+    check_accumulator(p, op)
+    return p
+
+
+def check_accumulator(p: Conv2dParams, op: Operator, n_train: int = 0) -> None:
+    """conv2d_s8 sums each channel's OHWI row in plain int32: refuse a bound beyond it."""
+    common.check_accumulator(op, p.filter.reshape(p.filter.shape[0], -1), p.input_offset,
+                             n_train=n_train)
 
 
 def accumulate(p: Conv2dParams, x: np.ndarray) -> np.ndarray:

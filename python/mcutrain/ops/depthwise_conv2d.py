@@ -73,7 +73,7 @@ def prepare(op: Operator, graph: Graph) -> DepthwiseConv2dParams:
     common.check_output_shape(op, y, out_shape)
     multiplier, shift = common.per_channel_multipliers(x.scale, scales, y.scale, out_c)
     act_min, act_max = common.activation_bounds(op, y)
-    return DepthwiseConv2dParams(
+    p = DepthwiseConv2dParams(
         op_index=op.index, input_shape=(n, in_h, in_w, in_c), output_shape=out_shape,
         filter=np.asarray(w.data, dtype=np.int8).reshape(w.shape),
         bias=common.optional_bias(op, graph, 2, out_c), depth_multiplier=out_c // in_c,
@@ -83,6 +83,15 @@ def prepare(op: Operator, graph: Graph) -> DepthwiseConv2dParams:
         filter_scale=np.broadcast_to(scales, (out_c,)).astype(np.float32),
         input_scale=float(np.float32(x.scale)),
     )
+    check_accumulator(p, op)
+    return p
+
+
+def check_accumulator(p: DepthwiseConv2dParams, op: Operator, n_train: int = 0) -> None:
+    """depthwise_conv2d_s8 sums each channel's kh x kw taps in plain int32: refuse a bound
+    beyond it."""
+    taps = p.filter.reshape(-1, p.filter.shape[3]).T
+    common.check_accumulator(op, taps, p.input_offset, n_train=n_train)
 
 
 def accumulate(p: DepthwiseConv2dParams, x: np.ndarray) -> np.ndarray:

@@ -113,7 +113,7 @@ def prepare(op: Operator, graph: Graph) -> FullyConnectedParams:
     act_min, act_max = common.activation_bounds(op, y)
     per_unit = np.broadcast_to(scales, (units,))
     real_scale = np.array([common.real_multiplier(x.scale, s, y.scale) for s in per_unit])
-    return FullyConnectedParams(
+    p = FullyConnectedParams(
         op_index=op.index, batches=batches, output_shape=tuple(y.shape),
         filter=np.asarray(w.data, dtype=np.int8).reshape(w.shape),
         bias=common.optional_bias(op, graph, 2, units),
@@ -123,6 +123,13 @@ def prepare(op: Operator, graph: Graph) -> FullyConnectedParams:
         filter_scale=np.broadcast_to(scales, (units,)).astype(np.float32),
         input_scale=float(np.float32(x.scale)),
     )
+    check_accumulator(p, op)
+    return p
+
+
+def check_accumulator(p: FullyConnectedParams, op: Operator, n_train: int = 0) -> None:
+    """fully_connected_s8 sums each unit's row in plain int32: refuse a bound beyond it."""
+    common.check_accumulator(op, p.filter, p.input_offset, p.filter_offset, n_train)
 
 
 def round_to_int32_like_tflite(v: np.ndarray) -> np.ndarray:

@@ -232,13 +232,13 @@ def window_overlap(p: PoolParams) -> int:
 
 def avg_grad_depth(p: PoolParams) -> int:
     """Equivalent K of the int32 sum: max over inputs of sum of window weights (each <= 4096,
-    dy <= 8191), expressed in units of 127 for the compiler's 8191 * 127 * K < 2^31 check."""
+    dy <= 8191), expressed in units of 128 for the compiler's 8191 * 128 * K < 2^31 check."""
     total = np.zeros((p.in_h, p.in_w), np.int64)
     for oy in range(p.out_h):
         for ox in range(p.out_w):
             y0, y1, x0, x1 = _bounds(p, oy, ox)
             total[y0:y1, x0:x1] += average_weight((y1 - y0) * (x1 - x0))
-    return -(-int(total.max()) // 127)
+    return -(-int(total.max()) // 128)
 
 
 def _backward_emitter(kernel: str, with_input: bool):

@@ -185,6 +185,8 @@ def _trained_ops(model: CompiledModel, scheme: Scheme) -> dict[int, TrainedOp]:
     trained = {}
     for plan in plan_layers(scheme, _parametric(model)):
         p = model.ops[plan.step]
+        # Trained weights may become any int8: the forward accumulator must stay in int32 then.
+        param_module(p.op.opcode).check_accumulator(p.params, p.op, plan.n_train)
         trained[plan.step] = TrainedOp(plan.step, plan, _initial_slot(p, plan, scheme), -1, -1)
     return trained
 
@@ -295,9 +297,10 @@ def _mask(model: CompiledModel, p: PreparedOp) -> tuple[int, int] | None:
 def _check_depth(p: PreparedOp, rule: BackwardDef) -> None:
     """The int32 bound of an input gradient that is computed. Weight and bias gradients need no
     check: they accumulate in int64 (8191 * 255 per product), and an operator whose input needs
-    no gradient (the first layer, or one after frozen layers) never forms the sum checked here."""
+    no gradient (the first layer, or one after frozen layers) never forms the sum checked here.
+    A weight may be -128 (in flash, or in a trained copy before its first update)."""
     depth = rule.input_grad_depth(p.params)
-    if GRAD_MAX * 127 * depth >= 2**31:
+    if GRAD_MAX * 128 * depth >= 2**31:
         raise ModelError(f"operator {p.op.index} ({p.op.opcode}): its input gradient sums {depth} "
                          "products, which could overflow int32; train only layers after it")
 
