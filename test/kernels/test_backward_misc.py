@@ -1018,7 +1018,7 @@ def _host_build_matches_reference(path: Path, raw: dict, tmp_path: Path, seed: i
     (tmp_path / "harness.cc").write_text(_HARNESS)
     exe = tmp_path / "train"
     host_compile([tmp_path / "model.cc", tmp_path / "harness.cc", *sorted(KERNELS.glob("*.cc"))],
-                 exe, shared=False, werror=False)
+                 exe, shared=False)
     reference = TrainingReference(program)
     rng = np.random.default_rng(seed)
     shape = model.graph.tensors[model.input].shape
