@@ -24,6 +24,7 @@ from test_conv_kernels import MODULES, Case, _ptr, _scalars, build_graph
 from mcutrain.frontend.graph import ModelError
 from mcutrain.ops import param_train
 from mcutrain.ops.base import BACKWARD, GradRef, TrainBinding, TrainEmit, TrainSlot
+from mcutrain.ops.cxx import ConstPool
 from mcutrain.ops.train_math import F32, GRAD_MAX, QGrad, XorShift32
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -314,23 +315,6 @@ def test_gradients_match_float_autodiff(step: Step) -> None:
 # ---- (c) emitted code on the host ----
 
 
-class _Collector:
-    TYPES = {"int8": "int8_t", "int16": "int16_t", "int32": "int32_t", "float32": "float"}
-
-    def __init__(self) -> None:
-        self.defs: list[str] = []
-
-    def const_array(self, hint: str, array: np.ndarray) -> str:
-        array = np.asarray(array)
-        if array.dtype == np.float32:
-            values = ", ".join(float(v).hex() + "f" for v in array.ravel())
-        else:
-            values = ", ".join(str(int(v)) for v in array.ravel())
-        name = f"{hint}_{len(self.defs)}"
-        self.defs.append(f"static const {self.TYPES[str(array.dtype)]} {name}[] = {{{values}}};")
-        return name
-
-
 def _array_def(ctype: str, name: str, values: np.ndarray) -> str:
     body = ", ".join(str(int(v)) for v in np.asarray(values).ravel()) or "0"
     return f"{ctype} {name}[] = {{{body}}};"
@@ -355,7 +339,7 @@ FORWARD_CASES = [Case("conv", (1, 7, 6, 3), 5, stride=(2, 2), seed=1),
 def test_forward_with_trained_channels(tmp_path: Path) -> None:
     """n_train in {0, some, all}: with the SRAM copy equal to flash the output equals the plain
     forward; with perturbed SRAM weights and bias it equals reference(with_trained(...))."""
-    ctx = _Collector()
+    ctx = ConstPool()
     defs, bodies, runs = [], [], []
     rng = np.random.default_rng(3)
     for i, case in enumerate(FORWARD_CASES):
@@ -382,7 +366,8 @@ def test_forward_with_trained_channels(tmp_path: Path) -> None:
                               f'{{\n{body}\n}}')
                 expected_params = module.with_trained(p, w, bias if perturb else None)
                 runs.append((tag, case, p, expected_params))
-    lib = _build(tmp_path, HEADERS + "\n".join(ctx.defs + defs + bodies) + "\n", "forward")
+    source = "\n".join([ctx.definitions(), *defs, *bodies])
+    lib = _build(tmp_path, HEADERS + source + "\n", "forward")
     for tag, case, p, expected_params in runs:
         module = MODULES[case.kind]
         x = rng.integers(-128, 128, size=case.shape).astype(np.int8)
@@ -405,7 +390,7 @@ def test_emitted_backward_equals_reference(tmp_path: Path, step: Step) -> None:
     slot = make_slot(step, p)
     n = slot.n_train if slot.weights is not None else 0
     binding = TrainBinding(n, "g_w" if n else None, "g_b" if slot.bias is not None else None)
-    ctx = _Collector()
+    ctx = ConstPool()
     dy_ref = GradRef("(g_dy)", "g_dy_scale", dy.data.size)
     dx_ref = GradRef("(g_dx)", "g_dx_scale", x.size) if step.dx else None
     train = TrainEmit(binding, w_coef=ctx.const_array("w_coef", slot.w_coef),
@@ -428,7 +413,8 @@ def test_emitted_backward_equals_reference(tmp_path: Path, step: Step) -> None:
         'extern "C" void* get(int i) { void* p[] = {g_w, g_b, g_dy, g_dx, &g_dy_scale, '
         "&g_dx_scale, &g_lr, &g_prng}; return p[i]; }",
     ]
-    lib = _build(tmp_path, HEADERS + "\n".join(ctx.defs + globals_ + api) + "\n", "backward")
+    source = "\n".join([ctx.definitions(), *globals_, *api])
+    lib = _build(tmp_path, HEADERS + source + "\n", "backward")
     lib.get.restype = ctypes.c_void_p
 
     def view(i: int, ctype, count: int) -> np.ndarray:

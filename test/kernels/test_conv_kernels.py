@@ -19,6 +19,7 @@ from host_build import host_library
 
 from mcutrain.frontend.graph import Graph, ModelError, Operator, Quant, Tensor
 from mcutrain.ops import common, conv2d, depthwise_conv2d, fully_connected
+from mcutrain.ops.cxx import ConstPool
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -257,26 +258,12 @@ def test_fc_rejects_shuffled_weights_and_float_input() -> None:
         fully_connected.prepare(op, graph)
 
 
-class _ArrayCollector:
-    """Minimal EmitContext: each constant becomes a `static const` array definition."""
-
-    TYPES = {"int8": "int8_t", "int16": "int16_t", "int32": "int32_t", "float32": "float"}
-
-    def __init__(self) -> None:
-        self.defs: list[str] = []
-
-    def const_array(self, hint: str, array: np.ndarray) -> str:
-        values = ", ".join(str(int(v)) for v in np.asarray(array).ravel())
-        self.defs.append(f"static const {self.TYPES[str(array.dtype)]} {hint}[] = {{{values}}};")
-        return hint
-
-
 def test_emitted_code_matches_reference(tmp_path: Path) -> None:
     cases = [Case("conv", (1, 7, 6, 3), 5, stride=(2, 2), seed=1),
              Case("dw", (1, 7, 7, 3), stride=(2, 2), dm=2, activation="RELU6", seed=2),
              Case("fc", (2, 3, 10), 6, bias=False, seed=3),
              Case("fc", (2, 12), 9, activation="RELU", seed=4)]
-    ctx = _ArrayCollector()
+    ctx = ConstPool()
     bodies, prepared = [], []
     for i, case in enumerate(cases):
         graph, op = build_graph(case)
@@ -287,7 +274,7 @@ def test_emitted_code_matches_reference(tmp_path: Path) -> None:
         bodies.append(f'extern "C" void run{i}(const int8_t* in, int8_t* out) {{\n{body}\n}}')
     headers = "".join(f'#include "{m.OPDEF.header}"\n' for m in MODULES.values())
     src = tmp_path / "emitted.cc"
-    src.write_text(headers + "\n".join(ctx.defs) + "\n" + "\n".join(bodies) + "\n")
+    src.write_text(headers + ctx.definitions() + "\n" + "\n".join(bodies) + "\n")
     lib_path = tmp_path / "emitted.so"
     kernels = [ROOT / "firmware" / "kernels" / f for f in
                ("conv2d_ref.cc", "depthwise_conv2d_ref.cc", "fully_connected_ref.cc")]
