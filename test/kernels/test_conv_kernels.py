@@ -1,9 +1,9 @@
 """CONV_2D, DEPTHWISE_CONV_2D and FULLY_CONNECTED: numpy reference vs the C++ reference kernels.
 
 Each one-line case builds a one-operator Graph with seeded random weights and quantization,
-runs ops.<op>.prepare, then compares reference() with the kernel called through ctypes
-(shim_conv.cc) on random int8 inputs: they must be equal byte for byte. A last test compiles the
-C++ that emit() generates and checks it too.
+runs ops.<op>.prepare, then compares reference() with the kernel run through the C++ that emit()
+generates (test/kernels/emitted.py) on random int8 inputs: they must be equal byte for byte. A
+last test compiles several emitted operators into one file and checks them too.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from emitted import run_op
 from host_build import host_library
 
 from mcutrain.frontend.graph import Graph, ModelError, Operator, Quant, Tensor
@@ -162,28 +163,8 @@ def _ptr(a: np.ndarray | None, ctype):
     return None if a is None else a.ctypes.data_as(ctypes.POINTER(ctype))
 
 
-def run_kernel(lib: ctypes.CDLL, kind: str, p, x: np.ndarray) -> np.ndarray:
-    fn = {"conv": lib.shim_conv2d_s8, "dw": lib.shim_depthwise_conv2d_s8,
-          "fc": lib.shim_fully_connected_s8}[kind]
-    scalars = np.array(_scalars(kind, p), dtype=np.int32)
-    mult = np.ascontiguousarray(p.multiplier, dtype=np.int32)
-    shift = np.ascontiguousarray(p.shift, dtype=np.int32)
-    filt = np.ascontiguousarray(p.filter, dtype=np.int8)
-    bias = None if p.bias is None else np.ascontiguousarray(p.bias, dtype=np.int32)
-    x = np.ascontiguousarray(x, dtype=np.int8)
-    out = np.zeros(p.output_shape, dtype=np.int8)
-    pointers = [_ptr(scalars, ctypes.c_int32), _ptr(mult, ctypes.c_int32),
-                _ptr(shift, ctypes.c_int32)]
-    if kind == "fc":
-        real = np.ascontiguousarray(p.real_scale, dtype=np.float64) if p.double_requant else None
-        pointers.append(_ptr(real, ctypes.c_double))
-    fn(*pointers, _ptr(x, ctypes.c_int8), _ptr(filt, ctypes.c_int8), _ptr(bias, ctypes.c_int32),
-       _ptr(out, ctypes.c_int8))
-    return out
-
-
 @pytest.mark.parametrize("case", CASES, ids=[_case_id(c) for c in CASES])
-def test_reference_equals_kernel(kernels_lib: ctypes.CDLL, case: Case) -> None:
+def test_reference_equals_kernel(case: Case) -> None:
     graph, op = build_graph(case)
     module = MODULES[case.kind]
     params = module.prepare(op, graph)
@@ -200,7 +181,7 @@ def test_reference_equals_kernel(kernels_lib: ctypes.CDLL, case: Case) -> None:
             x = rng.integers(-128, 128, size=case.shape, dtype=np.int64).astype(np.int8)
         expected = module.reference(params, [x])
         assert expected.shape == graph.tensor(3).shape
-        got = run_kernel(kernels_lib, case.kind, params, x)
+        got = run_op(module.OPDEF, params, [x], tuple(params.output_shape))
         np.testing.assert_array_equal(got.reshape(expected.shape), expected)
     # The case must exercise requantization, not just saturate to the clamp bounds.
     assert len(np.unique(expected)) > 2 or expected.size < 8
