@@ -2,14 +2,14 @@
 host g++.
 
     out = run_op(opdef, params, [x], out_shape)
-    dxs = run_backward(opcode, params, saved, dy, need_dx)
+    dxs = run_backward(opcode, params, saved, dy, dx_sizes)
 
-emits the operator's C++ through OpDef.emit with the production ConstPool (exactly as
-compile.codegen does: constants in an anonymous namespace inside mt, int8_t pointers into
-memory), compiles it with -Werror against the firmware kernels, calls it on the inputs and returns
-the output. The kernel parameters therefore reach the kernel through the generated struct
-initialiser, not through a hand-written shim. Libraries are cached by source digest under
-.pio/host-kernels, so a rerun compiles nothing.
+emit the C++ through OpDef.emit / BackwardDef.emit with the production ConstPool, laid out as
+compile.codegen lays out a model (constants and a global g_arena in an anonymous namespace inside
+mt, every tensor an offset into the arena), compile it with -Werror against the firmware kernels,
+copy the inputs into the arena, run it and read the outputs back. The kernel parameters therefore
+reach the kernel through the generated struct initialiser, not through a hand-written shim.
+Libraries are cached by source digest under .pio/host-kernels, so a rerun compiles nothing.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ import ctypes
 import functools
 import hashlib
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +32,7 @@ from mcutrain.train import grad_rules
 
 CACHE = ROOT / ".pio" / "host-kernels"
 _ENTRY = "mt_emitted_run"
-_GARBAGE = 0x5A  # fills gradient buffers: the emitted code must write every element it owns
+_GARBAGE = 0x5A  # fills the arena before each run: emitted code must write every byte it owns
 
 
 def _digest(*parts: bytes) -> str:
@@ -62,51 +64,10 @@ def _kernels() -> ctypes.CDLL:
     return ctypes.CDLL(str(lib), mode=ctypes.RTLD_GLOBAL)
 
 
-def op_source(opdef: OpDef, params: object, n_inputs: int) -> str:
-    """The translation unit for one operator: its emitted body behind an extern "C" entry point
-    taking the input pointers and the output pointer."""
-    pool = ConstPool()
-    body = opdef.emit(params, pool, [f"in[{i}]" for i in range(n_inputs)], "out")
-    return (f'#include <cstdint>\n#include "{opdef.header}"\n\nnamespace mt {{\nnamespace {{\n'
-            f"{pool.definitions()}\n}}  // namespace\n\n"
-            f'extern "C" void {_ENTRY}(int8_t* const* in, int8_t* out) {{\n'
-            f"  (void)in;\n  (void)out;\n{body}\n}}\n\n}}  // namespace mt\n")
-
-
-@functools.cache
-def _compiled(source: str):
-    _kernels()
-    key = _digest(source.encode())
-    src = CACHE / f"emitted-{key}.cc"
-    CACHE.mkdir(parents=True, exist_ok=True)
-    src.write_text(source)
-    fn = getattr(ctypes.CDLL(str(_cached_build([src], "libemitted", key))), _ENTRY)
-    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
-    fn.restype = None
-    return fn
-
-
-def run_op(opdef: OpDef, params: object, inputs: list[np.ndarray], out_shape: tuple[int, ...],
-           *, in_place: bool = False) -> np.ndarray:
-    """The int8 output of the emitted code of (opdef, params) on int8 inputs. in_place runs it
-    with the output pointer equal to the first input's, as the memory planner may arrange."""
-    arrays = [np.ascontiguousarray(a) for a in inputs]
-    if any(a.dtype != np.int8 for a in arrays):
-        raise TypeError(f"run_op takes int8 inputs, got {[str(a.dtype) for a in arrays]}")
-    if in_place:
-        arrays[0] = arrays[0].copy()
-        out = arrays[0].reshape(out_shape)
-    else:
-        out = np.zeros(out_shape, np.int8)
-    fn = _compiled(op_source(opdef, params, len(arrays)))
-    pointers = (ctypes.c_void_p * max(len(arrays), 1))(*[a.ctypes.data for a in arrays])
-    fn(pointers, out.ctypes.data)
-    return out
-
-
 class _Arena:
-    """Byte offsets of the buffers one emitted backward step uses, 16-byte aligned like the
-    training planner's."""
+    """Byte offsets of the buffers one emitted function uses, 16-byte aligned like the planners'.
+    The buffers live in a global g_arena, as in the generated firmware: emitted code may keep
+    pointers into it in function-local statics, which stays correct only for global storage."""
 
     def __init__(self) -> None:
         self.size = 0
@@ -121,16 +82,74 @@ class _Arena:
         """A gradient buffer (count int32 accumulators, int16 after requantization)."""
         at, index = self.take(4 * count), self.scales
         self.scales += 1
-        return GradRef(f"(arena + {at})", f"scales[{index}]", count), at, index
+        return GradRef(f"(g_arena + {at})", f"g_scales[{index}]", count), at, index
 
 
-def backward_source(opcode: str, body: str, pool: ConstPool) -> str:
-    headers = sorted({REGISTRY[opcode].header, *grad_rules.HEADERS})
-    includes = "".join(f'#include "{h}"\n' for h in headers)
+def _source(headers: list[str], pool: ConstPool, arena: _Arena, body: str) -> str:
+    """One translation unit laid out like the generated model source: constants and the arena in
+    an anonymous namespace inside mt, the emitted statements in one extern "C" function."""
+    includes = "".join(f'#include "{h}"\n' for h in sorted(set(headers)))
     return (f"#include <cmath>\n#include <cstdint>\n#include <cstring>\n{includes}\n"
-            f"namespace mt {{\nnamespace {{\n{pool.definitions()}\n}}  // namespace\n\n"
-            f'extern "C" void {_ENTRY}(int8_t* arena, float* scales) {{\n'
-            f"  (void)arena;\n  (void)scales;\n{body}\n}}\n\n}}  // namespace mt\n")
+            f"namespace mt {{\nnamespace {{\n\n"
+            f"alignas(16) int8_t g_arena[{max(arena.size, 16)}];\n"
+            f"float g_scales[{max(arena.scales, 1)}];\n\n{pool.definitions()}\n"
+            f"}}  // namespace\n\n"
+            f'extern "C" int8_t* {_ENTRY}_arena() {{ return g_arena; }}\n'
+            f'extern "C" float* {_ENTRY}_scales() {{ return g_scales; }}\n'
+            f'extern "C" void {_ENTRY}() {{\n{body}\n}}\n\n}}  // namespace mt\n')
+
+
+@dataclass(frozen=True)
+class _Lib:
+    run: Callable[[], None]
+    arena: np.ndarray  # uint8 view of g_arena
+    scales: np.ndarray  # float32 view of g_scales
+
+
+@functools.cache
+def _compiled(source: str, arena_bytes: int, n_scales: int) -> _Lib:
+    _kernels()
+    key = _digest(source.encode())
+    CACHE.mkdir(parents=True, exist_ok=True)
+    src = CACHE / f"emitted-{key}.cc"
+    src.write_text(source)
+    lib = ctypes.CDLL(str(_cached_build([src], "libemitted", key)))
+    run = getattr(lib, _ENTRY)
+    run.argtypes, run.restype = [], None
+    views = []
+    for suffix, ctype, count in (("_arena", ctypes.c_uint8, max(arena_bytes, 16)),
+                                 ("_scales", ctypes.c_float, max(n_scales, 1))):
+        fn = getattr(lib, _ENTRY + suffix)
+        fn.restype = ctypes.POINTER(ctype)
+        views.append(np.ctypeslib.as_array(fn(), (count,)))
+    return _Lib(run, views[0], views[1])
+
+
+def _build(headers: list[str], pool: ConstPool, arena: _Arena, body: str) -> _Lib:
+    lib = _compiled(_source(headers, pool, arena, body), arena.size, arena.scales)
+    lib.arena[:] = _GARBAGE
+    lib.scales[:] = 0
+    return lib
+
+
+def run_op(opdef: OpDef, params: object, inputs: list[np.ndarray], out_shape: tuple[int, ...],
+           *, in_place: bool = False) -> np.ndarray:
+    """The int8 output of the emitted code of (opdef, params) on int8 inputs. in_place puts the
+    output at the first input's address, as the memory planner may arrange."""
+    arrays = [np.ascontiguousarray(a) for a in inputs]
+    if any(a.dtype != np.int8 for a in arrays):
+        raise TypeError(f"run_op takes int8 inputs, got {[str(a.dtype) for a in arrays]}")
+    arena, pool = _Arena(), ConstPool()
+    offsets = [arena.take(a.nbytes) for a in arrays]
+    n_out = int(np.prod(out_shape))
+    out_at = offsets[0] if in_place else arena.take(n_out)
+    body = opdef.emit(params, pool, [f"(g_arena + {at})" for at in offsets],
+                      f"(g_arena + {out_at})")
+    lib = _build([opdef.header], pool, arena, body)
+    for a, at in zip(arrays, offsets, strict=True):
+        lib.arena[at:at + a.nbytes] = _bytes(a, np.int8)
+    lib.run()
+    return lib.arena[out_at:out_at + n_out].view(np.int8).reshape(out_shape).copy()
 
 
 def run_backward(opcode: str, params: object, saved: list[np.ndarray | None], dy: QGrad,
@@ -143,20 +162,19 @@ def run_backward(opcode: str, params: object, saved: list[np.ndarray | None], dy
     dy_ref, dy_at, dy_index = arena.grad(dy.data.size)
     dxs = [None if n is None else arena.grad(n) for n in dx_sizes]
     saved_at = [None if x is None else arena.take(x.size) for x in saved]
-    body = BACKWARD[opcode].emit(params, pool, [None if a is None else f"(arena + {a})"
+    body = BACKWARD[opcode].emit(params, pool, [None if a is None else f"(g_arena + {a})"
                                                 for a in saved_at],
                                  dy_ref, [None if d is None else d[0] for d in dxs], None)
-    fn = _compiled(backward_source(opcode, body, pool))
-    buf = np.full(arena.size, _GARBAGE, np.uint8)
-    buf[dy_at:dy_at + 2 * dy.data.size] = _bytes(dy.data, "<i2")
+    lib = _build([REGISTRY[opcode].header, *grad_rules.HEADERS], pool, arena, body)
+    lib.arena[dy_at:dy_at + 2 * dy.data.size] = _bytes(dy.data, "<i2")
     for x, at in zip(saved, saved_at, strict=True):
         if x is not None and at is not None:
-            buf[at:at + x.size] = _bytes(x, np.int8)
-    scales = np.zeros(max(arena.scales, 1), np.float32)
-    scales[dy_index] = dy.scale
-    fn(buf.ctypes.data, scales.ctypes.data)
+            lib.arena[at:at + x.size] = _bytes(x, np.int8)
+    lib.scales[dy_index] = dy.scale
+    lib.run()
     return [None if d is None else
-            QGrad(buf[d[1]:d[1] + 2 * d[0].count].view("<i2").copy(), F32(scales[d[2]]))
+            QGrad(lib.arena[d[1]:d[1] + 2 * d[0].count].view("<i2").copy(),
+                  F32(lib.scales[d[2]]))
             for d in dxs]
 
 
