@@ -15,6 +15,7 @@ Libraries are cached by source digest under .pio/host-kernels, so a rerun compil
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import functools
 import hashlib
 import os
@@ -25,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from host_build import KERNELS, ROOT, host_compile
 
-from mcutrain.ops.base import BACKWARD, REGISTRY, GradRef, OpDef
+from mcutrain.ops.base import BACKWARD, REGISTRY, GradRef, OpDef, TrainBinding, TrainEmit, TrainSlot
 from mcutrain.ops.cxx import ConstPool
 from mcutrain.ops.train_math import F32, QGrad
 from mcutrain.train import grad_rules
@@ -158,24 +159,106 @@ def run_backward(opcode: str, params: object, saved: list[np.ndarray | None], dy
     saved holds the forward inputs the rule keeps (None where not kept), dy the output gradient,
     dx_sizes the element count of each dynamic input's gradient (None: not wanted); one flat
     QGrad per dynamic input, None where not wanted."""
+    return run_train_step(opcode, params, saved, dy, dx_sizes).dxs
+
+
+@dataclass(frozen=True)
+class StepResult:
+    dxs: list[QGrad | None]  # flat input gradients, None where not wanted
+    weights: np.ndarray | None  # the trained channels after the update (slot layout)
+    bias: np.ndarray | None  # the bias after the update, when it trains
+    prng: int  # the xorshift state after the step
+
+
+def run_train_step(opcode: str, params: object, saved: list[np.ndarray | None], dy: QGrad,
+                   dx_sizes: list[int | None], slot: TrainSlot | None = None,
+                   lr: float = 0.0, prng: int = 0) -> StepResult:
+    """One emitted backward step of opcode: input gradients as run_backward, and with a slot
+    the parameter updates too, on copies of slot.weights / slot.bias placed in the arena (the
+    firmware's SRAM state), learning rate lr and xorshift state prng."""
     arena, pool = _Arena(), ConstPool()
     dy_ref, dy_at, dy_index = arena.grad(dy.data.size)
     dxs = [None if n is None else arena.grad(n) for n in dx_sizes]
     saved_at = [None if x is None else arena.take(x.size) for x in saved]
+    state = _TrainState(arena, slot)
+    if state.binding is not None:
+        params = dataclasses.replace(params, train=state.binding)
     body = BACKWARD[opcode].emit(params, pool, [None if a is None else f"(g_arena + {a})"
                                                 for a in saved_at],
-                                 dy_ref, [None if d is None else d[0] for d in dxs], None)
-    lib = _build([REGISTRY[opcode].header, *grad_rules.HEADERS], pool, arena, body)
+                                 dy_ref, [None if d is None else d[0] for d in dxs],
+                                 state.emit(pool))
+    lib = _build([REGISTRY[opcode].header, *grad_rules.HEADERS], pool, arena,
+                 state.declarations() + body)
     lib.arena[dy_at:dy_at + 2 * dy.data.size] = _bytes(dy.data, "<i2")
     for x, at in zip(saved, saved_at, strict=True):
         if x is not None and at is not None:
             lib.arena[at:at + x.size] = _bytes(x, np.int8)
     lib.scales[dy_index] = dy.scale
+    state.load(lib.arena, lr, prng)
     lib.run()
-    return [None if d is None else
-            QGrad(lib.arena[d[1]:d[1] + 2 * d[0].count].view("<i2").copy(),
-                  F32(lib.scales[d[2]]))
-            for d in dxs]
+    grads = [None if d is None else
+             QGrad(lib.arena[d[1]:d[1] + 2 * d[0].count].view("<i2").copy(),
+                   F32(lib.scales[d[2]]))
+             for d in dxs]
+    return StepResult(grads, *state.read(lib.arena))
+
+
+class _TrainState:
+    """The trained parameters, learning rate and PRNG state of one step, in the arena."""
+
+    def __init__(self, arena: _Arena, slot: TrainSlot | None) -> None:
+        self.slot = slot
+        self.lr_at, self.prng_at = arena.take(4), arena.take(4)
+        weights = None if slot is None else slot.weights
+        bias = None if slot is None else slot.bias
+        self.w_at = None if weights is None else arena.take(weights.nbytes)
+        self.b_at = None if bias is None else arena.take(4 * bias.size)
+        n = slot.n_train if slot is not None and weights is not None else 0
+        self.binding = None if slot is None else TrainBinding(
+            n, "g_w" if n else None, "g_b" if bias is not None else None)
+
+    def declarations(self) -> str:
+        lines = [f"  float& g_lr = *reinterpret_cast<float*>(g_arena + {self.lr_at});",
+                 f"  uint32_t& g_prng = *reinterpret_cast<uint32_t*>(g_arena + {self.prng_at});",
+                 "  (void)g_lr;", "  (void)g_prng;"]
+        if self.w_at is not None:
+            lines.append(f"  int8_t* const g_w = g_arena + {self.w_at};")
+        if self.b_at is not None:
+            lines.append("  int32_t* const g_b = "
+                         f"reinterpret_cast<int32_t*>(g_arena + {self.b_at});")
+        return "\n".join(lines) + "\n"
+
+    def emit(self, pool: ConstPool) -> TrainEmit | None:
+        slot = self.slot
+        if slot is None or self.binding is None:
+            return None
+        return TrainEmit(
+            self.binding,
+            w_coef=None if slot.w_coef is None else pool.const_array("w_coef", slot.w_coef),
+            bias_coef=(None if slot.bias_coef is None
+                       else pool.const_array("bias_coef", slot.bias_coef)),
+            lr="g_lr", prng="&g_prng",
+            rounding="mt::Rounding::kStochastic" if slot.stochastic else "mt::Rounding::kNearest")
+
+    def load(self, buf: np.ndarray, lr: float, prng: int) -> None:
+        buf[self.lr_at:self.lr_at + 4] = _bytes(np.float32(lr), "<f4")
+        buf[self.prng_at:self.prng_at + 4] = _bytes(np.uint32(prng), "<u4")
+        if self.slot is not None and self.w_at is not None:
+            w = self.slot.weights
+            buf[self.w_at:self.w_at + w.nbytes] = _bytes(w, np.int8)
+        if self.slot is not None and self.b_at is not None:
+            b = self.slot.bias
+            buf[self.b_at:self.b_at + 4 * b.size] = _bytes(b, "<i4")
+
+    def read(self, buf: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None, int]:
+        weights = bias = None
+        if self.slot is not None and self.w_at is not None:
+            w = self.slot.weights
+            weights = buf[self.w_at:self.w_at + w.nbytes].view(np.int8).reshape(w.shape).copy()
+        if self.slot is not None and self.b_at is not None:
+            b = self.slot.bias
+            bias = buf[self.b_at:self.b_at + 4 * b.size].view("<i4").astype(np.int32)
+        return weights, bias, int(buf[self.prng_at:self.prng_at + 4].view("<u4")[0])
 
 
 def _bytes(a: np.ndarray, dtype) -> np.ndarray:

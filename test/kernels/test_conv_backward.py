@@ -1,8 +1,8 @@
 """Training of CONV_2D, DEPTHWISE_CONV_2D and FULLY_CONNECTED (docs/training.md).
 
-(a) the numpy backward step (ops.<op>.BACKWARD.reference) equals the C++ kernels called through
-    ctypes (shim_conv.cc) exactly: input gradient (int16 and scale), updated weights and bias,
-    PRNG state;
+(a) the numpy backward step (ops.<op>.BACKWARD.reference) equals the C++ kernels run through
+    the emitted backward step (test/kernels/emitted.py run_train_step) exactly: input gradient
+    (int16 and scale), updated weights and bias, PRNG state;
 (b) the gradient math agrees with float64 autodiff (tf.GradientTape) of the dequantized operator;
 (c) emitted C++ (forward with a TrainBinding, and the backward step) compiled on the host equals
     the numpy reference.
@@ -18,8 +18,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from emitted import run_train_step
 from host_build import host_library
-from test_conv_kernels import MODULES, Case, _ptr, _scalars, build_graph
+from test_conv_kernels import MODULES, Case, _ptr, build_graph
 
 from mcutrain.frontend.graph import ModelError
 from mcutrain.ops import param_train
@@ -128,61 +129,23 @@ def prepared(step: Step):
     return p, x, dy, pick_lr(step, p, x, dy)
 
 
-class BackwardArgs(ctypes.Structure):
-    _fields_ = [
-        ("filter", ctypes.c_void_p), ("weights", ctypes.c_void_p), ("input", ctypes.c_void_p),
-        ("dy", ctypes.c_void_p), ("dy_scale", ctypes.c_float), ("ratio", ctypes.c_void_p),
-        ("max_sw", ctypes.c_float), ("dx", ctypes.c_void_p), ("dx_count", ctypes.c_int32),
-        ("dx_scale", ctypes.c_void_p), ("lr", ctypes.c_float), ("input_scale", ctypes.c_float),
-        ("bias", ctypes.c_void_p), ("bias_coef", ctypes.c_void_p), ("w_coef", ctypes.c_void_p),
-        ("rounding", ctypes.c_int32), ("prng", ctypes.c_void_p),
-    ]
-
-
-def _addr(a: np.ndarray | None) -> int | None:
-    return None if a is None else a.ctypes.data
-
-
-def run_kernel_step(lib: ctypes.CDLL, kind: str, p, slot: TrainSlot, x: np.ndarray,
-                    dy: QGrad, lr: np.float32, want_dx: bool, prng: int):
-    """The C++ backward step on copies of the slot; returns (dx or None, weights, bias, prng)."""
-    fn = {"conv": lib.shim_conv2d_backward, "dw": lib.shim_depthwise_conv2d_backward,
-          "fc": lib.shim_fully_connected_backward}[kind]
-    scalars = np.array(_scalars(kind, p), dtype=np.int32)
-    filt = np.ascontiguousarray(p.filter)
-    weights = None if slot.weights is None else np.ascontiguousarray(slot.weights).copy()
-    bias = None if slot.bias is None else slot.bias.copy()
-    ratio = param_train.fold_ratio(p)
-    x = np.ascontiguousarray(x)
-    d = np.ascontiguousarray(dy.data, dtype=np.int16)
-    count = x.size
-    dx_buf = np.zeros(count, dtype=np.int32) if want_dx else None
-    dx_scale = np.zeros(1, dtype=np.float32)
-    state = np.array([prng], dtype=np.uint32)
-    w_coef = np.ascontiguousarray(slot.w_coef, dtype=np.float32)
-    bias_coef = np.ascontiguousarray(slot.bias_coef, dtype=np.float32)
-    args = BackwardArgs(
-        filter=_addr(filt), weights=_addr(weights), input=_addr(x), dy=_addr(d),
-        dy_scale=float(dy.scale), ratio=_addr(ratio), max_sw=float(param_train.max_scale(p)),
-        dx=_addr(dx_buf), dx_count=count, dx_scale=_addr(dx_scale), lr=float(lr),
-        input_scale=float(p.input_scale), bias=_addr(bias), bias_coef=_addr(bias_coef),
-        w_coef=_addr(w_coef), rounding=1 if slot.stochastic else 0, prng=_addr(state))
-    fn(_ptr(scalars, ctypes.c_int32), ctypes.c_int32(slot.n_train if weights is not None else 0),
-       ctypes.byref(args))
-    dx = None
-    if want_dx:
-        dx = QGrad(dx_buf.view(np.int16)[:count].copy(), F32(dx_scale[0]))
-    return dx, weights, bias, int(state[0])
+def run_kernel_step(kind: str, p, slot: TrainSlot, x: np.ndarray, dy: QGrad, lr: np.float32,
+                    want_dx: bool, prng: int):
+    """The emitted backward step on copies of the slot; returns (dx or None, weights, bias,
+    prng)."""
+    step = run_train_step(OPCODES[kind], p, [x], dy, [x.size if want_dx else None], slot,
+                          float(lr), prng)
+    return step.dxs[0], step.weights, step.bias, step.prng
 
 
 @pytest.mark.parametrize("step", STEPS, ids=[_step_id(s) for s in STEPS])
-def test_backward_reference_equals_kernels(kernels_lib: ctypes.CDLL, step: Step) -> None:
+def test_backward_reference_equals_kernels(step: Step) -> None:
     kind = step.case.kind
     p, x, dy, lr = prepared(step)
     slot = make_slot(step, p)
     before_w = None if slot.weights is None else slot.weights.copy()
     before_b = None if slot.bias is None else slot.bias.copy()
-    got_dx, got_w, got_b, got_state = run_kernel_step(kernels_lib, kind, p, slot, x, dy, lr,
+    got_dx, got_w, got_b, got_state = run_kernel_step(kind, p, slot, x, dy, lr,
                                                       step.dx, prng=12345 + step.case.seed)
     bdef = BACKWARD[OPCODES[kind]]
     saved = [x if bdef.saves_input(p, slot)[0] else None]
@@ -439,14 +402,14 @@ def test_emitted_backward_equals_reference(tmp_path: Path, step: Step) -> None:
 
 
 @pytest.mark.parametrize("step", STEPS[:4], ids=[_step_id(s) for s in STEPS[:4]])
-def test_non_finite_updates_never_reach_parameters(kernels_lib: ctypes.CDLL, step: Step) -> None:
+def test_non_finite_updates_never_reach_parameters(step: Step) -> None:
     """An infinite learning rate makes every delta non-finite: both sides must skip the update."""
     p, x, dy, _ = prepared(step)
     slot = make_slot(step, p)
     before_w = None if slot.weights is None else slot.weights.copy()
     before_b = None if slot.bias is None else slot.bias.copy()
     lr = np.float32(np.inf)
-    _, got_w, got_b, _ = run_kernel_step(kernels_lib, step.case.kind, p, slot, x, dy, lr,
+    _, got_w, got_b, _ = run_kernel_step(step.case.kind, p, slot, x, dy, lr,
                                          False, prng=7)
     bdef = BACKWARD[OPCODES[step.case.kind]]
     saved = [x if bdef.saves_input(p, slot)[0] else None]

@@ -141,24 +141,6 @@ def build_graph(c: Case) -> tuple[Graph, Operator]:
 MODULES = {"conv": conv2d, "dw": depthwise_conv2d, "fc": fully_connected}
 
 
-def _scalars(kind: str, p) -> list[int]:
-    """The params struct's integer fields in C++ declaration order, pointers left out."""
-    if kind == "fc":
-        units, depth = p.filter.shape
-        return [p.batches, depth, units, p.input_offset, p.filter_offset, p.output_offset,
-                p.act_min, p.act_max]
-    n, in_h, in_w, in_c = p.input_shape
-    _, out_h, out_w, out_c = p.output_shape
-    if kind == "conv":
-        _, f_h, f_w, f_c = p.filter.shape
-        head = [n, in_h, in_w, in_c, f_h, f_w, f_c, out_h, out_w, out_c]
-    else:
-        _, f_h, f_w, _ = p.filter.shape
-        head = [n, in_h, in_w, in_c, f_h, f_w, out_h, out_w, out_c, p.depth_multiplier]
-    return head + [*p.stride, *p.dilation, *p.pad, p.input_offset, p.output_offset,
-                   p.act_min, p.act_max]
-
-
 def _ptr(a: np.ndarray | None, ctype):
     return None if a is None else a.ctypes.data_as(ctypes.POINTER(ctype))
 
