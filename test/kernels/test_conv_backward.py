@@ -24,7 +24,7 @@ from test_conv_kernels import MODULES, Case, _ptr, build_graph
 
 from mcutrain.frontend.graph import ModelError
 from mcutrain.ops import param_train
-from mcutrain.ops.base import BACKWARD, GradRef, TrainBinding, TrainEmit, TrainSlot
+from mcutrain.ops.base import BACKWARD, TrainBinding, TrainSlot
 from mcutrain.ops.cxx import ConstPool
 from mcutrain.ops.train_math import F32, GRAD_MAX, QGrad, XorShift32
 
@@ -346,59 +346,26 @@ EMIT_STEPS = [STEPS[1], STEPS[6], STEPS[11], STEPS[14], STEPS[18], STEPS[19]]
 
 
 @pytest.mark.parametrize("step", EMIT_STEPS, ids=[_step_id(s) for s in EMIT_STEPS])
-def test_emitted_backward_equals_reference(tmp_path: Path, step: Step) -> None:
+def test_emitted_backward_equals_reference(step: Step) -> None:
     kind = step.case.kind
     module = MODULES[kind]
     p, x, dy, lr = prepared(step)
     slot = make_slot(step, p)
     n = slot.n_train if slot.weights is not None else 0
-    binding = TrainBinding(n, "g_w" if n else None, "g_b" if slot.bias is not None else None)
-    ctx = ConstPool()
-    dy_ref = GradRef("(g_dy)", "g_dy_scale", dy.data.size)
-    dx_ref = GradRef("(g_dx)", "g_dx_scale", x.size) if step.dx else None
-    train = TrainEmit(binding, w_coef=ctx.const_array("w_coef", slot.w_coef),
-                      bias_coef=ctx.const_array("bias_coef", slot.bias_coef),
-                      lr="g_lr", prng="&g_prng",
-                      rounding="mt::Rounding::kStochastic" if step.stochastic
-                      else "mt::Rounding::kNearest")
-    body = module.BACKWARD.emit(dataclasses.replace(p, train=binding), ctx, ["g_x"], dy_ref,
-                                [dx_ref], train)
-    globals_ = [
-        _array_def("int8_t", "g_w", slot.weights if n else np.zeros(1)),
-        _array_def("int32_t", "g_b", slot.bias if slot.bias is not None else np.zeros(1)),
-        _array_def("int8_t", "g_x", x),
-        f"alignas(4) uint8_t g_dy[{dy.data.nbytes}];",
-        f"alignas(4) uint8_t g_dx[{4 * x.size}];",
-        "float g_dy_scale, g_dx_scale, g_lr;", "uint32_t g_prng;",
-    ]
-    api = [
-        'extern "C" void step() {', body, "}",
-        'extern "C" void* get(int i) { void* p[] = {g_w, g_b, g_dy, g_dx, &g_dy_scale, '
-        "&g_dx_scale, &g_lr, &g_prng}; return p[i]; }",
-    ]
-    source = "\n".join([ctx.definitions(), *globals_, *api])
-    lib = _build(tmp_path, HEADERS + source + "\n", "backward")
-    lib.get.restype = ctypes.c_void_p
-
-    def view(i: int, ctype, count: int) -> np.ndarray:
-        return np.ctypeslib.as_array(ctypes.cast(lib.get(i), ctypes.POINTER(ctype)), (count,))
-
-    view(2, ctypes.c_int16, dy.data.size)[:] = dy.data.ravel()
-    view(4, ctypes.c_float, 1)[0] = dy.scale
-    view(6, ctypes.c_float, 1)[0] = lr
-    view(7, ctypes.c_uint32, 1)[0] = 777
-    lib.step()
+    got = run_train_step(OPCODES[kind], p, [x], dy, [x.size if step.dx else None], slot,
+                         float(lr), 777)
     rng = XorShift32(777)
     (dx,) = module.BACKWARD.reference(p, [x], dy, [step.dx], slot, lr, rng)
     if step.dx:
-        np.testing.assert_array_equal(view(3, ctypes.c_int16, x.size), dx.data.ravel())
-        assert view(5, ctypes.c_float, 1)[0].tobytes() == np.float32(dx.scale).tobytes()
+        got_dx = got.dxs[0]
+        assert got_dx is not None
+        np.testing.assert_array_equal(got_dx.data, dx.data.ravel())
+        assert np.float32(got_dx.scale).tobytes() == np.float32(dx.scale).tobytes()
     if n:
-        np.testing.assert_array_equal(view(0, ctypes.c_int8, slot.weights.size),
-                                      slot.weights.ravel())
+        np.testing.assert_array_equal(np.asarray(got.weights).ravel(), slot.weights.ravel())
     if slot.bias is not None:
-        np.testing.assert_array_equal(view(1, ctypes.c_int32, slot.bias.size), slot.bias)
-    assert int(view(7, ctypes.c_uint32, 1)[0]) == rng.state
+        np.testing.assert_array_equal(got.bias, slot.bias)
+    assert got.prng == rng.state
 
 
 @pytest.mark.parametrize("step", STEPS[:4], ids=[_step_id(s) for s in STEPS[:4]])
