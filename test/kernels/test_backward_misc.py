@@ -348,33 +348,6 @@ class Emitted:
     run: Callable  # (lib fn) -> None: fills the arena, calls, checks
 
 
-def _emit_op(case_id: str, pool: ConstPool) -> tuple[str, Callable]:
-    p = prepare(case_id)
-    case, params = p.case, p.params
-    arena = Arena()
-    dy_ref, dy_at, dy_index = arena.grad(p.dy.data.size)
-    dxs = [arena.grad(int(np.prod(case.tensors[t].shape))) for t in case.dynamic]
-    saves = BACKWARD[case.opcode].saves_input(params, None)
-    saved_at = [arena.take(x.size) if keep else None for x, keep in zip(p.xs, saves, strict=True)]
-    body = BACKWARD[case.opcode].emit(params, pool, [None if a is None else f"(arena + {a})"
-                                                     for a in saved_at],
-                                      dy_ref, [g for g, _, _ in dxs], None)
-
-    def run(fn) -> None:
-        buf = np.zeros(arena.size, np.uint8)
-        scales = np.zeros(max(arena.scales, 1), np.float32)
-        buf[dy_at:dy_at + 2 * p.dy.data.size] = _bytes(p.dy.data, "<i2")
-        scales[dy_index] = p.dy.scale
-        for x, at in zip(p.xs, saved_at, strict=True):
-            if at is not None:
-                buf[at:at + x.size] = _bytes(x, np.int8)
-        _call(fn, buf, scales)
-        for (g, at, index), exp in zip(dxs, p.expected, strict=True):
-            data = buf[at:at + 2 * g.count].view("<i2")
-            assert_same(data, scales[index], exp, f"emitted {case_id}")
-    return body, run
-
-
 def _bytes(a: np.ndarray, dtype) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(a).ravel(), dtype).view(np.uint8)
 
@@ -392,10 +365,6 @@ def _emit_sources() -> tuple[str, list[tuple[str, Callable]]]:
     pool = ConstPool()
     runs: list[tuple[str, Callable]] = []
     functions = []
-    for case_id in sorted(CASES):
-        body, run = _emit_op(case_id, pool)
-        runs.append((case_id, run))
-        functions.append(body)
     for case_id in sorted(RULE_EMITS):
         body, run = RULE_EMITS[case_id]()
         runs.append((case_id, run))
@@ -423,6 +392,10 @@ def emitted(tmp_path_factory: pytest.TempPathFactory):
 
 
 def test_emitted_code_matches_reference(emitted) -> None:
+    for case_id in sorted(CASES):
+        p = prepare(case_id)
+        for (data, scale), exp in zip(run_emitted_rule(p), p.expected, strict=True):
+            assert_same(data, scale, exp, f"emitted {case_id}")
     lib_, runs = emitted
     for k, (case_id, run) in enumerate(runs):
         fn = getattr(lib_, f"run_{k}")
