@@ -43,7 +43,7 @@ def build_echo(tmp_path_factory: pytest.TempPathFactory, variant: str = "") -> P
     define = f"#define ECHO_{variant}\n" if variant else ""
     (gen / "model.cc").write_text(f'{define}#include "{FIXTURES / "echo_model.cc"}"\n')
     out = tmp_path_factory.mktemp("fw") / "echo_fw"
-    return build_host_firmware(gen, out, include_kernels=False).path
+    return build_host_firmware(gen, out, include_kernels=False, werror=True).path
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ import pytest
 from mcutrain.frontend.graph import Graph
 from mcutrain.frontend.tflite_reader import read_tflite
 from mcutrain.ops import conv2d, depthwise_conv2d, fully_connected
-from tflite_convert import convert_full_int8
+from tflite_convert import convert_full_int8, run_tflite
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import tensorflow as tf  # noqa: E402
@@ -78,19 +78,6 @@ def converted(name: str) -> bytes:
 
     return convert_full_int8(tf.lite.TFLiteConverter.from_keras_model(model), representative,
                              per_channel=per_channel)
-
-
-def run_tflite(model: bytes, x: np.ndarray, reference: bool) -> dict[int, np.ndarray]:
-    """Every tensor of one TFLite invocation, by tensor index."""
-    kind = tf.lite.experimental.OpResolverType
-    interp = tf.lite.Interpreter(
-        model_content=model, experimental_preserve_all_tensors=True,
-        experimental_op_resolver_type=kind.BUILTIN_REF if reference else kind.AUTO)
-    interp.allocate_tensors()
-    interp.set_tensor(interp.get_input_details()[0]["index"], x)
-    interp.invoke()
-    return {d["index"]: interp.get_tensor(d["index"]) for d in interp.get_tensor_details()
-            if d["dtype"] == np.int8}
 
 
 def _inputs(graph: Graph) -> list[np.ndarray]:

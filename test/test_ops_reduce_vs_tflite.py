@@ -24,7 +24,7 @@ import pytest
 from mcutrain.frontend.graph import Graph
 from mcutrain.frontend.tflite_reader import read_tflite
 from mcutrain.ops import mean, softmax
-from tflite_convert import convert_full_int8
+from tflite_convert import convert_full_int8, run_tflite
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import tensorflow as tf  # noqa: E402
@@ -150,19 +150,6 @@ def converted_model(name: str) -> bytes:
 @functools.cache
 def graph_of(name: str) -> Graph:
     return read_tflite(converted_model(name))
-
-
-def run_tflite(model: bytes, x: np.ndarray, reference: bool) -> dict[int, np.ndarray]:
-    """Every int8 tensor of one TFLite invocation, by tensor index."""
-    kind = tf.lite.experimental.OpResolverType
-    interp = tf.lite.Interpreter(
-        model_content=model, experimental_preserve_all_tensors=True,
-        experimental_op_resolver_type=kind.BUILTIN_REF if reference else kind.AUTO)
-    interp.allocate_tensors()
-    interp.set_tensor(interp.get_input_details()[0]["index"], x)
-    interp.invoke()
-    return {d["index"]: interp.get_tensor(d["index"]) for d in interp.get_tensor_details()
-            if d["dtype"] == np.int8}
 
 
 def _differences(name: str, reference: bool) -> dict[str, np.ndarray]:

@@ -235,7 +235,7 @@ def cobs_tool(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("cobs") / "cobs_tool"
     runtime = ROOT / "firmware" / "runtime"
     subprocess.run(
-        [cxx, "-std=c++17", "-Wall", "-Wextra", "-fsanitize=address,undefined",
+        [cxx, "-std=c++17", "-Wall", "-Wextra", "-Werror", "-fsanitize=address,undefined",
          "-fno-sanitize-recover=undefined", f"-I{runtime}",
          str(ROOT / "test" / "fixtures" / "cobs_tool.cc"), str(runtime / "cobs.cc"),
          str(runtime / "crc32.cc"), "-o", str(out)],

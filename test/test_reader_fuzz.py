@@ -226,7 +226,8 @@ def test_accepted_mutant_runs_clean_under_sanitizers(which: str, tmp_path: Path)
     source, _ = generate_model_source(compiled)
     (tmp_path / "gen").mkdir()
     (tmp_path / "gen" / "model.cc").write_text(source)
-    firmware = build_host_firmware(tmp_path / "gen", tmp_path / "fw" / "mutant").path
+    firmware = build_host_firmware(tmp_path / "gen", tmp_path / "fw" / "mutant",
+                                   werror=True).path
     shape = compiled.graph.tensors[compiled.input].shape
     rng = np.random.default_rng(len(which))
     xs = [np.full(shape, -128, np.int8), np.full(shape, 127, np.int8),

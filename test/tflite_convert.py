@@ -1,13 +1,16 @@
-"""Full-integer TFLite conversion settings shared by the tests that build models with TensorFlow.
+"""TensorFlow helpers shared by the tests that build models with it: full-integer conversion
+and one interpreter run that keeps every tensor.
 
-Each caller keeps its own converter source and calibration data; this only sets what makes a
-model "int8 all the way": int8 builtins, int8 input and output.
+Each caller keeps its own converter source and calibration data; convert_full_int8 only sets what
+makes a model "int8 all the way": int8 builtins, int8 input and output.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from typing import Any
+
+import numpy as np
 
 
 def convert_full_int8(converter: Any, representative: Callable[[], Iterator[list]], *,
@@ -24,3 +27,19 @@ def convert_full_int8(converter: Any, representative: Callable[[], Iterator[list
     if legacy_quantizer:
         converter.experimental_new_quantizer = False
     return converter.convert()
+
+
+def run_tflite(model: bytes, x: np.ndarray, reference: bool) -> dict[int, np.ndarray]:
+    """Every int8 tensor of one TFLite invocation, by tensor index; reference picks the
+    BUILTIN_REF kernels instead of the optimized ones."""
+    import tensorflow as tf
+
+    kind = tf.lite.experimental.OpResolverType
+    interp = tf.lite.Interpreter(
+        model_content=model, experimental_preserve_all_tensors=True,
+        experimental_op_resolver_type=kind.BUILTIN_REF if reference else kind.AUTO)
+    interp.allocate_tensors()
+    interp.set_tensor(interp.get_input_details()[0]["index"], x)
+    interp.invoke()
+    return {d["index"]: interp.get_tensor(d["index"]) for d in interp.get_tensor_details()
+            if d["dtype"] == np.int8}

@@ -31,5 +31,5 @@ def kernels_lib() -> ctypes.CDLL:
     out_dir.mkdir(parents=True, exist_ok=True)
     lib = out_dir / f"libkernels-{digest.hexdigest()[:16]}.so"
     if not lib.exists():
-        host_compile(sources, lib, werror=False)
+        host_compile(sources, lib)
     return ctypes.CDLL(str(lib))

@@ -13,15 +13,14 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 KERNELS = ROOT / "firmware" / "kernels"
 HOST_FLAGS = ["-std=c++17", "-O1", "-g", "-ffp-contract=off", "-fno-exceptions", "-fno-rtti",
-              "-Wall", "-Wextra", f"-I{ROOT / 'firmware'}"]
+              "-Wall", "-Wextra", "-Werror", f"-I{ROOT / 'firmware'}"]
 
 
-def host_compile(sources: list[Path | str], out: Path, *, shared: bool = True,
-                 werror: bool = True) -> Path:
+def host_compile(sources: list[Path | str], out: Path, *, shared: bool = True) -> Path:
     compiler = shutil.which("g++")
     if compiler is None:
         pytest.fail("host g++ is needed for kernel tests: apt-get install g++")
-    flags = HOST_FLAGS + (["-Werror"] if werror else []) + (["-shared", "-fPIC"] if shared else [])
+    flags = HOST_FLAGS + (["-shared", "-fPIC"] if shared else [])
     subprocess.run([compiler, *flags, "-o", str(out), *map(str, sources)], check=True)
     return out
 

@@ -2,8 +2,9 @@
 fan-out sum (docs/training.md): numpy definition vs C++ kernel, bit for bit.
 
 Each case is one line. Three checks per case:
-- the numpy rule equals the kernel called through test/kernels/shim_train.cc (int16 data equal,
-  scales equal as float32 bits);
+- the numpy rule equals the kernel, reached through the emitted backward rule of each operator
+  (test/kernels/emitted.py run_backward) and, for masks, losses and the fan-out sum, through
+  test/kernels/shim_train.cc (int16 data equal, scales equal as float32 bits);
 - the code the emit() functions generate, compiled on the host and run on a little arena, equals
   the numpy rule too;
 - independently, the real-valued gradient (scale * data) matches the float gradient of the
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from emitted import run_backward
 from host_build import host_compile, host_library
 
 from mcutrain.frontend.graph import Graph, Operator, Quant, Tensor
@@ -242,10 +244,8 @@ def _ptr(a: np.ndarray) -> ctypes.c_void_p:
 
 def _setup(lib: ctypes.CDLL) -> ctypes.CDLL:
     f32 = ctypes.c_float
-    for name in ("mt_avg_pool_backward", "mt_max_pool_backward", "mt_mse_grad", "mt_grad_sum"):
+    for name in ("mt_mse_grad", "mt_grad_sum"):
         getattr(lib, name).restype = f32
-    lib.mt_avg_pool_backward.argtypes = [ctypes.c_void_p, ctypes.c_void_p, f32, ctypes.c_void_p]
-    lib.mt_max_pool_backward.argtypes = [ctypes.c_void_p] * 3 + [f32, ctypes.c_void_p]
     lib.mt_mse_grad.argtypes = [ctypes.c_void_p, ctypes.c_int32, f32, ctypes.c_int32,
                                 ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
     lib.mt_grad_sum.argtypes = [ctypes.c_void_p, f32, ctypes.c_void_p, f32, ctypes.c_int32,
@@ -255,42 +255,13 @@ def _setup(lib: ctypes.CDLL) -> ctypes.CDLL:
     return lib
 
 
-def run_shim(lib: ctypes.CDLL, p: Prepared) -> list[tuple[np.ndarray, np.float32]]:
-    case, params, dy = p.case, p.params, np.ascontiguousarray(p.dy.data, np.int16)
-    sizes = [int(np.prod(case.tensors[i].shape)) for i in case.dynamic]
-    if case.opcode == "MEAN":
-        assert lib.mt_mean_params_fields() == len(params.fields())
-        dx = np.zeros(sizes[0], np.int16)
-        lib.mt_mean_backward(_i32([v for _, v in params.fields()]), _ptr(dy), _ptr(dx))
-        return [(dx, F32(dy_scale_div(p.dy.scale, params.reduce)))]
-    if case.opcode in (AVG, MAX):
-        acc = np.full(sizes[0], 0x5A5A5A5A, np.int32)  # garbage: the kernel must clear it
-        if case.opcode == AVG:
-            scale = lib.mt_avg_pool_backward(_i32(params.fields()), _ptr(dy), p.dy.scale,
-                                             _ptr(acc))
-        else:
-            x = np.ascontiguousarray(p.xs[0])
-            scale = lib.mt_max_pool_backward(_i32(params.fields()), _ptr(x), _ptr(dy),
-                                              p.dy.scale, _ptr(acc))
-        return [(acc.view(np.int16)[:sizes[0]].copy(), F32(scale))]
-    if case.opcode in ("PAD", "PADV2"):
-        dx = np.zeros(sizes[0], np.int16)
-        lib.mt_pad_backward(_i32(params.fields()), _ptr(dy), _ptr(dx))
-        return [(dx, F32(p.dy.scale))]
-    if case.opcode == "CONCATENATION":
-        out = []
-        positions = [k for k, c in enumerate(params.consts) if c is None]
-        for k, n in zip(positions, sizes, strict=True):
-            dx = np.zeros(n, np.int16)
-            lib.mt_concat_backward(len(params.row_sizes), params.outer, _i32(params.row_sizes),
-                                   params.out_row, k, _ptr(dy), _ptr(dx))
-            out.append((dx, F32(p.dy.scale)))
-        return out
-    raise AssertionError(case.opcode)
-
-
-def dy_scale_div(scale: np.float32, n: int) -> np.float32:
-    return F32(scale) / F32(n)
+def run_emitted_rule(p: Prepared) -> list[tuple[np.ndarray, np.float32]]:
+    """The case's input gradients from its emitted backward rule, as (int16 data, scale)."""
+    sizes: list[int | None] = [int(np.prod(p.case.tensors[i].shape)) for i in p.case.dynamic]
+    saves = BACKWARD[p.case.opcode].saves_input(p.params, None)
+    saved = [x if keep else None for x, keep in zip(p.xs, saves, strict=True)]
+    grads = run_backward(p.case.opcode, p.params, saved, p.dy, sizes)
+    return [(g.data, g.scale) for g in grads if g is not None]
 
 
 def assert_same(actual: np.ndarray, actual_scale, expected: QGrad, what: str) -> None:
@@ -307,14 +278,14 @@ def lib(kernels_lib: ctypes.CDLL) -> ctypes.CDLL:
 
 
 @pytest.mark.parametrize("case_id", sorted(CASES))
-def test_op_backward_kernel_matches_reference(lib: ctypes.CDLL, case_id: str) -> None:
+def test_op_backward_kernel_matches_reference(case_id: str) -> None:
     p = prepare(case_id)
     for i, (t, exp) in enumerate(zip(p.case.dynamic, p.expected, strict=True)):
         assert exp is not None and exp.data.shape == p.case.tensors[t].shape, case_id
         if p.case.dy_kind == "zero":
             assert exp.scale == 0 and not exp.data.any()
         del i
-    for k, ((data, scale), exp) in enumerate(zip(run_shim(lib, p), p.expected, strict=True)):
+    for k, ((data, scale), exp) in enumerate(zip(run_emitted_rule(p), p.expected, strict=True)):
         assert_same(data, scale, exp, f"{case_id} input {k}")
 
 
@@ -377,33 +348,6 @@ class Emitted:
     run: Callable  # (lib fn) -> None: fills the arena, calls, checks
 
 
-def _emit_op(case_id: str, pool: ConstPool) -> tuple[str, Callable]:
-    p = prepare(case_id)
-    case, params = p.case, p.params
-    arena = Arena()
-    dy_ref, dy_at, dy_index = arena.grad(p.dy.data.size)
-    dxs = [arena.grad(int(np.prod(case.tensors[t].shape))) for t in case.dynamic]
-    saves = BACKWARD[case.opcode].saves_input(params, None)
-    saved_at = [arena.take(x.size) if keep else None for x, keep in zip(p.xs, saves, strict=True)]
-    body = BACKWARD[case.opcode].emit(params, pool, [None if a is None else f"(arena + {a})"
-                                                     for a in saved_at],
-                                      dy_ref, [g for g, _, _ in dxs], None)
-
-    def run(fn) -> None:
-        buf = np.zeros(arena.size, np.uint8)
-        scales = np.zeros(max(arena.scales, 1), np.float32)
-        buf[dy_at:dy_at + 2 * p.dy.data.size] = _bytes(p.dy.data, "<i2")
-        scales[dy_index] = p.dy.scale
-        for x, at in zip(p.xs, saved_at, strict=True):
-            if at is not None:
-                buf[at:at + x.size] = _bytes(x, np.int8)
-        _call(fn, buf, scales)
-        for (g, at, index), exp in zip(dxs, p.expected, strict=True):
-            data = buf[at:at + 2 * g.count].view("<i2")
-            assert_same(data, scales[index], exp, f"emitted {case_id}")
-    return body, run
-
-
 def _bytes(a: np.ndarray, dtype) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(a).ravel(), dtype).view(np.uint8)
 
@@ -421,10 +365,6 @@ def _emit_sources() -> tuple[str, list[tuple[str, Callable]]]:
     pool = ConstPool()
     runs: list[tuple[str, Callable]] = []
     functions = []
-    for case_id in sorted(CASES):
-        body, run = _emit_op(case_id, pool)
-        runs.append((case_id, run))
-        functions.append(body)
     for case_id in sorted(RULE_EMITS):
         body, run = RULE_EMITS[case_id]()
         runs.append((case_id, run))
@@ -452,6 +392,10 @@ def emitted(tmp_path_factory: pytest.TempPathFactory):
 
 
 def test_emitted_code_matches_reference(emitted) -> None:
+    for case_id in sorted(CASES):
+        p = prepare(case_id)
+        for (data, scale), exp in zip(run_emitted_rule(p), p.expected, strict=True):
+            assert_same(data, scale, exp, f"emitted {case_id}")
     lib_, runs = emitted
     for k, (case_id, run) in enumerate(runs):
         fn = getattr(lib_, f"run_{k}")
@@ -1018,7 +962,7 @@ def _host_build_matches_reference(path: Path, raw: dict, tmp_path: Path, seed: i
     (tmp_path / "harness.cc").write_text(_HARNESS)
     exe = tmp_path / "train"
     host_compile([tmp_path / "model.cc", tmp_path / "harness.cc", *sorted(KERNELS.glob("*.cc"))],
-                 exe, shared=False, werror=False)
+                 exe, shared=False)
     reference = TrainingReference(program)
     rng = np.random.default_rng(seed)
     shape = model.graph.tensors[model.input].shape

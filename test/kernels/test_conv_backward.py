@@ -1,8 +1,8 @@
 """Training of CONV_2D, DEPTHWISE_CONV_2D and FULLY_CONNECTED (docs/training.md).
 
-(a) the numpy backward step (ops.<op>.BACKWARD.reference) equals the C++ kernels called through
-    ctypes (shim_conv.cc) exactly: input gradient (int16 and scale), updated weights and bias,
-    PRNG state;
+(a) the numpy backward step (ops.<op>.BACKWARD.reference) equals the C++ kernels run through
+    the emitted backward step (test/kernels/emitted.py run_train_step) exactly: input gradient
+    (int16 and scale), updated weights and bias, PRNG state;
 (b) the gradient math agrees with float64 autodiff (tf.GradientTape) of the dequantized operator;
 (c) emitted C++ (forward with a TrainBinding, and the backward step) compiled on the host equals
     the numpy reference.
@@ -18,12 +18,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from emitted import run_train_step
 from host_build import host_library
-from test_conv_kernels import MODULES, Case, _ptr, _scalars, build_graph
+from test_conv_kernels import MODULES, Case, _ptr, build_graph
 
 from mcutrain.frontend.graph import ModelError
 from mcutrain.ops import param_train
-from mcutrain.ops.base import BACKWARD, GradRef, TrainBinding, TrainEmit, TrainSlot
+from mcutrain.ops.base import BACKWARD, TrainBinding, TrainSlot
+from mcutrain.ops.cxx import ConstPool
 from mcutrain.ops.train_math import F32, GRAD_MAX, QGrad, XorShift32
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -127,61 +129,23 @@ def prepared(step: Step):
     return p, x, dy, pick_lr(step, p, x, dy)
 
 
-class BackwardArgs(ctypes.Structure):
-    _fields_ = [
-        ("filter", ctypes.c_void_p), ("weights", ctypes.c_void_p), ("input", ctypes.c_void_p),
-        ("dy", ctypes.c_void_p), ("dy_scale", ctypes.c_float), ("ratio", ctypes.c_void_p),
-        ("max_sw", ctypes.c_float), ("dx", ctypes.c_void_p), ("dx_count", ctypes.c_int32),
-        ("dx_scale", ctypes.c_void_p), ("lr", ctypes.c_float), ("input_scale", ctypes.c_float),
-        ("bias", ctypes.c_void_p), ("bias_coef", ctypes.c_void_p), ("w_coef", ctypes.c_void_p),
-        ("rounding", ctypes.c_int32), ("prng", ctypes.c_void_p),
-    ]
-
-
-def _addr(a: np.ndarray | None) -> int | None:
-    return None if a is None else a.ctypes.data
-
-
-def run_kernel_step(lib: ctypes.CDLL, kind: str, p, slot: TrainSlot, x: np.ndarray,
-                    dy: QGrad, lr: np.float32, want_dx: bool, prng: int):
-    """The C++ backward step on copies of the slot; returns (dx or None, weights, bias, prng)."""
-    fn = {"conv": lib.shim_conv2d_backward, "dw": lib.shim_depthwise_conv2d_backward,
-          "fc": lib.shim_fully_connected_backward}[kind]
-    scalars = np.array(_scalars(kind, p), dtype=np.int32)
-    filt = np.ascontiguousarray(p.filter)
-    weights = None if slot.weights is None else np.ascontiguousarray(slot.weights).copy()
-    bias = None if slot.bias is None else slot.bias.copy()
-    ratio = param_train.fold_ratio(p)
-    x = np.ascontiguousarray(x)
-    d = np.ascontiguousarray(dy.data, dtype=np.int16)
-    count = x.size
-    dx_buf = np.zeros(count, dtype=np.int32) if want_dx else None
-    dx_scale = np.zeros(1, dtype=np.float32)
-    state = np.array([prng], dtype=np.uint32)
-    w_coef = np.ascontiguousarray(slot.w_coef, dtype=np.float32)
-    bias_coef = np.ascontiguousarray(slot.bias_coef, dtype=np.float32)
-    args = BackwardArgs(
-        filter=_addr(filt), weights=_addr(weights), input=_addr(x), dy=_addr(d),
-        dy_scale=float(dy.scale), ratio=_addr(ratio), max_sw=float(param_train.max_scale(p)),
-        dx=_addr(dx_buf), dx_count=count, dx_scale=_addr(dx_scale), lr=float(lr),
-        input_scale=float(p.input_scale), bias=_addr(bias), bias_coef=_addr(bias_coef),
-        w_coef=_addr(w_coef), rounding=1 if slot.stochastic else 0, prng=_addr(state))
-    fn(_ptr(scalars, ctypes.c_int32), ctypes.c_int32(slot.n_train if weights is not None else 0),
-       ctypes.byref(args))
-    dx = None
-    if want_dx:
-        dx = QGrad(dx_buf.view(np.int16)[:count].copy(), F32(dx_scale[0]))
-    return dx, weights, bias, int(state[0])
+def run_kernel_step(kind: str, p, slot: TrainSlot, x: np.ndarray, dy: QGrad, lr: np.float32,
+                    want_dx: bool, prng: int):
+    """The emitted backward step on copies of the slot; returns (dx or None, weights, bias,
+    prng)."""
+    step = run_train_step(OPCODES[kind], p, [x], dy, [x.size if want_dx else None], slot,
+                          float(lr), prng)
+    return step.dxs[0], step.weights, step.bias, step.prng
 
 
 @pytest.mark.parametrize("step", STEPS, ids=[_step_id(s) for s in STEPS])
-def test_backward_reference_equals_kernels(kernels_lib: ctypes.CDLL, step: Step) -> None:
+def test_backward_reference_equals_kernels(step: Step) -> None:
     kind = step.case.kind
     p, x, dy, lr = prepared(step)
     slot = make_slot(step, p)
     before_w = None if slot.weights is None else slot.weights.copy()
     before_b = None if slot.bias is None else slot.bias.copy()
-    got_dx, got_w, got_b, got_state = run_kernel_step(kernels_lib, kind, p, slot, x, dy, lr,
+    got_dx, got_w, got_b, got_state = run_kernel_step(kind, p, slot, x, dy, lr,
                                                       step.dx, prng=12345 + step.case.seed)
     bdef = BACKWARD[OPCODES[kind]]
     saved = [x if bdef.saves_input(p, slot)[0] else None]
@@ -314,23 +278,6 @@ def test_gradients_match_float_autodiff(step: Step) -> None:
 # ---- (c) emitted code on the host ----
 
 
-class _Collector:
-    TYPES = {"int8": "int8_t", "int16": "int16_t", "int32": "int32_t", "float32": "float"}
-
-    def __init__(self) -> None:
-        self.defs: list[str] = []
-
-    def const_array(self, hint: str, array: np.ndarray) -> str:
-        array = np.asarray(array)
-        if array.dtype == np.float32:
-            values = ", ".join(float(v).hex() + "f" for v in array.ravel())
-        else:
-            values = ", ".join(str(int(v)) for v in array.ravel())
-        name = f"{hint}_{len(self.defs)}"
-        self.defs.append(f"static const {self.TYPES[str(array.dtype)]} {name}[] = {{{values}}};")
-        return name
-
-
 def _array_def(ctype: str, name: str, values: np.ndarray) -> str:
     body = ", ".join(str(int(v)) for v in np.asarray(values).ravel()) or "0"
     return f"{ctype} {name}[] = {{{body}}};"
@@ -355,7 +302,7 @@ FORWARD_CASES = [Case("conv", (1, 7, 6, 3), 5, stride=(2, 2), seed=1),
 def test_forward_with_trained_channels(tmp_path: Path) -> None:
     """n_train in {0, some, all}: with the SRAM copy equal to flash the output equals the plain
     forward; with perturbed SRAM weights and bias it equals reference(with_trained(...))."""
-    ctx = _Collector()
+    ctx = ConstPool()
     defs, bodies, runs = [], [], []
     rng = np.random.default_rng(3)
     for i, case in enumerate(FORWARD_CASES):
@@ -382,7 +329,8 @@ def test_forward_with_trained_channels(tmp_path: Path) -> None:
                               f'{{\n{body}\n}}')
                 expected_params = module.with_trained(p, w, bias if perturb else None)
                 runs.append((tag, case, p, expected_params))
-    lib = _build(tmp_path, HEADERS + "\n".join(ctx.defs + defs + bodies) + "\n", "forward")
+    source = "\n".join([ctx.definitions(), *defs, *bodies])
+    lib = _build(tmp_path, HEADERS + source + "\n", "forward")
     for tag, case, p, expected_params in runs:
         module = MODULES[case.kind]
         x = rng.integers(-128, 128, size=case.shape).astype(np.int8)
@@ -398,69 +346,37 @@ EMIT_STEPS = [STEPS[1], STEPS[6], STEPS[11], STEPS[14], STEPS[18], STEPS[19]]
 
 
 @pytest.mark.parametrize("step", EMIT_STEPS, ids=[_step_id(s) for s in EMIT_STEPS])
-def test_emitted_backward_equals_reference(tmp_path: Path, step: Step) -> None:
+def test_emitted_backward_equals_reference(step: Step) -> None:
     kind = step.case.kind
     module = MODULES[kind]
     p, x, dy, lr = prepared(step)
     slot = make_slot(step, p)
     n = slot.n_train if slot.weights is not None else 0
-    binding = TrainBinding(n, "g_w" if n else None, "g_b" if slot.bias is not None else None)
-    ctx = _Collector()
-    dy_ref = GradRef("(g_dy)", "g_dy_scale", dy.data.size)
-    dx_ref = GradRef("(g_dx)", "g_dx_scale", x.size) if step.dx else None
-    train = TrainEmit(binding, w_coef=ctx.const_array("w_coef", slot.w_coef),
-                      bias_coef=ctx.const_array("bias_coef", slot.bias_coef),
-                      lr="g_lr", prng="&g_prng",
-                      rounding="mt::Rounding::kStochastic" if step.stochastic
-                      else "mt::Rounding::kNearest")
-    body = module.BACKWARD.emit(dataclasses.replace(p, train=binding), ctx, ["g_x"], dy_ref,
-                                [dx_ref], train)
-    globals_ = [
-        _array_def("int8_t", "g_w", slot.weights if n else np.zeros(1)),
-        _array_def("int32_t", "g_b", slot.bias if slot.bias is not None else np.zeros(1)),
-        _array_def("int8_t", "g_x", x),
-        f"alignas(4) uint8_t g_dy[{dy.data.nbytes}];",
-        f"alignas(4) uint8_t g_dx[{4 * x.size}];",
-        "float g_dy_scale, g_dx_scale, g_lr;", "uint32_t g_prng;",
-    ]
-    api = [
-        'extern "C" void step() {', body, "}",
-        'extern "C" void* get(int i) { void* p[] = {g_w, g_b, g_dy, g_dx, &g_dy_scale, '
-        "&g_dx_scale, &g_lr, &g_prng}; return p[i]; }",
-    ]
-    lib = _build(tmp_path, HEADERS + "\n".join(ctx.defs + globals_ + api) + "\n", "backward")
-    lib.get.restype = ctypes.c_void_p
-
-    def view(i: int, ctype, count: int) -> np.ndarray:
-        return np.ctypeslib.as_array(ctypes.cast(lib.get(i), ctypes.POINTER(ctype)), (count,))
-
-    view(2, ctypes.c_int16, dy.data.size)[:] = dy.data.ravel()
-    view(4, ctypes.c_float, 1)[0] = dy.scale
-    view(6, ctypes.c_float, 1)[0] = lr
-    view(7, ctypes.c_uint32, 1)[0] = 777
-    lib.step()
+    got = run_train_step(OPCODES[kind], p, [x], dy, [x.size if step.dx else None], slot,
+                         float(lr), 777)
     rng = XorShift32(777)
     (dx,) = module.BACKWARD.reference(p, [x], dy, [step.dx], slot, lr, rng)
     if step.dx:
-        np.testing.assert_array_equal(view(3, ctypes.c_int16, x.size), dx.data.ravel())
-        assert view(5, ctypes.c_float, 1)[0].tobytes() == np.float32(dx.scale).tobytes()
+        got_dx = got.dxs[0]
+        assert got_dx is not None
+        np.testing.assert_array_equal(got_dx.data, dx.data.ravel())
+        assert np.float32(got_dx.scale).tobytes() == np.float32(dx.scale).tobytes()
     if n:
-        np.testing.assert_array_equal(view(0, ctypes.c_int8, slot.weights.size),
-                                      slot.weights.ravel())
+        np.testing.assert_array_equal(np.asarray(got.weights).ravel(), slot.weights.ravel())
     if slot.bias is not None:
-        np.testing.assert_array_equal(view(1, ctypes.c_int32, slot.bias.size), slot.bias)
-    assert int(view(7, ctypes.c_uint32, 1)[0]) == rng.state
+        np.testing.assert_array_equal(got.bias, slot.bias)
+    assert got.prng == rng.state
 
 
 @pytest.mark.parametrize("step", STEPS[:4], ids=[_step_id(s) for s in STEPS[:4]])
-def test_non_finite_updates_never_reach_parameters(kernels_lib: ctypes.CDLL, step: Step) -> None:
+def test_non_finite_updates_never_reach_parameters(step: Step) -> None:
     """An infinite learning rate makes every delta non-finite: both sides must skip the update."""
     p, x, dy, _ = prepared(step)
     slot = make_slot(step, p)
     before_w = None if slot.weights is None else slot.weights.copy()
     before_b = None if slot.bias is None else slot.bias.copy()
     lr = np.float32(np.inf)
-    _, got_w, got_b, _ = run_kernel_step(kernels_lib, step.case.kind, p, slot, x, dy, lr,
+    _, got_w, got_b, _ = run_kernel_step(step.case.kind, p, slot, x, dy, lr,
                                          False, prng=7)
     bdef = BACKWARD[OPCODES[step.case.kind]]
     saved = [x if bdef.saves_input(p, slot)[0] else None]

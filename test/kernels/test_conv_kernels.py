@@ -1,9 +1,9 @@
 """CONV_2D, DEPTHWISE_CONV_2D and FULLY_CONNECTED: numpy reference vs the C++ reference kernels.
 
 Each one-line case builds a one-operator Graph with seeded random weights and quantization,
-runs ops.<op>.prepare, then compares reference() with the kernel called through ctypes
-(shim_conv.cc) on random int8 inputs: they must be equal byte for byte. A last test compiles the
-C++ that emit() generates and checks it too.
+runs ops.<op>.prepare, then compares reference() with the kernel run through the C++ that emit()
+generates (test/kernels/emitted.py) on random int8 inputs: they must be equal byte for byte. A
+last test checks the emitted code of a few more operators on fresh inputs.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from host_build import host_library
+from emitted import run_op
 
 from mcutrain.frontend.graph import Graph, ModelError, Operator, Quant, Tensor
 from mcutrain.ops import common, conv2d, depthwise_conv2d, fully_connected
@@ -139,50 +139,12 @@ def build_graph(c: Case) -> tuple[Graph, Operator]:
 MODULES = {"conv": conv2d, "dw": depthwise_conv2d, "fc": fully_connected}
 
 
-def _scalars(kind: str, p) -> list[int]:
-    """The params struct's integer fields in C++ declaration order, pointers left out."""
-    if kind == "fc":
-        units, depth = p.filter.shape
-        return [p.batches, depth, units, p.input_offset, p.filter_offset, p.output_offset,
-                p.act_min, p.act_max]
-    n, in_h, in_w, in_c = p.input_shape
-    _, out_h, out_w, out_c = p.output_shape
-    if kind == "conv":
-        _, f_h, f_w, f_c = p.filter.shape
-        head = [n, in_h, in_w, in_c, f_h, f_w, f_c, out_h, out_w, out_c]
-    else:
-        _, f_h, f_w, _ = p.filter.shape
-        head = [n, in_h, in_w, in_c, f_h, f_w, out_h, out_w, out_c, p.depth_multiplier]
-    return head + [*p.stride, *p.dilation, *p.pad, p.input_offset, p.output_offset,
-                   p.act_min, p.act_max]
-
-
 def _ptr(a: np.ndarray | None, ctype):
     return None if a is None else a.ctypes.data_as(ctypes.POINTER(ctype))
 
 
-def run_kernel(lib: ctypes.CDLL, kind: str, p, x: np.ndarray) -> np.ndarray:
-    fn = {"conv": lib.shim_conv2d_s8, "dw": lib.shim_depthwise_conv2d_s8,
-          "fc": lib.shim_fully_connected_s8}[kind]
-    scalars = np.array(_scalars(kind, p), dtype=np.int32)
-    mult = np.ascontiguousarray(p.multiplier, dtype=np.int32)
-    shift = np.ascontiguousarray(p.shift, dtype=np.int32)
-    filt = np.ascontiguousarray(p.filter, dtype=np.int8)
-    bias = None if p.bias is None else np.ascontiguousarray(p.bias, dtype=np.int32)
-    x = np.ascontiguousarray(x, dtype=np.int8)
-    out = np.zeros(p.output_shape, dtype=np.int8)
-    pointers = [_ptr(scalars, ctypes.c_int32), _ptr(mult, ctypes.c_int32),
-                _ptr(shift, ctypes.c_int32)]
-    if kind == "fc":
-        real = np.ascontiguousarray(p.real_scale, dtype=np.float64) if p.double_requant else None
-        pointers.append(_ptr(real, ctypes.c_double))
-    fn(*pointers, _ptr(x, ctypes.c_int8), _ptr(filt, ctypes.c_int8), _ptr(bias, ctypes.c_int32),
-       _ptr(out, ctypes.c_int8))
-    return out
-
-
 @pytest.mark.parametrize("case", CASES, ids=[_case_id(c) for c in CASES])
-def test_reference_equals_kernel(kernels_lib: ctypes.CDLL, case: Case) -> None:
+def test_reference_equals_kernel(case: Case) -> None:
     graph, op = build_graph(case)
     module = MODULES[case.kind]
     params = module.prepare(op, graph)
@@ -199,7 +161,7 @@ def test_reference_equals_kernel(kernels_lib: ctypes.CDLL, case: Case) -> None:
             x = rng.integers(-128, 128, size=case.shape, dtype=np.int64).astype(np.int8)
         expected = module.reference(params, [x])
         assert expected.shape == graph.tensor(3).shape
-        got = run_kernel(kernels_lib, case.kind, params, x)
+        got = run_op(module.OPDEF, params, [x], tuple(params.output_shape))
         np.testing.assert_array_equal(got.reshape(expected.shape), expected)
     # The case must exercise requantization, not just saturate to the clamp bounds.
     assert len(np.unique(expected)) > 2 or expected.size < 8
@@ -257,47 +219,21 @@ def test_fc_rejects_shuffled_weights_and_float_input() -> None:
         fully_connected.prepare(op, graph)
 
 
-class _ArrayCollector:
-    """Minimal EmitContext: each constant becomes a `static const` array definition."""
-
-    TYPES = {"int8": "int8_t", "int16": "int16_t", "int32": "int32_t", "float32": "float"}
-
-    def __init__(self) -> None:
-        self.defs: list[str] = []
-
-    def const_array(self, hint: str, array: np.ndarray) -> str:
-        values = ", ".join(str(int(v)) for v in np.asarray(array).ravel())
-        self.defs.append(f"static const {self.TYPES[str(array.dtype)]} {hint}[] = {{{values}}};")
-        return hint
-
-
-def test_emitted_code_matches_reference(tmp_path: Path) -> None:
+def test_emitted_code_matches_reference() -> None:
     cases = [Case("conv", (1, 7, 6, 3), 5, stride=(2, 2), seed=1),
              Case("dw", (1, 7, 7, 3), stride=(2, 2), dm=2, activation="RELU6", seed=2),
              Case("fc", (2, 3, 10), 6, bias=False, seed=3),
              Case("fc", (2, 12), 9, activation="RELU", seed=4)]
-    ctx = _ArrayCollector()
-    bodies, prepared = [], []
+    prepared = []
     for i, case in enumerate(cases):
         graph, op = build_graph(case)
         op.index = i
-        params = MODULES[case.kind].prepare(op, graph)
-        prepared.append(params)
-        body = MODULES[case.kind].emit(params, ctx, ["in"], "out")
-        bodies.append(f'extern "C" void run{i}(const int8_t* in, int8_t* out) {{\n{body}\n}}')
-    headers = "".join(f'#include "{m.OPDEF.header}"\n' for m in MODULES.values())
-    src = tmp_path / "emitted.cc"
-    src.write_text(headers + "\n".join(ctx.defs) + "\n" + "\n".join(bodies) + "\n")
-    lib_path = tmp_path / "emitted.so"
-    kernels = [ROOT / "firmware" / "kernels" / f for f in
-               ("conv2d_ref.cc", "depthwise_conv2d_ref.cc", "fully_connected_ref.cc")]
-    lib = host_library([src, *kernels], lib_path)
+        prepared.append(MODULES[case.kind].prepare(op, graph))
     rng = np.random.default_rng(7)
-    for i, (case, params) in enumerate(zip(cases, prepared, strict=True)):
+    for case, params in zip(cases, prepared, strict=True):
         x = rng.integers(-128, 128, size=case.shape).astype(np.int8)
         expected = MODULES[case.kind].reference(params, [x])
-        out = np.zeros(expected.shape, dtype=np.int8)
-        getattr(lib, f"run{i}")(_ptr(x, ctypes.c_int8), _ptr(out, ctypes.c_int8))
+        out = run_op(MODULES[case.kind].OPDEF, params, [x], expected.shape)
         np.testing.assert_array_equal(out, expected)
         assert MODULES[case.kind].macs(params) > 0
 

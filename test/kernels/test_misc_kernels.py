@@ -2,20 +2,20 @@
 reference kernels, bit for bit.
 
 Each case is one line: a seeded random single-operator graph goes through the operator's
-prepare(); its numpy reference() is compared with (1) the kernel called through the ctypes shim
-and (2) the code emit() generates, compiled on the host and run.
+prepare(); its numpy reference() is compared with the code emit() generates, compiled on the host
+and run by test/kernels/emitted.py (so each kernel gets its parameters through the struct the
+code generator writes).
 """
 
 from __future__ import annotations
 
-import ctypes
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
-from host_build import host_library
+from emitted import run_op
 
 from mcutrain.frontend.graph import Graph, ModelError, Operator, Quant, Tensor
 from mcutrain.ops.base import lookup
@@ -200,47 +200,8 @@ def _inputs(case: Case) -> list[np.ndarray]:
             for i in case.graph.dynamic_inputs(case.op)]
 
 
-def _i32(values) -> ctypes.Array:
-    return (ctypes.c_int32 * len(values))(*[int(v) for v in values])
-
-
-def _ptr(a: np.ndarray) -> ctypes.c_void_p:
-    return a.ctypes.data_as(ctypes.c_void_p)
-
-
-def _run_shim(lib: ctypes.CDLL, case: Case, params, inputs: list[np.ndarray]) -> np.ndarray:
-    out_shape = case.tensors[-1].shape
-    out = np.zeros(out_shape, np.int8)
-    ins = [np.ascontiguousarray(a) for a in inputs]
-    if case.opcode == "ADD":
-        a = params.a_const if params.a_const is not None else ins.pop(0)
-        b = params.b_const if params.b_const is not None else ins.pop(0)
-        a, b = np.ascontiguousarray(a), np.ascontiguousarray(b)
-        assert lib.mt_add_params_fields() == len(params.fields())
-        lib.mt_add_s8(_i32(params.fields()), _ptr(a), _ptr(b), _ptr(out))
-    elif case.opcode in ("AVERAGE_POOL_2D", "MAX_POOL_2D"):
-        assert lib.mt_pool_params_fields() == len(params.fields())
-        fn = lib.mt_avg_pool_s8 if case.opcode == "AVERAGE_POOL_2D" else lib.mt_max_pool_s8
-        fn(_i32(params.fields()), _ptr(ins[0]), _ptr(out))
-    elif case.opcode in ("PAD", "PADV2"):
-        assert lib.mt_pad_params_fields() == len(params.fields())
-        lib.mt_pad_s8(_i32(params.fields()), _ptr(ins[0]), _ptr(out))
-    elif case.opcode == "QUANTIZE":
-        assert lib.mt_requantize_params_fields() == len(params.fields())
-        lib.mt_requantize_s8(_i32(params.fields()), _ptr(ins[0]), _ptr(out))
-    elif case.opcode == "CONCATENATION":
-        it = iter(ins)
-        sources = [np.ascontiguousarray(c) if c is not None else next(it) for c in params.consts]
-        pointers = (ctypes.c_void_p * len(sources))(*[s.ctypes.data for s in sources])
-        lib.mt_concat_s8(len(sources), params.outer, _i32(params.row_sizes), params.out_row,
-                         pointers, _ptr(out))
-    else:
-        raise AssertionError(case.opcode)
-    return out
-
-
 @pytest.mark.parametrize("case_id", sorted(CASES))
-def test_kernel_matches_reference(kernels_lib: ctypes.CDLL, case_id: str) -> None:
+def test_kernel_matches_reference(case_id: str) -> None:
     case = CASES[case_id]()
     opdef = lookup(case.op)
     params = opdef.prepare(case.op, case.graph)
@@ -251,52 +212,21 @@ def test_kernel_matches_reference(kernels_lib: ctypes.CDLL, case_id: str) -> Non
         assert opdef.aliases_input and opdef.emit(params, ConstPool(), ["in"], "out") == ""
         np.testing.assert_array_equal(expected.ravel(), inputs[0].ravel())
         return
-    actual = _run_shim(kernels_lib, case, params, inputs)
+    actual = run_op(opdef, params, inputs, case.tensors[-1].shape)
     np.testing.assert_array_equal(actual, expected)
 
 
 # --- emitted code, compiled on the host -------------------------------------------------------
 
-def _emitted_source(case_ids: list[str]) -> str:
-    pool = ConstPool()
-    headers: set[str] = set()
-    functions = []
-    for k, case_id in enumerate(case_ids):
-        case = CASES[case_id]()
-        opdef = lookup(case.op)
-        params = opdef.prepare(case.op, case.graph)
-        headers.add(opdef.header)
-        n_in = len(case.graph.dynamic_inputs(case.op))
-        body = opdef.emit(params, pool, [f"in[{i}]" for i in range(n_in)], "out")
-        functions.append(f'extern "C" void run_{k}(int8_t* const* in, int8_t* out) {{\n'
-                         f"  (void)in;\n{body}}}\n")
-    includes = "\n".join(f'#include "{h}"' for h in sorted(headers))
-    return (f"#include <cstdint>\n{includes}\nnamespace mt {{\nnamespace {{\n"
-            f"{pool.definitions()}\n}}  // namespace\n{''.join(functions)}}}  // namespace mt\n")
-
-
-@pytest.fixture(scope="module")
-def emitted_lib(tmp_path_factory: pytest.TempPathFactory) -> tuple[ctypes.CDLL, list[str]]:
+def test_emitted_code_matches_reference() -> None:
     case_ids = sorted(k for k in CASES if not k.startswith("reshape"))
-    out_dir = tmp_path_factory.mktemp("emitted")
-    src = out_dir / "emitted.cc"
-    src.write_text(_emitted_source(case_ids))
-    lib = out_dir / "libemitted.so"
-    sources = [str(p) for p in sorted(KERNELS.glob("*.cc"))] + [str(src)]
-    return host_library(sources, lib), case_ids
-
-
-def test_emitted_code_matches_reference(emitted_lib: tuple[ctypes.CDLL, list[str]]) -> None:
-    lib, case_ids = emitted_lib
-    for k, case_id in enumerate(case_ids):
+    for case_id in case_ids:
         case = CASES[case_id]()
         opdef = lookup(case.op)
         params = opdef.prepare(case.op, case.graph)
         inputs = [np.ascontiguousarray(a) for a in _inputs(case)]
         expected = opdef.reference(params, inputs)
-        out = np.zeros(case.tensors[-1].shape, np.int8)
-        pointers = (ctypes.c_void_p * max(len(inputs), 1))(*[a.ctypes.data for a in inputs])
-        getattr(lib, f"run_{k}")(pointers, _ptr(out))
+        out = run_op(opdef, params, inputs, case.tensors[-1].shape)
         np.testing.assert_array_equal(out, expected, err_msg=case_id)
 
 
@@ -377,6 +307,3 @@ def test_macs_are_zero() -> None:
         opdef = lookup(case.op)
         assert opdef.macs(opdef.prepare(case.op, case.graph)) == 0
 
-
-def test_shim_sources_exist() -> None:
-    assert Path(__file__).with_name("shim_misc.cc").exists()

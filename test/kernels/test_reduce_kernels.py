@@ -1,27 +1,24 @@
 """MEAN and SOFTMAX: numpy reference vs the C++ reference kernels, bit for bit.
 
 Each case is one line: a seeded single-operator graph goes through the operator's prepare(); its
-numpy reference() is compared, on random and extreme inputs, with (1) the kernel called through
-test/kernels/shim_reduce.cc and (2) the code emit() generates, compiled on the host. A float
-sanity check keeps both implementations honest against the real-valued definition.
+numpy reference() is compared, on random and extreme inputs, with the code emit() generates
+(compiled on the host by test/kernels/emitted.py), which calls the C++ kernel with the struct the
+code generator writes. A float sanity check keeps both implementations honest against the
+real-valued definition.
 (test/test_ops_reduce_vs_tflite.py checks the reference against TFLite itself.)
 """
 
 from __future__ import annotations
 
-import ctypes
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pytest
-from host_build import host_library
+from emitted import run_op
 
-from conftest import KERNELS
 from mcutrain.frontend.graph import Graph, ModelError, Operator, Quant, Tensor
 from mcutrain.ops.base import lookup
-from mcutrain.ops.cxx import ConstPool
 
 
 @dataclass
@@ -119,39 +116,28 @@ def _prepared(case: Case):
     return opdef, opdef.prepare(case.op, case.graph)
 
 
-def _run_shim(lib: ctypes.CDLL, case: Case, params, x: np.ndarray) -> np.ndarray:
-    name = "mean" if case.opcode == "MEAN" else "softmax"
-    fields = [int(v) for _, v in params.fields()]
-    assert getattr(lib, f"mt_{name}_params_fields")() == len(fields)
-    x = np.ascontiguousarray(x)
-    out = np.zeros(case.tensors[-1].shape, np.int8)
-    getattr(lib, f"mt_{name}_s8")((ctypes.c_int32 * len(fields))(*fields),
-                                  x.ctypes.data_as(ctypes.c_void_p),
-                                  out.ctypes.data_as(ctypes.c_void_p))
-    return out
+def _run_emitted(case: Case, params, x: np.ndarray, in_place: bool = False) -> np.ndarray:
+    return run_op(lookup(case.op), params, [x], case.tensors[-1].shape, in_place=in_place)
 
 
 @pytest.mark.parametrize("case_id", sorted(CASES))
-def test_kernel_matches_reference(kernels_lib: ctypes.CDLL, case_id: str) -> None:
+def test_kernel_matches_reference(case_id: str) -> None:
     case = CASES[case_id]()
     opdef, params = _prepared(case)
     for k, kind in enumerate(EXTREMES * 2):
         x = _input(case, kind, seed=k)
         expected = opdef.reference(params, [x])
         assert expected.dtype == np.int8 and expected.shape == case.tensors[-1].shape
-        np.testing.assert_array_equal(_run_shim(kernels_lib, case, params, x), expected,
+        np.testing.assert_array_equal(_run_emitted(case, params, x), expected,
                                       err_msg=f"{case_id} {kind}")
 
 
-def test_softmax_in_place(kernels_lib: ctypes.CDLL) -> None:
+def test_softmax_in_place() -> None:
     case = CASES["softmax_rows"]()
     opdef, params = _prepared(case)
     x = _input(case, "random", 3)
     expected = opdef.reference(params, [x])
-    buf = x.copy()
-    fields = [int(v) for _, v in params.fields()]
-    ptr = buf.ctypes.data_as(ctypes.c_void_p)
-    kernels_lib.mt_softmax_s8((ctypes.c_int32 * len(fields))(*fields), ptr, ptr)
+    buf = _run_emitted(case, params, x, in_place=True)
     np.testing.assert_array_equal(buf, expected)
 
 
@@ -189,34 +175,12 @@ def test_softmax_is_close_to_float(case_id: str) -> None:
 
 # --- emitted code, compiled on the host -------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def emitted_lib(tmp_path_factory: pytest.TempPathFactory) -> ctypes.CDLL:
-    pool = ConstPool()
-    headers: set[str] = set()
-    functions = []
-    for k, case_id in enumerate(sorted(CASES)):
-        opdef, params = _prepared(CASES[case_id]())
-        headers.add(opdef.header)
-        body = opdef.emit(params, pool, ["in"], "out")
-        functions.append(f'extern "C" void run_{k}(const int8_t* in, int8_t* out) {{\n{body}}}\n')
-    includes = "\n".join(f'#include "{h}"' for h in sorted(headers))
-    source = f"#include <cstdint>\n{includes}\n{pool.definitions()}\n{''.join(functions)}"
-    out_dir = tmp_path_factory.mktemp("emitted_reduce")
-    (out_dir / "emitted.cc").write_text(source)
-    lib = out_dir / "libemitted.so"
-    sources = [str(KERNELS / "mean_ref.cc"), str(KERNELS / "softmax_ref.cc"),
-               str(out_dir / "emitted.cc")]
-    return host_library(sources, lib)
-
-
-def test_emitted_code_matches_reference(emitted_lib: ctypes.CDLL) -> None:
-    for k, case_id in enumerate(sorted(CASES)):
+def test_emitted_code_matches_reference() -> None:
+    for case_id in sorted(CASES):
         case = CASES[case_id]()
         opdef, params = _prepared(case)
         x = _input(case, "random", 11)
-        out = np.zeros(case.tensors[-1].shape, np.int8)
-        getattr(emitted_lib, f"run_{k}")(x.ctypes.data_as(ctypes.c_void_p),
-                                         out.ctypes.data_as(ctypes.c_void_p))
+        out = _run_emitted(case, params, x)
         np.testing.assert_array_equal(out, opdef.reference(params, [x]), err_msg=case_id)
 
 
@@ -267,6 +231,3 @@ def test_macs() -> None:
     opdef, params = _prepared(CASES["softmax_rows"]())
     assert opdef.macs(params) == 4 * 7
 
-
-def test_shim_source_exists() -> None:
-    assert Path(__file__).with_name("shim_reduce.cc").exists()

@@ -438,6 +438,7 @@ def build_host_firmware(
     *,
     sanitize: bool = True,
     include_kernels: bool = True,
+    werror: bool = False,
     project_dir: Path = PROJECT_DIR,
     extra_sources: tuple[Path, ...] = (),
 ) -> HostBuild:
@@ -445,7 +446,8 @@ def build_host_firmware(
 
     Sources: firmware/runtime/*.cc, firmware/kernels/*.cc (unless include_kernels is False),
     firmware/bsp/host/*.cc, <generated_dir>/*.cc and extra_sources. Raises RuntimeError with the
-    compiler output on failure."""
+    compiler output on failure. werror turns warnings into errors (tests build with it, so a
+    warning in the firmware or the generated code fails them)."""
     compiler = shutil.which("g++") or shutil.which("c++")
     if compiler is None:
         raise RuntimeError("no host C++ compiler (g++) on PATH")
@@ -457,6 +459,8 @@ def build_host_firmware(
     sources += [str(p) for p in extra_sources]
     includes = ["-I" + str(d) for d in (fw / "runtime", fw / "kernels", fw / "bsp", fw)]
     flags = ["-std=c++17", "-O1", "-g", "-Wall", "-Wextra", "-fno-exceptions", "-fno-rtti"]
+    if werror:
+        flags.append("-Werror")
     if sanitize:
         flags += ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined"]
     out = Path(out)
