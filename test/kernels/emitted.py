@@ -65,14 +65,15 @@ def _kernels() -> ctypes.CDLL:
     return ctypes.CDLL(str(lib), mode=ctypes.RTLD_GLOBAL)
 
 
-class _Arena:
+class BufferLayout:
     """Byte offsets of the buffers one emitted function uses, 16-byte aligned like the planners'.
     The buffers live in a global g_arena, as in the generated firmware: emitted code may keep
     pointers into it in function-local statics, which stays correct only for global storage."""
 
-    def __init__(self) -> None:
+    def __init__(self, arena: str = "g_arena", scales: str = "g_scales") -> None:
         self.size = 0
         self.scales = 0
+        self._arena, self._scales = arena, scales
 
     def take(self, nbytes: int) -> int:
         at = self.size
@@ -83,10 +84,10 @@ class _Arena:
         """A gradient buffer (count int32 accumulators, int16 after requantization)."""
         at, index = self.take(4 * count), self.scales
         self.scales += 1
-        return GradRef(f"(g_arena + {at})", f"g_scales[{index}]", count), at, index
+        return GradRef(f"({self._arena} + {at})", f"{self._scales}[{index}]", count), at, index
 
 
-def _source(headers: list[str], pool: ConstPool, arena: _Arena, body: str) -> str:
+def _source(headers: list[str], pool: ConstPool, arena: BufferLayout, body: str) -> str:
     """One translation unit laid out like the generated model source: constants and the arena in
     an anonymous namespace inside mt, the emitted statements in one extern "C" function."""
     includes = "".join(f'#include "{h}"\n' for h in sorted(set(headers)))
@@ -126,7 +127,7 @@ def _compiled(source: str, arena_bytes: int, n_scales: int) -> _Lib:
     return _Lib(run, views[0], views[1])
 
 
-def _build(headers: list[str], pool: ConstPool, arena: _Arena, body: str) -> _Lib:
+def _build(headers: list[str], pool: ConstPool, arena: BufferLayout, body: str) -> _Lib:
     lib = _compiled(_source(headers, pool, arena, body), arena.size, arena.scales)
     lib.arena[:] = _GARBAGE
     lib.scales[:] = 0
@@ -140,7 +141,7 @@ def run_op(opdef: OpDef, params: object, inputs: list[np.ndarray], out_shape: tu
     arrays = [np.ascontiguousarray(a) for a in inputs]
     if any(a.dtype != np.int8 for a in arrays):
         raise TypeError(f"run_op takes int8 inputs, got {[str(a.dtype) for a in arrays]}")
-    arena, pool = _Arena(), ConstPool()
+    arena, pool = BufferLayout(), ConstPool()
     offsets = [arena.take(a.nbytes) for a in arrays]
     n_out = int(np.prod(out_shape))
     out_at = offsets[0] if in_place else arena.take(n_out)
@@ -176,7 +177,7 @@ def run_train_step(opcode: str, params: object, saved: list[np.ndarray | None], 
     """One emitted backward step of opcode: input gradients as run_backward, and with a slot
     the parameter updates too, on copies of slot.weights / slot.bias placed in the arena (the
     firmware's SRAM state), learning rate lr and xorshift state prng."""
-    arena, pool = _Arena(), ConstPool()
+    arena, pool = BufferLayout(), ConstPool()
     dy_ref, dy_at, dy_index = arena.grad(dy.data.size)
     dxs = [None if n is None else arena.grad(n) for n in dx_sizes]
     saved_at = [None if x is None else arena.take(x.size) for x in saved]
@@ -206,7 +207,7 @@ def run_train_step(opcode: str, params: object, saved: list[np.ndarray | None], 
 class _TrainState:
     """The trained parameters, learning rate and PRNG state of one step, in the arena."""
 
-    def __init__(self, arena: _Arena, slot: TrainSlot | None) -> None:
+    def __init__(self, arena: BufferLayout, slot: TrainSlot | None) -> None:
         self.slot = slot
         self.lr_at, self.prng_at = arena.take(4), arena.take(4)
         weights = None if slot is None else slot.weights

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from emitted import run_backward
+from emitted import BufferLayout, run_backward
 from host_build import host_compile, host_library
 
 from mcutrain.frontend.graph import Graph, Operator, Quant, Tensor
@@ -323,28 +323,14 @@ _SIGNATURE = ("(int8_t* arena, float* scales, int32_t label, float* loss, int32_
               "const float* targets)")
 
 
-class Arena:
-    """Byte offsets of the buffers one emitted function uses, 16-byte aligned."""
-
-    def __init__(self) -> None:
-        self.size = 0
-        self.scales = 0
-
-    def take(self, nbytes: int) -> int:
-        at = self.size
-        self.size += (max(nbytes, 1) + 15) // 16 * 16
-        return at
-
-    def grad(self, count: int) -> tuple[GradRef, int, int]:
-        at, index = self.take(4 * count), self.scales
-        self.scales += 1
-        return GradRef(f"(arena + {at})", f"scales[{index}]", count), at, index
+# Emitted rule functions take their arena and gradient scales as arguments named so.
+RULE_BUFFERS = {"arena": "arena", "scales": "scales"}
 
 
 @dataclass
 class Emitted:
     body: str
-    arena: Arena
+    arena: BufferLayout
     run: Callable  # (lib fn) -> None: fills the arena, calls, checks
 
 
@@ -763,7 +749,7 @@ def test_grad_sum_kernel_matches_reference(lib: ctypes.CDLL, case_id: str) -> No
 
 def _emit_mask(case_id: str):
     (lo, hi), y, dy = _mask_inputs(case_id)
-    arena = Arena()
+    arena = BufferLayout(**RULE_BUFFERS)
     y_at, bits_at = arena.take(y.size), arena.take((y.size + 7) // 8)
     g, g_at, g_index = arena.grad(y.size)
     body = "\n".join([grad_rules.emit_mask_pack(f"(arena + {y_at})", y.size, lo, hi,
@@ -784,7 +770,7 @@ def _emit_mask(case_id: str):
 
 def _emit_ce(case_id: str):
     q, label = _ce_inputs(case_id)
-    arena = Arena()
+    arena = BufferLayout(**RULE_BUFFERS)
     q_at = arena.take(q.size)
     g, g_at, g_index = arena.grad(q.size)
     body = grad_rules.emit_cross_entropy(f"(arena + {q_at})", q.size, "label", g, "*loss",
@@ -803,7 +789,7 @@ def _emit_ce(case_id: str):
 
 def _emit_lce(case_id: str):
     y, so, zo, label = _lce_inputs(case_id)
-    arena = Arena()
+    arena = BufferLayout(**RULE_BUFFERS)
     y_at = arena.take(y.size)
     g, g_at, g_index = arena.grad(y.size)
     body = grad_rules.emit_logits_cross_entropy(f"(arena + {y_at})", y.size, so, "label", g,
@@ -822,7 +808,7 @@ def _emit_lce(case_id: str):
 
 def _emit_mse(case_id: str):
     y, so, zo, t = _mse_inputs(case_id)
-    arena = Arena()
+    arena = BufferLayout(**RULE_BUFFERS)
     y_at = arena.take(y.size)
     g, g_at, g_index = arena.grad(y.size)
     body = grad_rules.emit_mse(f"(arena + {y_at})", y.size, so, zo, "targets", g, "*loss")
@@ -840,7 +826,7 @@ def _emit_mse(case_id: str):
 
 def _emit_sum(case_id: str):
     a, b = _sum_inputs(case_id)
-    arena = Arena()
+    arena = BufferLayout(**RULE_BUFFERS)
     ga, a_at, a_index = arena.grad(a.data.size)
     gb, b_at, b_index = arena.grad(a.data.size)
     go, o_at, o_index = arena.grad(a.data.size)
