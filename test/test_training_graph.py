@@ -113,7 +113,7 @@ def wide_second(tmp_path_factory: pytest.TempPathFactory):
     """A small CONV_2D, then the wide one: training the first needs the wide one's dx."""
     import tensorflow as tf
 
-    from tflite_convert import convert_full_int8
+    from tflite_convert import convert_keras_int8
 
     tf.keras.utils.set_random_seed(0)
     inputs = tf.keras.Input((4, 4, 2), batch_size=1)
@@ -122,14 +122,8 @@ def wide_second(tmp_path_factory: pytest.TempPathFactory):
     t = tf.keras.layers.Dense(3)(tf.keras.layers.GlobalAveragePooling2D()(t))
     model = tf.keras.Model(inputs, t)
 
-    def calibration():
-        rng = np.random.default_rng(0)
-        for _ in range(4):
-            yield [rng.normal(size=(1, 4, 4, 2)).astype(np.float32)]
-
     path = tmp_path_factory.mktemp("wide") / "wide_second.tflite"
-    path.write_bytes(convert_full_int8(tf.lite.TFLiteConverter.from_keras_model(model),
-                                       calibration))
+    path.write_bytes(convert_keras_int8(model))
     return compile_model(path)
 
 

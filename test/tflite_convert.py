@@ -29,6 +29,21 @@ def convert_full_int8(converter: Any, representative: Callable[[], Iterator[list
     return converter.convert()
 
 
+def convert_keras_int8(model: Any, samples: int = 4, seed: int = 0) -> bytes:
+    """A Keras model converted full-int8, calibrated on `samples` standard-normal inputs of its
+    input shape (batch 1) drawn from one generator seeded `seed`."""
+    import tensorflow as tf
+
+    shape = tuple(model.inputs[0].shape[1:])
+
+    def calibration():
+        rng = np.random.default_rng(seed)
+        for _ in range(samples):
+            yield [rng.normal(size=(1, *shape)).astype(np.float32)]
+
+    return convert_full_int8(tf.lite.TFLiteConverter.from_keras_model(model), calibration)
+
+
 def run_tflite(model: bytes, x: np.ndarray, reference: bool) -> dict[int, np.ndarray]:
     """Every int8 tensor of one TFLite invocation, by tensor index; reference picks the
     BUILTIN_REF kernels instead of the optimized ones."""

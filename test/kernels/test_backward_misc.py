@@ -906,7 +906,7 @@ def conv_logits_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Ends in CONV_2D logits [1, 1, 1, 3] and a RESHAPE (Flatten) to [1, 3]."""
     import tensorflow as tf
 
-    from tflite_convert import convert_full_int8
+    from tflite_convert import convert_keras_int8
 
     tf.keras.utils.set_random_seed(0)
     inputs = tf.keras.Input((6, 6, 2), batch_size=1)
@@ -914,14 +914,8 @@ def conv_logits_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     t = tf.keras.layers.Flatten()(tf.keras.layers.Conv2D(3, 4)(t))
     model = tf.keras.Model(inputs, t)
 
-    def calibration():
-        rng = np.random.default_rng(0)
-        for _ in range(8):
-            yield [rng.normal(size=(1, 6, 6, 2)).astype(np.float32)]
-
     path = tmp_path_factory.mktemp("conv_logits") / "conv_logits.tflite"
-    path.write_bytes(convert_full_int8(tf.lite.TFLiteConverter.from_keras_model(model),
-                                       calibration))
+    path.write_bytes(convert_keras_int8(model, samples=8))
     return path
 
 
