@@ -1,8 +1,9 @@
 """TensorFlow helpers shared by the tests that build models with it: full-integer conversion
 and one interpreter run that keeps every tensor.
 
-Each caller keeps its own converter source and calibration data; convert_full_int8 only sets what
-makes a model "int8 all the way": int8 builtins, int8 input and output.
+convert_full_int8 only sets what makes a model "int8 all the way" (int8 builtins, int8 input and
+output); each caller keeps its own converter source and calibration data, or, when the data does
+not matter, convert_keras_int8 calibrates a Keras model on standard-normal samples.
 """
 
 from __future__ import annotations
