@@ -153,4 +153,5 @@ def macs(params: AddParams) -> int:
     return 0
 
 
-OP = register(OpDef("ADD", prepare, reference, emit, macs, header="kernels/add.h"))
+OP = register(OpDef("ADD", prepare, reference, emit, macs, header="kernels/add.h",
+                    identity_gradient=True, fused_activation=True))

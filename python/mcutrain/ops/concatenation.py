@@ -23,7 +23,6 @@ from .base import (
     c_int_list,
     kernel_name,
     register,
-    register_backward,
 )
 from .common import fail, output_tensor, require_int8_activation
 from .train_math import F32, QGrad, XorShift32
@@ -113,10 +112,6 @@ def macs(params: ConcatParams) -> int:
     return 0
 
 
-OP = register(OpDef("CONCATENATION", prepare, reference, emit, macs,
-                    header="kernels/concatenation.h"))
-
-
 # ---- training (docs/training.md, "CONCATENATION") ----
 
 
@@ -166,6 +161,9 @@ def backward_emit(params: ConcatParams, ctx: EmitContext, saved: list[str | None
     return "\n".join(lines) + "\n"
 
 
-BACKWARD = register_backward("CONCATENATION", BackwardDef(
+BACKWARD = BackwardDef(
     reference=backward_reference, emit=backward_emit,
-    saves_input=lambda p, slot: [False] * len(_dynamic_positions(p))))
+    saves_input=lambda p, slot: [False] * len(_dynamic_positions(p)))
+
+OP = register(OpDef("CONCATENATION", prepare, reference, emit, macs,
+                    header="kernels/concatenation.h", backward=BACKWARD))

@@ -5,7 +5,7 @@ Bit-exact with TFLite's reference_integer_ops::ConvPerChannel, including grouped
 
 Training (docs/training.md): with `train` set, the first n_train output channels of the filter
 (a contiguous prefix of OHWI) and optionally the bias are read from SRAM copies; the backward
-rule (input gradient, bias and weight update) is registered with register_backward.
+rule (input gradient, bias and weight update) is its OpDef's backward.
 """
 
 from __future__ import annotations
@@ -22,12 +22,12 @@ from .base import (
     EmitContext,
     GradRef,
     OpDef,
+    Trainable,
     TrainBinding,
     TrainEmit,
     TrainSlot,
     kernel_name,
     register,
-    register_backward,
     scratch_args,
 )
 from .train_math import QGrad, XorShift32
@@ -149,9 +149,6 @@ def macs(p: Conv2dParams) -> int:
     return common.flat_size(p.output_shape) * f_h * f_w * f_c
 
 
-OPDEF = register(OpDef("CONV_2D", prepare, reference, emit, macs, header="kernels/conv2d.h"))
-
-
 # ---- training ----
 
 
@@ -242,7 +239,11 @@ def input_grad_depth(p: Conv2dParams) -> int:
     return out_c // (p.input_shape[3] // f_c) * f_h * f_w
 
 
-BACKWARD = register_backward("CONV_2D", BackwardDef(
+BACKWARD = BackwardDef(
     reference=backward_reference, emit=backward_emit,
     saves_input=lambda p, slot: param_train.saves_input(slot),
-    input_grad_depth=input_grad_depth))
+    input_grad_depth=input_grad_depth)
+
+OPDEF = register(OpDef("CONV_2D", prepare, reference, emit, macs, header="kernels/conv2d.h",
+                       backward=BACKWARD, fused_activation=True,
+                       trainable=Trainable(trainable_weights, with_trained, check_accumulator)))

@@ -6,7 +6,7 @@ the file is ignored. Kernel: firmware/kernels/depthwise_conv2d.h.
 
 Training (docs/training.md): with `train` set, the first n_train output channels are read from
 an SRAM copy laid out [kh][kw][n_train] (the 1HWC filter restricted to those channels) and the
-bias optionally from SRAM; the backward rule is registered with register_backward.
+bias optionally from SRAM; the backward rule is its OpDef's backward.
 """
 
 from __future__ import annotations
@@ -23,12 +23,12 @@ from .base import (
     EmitContext,
     GradRef,
     OpDef,
+    Trainable,
     TrainBinding,
     TrainEmit,
     TrainSlot,
     kernel_name,
     register,
-    register_backward,
     scratch_args,
 )
 from .train_math import QGrad, XorShift32
@@ -152,10 +152,6 @@ def macs(p: DepthwiseConv2dParams) -> int:
     return common.flat_size(p.output_shape) * f_h * f_w
 
 
-OPDEF = register(OpDef("DEPTHWISE_CONV_2D", prepare, reference, emit, macs,
-                       header="kernels/depthwise_conv2d.h"))
-
-
 # ---- training ----
 
 
@@ -237,7 +233,12 @@ def input_grad_depth(p: DepthwiseConv2dParams) -> int:
     return p.depth_multiplier * f_h * f_w
 
 
-BACKWARD = register_backward("DEPTHWISE_CONV_2D", BackwardDef(
+BACKWARD = BackwardDef(
     reference=backward_reference, emit=backward_emit,
     saves_input=lambda p, slot: param_train.saves_input(slot),
-    input_grad_depth=input_grad_depth))
+    input_grad_depth=input_grad_depth)
+
+OPDEF = register(OpDef("DEPTHWISE_CONV_2D", prepare, reference, emit, macs,
+                       header="kernels/depthwise_conv2d.h", backward=BACKWARD,
+                       fused_activation=True,
+                       trainable=Trainable(trainable_weights, with_trained, check_accumulator)))

@@ -12,8 +12,8 @@ roughly one output in a hundred. `double_requant=True` (the default) follows the
 dataclasses.replace(params, double_requant=False) gives the fixed-point behaviour.
 
 Training (docs/training.md): with `train` set, the first n_train rows of the filter and
-optionally the bias are read from SRAM copies; the backward rule is registered with
-register_backward. Weights with a zero point cannot train (check_trainable).
+optionally the bias are read from SRAM copies; the backward rule is its OpDef's
+backward. Weights with a zero point cannot train (check_trainable).
 """
 
 from __future__ import annotations
@@ -30,12 +30,12 @@ from .base import (
     EmitContext,
     GradRef,
     OpDef,
+    Trainable,
     TrainBinding,
     TrainEmit,
     TrainSlot,
     kernel_name,
     register,
-    register_backward,
     scratch_args,
 )
 from .train_math import QGrad, XorShift32
@@ -192,10 +192,6 @@ def macs(p: FullyConnectedParams) -> int:
     return p.batches * p.filter.size
 
 
-OPDEF = register(OpDef("FULLY_CONNECTED", prepare, reference, emit, macs,
-                       header="kernels/fully_connected.h"))
-
-
 # ---- training ----
 
 
@@ -267,6 +263,11 @@ def saves_input(p: FullyConnectedParams, slot: TrainSlot | None) -> list[bool]:
     return param_train.saves_input(slot)
 
 
-BACKWARD = register_backward("FULLY_CONNECTED", BackwardDef(
+BACKWARD = BackwardDef(
     reference=backward_reference, emit=backward_emit, saves_input=saves_input,
-    input_grad_depth=lambda p: int(p.filter.shape[0])))
+    input_grad_depth=lambda p: int(p.filter.shape[0]))
+
+OPDEF = register(OpDef("FULLY_CONNECTED", prepare, reference, emit, macs,
+                       header="kernels/fully_connected.h", backward=BACKWARD,
+                       fused_activation=True,
+                       trainable=Trainable(trainable_weights, with_trained, check_accumulator)))

@@ -40,7 +40,6 @@ from .base import (
     TrainSlot,
     kernel_name,
     register,
-    register_backward,
 )
 from .common import (
     fail,
@@ -172,9 +171,6 @@ def macs(params: MeanParams) -> int:
     return params.outer * params.reduce * params.inner
 
 
-OP = register(OpDef("MEAN", prepare, reference, emit, macs, header="kernels/mean.h"))
-
-
 # ---- training (docs/training.md, "MEAN") ----
 
 
@@ -199,5 +195,8 @@ def backward_emit(params: MeanParams, ctx: EmitContext, saved: list[str | None],
             f"  {dx[0].scale} = {dy.scale} / static_cast<float>({params.reduce});\n}}\n")
 
 
-BACKWARD = register_backward("MEAN", BackwardDef(
-    reference=backward_reference, emit=backward_emit, saves_input=lambda p, slot: [False]))
+BACKWARD = BackwardDef(
+    reference=backward_reference, emit=backward_emit, saves_input=lambda p, slot: [False])
+
+OP = register(OpDef("MEAN", prepare, reference, emit, macs, header="kernels/mean.h",
+                    backward=BACKWARD))

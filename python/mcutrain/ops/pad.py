@@ -24,7 +24,6 @@ from .base import (
     c_int_list,
     kernel_name,
     register,
-    register_backward,
 )
 from .common import fail, output_tensor, tensor_at
 from .train_math import F32, QGrad, XorShift32
@@ -120,10 +119,6 @@ def macs(params: PadParams) -> int:
     return 0
 
 
-PAD = register(OpDef("PAD", prepare, reference, emit, macs, header="kernels/pad.h"))
-PADV2 = register(OpDef("PADV2", prepare, reference, emit, macs, header="kernels/pad.h"))
-
-
 # ---- training (docs/training.md, "PAD") ----
 
 
@@ -158,5 +153,9 @@ def backward_emit(params: PadParams, ctx: EmitContext, saved: list[str | None], 
 
 _PAD_BACKWARD = BackwardDef(reference=backward_reference, emit=backward_emit,
                             saves_input=lambda p, slot: [False])
-PAD_BACKWARD = register_backward("PAD", _PAD_BACKWARD)
-PADV2_BACKWARD = register_backward("PADV2", _PAD_BACKWARD)
+PAD_BACKWARD = PADV2_BACKWARD = _PAD_BACKWARD
+
+PAD = register(OpDef("PAD", prepare, reference, emit, macs, header="kernels/pad.h",
+                     backward=_PAD_BACKWARD))
+PADV2 = register(OpDef("PADV2", prepare, reference, emit, macs, header="kernels/pad.h",
+                       backward=_PAD_BACKWARD))

@@ -26,7 +26,6 @@ from .base import (
     c_int_list,
     kernel_name,
     register,
-    register_backward,
 )
 from .common import (
     activation_bounds,
@@ -159,12 +158,6 @@ def macs(params: PoolParams) -> int:
     return 0
 
 
-AVG = register(OpDef("AVERAGE_POOL_2D", prepare, reference_avg, _emitter("avg_pool_s8"), macs,
-                     header="kernels/pooling.h"))
-MAX = register(OpDef("MAX_POOL_2D", prepare, reference_max, _emitter("max_pool_s8"), macs,
-                     header="kernels/pooling.h"))
-
-
 # ---- training (docs/training.md, "AVERAGE_POOL_2D", "MAX_POOL_2D") ----
 
 
@@ -259,9 +252,14 @@ def _backward_emitter(kernel: str, with_input: bool):
     return emit
 
 
-AVG_BACKWARD = register_backward("AVERAGE_POOL_2D", BackwardDef(
+AVG_BACKWARD = BackwardDef(
     reference=backward_avg, emit=_backward_emitter("avg_pool_backward", False),
-    saves_input=lambda p, slot: [False], input_grad_depth=avg_grad_depth))
-MAX_BACKWARD = register_backward("MAX_POOL_2D", BackwardDef(
+    saves_input=lambda p, slot: [False], input_grad_depth=avg_grad_depth)
+MAX_BACKWARD = BackwardDef(
     reference=backward_max, emit=_backward_emitter("max_pool_backward", True),
-    saves_input=lambda p, slot: [True], input_grad_depth=window_overlap))
+    saves_input=lambda p, slot: [True], input_grad_depth=window_overlap)
+
+AVG = register(OpDef("AVERAGE_POOL_2D", prepare, reference_avg, _emitter("avg_pool_s8"), macs,
+                     header="kernels/pooling.h", backward=AVG_BACKWARD, fused_activation=True))
+MAX = register(OpDef("MAX_POOL_2D", prepare, reference_max, _emitter("max_pool_s8"), macs,
+                     header="kernels/pooling.h", backward=MAX_BACKWARD, fused_activation=True))

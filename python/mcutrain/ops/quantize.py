@@ -67,4 +67,5 @@ def macs(params: RequantizeParams) -> int:
     return 0
 
 
-OP = register(OpDef("QUANTIZE", prepare, reference, emit, macs, header="kernels/quantize.h"))
+OP = register(OpDef("QUANTIZE", prepare, reference, emit, macs, header="kernels/quantize.h",
+                    identity_gradient=True, pass_through=True))

@@ -80,4 +80,5 @@ def macs(params: ReshapeParams) -> int:
     return 0
 
 
-OP = register(OpDef("RESHAPE", prepare, reference, emit, macs, header="", aliases_input=True))
+OP = register(OpDef("RESHAPE", prepare, reference, emit, macs, header="", aliases_input=True,
+                    identity_gradient=True, pass_through=True))

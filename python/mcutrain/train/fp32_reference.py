@@ -25,7 +25,7 @@ import numpy as np
 
 from ..compile.compiler import CompiledModel, PreparedOp, compile_model
 from ..frontend.graph import Graph, ModelError, Tensor
-from ..ops.base import PARAMETRIC
+from ..ops.base import is_parametric
 from .scheme import LayerPlan, Scheme, parse_scheme, plan_layers
 
 
@@ -198,7 +198,7 @@ def build_float_model(model: str | Path | bytes | CompiledModel,
     fm = FloatModel(compiled, saturate=saturate)
     graph = compiled.graph
     for step, p in enumerate(compiled.ops):
-        if p.op.opcode not in PARAMETRIC:
+        if not is_parametric(p.op.opcode):
             continue
         w_t = graph.tensors[p.op.inputs[1]]
         w = dequantize(w_t)
@@ -344,7 +344,7 @@ def parametric_layers(compiled: CompiledModel) -> list[tuple[int, str, int]]:
     scheme layers."""
     out = []
     for step, p in enumerate(compiled.ops):
-        if p.op.opcode in PARAMETRIC:
+        if is_parametric(p.op.opcode):
             t = compiled.graph.tensors[p.output]
             out.append((step, t.name, int(t.shape[-1])))
     return out
