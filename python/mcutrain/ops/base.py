@@ -13,6 +13,9 @@ but with Prepare run on the host at compile time ("prepare once, run blind"):
   and `output` are C++ expressions of type int8_t* (pointers into the arena); constants go to flash
   through ctx.const_array().
 - macs(params) -> int: multiply-accumulates of one forward pass (0 for data movement).
+- float_forward(ctx, step, prepared, ins) -> the float (TensorFlow) forward the fp32 training
+  reference runs, from the op's options and ctx.variable(step, "weights"/"bias"); helpers in
+  ops/float_common.py.
 
 The same record carries the operator's training facts (docs/training.md), so the training graph
 and its code generators ask the registry instead of lists of opcode names:
@@ -134,10 +137,24 @@ def scratch_args(ctx: Any) -> str:
     return "" if scratch is None else f", {scratch}, {ctx.scratch_size}"
 
 
+class FloatContext(Protocol):
+    """What a float forward gets: the graph and the float parameter tensors of the weighted
+    operators (train/fp32_reference.FloatModel)."""
+
+    @property
+    def graph(self) -> Graph: ...
+
+    def variable(self, step: int, kind: str) -> Any:
+        """The float "weights" or "bias" of the weighted operator at schedule `step`."""
+        ...
+
+
 Prepare = Callable[[Operator, Graph], Any]
 Reference = Callable[[Any, list[np.ndarray]], np.ndarray]
 Emit = Callable[[Any, EmitContext, list[str], str], str]
 Macs = Callable[[Any], int]
+# (ctx, step, prepared op, dynamic float inputs) -> float output, TensorFlow imported lazily.
+FloatForward = Callable[[FloatContext, int, Any, list[Any]], Any]
 
 
 def weighted_backward_macs(forward_macs: int, out_channels: int, need_dx: bool,
@@ -162,6 +179,8 @@ class Trainable:
     check_accumulator: Callable[[Any, Operator, int], None]
     # (forward_macs, out_channels, need_dx, n_train) -> MACs of one backward step.
     backward_macs: Callable[[int, int, bool, int], int] = weighted_backward_macs
+    # Output-channel axis of the TFLite weight tensor (OHWI / [out, accum]: 0; 1HWC: 3).
+    filter_channel_axis: int = 0
 
 
 @dataclass(frozen=True)
@@ -175,6 +194,8 @@ class OpDef:
     # True when the output is the input's bytes reinterpreted (RESHAPE): the memory planner gives
     # both tensors the same buffer and emit() returns "".
     aliases_input: bool = False
+    # The float forward the fp32 training reference runs (None: that reference refuses the op).
+    float_forward: FloatForward | None = None
     # Training facts (module docstring).
     backward: BackwardDef | None = None
     identity_gradient: bool = False

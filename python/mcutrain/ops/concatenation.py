@@ -9,6 +9,7 @@ macs() is 0. Backward (training): each dynamic input gets its slice of dy, same 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -16,6 +17,7 @@ from ..frontend.graph import Graph, Operator
 from .base import (
     BackwardDef,
     EmitContext,
+    FloatContext,
     GradRef,
     OpDef,
     TrainEmit,
@@ -25,6 +27,7 @@ from .base import (
     register,
 )
 from .common import fail, output_tensor, require_int8_activation
+from .float_common import const_or_dynamic, tf_module
 from .train_math import F32, QGrad, XorShift32
 
 
@@ -165,5 +168,11 @@ BACKWARD = BackwardDef(
     reference=backward_reference, emit=backward_emit,
     saves_input=lambda p, slot: [False] * len(_dynamic_positions(p)))
 
+def float_forward(fx: FloatContext, step: int, p: Any, ins: list[Any]) -> Any:
+    return tf_module().concat(const_or_dynamic(fx, p, ins),
+                              axis=int(p.op.options.get("axis", 0)))
+
+
 OP = register(OpDef("CONCATENATION", prepare, reference, emit, macs,
-                    header="kernels/concatenation.h", backward=BACKWARD))
+                    header="kernels/concatenation.h", float_forward=float_forward,
+                    backward=BACKWARD))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -20,6 +21,7 @@ from . import common, param_train
 from .base import (
     BackwardDef,
     EmitContext,
+    FloatContext,
     GradRef,
     OpDef,
     Trainable,
@@ -30,6 +32,7 @@ from .base import (
     register,
     scratch_args,
 )
+from .float_common import activation, tf_module
 from .train_math import QGrad, XorShift32
 
 
@@ -244,6 +247,16 @@ BACKWARD = BackwardDef(
     saves_input=lambda p, slot: param_train.saves_input(slot),
     input_grad_depth=input_grad_depth)
 
+def float_forward(fx: FloatContext, step: int, p: Any, ins: list[Any]) -> Any:
+    tf = tf_module()
+    o = p.op.options
+    w = tf.transpose(fx.variable(step, "weights"), [1, 2, 3, 0])  # -> [kh, kw, in, out]
+    y = tf.nn.conv2d(ins[0], w, strides=[1, int(o["stride_h"]), int(o["stride_w"]), 1],
+                     padding=str(o["padding"]),
+                     dilations=[1, int(o.get("dilation_h", 1)), int(o.get("dilation_w", 1)), 1])
+    return activation(y + fx.variable(step, "bias"), o)
+
+
 OPDEF = register(OpDef("CONV_2D", prepare, reference, emit, macs, header="kernels/conv2d.h",
-                       backward=BACKWARD, fused_activation=True,
+                       float_forward=float_forward, backward=BACKWARD, fused_activation=True,
                        trainable=Trainable(trainable_weights, with_trained, check_accumulator)))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -21,6 +22,7 @@ from . import common, param_train
 from .base import (
     BackwardDef,
     EmitContext,
+    FloatContext,
     GradRef,
     OpDef,
     Trainable,
@@ -31,6 +33,7 @@ from .base import (
     register,
     scratch_args,
 )
+from .float_common import activation, tf_module
 from .train_math import QGrad, XorShift32
 
 
@@ -238,7 +241,22 @@ BACKWARD = BackwardDef(
     saves_input=lambda p, slot: param_train.saves_input(slot),
     input_grad_depth=input_grad_depth)
 
+def float_forward(fx: FloatContext, step: int, p: Any, ins: list[Any]) -> Any:
+    tf = tf_module()
+    o = p.op.options
+    w = fx.variable(step, "weights")  # [1, kh, kw, in_c * mult], channel = i * mult + m
+    in_c = int(fx.graph.tensors[p.inputs[0]].shape[-1])
+    kh, kw, out_c = (int(d) for d in w.shape[1:])
+    w = tf.reshape(w[0], [kh, kw, in_c, out_c // in_c])
+    y = tf.nn.depthwise_conv2d(
+        ins[0], w, strides=[1, int(o["stride_h"]), int(o["stride_w"]), 1],
+        padding=str(o["padding"]),
+        dilations=[int(o.get("dilation_h", 1)), int(o.get("dilation_w", 1))])
+    return activation(y + fx.variable(step, "bias"), o)
+
+
 OPDEF = register(OpDef("DEPTHWISE_CONV_2D", prepare, reference, emit, macs,
-                       header="kernels/depthwise_conv2d.h", backward=BACKWARD,
-                       fused_activation=True,
-                       trainable=Trainable(trainable_weights, with_trained, check_accumulator)))
+                       header="kernels/depthwise_conv2d.h", float_forward=float_forward,
+                       backward=BACKWARD, fused_activation=True,
+                       trainable=Trainable(trainable_weights, with_trained, check_accumulator,
+                                           filter_channel_axis=3)))

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -28,6 +29,7 @@ from . import common, param_train, quant
 from .base import (
     BackwardDef,
     EmitContext,
+    FloatContext,
     GradRef,
     OpDef,
     Trainable,
@@ -38,6 +40,7 @@ from .base import (
     register,
     scratch_args,
 )
+from .float_common import activation, tf_module
 from .train_math import QGrad, XorShift32
 
 
@@ -267,7 +270,18 @@ BACKWARD = BackwardDef(
     reference=backward_reference, emit=backward_emit, saves_input=saves_input,
     input_grad_depth=lambda p: int(p.filter.shape[0]))
 
+def float_forward(fx: FloatContext, step: int, p: Any, ins: list[Any]) -> Any:
+    tf = tf_module()
+    w = fx.variable(step, "weights")  # [out, accum]
+    x = tf.reshape(ins[0], [-1, int(w.shape[1])])
+    y = tf.matmul(x, w, transpose_b=True) + fx.variable(step, "bias")
+    shape = fx.graph.tensors[p.output].shape
+    if len(shape) > 2:
+        y = tf.reshape(y, [-1, *shape[1:]])
+    return activation(y, p.op.options)
+
+
 OPDEF = register(OpDef("FULLY_CONNECTED", prepare, reference, emit, macs,
-                       header="kernels/fully_connected.h", backward=BACKWARD,
-                       fused_activation=True,
+                       header="kernels/fully_connected.h", float_forward=float_forward,
+                       backward=BACKWARD, fused_activation=True,
                        trainable=Trainable(trainable_weights, with_trained, check_accumulator)))

@@ -10,6 +10,7 @@ dy with the same scale.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -17,6 +18,7 @@ from ..frontend.graph import Graph, Operator, Tensor
 from .base import (
     BackwardDef,
     EmitContext,
+    FloatContext,
     GradRef,
     OpDef,
     TrainEmit,
@@ -26,6 +28,7 @@ from .base import (
     register,
 )
 from .common import fail, output_tensor, tensor_at
+from .float_common import tf_module
 from .train_math import F32, QGrad, XorShift32
 
 MAX_RANK = 4
@@ -155,7 +158,16 @@ _PAD_BACKWARD = BackwardDef(reference=backward_reference, emit=backward_emit,
                             saves_input=lambda p, slot: [False])
 PAD_BACKWARD = PADV2_BACKWARD = _PAD_BACKWARD
 
+def float_forward(fx: FloatContext, step: int, p: Any, ins: list[Any]) -> Any:
+    tf = tf_module()
+    pads = np.asarray(fx.graph.tensors[p.op.inputs[1]].data).reshape(-1, 2)
+    x_t = fx.graph.tensors[p.inputs[0]]
+    pad_value = int(getattr(p.params, "pad_value", x_t.zero_point))  # PADV2: not always zero
+    value = float(np.float32(x_t.scale) * (pad_value - x_t.zero_point))
+    return tf.pad(ins[0], pads.tolist(), constant_values=value)
+
+
 PAD = register(OpDef("PAD", prepare, reference, emit, macs, header="kernels/pad.h",
-                     backward=_PAD_BACKWARD))
+                     float_forward=float_forward, backward=_PAD_BACKWARD))
 PADV2 = register(OpDef("PADV2", prepare, reference, emit, macs, header="kernels/pad.h",
-                       backward=_PAD_BACKWARD))
+                       float_forward=float_forward, backward=_PAD_BACKWARD))
