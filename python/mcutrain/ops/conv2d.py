@@ -19,21 +19,13 @@ import numpy as np
 from ..frontend.graph import Graph, Operator
 from . import common, param_train
 from .base import (
-    BackwardDef,
     EmitContext,
     FloatContext,
-    GradRef,
-    OpDef,
-    Trainable,
     TrainBinding,
-    TrainEmit,
-    TrainSlot,
     kernel_name,
-    register,
     scratch_args,
 )
 from .float_common import activation, tf_module
-from .train_math import QGrad, XorShift32
 
 
 @dataclass(frozen=True, eq=False)
@@ -223,29 +215,10 @@ GEOMETRY = param_train.Geometry(input_grad_acc, weight_grad, channel_axis=0,
                                 with_trained=with_trained)
 
 
-def backward_reference(p: Conv2dParams, saved: list[np.ndarray | None], dy: QGrad,
-                       need_dx: list[bool], slot: TrainSlot | None, lr: float,
-                       rng: XorShift32) -> list[QGrad | None]:
-    return param_train.backward(p, GEOMETRY, saved, dy, need_dx, slot, lr, rng)
-
-
-def backward_emit(p: Conv2dParams, ctx: EmitContext, saved: list[str | None], dy: GradRef,
-                  dx: list[GradRef | None], train: TrainEmit | None) -> str:
-    filt, _, mult, shift = param_train.flash_constants(p, ctx, f"op{p.op_index}_conv2d")
-    binding = train.binding if train is not None else p.train
-    return param_train.emit_backward(p, ctx, "conv2d", _struct(p, mult, shift, binding), filt,
-                                     saved, dy, dx, train, f"op{p.op_index}_conv2d")
-
-
 def input_grad_depth(p: Conv2dParams) -> int:
     out_c, f_h, f_w, f_c = p.filter.shape
     return out_c // (p.input_shape[3] // f_c) * f_h * f_w
 
-
-BACKWARD = BackwardDef(
-    reference=backward_reference, emit=backward_emit,
-    saves_input=lambda p, slot: param_train.saves_input(slot),
-    input_grad_depth=input_grad_depth)
 
 def float_forward(fx: FloatContext, step: int, p: Any, ins: list[Any]) -> Any:
     tf = tf_module()
@@ -257,6 +230,9 @@ def float_forward(fx: FloatContext, step: int, p: Any, ins: list[Any]) -> Any:
     return activation(y + fx.variable(step, "bias"), o)
 
 
-OPDEF = register(OpDef("CONV_2D", prepare, reference, emit, macs, header="kernels/conv2d.h",
-                       float_forward=float_forward, backward=BACKWARD, fused_activation=True,
-                       trainable=Trainable(trainable_weights, with_trained, check_accumulator)))
+OPDEF = param_train.register_weighted(param_train.WeightedOp(
+    "CONV_2D", header="kernels/conv2d.h", kernel="conv2d", tag="conv2d",
+    prepare=prepare, reference=reference, emit=emit, macs=macs, float_forward=float_forward,
+    struct=_struct, geometry=GEOMETRY, trainable_weights=trainable_weights,
+    check_accumulator=check_accumulator, input_grad_depth=input_grad_depth))
+BACKWARD = OPDEF.backward

@@ -20,21 +20,13 @@ import numpy as np
 from ..frontend.graph import Graph, Operator
 from . import common, param_train
 from .base import (
-    BackwardDef,
     EmitContext,
     FloatContext,
-    GradRef,
-    OpDef,
-    Trainable,
     TrainBinding,
-    TrainEmit,
-    TrainSlot,
     kernel_name,
-    register,
     scratch_args,
 )
 from .float_common import activation, tf_module
-from .train_math import QGrad, XorShift32
 
 
 @dataclass(frozen=True, eq=False)
@@ -216,30 +208,10 @@ GEOMETRY = param_train.Geometry(input_grad_acc, weight_grad, channel_axis=2,
                                 with_trained=with_trained)
 
 
-def backward_reference(p: DepthwiseConv2dParams, saved: list[np.ndarray | None], dy: QGrad,
-                       need_dx: list[bool], slot: TrainSlot | None, lr: float,
-                       rng: XorShift32) -> list[QGrad | None]:
-    return param_train.backward(p, GEOMETRY, saved, dy, need_dx, slot, lr, rng)
-
-
-def backward_emit(p: DepthwiseConv2dParams, ctx: EmitContext, saved: list[str | None],
-                  dy: GradRef, dx: list[GradRef | None], train: TrainEmit | None) -> str:
-    filt, _, mult, shift = param_train.flash_constants(p, ctx, f"op{p.op_index}_dwconv2d")
-    binding = train.binding if train is not None else p.train
-    return param_train.emit_backward(p, ctx, "depthwise_conv2d",
-                                     _struct(p, mult, shift, binding), filt, saved, dy, dx,
-                                     train, f"op{p.op_index}_dwconv2d")
-
-
 def input_grad_depth(p: DepthwiseConv2dParams) -> int:
     _, f_h, f_w, _ = p.filter.shape
     return p.depth_multiplier * f_h * f_w
 
-
-BACKWARD = BackwardDef(
-    reference=backward_reference, emit=backward_emit,
-    saves_input=lambda p, slot: param_train.saves_input(slot),
-    input_grad_depth=input_grad_depth)
 
 def float_forward(fx: FloatContext, step: int, p: Any, ins: list[Any]) -> Any:
     tf = tf_module()
@@ -255,8 +227,11 @@ def float_forward(fx: FloatContext, step: int, p: Any, ins: list[Any]) -> Any:
     return activation(y + fx.variable(step, "bias"), o)
 
 
-OPDEF = register(OpDef("DEPTHWISE_CONV_2D", prepare, reference, emit, macs,
-                       header="kernels/depthwise_conv2d.h", float_forward=float_forward,
-                       backward=BACKWARD, fused_activation=True,
-                       trainable=Trainable(trainable_weights, with_trained, check_accumulator,
-                                           filter_channel_axis=3)))
+OPDEF = param_train.register_weighted(param_train.WeightedOp(
+    "DEPTHWISE_CONV_2D", header="kernels/depthwise_conv2d.h", kernel="depthwise_conv2d",
+    tag="dwconv2d",
+    prepare=prepare, reference=reference, emit=emit, macs=macs, float_forward=float_forward,
+    struct=_struct, geometry=GEOMETRY, trainable_weights=trainable_weights,
+    check_accumulator=check_accumulator, input_grad_depth=input_grad_depth,
+    filter_channel_axis=3))
+BACKWARD = OPDEF.backward
