@@ -1,6 +1,6 @@
 """The operator library's contract: one module per TFLite operator under mcutrain.ops.
 
-Each module registers an OpDef with four functions, following TFLite Micro's Prepare/Eval split
+Each module registers an OpDef whose four core functions follow TFLite Micro's Prepare/Eval split
 but with Prepare run on the host at compile time ("prepare once, run blind"):
 
 - prepare(op, graph) -> params: validate the operator and compute every constant the kernel needs
@@ -40,6 +40,8 @@ plain loop-nest reference, serves everything and is the last resort. Each varian
 scratch as a pure function of the prepared params (CMSIS-NN's `*_get_buffer_size`); the memory
 planners place that many bytes for exactly that step and the emitter passes the buffer on with
 `scratch_args(ctx)`. docs/kernel_variants.md shows how an optimized kernel plugs in.
+
+docs/adding_an_operator.md lists what a new operator module provides and what else it touches.
 """
 
 from __future__ import annotations
