@@ -30,6 +30,8 @@ from typing import Any
 import numpy as np
 import tflite
 
+from mcutrain.ops.base import is_parametric
+
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "models"
 SEED = 1234
@@ -41,7 +43,6 @@ MOBILENET = MODELS / "mobilenetv2_w035_128_int8.tflite"
 _OPTIONS_NAMES = {v: k for k, v in vars(tflite.BuiltinOptions).items() if isinstance(v, int)}
 _ACTIVATIONS = {v: k for k, v in vars(tflite.ActivationFunctionType).items() if isinstance(v, int)}
 _TYPES = {v: k.lower() for k, v in vars(tflite.TensorType).items() if isinstance(v, int)}
-_WEIGHTED = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
 
 
 @dataclass
@@ -86,7 +87,7 @@ def inspect_tflite(path: Path) -> ModelInfo:
         info.ops.append(name)
         if (act := _fused_activation(op)) != "NONE":
             info.activations.add(act)
-        if name in _WEIGHTED:
+        if is_parametric(name):  # a weighted operator: record its weights' quantization
             quant = graph.Tensors(op.Inputs(1)).Quantization()
             n_scales = quant.ScaleLength() if quant is not None else 0
             info.weight_quant.add("per-channel" if n_scales > 1 else "per-tensor")

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..frontend.graph import ModelError
-from ..ops.base import PARAMETRIC
+from ..ops.base import is_parametric
 from .compiler import CompiledModel
 from .firmware_size import DEFAULT_STACK_BYTES
 
@@ -156,7 +156,7 @@ def short_name(name: str, limit: int = 56) -> str:
 def layer_label(model: CompiledModel, step: int) -> str:
     """An operator as a scheme addresses it: parametric layers by their index from the front
     and from the back, others by their schedule position."""
-    steps = [i for i, p in enumerate(model.ops) if p.op.opcode in PARAMETRIC]
+    steps = [i for i, p in enumerate(model.ops) if is_parametric(p.op.opcode)]
     opcode = model.ops[step].op.opcode
     if step in steps:
         pos = steps.index(step)

@@ -18,7 +18,7 @@ from typing import Any
 from ..compile.compiler import CompiledModel, compile_model
 from ..compile.report import BoardLimits, inference_ram
 from ..frontend.graph import ModelError
-from ..ops.base import PARAMETRIC
+from ..ops.base import is_parametric
 from ..train.report import training_ram
 from ..train.scheme import RATIOS, parse_scheme
 from ..train.training_graph import build_training
@@ -57,7 +57,7 @@ def list_layers(model: CompiledModel, limits: BoardLimits | None = None) -> Laye
     limits = limits or BoardLimits("STM32F746", 320 * 1024, 1024 * 1024)
     loss = "cross_entropy" if model.ops[-1].op.opcode == "SOFTMAX" else "mse"
     forward = inference_ram(model, limits).total
-    steps = [i for i, p in enumerate(model.ops) if p.op.opcode in PARAMETRIC]
+    steps = [i for i, p in enumerate(model.ops) if is_parametric(p.op.opcode)]
     count = len(steps)
 
     def cost(raw: dict[str, Any]) -> tuple[int | None, str | None]:

@@ -11,7 +11,7 @@ import importlib
 import pkgutil
 
 _loaded = False
-_NOT_OPERATORS = ("base", "common", "cxx", "quant", "train_math")
+_NOT_OPERATORS = ("base", "common", "cxx", "float_common", "quant", "train_math")
 
 
 def load_all() -> None:

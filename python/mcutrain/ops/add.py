@@ -9,13 +9,15 @@ macs() counts 0: ADD is element-wise data movement plus requantization, not mult
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from ..frontend.graph import Graph, Operator
 from . import quant
-from .base import EmitContext, OpDef, c_int_list, kernel_name, register
+from .base import EmitContext, FloatContext, OpDef, c_int_list, kernel_name, register
 from .common import activation_bounds, fail, output_tensor, require_int8_activation
+from .float_common import activation, const_or_dynamic
 
 LEFT_SHIFT = 20  # TFLite's headroom for 8-bit ADD: 255 << 20 still fits in int32
 
@@ -153,4 +155,10 @@ def macs(params: AddParams) -> int:
     return 0
 
 
-OP = register(OpDef("ADD", prepare, reference, emit, macs, header="kernels/add.h"))
+def float_forward(fx: FloatContext, step: int, p: Any, ins: list[Any]) -> Any:
+    a, b = const_or_dynamic(fx, p, ins)
+    return activation(a + b, p.op.options)
+
+
+OP = register(OpDef("ADD", prepare, reference, emit, macs, header="kernels/add.h",
+                    float_forward=float_forward, identity_gradient=True, fused_activation=True))

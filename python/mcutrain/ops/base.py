@@ -1,6 +1,6 @@
 """The operator library's contract: one module per TFLite operator under mcutrain.ops.
 
-Each module registers an OpDef with four functions, following TFLite Micro's Prepare/Eval split
+Each module registers an OpDef whose four core functions follow TFLite Micro's Prepare/Eval split
 but with Prepare run on the host at compile time ("prepare once, run blind"):
 
 - prepare(op, graph) -> params: validate the operator and compute every constant the kernel needs
@@ -13,6 +13,24 @@ but with Prepare run on the host at compile time ("prepare once, run blind"):
   and `output` are C++ expressions of type int8_t* (pointers into the arena); constants go to flash
   through ctx.const_array().
 - macs(params) -> int: multiply-accumulates of one forward pass (0 for data movement).
+- float_forward(ctx, step, prepared, ins) -> the float (TensorFlow) forward the fp32 training
+  reference runs, from the op's options and ctx.variable(step, "weights"/"bias"); helpers in
+  ops/float_common.py.
+
+The same record carries the operator's training facts (docs/training.md), so the training graph
+and its code generators ask the registry instead of lists of opcode names:
+
+- backward: its BackwardDef (gradient rule), None when it has none (yet) or its gradient is the
+  identity (below).
+- identity_gradient: every dynamic input's gradient is the output gradient unchanged (RESHAPE,
+  QUANTIZE, ADD); the walkers copy dy instead of calling a rule.
+- pass_through: the output holds the single input's values (RESHAPE, QUANTIZE), so a loss may
+  look through it to the operator producing its input.
+- fused_activation: the output passes a fused activation (options["activation"]) whose gradient
+  is a 1-bit mask kept from the forward pass.
+- trainable: a Trainable for the weighted operators (what a training scheme calls its layers):
+  how its weights are copied to SRAM, how trained copies feed back into params, the int32 check
+  of the forward accumulator, and the backward MACs.
 
 Kernel variants. An emitter never names a C++ namespace: it asks `kernel_name(ctx, "conv2d_s8")`
 and gets the function of the variant prepare chose for its operator (compile time, by shape, like
@@ -22,20 +40,19 @@ plain loop-nest reference, serves everything and is the last resort. Each varian
 scratch as a pure function of the prepared params (CMSIS-NN's `*_get_buffer_size`); the memory
 planners place that many bytes for exactly that step and the emitter passes the buffer on with
 `scratch_args(ctx)`. docs/kernel_variants.md shows how an optimized kernel plugs in.
+
+docs/adding_an_operator.md lists what a new operator module provides and what else it touches.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 
 from ..frontend.graph import Graph, ModelError, Operator
-
-# The weighted operators: what a training scheme calls its layers (index = position among them).
-PARAMETRIC = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
 
 
 class EmitContext(Protocol):
@@ -122,10 +139,50 @@ def scratch_args(ctx: Any) -> str:
     return "" if scratch is None else f", {scratch}, {ctx.scratch_size}"
 
 
+class FloatContext(Protocol):
+    """What a float forward gets: the graph and the float parameter tensors of the weighted
+    operators (train/fp32_reference.FloatModel)."""
+
+    @property
+    def graph(self) -> Graph: ...
+
+    def variable(self, step: int, kind: str) -> Any:
+        """The float "weights" or "bias" of the weighted operator at schedule `step`."""
+        ...
+
+
 Prepare = Callable[[Operator, Graph], Any]
 Reference = Callable[[Any, list[np.ndarray]], np.ndarray]
 Emit = Callable[[Any, EmitContext, list[str], str], str]
 Macs = Callable[[Any], int]
+# (ctx, step, prepared op, dynamic float inputs) -> float output, TensorFlow imported lazily.
+FloatForward = Callable[[FloatContext, int, Any, list[Any]], Any]
+
+
+def weighted_backward_macs(forward_macs: int, out_channels: int, need_dx: bool,
+                           n_train: int) -> int:
+    """Backward MACs of a weighted operator: the input gradient costs one forward pass, the
+    weight gradient of n_train of out_channels channels that share of one."""
+    total = forward_macs if need_dx else 0
+    if n_train:
+        total += forward_macs * n_train // out_channels
+    return total
+
+
+@dataclass(frozen=True)
+class Trainable:
+    """How a weighted operator's parameters train (see TrainSlot and TrainBinding below)."""
+
+    # (params, n_train) -> int8 copy of the first n_train output channels, firmware layout.
+    trainable_weights: Callable[[Any, int], np.ndarray]
+    # (params, weights or None, bias or None) -> params computing with the trained copies.
+    with_trained: Callable[[Any, np.ndarray | None, np.ndarray | None], Any]
+    # (params, op, n_train) -> raises ModelError when trained weights could overflow int32.
+    check_accumulator: Callable[[Any, Operator, int], None]
+    # (forward_macs, out_channels, need_dx, n_train) -> MACs of one backward step.
+    backward_macs: Callable[[int, int, bool, int], int] = weighted_backward_macs
+    # Output-channel axis of the TFLite weight tensor (OHWI / [out, accum]: 0; 1HWC: 3).
+    filter_channel_axis: int = 0
 
 
 @dataclass(frozen=True)
@@ -139,6 +196,14 @@ class OpDef:
     # True when the output is the input's bytes reinterpreted (RESHAPE): the memory planner gives
     # both tensors the same buffer and emit() returns "".
     aliases_input: bool = False
+    # The float forward the fp32 training reference runs (None: that reference refuses the op).
+    float_forward: FloatForward | None = None
+    # Training facts (module docstring).
+    backward: BackwardDef | None = None
+    identity_gradient: bool = False
+    pass_through: bool = False
+    fused_activation: bool = False
+    trainable: Trainable | None = None
 
 
 REGISTRY: dict[str, OpDef] = {}
@@ -147,6 +212,34 @@ REGISTRY: dict[str, OpDef] = {}
 def register(opdef: OpDef) -> OpDef:
     REGISTRY[opdef.opcode] = opdef
     return opdef
+
+
+def registered(opcode: str) -> OpDef | None:
+    """The OpDef of `opcode` with every operator module loaded, None if none registers it."""
+    from . import load_all
+
+    load_all()
+    return REGISTRY.get(opcode)
+
+
+def is_parametric(opcode: str) -> bool:
+    """Whether `opcode` is a weighted operator, one a training scheme calls a layer."""
+    opdef = registered(opcode)
+    return opdef is not None and opdef.trainable is not None
+
+
+def trainable(opcode: str) -> Trainable:
+    """The Trainable of a weighted operator (callers check is_parametric first)."""
+    opdef = registered(opcode)
+    if opdef is None or opdef.trainable is None:
+        raise KeyError(f"{opcode} has no trainable parameters")
+    return opdef.trainable
+
+
+def backward_rule(opcode: str) -> BackwardDef | None:
+    """The gradient rule of `opcode`, None when it has none."""
+    opdef = registered(opcode)
+    return None if opdef is None else opdef.backward
 
 
 def lookup(op: Operator) -> OpDef:
@@ -243,9 +336,23 @@ class BackwardDef:
     input_grad_depth: Callable[[Any], int] = lambda params: 0
 
 
-BACKWARD: dict[str, BackwardDef] = {}
+class _BackwardRules(Mapping[str, BackwardDef]):
+    """Read-only view opcode -> BackwardDef over the registry (OpDef.backward)."""
+
+    def _rules(self) -> dict[str, BackwardDef]:
+        from . import load_all
+
+        load_all()
+        return {k: v.backward for k, v in REGISTRY.items() if v.backward is not None}
+
+    def __getitem__(self, opcode: str) -> BackwardDef:
+        return self._rules()[opcode]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._rules())
+
+    def __len__(self) -> int:
+        return len(self._rules())
 
 
-def register_backward(opcode: str, bdef: BackwardDef) -> BackwardDef:
-    BACKWARD[opcode] = bdef
-    return bdef
+BACKWARD: Mapping[str, BackwardDef] = _BackwardRules()

@@ -9,6 +9,7 @@ macs() is 0. Backward (training): each dynamic input gets its slice of dy, same 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -16,6 +17,7 @@ from ..frontend.graph import Graph, Operator
 from .base import (
     BackwardDef,
     EmitContext,
+    FloatContext,
     GradRef,
     OpDef,
     TrainEmit,
@@ -23,9 +25,9 @@ from .base import (
     c_int_list,
     kernel_name,
     register,
-    register_backward,
 )
 from .common import fail, output_tensor, require_int8_activation
+from .float_common import const_or_dynamic, tf_module
 from .train_math import F32, QGrad, XorShift32
 
 
@@ -113,10 +115,6 @@ def macs(params: ConcatParams) -> int:
     return 0
 
 
-OP = register(OpDef("CONCATENATION", prepare, reference, emit, macs,
-                    header="kernels/concatenation.h"))
-
-
 # ---- training (docs/training.md, "CONCATENATION") ----
 
 
@@ -166,6 +164,15 @@ def backward_emit(params: ConcatParams, ctx: EmitContext, saved: list[str | None
     return "\n".join(lines) + "\n"
 
 
-BACKWARD = register_backward("CONCATENATION", BackwardDef(
+BACKWARD = BackwardDef(
     reference=backward_reference, emit=backward_emit,
-    saves_input=lambda p, slot: [False] * len(_dynamic_positions(p))))
+    saves_input=lambda p, slot: [False] * len(_dynamic_positions(p)))
+
+def float_forward(fx: FloatContext, step: int, p: Any, ins: list[Any]) -> Any:
+    return tf_module().concat(const_or_dynamic(fx, p, ins),
+                              axis=int(p.op.options.get("axis", 0)))
+
+
+OP = register(OpDef("CONCATENATION", prepare, reference, emit, macs,
+                    header="kernels/concatenation.h", float_forward=float_forward,
+                    backward=BACKWARD))

@@ -5,32 +5,27 @@ Bit-exact with TFLite's reference_integer_ops::ConvPerChannel, including grouped
 
 Training (docs/training.md): with `train` set, the first n_train output channels of the filter
 (a contiguous prefix of OHWI) and optionally the bias are read from SRAM copies; the backward
-rule (input gradient, bias and weight update) is registered with register_backward.
+rule (input gradient, bias and weight update) is its OpDef's backward.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from ..frontend.graph import Graph, Operator
 from . import common, param_train
 from .base import (
-    BackwardDef,
     EmitContext,
-    GradRef,
-    OpDef,
+    FloatContext,
     TrainBinding,
-    TrainEmit,
-    TrainSlot,
     kernel_name,
-    register,
-    register_backward,
     scratch_args,
 )
-from .train_math import QGrad, XorShift32
+from .float_common import activation, tf_module
 
 
 @dataclass(frozen=True, eq=False)
@@ -149,9 +144,6 @@ def macs(p: Conv2dParams) -> int:
     return common.flat_size(p.output_shape) * f_h * f_w * f_c
 
 
-OPDEF = register(OpDef("CONV_2D", prepare, reference, emit, macs, header="kernels/conv2d.h"))
-
-
 # ---- training ----
 
 
@@ -223,26 +215,24 @@ GEOMETRY = param_train.Geometry(input_grad_acc, weight_grad, channel_axis=0,
                                 with_trained=with_trained)
 
 
-def backward_reference(p: Conv2dParams, saved: list[np.ndarray | None], dy: QGrad,
-                       need_dx: list[bool], slot: TrainSlot | None, lr: float,
-                       rng: XorShift32) -> list[QGrad | None]:
-    return param_train.backward(p, GEOMETRY, saved, dy, need_dx, slot, lr, rng)
-
-
-def backward_emit(p: Conv2dParams, ctx: EmitContext, saved: list[str | None], dy: GradRef,
-                  dx: list[GradRef | None], train: TrainEmit | None) -> str:
-    filt, _, mult, shift = param_train.flash_constants(p, ctx, f"op{p.op_index}_conv2d")
-    binding = train.binding if train is not None else p.train
-    return param_train.emit_backward(p, ctx, "conv2d", _struct(p, mult, shift, binding), filt,
-                                     saved, dy, dx, train, f"op{p.op_index}_conv2d")
-
-
 def input_grad_depth(p: Conv2dParams) -> int:
     out_c, f_h, f_w, f_c = p.filter.shape
     return out_c // (p.input_shape[3] // f_c) * f_h * f_w
 
 
-BACKWARD = register_backward("CONV_2D", BackwardDef(
-    reference=backward_reference, emit=backward_emit,
-    saves_input=lambda p, slot: param_train.saves_input(slot),
-    input_grad_depth=input_grad_depth))
+def float_forward(fx: FloatContext, step: int, p: Any, ins: list[Any]) -> Any:
+    tf = tf_module()
+    o = p.op.options
+    w = tf.transpose(fx.variable(step, "weights"), [1, 2, 3, 0])  # -> [kh, kw, in, out]
+    y = tf.nn.conv2d(ins[0], w, strides=[1, int(o["stride_h"]), int(o["stride_w"]), 1],
+                     padding=str(o["padding"]),
+                     dilations=[1, int(o.get("dilation_h", 1)), int(o.get("dilation_w", 1)), 1])
+    return activation(y + fx.variable(step, "bias"), o)
+
+
+OPDEF = param_train.register_weighted(param_train.WeightedOp(
+    "CONV_2D", header="kernels/conv2d.h", kernel="conv2d", tag="conv2d",
+    prepare=prepare, reference=reference, emit=emit, macs=macs, float_forward=float_forward,
+    struct=_struct, geometry=GEOMETRY, trainable_weights=trainable_weights,
+    check_accumulator=check_accumulator, input_grad_depth=input_grad_depth))
+BACKWARD = OPDEF.backward

@@ -6,32 +6,27 @@ the file is ignored. Kernel: firmware/kernels/depthwise_conv2d.h.
 
 Training (docs/training.md): with `train` set, the first n_train output channels are read from
 an SRAM copy laid out [kh][kw][n_train] (the 1HWC filter restricted to those channels) and the
-bias optionally from SRAM; the backward rule is registered with register_backward.
+bias optionally from SRAM; the backward rule is its OpDef's backward.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from ..frontend.graph import Graph, Operator
 from . import common, param_train
 from .base import (
-    BackwardDef,
     EmitContext,
-    GradRef,
-    OpDef,
+    FloatContext,
     TrainBinding,
-    TrainEmit,
-    TrainSlot,
     kernel_name,
-    register,
-    register_backward,
     scratch_args,
 )
-from .train_math import QGrad, XorShift32
+from .float_common import activation, tf_module
 
 
 @dataclass(frozen=True, eq=False)
@@ -152,10 +147,6 @@ def macs(p: DepthwiseConv2dParams) -> int:
     return common.flat_size(p.output_shape) * f_h * f_w
 
 
-OPDEF = register(OpDef("DEPTHWISE_CONV_2D", prepare, reference, emit, macs,
-                       header="kernels/depthwise_conv2d.h"))
-
-
 # ---- training ----
 
 
@@ -217,27 +208,30 @@ GEOMETRY = param_train.Geometry(input_grad_acc, weight_grad, channel_axis=2,
                                 with_trained=with_trained)
 
 
-def backward_reference(p: DepthwiseConv2dParams, saved: list[np.ndarray | None], dy: QGrad,
-                       need_dx: list[bool], slot: TrainSlot | None, lr: float,
-                       rng: XorShift32) -> list[QGrad | None]:
-    return param_train.backward(p, GEOMETRY, saved, dy, need_dx, slot, lr, rng)
-
-
-def backward_emit(p: DepthwiseConv2dParams, ctx: EmitContext, saved: list[str | None],
-                  dy: GradRef, dx: list[GradRef | None], train: TrainEmit | None) -> str:
-    filt, _, mult, shift = param_train.flash_constants(p, ctx, f"op{p.op_index}_dwconv2d")
-    binding = train.binding if train is not None else p.train
-    return param_train.emit_backward(p, ctx, "depthwise_conv2d",
-                                     _struct(p, mult, shift, binding), filt, saved, dy, dx,
-                                     train, f"op{p.op_index}_dwconv2d")
-
-
 def input_grad_depth(p: DepthwiseConv2dParams) -> int:
     _, f_h, f_w, _ = p.filter.shape
     return p.depth_multiplier * f_h * f_w
 
 
-BACKWARD = register_backward("DEPTHWISE_CONV_2D", BackwardDef(
-    reference=backward_reference, emit=backward_emit,
-    saves_input=lambda p, slot: param_train.saves_input(slot),
-    input_grad_depth=input_grad_depth))
+def float_forward(fx: FloatContext, step: int, p: Any, ins: list[Any]) -> Any:
+    tf = tf_module()
+    o = p.op.options
+    w = fx.variable(step, "weights")  # [1, kh, kw, in_c * mult], channel = i * mult + m
+    in_c = int(fx.graph.tensors[p.inputs[0]].shape[-1])
+    kh, kw, out_c = (int(d) for d in w.shape[1:])
+    w = tf.reshape(w[0], [kh, kw, in_c, out_c // in_c])
+    y = tf.nn.depthwise_conv2d(
+        ins[0], w, strides=[1, int(o["stride_h"]), int(o["stride_w"]), 1],
+        padding=str(o["padding"]),
+        dilations=[int(o.get("dilation_h", 1)), int(o.get("dilation_w", 1))])
+    return activation(y + fx.variable(step, "bias"), o)
+
+
+OPDEF = param_train.register_weighted(param_train.WeightedOp(
+    "DEPTHWISE_CONV_2D", header="kernels/depthwise_conv2d.h", kernel="depthwise_conv2d",
+    tag="dwconv2d",
+    prepare=prepare, reference=reference, emit=emit, macs=macs, float_forward=float_forward,
+    struct=_struct, geometry=GEOMETRY, trainable_weights=trainable_weights,
+    check_accumulator=check_accumulator, input_grad_depth=input_grad_depth,
+    filter_channel_axis=3))
+BACKWARD = OPDEF.backward

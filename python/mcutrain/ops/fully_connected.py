@@ -12,33 +12,28 @@ roughly one output in a hundred. `double_requant=True` (the default) follows the
 dataclasses.replace(params, double_requant=False) gives the fixed-point behaviour.
 
 Training (docs/training.md): with `train` set, the first n_train rows of the filter and
-optionally the bias are read from SRAM copies; the backward rule is registered with
-register_backward. Weights with a zero point cannot train (check_trainable).
+optionally the bias are read from SRAM copies; the backward rule is its OpDef's
+backward. Weights with a zero point cannot train (check_trainable).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from ..frontend.graph import Graph, ModelError, Operator
 from . import common, param_train, quant
 from .base import (
-    BackwardDef,
     EmitContext,
-    GradRef,
-    OpDef,
+    FloatContext,
     TrainBinding,
-    TrainEmit,
-    TrainSlot,
     kernel_name,
-    register,
-    register_backward,
     scratch_args,
 )
-from .train_math import QGrad, XorShift32
+from .float_common import activation, tf_module
 
 
 @dataclass(frozen=True, eq=False)
@@ -192,10 +187,6 @@ def macs(p: FullyConnectedParams) -> int:
     return p.batches * p.filter.size
 
 
-OPDEF = register(OpDef("FULLY_CONNECTED", prepare, reference, emit, macs,
-                       header="kernels/fully_connected.h"))
-
-
 # ---- training ----
 
 
@@ -245,28 +236,30 @@ GEOMETRY = param_train.Geometry(input_grad_acc, weight_grad, channel_axis=0,
                                 with_trained=with_trained)
 
 
-def backward_reference(p: FullyConnectedParams, saved: list[np.ndarray | None], dy: QGrad,
-                       need_dx: list[bool], slot: TrainSlot | None, lr: float,
-                       rng: XorShift32) -> list[QGrad | None]:
-    check_trainable(p)
-    return param_train.backward(p, GEOMETRY, saved, dy, need_dx, slot, lr, rng)
+def input_grad_depth(p: FullyConnectedParams) -> int:
+    return int(p.filter.shape[0])
 
 
-def backward_emit(p: FullyConnectedParams, ctx: EmitContext, saved: list[str | None],
-                  dy: GradRef, dx: list[GradRef | None], train: TrainEmit | None) -> str:
-    check_trainable(p)
-    filt, _, mult, shift = param_train.flash_constants(p, ctx, f"op{p.op_index}_fc")
-    binding = train.binding if train is not None else p.train
-    return param_train.emit_backward(p, ctx, "fully_connected",
-                                     _struct(p, mult, shift, "nullptr", binding), filt, saved,
-                                     dy, dx, train, f"op{p.op_index}_fc")
+def _fc_struct(p: FullyConnectedParams, mult: str, shift: str,
+               binding: TrainBinding | None) -> str:
+    return _struct(p, mult, shift, "nullptr", binding)
 
 
-def saves_input(p: FullyConnectedParams, slot: TrainSlot | None) -> list[bool]:
-    check_trainable(p)
-    return param_train.saves_input(slot)
+def float_forward(fx: FloatContext, step: int, p: Any, ins: list[Any]) -> Any:
+    tf = tf_module()
+    w = fx.variable(step, "weights")  # [out, accum]
+    x = tf.reshape(ins[0], [-1, int(w.shape[1])])
+    y = tf.matmul(x, w, transpose_b=True) + fx.variable(step, "bias")
+    shape = fx.graph.tensors[p.output].shape
+    if len(shape) > 2:
+        y = tf.reshape(y, [-1, *shape[1:]])
+    return activation(y, p.op.options)
 
 
-BACKWARD = register_backward("FULLY_CONNECTED", BackwardDef(
-    reference=backward_reference, emit=backward_emit, saves_input=saves_input,
-    input_grad_depth=lambda p: int(p.filter.shape[0])))
+OPDEF = param_train.register_weighted(param_train.WeightedOp(
+    "FULLY_CONNECTED", header="kernels/fully_connected.h", kernel="fully_connected", tag="fc",
+    prepare=prepare, reference=reference, emit=emit, macs=macs, float_forward=float_forward,
+    struct=_fc_struct, geometry=GEOMETRY, trainable_weights=trainable_weights,
+    check_accumulator=check_accumulator, input_grad_depth=input_grad_depth,
+    check_trainable=check_trainable))
+BACKWARD = OPDEF.backward

@@ -26,6 +26,7 @@ Backward (training): dx is dy broadcast over the reduced block with scale dy.sca
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -34,13 +35,13 @@ from . import quant
 from .base import (
     BackwardDef,
     EmitContext,
+    FloatContext,
     GradRef,
     OpDef,
     TrainEmit,
     TrainSlot,
     kernel_name,
     register,
-    register_backward,
 )
 from .common import (
     fail,
@@ -50,6 +51,7 @@ from .common import (
     tensor_at,
     wrap_int32,
 )
+from .float_common import tf_module
 from .train_math import F32, QGrad, XorShift32
 
 
@@ -172,9 +174,6 @@ def macs(params: MeanParams) -> int:
     return params.outer * params.reduce * params.inner
 
 
-OP = register(OpDef("MEAN", prepare, reference, emit, macs, header="kernels/mean.h"))
-
-
 # ---- training (docs/training.md, "MEAN") ----
 
 
@@ -199,5 +198,14 @@ def backward_emit(params: MeanParams, ctx: EmitContext, saved: list[str | None],
             f"  {dx[0].scale} = {dy.scale} / static_cast<float>({params.reduce});\n}}\n")
 
 
-BACKWARD = register_backward("MEAN", BackwardDef(
-    reference=backward_reference, emit=backward_emit, saves_input=lambda p, slot: [False]))
+BACKWARD = BackwardDef(
+    reference=backward_reference, emit=backward_emit, saves_input=lambda p, slot: [False])
+
+def float_forward(fx: FloatContext, step: int, p: Any, ins: list[Any]) -> Any:
+    axes = [int(a) for a in np.asarray(fx.graph.tensors[p.op.inputs[1]].data).reshape(-1)]
+    return tf_module().reduce_mean(ins[0], axis=axes,
+                                   keepdims=bool(p.op.options.get("keep_dims", False)))
+
+
+OP = register(OpDef("MEAN", prepare, reference, emit, macs, header="kernels/mean.h",
+                    float_forward=float_forward, backward=BACKWARD))

@@ -10,6 +10,7 @@ dy with the same scale.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -17,6 +18,7 @@ from ..frontend.graph import Graph, Operator, Tensor
 from .base import (
     BackwardDef,
     EmitContext,
+    FloatContext,
     GradRef,
     OpDef,
     TrainEmit,
@@ -24,9 +26,9 @@ from .base import (
     c_int_list,
     kernel_name,
     register,
-    register_backward,
 )
 from .common import fail, output_tensor, tensor_at
+from .float_common import tf_module
 from .train_math import F32, QGrad, XorShift32
 
 MAX_RANK = 4
@@ -120,10 +122,6 @@ def macs(params: PadParams) -> int:
     return 0
 
 
-PAD = register(OpDef("PAD", prepare, reference, emit, macs, header="kernels/pad.h"))
-PADV2 = register(OpDef("PADV2", prepare, reference, emit, macs, header="kernels/pad.h"))
-
-
 # ---- training (docs/training.md, "PAD") ----
 
 
@@ -158,5 +156,18 @@ def backward_emit(params: PadParams, ctx: EmitContext, saved: list[str | None], 
 
 _PAD_BACKWARD = BackwardDef(reference=backward_reference, emit=backward_emit,
                             saves_input=lambda p, slot: [False])
-PAD_BACKWARD = register_backward("PAD", _PAD_BACKWARD)
-PADV2_BACKWARD = register_backward("PADV2", _PAD_BACKWARD)
+PAD_BACKWARD = PADV2_BACKWARD = _PAD_BACKWARD
+
+def float_forward(fx: FloatContext, step: int, p: Any, ins: list[Any]) -> Any:
+    tf = tf_module()
+    pads = np.asarray(fx.graph.tensors[p.op.inputs[1]].data).reshape(-1, 2)
+    x_t = fx.graph.tensors[p.inputs[0]]
+    pad_value = int(getattr(p.params, "pad_value", x_t.zero_point))  # PADV2: not always zero
+    value = float(np.float32(x_t.scale) * (pad_value - x_t.zero_point))
+    return tf.pad(ins[0], pads.tolist(), constant_values=value)
+
+
+PAD = register(OpDef("PAD", prepare, reference, emit, macs, header="kernels/pad.h",
+                     float_forward=float_forward, backward=_PAD_BACKWARD))
+PADV2 = register(OpDef("PADV2", prepare, reference, emit, macs, header="kernels/pad.h",
+                       float_forward=float_forward, backward=_PAD_BACKWARD))

@@ -6,7 +6,8 @@ geometry (input-gradient accumulators, weight gradient in the SRAM copy's layout
 else (fold ratios, float32 update expressions, rounding, emitted C++) lives here, mirroring
 firmware/kernels/param_update.h.
 
-Not an operator module: it registers nothing.
+register_weighted() turns one WeightedOp description into the operator's whole OpDef (forward,
+backward rule, training facts). Not an operator module: it registers nothing by itself.
 """
 
 from __future__ import annotations
@@ -18,12 +19,21 @@ from typing import Any
 import numpy as np
 
 from .base import (
+    BackwardDef,
+    Emit,
     EmitContext,
+    FloatForward,
     GradRef,
+    Macs,
+    OpDef,
+    Prepare,
+    Reference,
+    Trainable,
     TrainBinding,
     TrainEmit,
     TrainSlot,
     kernel_name,
+    register,
     scratch_args,
 )
 from .cxx import c_float
@@ -193,3 +203,68 @@ def emit_backward(
 
 def saves_input(slot: TrainSlot | None) -> list[bool]:
     return [slot is not None and slot.n_train > 0]
+
+
+# ---- one description per weighted operator ----
+
+
+def _trains_anything(p: Any) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class WeightedOp:
+    """Everything a weighted operator's module supplies; register_weighted builds the rest
+    (backward rule through backward()/emit_backward(), Trainable, fused activation)."""
+
+    opcode: str
+    header: str  # firmware header, e.g. "kernels/conv2d.h"
+    kernel: str  # firmware kernel prefix: <kernel>_input_grad, _bias_update, _weight_update
+    tag: str  # flash constants of operator i are named op<i>_<tag>_...
+    prepare: Prepare
+    reference: Reference
+    emit: Emit
+    macs: Macs
+    float_forward: FloatForward
+    # (params, multipliers symbol, shifts symbol, binding) -> the C++ kParams initialiser.
+    struct: Callable[[Any, str, str, TrainBinding | None], str]
+    geometry: Geometry
+    trainable_weights: Callable[[Any, int], np.ndarray]
+    check_accumulator: Callable[[Any, Any, int], None]
+    input_grad_depth: Callable[[Any], int]
+    filter_channel_axis: int = 0  # output-channel axis of the TFLite weight tensor
+    # Raises ModelError when the prepared operator cannot train at all (checked by every
+    # backward entry point).
+    check_trainable: Callable[[Any], None] = _trains_anything
+
+
+def _backward_def(d: WeightedOp) -> BackwardDef:
+    def reference(p: Any, saved: list[np.ndarray | None], dy: QGrad, need_dx: list[bool],
+                  slot: TrainSlot | None, lr: float, rng: XorShift32) -> list[QGrad | None]:
+        d.check_trainable(p)
+        return backward(p, d.geometry, saved, dy, need_dx, slot, lr, rng)
+
+    def emit(p: Any, ctx: EmitContext, saved: list[str | None], dy: GradRef,
+             dx: list[GradRef | None], train: TrainEmit | None) -> str:
+        d.check_trainable(p)
+        tag = f"op{p.op_index}_{d.tag}"
+        filt, _, mult, shift = flash_constants(p, ctx, tag)
+        binding = train.binding if train is not None else p.train
+        return emit_backward(p, ctx, d.kernel, d.struct(p, mult, shift, binding), filt, saved,
+                             dy, dx, train, tag)
+
+    def saves(p: Any, slot: TrainSlot | None) -> list[bool]:
+        d.check_trainable(p)
+        return saves_input(slot)
+
+    return BackwardDef(reference=reference, emit=emit, saves_input=saves,
+                       input_grad_depth=d.input_grad_depth)
+
+
+def register_weighted(d: WeightedOp) -> OpDef:
+    """Register the OpDef of a weighted operator described by `d`."""
+    facts = Trainable(d.trainable_weights, d.geometry.with_trained, d.check_accumulator,
+                      filter_channel_axis=d.filter_channel_axis)
+    return register(OpDef(d.opcode, d.prepare, d.reference, d.emit, d.macs, header=d.header,
+                          float_forward=d.float_forward, backward=_backward_def(d),
+                          fused_activation=True, trainable=facts))

@@ -12,6 +12,7 @@ MAX_POOL_2D routes dy[w] to the first maximal input of its window (so it keeps i
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -19,6 +20,8 @@ from ..frontend.graph import Graph, Operator
 from .base import (
     BackwardDef,
     EmitContext,
+    FloatContext,
+    FloatForward,
     GradRef,
     OpDef,
     TrainEmit,
@@ -26,7 +29,6 @@ from .base import (
     c_int_list,
     kernel_name,
     register,
-    register_backward,
 )
 from .common import (
     activation_bounds,
@@ -36,6 +38,7 @@ from .common import (
     require_int8_activation,
     tensor_at,
 )
+from .float_common import activation, tf_module
 from .train_math import F32, QGrad, XorShift32, grad_requantize
 
 
@@ -159,12 +162,6 @@ def macs(params: PoolParams) -> int:
     return 0
 
 
-AVG = register(OpDef("AVERAGE_POOL_2D", prepare, reference_avg, _emitter("avg_pool_s8"), macs,
-                     header="kernels/pooling.h"))
-MAX = register(OpDef("MAX_POOL_2D", prepare, reference_max, _emitter("max_pool_s8"), macs,
-                     header="kernels/pooling.h"))
-
-
 # ---- training (docs/training.md, "AVERAGE_POOL_2D", "MAX_POOL_2D") ----
 
 
@@ -259,9 +256,27 @@ def _backward_emitter(kernel: str, with_input: bool):
     return emit
 
 
-AVG_BACKWARD = register_backward("AVERAGE_POOL_2D", BackwardDef(
+AVG_BACKWARD = BackwardDef(
     reference=backward_avg, emit=_backward_emitter("avg_pool_backward", False),
-    saves_input=lambda p, slot: [False], input_grad_depth=avg_grad_depth))
-MAX_BACKWARD = register_backward("MAX_POOL_2D", BackwardDef(
+    saves_input=lambda p, slot: [False], input_grad_depth=avg_grad_depth)
+MAX_BACKWARD = BackwardDef(
     reference=backward_max, emit=_backward_emitter("max_pool_backward", True),
-    saves_input=lambda p, slot: [True], input_grad_depth=window_overlap))
+    saves_input=lambda p, slot: [True], input_grad_depth=window_overlap)
+
+def _float_pool(kind: str) -> FloatForward:
+    def run(fx: FloatContext, step: int, p: Any, ins: list[Any]) -> Any:
+        tf = tf_module()
+        o = p.op.options
+        fn = tf.nn.max_pool2d if kind == "max" else tf.nn.avg_pool2d
+        y = fn(ins[0], ksize=[int(o["filter_h"]), int(o["filter_w"])],
+               strides=[int(o["stride_h"]), int(o["stride_w"])], padding=str(o["padding"]))
+        return activation(y, o)
+    return run
+
+
+AVG = register(OpDef("AVERAGE_POOL_2D", prepare, reference_avg, _emitter("avg_pool_s8"), macs,
+                     header="kernels/pooling.h", float_forward=_float_pool("avg"),
+                     backward=AVG_BACKWARD, fused_activation=True))
+MAX = register(OpDef("MAX_POOL_2D", prepare, reference_max, _emitter("max_pool_s8"), macs,
+                     header="kernels/pooling.h", float_forward=_float_pool("max"),
+                     backward=MAX_BACKWARD, fused_activation=True))

@@ -8,12 +8,13 @@ where the compiler's graph pass removes it; any left mid-graph is rejected. macs
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from ..frontend.graph import Graph, Operator
 from . import quant
-from .base import EmitContext, OpDef, c_int_list, kernel_name, register
+from .base import EmitContext, FloatContext, OpDef, c_int_list, kernel_name, register
 from .common import fail, output_tensor, require_int8_activation, tensor_at, wrap_int32
 
 
@@ -67,4 +68,9 @@ def macs(params: RequantizeParams) -> int:
     return 0
 
 
-OP = register(OpDef("QUANTIZE", prepare, reference, emit, macs, header="kernels/quantize.h"))
+def float_forward(fx: FloatContext, step: int, p: Any, ins: list[Any]) -> Any:
+    return ins[0]  # int8 -> int8 QUANTIZE only rescales: the real value is unchanged
+
+
+OP = register(OpDef("QUANTIZE", prepare, reference, emit, macs, header="kernels/quantize.h",
+                    float_forward=float_forward, identity_gradient=True, pass_through=True))

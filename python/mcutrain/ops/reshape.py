@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from ..frontend.graph import Graph, Operator
-from .base import EmitContext, OpDef, register
+from .base import EmitContext, FloatContext, OpDef, register
 from .common import fail, output_tensor, tensor_at
+from .float_common import tf_module
 
 
 @dataclass(frozen=True)
@@ -80,4 +82,10 @@ def macs(params: ReshapeParams) -> int:
     return 0
 
 
-OP = register(OpDef("RESHAPE", prepare, reference, emit, macs, header="", aliases_input=True))
+def float_forward(fx: FloatContext, step: int, p: Any, ins: list[Any]) -> Any:
+    shape = fx.graph.tensors[p.output].shape
+    return tf_module().reshape(ins[0], [-1, *shape[1:]])
+
+
+OP = register(OpDef("RESHAPE", prepare, reference, emit, macs, header="", aliases_input=True,
+                    float_forward=float_forward, identity_gradient=True, pass_through=True))

@@ -17,7 +17,7 @@ import dataclasses
 
 from ..compile.codegen import model_desc, source_name, step_context
 from ..compile.compiler import scratch_buffer
-from ..ops.base import GradRef, TrainBinding, TrainEmit
+from ..ops.base import GradRef, TrainBinding, TrainEmit, is_parametric, trainable
 from ..ops.cxx import ConstPool, c_float, indent
 from . import float_classifier, grad_rules
 from .training_graph import (
@@ -222,15 +222,12 @@ def backward_macs(program: TrainProgram) -> int:
     total = 0
     for b in program.backward:
         p = b.op
-        if p.op.opcode not in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"):
+        if not is_parametric(p.op.opcode):
             continue
-        fwd = p.macs
         out_c = program.model.graph.tensors[p.output].shape[-1]
-        if any(b.need_dx):
-            total += fwd
         slot = program.trained.get(b.step)
-        if slot is not None and slot.slot.n_train:
-            total += fwd * slot.slot.n_train // out_c
+        n_train = slot.slot.n_train if slot is not None else 0
+        total += trainable(p.op.opcode).backward_macs(p.macs, out_c, any(b.need_dx), n_train)
     cls = program.classifier
     if cls is not None:  # the float update, plus the input gradient when needed
         total += cls.units * cls.depth * (2 if cls.need_dx else 1)

@@ -24,33 +24,13 @@ from typing import Any
 import numpy as np
 
 from ..compile.compiler import CompiledModel, PreparedOp, compile_model
-from ..frontend.graph import Graph, ModelError, Tensor
-from ..ops.base import PARAMETRIC
+from ..frontend.graph import Graph, ModelError
+from ..ops.base import FloatForward, is_parametric, registered, trainable
+from ..ops.float_common import dequantize
+from ..ops.float_common import tf_module as _tf
 from .scheme import LayerPlan, Scheme, parse_scheme, plan_layers
 
-
-def _tf() -> Any:
-    import tensorflow as tf  # noqa: PLC0415 (lazy: TensorFlow is slow to import)
-
-    return tf
-
-
-# ---- dequantization helpers ----
-
-def dequantize(t: Tensor) -> np.ndarray:
-    """A constant tensor's real values, float32 (per-channel scales broadcast on quant.axis)."""
-    if t.data is None:
-        raise ModelError(f"tensor {t.index} '{t.name}' is not constant")
-    data = np.asarray(t.data)
-    if t.quant is None:
-        return data.astype(np.float32)
-    shape = [1] * data.ndim
-    if t.quant.per_channel:
-        shape[t.quant.axis] = -1
-    scale = t.quant.scale.astype(np.float32).reshape(shape)
-    zp = t.quant.zero_point.astype(np.float32).reshape(shape)
-    return ((data.astype(np.float32) - zp) * scale).astype(np.float32)
-
+# ---- input quantization, bias ----
 
 def quantize_input(graph: Graph, x: np.ndarray) -> np.ndarray:
     """Float input (the model's real units) -> int8, as the host does before sending it."""
@@ -113,6 +93,10 @@ class FloatModel:
     def __repr__(self) -> str:
         return f"FloatModel({self.graph.name}, {len(self.trainable)} trainable tensors)"
 
+    def variable(self, step: int, kind: str) -> Any:
+        """The float "weights" or "bias" of the weighted operator at `step` (ops FloatContext)."""
+        return self.params[(step, kind)].value
+
     def logits_and_output(self, x: Any) -> tuple[Any, Any]:
         """Batched forward (x: float [N, ...input shape without batch]). Returns (logits, output):
         logits are beta * the input of a final SOFTMAX (else the output itself)."""
@@ -130,7 +114,7 @@ class FloatModel:
                 logits = ins[0] * float(p.op.options.get("beta", 1.0))
                 values[p.output] = tf.nn.softmax(logits, axis=-1)
                 continue
-            y = _FORWARD[p.op.opcode](self, step, p, ins)
+            y = _float_forward(p.op.opcode)(self, step, p, ins)
             values[p.output] = self._saturate(y, p.output) if self.saturate else y
         values["logits"] = values[self.compiled.output] if logits is None else logits
         return values
@@ -185,24 +169,30 @@ class FloatModel:
         return self._fn
 
 
+def _float_forward(opcode: str) -> FloatForward | None:
+    opdef = registered(opcode)
+    return None if opdef is None else opdef.float_forward
+
+
 def build_float_model(model: str | Path | bytes | CompiledModel,
                       plans: list[LayerPlan] | None = None, saturate: bool = True) -> FloatModel:
     """The float TensorFlow model of a compiled int8 model; `plans` (from scheme.plan_layers)
     makes the listed parameters trainable tf.Variables with their gradient masks."""
     tf = _tf()
     compiled = model if isinstance(model, CompiledModel) else compile_model(model)
-    unsupported = sorted({p.op.opcode for p in compiled.ops} - set(_FORWARD) - {"SOFTMAX"})
+    unsupported = sorted({p.op.opcode for p in compiled.ops if p.op.opcode != "SOFTMAX"
+                          and _float_forward(p.op.opcode) is None})
     if unsupported:
         raise ModelError(f"fp32 reference: operators {unsupported} are not supported")
     by_step = {plan.step: plan for plan in plans or []}
     fm = FloatModel(compiled, saturate=saturate)
     graph = compiled.graph
     for step, p in enumerate(compiled.ops):
-        if p.op.opcode not in PARAMETRIC:
+        if not is_parametric(p.op.opcode):
             continue
         w_t = graph.tensors[p.op.inputs[1]]
         w = dequantize(w_t)
-        axis = 3 if p.op.opcode == "DEPTHWISE_CONV_2D" else 0
+        axis = trainable(p.op.opcode).filter_channel_axis
         out_c = w.shape[axis]
         b = _bias_real(graph, p, out_c)
         plan = by_step.get(step)
@@ -221,122 +211,6 @@ def build_float_model(model: str | Path | bytes | CompiledModel,
     return fm
 
 
-# ---- operators (float, NHWC, batch first) ----
-
-def _activation(x: Any, op_options: dict[str, Any]) -> Any:
-    tf = _tf()
-    act = str(op_options.get("activation", "NONE"))
-    if act == "NONE":
-        return x
-    if act == "RELU":
-        return tf.nn.relu(x)
-    if act == "RELU6":
-        return tf.nn.relu6(x)
-    if act == "RELU_N1_TO_1":
-        return tf.clip_by_value(x, -1.0, 1.0)
-    raise ModelError(f"fp32 reference: fused activation {act} is not supported")
-
-
-def _const_or_dynamic(fm: FloatModel, p: PreparedOp, ins: list[Any]) -> list[Any]:
-    """All inputs in operator order: dynamic values from `ins`, constants dequantized."""
-    tf = _tf()
-    dynamic = iter(ins)
-    out = []
-    for tid in p.op.inputs:
-        if tid < 0:
-            continue
-        t = fm.graph.tensors[tid]
-        out.append(tf.constant(dequantize(t)) if t.is_const else next(dynamic))
-    return out
-
-
-def _reshape(fm: FloatModel, step: int, p: PreparedOp, ins: list[Any]) -> Any:
-    shape = fm.graph.tensors[p.output].shape
-    return _tf().reshape(ins[0], [-1, *shape[1:]])
-
-
-def _conv2d(fm: FloatModel, step: int, p: PreparedOp, ins: list[Any]) -> Any:
-    tf = _tf()
-    o = p.op.options
-    w = tf.transpose(fm.params[(step, "weights")].value, [1, 2, 3, 0])  # -> [kh, kw, in, out]
-    y = tf.nn.conv2d(ins[0], w, strides=[1, int(o["stride_h"]), int(o["stride_w"]), 1],
-                     padding=str(o["padding"]),
-                     dilations=[1, int(o.get("dilation_h", 1)), int(o.get("dilation_w", 1)), 1])
-    return _activation(y + fm.params[(step, "bias")].value, o)
-
-
-def _depthwise(fm: FloatModel, step: int, p: PreparedOp, ins: list[Any]) -> Any:
-    tf = _tf()
-    o = p.op.options
-    w = fm.params[(step, "weights")].value  # [1, kh, kw, in_c * mult], channel = i * mult + m
-    in_c = int(fm.graph.tensors[p.inputs[0]].shape[-1])
-    kh, kw, out_c = (int(d) for d in w.shape[1:])
-    w = tf.reshape(w[0], [kh, kw, in_c, out_c // in_c])
-    y = tf.nn.depthwise_conv2d(
-        ins[0], w, strides=[1, int(o["stride_h"]), int(o["stride_w"]), 1],
-        padding=str(o["padding"]),
-        dilations=[int(o.get("dilation_h", 1)), int(o.get("dilation_w", 1))])
-    return _activation(y + fm.params[(step, "bias")].value, o)
-
-
-def _fully_connected(fm: FloatModel, step: int, p: PreparedOp, ins: list[Any]) -> Any:
-    tf = _tf()
-    w = fm.params[(step, "weights")].value  # [out, accum]
-    x = tf.reshape(ins[0], [-1, int(w.shape[1])])
-    y = tf.matmul(x, w, transpose_b=True) + fm.params[(step, "bias")].value
-    shape = fm.graph.tensors[p.output].shape
-    if len(shape) > 2:
-        y = tf.reshape(y, [-1, *shape[1:]])
-    return _activation(y, p.op.options)
-
-
-def _pool(kind: str) -> Callable[[FloatModel, int, PreparedOp, list[Any]], Any]:
-    def run(fm: FloatModel, step: int, p: PreparedOp, ins: list[Any]) -> Any:
-        tf = _tf()
-        o = p.op.options
-        fn = tf.nn.max_pool2d if kind == "max" else tf.nn.avg_pool2d
-        y = fn(ins[0], ksize=[int(o["filter_h"]), int(o["filter_w"])],
-               strides=[int(o["stride_h"]), int(o["stride_w"])], padding=str(o["padding"]))
-        return _activation(y, o)
-    return run
-
-
-def _mean(fm: FloatModel, step: int, p: PreparedOp, ins: list[Any]) -> Any:
-    axes = [int(a) for a in np.asarray(fm.graph.tensors[p.op.inputs[1]].data).reshape(-1)]
-    return _tf().reduce_mean(ins[0], axis=axes,
-                             keepdims=bool(p.op.options.get("keep_dims", False)))
-
-
-def _add(fm: FloatModel, step: int, p: PreparedOp, ins: list[Any]) -> Any:
-    a, b = _const_or_dynamic(fm, p, ins)
-    return _activation(a + b, p.op.options)
-
-
-def _pad(fm: FloatModel, step: int, p: PreparedOp, ins: list[Any]) -> Any:
-    tf = _tf()
-    pads = np.asarray(fm.graph.tensors[p.op.inputs[1]].data).reshape(-1, 2)
-    x_t = fm.graph.tensors[p.inputs[0]]
-    pad_value = int(getattr(p.params, "pad_value", x_t.zero_point))  # PADV2: not always zero
-    value = float(np.float32(x_t.scale) * (pad_value - x_t.zero_point))
-    return tf.pad(ins[0], pads.tolist(), constant_values=value)
-
-
-def _concat(fm: FloatModel, step: int, p: PreparedOp, ins: list[Any]) -> Any:
-    return _tf().concat(_const_or_dynamic(fm, p, ins), axis=int(p.op.options.get("axis", 0)))
-
-
-def _identity(fm: FloatModel, step: int, p: PreparedOp, ins: list[Any]) -> Any:
-    return ins[0]  # int8 -> int8 QUANTIZE only rescales: the real value is unchanged
-
-
-_FORWARD: dict[str, Callable[[FloatModel, int, PreparedOp, list[Any]], Any]] = {
-    "RESHAPE": _reshape, "CONV_2D": _conv2d, "DEPTHWISE_CONV_2D": _depthwise,
-    "FULLY_CONNECTED": _fully_connected, "MAX_POOL_2D": _pool("max"),
-    "AVERAGE_POOL_2D": _pool("avg"), "MEAN": _mean, "ADD": _add, "PAD": _pad, "PADV2": _pad,
-    "CONCATENATION": _concat, "QUANTIZE": _identity,
-}
-
-
 # ---- training ----
 
 def parametric_layers(compiled: CompiledModel) -> list[tuple[int, str, int]]:
@@ -344,7 +218,7 @@ def parametric_layers(compiled: CompiledModel) -> list[tuple[int, str, int]]:
     scheme layers."""
     out = []
     for step, p in enumerate(compiled.ops):
-        if p.op.opcode in PARAMETRIC:
+        if is_parametric(p.op.opcode):
             t = compiled.graph.tensors[p.output]
             out.append((step, t.name, int(t.shape[-1])))
     return out

@@ -14,10 +14,10 @@ import dataclasses
 
 import numpy as np
 
-from ..ops.base import TrainSlot
+from ..ops.base import TrainSlot, trainable
 from ..ops.train_math import QGrad, XorShift32
 from . import float_classifier, grad_rules
-from .training_graph import TrainProgram, param_module
+from .training_graph import TrainProgram
 
 
 @dataclasses.dataclass
@@ -68,8 +68,7 @@ class TrainingReference:
         slot = self.slots.get(step)
         if slot is None:
             return p.params
-        module = param_module(p.op.opcode)
-        return module.with_trained(p.params, slot.weights, slot.bias)
+        return trainable(p.op.opcode).with_trained(p.params, slot.weights, slot.bias)
 
     # ---- one step ----
 

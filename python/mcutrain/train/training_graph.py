@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field, replace
-from types import ModuleType
 
 import numpy as np
 
@@ -25,14 +24,16 @@ from ..compile.memory_plan import ArenaPlanner
 from ..frontend.graph import ModelError
 from ..ops import load_all, param_train
 from ..ops.base import (
-    BACKWARD,
-    PARAMETRIC,
     REF,
     BackwardDef,
     KernelVariant,
     TrainSlot,
     backward_key,
+    backward_rule,
     choose_variant,
+    is_parametric,
+    registered,
+    trainable,
 )
 from ..ops.quant import activation_range
 from ..ops.train_math import GRAD_MAX
@@ -40,19 +41,15 @@ from . import grad_rules
 from .float_classifier import FloatClassifier, plan_float_classifier
 from .scheme import LayerPlan, Scheme, plan_layers
 
-_PARAM_MODULES = {"CONV_2D": "conv2d", "DEPTHWISE_CONV_2D": "depthwise_conv2d",
-                  "FULLY_CONNECTED": "fully_connected"}
-# Operators whose input gradient is their output gradient (the training graph aliases them).
-_PASS_THROUGH = ("RESHAPE", "QUANTIZE")
 # Operators whose output a classifier can end in as class logits (no SOFTMAX): cross-entropy
 # then computes the softmax itself (docs/training.md, "Loss, classification").
 _LOGITS_OPS = ("FULLY_CONNECTED", "CONV_2D", "MEAN", "AVERAGE_POOL_2D")
-_FUSED_ACTIVATION = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD",
-                     "AVERAGE_POOL_2D", "MAX_POOL_2D")
 
 
-def param_module(opcode: str) -> ModuleType:
-    return importlib.import_module(f"mcutrain.ops.{_PARAM_MODULES[opcode]}")
+def _fact(opcode: str, name: str) -> bool:
+    """A boolean training fact of an operator's OpDef (ops/base.py), False if unregistered."""
+    opdef = registered(opcode)
+    return opdef is not None and bool(getattr(opdef, name))
 
 
 @dataclass(frozen=True)
@@ -70,7 +67,7 @@ class TrainedOp:
 class BackwardStep:
     step: int  # the operator's position in the forward schedule
     op: PreparedOp
-    rule: BackwardDef | None  # None for pass-through operators and ADD
+    rule: BackwardDef | None  # None for operators whose gradient is the identity
     mask: tuple[int, int] | None  # activation mask bounds applied to dy first
     need_dx: list[bool]  # per dynamic input
     saved: list[bool]  # per dynamic input: kept from the forward pass
@@ -143,8 +140,9 @@ def build_training(model: CompiledModel, scheme: Scheme) -> TrainProgram:
         if not upstream[step]:
             continue
         need_dx = [t in producer and upstream[producer[t]] for t in p.inputs]
-        rule = None if p.op.opcode in _PASS_THROUGH + ("ADD",) else BACKWARD.get(p.op.opcode)
-        if rule is None and p.op.opcode not in _PASS_THROUGH + ("ADD",):
+        identity = _fact(p.op.opcode, "identity_gradient")
+        rule = None if identity else backward_rule(p.op.opcode)
+        if rule is None and not identity:
             raise ModelError(_no_rule_message(model, scheme, step))
         mask = _mask(model, p)
         if mask is not None:
@@ -175,7 +173,7 @@ def _import_backward_rules() -> None:
 def _parametric(model: CompiledModel) -> list[tuple[int, str, int]]:
     out = []
     for step, p in enumerate(model.ops):
-        if p.op.opcode in PARAMETRIC:
+        if is_parametric(p.op.opcode):
             t = model.graph.tensors[p.output]
             out.append((step, t.name, int(t.shape[-1])))
     return out
@@ -186,15 +184,15 @@ def _trained_ops(model: CompiledModel, scheme: Scheme) -> dict[int, TrainedOp]:
     for plan in plan_layers(scheme, _parametric(model)):
         p = model.ops[plan.step]
         # Trained weights may become any int8: the forward accumulator must stay in int32 then.
-        param_module(p.op.opcode).check_accumulator(p.params, p.op, plan.n_train)
+        trainable(p.op.opcode).check_accumulator(p.params, p.op, plan.n_train)
         trained[plan.step] = TrainedOp(plan.step, plan, _initial_slot(p, plan, scheme), -1, -1)
     return trained
 
 
 def _initial_slot(p: PreparedOp, plan: LayerPlan, scheme: Scheme) -> TrainSlot:
     has_bias = getattr(p.params, "bias", None) is not None
-    module = param_module(p.op.opcode)
-    weights = module.trainable_weights(p.params, plan.n_train) if plan.n_train else None
+    facts = trainable(p.op.opcode)
+    weights = facts.trainable_weights(p.params, plan.n_train) if plan.n_train else None
     bias = np.array(p.params.bias, dtype=np.int32) if plan.train_bias and has_bias else None
     w_coef, bias_coef = param_train.coefficients(p.params, plan.n_train, scheme.qas)
     return TrainSlot(n_train=plan.n_train, weights=weights, bias=bias, w_coef=w_coef,
@@ -256,7 +254,7 @@ def _logits_source(model: CompiledModel) -> str:
     """The opcode that produces the output, looking through trailing RESHAPE/QUANTIZE."""
     producer = {p.output: p for p in model.ops}
     p = producer[model.output]
-    while p.op.opcode in _PASS_THROUGH and p.inputs[0] in producer:
+    while _fact(p.op.opcode, "pass_through") and p.inputs[0] in producer:
         p = producer[p.inputs[0]]
     return p.op.opcode
 
@@ -268,7 +266,7 @@ def _no_rule_message(model: CompiledModel, scheme: Scheme, step: int) -> str:
         # Only reached with loss 'mse': cross-entropy's gradient starts below the SOFTMAX.
         return (f"{head}, so loss '{scheme.loss}' cannot pass a gradient through the final "
                 "SOFTMAX; use loss 'cross_entropy' (its gradient skips the SOFTMAX)")
-    if not any(p.op.opcode in PARAMETRIC for p in model.ops[step + 1:]):
+    if not any(is_parametric(p.op.opcode) for p in model.ops[step + 1:]):
         return f"{head} and no layer after it has parameters; this model cannot train yet"
     return f"{head}; train only layers after it"
 
@@ -286,7 +284,7 @@ def _upstream_trained(ops: list[PreparedOp], producer: dict[int, int],
 def _mask(model: CompiledModel, p: PreparedOp) -> tuple[int, int] | None:
     """The activation mask bounds of an operator's output (grad_rules.mask_bounds, the rule the
     mask kernel tests check), None without a fused activation."""
-    if p.op.opcode not in _FUSED_ACTIVATION:
+    if not _fact(p.op.opcode, "fused_activation"):
         return None
     activation = p.op.options.get("activation", "NONE")
     out = model.graph.tensors[p.output]
