@@ -63,7 +63,7 @@ class TrainedOp:
     bias_offset: int  # byte offset in the state block (-1 if bias frozen)
 
 
-@dataclass
+@dataclass(frozen=True)
 class BackwardStep:
     step: int  # the operator's position in the forward schedule
     op: PreparedOp
@@ -74,8 +74,10 @@ class BackwardStep:
     variant: KernelVariant = REF  # the kernels of this backward step
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainProgram:
+    """The training step, complete when built: every field is set once by build_training."""
+
     model: CompiledModel
     scheme: Scheme
     trained: dict[int, TrainedOp]
@@ -86,7 +88,7 @@ class TrainProgram:
     num_classes: int
     logits_loss: bool  # cross-entropy on the output as logits (no final SOFTMAX)
     state_bytes: int
-    planner: ArenaPlanner = field(default_factory=ArenaPlanner)
+    planner: ArenaPlanner
     classifier: FloatClassifier | None = None  # classifier 'fp32': the float FC + SOFTMAX
     # Per forward step, the kernels the training forward calls: a trained step reads channels
     # from SRAM, so its variant must serve that n_train (see ops.base.KernelVariant.serves).
@@ -116,19 +118,75 @@ class TrainProgram:
         return {mask_buffer(step): step for step in self.masks}
 
 
+@dataclass(frozen=True)
+class Selection:
+    """Pass 1, select: what trains. Trained operators carry their slots (offsets still -1)."""
+
+    trained: dict[int, TrainedOp]
+    classifier: FloatClassifier | None  # classifier 'fp32', before need_dx and offsets
+    loss_input: int  # the tensor the loss's gradient is for, in the int8 model
+    num_classes: int
+    logits_loss: bool
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Pass 2, schedule_backward: the backward steps and the masks they apply."""
+
+    backward: list[BackwardStep]  # in execution order
+    masks: dict[int, tuple[int, int]]
+    loss_input: int  # with an fp32 classifier, its input (the loss's gradient starts there)
+    classifier: FloatClassifier | None  # with need_dx decided
+
+
+@dataclass(frozen=True)
+class StateLayout:
+    """Pass 3, layout_state: where every trainable copy sits in the state block."""
+
+    trained: dict[int, TrainedOp]
+    classifier: FloatClassifier | None
+    state_bytes: int
+
+
 def build_training(model: CompiledModel, scheme: Scheme) -> TrainProgram:
+    """Compose the passes; each returns a new frozen value and the program is built once."""
     load_all()
     _import_backward_rules()
-    ops = model.ops
+    selection = select(model, scheme)
+    schedule = schedule_backward(model, scheme, selection)
+    state = layout_state(selection.trained, schedule.classifier)
+    variants = _forward_variants(model, state.trained)
+    grads = gradient_tensors(schedule.loss_input, schedule.classifier, schedule.backward)
+    planner = plan_memory(model, schedule, variants)
+    return TrainProgram(model=model, scheme=scheme, trained=state.trained,
+                        backward=schedule.backward, masks=schedule.masks, grad_tensors=grads,
+                        loss_input=schedule.loss_input, num_classes=selection.num_classes,
+                        logits_loss=selection.logits_loss, state_bytes=state.state_bytes,
+                        planner=planner, classifier=state.classifier, variants=variants)
+
+
+def select(model: CompiledModel, scheme: Scheme) -> Selection:
+    """Which operators train (plan_layers), their initial slots, and what the loss reads."""
     classifier = plan_float_classifier(model) if scheme.classifier == "fp32" else None
     trained = _trained_ops(model, scheme)
     loss_input, num_classes, logits_loss = _loss(model, scheme)
+    return Selection(trained, classifier, loss_input, num_classes, logits_loss)
+
+
+def schedule_backward(model: CompiledModel, scheme: Scheme, selection: Selection) -> Schedule:
+    """The backward steps in execution order: rule, mask, which inputs need a gradient, which
+    forward inputs are kept, and the kernel variant of each."""
+    ops = model.ops
+    trained = selection.trained
+    classifier = selection.classifier
+    loss_input = selection.loss_input
     producer = {p.output: i for i, p in enumerate(ops)}
     upstream = _upstream_trained(ops, producer, set(trained))
     backward: list[BackwardStep] = []
     masks: dict[int, tuple[int, int]] = {}
     # Cross-entropy's gradient is that of the SOFTMAX's input: the SOFTMAX has no backward step.
-    last = len(ops) - 1 if scheme.loss == "cross_entropy" and not logits_loss else len(ops)
+    cross_softmax = scheme.loss == "cross_entropy" and not selection.logits_loss
+    last = len(ops) - 1 if cross_softmax else len(ops)
     if classifier is not None:
         # The float classifier's backward runs with the loss; the int8 schedule ends before it.
         last = classifier.fc_step
@@ -154,15 +212,7 @@ def build_training(model: CompiledModel, scheme: Scheme) -> TrainProgram:
         n_train = slot.n_train if slot is not None else 0
         variant = choose_variant(backward_key(p.op.opcode), p.params, n_train)
         backward.append(BackwardStep(step, p, rule, mask, need_dx, saved, variant))
-    trained, classifier, state_bytes = _layout_state(trained, classifier)
-    program = TrainProgram(model=model, scheme=scheme, trained=trained, backward=backward,
-                           masks=masks, grad_tensors=[], loss_input=loss_input,
-                           num_classes=num_classes, logits_loss=logits_loss,
-                           state_bytes=state_bytes, classifier=classifier,
-                           variants=_forward_variants(model, trained))
-    program.grad_tensors = _gradient_tensors(program)
-    program.planner = _plan(program)
-    return program
+    return Schedule(backward, masks, loss_input, classifier)
 
 
 def _import_backward_rules() -> None:
@@ -204,8 +254,8 @@ def _forward_variants(model: CompiledModel, trained: dict[int, TrainedOp]) -> li
             if step in trained else p.variant for step, p in enumerate(model.ops)]
 
 
-def _layout_state(trained: dict[int, TrainedOp], classifier: FloatClassifier | None
-                  ) -> tuple[dict[int, TrainedOp], FloatClassifier | None, int]:
+def layout_state(trained: dict[int, TrainedOp], classifier: FloatClassifier | None
+                 ) -> StateLayout:
     """The trained operators and the classifier with their state-block offsets, and its size."""
     offset = 0
     offsets: dict[int, tuple[int, int]] = {}
@@ -226,7 +276,7 @@ def _layout_state(trained: dict[int, TrainedOp], classifier: FloatClassifier | N
         offset += classifier.weight_bytes
         classifier = replace(classifier, weight_offset=weight_offset, bias_offset=offset)
         offset += classifier.bias_bytes
-    return placed, classifier, offset
+    return StateLayout(placed, classifier, offset)
 
 
 def _loss(model: CompiledModel, scheme: Scheme) -> tuple[int, int, bool]:
@@ -303,9 +353,11 @@ def _check_depth(p: PreparedOp, rule: BackwardDef) -> None:
                          "products, which could overflow int32; train only layers after it")
 
 
-def _gradient_tensors(program: TrainProgram) -> list[int]:
-    order = [program.loss_input] if _loss_has_gradient(program) else []
-    for b in program.backward:
+def gradient_tensors(loss_input: int, classifier: FloatClassifier | None,
+                     backward: list[BackwardStep]) -> list[int]:
+    """Tensors whose gradient is computed, in the order they first appear."""
+    order = [loss_input] if _loss_has_gradient(classifier) else []
+    for b in backward:
         for t, need in zip(b.op.inputs, b.need_dx, strict=True):
             if need and t not in order:
                 order.append(t)
@@ -328,14 +380,14 @@ CLASSIFIER_WORK = "cls_work"
 CLASSIFIER_SCRATCH = "cls_dx"
 
 
-def _loss_has_gradient(program: TrainProgram) -> bool:
+def _loss_has_gradient(classifier: FloatClassifier | None) -> bool:
     """False only when an fp32 classifier is the sole trained part: nothing needs its dx."""
-    return program.classifier is None or program.classifier.need_dx
+    return classifier is None or classifier.need_dx
 
 
-def _plan(program: TrainProgram) -> ArenaPlanner:
+def plan_memory(model: CompiledModel, schedule: Schedule,
+                variants: list[KernelVariant]) -> ArenaPlanner:
     """Lifetimes over the whole step: forward steps 0..N-1, loss at N, backward after that."""
-    model = program.model
     n = len(model.ops)
     lifetimes: dict[str, list[int]] = {}
     sizes: dict[str, int] = {}
@@ -349,7 +401,7 @@ def _plan(program: TrainProgram) -> ArenaPlanner:
         use(model.buffer_of[tid], model.graph.tensors[tid].nbytes, step)
 
     act(model.input, -1)
-    cls = program.classifier
+    cls = schedule.classifier
     for step, p in enumerate(model.ops):
         if cls is not None and step == cls.softmax_step:
             continue
@@ -366,34 +418,35 @@ def _plan(program: TrainProgram) -> ArenaPlanner:
         for t in p.inputs:
             act(t, step)
         act(p.output, step)
-        size = scratch_size(program.variants[step], p.params)
+        size = scratch_size(variants[step], p.params)
         if size:
             use(scratch_buffer(step), size, step)
     act(model.output, n)  # the loss reads the output
-    bstep = {b.step: n + 1 + i for i, b in enumerate(program.backward)}
-    for step in program.masks:
+    bstep = {b.step: n + 1 + i for i, b in enumerate(schedule.backward)}
+    for step in schedule.masks:
         count = model.graph.tensors[model.ops[step].output].num_elements
         use(mask_buffer(step), (count + 7) // 8, step)
         use(mask_buffer(step), (count + 7) // 8, bstep[step])
-    for b in program.backward:
+    for b in schedule.backward:
         for t, keep in zip(b.op.inputs, b.saved, strict=True):
             if keep:
                 act(t, bstep[b.step])
         size = scratch_size(b.variant, b.op.params) if b.rule is not None else 0
         if size:
             use(scratch_buffer(b.step, backward=True), size, bstep[b.step])
-    _plan_gradients(program, use, bstep, n)
+    _plan_gradients(model, schedule, use, bstep, n)
     planner = ArenaPlanner(alignment=16)
     for name, (first, last) in lifetimes.items():
         planner.add_buffer(name, sizes[name], first, last)
     return planner
 
 
-def _plan_gradients(program: TrainProgram, use, bstep: dict[int, int], loss_step: int) -> None:
+def _plan_gradients(model: CompiledModel, schedule: Schedule, use, bstep: dict[int, int],
+                    loss_step: int) -> None:
     """Gradient buffers: 4 bytes per element (int32 accumulation, then int16 in place)."""
-    model = program.model
     producer = {p.output: i for i, p in enumerate(model.ops)}
-    for t, made in gradient_contributions(program).items():
+    contributions = _contributions(schedule.loss_input, schedule.classifier, schedule.backward)
+    for t, made in contributions.items():
         size = 4 * model.graph.tensors[t].num_elements
         at = [loss_step if step is None else bstep[step] for step in made]
         consumed = bstep[producer[t]] if t in producer else at[-1]
@@ -414,9 +467,14 @@ def _plan_gradients(program: TrainProgram, use, bstep: dict[int, int], loss_step
 def gradient_contributions(program: TrainProgram) -> dict[int, list[int | None]]:
     """Tensor -> the forward steps whose backward writes part of its gradient (None = loss,
     including the fp32 classifier's backward)."""
+    return _contributions(program.loss_input, program.classifier, program.backward)
+
+
+def _contributions(loss_input: int, classifier: FloatClassifier | None,
+                   backward: list[BackwardStep]) -> dict[int, list[int | None]]:
     made: dict[int, list[int | None]] = (
-        {program.loss_input: [None]} if _loss_has_gradient(program) else {})
-    for b in program.backward:
+        {loss_input: [None]} if _loss_has_gradient(classifier) else {})
+    for b in backward:
         for t, need in zip(b.op.inputs, b.need_dx, strict=True):
             if need:
                 made.setdefault(t, []).append(b.step)
