@@ -131,6 +131,13 @@ def concat(seed, shapes, axis, const=(), **kinds) -> Case:
                   same_quant_as=ids[0], **kinds)
 
 
+def logistic(seed, shape, scale, **kinds) -> Case:
+    b = Builder(seed)
+    x = b.act(shape, scale)
+    b.act(shape, 1.0 / 256.0, -128)  # the output quantization TFLite requires
+    return Case("LOGISTIC", {}, b.tensors, [x], seed=seed, **kinds)
+
+
 AVG, MAX = "AVERAGE_POOL_2D", "MAX_POOL_2D"
 CASES: dict[str, Callable[[], Case]] = {
     "mean_hw": lambda: mean(1, (1, 4, 4, 8), [1, 2]),
@@ -173,6 +180,11 @@ CASES: dict[str, Callable[[], Case]] = {
     "concat_const": lambda: concat(44, [(1, 2, 2, 3), (1, 2, 2, 5), (1, 2, 2, 2)], 3,
                                    const=(1,)),
     "concat_zero_dy": lambda: concat(45, [(1, 2, 2), (1, 3, 2)], 1, dy_kind="zero"),
+    "logistic_4d": lambda: logistic(50, (1, 4, 4, 8), 0.05),
+    "logistic_wide": lambda: logistic(51, (3, 37), 0.2),
+    "logistic_narrow": lambda: logistic(52, (2, 64), 0.01),
+    "logistic_max_dy": lambda: logistic(53, (1, 5, 5, 3), 0.1, dy_kind="max"),
+    "logistic_zero_dy": lambda: logistic(54, (7,), 0.1, dy_kind="zero"),
 }
 
 
@@ -306,7 +318,7 @@ def test_need_dx_false_gives_none() -> None:
 def test_saves_input_and_depth() -> None:
     for case_id, saves in (("mean_hw", [False]), ("avg_valid_2x2", [False]),
                            ("max_valid_2x2", [True]), ("pad_hw", [False]),
-                           ("concat_const", [False, False])):
+                           ("concat_const", [False, False]), ("logistic_4d", [True])):
         p = prepare(case_id)
         assert BACKWARD[p.case.opcode].saves_input(p.params, None) == saves, case_id
     # 3x3 stride 1 SAME: input (1, 1) sits in a corner window (4 taps, weight 1024), four edge
@@ -315,6 +327,8 @@ def test_saves_input_and_depth() -> None:
     assert BACKWARD[AVG].input_grad_depth(p.params) == 44
     assert BACKWARD[MAX].input_grad_depth(prepare("max_overlap_s1").params) == 9
     assert BACKWARD[MAX].input_grad_depth(prepare("max_valid_2x2").params) == 1
+    # |dy * s'| <= 8191 * 8192 = 8191 * 128 * 64
+    assert BACKWARD["LOGISTIC"].input_grad_depth(prepare("logistic_4d").params) == 64
 
 
 # ---- emitted code, compiled on the host -------------------------------------------------------
@@ -417,6 +431,8 @@ def _float_op(case: Case, params, tf):
                      if case.tensors[i].is_const else next(it) for i in case.inputs]
             return tf.concat(parts, axis=int(o["axis"]))
         return concat_fn
+    if case.opcode == "LOGISTIC":
+        return lambda xs: tf.sigmoid(xs[0])
     raise AssertionError(case.opcode)
 
 
@@ -459,7 +475,9 @@ def test_op_backward_matches_float_gradient(case_id: str) -> None:
                 case.tensors[-1].shape)) * 1.0000001
         else:
             tol = np.full(want.shape, tol)
-        if case.opcode not in (AVG, MAX):  # copies: only float rounding of the scale
+        if case.opcode == "LOGISTIC":  # plus the derivative table's rounding, 2^-16 per dy
+            tol = tol + np.abs(dy_real.reshape(want.shape)) * 2.0**-16 * 1.0000001
+        elif case.opcode not in (AVG, MAX):  # copies: only float rounding of the scale
             tol = np.full(want.shape, 1e-6 * np.abs(want).max() + 1e-30)
         assert np.all(np.abs(got - want) <= tol), f"{case_id}: max error " \
             f"{np.abs(got - want).max()} > {tol.max()}"
@@ -926,6 +944,26 @@ def test_cross_entropy_on_conv_logits_through_reshape(conv_logits_model: Path,
     opcodes = [p.op.opcode for p in compile_model(conv_logits_model).ops]
     assert opcodes == ["CONV_2D", "CONV_2D", "RESHAPE"]
     _host_build_matches_reference(conv_logits_model, {"preset": "full", "lr": 0.1}, tmp_path, 5)
+
+
+@pytest.fixture(scope="module")
+def sigmoid_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Conv -> sigmoid -> Dense logits: the conv trains through LOGISTIC's backward rule."""
+    from test_logistic import sigmoid_keras_model
+
+    from tflite_convert import convert_keras_int8
+
+    path = tmp_path_factory.mktemp("sigmoid") / "sigmoid.tflite"
+    path.write_bytes(convert_keras_int8(sigmoid_keras_model(), samples=8))
+    return path
+
+
+def test_training_through_logistic_host_build(sigmoid_model: Path, tmp_path: Path) -> None:
+    from mcutrain.compile.compiler import compile_model
+
+    opcodes = [p.op.opcode for p in compile_model(sigmoid_model).ops]
+    assert "LOGISTIC" in opcodes and opcodes[0] == "CONV_2D"
+    _host_build_matches_reference(sigmoid_model, {"preset": "full", "lr": 0.1}, tmp_path, 7)
 
 
 def _host_build_matches_reference(path: Path, raw: dict, tmp_path: Path, seed: int) -> None:
