@@ -28,12 +28,18 @@ from datetime import datetime, timezone
 from pathlib import Path
 from types import TracebackType
 
-from .qemu import QemuError, check_elf, check_qemu_installed, qemu_command
+from .qemu import (
+    LISTENING_MARKER,
+    QemuError,
+    check_elf,
+    check_qemu_installed,
+    free_ports,
+    qemu_command,
+)
 
 BOOT_TIMEOUT_S = 10.0
 LOCK_WAIT_S = 5.0
 QMP_TIMEOUT_S = 5.0
-_LISTENING_MARKER = "waiting for connection"
 
 
 @dataclass(frozen=True)
@@ -148,22 +154,11 @@ def _qmp_reply(stream) -> dict:  # type: ignore[no-untyped-def]
 # ---- starting and stopping ----
 
 
-def _free_ports(count: int) -> list[int]:
-    socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
-    try:
-        for sock in socks:  # bound together, so the ports differ
-            sock.bind(("127.0.0.1", 0))
-        return [int(sock.getsockname()[1]) for sock in socks]
-    finally:
-        for sock in socks:
-            sock.close()
-
-
 def launch(elf: Path) -> BoardRecord:
     """Starts a detached QEMU for `elf` that outlives this process and records it."""
     check_elf(elf)
     check_qemu_installed()
-    serial_port, qmp_port = _free_ports(2)
+    serial_port, qmp_port = free_ports(2)
     command = [*qemu_command(elf, serial_port),
                "-qmp", f"tcp:127.0.0.1:{qmp_port},server=on,wait=off"]
     log = log_path(elf)
@@ -173,7 +168,7 @@ def launch(elf: Path) -> BoardRecord:
         proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + BOOT_TIMEOUT_S
-    while _LISTENING_MARKER not in log.read_text(errors="replace"):
+    while LISTENING_MARKER not in log.read_text(errors="replace"):
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
             proc.wait()

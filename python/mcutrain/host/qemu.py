@@ -32,7 +32,7 @@ ICOUNT_SHIFT = 3
 QEMU_BINARY = "qemu-system-arm"
 QEMU_DEBIAN_PACKAGE = "qemu-system-arm"
 DEFAULT_ENV = "qemu"
-_LISTENING_MARKER = "waiting for connection"
+LISTENING_MARKER = "waiting for connection"
 _ELF_MAGIC = b"\x7fELF"
 
 
@@ -76,10 +76,16 @@ def qemu_command(elf: Path, port: int) -> list[str]:
     ]  # fmt: skip
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free TCP ports on 127.0.0.1 (bound together, so they differ)."""
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+    try:
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
 
 
 def check_elf(elf: Path) -> None:
@@ -106,7 +112,7 @@ class QemuBoard:
         self.elf = Path(elf)
         check_elf(self.elf)
         check_qemu_installed()
-        self.port = _free_port()
+        (self.port,) = free_ports(1)
         self._stderr_chunks: list[str] = []
         self._stderr_lock = threading.Lock()
         self._process = subprocess.Popen(
@@ -180,7 +186,7 @@ class QemuBoard:
 
     def _wait_listening(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        while _LISTENING_MARKER not in self.stderr:
+        while LISTENING_MARKER not in self.stderr:
             self.check_alive()
             if time.monotonic() > deadline:
                 raise QemuError(
