@@ -80,3 +80,37 @@ def test_random_corruption_never_tracebacks_or_hangs() -> None:
         except ModelError:
             pass  # a clear error is the right answer; succeeding on harmless flips is fine too
     assert time.monotonic() - start < 60, "reader took pathologically long on corrupt input"
+
+
+# ---- the operators' options, declared by their op modules (frontend/options.py) ----
+
+
+def test_each_operator_module_declares_the_options_the_reader_uses() -> None:
+    from mcutrain.frontend.options import declared
+    from mcutrain.ops.base import REGISTRY
+
+    with_options = {k: v for k, v in REGISTRY.items() if v.options is not None}
+    assert {"CONV_2D", "SOFTMAX", "PAD", "QUANTIZE"} <= set(with_options)
+    for opcode, opdef in with_options.items():
+        assert declared(opcode) is opdef.options, opcode
+    assert declared("LOGISTIC") is None  # no options table, nothing to check
+
+
+def test_importing_only_the_reader_still_parses_options() -> None:
+    # A fresh interpreter that names nothing but the reader: the package root loads the ops.
+    import subprocess
+    import sys
+
+    code = ("from mcutrain.frontend.tflite_reader import read_tflite; "
+            f"print(read_tflite({str(MICRO_SPEECH)!r}).operators[1].options['depth_multiplier'])")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.returncode == 0 and done.stdout.strip() == "8", done.stderr[-400:]
+
+
+def test_reader_refuses_to_read_without_declared_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mcutrain.frontend import options
+
+    monkeypatch.setattr(options, "_DECLARED", {})
+    with pytest.raises(RuntimeError, match=r"no operator declared its options.*load_all"):
+        read_tflite(MICRO_SPEECH)

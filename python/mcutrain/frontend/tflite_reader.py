@@ -11,6 +11,10 @@ normal float32 scales; zero points inside the tensor type's range (int8 activati
 [-128, 127], biases 0); dimensions non-negative and tensors of a size a board could hold;
 known paddings, activations and finite softmax betas.
 
+Each operator's options table is declared and parsed by its own module under mcutrain.ops
+(frontend/options.py: the registry, why it is always filled, and the parsers' helpers); this
+module checks the declared type and turns the parser's refusals into one-line ModelErrors.
+
 Tolerance follows TFLite Micro: old files that only fill `deprecated_builtin_code`, quantization
 blocks with scales but no zero points, per-channel scales with a single zero point, and empty
 quantization blocks on unquantized tensors are all accepted.
@@ -30,6 +34,7 @@ import tflite
 
 from .flatbuffer_check import OPTIONS, FlatbufferError, check_model
 from .graph import Graph, ModelError, Operator, Quant, Tensor
+from .options import MissingOptions, declared
 
 _TENSOR_TYPES: dict[int, str] = {
     tflite.TensorType.FLOAT32: "float32",
@@ -43,10 +48,6 @@ _TENSOR_TYPES: dict[int, str] = {
     tflite.TensorType.FLOAT64: "float64",
 }
 _OPCODE_NAMES = {v: k for k, v in vars(tflite.BuiltinOperator).items() if not k.startswith("_")}
-_ACTIVATIONS = {
-    v: k for k, v in vars(tflite.ActivationFunctionType).items() if not k.startswith("_")
-}
-_PADDINGS = {v: k for k, v in vars(tflite.Padding).items() if not k.startswith("_")}
 
 # Zero-point range of each quantized tensor type (TFLite: int8 [-128, 127]; biases 0).
 _ZERO_POINT_RANGE: dict[str, tuple[int, int]] = {
@@ -256,162 +257,20 @@ def _read_operator(op: Any, index: int, opcodes: list[str], num_tensors: int) ->
     if not outputs or -1 in outputs:
         raise ModelError(f"corrupt .tflite: operator {index} ({opcode}) has outputs {outputs[:4]}; "
                          "every operator writes at least one real tensor")
-    parser = _OPTION_PARSERS.get(opcode)
+    spec = declared(opcode)
     # Options of another operator's type: TFLite's verifier checks them as that type and the
-    # operator then ignores them. flatbuffer_check knows only the types below, so refuse the
-    # others rather than accept what TFLite's verifier might reject.
-    expected = _OPTION_TYPES.get(opcode)
+    # operator then ignores them. flatbuffer_check knows only the types in its OPTIONS, so
+    # refuse the others rather than accept what TFLite's verifier might reject.
     carried = int(op.BuiltinOptionsType())
-    if (expected is not None and carried not in (tflite.BuiltinOptions.NONE, expected)
+    if (spec is not None and carried not in (tflite.BuiltinOptions.NONE, spec.type)
             and carried not in OPTIONS):
         raise ModelError(f"corrupt .tflite: operator {index} ({opcode}) carries options of "
-                         f"type {carried}, not its own ({expected})")
-    if parser is None:
+                         f"type {carried}, not its own ({spec.type})")
+    if spec is None or spec.parse is None:
         return Operator(index=index, opcode=opcode, inputs=inputs, outputs=outputs)
     try:
-        options = parser(op)
-    except _MissingOptions as exc:
+        options = spec.parse(op)
+    except MissingOptions as exc:
         raise ModelError(f"operator {index} ({opcode}) has no {exc}; TFLite would run it with "
                          "zeroed options and refuse it too") from None
     return Operator(index=index, opcode=opcode, inputs=inputs, outputs=outputs, options=options)
-
-
-class _MissingOptions(Exception):
-    """Options TFLite zero-fills when absent, giving parameters its kernels refuse (stride 0,
-    beta 0); the message names the options table."""
-
-
-def _required(op: Any, cls: type) -> Any:
-    o = _table(op, cls)
-    if o is None:
-        raise _MissingOptions(f"{cls.__name__} ({_REQUIRED_FIELDS[cls.__name__]} unknown)")
-    return o
-
-
-_REQUIRED_FIELDS = {"Conv2DOptions": "strides", "DepthwiseConv2DOptions": "strides",
-                    "Pool2DOptions": "filter size", "SoftmaxOptions": "beta"}
-
-
-def _table(op: Any, cls: type) -> Any | None:
-    """The operator's options as `cls`, or None when absent or of another type (TFLite's
-    builtin_options_as_X() also gives null then, and the defaults apply)."""
-    table = op.BuiltinOptions()
-    if table is None or int(op.BuiltinOptionsType()) != getattr(tflite.BuiltinOptions,
-                                                                  cls.__name__):
-        return None
-    opts = cls()
-    opts.Init(table.Bytes, table.Pos)
-    return opts
-
-
-def _padding(code: int) -> str:
-    return _PADDINGS.get(int(code), f"UNKNOWN_PADDING_{code}")
-
-
-def _activation(code: int) -> str:
-    return _ACTIVATIONS.get(int(code), f"UNKNOWN_ACTIVATION_{code}")
-
-
-def _conv_options(op: Any) -> dict[str, Any]:
-    o = _required(op, tflite.Conv2DOptions)
-    return {
-        "padding": _padding(o.Padding()),
-        "stride_h": int(o.StrideH()), "stride_w": int(o.StrideW()),
-        "dilation_h": int(o.DilationHFactor()), "dilation_w": int(o.DilationWFactor()),
-        "activation": _activation(o.FusedActivationFunction()),
-    }
-
-
-def _depthwise_options(op: Any) -> dict[str, Any]:
-    o = _required(op, tflite.DepthwiseConv2DOptions)
-    return {
-        "padding": _padding(o.Padding()),
-        "stride_h": int(o.StrideH()), "stride_w": int(o.StrideW()),
-        "dilation_h": int(o.DilationHFactor()), "dilation_w": int(o.DilationWFactor()),
-        "activation": _activation(o.FusedActivationFunction()),
-        "depth_multiplier": int(o.DepthMultiplier()),
-    }
-
-
-def _fc_options(op: Any) -> dict[str, Any]:
-    o = _table(op, tflite.FullyConnectedOptions)
-    if o is None:
-        return {"activation": "NONE", "keep_num_dims": False, "weights_format": "DEFAULT"}
-    formats = {0: "DEFAULT", 1: "SHUFFLED4x16INT8"}
-    return {
-        "activation": _activation(o.FusedActivationFunction()),
-        "keep_num_dims": bool(o.KeepNumDims()),
-        "weights_format": formats.get(int(o.WeightsFormat()), str(o.WeightsFormat())),
-    }
-
-
-def _pool_options(op: Any) -> dict[str, Any]:
-    o = _required(op, tflite.Pool2DOptions)
-    return {
-        "padding": _padding(o.Padding()),
-        "stride_h": int(o.StrideH()), "stride_w": int(o.StrideW()),
-        "filter_h": int(o.FilterHeight()), "filter_w": int(o.FilterWidth()),
-        "activation": _activation(o.FusedActivationFunction()),
-    }
-
-
-def _activation_only(cls: type) -> Callable[[Any], dict[str, Any]]:
-    def parse(op: Any) -> dict[str, Any]:
-        o = _table(op, cls)
-        return {"activation": _activation(o.FusedActivationFunction()) if o else "NONE"}
-    return parse
-
-
-def _concat_options(op: Any) -> dict[str, Any]:
-    o = _table(op, tflite.ConcatenationOptions)
-    return {"axis": int(o.Axis()) if o else 0,
-            "activation": _activation(o.FusedActivationFunction()) if o else "NONE"}
-
-
-def _reshape_options(op: Any) -> dict[str, Any]:
-    o = _table(op, tflite.ReshapeOptions)
-    if o is None or o.NewShapeLength() == 0:
-        return {"new_shape": None}
-    return {"new_shape": [int(o.NewShape(i)) for i in range(o.NewShapeLength())]}
-
-
-def _softmax_options(op: Any) -> dict[str, Any]:
-    beta = float(_required(op, tflite.SoftmaxOptions).Beta())
-    if not np.isfinite(beta):
-        raise ModelError(f"a SOFTMAX has beta {beta}, which is not finite; re-export the model")
-    return {"beta": beta}
-
-
-def _reducer_options(op: Any) -> dict[str, Any]:
-    o = _table(op, tflite.ReducerOptions)
-    return {"keep_dims": bool(o.KeepDims()) if o else False}
-
-
-_OPTION_PARSERS: dict[str, Callable[[Any], dict[str, Any]]] = {
-    "CONV_2D": _conv_options,
-    "DEPTHWISE_CONV_2D": _depthwise_options,
-    "FULLY_CONNECTED": _fc_options,
-    "AVERAGE_POOL_2D": _pool_options,
-    "MAX_POOL_2D": _pool_options,
-    "ADD": _activation_only(tflite.AddOptions),
-    "CONCATENATION": _concat_options,
-    "RESHAPE": _reshape_options,
-    "SOFTMAX": _softmax_options,
-    "MEAN": _reducer_options,
-}
-_OPTION_TYPES: dict[str, int] = {
-    "CONV_2D": tflite.BuiltinOptions.Conv2DOptions,
-    "DEPTHWISE_CONV_2D": tflite.BuiltinOptions.DepthwiseConv2DOptions,
-    "FULLY_CONNECTED": tflite.BuiltinOptions.FullyConnectedOptions,
-    "AVERAGE_POOL_2D": tflite.BuiltinOptions.Pool2DOptions,
-    "MAX_POOL_2D": tflite.BuiltinOptions.Pool2DOptions,
-    "ADD": tflite.BuiltinOptions.AddOptions,
-    "CONCATENATION": tflite.BuiltinOptions.ConcatenationOptions,
-    "RESHAPE": tflite.BuiltinOptions.ReshapeOptions,
-    "SOFTMAX": tflite.BuiltinOptions.SoftmaxOptions,
-    "MEAN": tflite.BuiltinOptions.ReducerOptions,
-    "PAD": tflite.BuiltinOptions.PadOptions,
-    "PADV2": tflite.BuiltinOptions.PadV2Options,
-    "QUANTIZE": tflite.BuiltinOptions.QuantizeOptions,
-    "DEQUANTIZE": tflite.BuiltinOptions.DequantizeOptions,
-}

@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import tflite
 
+from ..frontend import options as opt
 from ..frontend.graph import Graph, Operator
 from . import quant
 from .base import EmitContext, FloatContext, OpDef, c_int_list, kernel_name, register
@@ -160,5 +162,8 @@ def float_forward(fx: FloatContext, step: int, p: Any, ins: list[Any]) -> Any:
     return activation(a + b, p.op.options)
 
 
+OPTIONS = opt.OptionsDef(tflite.BuiltinOptions.AddOptions, opt.activation_only(tflite.AddOptions))
+
 OP = register(OpDef("ADD", prepare, reference, emit, macs, header="kernels/add.h",
-                    float_forward=float_forward, identity_gradient=True, fused_activation=True))
+                    float_forward=float_forward, identity_gradient=True, fused_activation=True,
+                    options=OPTIONS))

@@ -13,6 +13,8 @@ but with Prepare run on the host at compile time ("prepare once, run blind"):
   and `output` are C++ expressions of type int8_t* (pointers into the arena); constants go to flash
   through ctx.const_array().
 - macs(params) -> int: multiply-accumulates of one forward pass (0 for data movement).
+- options: the OptionsDef of its flatbuffer options table (its BuiltinOptions type and the
+  parser into op.options, frontend/options.py), which register() declares to the reader.
 - float_forward(ctx, step, prepared, ins) -> the float (TensorFlow) forward the fp32 training
   reference runs, from the op's options and ctx.variable(step, "weights"/"bias"); helpers in
   ops/float_common.py.
@@ -53,6 +55,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ..frontend.graph import Graph, ModelError, Operator
+from ..frontend.options import OptionsDef, declare
 
 
 class EmitContext(Protocol):
@@ -204,13 +207,19 @@ class OpDef:
     pass_through: bool = False
     fused_activation: bool = False
     trainable: Trainable | None = None
+    # The flatbuffer options table it carries and its parser (frontend/options.py); None when
+    # the operator has no options table (LOGISTIC).
+    options: OptionsDef | None = None
 
 
 REGISTRY: dict[str, OpDef] = {}
 
 
 def register(opdef: OpDef) -> OpDef:
+    """Add `opdef` to the registry and declare its options to the reader."""
     REGISTRY[opdef.opcode] = opdef
+    if opdef.options is not None:
+        declare(opdef.opcode, opdef.options)
     return opdef
 
 

@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import tflite
 
+from ..frontend import options as opt
 from ..frontend.graph import Graph, Operator
 from .base import (
     BackwardDef,
@@ -173,6 +175,15 @@ def float_forward(fx: FloatContext, step: int, p: Any, ins: list[Any]) -> Any:
                               axis=int(p.op.options.get("axis", 0)))
 
 
+def parse_options(op: Any) -> dict[str, Any]:
+    """ConcatenationOptions; axis 0 and no activation when absent."""
+    o = opt.table(op, tflite.ConcatenationOptions)
+    return {"axis": int(o.Axis()) if o else 0,
+            "activation": opt.activation(o.FusedActivationFunction()) if o else "NONE"}
+
+
+OPTIONS = opt.OptionsDef(tflite.BuiltinOptions.ConcatenationOptions, parse_options)
+
 OP = register(OpDef("CONCATENATION", prepare, reference, emit, macs,
                     header="kernels/concatenation.h", float_forward=float_forward,
-                    backward=BACKWARD))
+                    backward=BACKWARD, options=OPTIONS))

@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import tflite
 
+from ..frontend import options as opt
 from ..frontend.graph import Graph, Operator
 from . import common, param_train
 from .base import (
@@ -230,9 +232,22 @@ def float_forward(fx: FloatContext, step: int, p: Any, ins: list[Any]) -> Any:
     return activation(y + fx.variable(step, "bias"), o)
 
 
+def parse_options(op: Any) -> dict[str, Any]:
+    """Conv2DOptions; required, as TFLite would run a missing table with stride 0."""
+    o = opt.required(op, tflite.Conv2DOptions, "strides")
+    return {
+        "padding": opt.padding(o.Padding()),
+        "stride_h": int(o.StrideH()), "stride_w": int(o.StrideW()),
+        "dilation_h": int(o.DilationHFactor()), "dilation_w": int(o.DilationWFactor()),
+        "activation": opt.activation(o.FusedActivationFunction()),
+    }
+
+
+OPTIONS = opt.OptionsDef(tflite.BuiltinOptions.Conv2DOptions, parse_options)
+
 OPDEF = param_train.register_weighted(param_train.WeightedOp(
     "CONV_2D", header="kernels/conv2d.h", kernel="conv2d", tag="conv2d",
     prepare=prepare, reference=reference, emit=emit, macs=macs, float_forward=float_forward,
     struct=_struct, geometry=GEOMETRY, trainable_weights=trainable_weights,
-    check_accumulator=check_accumulator, input_grad_depth=input_grad_depth))
+    check_accumulator=check_accumulator, input_grad_depth=input_grad_depth, options=OPTIONS))
 BACKWARD = OPDEF.backward

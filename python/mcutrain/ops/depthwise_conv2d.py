@@ -16,7 +16,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import tflite
 
+from ..frontend import options as opt
 from ..frontend.graph import Graph, Operator
 from . import common, param_train
 from .base import (
@@ -227,11 +229,25 @@ def float_forward(fx: FloatContext, step: int, p: Any, ins: list[Any]) -> Any:
     return activation(y + fx.variable(step, "bias"), o)
 
 
+def parse_options(op: Any) -> dict[str, Any]:
+    """DepthwiseConv2DOptions; required, as TFLite would run a missing table with stride 0."""
+    o = opt.required(op, tflite.DepthwiseConv2DOptions, "strides")
+    return {
+        "padding": opt.padding(o.Padding()),
+        "stride_h": int(o.StrideH()), "stride_w": int(o.StrideW()),
+        "dilation_h": int(o.DilationHFactor()), "dilation_w": int(o.DilationWFactor()),
+        "activation": opt.activation(o.FusedActivationFunction()),
+        "depth_multiplier": int(o.DepthMultiplier()),
+    }
+
+
+OPTIONS = opt.OptionsDef(tflite.BuiltinOptions.DepthwiseConv2DOptions, parse_options)
+
 OPDEF = param_train.register_weighted(param_train.WeightedOp(
     "DEPTHWISE_CONV_2D", header="kernels/depthwise_conv2d.h", kernel="depthwise_conv2d",
     tag="dwconv2d",
     prepare=prepare, reference=reference, emit=emit, macs=macs, float_forward=float_forward,
     struct=_struct, geometry=GEOMETRY, trainable_weights=trainable_weights,
     check_accumulator=check_accumulator, input_grad_depth=input_grad_depth,
-    filter_channel_axis=3))
+    filter_channel_axis=3, options=OPTIONS))
 BACKWARD = OPDEF.backward

@@ -23,7 +23,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import tflite
 
+from ..frontend import options as opt
 from ..frontend.graph import Graph, ModelError, Operator
 from . import common, param_train, quant
 from .base import (
@@ -256,10 +258,25 @@ def float_forward(fx: FloatContext, step: int, p: Any, ins: list[Any]) -> Any:
     return activation(y, p.op.options)
 
 
+def parse_options(op: Any) -> dict[str, Any]:
+    """FullyConnectedOptions; TFLite's defaults when absent."""
+    o = opt.table(op, tflite.FullyConnectedOptions)
+    if o is None:
+        return {"activation": "NONE", "keep_num_dims": False, "weights_format": "DEFAULT"}
+    formats = {0: "DEFAULT", 1: "SHUFFLED4x16INT8"}
+    return {
+        "activation": opt.activation(o.FusedActivationFunction()),
+        "keep_num_dims": bool(o.KeepNumDims()),
+        "weights_format": formats.get(int(o.WeightsFormat()), str(o.WeightsFormat())),
+    }
+
+
+OPTIONS = opt.OptionsDef(tflite.BuiltinOptions.FullyConnectedOptions, parse_options)
+
 OPDEF = param_train.register_weighted(param_train.WeightedOp(
     "FULLY_CONNECTED", header="kernels/fully_connected.h", kernel="fully_connected", tag="fc",
     prepare=prepare, reference=reference, emit=emit, macs=macs, float_forward=float_forward,
     struct=_fc_struct, geometry=GEOMETRY, trainable_weights=trainable_weights,
     check_accumulator=check_accumulator, input_grad_depth=input_grad_depth,
-    check_trainable=check_trainable))
+    check_trainable=check_trainable, options=OPTIONS))
 BACKWARD = OPDEF.backward

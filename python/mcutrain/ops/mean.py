@@ -29,7 +29,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import tflite
 
+from ..frontend import options as opt
 from ..frontend.graph import Graph, Operator
 from . import quant
 from .base import (
@@ -207,5 +209,13 @@ def float_forward(fx: FloatContext, step: int, p: Any, ins: list[Any]) -> Any:
                                    keepdims=bool(p.op.options.get("keep_dims", False)))
 
 
+def parse_options(op: Any) -> dict[str, Any]:
+    """ReducerOptions; keep_dims false when absent."""
+    o = opt.table(op, tflite.ReducerOptions)
+    return {"keep_dims": bool(o.KeepDims()) if o else False}
+
+
+OPTIONS = opt.OptionsDef(tflite.BuiltinOptions.ReducerOptions, parse_options)
+
 OP = register(OpDef("MEAN", prepare, reference, emit, macs, header="kernels/mean.h",
-                    float_forward=float_forward, backward=BACKWARD))
+                    float_forward=float_forward, backward=BACKWARD, options=OPTIONS))

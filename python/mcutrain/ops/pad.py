@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import tflite
 
+from ..frontend import options as opt
 from ..frontend.graph import Graph, Operator, Tensor
 from .base import (
     BackwardDef,
@@ -167,7 +169,10 @@ def float_forward(fx: FloatContext, step: int, p: Any, ins: list[Any]) -> Any:
     return tf.pad(ins[0], pads.tolist(), constant_values=value)
 
 
+# No fields (the paddings are an input), but the reader checks the table's type.
 PAD = register(OpDef("PAD", prepare, reference, emit, macs, header="kernels/pad.h",
-                     float_forward=float_forward, backward=_PAD_BACKWARD))
+                     float_forward=float_forward, backward=_PAD_BACKWARD,
+                     options=opt.OptionsDef(tflite.BuiltinOptions.PadOptions)))
 PADV2 = register(OpDef("PADV2", prepare, reference, emit, macs, header="kernels/pad.h",
-                       float_forward=float_forward, backward=_PAD_BACKWARD))
+                       float_forward=float_forward, backward=_PAD_BACKWARD,
+                       options=opt.OptionsDef(tflite.BuiltinOptions.PadV2Options)))

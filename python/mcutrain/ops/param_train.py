@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from ..frontend.options import OptionsDef
 from .base import (
     BackwardDef,
     Emit,
@@ -236,6 +237,7 @@ class WeightedOp:
     # Raises ModelError when the prepared operator cannot train at all (checked by every
     # backward entry point).
     check_trainable: Callable[[Any], None] = _trains_anything
+    options: OptionsDef | None = None  # its flatbuffer options (frontend/options.py)
 
 
 def _backward_def(d: WeightedOp) -> BackwardDef:
@@ -267,4 +269,4 @@ def register_weighted(d: WeightedOp) -> OpDef:
                       filter_channel_axis=d.filter_channel_axis)
     return register(OpDef(d.opcode, d.prepare, d.reference, d.emit, d.macs, header=d.header,
                           float_forward=d.float_forward, backward=_backward_def(d),
-                          fused_activation=True, trainable=facts))
+                          fused_activation=True, trainable=facts, options=d.options))

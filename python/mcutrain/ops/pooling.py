@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import tflite
 
+from ..frontend import options as opt
 from ..frontend.graph import Graph, Operator
 from .base import (
     BackwardDef,
@@ -274,9 +276,22 @@ def _float_pool(kind: str) -> FloatForward:
     return run
 
 
+def parse_options(op: Any) -> dict[str, Any]:
+    """Pool2DOptions; required, as TFLite would run a missing table with a 0x0 filter."""
+    o = opt.required(op, tflite.Pool2DOptions, "filter size")
+    return {
+        "padding": opt.padding(o.Padding()),
+        "stride_h": int(o.StrideH()), "stride_w": int(o.StrideW()),
+        "filter_h": int(o.FilterHeight()), "filter_w": int(o.FilterWidth()),
+        "activation": opt.activation(o.FusedActivationFunction()),
+    }
+
+
+OPTIONS = opt.OptionsDef(tflite.BuiltinOptions.Pool2DOptions, parse_options)
+
 AVG = register(OpDef("AVERAGE_POOL_2D", prepare, reference_avg, _emitter("avg_pool_s8"), macs,
                      header="kernels/pooling.h", float_forward=_float_pool("avg"),
-                     backward=AVG_BACKWARD, fused_activation=True))
+                     backward=AVG_BACKWARD, fused_activation=True, options=OPTIONS))
 MAX = register(OpDef("MAX_POOL_2D", prepare, reference_max, _emitter("max_pool_s8"), macs,
                      header="kernels/pooling.h", float_forward=_float_pool("max"),
-                     backward=MAX_BACKWARD, fused_activation=True))
+                     backward=MAX_BACKWARD, fused_activation=True, options=OPTIONS))

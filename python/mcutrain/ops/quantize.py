@@ -11,7 +11,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import tflite
 
+from ..frontend import options as opt
 from ..frontend.graph import Graph, Operator
 from . import quant
 from .base import EmitContext, FloatContext, OpDef, c_int_list, kernel_name, register
@@ -72,5 +74,9 @@ def float_forward(fx: FloatContext, step: int, p: Any, ins: list[Any]) -> Any:
     return ins[0]  # int8 -> int8 QUANTIZE only rescales: the real value is unchanged
 
 
+# No fields, but the reader checks that the table is QuantizeOptions.
+OPTIONS = opt.OptionsDef(tflite.BuiltinOptions.QuantizeOptions)
+
 OP = register(OpDef("QUANTIZE", prepare, reference, emit, macs, header="kernels/quantize.h",
-                    float_forward=float_forward, identity_gradient=True, pass_through=True))
+                    float_forward=float_forward, identity_gradient=True, pass_through=True,
+                    options=OPTIONS))

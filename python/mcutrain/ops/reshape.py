@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import tflite
 
+from ..frontend import options as opt
 from ..frontend.graph import Graph, Operator
 from .base import EmitContext, FloatContext, OpDef, register
 from .common import fail, output_tensor, tensor_at
@@ -87,5 +89,16 @@ def float_forward(fx: FloatContext, step: int, p: Any, ins: list[Any]) -> Any:
     return tf_module().reshape(ins[0], [-1, *shape[1:]])
 
 
+def parse_options(op: Any) -> dict[str, Any]:
+    """ReshapeOptions' new_shape, None when absent or empty (the shape input then rules)."""
+    o = opt.table(op, tflite.ReshapeOptions)
+    if o is None or o.NewShapeLength() == 0:
+        return {"new_shape": None}
+    return {"new_shape": [int(o.NewShape(i)) for i in range(o.NewShapeLength())]}
+
+
+OPTIONS = opt.OptionsDef(tflite.BuiltinOptions.ReshapeOptions, parse_options)
+
 OP = register(OpDef("RESHAPE", prepare, reference, emit, macs, header="", aliases_input=True,
-                    float_forward=float_forward, identity_gradient=True, pass_through=True))
+                    float_forward=float_forward, identity_gradient=True, pass_through=True,
+                    options=OPTIONS))

@@ -28,10 +28,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+import tflite
 
-from ..frontend.graph import Graph, Operator
+from ..frontend import options as opt
+from ..frontend.graph import Graph, ModelError, Operator
 from . import quant
 from .base import EmitContext, OpDef, kernel_name, register
 from .common import fail, output_tensor, require_int8_activation, struct_init, wrap_int32
@@ -199,4 +202,15 @@ def macs(params: SoftmaxParams) -> int:
     return params.rows * params.depth
 
 
-OP = register(OpDef("SOFTMAX", prepare, reference, emit, macs, header="kernels/softmax.h"))
+def parse_options(op: Any) -> dict[str, Any]:
+    """SoftmaxOptions; required (TFLite would run a missing table with beta 0), beta finite."""
+    beta = float(opt.required(op, tflite.SoftmaxOptions, "beta").Beta())
+    if not np.isfinite(beta):
+        raise ModelError(f"a SOFTMAX has beta {beta}, which is not finite; re-export the model")
+    return {"beta": beta}
+
+
+OPTIONS = opt.OptionsDef(tflite.BuiltinOptions.SoftmaxOptions, parse_options)
+
+OP = register(OpDef("SOFTMAX", prepare, reference, emit, macs, header="kernels/softmax.h",
+                    options=OPTIONS))
