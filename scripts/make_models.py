@@ -291,6 +291,23 @@ def wide_logits_model(tf: Any) -> Any:
     return tf.keras.Model(x, layers.Dense(4)(t), name="wide_logits")
 
 
+def logistic_padv2_model(tf: Any) -> Any:
+    """LOGISTIC (a Keras sigmoid between two convolutions) and PADV2 (a pad with a non-zero
+    fill value), so a shipped model runs and trains through both on the board."""
+    layers = tf.keras.layers
+
+    class FillPad(layers.Layer):  # a Layer, not a Lambda: convert_int8 clones the model
+        def call(self, v: Any) -> Any:
+            return tf.pad(v, [[0, 0], [1, 1], [1, 1], [0, 0]], constant_values=0.25)
+
+    x = tf.keras.Input((6, 6, 2))
+    t = layers.Activation("sigmoid")(layers.Conv2D(4, 3, padding="same")(x))
+    t = FillPad()(t)
+    t = layers.Conv2D(6, 3, strides=2, activation="relu")(t)
+    y = layers.Softmax()(layers.Dense(3)(layers.Flatten()(t)))
+    return tf.keras.Model(x, y, name="logistic_padv2")
+
+
 @dataclass(frozen=True)
 class TestModel:
     name: str
@@ -304,6 +321,7 @@ TEST_MODELS = (
     TestModel("residual_dw_f32io", residual_dw_model, int8_io=False, per_channel=True),
     TestModel("concat_pool_pertensor_int8", concat_pool_model, int8_io=True, per_channel=False),
     TestModel("wide_logits_int8", wide_logits_model, int8_io=True, per_channel=True, logits=True),
+    TestModel("logistic_padv2_int8", logistic_padv2_model, int8_io=True, per_channel=True),
 )
 
 

@@ -25,6 +25,7 @@ INFERENCE_ARENA = {
     "har_cnn1d_int8": 1536,
     "mobilenetv2_w035_128_int8": 245760,
     "test/concat_pool_pertensor_int8": 3072,
+    "test/logistic_padv2_int8": 432,
     "test/residual_dw_f32io": 8192,
     "test/wide_logits_int8": 960,
     "third_party/arduino_magic_wand_int8": 7168,
@@ -51,6 +52,7 @@ TRAINING = {
     ("third_party/tflm_hello_world_int8", "schemes/full_mse.json"): (192, 420),
     ("test/wide_logits_int8", "schemes/full_stochastic.json"): (4944, 7040),
     ("test/wide_logits_int8", "schemes/fp32_classifier.json"): (4912, 2032),
+    ("test/logistic_padv2_int8", "schemes/full_stochastic.json"): (1824, 504),
 }
 
 

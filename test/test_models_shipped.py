@@ -23,7 +23,8 @@ FLOAT_IO = {"test/residual_dw_f32io.tflite"}
 
 SUPPORTED_OPS = {
     "CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "AVERAGE_POOL_2D", "MAX_POOL_2D",
-    "MEAN", "RESHAPE", "SOFTMAX", "PAD", "CONCATENATION", "QUANTIZE", "DEQUANTIZE",
+    "MEAN", "RESHAPE", "SOFTMAX", "PAD", "PADV2", "LOGISTIC", "CONCATENATION", "QUANTIZE",
+    "DEQUANTIZE",
 }
 _OPTIONS = {v: k for k, v in vars(tflite.BuiltinOptions).items() if isinstance(v, int)}
 _ACTS = {v: k for k, v in vars(tflite.ActivationFunctionType).items() if isinstance(v, int)}

@@ -41,6 +41,8 @@ CASES = [
     # cross-entropy on FULLY_CONNECTED logits; a first layer whose dx would overflow trains
     ("test/wide_logits_int8", "full_stochastic"),
     ("test/wide_logits_int8", "fp32_classifier"),  # float FC on logits, INFER returns logits
+    # LOGISTIC and PADV2 backward (the sigmoid between two trained convolutions)
+    ("test/logistic_padv2_int8", "full_stochastic"),
 ]
 
 
