@@ -61,7 +61,7 @@ def declared(opcode: str) -> OptionsDef | None:
     one nobody implements (the compiler refuses those by name later)."""
     if not _DECLARED:
         raise RuntimeError("no operator declared its options: mcutrain.ops.load_all() has not run "
-                           "(import the package as `mcutrain`, whose __init__ loads the operators)")
+                           "(mcutrain/__init__.py runs it on import; keep that call)")
     return _DECLARED.get(opcode, FRONTEND_OPERATORS.get(opcode))
 
 
