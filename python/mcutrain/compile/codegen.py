@@ -8,6 +8,9 @@ arena offsets fixed at compile time. No interpreter, no allocator.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from typing import Any
+
 from ..frontend.graph import Tensor
 from ..ops.base import KernelVariant, StepContext
 from ..ops.cxx import ConstPool, c_float, indent
@@ -34,7 +37,9 @@ def generate_model_source(model: CompiledModel) -> tuple[str, int]:
     for step, p in enumerate(model.ops):
         if step in streamed:
             if step == streamed[step].first:
-                calls.append(stream_block(model, pool, streamed[step]))
+                calls.append(stream_block(
+                    model, streamed[step], pool, model.planner, lambda t: _arena_ptr(model, t),
+                    [p.variant for p in model.ops], lambda s: model.ops[s].params))
             continue
         ins = [_arena_ptr(model, t) for t in p.inputs]
         out = _arena_ptr(model, p.output)
@@ -56,17 +61,20 @@ def generate_model_source(model: CompiledModel) -> tuple[str, int]:
     return text, pool.nbytes
 
 
-def stream_block(model: CompiledModel, pool: ConstPool, stream: Stream) -> str:
+def stream_block(model: CompiledModel, stream: Stream, pool: ConstPool, planner: ArenaPlanner,
+                 act: Callable[[int], str], variants: Sequence[KernelVariant],
+                 params: Callable[[int], Any]) -> str:
     """C++ running the stream's steps band by band (compile/streaming.py): a table of the rows
     each step has computed after every iteration, one RowWindow per tensor, one band per step
-    and iteration where its row count moves."""
+    and iteration where its row count moves. `act(tensor)` is a tensor's arena address,
+    `variants[step]` and `params(step)` what a step's kernel is called with."""
     g, ops = model.graph, model.ops
     n = len(stream.steps)
     if max(max(r) for r in stream.rows) > 0xFFFF:
         raise ValueError("a streamed tensor has more than 65535 rows")
     table = ",\n".join("    {" + ", ".join(map(str, r)) + "}" for r in stream.rows)
     lines = [f"// [{stream.first}..{stream.last}] row-streamed: {n} operators in "
-             f"{len(stream.rows)} iterations",
+             f"{len(stream.rows)} iterations (docs/memory.md)",
              "{",
              f"  static const uint16_t kRows[{len(stream.rows)}][{n}] = {{\n{table}\n  }};"]
     made = {ops[s].output for s in stream.steps}
@@ -75,14 +83,15 @@ def stream_block(model: CompiledModel, pool: ConstPool, stream: Stream) -> str:
         rows = g.tensors[tid].shape[1]
         capacity = stream.windows.get(tid, rows)
         held = 0 if tid in made else rows
-        lines.append(f"  mt::RowWindow w{tid} = {{{_arena_ptr(model, tid)}, "
-                     f"{row_bytes(g, tid)}, {capacity}, 0, {held}}};")
+        lines.append(f"  mt::RowWindow w{tid} = {{{act(tid)}, {row_bytes(g, tid)}, {capacity}, "
+                     f"0, {held}}};")
     lines += [f"  int32_t done[{n}] = {{}};",
               f"  for (int32_t t = 0; t < {len(stream.rows)}; ++t) {{"]
     for k, step in enumerate(stream.steps):
         p = ops[step]
-        ctx = step_context(pool, p.variant, model.planner, scratch_buffer(step))
-        band = p.opdef.rows.emit(p.params, ctx, [f"w{t}" for t in p.inputs], "out", "y0", "y1")
+        ctx = step_context(pool, variants[step], planner, scratch_buffer(step))
+        band = p.opdef.rows.emit(params(step), ctx, [f"w{t}" for t in p.inputs], "out", "y0",
+                                 "y1")
         lines += [f"    // [{step}] {p.op.opcode} (operator {p.op.index}) -> tensor {p.output}",
                   f"    if (kRows[t][{k}] > done[{k}]) {{",
                   f"      const int32_t y0 = done[{k}], y1 = kRows[t][{k}];",

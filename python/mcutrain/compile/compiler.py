@@ -15,7 +15,7 @@ from ..frontend.tflite_reader import read_tflite
 from ..ops.base import REF, KernelVariant, OpDef, choose_variant, lookup
 from ..ops.quant import ScaleRangeError
 from .memory_plan import ArenaPlanner
-from .streaming import Stream, candidates, check_schedule, refine, row_bytes
+from .streaming import Stream, candidates, check_schedule, refine, spans, window_bytes
 
 
 @dataclass
@@ -167,15 +167,6 @@ def _overlap(a: Stream, b: Stream) -> bool:
     return a.first <= b.last + 1 and b.first <= a.last + 1
 
 
-def _spans(ops: list[PreparedOp], streams: tuple[Stream, ...]) -> list[tuple[int, int]]:
-    """Each step's [first, last] of steps it is live during: its own step, or its stream's."""
-    spans = [(step, step) for step in range(len(ops))]
-    for s in streams:
-        for step in s.steps:
-            spans[step] = (s.first, s.last)
-    return spans
-
-
 def _lifetimes(graph: Graph, ops: list[PreparedOp], buffer_of: dict[int, str],
                streams: tuple[Stream, ...]) -> dict[str, list[int]]:
     lifetimes: dict[str, list[int]] = {}
@@ -185,7 +176,7 @@ def _lifetimes(graph: Graph, ops: list[PreparedOp], buffer_of: dict[int, str],
         span[0], span[1] = min(span[0], step), max(span[1], step)
 
     touch(graph.inputs[0], -1)
-    for p, (first, last) in zip(ops, _spans(ops, streams), strict=True):
+    for p, (first, last) in zip(ops, spans(len(ops), streams), strict=True):
         for tid in (*p.inputs, p.output):
             touch(tid, first)
             touch(tid, last)
@@ -196,9 +187,7 @@ def _lifetimes(graph: Graph, ops: list[PreparedOp], buffer_of: dict[int, str],
 def _sizes(graph: Graph, tensor_of: dict[str, int], buffer_of: dict[int, str],
            streams: tuple[Stream, ...]) -> dict[str, int]:
     sizes = {name: graph.tensors[tid].nbytes for name, tid in tensor_of.items()}
-    for s in streams:
-        for tid, rows in s.windows.items():
-            sizes[buffer_of[tid]] = rows * row_bytes(graph, tid)
+    sizes.update({buffer_of[tid]: size for tid, size in window_bytes(graph, streams).items()})
     return sizes
 
 
@@ -207,9 +196,7 @@ def _live_peak(graph: Graph, ops: list[PreparedOp], buffer_of: dict[int, str],
     """The most bytes live at one step (`whole`: each buffer's size without streams): a lower
     bound of the arena, cheap enough to rank every candidate stream."""
     sizes = dict(whole)
-    for s in streams:
-        for tid, rows in s.windows.items():
-            sizes[buffer_of[tid]] = rows * row_bytes(graph, tid)
+    sizes.update({buffer_of[tid]: size for tid, size in window_bytes(graph, streams).items()})
     live = [0] * (len(ops) + 2)
     for name, (first, last) in _lifetimes(graph, ops, buffer_of, streams).items():
         for step in range(first + 1, last + 2):
@@ -224,7 +211,7 @@ def _plan(graph: Graph, ops: list[PreparedOp], buffer_of: dict[int, str],
     planner = ArenaPlanner(alignment)
     for name, (first, last) in _lifetimes(graph, ops, buffer_of, streams).items():
         planner.add_buffer(name, sizes[name], first, last)
-    for (first, last), (step, p) in zip(_spans(ops, streams), enumerate(ops), strict=True):
+    for (first, last), (step, p) in zip(spans(len(ops), streams), enumerate(ops), strict=True):
         size = scratch_size(p.variant, p.params)
         if size:
             planner.add_buffer(scratch_buffer(step), size, first, last)

@@ -98,6 +98,53 @@ def candidates(graph: Graph, ops: Sequence[Any]) -> list[Stream]:
     return found
 
 
+def plan_stream(graph: Graph, ops: Sequence[Any], first: int, last: int) -> Stream | None:
+    """The stream of steps [first, last] with its refined schedule, None if it is not valid."""
+    geoms = geometries(ops)
+    if any(g is None for g in geoms[first:last + 1]) or last <= first:
+        return None
+    readers = _readers(graph, ops)
+    if not _valid(ops, readers, first, last) or graph.tensors[ops[last].output].shape[1] < 2:
+        return None
+    rows = tuple(tuple(t) for t in _targets(ops, geoms, first, last))
+    lazy = Stream(first=first, last=last, rows=rows,
+                  windows=_capacities(ops, geoms, readers, first, last, rows))
+    return refine(graph, ops, lazy)
+
+
+def avoiding(graph: Graph, ops: Sequence[Any], streams: Sequence[Stream],
+             steps: set[int]) -> tuple[Stream, ...]:
+    """`streams` cut short before the first of `steps` each contains (a training step must
+    keep those steps' tensors whole), dropping any that cannot stream then."""
+    kept = []
+    for stream in streams:
+        inside = [s for s in stream.steps if s in steps]
+        if not inside:
+            kept.append(stream)
+            continue
+        for last in range(min(inside) - 1, stream.first, -1):
+            cut = plan_stream(graph, ops, stream.first, last)
+            if cut is not None:
+                kept.append(cut)
+                break
+    return tuple(kept)
+
+
+def spans(n_steps: int, streams: Sequence[Stream]) -> list[tuple[int, int]]:
+    """Each step's [first, last] of steps its buffers are live during: its own step, or its
+    stream's (a stream's steps all run in one loop)."""
+    found = [(step, step) for step in range(n_steps)]
+    for s in streams:
+        for step in s.steps:
+            found[step] = (s.first, s.last)
+    return found
+
+
+def window_bytes(graph: Graph, streams: Sequence[Stream]) -> dict[int, int]:
+    """Tensor id -> bytes of its window, for every windowed tensor of `streams`."""
+    return {tid: rows * row_bytes(graph, tid) for s in streams for tid, rows in s.windows.items()}
+
+
 def refine(graph: Graph, ops: Sequence[Any], stream: Stream) -> Stream:
     """`stream` with each target reached in sweeps that advance every step by at most one row
     whose inputs are ready, so no step computes a burst of rows ahead of its readers (a burst
