@@ -7,6 +7,7 @@ MCUTRAIN_TRAIN= to override a configured scheme with none). Paths are relative t
 directory.
 """
 
+import json
 import os
 import sys
 import traceback
@@ -19,7 +20,7 @@ sys.path.insert(0, str(PROJECT_DIR / "python"))
 
 from mcutrain.build import generate_for_build  # noqa: E402
 from mcutrain.compile.firmware_size import stack_bytes_from_flags  # noqa: E402
-from mcutrain.compile.report import BoardLimits  # noqa: E402
+from mcutrain.compile.report import BoardLimits, arena_summary  # noqa: E402
 from mcutrain.frontend.graph import ModelError  # noqa: E402
 
 
@@ -93,6 +94,8 @@ def main() -> None:
         return
     state = "generated" if result.regenerated else "up to date"
     print(f"mcutrain: {model_path.name}: model code {state} in {result.generated_dir}")
+    print(f"mcutrain: {model_path.name}: "
+          f"{arena_summary(json.loads(result.report_path.read_text()))}")
     env.BuildSources(str(build_dir / "generated_obj"), str(result.generated_dir))  # noqa: F821
 
 

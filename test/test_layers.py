@@ -78,7 +78,9 @@ def test_costs_are_what_the_fit_check_needs() -> None:
 def test_table_names_work_in_a_scheme(capsys: pytest.CaptureFixture) -> None:
     assert main(["layers", str(MOBILENET)]) == 0
     out = capsys.readouterr().out
-    assert "53 parametric layers" in out and "no scheme fits (1024 B over" in out, out[:800]
+    # Row-streamed, MobileNetV2's forward pass leaves room in the 256 KB training budget.
+    assert "53 parametric layers" in out and "Training budget 262144 B: a scheme may add" in out, \
+        out[:800]
     rows = [line.split() for line in out.splitlines() if line[:4].strip().isdigit()]
     assert len(rows) == 53
     model = compile_model(MOBILENET)

@@ -23,12 +23,12 @@ FIXTURE_SCHEMES = ROOT / "test" / "fixtures" / "schemes"
 # Inference arena bytes, by model path under models/ without ".tflite".
 INFERENCE_ARENA = {
     "har_cnn1d_int8": 1536,
-    "mobilenetv2_w035_128_int8": 245760,
+    "mobilenetv2_w035_128_int8": 79616,
     "test/concat_pool_pertensor_int8": 3072,
     "test/logistic_padv2_int8": 432,
-    "test/residual_dw_f32io": 8192,
-    "test/wide_logits_int8": 960,
-    "third_party/arduino_magic_wand_int8": 7168,
+    "test/residual_dw_f32io": 4640,
+    "test/wide_logits_int8": 528,
+    "third_party/arduino_magic_wand_int8": 5632,
     "third_party/tflm_hello_world_int8": 32,
     "third_party/tflm_micro_speech_int8": 5968,
 }
@@ -48,7 +48,7 @@ TRAINING = {
     ("test/residual_dw_f32io", "schemes/full_stochastic.json"): (32384, 824),
     ("test/concat_pool_pertensor_int8", "schemes/full_stochastic.json"): (25600, 3852),
     ("third_party/tflm_micro_speech_int8", "schemes/bias_only.json"): (16528, 48),
-    ("third_party/arduino_magic_wand_int8", "schemes/last2.json"): (7168, 19368),
+    ("third_party/arduino_magic_wand_int8", "schemes/last2.json"): (6528, 19368),
     ("third_party/tflm_hello_world_int8", "schemes/full_mse.json"): (192, 420),
     ("test/wide_logits_int8", "schemes/full_stochastic.json"): (4944, 7040),
     ("test/wide_logits_int8", "schemes/fp32_classifier.json"): (4912, 2032),

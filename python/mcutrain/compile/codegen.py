@@ -8,11 +8,15 @@ arena offsets fixed at compile time. No interpreter, no allocator.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from typing import Any
+
 from ..frontend.graph import Tensor
 from ..ops.base import KernelVariant, StepContext
 from ..ops.cxx import ConstPool, c_float, indent
 from .compiler import CompiledModel, scratch_buffer
 from .memory_plan import ArenaPlanner
+from .streaming import Stream, row_bytes
 
 
 def tensor_desc(t: Tensor) -> str:
@@ -27,8 +31,16 @@ def generate_model_source(model: CompiledModel) -> tuple[str, int]:
     """The model's C++ source text and the bytes of flash constants it defines."""
     pool = ConstPool()
     calls = []
-    headers = sorted({h for p in model.ops for h in (p.opdef.header, p.variant.header) if h})
+    headers = sorted({h for p in model.ops for h in (p.opdef.header, p.variant.header) if h}
+                     | ({"runtime/row_window.h"} if model.streams else set()))
+    streamed = {step: s for s in model.streams for step in s.steps}
     for step, p in enumerate(model.ops):
+        if step in streamed:
+            if step == streamed[step].first:
+                calls.append(stream_block(
+                    model, streamed[step], pool, model.planner, lambda t: _arena_ptr(model, t),
+                    [p.variant for p in model.ops], lambda s: model.ops[s].params))
+            continue
         ins = [_arena_ptr(model, t) for t in p.inputs]
         out = _arena_ptr(model, p.output)
         ctx = step_context(pool, p.variant, model.planner, scratch_buffer(step))
@@ -47,6 +59,48 @@ def generate_model_source(model: CompiledModel) -> tuple[str, int]:
         calls="\n".join(calls),
     )
     return text, pool.nbytes
+
+
+def stream_block(model: CompiledModel, stream: Stream, pool: ConstPool, planner: ArenaPlanner,
+                 act: Callable[[int], str], variants: Sequence[KernelVariant],
+                 params: Callable[[int], Any]) -> str:
+    """C++ running the stream's steps band by band (compile/streaming.py): a table of the rows
+    each step has computed after every iteration, one RowWindow per tensor, one band per step
+    and iteration where its row count moves. `act(tensor)` is a tensor's arena address,
+    `variants[step]` and `params(step)` what a step's kernel is called with."""
+    g, ops = model.graph, model.ops
+    n = len(stream.steps)
+    if max(max(r) for r in stream.rows) > 0xFFFF:
+        raise ValueError("a streamed tensor has more than 65535 rows")
+    table = ",\n".join("    {" + ", ".join(map(str, r)) + "}" for r in stream.rows)
+    lines = [f"// [{stream.first}..{stream.last}] row-streamed: {n} operators in "
+             f"{len(stream.rows)} iterations (docs/memory.md)",
+             "{",
+             f"  static const uint16_t kRows[{len(stream.rows)}][{n}] = {{\n{table}\n  }};"]
+    made = {ops[s].output for s in stream.steps}
+    tensors = dict.fromkeys(t for s in stream.steps for t in (*ops[s].inputs, ops[s].output))
+    for tid in tensors:
+        rows = g.tensors[tid].shape[1]
+        capacity = stream.windows.get(tid, rows)
+        held = 0 if tid in made else rows
+        lines.append(f"  mt::RowWindow w{tid} = {{{act(tid)}, {row_bytes(g, tid)}, {capacity}, "
+                     f"0, {held}}};")
+    lines += [f"  int32_t done[{n}] = {{}};",
+              f"  for (int32_t t = 0; t < {len(stream.rows)}; ++t) {{"]
+    for k, step in enumerate(stream.steps):
+        p = ops[step]
+        ctx = step_context(pool, variants[step], planner, scratch_buffer(step))
+        band = p.opdef.rows.emit(params(step), ctx, [f"w{t}" for t in p.inputs], "out", "y0",
+                                 "y1")
+        lines += [f"    // [{step}] {p.op.opcode} (operator {p.op.index}) -> tensor {p.output}",
+                  f"    if (kRows[t][{k}] > done[{k}]) {{",
+                  f"      const int32_t y0 = done[{k}], y1 = kRows[t][{k}];",
+                  f"      int8_t* out = mt::RowWindowAppend(w{p.output}, y1 - y0);",
+                  indent(band.strip(), 6),
+                  f"      done[{k}] = y1;",
+                  "    }"]
+    lines += ["  }", "}"]
+    return indent("\n".join(lines), 2)
 
 
 def step_context(pool: ConstPool, variant: KernelVariant, planner: ArenaPlanner,

@@ -15,6 +15,7 @@ from ..frontend.tflite_reader import read_tflite
 from ..ops.base import REF, KernelVariant, OpDef, choose_variant, lookup
 from ..ops.quant import ScaleRangeError
 from .memory_plan import ArenaPlanner
+from .streaming import Stream, candidates, check_schedule, refine, spans, window_bytes
 
 
 @dataclass
@@ -39,6 +40,10 @@ class CompiledModel:
     buffer_of: dict[int, str] = field(default_factory=dict)  # tensor id -> arena buffer name
     # arena buffer -> the tensor it was made for (an aliasing output shares its input's buffer)
     tensor_of: dict[str, int] = field(default_factory=dict)
+    # Steps run row-streamed (compile/streaming.py), in schedule order, none overlapping.
+    streams: tuple[Stream, ...] = ()
+    # The arena layer-by-layer execution would need (equal to the arena without streams).
+    whole_arena_bytes: int = 0
 
     @property
     def input(self) -> int:
@@ -74,14 +79,22 @@ def scratch_size(variant: KernelVariant, params: Any) -> int:
     return size
 
 
-def compile_model(source: str | Path | bytes, alignment: int = 16) -> CompiledModel:
+def compile_model(source: str | Path | bytes, alignment: int = 16,
+                  streaming: bool = True) -> CompiledModel:
+    """Read, prepare and plan a model. With `streaming`, chains of operators whose tensors would
+    otherwise dominate the arena run row-streamed (compile/streaming.py) when that makes the
+    arena smaller; without it every tensor is whole (layer by layer)."""
     graph = strip_io_conversions(read_tflite(source))
     check_deployable(graph)
     ops = [_prepare(op, graph) for op in graph.operators]
     buffer_of, tensor_of = _assign_buffers(graph, ops)
-    planner = _plan(graph, ops, buffer_of, tensor_of, alignment)
+    whole = _plan(graph, ops, buffer_of, tensor_of, alignment)
+    streams, planner = ((), whole)
+    if streaming:
+        streams, planner = _choose_streams(graph, ops, buffer_of, tensor_of, alignment, whole)
     return CompiledModel(graph=graph, ops=ops, planner=planner, buffer_of=buffer_of,
-                         tensor_of=tensor_of)
+                         tensor_of=tensor_of, streams=streams,
+                         whole_arena_bytes=whole.arena_bytes())
 
 
 def _prepare(op: Operator, graph: Graph) -> PreparedOp:
@@ -119,8 +132,43 @@ def _assign_buffers(graph: Graph,
     return buffer_of, tensor_of
 
 
-def _plan(graph: Graph, ops: list[PreparedOp], buffer_of: dict[int, str],
-          tensor_of: dict[str, int], alignment: int) -> ArenaPlanner:
+# At most this many streams are planned exactly; the rest are ranked by a cheap bound first.
+_EXACT_PLANS = 24
+
+
+def _choose_streams(graph: Graph, ops: list[PreparedOp], buffer_of: dict[int, str],
+                    tensor_of: dict[str, int], alignment: int,
+                    whole: ArenaPlanner) -> tuple[tuple[Stream, ...], ArenaPlanner]:
+    """The streams that give the smallest arena, added one at a time while each makes it
+    smaller (`whole`: the plan without streams), and their plan."""
+    best = whole
+    chosen: tuple[Stream, ...] = ()
+    pool = candidates(graph, ops)
+    sizes = _sizes(graph, tensor_of, buffer_of, ())
+    while True:
+        free = [s for s in pool if not any(_overlap(s, c) for c in chosen)]
+        ranked = sorted(free, key=lambda s: _live_peak(graph, ops, buffer_of, sizes,
+                                                        (*chosen, s)))
+        found = None
+        for stream in ranked[:_EXACT_PLANS]:
+            trial = tuple(sorted((*chosen, refine(graph, ops, stream)), key=lambda s: s.first))
+            planner = _plan(graph, ops, buffer_of, tensor_of, alignment, trial)
+            if planner.arena_bytes() < best.arena_bytes():
+                best, found = planner, trial
+        if found is None:
+            break
+        chosen = found
+    for stream in chosen:
+        check_schedule(graph, ops, stream)
+    return chosen, best
+
+
+def _overlap(a: Stream, b: Stream) -> bool:
+    return a.first <= b.last + 1 and b.first <= a.last + 1
+
+
+def _lifetimes(graph: Graph, ops: list[PreparedOp], buffer_of: dict[int, str],
+               streams: tuple[Stream, ...]) -> dict[str, list[int]]:
     lifetimes: dict[str, list[int]] = {}
 
     def touch(tid: int, step: int) -> None:
@@ -128,17 +176,44 @@ def _plan(graph: Graph, ops: list[PreparedOp], buffer_of: dict[int, str],
         span[0], span[1] = min(span[0], step), max(span[1], step)
 
     touch(graph.inputs[0], -1)
-    for step, p in enumerate(ops):
-        for tid in p.inputs:
-            touch(tid, step)
-        touch(p.output, step)
+    for p, (first, last) in zip(ops, spans(len(ops), streams), strict=True):
+        for tid in (*p.inputs, p.output):
+            touch(tid, first)
+            touch(tid, last)
     touch(graph.outputs[0], len(ops))
+    return lifetimes
+
+
+def _sizes(graph: Graph, tensor_of: dict[str, int], buffer_of: dict[int, str],
+           streams: tuple[Stream, ...]) -> dict[str, int]:
+    sizes = {name: graph.tensors[tid].nbytes for name, tid in tensor_of.items()}
+    sizes.update({buffer_of[tid]: size for tid, size in window_bytes(graph, streams).items()})
+    return sizes
+
+
+def _live_peak(graph: Graph, ops: list[PreparedOp], buffer_of: dict[int, str],
+               whole: dict[str, int], streams: tuple[Stream, ...]) -> int:
+    """The most bytes live at one step (`whole`: each buffer's size without streams): a lower
+    bound of the arena, cheap enough to rank every candidate stream."""
+    sizes = dict(whole)
+    sizes.update({buffer_of[tid]: size for tid, size in window_bytes(graph, streams).items()})
+    live = [0] * (len(ops) + 2)
+    for name, (first, last) in _lifetimes(graph, ops, buffer_of, streams).items():
+        for step in range(first + 1, last + 2):
+            live[step] += sizes[name]
+    return max(live)
+
+
+def _plan(graph: Graph, ops: list[PreparedOp], buffer_of: dict[int, str],
+          tensor_of: dict[str, int], alignment: int,
+          streams: tuple[Stream, ...] = ()) -> ArenaPlanner:
+    sizes = _sizes(graph, tensor_of, buffer_of, streams)
     planner = ArenaPlanner(alignment)
-    for name, (first, last) in lifetimes.items():
-        planner.add_buffer(name, graph.tensors[tensor_of[name]].nbytes, first, last)
-    for step, p in enumerate(ops):
+    for name, (first, last) in _lifetimes(graph, ops, buffer_of, streams).items():
+        planner.add_buffer(name, sizes[name], first, last)
+    for (first, last), (step, p) in zip(spans(len(ops), streams), enumerate(ops), strict=True):
         size = scratch_size(p.variant, p.params)
         if size:
-            planner.add_buffer(scratch_buffer(step), size, step, step)
+            planner.add_buffer(scratch_buffer(step), size, first, last)
     return planner
 

@@ -12,6 +12,7 @@ from ..frontend.graph import ModelError
 from ..ops.base import is_parametric
 from .compiler import CompiledModel
 from .firmware_size import DEFAULT_STACK_BYTES
+from .streaming import Stream, row_bytes
 
 # SRAM of everything linked besides the model's own buffers: .data and .bss of the runtime, the
 # board support and newlib, and the alignment gaps around them. Measured from linked firmware
@@ -94,7 +95,30 @@ def build_report(model: CompiledModel, weight_bytes: int, limits: BoardLimits) -
         "output": _io(model, model.output),
         "operators": ops,
         "tensors": tensors,
+        "arena_layer_by_layer_bytes": model.whole_arena_bytes,
+        "streams": [_stream(model, s) for s in model.streams],
     }
+
+
+def _stream(model: CompiledModel, stream: Stream) -> dict[str, Any]:
+    """What report.json says of a row-streamed chain: its steps and every windowed tensor."""
+    g = model.graph
+    windows = [{"tensor": tid, "name": g.tensors[tid].name, "rows": rows,
+                "of_rows": g.tensors[tid].shape[1], "bytes": rows * row_bytes(g, tid),
+                "whole_bytes": g.tensors[tid].nbytes} for tid, rows in stream.windows.items()]
+    return {"first_step": stream.first, "last_step": stream.last,
+            "operators": [model.ops[s].op.index for s in stream.steps],
+            "iterations": len(stream.rows), "windows": windows}
+
+
+def arena_summary(report: dict[str, Any]) -> str:
+    """One line of the build output from a report.json: the arena and what streaming saved."""
+    streams = report.get("streams", [])
+    if not streams:
+        return f"arena {report['arena_bytes']} B, layer by layer"
+    steps = ", ".join(f"{s['first_step']}..{s['last_step']}" for s in streams)
+    return (f"arena {report['arena_bytes']} B with steps {steps} row-streamed (layer by layer: "
+            f"{report['arena_layer_by_layer_bytes']} B)")
 
 
 def _io(model: CompiledModel, tid: int) -> dict[str, Any]:
@@ -132,13 +156,15 @@ def forward_over_budget(model: CompiledModel, limits: BoardLimits, budget: int) 
     live = sorted(model.planner.live_at(step), key=lambda p: -p.size)[:2]
     tensors = " and ".join(f"{_buffer_label(model, p.name)} ({p.size} B)" for p in live)
     where = layer_label(model, step) if 0 <= step < len(model.ops) else "the model edges"
+    streamed = ", ".join(f"{s.first}..{s.last}" for s in model.streams)
+    streaming = (f"Steps {streamed} already run row-streamed." if streamed else
+                 "No chain of its operators can run row-streamed to shrink it (docs/memory.md).")
     return (f"{model.graph.name}: no training scheme can fit the {budget} B training budget: "
             f"the forward pass alone needs {forward.total} B ({forward.breakdown()}), "
             f"{forward.total - budget} B over before any gradient, saved activation or trainable "
             f"copy; its peak at {where} holds {tensors}. What helps: a smaller input resolution "
-            "or width (activations scale with both), a larger custom_train_ram if the "
-            f"application can spare SRAM (the board has {limits.ram_bytes} B), or patch-based "
-            "execution of the first layers (not supported yet).")
+            "or width (activations scale with both), or a larger custom_train_ram if the "
+            f"application can spare SRAM (the board has {limits.ram_bytes} B). {streaming}")
 
 
 def short_name(name: str, limit: int = 56) -> str:

@@ -17,9 +17,19 @@ import tflite
 from ..frontend import options as opt
 from ..frontend.graph import Graph, Operator
 from . import quant
-from .base import EmitContext, FloatContext, OpDef, c_int_list, kernel_name, register
+from .base import (
+    EmitContext,
+    FloatContext,
+    OpDef,
+    RowGeometry,
+    RowRule,
+    c_int_list,
+    kernel_name,
+    register,
+)
 from .common import activation_bounds, fail, output_tensor, require_int8_activation
 from .float_common import activation, const_or_dynamic
+from .rows import window_row
 
 LEFT_SHIFT = 20  # TFLite's headroom for 8-bit ADD: 255 << 20 still fits in int32
 
@@ -153,6 +163,33 @@ def emit(params: AddParams, ctx: EmitContext, inputs: list[str], output: str) ->
     )
 
 
+def row_geometry(params: AddParams) -> list[RowGeometry] | None:
+    """Row y of the output reads row y of both operands, when neither is constant nor
+    broadcast and there is one batch."""
+    same = params.a_shape == params.b_shape == params.output_shape
+    if params.a_const is not None or params.b_const is not None or not same:
+        return None
+    if len(params.output_shape) != 4 or params.output_shape[0] != 1:
+        return None
+    rows = params.output_shape[1]
+    return [RowGeometry(in_h=rows, out_h=rows), RowGeometry(in_h=rows, out_h=rows)]
+
+
+def emit_rows(params: AddParams, ctx: EmitContext, windows: list[str], output: str, y0: str,
+              y1: str) -> str:
+    # A band of rows is a shorter tensor of the same row layout: only out_shape[1] changes.
+    row_bytes = params.out_shape[2] * params.out_shape[3]
+    a, b = (window_row(w, y0, row_bytes) for w in windows)
+    return (
+        "{\n"
+        f"  static const mt::AddParams p = {c_int_list(params.fields())};\n"
+        "  auto band = p;\n"
+        f"  band.out_shape[1] = {y1} - {y0};\n"
+        f"  {kernel_name(ctx, 'add_s8')}(band, {a}, {b}, {output});\n"
+        "}\n"
+    )
+
+
 def macs(params: AddParams) -> int:
     return 0
 
@@ -166,4 +203,5 @@ OPTIONS = opt.OptionsDef(tflite.BuiltinOptions.AddOptions, opt.activation_only(t
 
 OP = register(OpDef("ADD", prepare, reference, emit, macs, header="kernels/add.h",
                     float_forward=float_forward, identity_gradient=True, fused_activation=True,
-                    options=OPTIONS))
+                    options=OPTIONS,
+                    rows=RowRule(geometry=row_geometry, emit=emit_rows)))

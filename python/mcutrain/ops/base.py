@@ -189,6 +189,54 @@ class Trainable:
 
 
 @dataclass(frozen=True)
+class RowGeometry:
+    """Which rows (axis 1 of NHWC) of one input the output rows of an operator read: output row
+    y reads input rows y * stride - pad + k * dilation for k < kernel, those inside [0, in_h)."""
+
+    in_h: int
+    out_h: int
+    kernel: int = 1
+    stride: int = 1
+    dilation: int = 1
+    pad: int = 0
+
+    def first_row(self, y: int) -> int:
+        """The lowest input row that output rows y, y + 1, ... read."""
+        return min(self.in_h, max(0, y * self.stride - self.pad))
+
+    def end_row(self, y_end: int) -> int:
+        """One past the highest input row that output rows [0, y_end) read (with a dilation,
+        the last row's top tap may fall below the tensor while an earlier row's does not)."""
+        span = (self.kernel - 1) * self.dilation
+        # Rows past y_last read only the bottom padding; rows more than span / stride before
+        # it cannot reach higher than it does.
+        y_last = min(y_end - 1, (self.in_h - 1 + self.pad) // self.stride)
+        best = -1
+        for y in range(max(0, y_last - span // self.stride - 1), y_last + 1):
+            top = y * self.stride - self.pad
+            highest = top + (min(self.in_h - 1, top + span) - top) // self.dilation * self.dilation
+            best = max(best, highest)
+        return best + 1 if best >= 0 else 0
+
+
+@dataclass(frozen=True)
+class RowRule:
+    """How an operator computes a band of its output rows from windows of its input rows.
+
+    geometry(params) -> one RowGeometry per dynamic input, or None when this prepared operator
+      cannot run by rows (batch above 1, broadcasting, constant operands...).
+    emit(params, ctx, windows, output, y0, y1) -> C++ statements computing output rows
+      [y0, y1) into `output` (int8_t*, where row y0 goes). `windows` are C++ lvalues of the
+      inputs' mt::RowWindow (runtime/row_window.h): `.base` holds tensor row `.first` and the
+      `.count` rows after it, which include every row the band reads; y0, y1 are C++ int32
+      expressions.
+    """
+
+    geometry: Callable[[Any], list[RowGeometry] | None]
+    emit: Callable[[Any, EmitContext, list[str], str, str, str], str]
+
+
+@dataclass(frozen=True)
 class OpDef:
     opcode: str
     prepare: Prepare
@@ -210,6 +258,8 @@ class OpDef:
     # The flatbuffer options table it carries and its parser (frontend/options.py); None when
     # the operator has no options table (LOGISTIC).
     options: OptionsDef | None = None
+    # Row-band execution (compile/streaming.py): None when the operator only runs whole.
+    rows: RowRule | None = None
 
 
 REGISTRY: dict[str, OpDef] = {}

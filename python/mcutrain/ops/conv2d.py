@@ -249,5 +249,6 @@ OPDEF = param_train.register_weighted(param_train.WeightedOp(
     "CONV_2D", header="kernels/conv2d.h", kernel="conv2d", tag="conv2d",
     prepare=prepare, reference=reference, emit=emit, macs=macs, float_forward=float_forward,
     struct=_struct, geometry=GEOMETRY, trainable_weights=trainable_weights,
-    check_accumulator=check_accumulator, input_grad_depth=input_grad_depth, options=OPTIONS))
+    check_accumulator=check_accumulator, input_grad_depth=input_grad_depth, options=OPTIONS,
+    band_kernel="conv2d_s8"))
 BACKWARD = OPDEF.backward

@@ -249,5 +249,6 @@ OPDEF = param_train.register_weighted(param_train.WeightedOp(
     prepare=prepare, reference=reference, emit=emit, macs=macs, float_forward=float_forward,
     struct=_struct, geometry=GEOMETRY, trainable_weights=trainable_weights,
     check_accumulator=check_accumulator, input_grad_depth=input_grad_depth,
+    band_kernel="depthwise_conv2d_s8",
     filter_channel_axis=3, options=OPTIONS))
 BACKWARD = OPDEF.backward

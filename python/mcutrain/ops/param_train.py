@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..frontend.options import OptionsDef
+from . import rows
 from .base import (
     BackwardDef,
     Emit,
@@ -29,6 +30,7 @@ from .base import (
     OpDef,
     Prepare,
     Reference,
+    RowRule,
     Trainable,
     TrainBinding,
     TrainEmit,
@@ -238,6 +240,9 @@ class WeightedOp:
     # backward entry point).
     check_trainable: Callable[[Any], None] = _trains_anything
     options: OptionsDef | None = None  # its flatbuffer options (frontend/options.py)
+    # The forward kernel when the operator can run by row bands (ops/rows.py), e.g. "conv2d_s8";
+    # None: it runs whole only.
+    band_kernel: str | None = None
 
 
 def _backward_def(d: WeightedOp) -> BackwardDef:
@@ -263,10 +268,26 @@ def _backward_def(d: WeightedOp) -> BackwardDef:
                        input_grad_depth=d.input_grad_depth)
 
 
+def _row_rule(d: WeightedOp) -> RowRule | None:
+    kernel = d.band_kernel
+    if kernel is None:
+        return None
+
+    def emit(p: Any, ctx: EmitContext, windows: list[str], output: str, y0: str,
+             y1: str) -> str:
+        filt, bias, mult, shift = flash_constants(p, ctx, f"op{p.op_index}_{d.tag}")
+        init = d.struct(p, mult, shift, p.train)
+        return rows.emit_spatial_band(init, ctx, kernel, windows[0], filt,
+                                      forward_bias(p.train, bias), output, y0, y1)
+
+    return RowRule(geometry=rows.spatial_geometry, emit=emit)
+
+
 def register_weighted(d: WeightedOp) -> OpDef:
     """Register the OpDef of a weighted operator described by `d`."""
     facts = Trainable(d.trainable_weights, d.geometry.with_trained, d.check_accumulator,
                       filter_channel_axis=d.filter_channel_axis)
     return register(OpDef(d.opcode, d.prepare, d.reference, d.emit, d.macs, header=d.header,
                           float_forward=d.float_forward, backward=_backward_def(d),
-                          fused_activation=True, trainable=facts, options=d.options))
+                          fused_activation=True, trainable=facts, options=d.options,
+                          rows=_row_rule(d)))

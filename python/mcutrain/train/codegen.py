@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..compile.codegen import model_desc, source_name, step_context
+from ..compile.codegen import model_desc, source_name, step_context, stream_block
 from ..compile.compiler import scratch_buffer
 from ..ops.base import GradRef, TrainBinding, TrainEmit, is_parametric, trainable
 from ..ops.cxx import ConstPool, c_float, indent
@@ -86,7 +86,14 @@ class _Emitter:
     def forward(self) -> str:
         lines = []
         cls = self.program.classifier
+        streamed = {step: s for s in self.program.streams for step in s.steps}
         for step, p in enumerate(self.program.model.ops):
+            if step in streamed:
+                if step == streamed[step].first:
+                    lines.append(stream_block(self.program.model, streamed[step], self.pool,
+                                              self.program.planner, self.act,
+                                              self.program.variants, self.params))
+                continue
             if cls is not None and step == cls.softmax_step:
                 continue
             if cls is not None and step == cls.fc_step:
@@ -244,7 +251,8 @@ def generate_training_source(program: TrainProgram) -> tuple[str, int]:
     headers = sorted({p.opdef.header for p in model.ops if p.opdef.header}
                      | {v.header for v in variants if v.header}
                      | {"kernels/train_math.h", *grad_rules.HEADERS}
-                     | ({float_classifier.HEADER} if program.classifier is not None else set()))
+                     | ({float_classifier.HEADER} if program.classifier is not None else set())
+                     | ({"runtime/row_window.h"} if program.streams else set()))
     ce = program.scheme.loss == "cross_entropy"
     out = g.tensors[model.output]
     label = ("  const uint32_t label_class = static_cast<uint32_t>(label[0]) | "

@@ -21,6 +21,7 @@ import numpy as np
 
 from ..compile.compiler import CompiledModel, PreparedOp, scratch_buffer, scratch_size
 from ..compile.memory_plan import ArenaPlanner
+from ..compile.streaming import Stream, avoiding, spans, window_bytes
 from ..frontend.graph import ModelError
 from ..ops import load_all, param_train
 from ..ops.base import (
@@ -93,6 +94,8 @@ class TrainProgram:
     # Per forward step, the kernels the training forward calls: a trained step reads channels
     # from SRAM, so its variant must serve that n_train (see ops.base.KernelVariant.serves).
     variants: list[KernelVariant] = field(default_factory=list)
+    # The model's row-streamed chains that the training forward keeps (stream_forward).
+    streams: tuple[Stream, ...] = ()
 
     @property
     def arena_bytes(self) -> int:
@@ -157,12 +160,14 @@ def build_training(model: CompiledModel, scheme: Scheme) -> TrainProgram:
     state = layout_state(selection.trained, schedule.classifier)
     variants = _forward_variants(model, state.trained)
     grads = gradient_tensors(schedule.loss_input, schedule.classifier, schedule.backward)
-    planner = plan_memory(model, schedule, variants)
+    streams = stream_forward(model, schedule)
+    planner = plan_memory(model, schedule, variants, streams)
     return TrainProgram(model=model, scheme=scheme, trained=state.trained,
                         backward=schedule.backward, masks=schedule.masks, grad_tensors=grads,
                         loss_input=schedule.loss_input, num_classes=selection.num_classes,
                         logits_loss=selection.logits_loss, state_bytes=state.state_bytes,
-                        planner=planner, classifier=state.classifier, variants=variants)
+                        planner=planner, classifier=state.classifier, variants=variants,
+                        streams=streams)
 
 
 def select(model: CompiledModel, scheme: Scheme) -> Selection:
@@ -385,12 +390,26 @@ def _loss_has_gradient(classifier: FloatClassifier | None) -> bool:
     return classifier is None or classifier.need_dx
 
 
-def plan_memory(model: CompiledModel, schedule: Schedule,
-                variants: list[KernelVariant]) -> ArenaPlanner:
-    """Lifetimes over the whole step: forward steps 0..N-1, loss at N, backward after that."""
+def stream_forward(model: CompiledModel, schedule: Schedule) -> tuple[Stream, ...]:
+    """The model's row-streamed chains (compile/streaming.py) that the training forward can
+    keep: a chain ends before the first step whose tensors the backward reads (its own backward
+    step, an activation mask, the fp32 classifier), since those must exist whole."""
+    touched = {b.step for b in schedule.backward} | set(schedule.masks)
+    cls = schedule.classifier
+    if cls is not None:
+        touched |= {s for s in (cls.fc_step, cls.softmax_step) if s is not None}
+    return avoiding(model.graph, model.ops, model.streams, touched)
+
+
+def plan_memory(model: CompiledModel, schedule: Schedule, variants: list[KernelVariant],
+                streams: tuple[Stream, ...] = ()) -> ArenaPlanner:
+    """Lifetimes over the whole step: forward steps 0..N-1, loss at N, backward after that; a
+    row-streamed chain's buffers live through all its steps, and its windows are their size."""
     n = len(model.ops)
     lifetimes: dict[str, list[int]] = {}
     sizes: dict[str, int] = {}
+    windows = window_bytes(model.graph, streams)
+    forward_span = spans(n, streams)
 
     def use(name: str, size: int, step: int) -> None:
         span = lifetimes.setdefault(name, [step, step])
@@ -398,7 +417,11 @@ def plan_memory(model: CompiledModel, schedule: Schedule,
         sizes[name] = max(sizes.get(name, 0), size)
 
     def act(tid: int, step: int) -> None:
-        use(model.buffer_of[tid], model.graph.tensors[tid].nbytes, step)
+        if tid in windows and not 0 <= step < n:
+            raise ValueError(f"tensor {tid} is a row window but step {step} needs it whole")
+        size = windows.get(tid, model.graph.tensors[tid].nbytes)
+        for at in (forward_span[step] if 0 <= step < n else (step,)):
+            use(model.buffer_of[tid], size, at)
 
     act(model.input, -1)
     cls = schedule.classifier
@@ -420,7 +443,8 @@ def plan_memory(model: CompiledModel, schedule: Schedule,
         act(p.output, step)
         size = scratch_size(variants[step], p.params)
         if size:
-            use(scratch_buffer(step), size, step)
+            for at in forward_span[step]:
+                use(scratch_buffer(step), size, at)
     act(model.output, n)  # the loss reads the output
     bstep = {b.step: n + 1 + i for i, b in enumerate(schedule.backward)}
     for step in schedule.masks:
