@@ -15,7 +15,15 @@ import numpy as np
 
 from ..frontend.graph import Graph, Operator
 from . import quant
-from .base import EmitContext, FloatContext, OpDef, c_int_list, kernel_name, register
+from .base import (
+    EmitContext,
+    FloatContext,
+    OpDef,
+    c_int_list,
+    identity_backward,
+    kernel_name,
+    register,
+)
 from .common import activation_bounds, fail, output_tensor, require_int8_activation
 from .float_common import activation, const_or_dynamic
 
@@ -160,5 +168,11 @@ def float_forward(fx: FloatContext, step: int, p: Any, ins: list[Any]) -> Any:
     return activation(a + b, p.op.options)
 
 
+def _dynamic_operands(params: AddParams) -> int:
+    return (params.a_const is None) + (params.b_const is None)
+
+
 OP = register(OpDef("ADD", prepare, reference, emit, macs, header="kernels/add.h",
-                    float_forward=float_forward, identity_gradient=True, fused_activation=True))
+                    float_forward=float_forward,
+                    identity_gradient=identity_backward(_dynamic_operands),
+                    fused_activation=True))

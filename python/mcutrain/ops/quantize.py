@@ -14,7 +14,15 @@ import numpy as np
 
 from ..frontend.graph import Graph, Operator
 from . import quant
-from .base import EmitContext, FloatContext, OpDef, c_int_list, kernel_name, register
+from .base import (
+    EmitContext,
+    FloatContext,
+    OpDef,
+    c_int_list,
+    identity_backward,
+    kernel_name,
+    register,
+)
 from .common import fail, output_tensor, require_int8_activation, tensor_at, wrap_int32
 
 
@@ -73,4 +81,5 @@ def float_forward(fx: FloatContext, step: int, p: Any, ins: list[Any]) -> Any:
 
 
 OP = register(OpDef("QUANTIZE", prepare, reference, emit, macs, header="kernels/quantize.h",
-                    float_forward=float_forward, identity_gradient=True, pass_through=True))
+                    float_forward=float_forward, identity_gradient=identity_backward(),
+                    pass_through=True))

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..frontend.graph import Graph, Operator
-from .base import EmitContext, FloatContext, OpDef, register
+from .base import EmitContext, FloatContext, OpDef, identity_backward, register
 from .common import fail, output_tensor, tensor_at
 from .float_common import tf_module
 
@@ -88,4 +88,5 @@ def float_forward(fx: FloatContext, step: int, p: Any, ins: list[Any]) -> Any:
 
 
 OP = register(OpDef("RESHAPE", prepare, reference, emit, macs, header="", aliases_input=True,
-                    float_forward=float_forward, identity_gradient=True, pass_through=True))
+                    float_forward=float_forward, identity_gradient=identity_backward(),
+                    pass_through=True))

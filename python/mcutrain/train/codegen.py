@@ -164,12 +164,6 @@ class _Emitter:
                 k = seen.get(t, 0)
                 seen[t] = k + 1
                 dxs.append(self.grad(t, k) if len(contributions[t]) == 2 else self.grad(t))
-            if b.rule is None:
-                for dx in dxs:
-                    if dx is not None:
-                        lines.append(f"  std::memcpy({dx.buffer}, {dy.buffer}, "
-                                     f"{2 * dy.count});\n  {dx.scale} = {dy.scale};")
-                continue
             saved = [self.act(t) if keep else None
                      for t, keep in zip(p.inputs, b.saved, strict=True)]
             ctx = step_context(self.pool, b.variant, program.planner,

@@ -123,18 +123,14 @@ class TrainingReference:
             if b.mask is not None:
                 bits = grad_rules.mask_pack(values[p.output], *b.mask)
                 dy = grad_rules.mask_apply(dy, bits)
-            if b.rule is None:  # RESHAPE, QUANTIZE, ADD: each input gets dy unchanged
-                dxs = [QGrad(dy.data.reshape(self.program.model.graph.tensors[t].shape),
-                             dy.scale) if need else None
-                       for t, need in zip(p.inputs, b.need_dx, strict=True)]
-            else:
-                saved = [values[t] if keep else None
-                         for t, keep in zip(p.inputs, b.saved, strict=True)]
-                dxs = b.rule.reference(self.params(b.step), saved, dy, b.need_dx,
-                                       self.slots.get(b.step), self.lr, self.rng)
+            saved = [values[t] if keep else None
+                     for t, keep in zip(p.inputs, b.saved, strict=True)]
+            dxs = b.rule.reference(self.params(b.step), saved, dy, b.need_dx,
+                                   self.slots.get(b.step), self.lr, self.rng)
             for t, need, dx in zip(p.inputs, b.need_dx, dxs, strict=True):
-                if need:
-                    grads.setdefault(t, []).append(dx)
+                if need:  # kept in its tensor's shape (the identity rule hands dy on as it is)
+                    shape = program.model.graph.tensors[t].shape
+                    grads.setdefault(t, []).append(QGrad(dx.data.reshape(shape), dx.scale))
 
 
 def _total(parts: list[QGrad]) -> QGrad:

@@ -29,8 +29,8 @@ from ..ops.base import (
     KernelVariant,
     TrainSlot,
     backward_key,
-    backward_rule,
     choose_variant,
+    gradient_rule,
     is_parametric,
     registered,
     trainable,
@@ -67,7 +67,7 @@ class TrainedOp:
 class BackwardStep:
     step: int  # the operator's position in the forward schedule
     op: PreparedOp
-    rule: BackwardDef | None  # None for operators whose gradient is the identity
+    rule: BackwardDef  # OpDef.gradient: its own rule or the identity (ops.base)
     mask: tuple[int, int] | None  # activation mask bounds applied to dy first
     need_dx: list[bool]  # per dynamic input
     saved: list[bool]  # per dynamic input: kept from the forward pass
@@ -198,16 +198,15 @@ def schedule_backward(model: CompiledModel, scheme: Scheme, selection: Selection
         if not upstream[step]:
             continue
         need_dx = [t in producer and upstream[producer[t]] for t in p.inputs]
-        identity = _fact(p.op.opcode, "identity_gradient")
-        rule = None if identity else backward_rule(p.op.opcode)
-        if rule is None and not identity:
+        rule = gradient_rule(p.op.opcode)
+        if rule is None:
             raise ModelError(_no_rule_message(model, scheme, step))
         mask = _mask(model, p)
         if mask is not None:
             masks[step] = mask
         slot = trained[step].slot if step in trained else None
-        saved = rule.saves_input(p.params, slot) if rule else [False] * len(p.inputs)
-        if rule is not None and any(need_dx):
+        saved = rule.saves_input(p.params, slot)
+        if any(need_dx):
             _check_depth(p, rule)
         n_train = slot.n_train if slot is not None else 0
         variant = choose_variant(backward_key(p.op.opcode), p.params, n_train)
@@ -431,7 +430,7 @@ def plan_memory(model: CompiledModel, schedule: Schedule,
         for t, keep in zip(b.op.inputs, b.saved, strict=True):
             if keep:
                 act(t, bstep[b.step])
-        size = scratch_size(b.variant, b.op.params) if b.rule is not None else 0
+        size = scratch_size(b.variant, b.op.params)
         if size:
             use(scratch_buffer(b.step, backward=True), size, bstep[b.step])
     _plan_gradients(model, schedule, use, bstep, n)
