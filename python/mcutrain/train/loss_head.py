@@ -13,8 +13,9 @@ record's rules without asking which it is:
   the state block (after the int8 copies) and runs its backward (input gradient, then the float
   update) before the int8 backward steps.
 
-Each rule below is the code that used to sit in a branch of one walker; the generated C++ is the
-same statement for statement.
+A new kind of head provides the same methods (steps, covers_from, loss_input, classifier,
+with_need_dx, with_state, plan, emit_*, state_members, backward_macs, headers, report,
+state_parts, reference_*) and is made by the fold pass.
 """
 
 from __future__ import annotations
