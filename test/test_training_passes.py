@@ -15,6 +15,7 @@ import pytest
 from mcutrain.compile.compiler import compile_model
 from mcutrain.ops import load_all
 from mcutrain.train import training_graph as tg
+from mcutrain.train.loss_head import FloatClassifierHead, Int8Loss
 from mcutrain.train.scheme import load_scheme
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -167,3 +168,46 @@ def test_build_training_composes_the_passes_into_one_frozen_program(har) -> None
         program.planner = None  # type: ignore[misc]
     with pytest.raises(dataclasses.FrozenInstanceError):
         program.backward[0].need_dx = []  # type: ignore[misc]
+
+
+def test_fold_classifier_makes_the_int8_loss_one_head_that_covers_the_final_softmax(har) -> None:
+    scheme = _scheme("har_adapt")
+    selection = tg.select(har, scheme)
+    head = tg.fold_classifier(har, scheme, selection)
+    assert isinstance(head, Int8Loss) and head.kind == "softmax_cross_entropy"
+    # It replaces no forward step; cross-entropy's gradient skips the SOFTMAX, so the int8
+    # backward schedule runs below it.
+    assert head.steps == () and head.covers_from == len(har.ops) - 1
+    assert head.loss_input == selection.loss_input and head.output == har.output
+    assert head.classifier is None and head.state_members() == ([], [])
+    assert head.backward_macs() == 0 and head.report() is None
+    assert head.with_need_dx(False) is head  # whatever trains needs its gradient
+    # The walkers' schedule is the head's: plan_memory reads it from the schedule.
+    assert tg.schedule_backward(har, scheme, selection).head == head
+
+
+def test_fold_classifier_folds_fc_softmax_and_loss_into_one_float_head(har) -> None:
+    scheme = _scheme("har_adapt_fp32cls")
+    selection = tg.select(har, scheme)
+    head = tg.fold_classifier(har, scheme, selection)
+    cls = selection.classifier
+    assert isinstance(head, FloatClassifierHead) and head.classifier is cls
+    # It runs at the FC in place of both steps, and the int8 schedule ends below the FC.
+    assert head.steps == (cls.fc_step, cls.softmax_step) and head.covers_from == cls.fc_step
+    assert head.loss_input == cls.input_tensor and head.output == har.output
+    # Its state rules: two float32 members after the int8 copies, offsets from layout_state.
+    decls, checks = head.state_members()
+    assert decls == [f"  float cw{cls.fc_step}[{cls.units * cls.depth}];",
+                     f"  float cb{cls.fc_step}[{cls.units}];"] and len(checks) == 2
+    # The later passes return new heads; the folded one and the selection stay as they were.
+    schedule = tg.schedule_backward(har, scheme, selection)
+    assert schedule.head.classifier is schedule.classifier and schedule.classifier.need_dx
+    assert not head.classifier.need_dx and not cls.need_dx
+    state = tg.layout_state(selection.trained, schedule.classifier)
+    placed = schedule.head.with_state(state.classifier)
+    assert placed.classifier is state.classifier and schedule.head.classifier.weight_offset == -1
+    program = tg.build_training(har, scheme)
+    assert program.head.classifier is program.classifier
+    assert program.head.report() == placed.report()  # need_dx and offsets of the placed head
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        head.cls = None  # type: ignore[misc]

@@ -24,6 +24,7 @@ from .base import (
     RowGeometry,
     RowRule,
     c_int_list,
+    identity_backward,
     kernel_name,
     register,
 )
@@ -199,9 +200,14 @@ def float_forward(fx: FloatContext, step: int, p: Any, ins: list[Any]) -> Any:
     return activation(a + b, p.op.options)
 
 
+def _dynamic_operands(params: AddParams) -> int:
+    return (params.a_const is None) + (params.b_const is None)
+
+
 OPTIONS = opt.OptionsDef(tflite.BuiltinOptions.AddOptions, opt.activation_only(tflite.AddOptions))
 
 OP = register(OpDef("ADD", prepare, reference, emit, macs, header="kernels/add.h",
-                    float_forward=float_forward, identity_gradient=True, fused_activation=True,
-                    options=OPTIONS,
+                    float_forward=float_forward,
+                    identity_gradient=identity_backward(_dynamic_operands),
+                    fused_activation=True, options=OPTIONS,
                     rows=RowRule(geometry=row_geometry, emit=emit_rows)))

@@ -22,10 +22,12 @@ but with Prepare run on the host at compile time ("prepare once, run blind"):
 The same record carries the operator's training facts (docs/training.md), so the training graph
 and its code generators ask the registry instead of lists of opcode names:
 
-- backward: its BackwardDef (gradient rule), None when it has none (yet) or its gradient is the
-  identity (below).
-- identity_gradient: every dynamic input's gradient is the output gradient unchanged (RESHAPE,
-  QUANTIZE, ADD); the walkers copy dy instead of calling a rule.
+- backward: its own BackwardDef (gradient rule), None when it has none (yet) or its gradient is
+  the identity (below).
+- identity_gradient: the identity rule (identity_backward below) when every dynamic input's
+  gradient is the output gradient unchanged (RESHAPE, QUANTIZE, ADD): its emit copies dy into
+  each wanted dx, its reference hands dy on. OpDef.gradient is whichever of the two it has, so
+  the training walkers call one rule for every backward step.
 - pass_through: the output holds the single input's values (RESHAPE, QUANTIZE), so a loss may
   look through it to the operator producing its input.
 - fused_activation: the output passes a fused activation (options["activation"]) whose gradient
@@ -251,7 +253,7 @@ class OpDef:
     float_forward: FloatForward | None = None
     # Training facts (module docstring).
     backward: BackwardDef | None = None
-    identity_gradient: bool = False
+    identity_gradient: BackwardDef | None = None  # identity_backward(...) when dx = dy
     pass_through: bool = False
     fused_activation: bool = False
     trainable: Trainable | None = None
@@ -260,6 +262,12 @@ class OpDef:
     options: OptionsDef | None = None
     # Row-band execution (compile/streaming.py): None when the operator only runs whole.
     rows: RowRule | None = None
+
+
+    @property
+    def gradient(self) -> BackwardDef | None:
+        """The rule a backward step calls: its own, else the identity, None when it has none."""
+        return self.backward if self.backward is not None else self.identity_gradient
 
 
 REGISTRY: dict[str, OpDef] = {}
@@ -296,9 +304,15 @@ def trainable(opcode: str) -> Trainable:
 
 
 def backward_rule(opcode: str) -> BackwardDef | None:
-    """The gradient rule of `opcode`, None when it has none."""
+    """The operator's own gradient rule (OpDef.backward), None when it has none."""
     opdef = registered(opcode)
     return None if opdef is None else opdef.backward
+
+
+def gradient_rule(opcode: str) -> BackwardDef | None:
+    """The rule the backward pass calls for `opcode` (OpDef.gradient), None when it has none."""
+    opdef = registered(opcode)
+    return None if opdef is None else opdef.gradient
 
 
 def lookup(op: Operator) -> OpDef:
@@ -393,6 +407,33 @@ class BackwardDef:
     emit: Callable[..., str]
     saves_input: Callable[[Any, TrainSlot | None], list[bool]]
     input_grad_depth: Callable[[Any], int] = lambda params: 0
+
+
+def _one_input(params: Any) -> int:
+    return 1
+
+
+def identity_backward(dynamic_inputs: Callable[[Any], int] = _one_input) -> BackwardDef:
+    """The rule of an operator whose every dynamic input's gradient is dy unchanged.
+
+    `dynamic_inputs(params)` counts the operator's dynamic inputs (ADD may have a constant
+    operand). It keeps nothing from the forward pass; its reference hands dy on (the walker
+    stores a gradient in its tensor's shape) and its emit copies dy's int16 values and scale
+    into each wanted dx, so every input gradient has a buffer of its own."""
+
+    def reference(params: Any, saved: list[Any], dy: Any, need_dx: list[bool], slot: Any,
+                  lr: Any, rng: Any) -> list[Any]:
+        return [dy if need else None for need in need_dx]
+
+    def emit(params: Any, ctx: Any, saved: list[str | None], dy: GradRef,
+             dx: list[GradRef | None], train: Any) -> str:
+        return "\n".join(f"std::memcpy({d.buffer}, {dy.buffer}, {2 * dy.count});\n"
+                         f"{d.scale} = {dy.scale};" for d in dx if d is not None)
+
+    def saves(params: Any, slot: TrainSlot | None) -> list[bool]:
+        return [False] * dynamic_inputs(params)
+
+    return BackwardDef(reference=reference, emit=emit, saves_input=saves)
 
 
 class _BackwardRules(Mapping[str, BackwardDef]):

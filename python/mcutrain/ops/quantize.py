@@ -16,7 +16,15 @@ import tflite
 from ..frontend import options as opt
 from ..frontend.graph import Graph, Operator
 from . import quant
-from .base import EmitContext, FloatContext, OpDef, c_int_list, kernel_name, register
+from .base import (
+    EmitContext,
+    FloatContext,
+    OpDef,
+    c_int_list,
+    identity_backward,
+    kernel_name,
+    register,
+)
 from .common import fail, output_tensor, require_int8_activation, tensor_at, wrap_int32
 
 
@@ -78,5 +86,5 @@ def float_forward(fx: FloatContext, step: int, p: Any, ins: list[Any]) -> Any:
 OPTIONS = opt.OptionsDef(tflite.BuiltinOptions.QuantizeOptions)
 
 OP = register(OpDef("QUANTIZE", prepare, reference, emit, macs, header="kernels/quantize.h",
-                    float_forward=float_forward, identity_gradient=True, pass_through=True,
-                    options=OPTIONS))
+                    float_forward=float_forward, identity_gradient=identity_backward(),
+                    pass_through=True, options=OPTIONS))

@@ -16,7 +16,7 @@ import tflite
 
 from ..frontend import options as opt
 from ..frontend.graph import Graph, Operator
-from .base import EmitContext, FloatContext, OpDef, register
+from .base import EmitContext, FloatContext, OpDef, identity_backward, register
 from .common import fail, output_tensor, tensor_at
 from .float_common import tf_module
 
@@ -100,5 +100,5 @@ def parse_options(op: Any) -> dict[str, Any]:
 OPTIONS = opt.OptionsDef(tflite.BuiltinOptions.ReshapeOptions, parse_options)
 
 OP = register(OpDef("RESHAPE", prepare, reference, emit, macs, header="", aliases_input=True,
-                    float_forward=float_forward, identity_gradient=True, pass_through=True,
-                    options=OPTIONS))
+                    float_forward=float_forward, identity_gradient=identity_backward(),
+                    pass_through=True, options=OPTIONS))

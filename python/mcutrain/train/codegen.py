@@ -6,9 +6,10 @@ Layout of what this file emits, besides the inference parts (see codegen.py):
   by model_train_reset() at boot and on RESET;
 - g_grad_scale[]: one float scale per gradient buffer; gradient data lives in the arena;
 - g_train: learning rate and PRNG state.
-With an fp32 classifier (float_classifier.py) the final FULLY_CONNECTED + SOFTMAX are one float
-step in the forward pass, the loss reads its probabilities and its backward (input gradient, then
-the float update) runs first in model_train_step's backward section.
+The program's loss head (loss_head.py) emits its own parts: the loss, and with an fp32
+classifier the float step replacing the final FULLY_CONNECTED + SOFTMAX in the forward pass, its
+backward (input gradient, then the float update) first in model_train_step's backward section,
+its reset and its members of the state block.
 """
 
 from __future__ import annotations
@@ -19,10 +20,8 @@ from ..compile.codegen import model_desc, source_name, step_context, stream_bloc
 from ..compile.compiler import scratch_buffer
 from ..ops.base import GradRef, TrainBinding, TrainEmit, is_parametric, trainable
 from ..ops.cxx import ConstPool, c_float, indent
-from . import float_classifier, grad_rules
+from . import grad_rules
 from .training_graph import (
-    CLASSIFIER_SCRATCH,
-    CLASSIFIER_WORK,
     TrainProgram,
     grad_buffer,
     gradient_contributions,
@@ -79,13 +78,9 @@ class _Emitter:
 
     # ---- sections ----
 
-    def cls_state(self) -> tuple[str, str]:
-        step = self.program.classifier.fc_step
-        return f"g_state.cw{step}", f"g_state.cb{step}"
-
     def forward(self) -> str:
         lines = []
-        cls = self.program.classifier
+        head = self.program.head
         streamed = {step: s for s in self.program.streams for step in s.steps}
         for step, p in enumerate(self.program.model.ops):
             if step in streamed:
@@ -94,16 +89,9 @@ class _Emitter:
                                               self.program.planner, self.act,
                                               self.program.variants, self.params))
                 continue
-            if cls is not None and step == cls.softmax_step:
-                continue
-            if cls is not None and step == cls.fc_step:
-                softmax = "" if cls.softmax_step is None else f" + [{cls.softmax_step}] SOFTMAX"
-                lines.append(f"  // [{step}] FULLY_CONNECTED{softmax} as the fp32 classifier "
-                             f"(operator {p.op.index})")
-                w, b = self.cls_state()
-                lines.append(indent(float_classifier.emit_forward(
-                    cls, w, b, self.act(p.inputs[0]), self.arena(CLASSIFIER_WORK),
-                    self.act(self.program.model.output)), 2))
+            if step in head.steps:  # folded into the head, which runs at the first of them
+                if step == head.steps[0]:
+                    lines.extend(head.emit_forward(self))
                 continue
             ins = [self.act(t) for t in p.inputs]
             ctx = step_context(self.pool, self.program.variants[step], self.program.planner,
@@ -120,39 +108,13 @@ class _Emitter:
         return "\n".join(lines)
 
     def loss(self) -> str:
-        program = self.program
-        model = program.model
-        out = model.graph.tensors[model.output]
-        if program.classifier is not None:
-            return float_classifier.emit_loss(program.classifier, self.arena(CLASSIFIER_WORK),
-                                              "label_class", "result->loss",
-                                              "result->prediction")
-        dl = self.grad(program.loss_input)
-        if program.logits_loss:
-            return grad_rules.emit_logits_cross_entropy(
-                self.act(model.output), out.num_elements, out.scale, "label_class", dl,
-                "result->loss", "result->prediction")
-        if program.scheme.loss == "cross_entropy":
-            return grad_rules.emit_cross_entropy(
-                self.act(model.output), out.num_elements, "label_class", dl,
-                "result->loss", "result->prediction")
-        return grad_rules.emit_mse(self.act(model.output), out.num_elements, out.scale,
-                                   out.zero_point, "targets", dl, "result->loss")
+        return self.program.head.emit_loss(self)
 
     def backward(self) -> str:
         program = self.program
         contributions = gradient_contributions(program)
         seen: dict[int, int] = {}
-        lines = []
-        cls = program.classifier
-        if cls is not None:
-            lines.append(f"  // backward [{cls.fc_step}] fp32 classifier (operator {cls.operator})")
-            w, bias = self.cls_state()
-            dx = self.grad(program.loss_input) if cls.need_dx else None
-            lines.append(indent(float_classifier.emit_backward(
-                cls, w, bias, self.arena(CLASSIFIER_WORK), "label_class", "g_train.lr",
-                self.arena(CLASSIFIER_SCRATCH) if dx else None, dx.data() if dx else None,
-                dx.scale if dx else None), 2))
+        lines = program.head.emit_backward(self)  # the head's backward runs first
         for b in program.backward:
             p = b.op
             lines.append(f"  // backward [{b.step}] {p.op.opcode} (operator {p.op.index})")
@@ -171,12 +133,6 @@ class _Emitter:
                 k = seen.get(t, 0)
                 seen[t] = k + 1
                 dxs.append(self.grad(t, k) if len(contributions[t]) == 2 else self.grad(t))
-            if b.rule is None:
-                for dx in dxs:
-                    if dx is not None:
-                        lines.append(f"  std::memcpy({dx.buffer}, {dy.buffer}, "
-                                     f"{2 * dy.count});\n  {dx.scale} = {dy.scale};")
-                continue
             saved = [self.act(t) if keep else None
                      for t, keep in zip(p.inputs, b.saved, strict=True)]
             ctx = step_context(self.pool, b.variant, program.planner,
@@ -195,9 +151,7 @@ class _Emitter:
             if slot.bias is not None:
                 sym = self.pool.const_array(f"init_b{step}", slot.bias)
                 lines.append(f"  std::memcpy(g_state.b{step}, {sym}, {slot.bias.nbytes});")
-        cls = self.program.classifier
-        if cls is not None:
-            lines.append(indent(float_classifier.emit_init(cls, self.pool, *self.cls_state()), 2))
+        lines.extend(self.program.head.emit_reset(self))
         return "\n".join(lines)
 
     def state_struct(self) -> str:
@@ -211,13 +165,9 @@ class _Emitter:
             if slot.bias is not None:
                 members.append(f"  int32_t b{step}[{slot.bias.size}];")
                 checks.append(f"static_assert(offsetof(State, b{step}) == {t.bias_offset});")
-        cls = self.program.classifier
-        if cls is not None:
-            step = cls.fc_step
-            members += [f"  float cw{step}[{cls.units * cls.depth}];",
-                        f"  float cb{step}[{cls.units}];"]
-            checks += [f"static_assert(offsetof(State, cw{step}) == {cls.weight_offset});",
-                       f"static_assert(offsetof(State, cb{step}) == {cls.bias_offset});"]
+        head_members, head_checks = self.program.head.state_members()
+        members += head_members
+        checks += head_checks
         if not members:
             members.append("  int32_t unused;")
         return ("struct State {\n" + "\n".join(members) + "\n};\n" + "\n".join(checks)
@@ -235,10 +185,7 @@ def backward_macs(program: TrainProgram) -> int:
         slot = program.trained.get(b.step)
         n_train = slot.slot.n_train if slot is not None else 0
         total += trainable(p.op.opcode).backward_macs(p.macs, out_c, any(b.need_dx), n_train)
-    cls = program.classifier
-    if cls is not None:  # the float update, plus the input gradient when needed
-        total += cls.units * cls.depth * (2 if cls.need_dx else 1)
-    return total
+    return total + program.head.backward_macs()
 
 
 def generate_training_source(program: TrainProgram) -> tuple[str, int]:
@@ -251,7 +198,7 @@ def generate_training_source(program: TrainProgram) -> tuple[str, int]:
     headers = sorted({p.opdef.header for p in model.ops if p.opdef.header}
                      | {v.header for v in variants if v.header}
                      | {"kernels/train_math.h", *grad_rules.HEADERS}
-                     | ({float_classifier.HEADER} if program.classifier is not None else set())
+                     | set(program.head.headers)
                      | ({"runtime/row_window.h"} if program.streams else set()))
     ce = program.scheme.loss == "cross_entropy"
     out = g.tensors[model.output]

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..ops.base import TrainSlot, trainable
 from ..ops.train_math import QGrad, XorShift32
-from . import float_classifier, grad_rules
+from . import grad_rules
 from .training_graph import TrainProgram
 
 
@@ -36,10 +36,9 @@ class TrainingReference:
             step: copy.deepcopy(t.slot) for step, t in self.program.trained.items()}
         self.lr = np.float32(self.program.scheme.lr)
         self.rng = XorShift32(self.program.scheme.seed)
-        cls = self.program.classifier
-        # The fp32 classifier's float32 weights and bias, and the last forward's work values.
-        self.cls_w, self.cls_b = cls.initial() if cls is not None else (None, None)
-        self.cls_work: float_classifier.Work | None = None
+        # The loss head's own state: with an fp32 classifier its float32 weights and bias and
+        # the last forward's work values (loss_head.ClassifierState), else None.
+        self.head_state = self.program.head.reference_state()
 
     # ---- state ----
 
@@ -54,12 +53,7 @@ class TrainingReference:
             if slot.bias is not None:
                 raw = slot.bias.astype("<i4").tobytes()
                 block[t.bias_offset:t.bias_offset + len(raw)] = raw
-        cls = self.program.classifier
-        if cls is not None:
-            raw = self.cls_w.astype("<f4").tobytes()
-            block[cls.weight_offset:cls.weight_offset + len(raw)] = raw
-            raw = self.cls_b.astype("<f4").tobytes()
-            block[cls.bias_offset:cls.bias_offset + len(raw)] = raw
+        self.program.head.write_state(self.head_state, block)
         return bytes(block)
 
     def params(self, step: int):
@@ -76,43 +70,24 @@ class TrainingReference:
         model = self.program.model
         graph = model.graph
         values = {model.input: np.asarray(x, np.int8).reshape(graph.tensors[model.input].shape)}
-        cls = self.program.classifier
+        head = self.program.head
         for step, p in enumerate(model.ops):
-            if cls is not None and step == cls.fc_step:
-                # FC + SOFTMAX as one float step; the int8 logits tensor is never produced.
-                self.cls_work, q = float_classifier.forward(cls, self.cls_w, self.cls_b,
-                                                            values[cls.input_tensor])
-                values[model.output] = q.reshape(graph.tensors[model.output].shape)
-                break
+            if step in head.steps:  # folded into the head, which runs at the first of them
+                if step == head.steps[0]:
+                    head.reference_forward(self.head_state, values)
+                continue
             out = p.opdef.reference(self.params(step), [values[t] for t in p.inputs])
             values[p.output] = np.asarray(out, np.int8).reshape(graph.tensors[p.output].shape)
         return values
 
     def step(self, x: np.ndarray, label: int | np.ndarray, update: bool = True) -> StepResult:
-        program = self.program
-        model = program.model
         values = self.forward(x)
-        if program.classifier is not None:
-            loss, pred = float_classifier.loss(self.cls_work, int(label))
-            if update:
-                dx = float_classifier.backward(program.classifier, self.cls_w, self.cls_b,
-                                               self.cls_work, int(label), self.lr,
-                                               program.classifier.need_dx)
-                self._backward(values, dx)
-            return StepResult(float(loss), int(pred))
-        out = model.graph.tensors[model.output]
-        if program.logits_loss:
-            loss, pred, dlogits = grad_rules.logits_cross_entropy(
-                values[model.output], out.scale, out.zero_point, int(label))
-        elif program.scheme.loss == "cross_entropy":
-            loss, pred, dlogits = grad_rules.cross_entropy(values[model.output], int(label))
-        else:
-            loss, dlogits = grad_rules.mse(values[model.output], out.scale, out.zero_point,
-                                           np.asarray(label, np.float32))
-            pred = 0
+        # The head's loss, and with update its own backward (the fp32 classifier's update).
+        outcome = self.program.head.reference_step(self.head_state, values, label, self.lr,
+                                                   update)
         if update:
-            self._backward(values, dlogits)
-        return StepResult(float(loss), int(pred))
+            self._backward(values, outcome.dloss)
+        return StepResult(outcome.loss, outcome.prediction)
 
     def _backward(self, values: dict[int, np.ndarray], dloss: QGrad | None) -> None:
         program = self.program
@@ -123,18 +98,14 @@ class TrainingReference:
             if b.mask is not None:
                 bits = grad_rules.mask_pack(values[p.output], *b.mask)
                 dy = grad_rules.mask_apply(dy, bits)
-            if b.rule is None:  # RESHAPE, QUANTIZE, ADD: each input gets dy unchanged
-                dxs = [QGrad(dy.data.reshape(self.program.model.graph.tensors[t].shape),
-                             dy.scale) if need else None
-                       for t, need in zip(p.inputs, b.need_dx, strict=True)]
-            else:
-                saved = [values[t] if keep else None
-                         for t, keep in zip(p.inputs, b.saved, strict=True)]
-                dxs = b.rule.reference(self.params(b.step), saved, dy, b.need_dx,
-                                       self.slots.get(b.step), self.lr, self.rng)
+            saved = [values[t] if keep else None
+                     for t, keep in zip(p.inputs, b.saved, strict=True)]
+            dxs = b.rule.reference(self.params(b.step), saved, dy, b.need_dx,
+                                   self.slots.get(b.step), self.lr, self.rng)
             for t, need, dx in zip(p.inputs, b.need_dx, dxs, strict=True):
-                if need:
-                    grads.setdefault(t, []).append(dx)
+                if need:  # kept in its tensor's shape (the identity rule hands dy on as it is)
+                    shape = program.model.graph.tensors[t].shape
+                    grads.setdefault(t, []).append(QGrad(dx.data.reshape(shape), dx.scale))
 
 
 def _total(parts: list[QGrad]) -> QGrad:

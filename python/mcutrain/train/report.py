@@ -69,20 +69,9 @@ def training_report(program: TrainProgram) -> dict[str, Any]:
                             "input_gradients": b.need_dx, "mask": b.mask is not None}
                            for b in program.backward],
         "trained": trained,
-        "float_classifier": _float_classifier(program),
+        # The fp32 classifier's place in the state block (loss_head.py), null without one.
+        "float_classifier": program.head.report(),
     }
-
-
-def _float_classifier(program: TrainProgram) -> dict[str, Any] | None:
-    """The fp32 classifier's place in the state block (float32, row-major [units, depth])."""
-    cls = program.classifier
-    if cls is None:
-        return None
-    return {"steps": cls.steps, "operator": cls.operator,
-            "units": cls.units, "depth": cls.depth, "dtype": "float32",
-            "weight_offset": cls.weight_offset, "weight_bytes": cls.weight_bytes,
-            "weight_shape": [cls.units, cls.depth], "bias_offset": cls.bias_offset,
-            "bias_bytes": cls.bias_bytes, "input_gradient": cls.need_dx}
 
 
 def check_training_fits(program: TrainProgram, weight_bytes: int, limits: BoardLimits) -> None:
@@ -171,9 +160,7 @@ class _Names:
                 parts.append((t.slot.weights.nbytes, f"{self.op(step)} weights"))
             if t.slot.bias is not None:
                 parts.append((t.slot.bias.nbytes, f"{self.op(step)} bias"))
-        cls = self.program.classifier
-        if cls is not None:
-            parts.append((cls.weight_bytes + cls.bias_bytes, "the fp32 classifier"))
+        parts += self.program.head.state_parts()
         parts.sort(key=lambda x: -x[0])
         if not parts:
             return "no trainable copies"

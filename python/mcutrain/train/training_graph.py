@@ -10,6 +10,8 @@ With classifier 'fp32' the final FULLY_CONNECTED -> SOFTMAX (or FULLY_CONNECTED 
 becomes a float layer (float_classifier.py): it is left out of the int8 schedule, its loss
 gradient feeds the FC's input, its float weights follow the int8 copies in the state block and
 its float work buffers (x_real/logits/probabilities, input-gradient scratch) are arena buffers.
+The fold pass (fold_classifier) makes the end of the step one synthetic operator, the loss head
+(loss_head.py: the int8 loss, or the classifier with its loss), whose rules the walkers call.
 """
 
 from __future__ import annotations
@@ -30,8 +32,8 @@ from ..ops.base import (
     KernelVariant,
     TrainSlot,
     backward_key,
-    backward_rule,
     choose_variant,
+    gradient_rule,
     is_parametric,
     registered,
     trainable,
@@ -40,6 +42,7 @@ from ..ops.quant import activation_range
 from ..ops.train_math import GRAD_MAX
 from . import grad_rules
 from .float_classifier import FloatClassifier, plan_float_classifier
+from .loss_head import FloatClassifierHead, Int8Loss, LossHead
 from .scheme import LayerPlan, Scheme, plan_layers
 
 # Operators whose output a classifier can end in as class logits (no SOFTMAX): cross-entropy
@@ -68,7 +71,7 @@ class TrainedOp:
 class BackwardStep:
     step: int  # the operator's position in the forward schedule
     op: PreparedOp
-    rule: BackwardDef | None  # None for operators whose gradient is the identity
+    rule: BackwardDef  # OpDef.gradient: its own rule or the identity (ops.base)
     mask: tuple[int, int] | None  # activation mask bounds applied to dy first
     need_dx: list[bool]  # per dynamic input
     saved: list[bool]  # per dynamic input: kept from the forward pass
@@ -90,6 +93,7 @@ class TrainProgram:
     logits_loss: bool  # cross-entropy on the output as logits (no final SOFTMAX)
     state_bytes: int
     planner: ArenaPlanner
+    head: LossHead  # the synthetic operator ending the step (fold_classifier)
     classifier: FloatClassifier | None = None  # classifier 'fp32': the float FC + SOFTMAX
     # Per forward step, the kernels the training forward calls: a trained step reads channels
     # from SRAM, so its variant must serve that n_train (see ops.base.KernelVariant.serves).
@@ -140,6 +144,7 @@ class Schedule:
     masks: dict[int, tuple[int, int]]
     loss_input: int  # with an fp32 classifier, its input (the loss's gradient starts there)
     classifier: FloatClassifier | None  # with need_dx decided
+    head: LossHead  # fold_classifier's synthetic operator over that classifier or the int8 loss
 
 
 @dataclass(frozen=True)
@@ -162,12 +167,13 @@ def build_training(model: CompiledModel, scheme: Scheme) -> TrainProgram:
     grads = gradient_tensors(schedule.loss_input, schedule.classifier, schedule.backward)
     streams = stream_forward(model, schedule)
     planner = plan_memory(model, schedule, variants, streams)
+    head = schedule.head.with_state(state.classifier)
     return TrainProgram(model=model, scheme=scheme, trained=state.trained,
                         backward=schedule.backward, masks=schedule.masks, grad_tensors=grads,
                         loss_input=schedule.loss_input, num_classes=selection.num_classes,
                         logits_loss=selection.logits_loss, state_bytes=state.state_bytes,
-                        planner=planner, classifier=state.classifier, variants=variants,
-                        streams=streams)
+                        planner=planner, head=head, classifier=state.classifier,
+                        variants=variants, streams=streams)
 
 
 def select(model: CompiledModel, scheme: Scheme) -> Selection:
@@ -183,41 +189,53 @@ def schedule_backward(model: CompiledModel, scheme: Scheme, selection: Selection
     forward inputs are kept, and the kernel variant of each."""
     ops = model.ops
     trained = selection.trained
-    classifier = selection.classifier
-    loss_input = selection.loss_input
     producer = {p.output: i for i, p in enumerate(ops)}
     upstream = _upstream_trained(ops, producer, set(trained))
     backward: list[BackwardStep] = []
     masks: dict[int, tuple[int, int]] = {}
-    # Cross-entropy's gradient is that of the SOFTMAX's input: the SOFTMAX has no backward step.
-    cross_softmax = scheme.loss == "cross_entropy" and not selection.logits_loss
-    last = len(ops) - 1 if cross_softmax else len(ops)
-    if classifier is not None:
-        # The float classifier's backward runs with the loss; the int8 schedule ends before it.
-        last = classifier.fc_step
-        loss_input = classifier.input_tensor
-        classifier = replace(classifier,
-                             need_dx=loss_input in producer and upstream[producer[loss_input]])
-    for step in reversed(range(last)):
+    head = fold_classifier(model, scheme, selection)
+    # The head's gradient is that of its input: the int8 schedule runs below what it covers.
+    loss_input = head.loss_input
+    head = head.with_need_dx(loss_input in producer and upstream[producer[loss_input]])
+    for step in reversed(range(head.covers_from)):
         p = ops[step]
         if not upstream[step]:
             continue
         need_dx = [t in producer and upstream[producer[t]] for t in p.inputs]
-        identity = _fact(p.op.opcode, "identity_gradient")
-        rule = None if identity else backward_rule(p.op.opcode)
-        if rule is None and not identity:
+        rule = gradient_rule(p.op.opcode)
+        if rule is None:
             raise ModelError(_no_rule_message(model, scheme, step))
         mask = _mask(model, p)
         if mask is not None:
             masks[step] = mask
         slot = trained[step].slot if step in trained else None
-        saved = rule.saves_input(p.params, slot) if rule else [False] * len(p.inputs)
-        if rule is not None and any(need_dx):
+        saved = rule.saves_input(p.params, slot)
+        if any(need_dx):
             _check_depth(p, rule)
         n_train = slot.n_train if slot is not None else 0
         variant = choose_variant(backward_key(p.op.opcode), p.params, n_train)
         backward.append(BackwardStep(step, p, rule, mask, need_dx, saved, variant))
-    return Schedule(backward, masks, loss_input, classifier)
+    return Schedule(backward, masks, loss_input, head.classifier, head)
+
+
+def fold_classifier(model: CompiledModel, scheme: Scheme, selection: Selection) -> LossHead:
+    """The fold pass: the end of the step as one synthetic operator (loss_head.py). With an
+    fp32 classifier (the one place its existence is asked after select) the FC (+ SOFTMAX) and
+    the loss fold into a FloatClassifierHead; otherwise the loss on the int8 output is an
+    Int8Loss. Cross-entropy after a SOFTMAX covers the SOFTMAX too (its gradient is that of the
+    SOFTMAX's input), so no int8 backward step exists for it."""
+    out = model.graph.tensors[model.output]
+    if selection.classifier is not None:
+        return FloatClassifierHead(selection.classifier, model.output, tuple(out.shape))
+    n = len(model.ops)
+    if selection.logits_loss:
+        kind, covers_from = "logits_cross_entropy", n
+    elif scheme.loss == "cross_entropy":
+        kind, covers_from = "softmax_cross_entropy", n - 1
+    else:
+        kind, covers_from = "mse", n
+    return Int8Loss(kind, model.output, selection.loss_input, out.num_elements, out.scale,
+                    out.zero_point, covers_from)
 
 
 def _import_backward_rules() -> None:
@@ -379,12 +397,6 @@ def mask_buffer(step: int) -> str:
     return f"m{step}"
 
 
-# The fp32 classifier's float buffers: x_real, logits, probabilities (forward to loss/backward)
-# and the float input gradient before it is quantized.
-CLASSIFIER_WORK = "cls_work"
-CLASSIFIER_SCRATCH = "cls_dx"
-
-
 def _loss_has_gradient(classifier: FloatClassifier | None) -> bool:
     """False only when an fp32 classifier is the sole trained part: nothing needs its dx."""
     return classifier is None or classifier.need_dx
@@ -393,11 +405,8 @@ def _loss_has_gradient(classifier: FloatClassifier | None) -> bool:
 def stream_forward(model: CompiledModel, schedule: Schedule) -> tuple[Stream, ...]:
     """The model's row-streamed chains (compile/streaming.py) that the training forward can
     keep: a chain ends before the first step whose tensors the backward reads (its own backward
-    step, an activation mask, the fp32 classifier), since those must exist whole."""
-    touched = {b.step for b in schedule.backward} | set(schedule.masks)
-    cls = schedule.classifier
-    if cls is not None:
-        touched |= {s for s in (cls.fc_step, cls.softmax_step) if s is not None}
+    step, an activation mask, a step folded into the loss head), since those must exist whole."""
+    touched = {b.step for b in schedule.backward} | set(schedule.masks) | set(schedule.head.steps)
     return avoiding(model.graph, model.ops, model.streams, touched)
 
 
@@ -424,19 +433,11 @@ def plan_memory(model: CompiledModel, schedule: Schedule, variants: list[KernelV
             use(model.buffer_of[tid], size, at)
 
     act(model.input, -1)
-    cls = schedule.classifier
+    head = schedule.head
     for step, p in enumerate(model.ops):
-        if cls is not None and step == cls.softmax_step:
-            continue
-        if cls is not None and step == cls.fc_step:
-            # One float step reads the FC's input and writes the SOFTMAX's output; the int8
-            # logits never exist.
-            act(p.inputs[0], step)
-            act(model.output, step)
-            use(CLASSIFIER_WORK, 4 * cls.work_floats, step)
-            use(CLASSIFIER_WORK, 4 * cls.work_floats, n)  # loss and classifier backward
-            if cls.need_dx:
-                use(CLASSIFIER_SCRATCH, 4 * cls.depth, n)
+        if step in head.steps:  # folded into the head, which runs at the first of them
+            if step == head.steps[0]:
+                head.plan(use, act, step, n)
             continue
         for t in p.inputs:
             act(t, step)
@@ -455,7 +456,7 @@ def plan_memory(model: CompiledModel, schedule: Schedule, variants: list[KernelV
         for t, keep in zip(b.op.inputs, b.saved, strict=True):
             if keep:
                 act(t, bstep[b.step])
-        size = scratch_size(b.variant, b.op.params) if b.rule is not None else 0
+        size = scratch_size(b.variant, b.op.params)
         if size:
             use(scratch_buffer(b.step, backward=True), size, bstep[b.step])
     _plan_gradients(model, schedule, use, bstep, n)
