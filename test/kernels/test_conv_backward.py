@@ -387,3 +387,28 @@ def test_non_finite_updates_never_reach_parameters(step: Step) -> None:
     if before_b is not None:
         np.testing.assert_array_equal(got_b, before_b)
         np.testing.assert_array_equal(slot.bias, before_b)
+
+
+# Trained prefixes strictly inside the channels (and one with every channel), with dx wanted.
+PREFIX_STEPS = [s for s in STEPS if s.dx and s.n_train != 0]
+
+
+@pytest.mark.parametrize("step", PREFIX_STEPS, ids=[_step_id(s) for s in PREFIX_STEPS])
+def test_input_grad_reads_trained_prefix_from_sram_copy(step: Step) -> None:
+    """After a few steps the SRAM copy differs from flash: the input gradient must take the
+    trained channels [0, n_train) from the copy and the rest from flash, as the reference does."""
+    kind = step.case.kind
+    p, x, dy, _ = prepared(step)
+    slot = make_slot(step, p)
+    rng = np.random.default_rng(55 + step.case.seed)
+    slot = dataclasses.replace(slot, weights=rng.integers(-127, 128, slot.weights.shape,
+                                                          dtype=np.int8))
+    bdef = BACKWARD[OPCODES[kind]]
+    (want,) = bdef.reference(p, [x], dy, [True], dataclasses.replace(
+        slot, weights=slot.weights.copy()), F32(0.0), XorShift32(3))
+    (flash_only,) = bdef.reference(p, [x], dy, [True], None, F32(0.0), XorShift32(3))
+    assert not np.array_equal(want.data, flash_only.data), "copy must matter to the gradient"
+    got = run_train_step(OPCODES[kind], p, [x], dy, [x.size], slot, 0.0, 3).dxs[0]
+    assert got is not None
+    np.testing.assert_array_equal(got.data, want.data.ravel())
+    assert np.float32(got.scale).tobytes() == np.float32(want.scale).tobytes()
