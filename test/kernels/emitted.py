@@ -1,15 +1,21 @@
-"""Runs what the production emitters write for one operator or backward rule, compiled with the
-host g++.
+"""The one kernel test harness: runs what the production emitters write, compiled with the host
+g++ (-Werror, the firmware's language flags: host_build.py), for any operator, backward rule or
+training-codegen fragment.
 
-    out = run_op(opdef, params, [x], out_shape)
-    dxs = run_backward(opcode, params, saved, dy, dx_sizes)
+    out = run_op(opdef, params, [x], out_shape)            # an operator's forward
+    dxs = run_backward(opcode, params, saved, dy, dx_sizes)  # a backward rule
+    e = Emission(*grad_rules.HEADERS)                        # anything else the codegen emits
+    g = e.grad(n, dy)  # likewise e.array(values, dtype), e.space(nbytes)
+    dx = e.run(grad_rules.emit_mask_apply(g.ref, bits.ptr)).grad(g)
 
-emit the C++ through OpDef.emit / BackwardDef.emit with the production ConstPool, laid out as
-compile.codegen lays out a model (constants and a global g_arena in an anonymous namespace inside
-mt, every tensor an offset into the arena), compile it with -Werror against the firmware kernels,
-copy the inputs into the arena, run it and read the outputs back. The kernel parameters therefore
-reach the kernel through the generated struct initialiser, not through a hand-written shim.
-Libraries are cached by source digest under .pio/host-kernels, so a rerun compiles nothing.
+The emitters (OpDef.emit, BackwardDef.emit, and the training codegen's grad_rules.emit_* and
+float_classifier.emit_*: masks, losses, fan-out sum, fp32 classifier) write C++ with the
+production ConstPool, laid out as compile.codegen lays out a model (constants and a global
+g_arena in an anonymous namespace inside mt, every tensor an offset into the arena); the harness
+compiles it against the firmware kernels, copies the inputs into the arena, runs it and reads the
+outputs back. The kernel parameters therefore reach the kernel through the generated code, not
+through a hand-written shim. Libraries are cached by source digest under .pio/host-kernels, so a
+rerun compiles nothing.
 """
 
 from __future__ import annotations
@@ -134,6 +140,96 @@ def _build(headers: list[str], pool: ConstPool, arena: BufferLayout, body: str) 
     return lib
 
 
+@dataclass(frozen=True)
+class Buffer:
+    """One arena buffer of an Emission: its C++ expressions and where to read it back."""
+
+    at: int
+    nbytes: int
+
+    @property
+    def ptr(self) -> str:
+        """The buffer's address as int8_t*, as the generated code names activations."""
+        return f"(g_arena + {self.at})"
+
+    def as_ptr(self, ctype: str) -> str:
+        return f"reinterpret_cast<{ctype}*>(g_arena + {self.at})"
+
+    def lvalue(self, ctype: str) -> str:
+        """The buffer's first element as a `ctype` lvalue (a loss, a label, a scale...)."""
+        return f"(*{self.as_ptr(ctype)})"
+
+
+@dataclass(frozen=True)
+class Grad:
+    """A gradient buffer of an Emission: the GradRef emitters take, and where it lives."""
+
+    ref: GradRef
+    at: int
+    index: int  # its scale's slot in g_scales
+
+
+class Emission:
+    """The buffers and constants of one emitted fragment, for emitters that are not an OpDef
+    (training codegen: masks, losses, fan-out, fp32 classifier): put the inputs in the arena,
+    hand the emitter the buffers' expressions, run() its code and read the outputs back. Every
+    byte not placed is garbage (_GARBAGE) when the code starts."""
+
+    def __init__(self, *headers: str) -> None:
+        self.headers = list(headers)
+        self.arena, self.pool = BufferLayout(), ConstPool()
+        self._loads: list[tuple[int, np.ndarray]] = []
+        self._scales: list[tuple[int, float]] = []
+
+    def space(self, nbytes: int) -> Buffer:
+        return Buffer(self.arena.take(nbytes), nbytes)
+
+    def array(self, a: np.ndarray, dtype: object) -> Buffer:
+        """A copy of a (converted to dtype, little-endian) in the arena."""
+        raw = _bytes(a, dtype)
+        buf = self.space(raw.size)
+        self._loads.append((buf.at, raw))
+        return buf
+
+    def grad(self, count: int, value: QGrad | None = None) -> Grad:
+        """A gradient buffer of count elements, holding value (int16 data and scale) if given."""
+        ref, at, index = self.arena.grad(count)
+        if value is not None:
+            self._loads.append((at, _bytes(value.data, "<i2")))
+            self._scales.append((index, float(value.scale)))
+        return Grad(ref, at, index)
+
+    def run(self, body: str) -> Ran:
+        lib = _build(self.headers, self.pool, self.arena, body)
+        for at, raw in self._loads:
+            lib.arena[at:at + raw.size] = raw
+        for index, scale in self._scales:
+            lib.scales[index] = scale
+        lib.run()
+        return Ran(lib.arena.copy(), lib.scales.copy())
+
+
+@dataclass(frozen=True)
+class Ran:
+    """The arena and gradient scales after an Emission ran."""
+
+    arena: np.ndarray
+    scales: np.ndarray
+
+    def array(self, buf: Buffer, dtype: object, count: int | None = None) -> np.ndarray:
+        dt = np.dtype(dtype)
+        n = buf.nbytes // dt.itemsize if count is None else count
+        return self.arena[buf.at:buf.at + n * dt.itemsize].view(dt).copy()
+
+    def scalar(self, buf: Buffer, dtype: object) -> object:
+        return self.array(buf, dtype, 1)[0]
+
+    def grad(self, g: Grad) -> QGrad:
+        """The int16 gradient (after requantization) and its float32 scale."""
+        data = self.arena[g.at:g.at + 2 * g.ref.count].view("<i2").copy()
+        return QGrad(data, F32(self.scales[g.index]))
+
+
 def run_op(opdef: OpDef, params: object, inputs: list[np.ndarray], out_shape: tuple[int, ...],
            *, in_place: bool = False) -> np.ndarray:
     """The int8 output of the emitted code of (opdef, params) on int8 inputs. in_place puts the
@@ -141,17 +237,12 @@ def run_op(opdef: OpDef, params: object, inputs: list[np.ndarray], out_shape: tu
     arrays = [np.ascontiguousarray(a) for a in inputs]
     if any(a.dtype != np.int8 for a in arrays):
         raise TypeError(f"run_op takes int8 inputs, got {[str(a.dtype) for a in arrays]}")
-    arena, pool = BufferLayout(), ConstPool()
-    offsets = [arena.take(a.nbytes) for a in arrays]
+    e = Emission(opdef.header)
+    bufs = [e.array(a, np.int8) for a in arrays]
     n_out = int(np.prod(out_shape))
-    out_at = offsets[0] if in_place else arena.take(n_out)
-    body = opdef.emit(params, pool, [f"(g_arena + {at})" for at in offsets],
-                      f"(g_arena + {out_at})")
-    lib = _build([opdef.header], pool, arena, body)
-    for a, at in zip(arrays, offsets, strict=True):
-        lib.arena[at:at + a.nbytes] = _bytes(a, np.int8)
-    lib.run()
-    return lib.arena[out_at:out_at + n_out].view(np.int8).reshape(out_shape).copy()
+    out = Buffer(bufs[0].at, n_out) if in_place else e.space(n_out)
+    ran = e.run(opdef.emit(params, e.pool, [b.ptr for b in bufs], out.ptr))
+    return ran.array(out, np.int8).reshape(out_shape)
 
 
 def run_backward(opcode: str, params: object, saved: list[np.ndarray | None], dy: QGrad,
