@@ -76,10 +76,9 @@ class BufferLayout:
     The buffers live in a global g_arena, as in the generated firmware: emitted code may keep
     pointers into it in function-local statics, which stays correct only for global storage."""
 
-    def __init__(self, arena: str = "g_arena", scales: str = "g_scales") -> None:
+    def __init__(self) -> None:
         self.size = 0
         self.scales = 0
-        self._arena, self._scales = arena, scales
 
     def take(self, nbytes: int) -> int:
         at = self.size
@@ -90,7 +89,7 @@ class BufferLayout:
         """A gradient buffer (count int32 accumulators, int16 after requantization)."""
         at, index = self.take(4 * count), self.scales
         self.scales += 1
-        return GradRef(f"({self._arena} + {at})", f"{self._scales}[{index}]", count), at, index
+        return GradRef(f"(g_arena + {at})", f"g_scales[{index}]", count), at, index
 
 
 def _source(headers: list[str], pool: ConstPool, arena: BufferLayout, body: str) -> str:
@@ -268,56 +267,42 @@ def run_train_step(opcode: str, params: object, saved: list[np.ndarray | None], 
     """One emitted backward step of opcode: input gradients as run_backward, and with a slot
     the parameter updates too, on copies of slot.weights / slot.bias placed in the arena (the
     firmware's SRAM state), learning rate lr and xorshift state prng."""
-    arena, pool = BufferLayout(), ConstPool()
-    dy_ref, dy_at, dy_index = arena.grad(dy.data.size)
-    dxs = [None if n is None else arena.grad(n) for n in dx_sizes]
-    saved_at = [None if x is None else arena.take(x.size) for x in saved]
-    state = _TrainState(arena, slot)
+    e = Emission(REGISTRY[opcode].header, *grad_rules.HEADERS)
+    dy_grad = e.grad(dy.data.size, dy)
+    dxs = [None if n is None else e.grad(n) for n in dx_sizes]
+    saved_bufs = [None if x is None else e.array(x, np.int8) for x in saved]
+    state = _TrainState(e, slot, lr, prng)
     if state.binding is not None:
         params = dataclasses.replace(params, train=state.binding)
-    body = BACKWARD[opcode].emit(params, pool, [None if a is None else f"(g_arena + {a})"
-                                                for a in saved_at],
-                                 dy_ref, [None if d is None else d[0] for d in dxs],
-                                 state.emit(pool))
-    lib = _build([REGISTRY[opcode].header, *grad_rules.HEADERS], pool, arena,
-                 state.declarations() + body)
-    lib.arena[dy_at:dy_at + 2 * dy.data.size] = _bytes(dy.data, "<i2")
-    for x, at in zip(saved, saved_at, strict=True):
-        if x is not None and at is not None:
-            lib.arena[at:at + x.size] = _bytes(x, np.int8)
-    lib.scales[dy_index] = dy.scale
-    state.load(lib.arena, lr, prng)
-    lib.run()
-    grads = [None if d is None else
-             QGrad(lib.arena[d[1]:d[1] + 2 * d[0].count].view("<i2").copy(),
-                   F32(lib.scales[d[2]]))
-             for d in dxs]
-    return StepResult(grads, *state.read(lib.arena))
+    body = BACKWARD[opcode].emit(params, e.pool, [None if b is None else b.ptr for b in saved_bufs],
+                                 dy_grad.ref, [None if d is None else d.ref for d in dxs],
+                                 state.emit(e.pool))
+    ran = e.run(state.declarations() + body)
+    return StepResult([None if d is None else ran.grad(d) for d in dxs], *state.read(ran))
 
 
 class _TrainState:
     """The trained parameters, learning rate and PRNG state of one step, in the arena."""
 
-    def __init__(self, arena: BufferLayout, slot: TrainSlot | None) -> None:
+    def __init__(self, e: Emission, slot: TrainSlot | None, lr: float, prng: int) -> None:
         self.slot = slot
-        self.lr_at, self.prng_at = arena.take(4), arena.take(4)
+        self.lr, self.prng = e.array(np.float32(lr), "<f4"), e.array(np.uint32(prng), "<u4")
         weights = None if slot is None else slot.weights
         bias = None if slot is None else slot.bias
-        self.w_at = None if weights is None else arena.take(weights.nbytes)
-        self.b_at = None if bias is None else arena.take(4 * bias.size)
+        self.w = None if weights is None else e.array(weights, np.int8)
+        self.b = None if bias is None else e.array(bias, "<i4")
         n = slot.n_train if slot is not None and weights is not None else 0
         self.binding = None if slot is None else TrainBinding(
             n, "g_w" if n else None, "g_b" if bias is not None else None)
 
     def declarations(self) -> str:
-        lines = [f"  float& g_lr = *reinterpret_cast<float*>(g_arena + {self.lr_at});",
-                 f"  uint32_t& g_prng = *reinterpret_cast<uint32_t*>(g_arena + {self.prng_at});",
+        lines = [f"  float& g_lr = {self.lr.lvalue('float')};",
+                 f"  uint32_t& g_prng = {self.prng.lvalue('uint32_t')};",
                  "  (void)g_lr;", "  (void)g_prng;"]
-        if self.w_at is not None:
-            lines.append(f"  int8_t* const g_w = g_arena + {self.w_at};")
-        if self.b_at is not None:
-            lines.append("  int32_t* const g_b = "
-                         f"reinterpret_cast<int32_t*>(g_arena + {self.b_at});")
+        if self.w is not None:
+            lines.append(f"  int8_t* const g_w = {self.w.ptr};")
+        if self.b is not None:
+            lines.append(f"  int32_t* const g_b = {self.b.as_ptr('int32_t')};")
         return "\n".join(lines) + "\n"
 
     def emit(self, pool: ConstPool) -> TrainEmit | None:
@@ -332,25 +317,13 @@ class _TrainState:
             lr="g_lr", prng="&g_prng",
             rounding="mt::Rounding::kStochastic" if slot.stochastic else "mt::Rounding::kNearest")
 
-    def load(self, buf: np.ndarray, lr: float, prng: int) -> None:
-        buf[self.lr_at:self.lr_at + 4] = _bytes(np.float32(lr), "<f4")
-        buf[self.prng_at:self.prng_at + 4] = _bytes(np.uint32(prng), "<u4")
-        if self.slot is not None and self.w_at is not None:
-            w = self.slot.weights
-            buf[self.w_at:self.w_at + w.nbytes] = _bytes(w, np.int8)
-        if self.slot is not None and self.b_at is not None:
-            b = self.slot.bias
-            buf[self.b_at:self.b_at + 4 * b.size] = _bytes(b, "<i4")
-
-    def read(self, buf: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None, int]:
+    def read(self, ran: Ran) -> tuple[np.ndarray | None, np.ndarray | None, int]:
         weights = bias = None
-        if self.slot is not None and self.w_at is not None:
-            w = self.slot.weights
-            weights = buf[self.w_at:self.w_at + w.nbytes].view(np.int8).reshape(w.shape).copy()
-        if self.slot is not None and self.b_at is not None:
-            b = self.slot.bias
-            bias = buf[self.b_at:self.b_at + 4 * b.size].view("<i4").astype(np.int32)
-        return weights, bias, int(buf[self.prng_at:self.prng_at + 4].view("<u4")[0])
+        if self.slot is not None and self.w is not None:
+            weights = ran.array(self.w, np.int8).reshape(self.slot.weights.shape)
+        if self.b is not None:
+            bias = ran.array(self.b, "<i4").astype(np.int32)
+        return weights, bias, int(ran.scalar(self.prng, "<u4"))
 
 
 def _bytes(a: np.ndarray, dtype) -> np.ndarray:
