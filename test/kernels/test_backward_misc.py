@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import test_misc_kernels as misc
 from emitted import Emission, run_backward
 from host_build import host_compile
 
-from mcutrain.frontend.graph import Graph, Operator, Quant, Tensor
 from mcutrain.ops.base import BACKWARD, GradRef, lookup
 from mcutrain.ops.cxx import ConstPool
 from mcutrain.ops.train_math import F32, GRAD_MAX, QGrad, XorShift32
@@ -37,49 +37,27 @@ KERNELS = ROOT / "firmware" / "kernels"
 
 
 @dataclass
-class Case:
-    opcode: str
-    options: dict
-    tensors: list[Tensor]
-    inputs: list[int]
+class Case(misc.Case):
+    """The forward kernels' single-operator case, plus what its backward test feeds it."""
+
     dy_kind: str = "rand"  # rand | max | zero
     x_kind: str = "rand"  # rand | ties | distinct
     seed: int = 0
-
-    @property
-    def op(self) -> Operator:
-        return Operator(0, self.opcode, self.inputs, [len(self.tensors) - 1], self.options)
-
-    @property
-    def graph(self) -> Graph:
-        dynamic = [i for i in self.inputs if not self.tensors[i].is_const]
-        return Graph("case", self.tensors, [self.op], dynamic[:1], [len(self.tensors) - 1])
 
     @property
     def dynamic(self) -> list[int]:
         return [i for i in self.inputs if not self.tensors[i].is_const]
 
 
-class Builder:
+class Builder(misc.Builder):
     def __init__(self, seed: int) -> None:
+        super().__init__(seed)
         self.seed = seed
-        self.rng = np.random.default_rng(seed)
-        self.tensors: list[Tensor] = []
-
-    def _add(self, shape, dtype, quant=None, data=None) -> int:
-        self.tensors.append(Tensor(len(self.tensors), f"t{len(self.tensors)}", tuple(shape),
-                                   dtype, quant, data))
-        return len(self.tensors) - 1
 
     def act(self, shape, scale=None, zp=None, const=False) -> int:
-        scale = float(self.rng.uniform(0.005, 0.1)) if scale is None else scale
-        zp = int(self.rng.integers(-128, 128)) if zp is None else zp
-        q = Quant(np.array([scale], np.float32), np.array([zp], np.int64))
+        q = misc._quant(self.rng, scale, zp)
         data = self.rng.integers(-128, 128, size=shape, dtype=np.int8) if const else None
         return self._add(shape, "int8", q, data)
-
-    def ints(self, values, dtype="int32") -> int:
-        return self._add(np.shape(values), dtype, None, np.asarray(values, dtype=dtype))
 
     def case(self, opcode, inputs, out_shape, options, same_quant_as=None, **kinds) -> Case:
         if same_quant_as is not None:
