@@ -169,10 +169,11 @@ class Grad:
 
 
 class Emission:
-    """The buffers and constants of one emitted fragment, for emitters that are not an OpDef
-    (training codegen: masks, losses, fan-out, fp32 classifier): put the inputs in the arena,
-    hand the emitter the buffers' expressions, run() its code and read the outputs back. Every
-    byte not placed is garbage (_GARBAGE) when the code starts."""
+    """The buffers and constants of one emitted fragment: put the inputs in the arena, hand the
+    emitter the buffers' expressions, run() its code and read the outputs back. Every byte not
+    placed is garbage (_GARBAGE) when the code starts. run_op and run_train_step are built on
+    it; tests use it directly for emitters that are not an OpDef or BackwardDef (the training
+    codegen's masks, losses, fan-out sum, fp32 classifier)."""
 
     def __init__(self, *headers: str) -> None:
         self.headers = list(headers)
