@@ -33,7 +33,10 @@ struct Conv2dParams {
   int32_t act_min, act_max;    // fused activation clamp, -128 <= act_min <= act_max <= 127
   // On-device training: output channels o < n_train read their weights from train_filter, the
   // SRAM copy of the first n_train rows of the OHWI filter (same row layout); the others read
-  // the `filter` argument (flash). n_train == 0 (the default) is plain inference.
+  // the `filter` argument (flash). n_train == 0 (the default) is plain inference. Every kernel
+  // that reads weights (conv2d_s8, conv2d_input_grad) works on the channel ranges [0, n_train)
+  // and [n_train, output_c) separately, one weight source per range: an optimized kernel may do
+  // the same and never asks per channel which memory it reads.
   const int8_t* train_filter = nullptr;
   int32_t n_train = 0;
 };
@@ -51,8 +54,10 @@ void conv2d_s8(const Conv2dParams& p, const int8_t* input, const int8_t* filter,
 // Input gradient before requantization: the transposed convolution of the folded output
 // gradient, acc[b, iy, ix, ic] = sum of fold(dy[b, oy, ox, oc]) * w[oc, fy, fx, ic - in_c0(oc)]
 // over every (oy, ox, oc, fy, fx) whose tap reads (iy, ix); taps outside the input are dropped.
-// In:  filter   [output_c, filter_h, filter_w, filter_c] int8 (flash; channels < p.n_train
-//               come from p.train_filter, which must still hold this step's old weights)
+// In:  filter   [output_c, filter_h, filter_w, filter_c] int8 (flash) for the channels
+//               [p.n_train, output_c); [0, p.n_train) read p.train_filter, which must still hold
+//               this step's old weights. The result is the sum of the two ranges' scatters
+//               (integer adds, so splitting the channels does not change it)
 //      dy       [batches, output_h, output_w, output_c] int16 output gradient (|dy| <= 8191)
 //      ratio    [output_c] float32 sW[c] / max(sW), or nullptr for per-tensor weights
 // Out: input_acc [batches, input_h, input_w, input_c] int32 (overwritten; may not alias dy).

@@ -44,6 +44,33 @@ void ConvPixel(const Conv2dParams& p, const int8_t* input, const int8_t* rows,
   }
 }
 
+// Scatters output channels [oc_begin, oc_end) of one output pixel's gradient g into
+// input_acc, weights from `rows` (row oc at the same OHWI offset in flash and in the SRAM copy),
+// the same contract as ConvPixel: one weight source per call.
+void ConvGradPixel(const Conv2dParams& p, const int8_t* rows, const int16_t* g,
+                   const float* ratio, int32_t* input_acc, int32_t b, int32_t oy, int32_t ox,
+                   int32_t oc_begin, int32_t oc_end) {
+  const int32_t filters_per_group = p.output_c / (p.input_c / p.filter_c);
+  const int32_t in_y0 = oy * p.stride_h - p.pad_h;
+  const int32_t in_x0 = ox * p.stride_w - p.pad_w;
+  for (int32_t oc = oc_begin; oc < oc_end; ++oc) {
+    const int32_t d = FoldGrad(g[oc], ratio, oc);
+    if (d == 0) continue;
+    const int32_t in_c0 = (oc / filters_per_group) * p.filter_c;
+    for (int32_t fy = 0; fy < p.filter_h; ++fy) {
+      const int32_t iy = in_y0 + fy * p.dilation_h;
+      if (iy < 0 || iy >= p.input_h) continue;
+      for (int32_t fx = 0; fx < p.filter_w; ++fx) {
+        const int32_t ix = in_x0 + fx * p.dilation_w;
+        if (ix < 0 || ix >= p.input_w) continue;
+        int32_t* acc = input_acc + ((b * p.input_h + iy) * p.input_w + ix) * p.input_c + in_c0;
+        const int8_t* w = rows + ((oc * p.filter_h + fy) * p.filter_w + fx) * p.filter_c;
+        for (int32_t ic = 0; ic < p.filter_c; ++ic) acc[ic] += d * w[ic];
+      }
+    }
+  }
+}
+
 }  // namespace
 
 void conv2d_s8(const Conv2dParams& p, const int8_t* input, const int8_t* filter,
@@ -60,35 +87,16 @@ void conv2d_s8(const Conv2dParams& p, const int8_t* input, const int8_t* filter,
 
 void conv2d_input_grad(const Conv2dParams& p, const int8_t* filter, const int16_t* dy,
                        const float* ratio, int32_t* input_acc) {
-  const int32_t groups = p.input_c / p.filter_c;
-  const int32_t filters_per_group = p.output_c / groups;
   const int32_t count = p.batches * p.input_h * p.input_w * p.input_c;
   for (int32_t i = 0; i < count; ++i) input_acc[i] = 0;
-  // Scatter form: each output gradient is folded once and added to every input it read.
+  // Scatter form: each output gradient is folded once and added to every input it read. The
+  // two calls visit the channels in the same order as one loop would: the sums are unchanged.
   for (int32_t b = 0; b < p.batches; ++b) {
     for (int32_t oy = 0; oy < p.output_h; ++oy) {
-      const int32_t in_y0 = oy * p.stride_h - p.pad_h;
       for (int32_t ox = 0; ox < p.output_w; ++ox) {
-        const int32_t in_x0 = ox * p.stride_w - p.pad_w;
         const int16_t* g = dy + ((b * p.output_h + oy) * p.output_w + ox) * p.output_c;
-        for (int32_t oc = 0; oc < p.output_c; ++oc) {
-          const int32_t d = FoldGrad(g[oc], ratio, oc);
-          if (d == 0) continue;
-          const int32_t in_c0 = (oc / filters_per_group) * p.filter_c;
-          const int8_t* rows = oc < p.n_train ? p.train_filter : filter;
-          for (int32_t fy = 0; fy < p.filter_h; ++fy) {
-            const int32_t iy = in_y0 + fy * p.dilation_h;
-            if (iy < 0 || iy >= p.input_h) continue;
-            for (int32_t fx = 0; fx < p.filter_w; ++fx) {
-              const int32_t ix = in_x0 + fx * p.dilation_w;
-              if (ix < 0 || ix >= p.input_w) continue;
-              int32_t* acc =
-                  input_acc + ((b * p.input_h + iy) * p.input_w + ix) * p.input_c + in_c0;
-              const int8_t* w = rows + ((oc * p.filter_h + fy) * p.filter_w + fx) * p.filter_c;
-              for (int32_t ic = 0; ic < p.filter_c; ++ic) acc[ic] += d * w[ic];
-            }
-          }
-        }
+        ConvGradPixel(p, p.train_filter, g, ratio, input_acc, b, oy, ox, 0, p.n_train);
+        ConvGradPixel(p, filter, g, ratio, input_acc, b, oy, ox, p.n_train, p.output_c);
       }
     }
   }

@@ -36,6 +36,9 @@ struct DepthwiseConv2dParams {
   // On-device training: output channels o < n_train read their weights from train_filter, the
   // SRAM copy laid out [filter_h][filter_w][n_train] (the 1HWC filter restricted to the trained
   // channels); the others read the `filter` argument (flash). n_train == 0: plain inference.
+  // Every kernel that reads weights (depthwise_conv2d_s8, depthwise_conv2d_input_grad) works on
+  // the channel ranges [0, n_train) (stride n_train) and [n_train, output_c) (stride output_c)
+  // separately, one weight source per range, never a per-channel choice of memory.
   const int8_t* train_filter = nullptr;
   int32_t n_train = 0;
 };
@@ -52,8 +55,10 @@ void depthwise_conv2d_s8(const DepthwiseConv2dParams& p, const int8_t* input,
 // Input gradient before requantization: acc[b, iy, ix, ic] = sum over m < depth_multiplier and
 // the taps (oy, ox, fy, fx) reading (iy, ix) of fold(dy[b, oy, ox, oc]) * w[fy, fx, oc] with
 // oc = ic * depth_multiplier + m; taps outside the input are dropped.
-// In:  filter [1, filter_h, filter_w, output_c] int8 (flash; channels < p.n_train come from
-//             p.train_filter, which must still hold this step's old weights)
+// In:  filter [1, filter_h, filter_w, output_c] int8 (flash) for the channels
+//             [p.n_train, output_c); [0, p.n_train) read p.train_filter (stride n_train), which
+//             must still hold this step's old weights. The result is the sum of the two ranges'
+//             scatters (integer adds, so splitting the channels does not change it)
 //      dy     [batches, output_h, output_w, output_c] int16 output gradient (|dy| <= 8191)
 //      ratio  [output_c] float32 sW[c] / max(sW), or nullptr for per-tensor weights
 // Out: input_acc [batches, input_h, input_w, input_c] int32 (overwritten; may not alias dy).

@@ -41,6 +41,32 @@ void DepthwisePixel(const DepthwiseConv2dParams& p, const int8_t* input, const i
   }
 }
 
+// Scatters output channels [oc_begin, oc_end) of one output pixel's gradient g into
+// input_acc, tap (fy, fx) of channel oc at weights[(fy * filter_w + fx) * channel_stride + oc]:
+// the same contract as DepthwisePixel, one weight source per call.
+void DepthwiseGradPixel(const DepthwiseConv2dParams& p, const int8_t* weights,
+                        int32_t channel_stride, const int16_t* g, const float* ratio,
+                        int32_t* input_acc, int32_t b, int32_t oy, int32_t ox, int32_t oc_begin,
+                        int32_t oc_end) {
+  const int32_t in_y0 = oy * p.stride_h - p.pad_h;
+  const int32_t in_x0 = ox * p.stride_w - p.pad_w;
+  for (int32_t oc = oc_begin; oc < oc_end; ++oc) {
+    const int32_t d = FoldGrad(g[oc], ratio, oc);
+    if (d == 0) continue;
+    const int32_t ic = oc / p.depth_multiplier;
+    for (int32_t fy = 0; fy < p.filter_h; ++fy) {
+      const int32_t iy = in_y0 + fy * p.dilation_h;
+      if (iy < 0 || iy >= p.input_h) continue;
+      for (int32_t fx = 0; fx < p.filter_w; ++fx) {
+        const int32_t ix = in_x0 + fx * p.dilation_w;
+        if (ix < 0 || ix >= p.input_w) continue;
+        const int32_t w = weights[(fy * p.filter_w + fx) * channel_stride + oc];
+        input_acc[((b * p.input_h + iy) * p.input_w + ix) * p.input_c + ic] += d * w;
+      }
+    }
+  }
+}
+
 }  // namespace
 
 void depthwise_conv2d_s8(const DepthwiseConv2dParams& p, const int8_t* input,
@@ -61,30 +87,16 @@ void depthwise_conv2d_input_grad(const DepthwiseConv2dParams& p, const int8_t* f
                                  const int16_t* dy, const float* ratio, int32_t* input_acc) {
   const int32_t count = p.batches * p.input_h * p.input_w * p.input_c;
   for (int32_t i = 0; i < count; ++i) input_acc[i] = 0;
-  // Scatter form: each output gradient is folded once and added to every input it read.
+  // Scatter form: each output gradient is folded once and added to every input it read. The
+  // two calls visit the channels in the same order as one loop would: the sums are unchanged.
   for (int32_t b = 0; b < p.batches; ++b) {
     for (int32_t oy = 0; oy < p.output_h; ++oy) {
-      const int32_t in_y0 = oy * p.stride_h - p.pad_h;
       for (int32_t ox = 0; ox < p.output_w; ++ox) {
-        const int32_t in_x0 = ox * p.stride_w - p.pad_w;
         const int16_t* g = dy + ((b * p.output_h + oy) * p.output_w + ox) * p.output_c;
-        for (int32_t oc = 0; oc < p.output_c; ++oc) {
-          const int32_t d = FoldGrad(g[oc], ratio, oc);
-          if (d == 0) continue;
-          const int32_t ic = oc / p.depth_multiplier;
-          for (int32_t fy = 0; fy < p.filter_h; ++fy) {
-            const int32_t iy = in_y0 + fy * p.dilation_h;
-            if (iy < 0 || iy >= p.input_h) continue;
-            for (int32_t fx = 0; fx < p.filter_w; ++fx) {
-              const int32_t ix = in_x0 + fx * p.dilation_w;
-              if (ix < 0 || ix >= p.input_w) continue;
-              const int32_t w = oc < p.n_train
-                                    ? p.train_filter[(fy * p.filter_w + fx) * p.n_train + oc]
-                                    : filter[(fy * p.filter_w + fx) * p.output_c + oc];
-              input_acc[((b * p.input_h + iy) * p.input_w + ix) * p.input_c + ic] += d * w;
-            }
-          }
-        }
+        DepthwiseGradPixel(p, p.train_filter, p.n_train, g, ratio, input_acc, b, oy, ox, 0,
+                           p.n_train);
+        DepthwiseGradPixel(p, filter, p.output_c, g, ratio, input_acc, b, oy, ox, p.n_train,
+                           p.output_c);
       }
     }
   }

@@ -39,7 +39,9 @@ struct FullyConnectedParams {
   int32_t act_min, act_max;    // fused activation clamp, -128 <= act_min <= act_max <= 127
   // On-device training: output units o < n_train read their weights from train_filter, the
   // SRAM copy of the first n_train rows of the filter; the others read the `filter` argument
-  // (flash). n_train == 0 (the default) is plain inference.
+  // (flash). n_train == 0 (the default) is plain inference. Every kernel that reads weights
+  // (fully_connected_s8, fully_connected_input_grad) works on the unit ranges [0, n_train) and
+  // [n_train, output_depth) separately, one weight source per range, never a per-unit choice.
   const int8_t* train_filter = nullptr;
   int32_t n_train = 0;
 };
@@ -56,8 +58,10 @@ void fully_connected_s8(const FullyConnectedParams& p, const int8_t* input, cons
 // Training requires filter_offset == 0 (the compiler refuses other weights).
 
 // Input gradient before requantization: acc[b, d] = sum over o of fold(dy[b, o]) * w[o, d].
-// In:  filter [output_depth, accum_depth] int8 (flash; rows < p.n_train come from
-//             p.train_filter, which must still hold this step's old weights)
+// In:  filter [output_depth, accum_depth] int8 (flash) for the rows [p.n_train, output_depth);
+//             rows [0, p.n_train) read p.train_filter, which must still hold this step's old
+//             weights. The result is the sum of the two ranges (integer adds, so splitting the
+//             rows does not change it)
 //      dy     [batches, output_depth] int16 output gradient (|dy| <= 8191)
 //      ratio  [output_depth] float32 sW[o] / max(sW), or nullptr for per-tensor weights
 // Out: input_acc [batches, accum_depth] int32 (overwritten; may not alias dy). Then

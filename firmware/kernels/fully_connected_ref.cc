@@ -43,6 +43,19 @@ void FullyConnectedRows(const FullyConnectedParams& p, const int8_t* x, const in
   }
 }
 
+// Adds output units [o_begin, o_end) of one batch row's gradient g into acc, row o of the
+// weights at rows + o * accum_depth: the same contract as FullyConnectedRows, one weight source
+// per call.
+void FullyConnectedGradRows(const FullyConnectedParams& p, const int8_t* rows, const int16_t* g,
+                            const float* ratio, int32_t* acc, int32_t o_begin, int32_t o_end) {
+  for (int32_t o = o_begin; o < o_end; ++o) {
+    const int32_t d = FoldGrad(g[o], ratio, o);
+    if (d == 0) continue;
+    const int8_t* w = rows + o * p.accum_depth;
+    for (int32_t k = 0; k < p.accum_depth; ++k) acc[k] += d * w[k];
+  }
+}
+
 }  // namespace
 
 void fully_connected_s8(const FullyConnectedParams& p, const int8_t* input, const int8_t* filter,
@@ -60,12 +73,10 @@ void fully_connected_input_grad(const FullyConnectedParams& p, const int8_t* fil
   for (int32_t i = 0; i < p.batches * p.accum_depth; ++i) input_acc[i] = 0;
   for (int32_t b = 0; b < p.batches; ++b) {
     int32_t* acc = input_acc + b * p.accum_depth;
-    for (int32_t o = 0; o < p.output_depth; ++o) {
-      const int32_t d = FoldGrad(dy[b * p.output_depth + o], ratio, o);
-      if (d == 0) continue;
-      const int8_t* w = (o < p.n_train ? p.train_filter : filter) + o * p.accum_depth;
-      for (int32_t k = 0; k < p.accum_depth; ++k) acc[k] += d * w[k];
-    }
+    const int16_t* g = dy + b * p.output_depth;
+    // Same order as one loop over o: the sums are unchanged.
+    FullyConnectedGradRows(p, p.train_filter, g, ratio, acc, 0, p.n_train);
+    FullyConnectedGradRows(p, filter, g, ratio, acc, p.n_train, p.output_depth);
   }
 }
 

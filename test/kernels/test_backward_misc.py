@@ -1,12 +1,11 @@
 """Backward rules of MEAN, pooling, PAD/PADV2 and CONCATENATION, activation masks, losses and the
 fan-out sum (docs/training.md): numpy definition vs C++ kernel, bit for bit.
 
-Each case is one line. Three checks per case:
-- the numpy rule equals the kernel, reached through the emitted backward rule of each operator
-  (test/kernels/emitted.py run_backward) and, for masks, losses and the fan-out sum, through
-  test/kernels/shim_train.cc (int16 data equal, scales equal as float32 bits);
-- the code the emit() functions generate, compiled on the host and run on a little arena, equals
-  the numpy rule too;
+Each case is one line. Two checks per case:
+- the numpy rule equals the kernel, reached through the code the production emitters write
+  (test/kernels/emitted.py: run_backward for each operator's backward rule, Emission for the
+  training codegen's masks, losses and fan-out sum), int16 data equal, scales equal as float32
+  bits;
 - independently, the real-valued gradient (scale * data) matches the float gradient of the
   dequantized operator (TensorFlow's GradientTape, or a float64 numpy formula) within the
   quantization error of the rule.
@@ -14,7 +13,6 @@ Each case is one line. Three checks per case:
 
 from __future__ import annotations
 
-import ctypes
 import struct
 import subprocess
 from collections.abc import Callable
@@ -23,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from emitted import BufferLayout, run_backward
-from host_build import host_compile, host_library
+import test_misc_kernels as misc
+from emitted import Emission, run_backward
+from host_build import host_compile
 
-from mcutrain.frontend.graph import Graph, Operator, Quant, Tensor
 from mcutrain.ops.base import BACKWARD, GradRef, lookup
 from mcutrain.ops.cxx import ConstPool
 from mcutrain.ops.train_math import F32, GRAD_MAX, QGrad, XorShift32
@@ -39,49 +37,27 @@ KERNELS = ROOT / "firmware" / "kernels"
 
 
 @dataclass
-class Case:
-    opcode: str
-    options: dict
-    tensors: list[Tensor]
-    inputs: list[int]
+class Case(misc.Case):
+    """The forward kernels' single-operator case, plus what its backward test feeds it."""
+
     dy_kind: str = "rand"  # rand | max | zero
     x_kind: str = "rand"  # rand | ties | distinct
     seed: int = 0
-
-    @property
-    def op(self) -> Operator:
-        return Operator(0, self.opcode, self.inputs, [len(self.tensors) - 1], self.options)
-
-    @property
-    def graph(self) -> Graph:
-        dynamic = [i for i in self.inputs if not self.tensors[i].is_const]
-        return Graph("case", self.tensors, [self.op], dynamic[:1], [len(self.tensors) - 1])
 
     @property
     def dynamic(self) -> list[int]:
         return [i for i in self.inputs if not self.tensors[i].is_const]
 
 
-class Builder:
+class Builder(misc.Builder):
     def __init__(self, seed: int) -> None:
+        super().__init__(seed)
         self.seed = seed
-        self.rng = np.random.default_rng(seed)
-        self.tensors: list[Tensor] = []
-
-    def _add(self, shape, dtype, quant=None, data=None) -> int:
-        self.tensors.append(Tensor(len(self.tensors), f"t{len(self.tensors)}", tuple(shape),
-                                   dtype, quant, data))
-        return len(self.tensors) - 1
 
     def act(self, shape, scale=None, zp=None, const=False) -> int:
-        scale = float(self.rng.uniform(0.005, 0.1)) if scale is None else scale
-        zp = int(self.rng.integers(-128, 128)) if zp is None else zp
-        q = Quant(np.array([scale], np.float32), np.array([zp], np.int64))
+        q = misc._quant(self.rng, scale, zp)
         data = self.rng.integers(-128, 128, size=shape, dtype=np.int8) if const else None
         return self._add(shape, "int8", q, data)
-
-    def ints(self, values, dtype="int32") -> int:
-        return self._add(np.shape(values), dtype, None, np.asarray(values, dtype=dtype))
 
     def case(self, opcode, inputs, out_shape, options, same_quant_as=None, **kinds) -> Case:
         if same_quant_as is not None:
@@ -243,30 +219,6 @@ def prepare(case_id: str, x_kind: str | None = None) -> Prepared:
     return Prepared(case, params, xs, dy, expected)
 
 
-# ---- ctypes ---------------------------------------------------------------------------------
-
-
-def _i32(values) -> ctypes.Array:
-    return (ctypes.c_int32 * len(values))(*[int(v) for v in values])
-
-
-def _ptr(a: np.ndarray) -> ctypes.c_void_p:
-    return a.ctypes.data_as(ctypes.c_void_p)
-
-
-def _setup(lib: ctypes.CDLL) -> ctypes.CDLL:
-    f32 = ctypes.c_float
-    for name in ("mt_mse_grad", "mt_grad_sum"):
-        getattr(lib, name).restype = f32
-    lib.mt_mse_grad.argtypes = [ctypes.c_void_p, ctypes.c_int32, f32, ctypes.c_int32,
-                                ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
-    lib.mt_grad_sum.argtypes = [ctypes.c_void_p, f32, ctypes.c_void_p, f32, ctypes.c_int32,
-                                ctypes.c_void_p]
-    lib.mt_logits_cross_entropy_grad.argtypes = [ctypes.c_void_p, ctypes.c_int32, f32,
-                                                 ctypes.c_int32] + [ctypes.c_void_p] * 3
-    return lib
-
-
 def run_emitted_rule(p: Prepared) -> list[tuple[np.ndarray, np.float32]]:
     """The case's input gradients from its emitted backward rule, as (int16 data, scale)."""
     sizes: list[int | None] = [int(np.prod(p.case.tensors[i].shape)) for i in p.case.dynamic]
@@ -282,11 +234,6 @@ def assert_same(actual: np.ndarray, actual_scale, expected: QGrad, what: str) ->
     assert np.float32(actual_scale).tobytes() == np.float32(expected.scale).tobytes(), \
         f"{what}: scale {actual_scale!r} != {expected.scale!r}"
     assert np.all(np.abs(expected.data.astype(np.int32)) <= GRAD_MAX), what
-
-
-@pytest.fixture(scope="module")
-def lib(kernels_lib: ctypes.CDLL) -> ctypes.CDLL:
-    return _setup(kernels_lib)
 
 
 @pytest.mark.parametrize("case_id", sorted(CASES))
@@ -329,79 +276,6 @@ def test_saves_input_and_depth() -> None:
     assert BACKWARD[MAX].input_grad_depth(prepare("max_valid_2x2").params) == 1
     # |dy * s'| <= 8191 * 8192 = 8191 * 128 * 64
     assert BACKWARD["LOGISTIC"].input_grad_depth(prepare("logistic_4d").params) == 64
-
-
-# ---- emitted code, compiled on the host -------------------------------------------------------
-
-_SIGNATURE = ("(int8_t* arena, float* scales, int32_t label, float* loss, int32_t* pred, "
-              "const float* targets)")
-
-
-# Emitted rule functions take their arena and gradient scales as arguments named so.
-RULE_BUFFERS = {"arena": "arena", "scales": "scales"}
-
-
-@dataclass
-class Emitted:
-    body: str
-    arena: BufferLayout
-    run: Callable  # (lib fn) -> None: fills the arena, calls, checks
-
-
-def _bytes(a: np.ndarray, dtype) -> np.ndarray:
-    return np.ascontiguousarray(np.asarray(a).ravel(), dtype).view(np.uint8)
-
-
-def _call(fn, buf: np.ndarray, scales: np.ndarray, label: int = 0,
-          targets: np.ndarray | None = None) -> tuple[float, int]:
-    loss = np.zeros(1, np.float32)
-    pred = np.zeros(1, np.int32)
-    t = np.zeros(1, np.float32) if targets is None else np.ascontiguousarray(targets, np.float32)
-    fn(_ptr(buf), _ptr(scales), ctypes.c_int32(label), _ptr(loss), _ptr(pred), _ptr(t))
-    return float(loss[0]), int(pred[0])
-
-
-def _emit_sources() -> tuple[str, list[tuple[str, Callable]]]:
-    pool = ConstPool()
-    runs: list[tuple[str, Callable]] = []
-    functions = []
-    for case_id in sorted(RULE_EMITS):
-        body, run = RULE_EMITS[case_id]()
-        runs.append((case_id, run))
-        functions.append(body)
-    headers = sorted({lookup(CASES[c]().op).header for c in CASES} | set(grad_rules.HEADERS))
-    text = ["#include <cstdint>", *[f'#include "{h}"' for h in headers],
-            "namespace mt {", "namespace {", pool.definitions(), "}  // namespace"]
-    for k, body in enumerate(functions):
-        text.append(f'extern "C" void run_{k}{_SIGNATURE} {{\n'
-                    "  (void)arena; (void)scales; (void)label; (void)loss; (void)pred; "
-                    f"(void)targets;\n{body}\n}}")
-    text.append("}  // namespace mt\n")
-    return "\n".join(text), runs
-
-
-@pytest.fixture(scope="module")
-def emitted(tmp_path_factory: pytest.TempPathFactory):
-    source, runs = _emit_sources()
-    out_dir = tmp_path_factory.mktemp("emitted_train")
-    src = out_dir / "emitted.cc"
-    src.write_text(source)
-    so = out_dir / "libemitted.so"
-    sources = [str(p) for p in sorted(KERNELS.glob("*.cc"))] + [str(src)]
-    return host_library(sources, so), runs
-
-
-def test_emitted_code_matches_reference(emitted) -> None:
-    for case_id in sorted(CASES):
-        p = prepare(case_id)
-        for (data, scale), exp in zip(run_emitted_rule(p), p.expected, strict=True):
-            assert_same(data, scale, exp, f"emitted {case_id}")
-    lib_, runs = emitted
-    for k, (case_id, run) in enumerate(runs):
-        fn = getattr(lib_, f"run_{k}")
-        fn.restype = None
-        run(fn)
-        del case_id
 
 
 # ---- independent float check (TensorFlow GradientTape on the dequantized op) -------------------
@@ -515,22 +389,24 @@ def test_mask_bounds() -> None:
 
 
 @pytest.mark.parametrize("case_id", sorted(MASKS))
-def test_mask_kernel_matches_reference(lib: ctypes.CDLL, case_id: str) -> None:
+def test_mask_kernel_matches_reference(case_id: str) -> None:
     (lo, hi), y, dy = _mask_inputs(case_id)
     bits = grad_rules.mask_pack(y, lo, hi)
     assert bits.dtype == np.uint8 and bits.size == (y.size + 7) // 8
     inside = (y.astype(int) > lo) & (y.astype(int) < hi)
     for i in range(y.size):  # layout: bit i of byte i // 8, least significant first
         assert (bits[i // 8] >> (i % 8)) & 1 == inside[i]
-    c_bits = np.full(bits.size, 0xFF, np.uint8)
-    lib.mt_mask_pack(_ptr(y), y.size, lo, hi, _ptr(c_bits))
-    np.testing.assert_array_equal(c_bits, bits)
+    # the forward step packs the mask, the backward step applies it to the gradient
+    e = Emission(*grad_rules.HEADERS)
+    yb, c_bits, g = e.array(y, np.int8), e.space(bits.size), e.grad(y.size, dy)
+    ran = e.run("\n".join([grad_rules.emit_mask_pack(yb.ptr, y.size, lo, hi, c_bits.ptr),
+                           grad_rules.emit_mask_apply(g.ref, c_bits.ptr)]))
+    np.testing.assert_array_equal(ran.array(c_bits, np.uint8), bits)
     masked = grad_rules.mask_apply(dy, bits)
     np.testing.assert_array_equal(masked.data, np.where(inside, dy.data, 0))
     assert masked.scale == dy.scale
-    d = dy.data.copy()
-    lib.mt_mask_apply(_ptr(d), d.size, _ptr(bits))
-    assert_same(d, dy.scale, masked, case_id)
+    d = ran.grad(g)
+    assert_same(d.data, d.scale, masked, case_id)
 
 
 def test_mask_matches_float_derivative() -> None:
@@ -551,6 +427,17 @@ def test_mask_matches_float_derivative() -> None:
         derivative = (v > lo_r) & (v < hi_r)
         near = (np.abs(v - lo_r) < scale) | (np.abs(v - hi_r) < scale)
         np.testing.assert_array_equal(bits[~near], derivative[~near], err_msg=activation)
+
+
+def _run_loss(emit: Callable[..., str], n: int, label: int) -> tuple[float, int, QGrad]:
+    """(loss, prediction, dl) of a loss emitter's code: emit(emission, dl, label, loss,
+    prediction) -> C++, the last three as the training codegen passes them (lvalues)."""
+    e = Emission(*grad_rules.HEADERS)
+    g = e.grad(n)
+    lb = e.array(np.int32(label), "<i4")
+    lo, pr = e.array(np.float32(-1), "<f4"), e.array(np.uint16(0xFFFF), "<u2")
+    ran = e.run(emit(e, g.ref, lb.lvalue("int32_t"), lo.lvalue("float"), pr.lvalue("uint16_t")))
+    return float(ran.scalar(lo, "<f4")), int(ran.scalar(pr, "<u2")), ran.grad(g)
 
 
 CE = {  # case -> (n, label, kind)
@@ -578,19 +465,16 @@ def _ce_inputs(case_id: str) -> tuple[np.ndarray, int]:
 
 
 @pytest.mark.parametrize("case_id", sorted(CE))
-def test_cross_entropy_kernel_matches_reference(lib: ctypes.CDLL, case_id: str) -> None:
+def test_cross_entropy_kernel_matches_reference(case_id: str) -> None:
     q, label = _ce_inputs(case_id)
     loss, pred, dl = grad_rules.cross_entropy(q, label)
     assert dl.data.shape == q.shape and dl.scale == F32(1 / 256)
     assert pred == int(np.argmax(q.ravel()))
-    d = np.zeros(q.size, np.int16)
-    scale = np.zeros(1, np.float32)
-    c_loss = np.zeros(1, np.float32)
-    c_pred = lib.mt_softmax_cross_entropy_grad(_ptr(q), q.size, label, _ptr(d), _ptr(scale),
-                                               _ptr(c_loss))
+    c_loss, c_pred, d = _run_loss(lambda e, g, lb, lo, pr: grad_rules.emit_cross_entropy(
+        e.array(q, np.int8).ptr, q.size, lb, g, lo, pr), q.size, label)
     assert c_pred == pred
-    assert_same(d, scale[0], dl, case_id)
-    assert abs(c_loss[0] - loss) <= 1e-5 * abs(loss)
+    assert_same(d.data, d.scale, dl, case_id)
+    assert abs(c_loss - loss) <= 1e-5 * abs(loss)
     p = max(int(q[0, label]) + 128, 0.5) / 256
     assert abs(loss + np.log(p)) <= 1e-6 * abs(loss) + 1e-7
 
@@ -639,19 +523,16 @@ def _lce_inputs(case_id: str) -> tuple[np.ndarray, float, int, int]:
 
 
 @pytest.mark.parametrize("case_id", sorted(LOGITS_CE))
-def test_logits_cross_entropy_kernel_matches_reference(lib: ctypes.CDLL, case_id: str) -> None:
+def test_logits_cross_entropy_kernel_matches_reference(case_id: str) -> None:
     y, so, zo, label = _lce_inputs(case_id)
     loss, pred, dl = grad_rules.logits_cross_entropy(y, so, zo, label)
     assert dl.data.shape == y.shape
     assert pred == int(np.argmax(y.ravel()))
-    d = np.zeros(y.size, np.int16)
-    scale = np.zeros(1, np.float32)
-    c_loss = np.zeros(1, np.float32)
-    c_pred = lib.mt_logits_cross_entropy_grad(_ptr(y), y.size, F32(so), label, _ptr(d),
-                                              _ptr(scale), _ptr(c_loss))
+    c_loss, c_pred, d = _run_loss(lambda e, g, lb, lo, pr: grad_rules.emit_logits_cross_entropy(
+        e.array(y, np.int8).ptr, y.size, so, lb, g, lo, pr), y.size, label)
     assert c_pred == pred
-    assert_same(d, scale[0], dl, case_id)
-    assert abs(c_loss[0] - loss) <= 1e-5 * abs(loss) + 1e-7
+    assert_same(d.data, d.scale, dl, case_id)
+    assert abs(c_loss - loss) <= 1e-5 * abs(loss) + 1e-7
 
 
 @pytest.mark.parametrize("case_id", sorted(LOGITS_CE))
@@ -697,14 +578,14 @@ def _mse_inputs(case_id: str) -> tuple[np.ndarray, float, int, np.ndarray]:
 
 
 @pytest.mark.parametrize("case_id", sorted(MSE))
-def test_mse_kernel_matches_reference(lib: ctypes.CDLL, case_id: str) -> None:
+def test_mse_kernel_matches_reference(case_id: str) -> None:
     y, so, zo, t = _mse_inputs(case_id)
     loss, dy = grad_rules.mse(y, so, zo, t)
     assert dy.data.shape == y.shape
-    d = np.zeros(y.size, np.int16)
-    scale = np.zeros(1, np.float32)
-    c_loss = lib.mt_mse_grad(_ptr(y), y.size, F32(so), zo, _ptr(t), _ptr(d), _ptr(scale))
-    assert_same(d, scale[0], dy, case_id)
+    c_loss, _, d = _run_loss(lambda e, g, lb, lo, pr: grad_rules.emit_mse(
+        e.array(y, np.int8).ptr, y.size, so, zo, e.array(t, "<f4").as_ptr("const float"), g,
+        lo), y.size, 0)
+    assert_same(d.data, d.scale, dy, case_id)
     assert np.float32(c_loss) == np.float32(loss)
     if MSE[case_id][3] == "exact":
         assert dy.scale == 0 and loss == 0
@@ -741,13 +622,13 @@ def _sum_inputs(case_id: str) -> tuple[QGrad, QGrad]:
 
 
 @pytest.mark.parametrize("case_id", sorted(SUMS))
-def test_grad_sum_kernel_matches_reference(lib: ctypes.CDLL, case_id: str) -> None:
+def test_grad_sum_kernel_matches_reference(case_id: str) -> None:
     a, b = _sum_inputs(case_id)
     total = grad_rules.grad_sum(a, b)
-    acc = np.full(a.data.size, 0x5A5A5A5A, np.int32)
-    scale = lib.mt_grad_sum(_ptr(a.data), a.scale, _ptr(b.data), b.scale, a.data.size,
-                            _ptr(acc))
-    assert_same(acc.view(np.int16)[:a.data.size], scale, total, case_id)
+    e = Emission(*grad_rules.HEADERS)
+    ga, gb, out = e.grad(a.data.size, a), e.grad(a.data.size, b), e.grad(a.data.size)
+    got = e.run(grad_rules.emit_grad_sum(ga.ref, gb.ref, out.ref)).grad(out)
+    assert_same(got.data, got.scale, total, case_id)
     if a.scale == 0:
         np.testing.assert_array_equal(total.data, b.data)
         assert total.scale == b.scale
@@ -760,116 +641,6 @@ def test_grad_sum_kernel_matches_reference(lib: ctypes.CDLL, case_id: str) -> No
     tol = 0.5 * max(float(a.scale), float(b.scale)) + 0.5 * float(total.scale) + 1e-6 * (
         np.abs(want).max() + 1e-30)
     assert np.abs(total.real().astype(np.float64) - want).max() <= tol
-
-
-# ---- emitted code for the grad_rules helpers ---------------------------------------------------
-
-
-def _emit_mask(case_id: str):
-    (lo, hi), y, dy = _mask_inputs(case_id)
-    arena = BufferLayout(**RULE_BUFFERS)
-    y_at, bits_at = arena.take(y.size), arena.take((y.size + 7) // 8)
-    g, g_at, g_index = arena.grad(y.size)
-    body = "\n".join([grad_rules.emit_mask_pack(f"(arena + {y_at})", y.size, lo, hi,
-                                                f"(arena + {bits_at})"),
-                      grad_rules.emit_mask_apply(g, f"(arena + {bits_at})")])
-    expected = grad_rules.mask_apply(dy, grad_rules.mask_pack(y, lo, hi))
-
-    def run(fn) -> None:
-        buf = np.full(arena.size, 0xEE, np.uint8)
-        buf[y_at:y_at + y.size] = _bytes(y, np.int8)
-        buf[g_at:g_at + 2 * y.size] = _bytes(dy.data, "<i2")
-        scales = np.array([dy.scale], np.float32)
-        _call(fn, buf, scales)
-        assert_same(buf[g_at:g_at + 2 * y.size].view("<i2"), scales[g_index], expected,
-                    f"emitted {case_id}")
-    return body, run
-
-
-def _emit_ce(case_id: str):
-    q, label = _ce_inputs(case_id)
-    arena = BufferLayout(**RULE_BUFFERS)
-    q_at = arena.take(q.size)
-    g, g_at, g_index = arena.grad(q.size)
-    body = grad_rules.emit_cross_entropy(f"(arena + {q_at})", q.size, "label", g, "*loss",
-                                         "*pred")
-    loss, pred, dl = grad_rules.cross_entropy(q, label)
-
-    def run(fn) -> None:
-        buf = np.zeros(arena.size, np.uint8)
-        buf[q_at:q_at + q.size] = _bytes(q, np.int8)
-        scales = np.zeros(1, np.float32)
-        c_loss, c_pred = _call(fn, buf, scales, label=label)
-        assert c_pred == pred and abs(c_loss - loss) <= 1e-5 * abs(loss)
-        assert_same(buf[g_at:g_at + 2 * q.size].view("<i2"), scales[g_index], dl, case_id)
-    return body, run
-
-
-def _emit_lce(case_id: str):
-    y, so, zo, label = _lce_inputs(case_id)
-    arena = BufferLayout(**RULE_BUFFERS)
-    y_at = arena.take(y.size)
-    g, g_at, g_index = arena.grad(y.size)
-    body = grad_rules.emit_logits_cross_entropy(f"(arena + {y_at})", y.size, so, "label", g,
-                                                "*loss", "*pred")
-    loss, pred, dl = grad_rules.logits_cross_entropy(y, so, zo, label)
-
-    def run(fn) -> None:
-        buf = np.zeros(arena.size, np.uint8)
-        buf[y_at:y_at + y.size] = _bytes(y, np.int8)
-        scales = np.zeros(1, np.float32)
-        c_loss, c_pred = _call(fn, buf, scales, label=label)
-        assert c_pred == pred and abs(c_loss - loss) <= 1e-5 * abs(loss) + 1e-7, case_id
-        assert_same(buf[g_at:g_at + 2 * y.size].view("<i2"), scales[g_index], dl, case_id)
-    return body, run
-
-
-def _emit_mse(case_id: str):
-    y, so, zo, t = _mse_inputs(case_id)
-    arena = BufferLayout(**RULE_BUFFERS)
-    y_at = arena.take(y.size)
-    g, g_at, g_index = arena.grad(y.size)
-    body = grad_rules.emit_mse(f"(arena + {y_at})", y.size, so, zo, "targets", g, "*loss")
-    loss, dy = grad_rules.mse(y, so, zo, t)
-
-    def run(fn) -> None:
-        buf = np.zeros(arena.size, np.uint8)
-        buf[y_at:y_at + y.size] = _bytes(y, np.int8)
-        scales = np.zeros(1, np.float32)
-        c_loss, _ = _call(fn, buf, scales, targets=t)
-        assert np.float32(c_loss) == np.float32(loss), case_id
-        assert_same(buf[g_at:g_at + 2 * y.size].view("<i2"), scales[g_index], dy, case_id)
-    return body, run
-
-
-def _emit_sum(case_id: str):
-    a, b = _sum_inputs(case_id)
-    arena = BufferLayout(**RULE_BUFFERS)
-    ga, a_at, a_index = arena.grad(a.data.size)
-    gb, b_at, b_index = arena.grad(a.data.size)
-    go, o_at, o_index = arena.grad(a.data.size)
-    body = grad_rules.emit_grad_sum(ga, gb, go)
-    expected = grad_rules.grad_sum(a, b)
-
-    def run(fn) -> None:
-        buf = np.full(arena.size, 0x77, np.uint8)
-        n = a.data.size
-        buf[a_at:a_at + 2 * n] = _bytes(a.data, "<i2")
-        buf[b_at:b_at + 2 * n] = _bytes(b.data, "<i2")
-        scales = np.zeros(3, np.float32)
-        scales[a_index], scales[b_index] = a.scale, b.scale
-        _call(fn, buf, scales)
-        assert_same(buf[o_at:o_at + 2 * n].view("<i2"), scales[o_index], expected, case_id)
-    return body, run
-
-
-RULE_EMITS: dict[str, Callable[[], tuple[str, Callable]]] = {
-    **{f"mask_{c}": (lambda c=c: _emit_mask(c)) for c in MASKS},
-    **{c: (lambda c=c: _emit_ce(c)) for c in CE},
-    **{c: (lambda c=c: _emit_lce(c)) for c in LOGITS_CE},
-    **{c: (lambda c=c: _emit_mse(c)) for c in MSE},
-    **{c: (lambda c=c: _emit_sum(c)) for c in SUMS},
-}
 
 
 # ---- whole training step: generated code built on the host vs the numpy reference -------------

@@ -11,24 +11,19 @@ Cases are one line each and reuse the graph builder of test_conv_kernels.py.
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pytest
-from emitted import run_train_step
-from host_build import host_library
-from test_conv_kernels import MODULES, Case, _ptr, build_graph
+from emitted import Emission, run_train_step
+from test_conv_kernels import MODULES, Case, build_graph
 
 from mcutrain.frontend.graph import ModelError
 from mcutrain.ops import param_train
 from mcutrain.ops.base import BACKWARD, TrainBinding, TrainSlot
-from mcutrain.ops.cxx import ConstPool
 from mcutrain.ops.train_math import F32, GRAD_MAX, QGrad, XorShift32
 
-ROOT = Path(__file__).resolve().parents[2]
 OPCODES = {"conv": "CONV_2D", "dw": "DEPTHWISE_CONV_2D", "fc": "FULLY_CONNECTED"}
 
 
@@ -278,32 +273,17 @@ def test_gradients_match_float_autodiff(step: Step) -> None:
 # ---- (c) emitted code on the host ----
 
 
-def _array_def(ctype: str, name: str, values: np.ndarray) -> str:
-    body = ", ".join(str(int(v)) for v in np.asarray(values).ravel()) or "0"
-    return f"{ctype} {name}[] = {{{body}}};"
-
-
-def _build(tmp_path: Path, source: str, name: str) -> ctypes.CDLL:
-    src = tmp_path / f"{name}.cc"
-    src.write_text(source)
-    lib = tmp_path / f"{name}.so"
-    kernels = [ROOT / "firmware" / "kernels" / f for f in
-               ("conv2d_ref.cc", "depthwise_conv2d_ref.cc", "fully_connected_ref.cc")]
-    return host_library([src, *kernels], lib)
-
-
-HEADERS = "".join(f'#include "{m.OPDEF.header}"\n' for m in MODULES.values())
 FORWARD_CASES = [Case("conv", (1, 7, 6, 3), 5, stride=(2, 2), seed=1),
                  Case("conv", (1, 5, 5, 6), 4, groups=2, seed=7),
                  Case("dw", (1, 7, 7, 3), stride=(2, 2), dm=2, activation="RELU6", seed=2),
                  Case("fc", (2, 3, 10), 6, seed=3)]
 
 
-def test_forward_with_trained_channels(tmp_path: Path) -> None:
+def test_forward_with_trained_channels() -> None:
     """n_train in {0, some, all}: with the SRAM copy equal to flash the output equals the plain
     forward; with perturbed SRAM weights and bias it equals reference(with_trained(...))."""
-    ctx = ConstPool()
-    defs, bodies, runs = [], [], []
+    e = Emission(*(m.OPDEF.header for m in MODULES.values()))
+    bodies, runs = [], []
     rng = np.random.default_rng(3)
     for i, case in enumerate(FORWARD_CASES):
         graph, op = build_graph(case)
@@ -320,26 +300,22 @@ def test_forward_with_trained_channels(tmp_path: Path) -> None:
                     w = np.clip(w.astype(np.int64) + rng.integers(-9, 10, w.shape), -127,
                                 127).astype(np.int8)
                     bias = bias + rng.integers(-500, 500, bias.shape).astype(np.int32)
-                defs.append(_array_def("int8_t", f"g_w_{tag}", w))
-                defs.append(_array_def("int32_t", f"g_b_{tag}", bias))
-                binding = TrainBinding(n, f"g_w_{tag}" if n else None,
-                                       f"g_b_{tag}" if perturb else None)
-                body = module.emit(dataclasses.replace(p, train=binding), ctx, ["in"], "out")
-                bodies.append(f'extern "C" void run_{tag}(const int8_t* in, int8_t* out) '
-                              f'{{\n{body}\n}}')
-                expected_params = module.with_trained(p, w, bias if perturb else None)
-                runs.append((tag, case, p, expected_params))
-    source = "\n".join([ctx.definitions(), *defs, *bodies])
-    lib = _build(tmp_path, HEADERS + source + "\n", "forward")
-    for tag, case, p, expected_params in runs:
-        module = MODULES[case.kind]
-        x = rng.integers(-128, 128, size=case.shape).astype(np.int8)
-        expected = module.reference(expected_params, [x])
-        out = np.zeros(expected.shape, dtype=np.int8)
-        getattr(lib, f"run_{tag}")(_ptr(x, ctypes.c_int8), _ptr(out, ctypes.c_int8))
-        np.testing.assert_array_equal(out, expected, err_msg=tag)
+                wb, bb = e.array(w, np.int8), e.array(bias, "<i4")
+                binding = TrainBinding(n, wb.ptr if n else None,
+                                       bb.as_ptr("int32_t") if perturb else None)
+                x = rng.integers(-128, 128, size=case.shape).astype(np.int8)
+                expected = module.reference(module.with_trained(p, w, bias if perturb else None),
+                                            [x])
+                xb, out = e.array(x, np.int8), e.space(expected.size)
+                bodies.append(module.emit(dataclasses.replace(p, train=binding), e.pool,
+                                          [xb.ptr], out.ptr))
+                runs.append((tag, module.reference(p, [x]), expected, out))
+    ran = e.run("\n".join(f"{{\n{b}\n}}" for b in bodies))
+    for tag, plain, expected, out in runs:
+        got = ran.array(out, np.int8).reshape(expected.shape)
+        np.testing.assert_array_equal(got, expected, err_msg=tag)
         if tag.endswith("_0"):
-            np.testing.assert_array_equal(out, module.reference(p, [x]), err_msg=tag)
+            np.testing.assert_array_equal(got, plain, err_msg=tag)
 
 
 EMIT_STEPS = [STEPS[1], STEPS[6], STEPS[11], STEPS[14], STEPS[18], STEPS[19]]
@@ -387,3 +363,28 @@ def test_non_finite_updates_never_reach_parameters(step: Step) -> None:
     if before_b is not None:
         np.testing.assert_array_equal(got_b, before_b)
         np.testing.assert_array_equal(slot.bias, before_b)
+
+
+# Trained prefixes strictly inside the channels (and one with every channel), with dx wanted.
+PREFIX_STEPS = [s for s in STEPS if s.dx and s.n_train != 0]
+
+
+@pytest.mark.parametrize("step", PREFIX_STEPS, ids=[_step_id(s) for s in PREFIX_STEPS])
+def test_input_grad_reads_trained_prefix_from_sram_copy(step: Step) -> None:
+    """After a few steps the SRAM copy differs from flash: the input gradient must take the
+    trained channels [0, n_train) from the copy and the rest from flash, as the reference does."""
+    kind = step.case.kind
+    p, x, dy, _ = prepared(step)
+    slot = make_slot(step, p)
+    rng = np.random.default_rng(55 + step.case.seed)
+    slot = dataclasses.replace(slot, weights=rng.integers(-127, 128, slot.weights.shape,
+                                                          dtype=np.int8))
+    bdef = BACKWARD[OPCODES[kind]]
+    (want,) = bdef.reference(p, [x], dy, [True], dataclasses.replace(
+        slot, weights=slot.weights.copy()), F32(0.0), XorShift32(3))
+    (flash_only,) = bdef.reference(p, [x], dy, [True], None, F32(0.0), XorShift32(3))
+    assert not np.array_equal(want.data, flash_only.data), "copy must matter to the gradient"
+    got = run_train_step(OPCODES[kind], p, [x], dy, [x.size], slot, 0.0, 3).dxs[0]
+    assert got is not None
+    np.testing.assert_array_equal(got.data, want.data.ravel())
+    assert np.float32(got.scale).tobytes() == np.float32(want.scale).tobytes()

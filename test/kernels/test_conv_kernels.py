@@ -8,7 +8,6 @@ last test checks the emitted code of a few more operators on fresh inputs.
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -137,10 +136,6 @@ def build_graph(c: Case) -> tuple[Graph, Operator]:
 
 
 MODULES = {"conv": conv2d, "dw": depthwise_conv2d, "fc": fully_connected}
-
-
-def _ptr(a: np.ndarray | None, ctype):
-    return None if a is None else a.ctypes.data_as(ctypes.POINTER(ctype))
 
 
 @pytest.mark.parametrize("case", CASES, ids=[_case_id(c) for c in CASES])

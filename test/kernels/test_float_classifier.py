@@ -1,17 +1,18 @@
 """The fp32 classifier (docs/training.md, "fp32 classifier"): numpy definition
-(mcutrain.train.float_classifier) vs the C++ kernel (firmware/kernels/float_classifier.h through
-test/kernels/shim_float.cc), bit for bit over several chained training steps, plus an independent
-float64 check of the forward pass and the gradients.
+(mcutrain.train.float_classifier) vs the C++ kernel (firmware/kernels/float_classifier.h, run
+through the training codegen's emit_* calls in test/kernels/emitted.py), bit for bit over several
+chained training steps, plus an independent float64 check of the forward pass and the gradients.
 """
 
 from __future__ import annotations
 
-import ctypes
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
+from emitted import Emission
 
 from mcutrain.compile.compiler import compile_model
 from mcutrain.frontend.graph import ModelError
@@ -19,28 +20,6 @@ from mcutrain.ops.train_math import F32, GRAD_MAX
 from mcutrain.train import float_classifier as fcl
 from mcutrain.train.scheme import parse_scheme
 from mcutrain.train.training_graph import build_training
-
-_F = ctypes.c_float
-_I = ctypes.c_int32
-_P = ctypes.c_void_p
-
-
-def _ptr(a: np.ndarray | None) -> int | None:
-    return None if a is None else a.ctypes.data
-
-
-@pytest.fixture(scope="module")
-def lib(kernels_lib: ctypes.CDLL) -> ctypes.CDLL:
-    kernels_lib.mt_exp_f32.argtypes = [_F]
-    kernels_lib.mt_exp_f32.restype = _F
-    kernels_lib.mt_float_classifier_init.argtypes = [_I, _I, _P, _P, _P, _P, _P, _P]
-    kernels_lib.mt_float_classifier_forward.argtypes = [_I, _I, _I, _F, _I, _F, _I,
-                                                        _P, _P, _P, _P, _P]
-    kernels_lib.mt_float_classifier_loss.argtypes = [_I, _I, _P, _I, _P]
-    kernels_lib.mt_float_classifier_loss.restype = _I
-    kernels_lib.mt_float_classifier_backward.argtypes = [_I, _I, _P, _P, _P, _I, _F, _P, _P]
-    kernels_lib.mt_float_classifier_backward.restype = _F
-    return kernels_lib
 
 
 def _classifier(depth: int, units: int, seed: int, bias: bool = True,
@@ -66,14 +45,23 @@ def _bits(a: np.ndarray) -> np.ndarray:
     return np.asarray(a, np.float32).view(np.uint32)
 
 
-def test_exp_matches_kernel_and_math(lib: ctypes.CDLL) -> None:
+def _kernel_exp(xs: np.ndarray) -> np.ndarray:
+    """mt::ref::exp_f32 of every value (no emitter calls it alone: the loop is the test's)."""
+    e = Emission(fcl.HEADER)
+    x, y = e.array(xs, "<f4"), e.space(4 * xs.size)
+    body = (f"for (int32_t i = 0; i < {xs.size}; ++i) {y.as_ptr('float')}[i] = "
+            f"mt::ref::exp_f32({x.as_ptr('const float')}[i]);")
+    return e.run(body).array(y, "<f4")
+
+
+def test_exp_matches_kernel_and_math() -> None:
     xs = np.concatenate([
         np.linspace(-100, 0, 20001, dtype=np.float32),
         -np.random.default_rng(0).exponential(3.0, 20000).astype(np.float32),
         np.array([0.0, -0.0, -80.0, np.nextafter(F32(-80), F32(-81)), -1e-30, -np.inf, np.nan],
                  np.float32)])
     want = fcl.exp_f32(xs)
-    got = np.array([lib.mt_exp_f32(float(v)) for v in xs], np.float32)
+    got = _kernel_exp(xs)
     assert np.array_equal(_bits(got), _bits(want))
     ok = np.isfinite(xs) & (xs >= -80)
     exact = np.exp(xs[ok].astype(np.float64))
@@ -86,50 +74,82 @@ CASES = [(32, 3, 0, True, False), (7, 10, 1, True, False), (64, 2, 2, False, Fal
          (300, 12, 6, False, True)]
 
 
+def _emitted_init(c: fcl.FloatClassifier) -> tuple[np.ndarray, np.ndarray]:
+    """(W_f, b_f) as the generated reset code computes them."""
+    e = Emission(fcl.HEADER)
+    w, b = e.space(c.weight_bytes), e.space(c.bias_bytes)
+    ran = e.run(fcl.emit_init(c, e.pool, w.as_ptr("float"), b.as_ptr("float")))
+    return ran.array(w, "<f4").reshape(c.units, c.depth), ran.array(b, "<f4")
+
+
+@dataclass
+class KernelStep:
+    """What one generated training step of the classifier left: forward work, int8 output,
+    loss and prediction, input gradient and its scale, and the updated float weights."""
+
+    work: np.ndarray
+    q: np.ndarray
+    loss: float
+    pred: int
+    dx: np.ndarray | None
+    scale: float
+    w: np.ndarray
+    b: np.ndarray
+
+
+def _emitted_step(c: fcl.FloatClassifier, w: np.ndarray, b: np.ndarray, x: np.ndarray,
+                  label: int, lr: np.float32, need_dx: bool) -> KernelStep:
+    """Forward, loss and backward as the training codegen emits them, on copies of (w, b)."""
+    e = Emission(fcl.HEADER)
+    wb, bb, xb = e.array(w, "<f4"), e.array(b, "<f4"), e.array(x, np.int8)
+    work, q = e.space(4 * c.work_floats), e.space(c.units)
+    label_b, lr_b = e.array(np.int32(label), "<i4"), e.array(lr, "<f4")
+    loss, pred = e.array(np.float32(-1), "<f4"), e.array(np.uint16(0xFFFF), "<u2")
+    scale = e.array(np.float32(-1), "<f4")  # the kernel must write 0 without dx
+    scratch, dx = e.space(4 * c.depth), e.space(2 * c.depth)
+    wp, bp = wb.as_ptr("float"), bb.as_ptr("float")
+    body = "\n".join([
+        fcl.emit_forward(c, wp, bp, xb.ptr, work.ptr, q.ptr),
+        fcl.emit_loss(c, work.ptr, label_b.lvalue("int32_t"), loss.lvalue("float"),
+                      pred.lvalue("uint16_t")),
+        fcl.emit_backward(c, wp, bp, work.ptr, label_b.lvalue("int32_t"), lr_b.lvalue("float"),
+                          scratch.ptr if need_dx else None,
+                          dx.as_ptr("int16_t") if need_dx else None, scale.lvalue("float"))])
+    ran = e.run(body)
+    return KernelStep(ran.array(work, "<f4"), ran.array(q, np.int8),
+                      float(ran.scalar(loss, "<f4")), int(ran.scalar(pred, "<u2")),
+                      ran.array(dx, "<i2") if need_dx else None, ran.scalar(scale, "<f4"),
+                      ran.array(wb, "<f4").reshape(w.shape), ran.array(bb, "<f4"))
+
+
 @pytest.mark.parametrize("depth, units, seed, bias, logits", CASES)
-def test_training_steps_match_kernel(lib: ctypes.CDLL, depth: int, units: int, seed: int,
-                                     bias: bool, logits: bool) -> None:
+def test_training_steps_match_kernel(depth: int, units: int, seed: int, bias: bool,
+                                     logits: bool) -> None:
     c = _classifier(depth, units, seed, bias, logits)
     rng = np.random.default_rng(100 + seed)
     w_ref, b_ref = c.initial()
-    w_fw = np.zeros((units, depth), np.float32)
-    b_fw = np.zeros(units, np.float32)
-    ws, bs = c.w_scale, c.b_scale
-    bq = c.bias_q
-    lib.mt_float_classifier_init(depth, units, _ptr(c.weights_q), _ptr(bq), _ptr(ws), _ptr(bs),
-                                 _ptr(w_fw), _ptr(b_fw))
+    w_fw, b_fw = _emitted_init(c)
     assert np.array_equal(_bits(w_fw), _bits(w_ref)) and np.array_equal(_bits(b_fw), _bits(b_ref))
     lr = F32(0.37)  # large, so the logits move a lot over the steps
-    work = np.zeros(c.work_floats, np.float32)
     for step in range(12):
         x = rng.integers(-128, 128, depth, dtype=np.int8)
         label = int(rng.integers(0, units))
         need_dx = step % 3 != 2
         ref_work, ref_q = fcl.forward(c, w_ref, b_ref, x)
-        q = np.zeros(units, np.int8)
-        lib.mt_float_classifier_forward(depth, units, -c.input_zero_point, float(c.input_scale),
-                                        int(logits), float(c.output_inv_scale),
-                                        c.output_zero_point, _ptr(w_fw), _ptr(b_fw), _ptr(x),
-                                        _ptr(work), _ptr(q))
+        got = _emitted_step(c, w_fw, b_fw, x, label, lr, need_dx)
+        w_fw, b_fw = got.w, got.b
         packed = np.concatenate([ref_work.x_real, ref_work.logits, ref_work.prob])
-        assert np.array_equal(_bits(work), _bits(packed)), f"step {step}: forward"
-        assert np.array_equal(q, ref_q), f"step {step}: int8 output"
-        loss = np.zeros(1, np.float32)
-        pred = lib.mt_float_classifier_loss(depth, units, _ptr(work), label, _ptr(loss))
+        assert np.array_equal(_bits(got.work), _bits(packed)), f"step {step}: forward"
+        assert np.array_equal(got.q, ref_q), f"step {step}: int8 output"
         ref_loss, ref_pred = fcl.loss(ref_work, label)
-        assert pred == ref_pred
-        assert float(loss[0]) == pytest.approx(ref_loss, rel=1e-5, abs=1e-6)
+        assert got.pred == ref_pred
+        assert got.loss == pytest.approx(ref_loss, rel=1e-5, abs=1e-6)
         dx_ref = fcl.backward(c, w_ref, b_ref, ref_work, label, lr, need_dx)
-        scratch = np.zeros(depth, np.float32)
-        dx = np.zeros(depth, np.int16)
-        scale = lib.mt_float_classifier_backward(
-            depth, units, _ptr(w_fw), _ptr(b_fw), _ptr(work), label, float(lr),
-            _ptr(scratch) if need_dx else None, _ptr(dx) if need_dx else None)
         if need_dx:
-            assert np.array_equal(dx, dx_ref.data.ravel()), f"step {step}: dx"
-            assert _bits(np.float32(scale)) == _bits(dx_ref.scale)
+            assert np.array_equal(got.dx, dx_ref.data.ravel()), f"step {step}: dx"
+            assert _bits(np.float32(got.scale)) == _bits(dx_ref.scale)
         else:
-            assert dx_ref is None and scale == 0.0
+            assert dx_ref is None and got.scale == 0.0
         assert np.array_equal(_bits(w_fw), _bits(w_ref)), f"step {step}: weights"
         assert np.array_equal(_bits(b_fw), _bits(b_ref)), f"step {step}: bias"
 
