@@ -401,12 +401,16 @@ class BackwardDef:
     saves_input(params, slot) -> for each dynamic input, whether backward needs it kept.
     input_grad_depth(params) -> K, the longest integer sum of an input gradient (for the
       8191 * 128 * K < 2^31 overflow check), 0 when the op has no weighted sum.
+    int16_dx: its emit writes every input gradient as int16 values straight away (a copy or
+      broadcast of dy, never through dx[i].acc()), so a gradient only it writes needs 2 bytes
+      per element instead of the 4 an int32 accumulation does.
     """
 
     reference: Callable[..., list[Any]]
     emit: Callable[..., str]
     saves_input: Callable[[Any, TrainSlot | None], list[bool]]
     input_grad_depth: Callable[[Any], int] = lambda params: 0
+    int16_dx: bool = False
 
 
 def _one_input(params: Any) -> int:
@@ -433,7 +437,7 @@ def identity_backward(dynamic_inputs: Callable[[Any], int] = _one_input) -> Back
     def saves(params: Any, slot: TrainSlot | None) -> list[bool]:
         return [False] * dynamic_inputs(params)
 
-    return BackwardDef(reference=reference, emit=emit, saves_input=saves)
+    return BackwardDef(reference=reference, emit=emit, saves_input=saves, int16_dx=True)
 
 
 class _BackwardRules(Mapping[str, BackwardDef]):

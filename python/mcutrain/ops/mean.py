@@ -201,7 +201,8 @@ def backward_emit(params: MeanParams, ctx: EmitContext, saved: list[str | None],
 
 
 BACKWARD = BackwardDef(
-    reference=backward_reference, emit=backward_emit, saves_input=lambda p, slot: [False])
+    reference=backward_reference, emit=backward_emit, saves_input=lambda p, slot: [False],
+    int16_dx=True)
 
 def float_forward(fx: FloatContext, step: int, p: Any, ins: list[Any]) -> Any:
     axes = [int(a) for a in np.asarray(fx.graph.tensors[p.op.inputs[1]].data).reshape(-1)]

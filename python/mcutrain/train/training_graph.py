@@ -468,11 +468,14 @@ def plan_memory(model: CompiledModel, schedule: Schedule, variants: list[KernelV
 
 def _plan_gradients(model: CompiledModel, schedule: Schedule, use, bstep: dict[int, int],
                     loss_step: int) -> None:
-    """Gradient buffers: 4 bytes per element (int32 accumulation, then int16 in place)."""
+    """Gradient buffers: 4 bytes per element (int32 accumulation, then int16 in place), or 2
+    when the one rule writing it writes int16 straight away (BackwardDef.int16_dx)."""
     producer = {p.output: i for i, p in enumerate(model.ops)}
+    rules = {b.step: b.rule for b in schedule.backward}
     contributions = _contributions(schedule.loss_input, schedule.classifier, schedule.backward)
     for t, made in contributions.items():
-        size = 4 * model.graph.tensors[t].num_elements
+        direct = len(made) == 1 and made[0] is not None and rules[made[0]].int16_dx
+        size = (2 if direct else 4) * model.graph.tensors[t].num_elements
         at = [loss_step if step is None else bstep[step] for step in made]
         consumed = bstep[producer[t]] if t in producer else at[-1]
         if len(made) > 2:
