@@ -110,6 +110,12 @@ def _link_step(target, source, env) -> int | None:  # noqa: ARG001 (SCons action
         elf.unlink(missing_ok=True)
         sys.stderr.write(f"mcutrain: error: {exc}\n")
         return 1
+    except Exception as exc:  # noqa: BLE001 - a bug; still never keep the unsized image
+        elf.unlink(missing_ok=True)
+        traceback.print_exc()
+        sys.stderr.write(f"mcutrain: internal error while sizing the stack: "
+                         f"{type(exc).__name__}: {str(exc)[:200]} (please report it)\n")
+        return 1
     return None
 
 
