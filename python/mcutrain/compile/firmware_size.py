@@ -21,7 +21,8 @@ from ..frontend.graph import ModelError
 FLASH_SECTIONS = (".isr_vector", ".text", ".rodata", ".ARM.extab", ".ARM.exidx",
                   ".preinit_array", ".init_array", ".fini_array", ".data")
 RAM_SECTIONS = (".data", ".bss", ".stack")
-# The default of __stack_size__ in firmware/bsp/cortex_m7_sections.ld (a test keeps them equal).
+# The default of __stack_size__ in firmware/bsp/cortex_m7_sections.ld (a test keeps them equal):
+# the build's fallback when the compiled stack use has no static bound (build.py).
 DEFAULT_STACK_BYTES = 16 * 1024
 _STACK_FLAG = re.compile(r"--defsym[=,]__stack_size__=(\w+)")
 
