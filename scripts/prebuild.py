@@ -18,8 +18,15 @@ Import("env")  # noqa: F821  (SCons injects Import)
 PROJECT_DIR = Path(env.subst("$PROJECT_DIR"))  # noqa: F821
 sys.path.insert(0, str(PROJECT_DIR / "python"))
 
-from mcutrain.build import generate_for_build  # noqa: E402
-from mcutrain.compile.firmware_size import stack_bytes_from_flags  # noqa: E402
+from mcutrain.build import (  # noqa: E402
+    describe_sram,
+    generate_for_build,
+    link_stack,
+    sram_breakdown,
+    stack_opts_flag,
+    stack_record,
+)
+from mcutrain.compile.firmware_size import explicit_stack_bytes  # noqa: E402
 from mcutrain.compile.report import BoardLimits, arena_summary  # noqa: E402
 from mcutrain.frontend.graph import ModelError  # noqa: E402
 
@@ -69,10 +76,47 @@ def _limits() -> BoardLimits:
         name=board.get("name", env.subst("$BOARD")),  # noqa: F821
         ram_bytes=int(board.get("upload.maximum_ram_size")),
         flash_bytes=int(board.get("upload.maximum_size")),
-        stack_bytes=stack_bytes_from_flags(_link_flags()),
+        # None of the flags set __stack_size__: 0, the link step sizes the stack (see below).
+        stack_bytes=explicit_stack_bytes(_link_flags()) or 0,
         flash_reserve=int(env.GetProjectOption("custom_flash_reserve", 65536)),  # noqa: F821
         train_ram_bytes=int(env.GetProjectOption("custom_train_ram", 262144)),  # noqa: F821
     )
+
+
+def _link_step(target, source, env) -> int | None:  # noqa: ARG001 (SCons action signature)
+    """After the link: size the stack from the compiled call graph, link again if the
+    reservation changed, then record and print the SRAM breakdown of the linked image. On any
+    refusal the image is removed, so that no build keeps a firmware with a wrong stack."""
+    elf = Path(target[0].get_abspath())
+    build_dir = Path(env.subst("$BUILD_DIR"))
+    objects = [Path(s.get_abspath()) for s in source if str(s).endswith(".o")]
+    explicit = explicit_stack_bytes(_link_flags())
+    try:
+        stack, relink = link_stack(build_dir, objects, elf, explicit)
+        print(f"mcutrain: {stack.describe()}")
+        if relink and env["BUILDERS"]["Program"].action(target, source, env):
+            raise ModelError("linking again with the sized stack failed (see above)")
+        report_path = build_dir / "report.json"
+        report = json.loads(report_path.read_text())
+        sram = sram_breakdown(elf, report)
+        if sram["stack_bytes"] != stack.reserved:
+            raise ModelError(f"the linked image reserves {sram['stack_bytes']} B of stack, not "
+                             f"the {stack.reserved} B sized for it")
+        report["stack"] = stack_record(stack)
+        report["sram"] = sram
+        report_path.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"mcutrain: {describe_sram(sram)}")
+    except (ModelError, OSError) as exc:
+        elf.unlink(missing_ok=True)
+        sys.stderr.write(f"mcutrain: error: {exc}\n")
+        return 1
+    except Exception as exc:  # noqa: BLE001 - a bug; still never keep the unsized image
+        elf.unlink(missing_ok=True)
+        traceback.print_exc()
+        sys.stderr.write(f"mcutrain: internal error while sizing the stack: "
+                         f"{type(exc).__name__}: {str(exc)[:200]} (please report it)\n")
+        return 1
+    return None
 
 
 def main() -> None:
@@ -92,10 +136,20 @@ def main() -> None:
                          "report it with the model)\n")
         env.Exit(1)  # noqa: F821
         return
+    if result.regenerated:
+        # The link step records the linked SRAM in the new report: make sure it runs.
+        (build_dir / "firmware.elf").unlink(missing_ok=True)
     state = "generated" if result.regenerated else "up to date"
     print(f"mcutrain: {model_path.name}: model code {state} in {result.generated_dir}")
     print(f"mcutrain: {model_path.name}: "
           f"{arena_summary(json.loads(result.report_path.read_text()))}")
+    # Every object's frame sizes and call graph (.su, .ci next to the .o) for the link step.
+    env.Append(CCFLAGS=["-fstack-usage", "-fcallgraph-info=su"])  # noqa: F821
+    if explicit_stack_bytes(_link_flags()) is None:
+        env.Append(LINKFLAGS=[stack_opts_flag(build_dir)])  # noqa: F821
+    # Run by platform/builder/main.py after each link of the program.
+    env.Append(POST_LINK_ACTIONS=[env.VerboseAction(_link_step,  # noqa: F821
+                                                    "Sizing the stack")])
     env.BuildSources(str(build_dir / "generated_obj"), str(result.generated_dir))  # noqa: F821
 
 

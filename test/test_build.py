@@ -52,8 +52,12 @@ def test_default_training_build_links_within_256k(env: str, tmp_path: Path) -> N
 
     program = build_training(compile_model(DEFAULT_MODEL), load_scheme(ROOT / "train" /
                                                                        "har_adapt.json"))
-    need = training_ram(program, BoardLimits(env, F746_RAM, F746_FLASH)).total
+    # The stack the link step sized from compiled stack use (test_stack_reserve.py checks it).
+    stack = report["stack"]["reserved_bytes"]
+    need = training_ram(program, BoardLimits(env, F746_RAM, F746_FLASH, stack_bytes=stack)).total
     assert need - 1024 < size.linked_ram_bytes <= need, (need, size)
+    assert f"mcutrain: SRAM {size.linked_ram_bytes} B linked = arena " in proc.stdout
+    assert f"+ stack {stack} + runtime statics" in proc.stdout
 
 
 def test_mobilenetv2_inference_fits_the_f746() -> None:
@@ -62,7 +66,10 @@ def test_mobilenetv2_inference_fits_the_f746() -> None:
     from mcutrain.compile.compiler import compile_model
     from mcutrain.compile.report import BoardLimits, inference_ram
 
-    need = inference_ram(compile_model(MOBILENET), BoardLimits("f746", F746_RAM, F746_FLASH))
+    elf = build_firmware(MOBILENET)
+    stack = json.loads((elf.parent / "report.json").read_text())["stack"]["reserved_bytes"]
+    need = inference_ram(compile_model(MOBILENET), BoardLimits("f746", F746_RAM, F746_FLASH,
+                                                               stack_bytes=stack))
     assert size.linked_ram_bytes <= need.total <= F746_RAM, (need, size)
 
 

@@ -154,6 +154,11 @@ if "nobuild" in COMMAND_LINE_TARGETS:
 else:
     target_elf = env.BuildProgram()
     env.Depends(target_elf, "$LDSCRIPT_PATH")
+    # Steps an extra script asks to run right after each link (mcutrain's pre-build script
+    # sizes the stack there). Attached to the program node itself: a post-action added by path
+    # before the node exists only ran when the image was missing.
+    for step in env.get("POST_LINK_ACTIONS", []):
+        env.AddPostAction(target_elf, step)
     target_bin = env.ElfToBin(os.path.join("$BUILD_DIR", "${PROGNAME}"), target_elf)
     target_hex = env.ElfToHex(os.path.join("$BUILD_DIR", "${PROGNAME}"), target_elf)
     env.Depends(target_bin, "checkprogsize")

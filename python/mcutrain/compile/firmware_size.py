@@ -21,7 +21,8 @@ from ..frontend.graph import ModelError
 FLASH_SECTIONS = (".isr_vector", ".text", ".rodata", ".ARM.extab", ".ARM.exidx",
                   ".preinit_array", ".init_array", ".fini_array", ".data")
 RAM_SECTIONS = (".data", ".bss", ".stack")
-# The default of __stack_size__ in firmware/bsp/cortex_m7_sections.ld (a test keeps them equal).
+# The default of __stack_size__ in firmware/bsp/cortex_m7_sections.ld (a test keeps them equal):
+# the build's fallback when the compiled stack use has no static bound (build.py).
 DEFAULT_STACK_BYTES = 16 * 1024
 _STACK_FLAG = re.compile(r"--defsym[=,]__stack_size__=(\w+)")
 
@@ -71,12 +72,30 @@ def _symbols(elf: Path, nm_tool: str) -> dict[str, int]:
     return symbols
 
 
+def symbol_sizes(elf: Path, nm_tool: str = "arm-none-eabi-nm") -> dict[str, int]:
+    """Sizes of the image's data objects by unqualified name (g_arena, g_state, ...)."""
+    out = subprocess.run([_tool(nm_tool), "-S", "-C", str(elf)], check=True,
+                         capture_output=True, text=True).stdout
+    sizes = {}
+    for line in out.splitlines():
+        parts = line.split(maxsplit=3)
+        if len(parts) == 4 and parts[2] in "bBdD":
+            sizes[parts[3].rsplit("::", 1)[-1]] = int(parts[1], 16)
+    return sizes
+
+
 def stack_bytes_from_flags(flags: list[str]) -> int:
     """The stack the linker reserves: the last -Wl,--defsym=__stack_size__=N among the build's
     link flags, else the linker script's default. N as ld reads it: decimal, 0x hex, K or M."""
+    explicit = explicit_stack_bytes(flags)
+    return DEFAULT_STACK_BYTES if explicit is None else explicit
+
+
+def explicit_stack_bytes(flags: list[str]) -> int | None:
+    """The last -Wl,--defsym=__stack_size__=N among `flags`, or None when none sets it."""
     chosen = [m.group(1) for flag in flags for m in _STACK_FLAG.finditer(flag)]
     if not chosen:
-        return DEFAULT_STACK_BYTES
+        return None
     text = chosen[-1]
     scale = {"K": 1024, "M": 1024 * 1024}.get(text[-1].upper(), 1)
     digits = text[:-1] if scale > 1 else text

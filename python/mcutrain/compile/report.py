@@ -28,8 +28,9 @@ class BoardLimits:
     name: str
     ram_bytes: int
     flash_bytes: int
-    # The stack the linker reserves at the top of RAM (__stack_size__; prebuild.py reads it from
-    # the build's link flags) and the runtime's own static SRAM besides the model's buffers.
+    # The stack the linker reserves at the top of RAM when the build flags set __stack_size__
+    # (prebuild.py reads it from them); 0 when the link step sizes it from compiled stack use
+    # (build.py), which repeats the fit check with it. Then the runtime's own static SRAM.
     stack_bytes: int = DEFAULT_STACK_BYTES
     runtime_ram: int = RUNTIME_STATIC_RAM
     # Flash besides the weights (code). Measured from linked firmware; see README.
@@ -56,7 +57,9 @@ class RamNeed:
 
     def breakdown(self) -> str:
         state = f" + trainable state {self.state}" if self.state else ""
-        return f"arena {self.arena}{state} + runtime {self.runtime} + stack {self.stack}"
+        # 0: the link step sizes the stack from compiled stack use and checks the total again.
+        stack = f"stack {self.stack}" if self.stack else "stack (sized at link)"
+        return f"arena {self.arena}{state} + runtime {self.runtime} + {stack}"
 
 
 def aligned(size: int) -> int:
