@@ -232,3 +232,12 @@ def test_report_json_names_the_winning_planner_and_its_arena(tmp_path) -> None:
         assert plan["planner"] == "exact" and plan["arena_bytes"] == part["arena_bytes"]
         assert plan["candidates"]["greedy_by_size"] > plan["arena_bytes"]
         assert plan["arena_bytes"] == min(plan["candidates"].values())
+
+
+def test_exact_search_is_skipped_on_big_plans_and_says_so(monkeypatch) -> None:
+    import mcutrain.compile.memory_plan as memory_plan
+
+    monkeypatch.setattr(memory_plan, "EXACT_MAX_BUFFERS", 3)
+    requests = [("a", 300, 3, 5), ("b", 400, 4, 4), ("c", 100, 1, 3), ("d", 500, 2, 2)]
+    p = _planner(requests, 100)
+    assert p.choice()["exact"] == "skipped: 4 buffers > 3" and p.arena_bytes() == 800

@@ -14,11 +14,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .plan_strategies import HEURISTICS, Problem, Request, arena_units, exact
+from .plan_strategies import HEURISTICS, ExactResult, Problem, Request, arena_units, exact
 
 # Search nodes the exact planner may visit per plan: enough to close the small gaps the
 # heuristics leave on graphs of a few dozen buffers, small enough to keep a build in seconds.
 EXACT_NODE_BUDGET = 3000
+# Each search node costs time quadratic in the buffer count (0.2 s per plan at 200 buffers):
+# bigger plans keep the best heuristic.
+EXACT_MAX_BUFFERS = 256
 
 
 @dataclass(frozen=True)
@@ -83,23 +86,37 @@ class ArenaPlanner:
     def _place(self) -> dict[str, Placement]:
         requests = [Request(*r) for r in self._requests]
         problem = Problem.of(requests, self.alignment)
-        candidates = {name: place(problem) for name, place in HEURISTICS.items()}
-        arenas = {name: arena_units(problem, o) for name, o in candidates.items()}
-        winner = min(arenas, key=lambda name: arenas[name])  # first of equals: dict order
-        exact_state = "not needed: a heuristic reached the lower bound"
-        if arenas[winner] > problem.lower_bound():
-            found = exact(problem, arenas[winner], EXACT_NODE_BUDGET)
-            exact_state = (("optimal" if found.proven else "best within budget")
-                           if found.offsets is not None else
-                           ("no smaller arena exists" if found.proven else
-                            "no smaller arena found within budget"))
-            if found.offsets is not None:
-                candidates["exact"], winner = found.offsets, "exact"
-                arenas["exact"] = arena_units(problem, found.offsets)
-        a = self.alignment
-        self._choice = {"planner": winner, "arena_bytes": arenas[winner] * a,
-                        "candidates": {name: u * a for name, u in arenas.items()},
-                        "lower_bound_bytes": problem.lower_bound() * a, "exact": exact_state}
-        placed = [Placement(r.name, r.size, r.first, r.last, o * a)
-                  for r, o in zip(requests, candidates[winner], strict=True)]
+        winner, offsets, self._choice = choose_plan(problem, self.alignment)
+        placed = [Placement(r.name, r.size, r.first, r.last, o * self.alignment)
+                  for r, o in zip(requests, offsets, strict=True)]
         return {p.name: p for p in sorted(placed, key=lambda p: (p.offset, p.first))}
+
+
+def choose_plan(problem: Problem, alignment: int) -> tuple[str, list[int], dict[str, Any]]:
+    """The winning strategy, its offsets (units) and the report of the choice: the heuristics
+    first, then the exact search when none reached the lower bound and the plan is small."""
+    candidates = {name: place(problem) for name, place in HEURISTICS.items()}
+    arenas = {name: arena_units(problem, o) for name, o in candidates.items()}
+    winner = min(arenas, key=lambda name: arenas[name])  # first of equals: dict order
+    lower = problem.lower_bound()
+    n = len(problem.requests)
+    if arenas[winner] <= lower:
+        state = "not needed: a heuristic reached the lower bound"
+    elif n > EXACT_MAX_BUFFERS:
+        state = f"skipped: {n} buffers > {EXACT_MAX_BUFFERS}"
+    else:
+        found = exact(problem, arenas[winner], EXACT_NODE_BUDGET)
+        state = _exact_state(found)
+        if found.offsets is not None:
+            candidates["exact"], winner = found.offsets, "exact"
+            arenas["exact"] = arena_units(problem, found.offsets)
+    report = {"planner": winner, "arena_bytes": arenas[winner] * alignment,
+              "candidates": {name: u * alignment for name, u in arenas.items()},
+              "lower_bound_bytes": lower * alignment, "exact": state}
+    return winner, candidates[winner], report
+
+
+def _exact_state(found: ExactResult) -> str:
+    if found.offsets is not None:
+        return "optimal" if found.proven else "best within budget"
+    return "no smaller arena exists" if found.proven else "no smaller arena found within budget"
