@@ -9,7 +9,8 @@
 By default, for every model in models/, models/test/ and models/third_party/ it builds an
 inference-only ELF (`MCUTRAIN_TRAIN=`, build dir .pio/bench/<name>), boots it on QEMU
 (`-icount shift=3`: the board's counter is retired instructions, resolution 5) and runs a few
-random int8 inputs. For models/har_cnn1d_int8.tflite with each scheme in train/*.json, and for
+random int8 inputs. For each scheme in train/*.json on its model (SCHEME_MODELS, else
+models/har_cnn1d_int8.tflite), and for
 each (model, scheme) pair of test/test_training_firmware.py's CASES, it builds a training ELF and
 runs a few TRAIN steps from random inputs and labels. With --model it benchmarks that model
 instead (inference, plus one training build per --scheme). Recorded per build: MACs (forward;
@@ -50,6 +51,8 @@ from mcutrain.host.protocol import DeviceInfo, LossKind  # noqa: E402
 
 MODEL_DIRS = ("models", "models/test", "models/third_party")
 TRAIN_MODEL = "har_cnn1d_int8"
+# train/ schemes written for another model than TRAIN_MODEL, by file stem.
+SCHEME_MODELS = {"mbv2_paper_50kb": "mobilenetv2_w035_128_int8"}
 TRAIN_CASES_FILE = ROOT / "test" / "test_training_firmware.py"
 FIXTURE_SCHEMES = ROOT / "test" / "fixtures" / "schemes"
 BENCH_DIR = ROOT / ".pio" / "bench"
@@ -125,9 +128,11 @@ def training_cases(test_file: Path = TRAIN_CASES_FILE) -> list[tuple[str, str]]:
 
 
 def training_jobs(root: Path = ROOT, test_file: Path = TRAIN_CASES_FILE) -> list[Job]:
-    model = root / "models" / f"{TRAIN_MODEL}.tflite"
-    jobs = [Job(f"{TRAIN_MODEL}-train-{s.stem}", model, s)
-            for s in sorted((root / "train").glob("*.json"))]
+    jobs = []
+    for s in sorted((root / "train").glob("*.json")):
+        model_name = SCHEME_MODELS.get(s.stem, TRAIN_MODEL)
+        jobs.append(Job(f"{model_name}-train-{s.stem}",
+                        root / "models" / f"{model_name}.tflite", s))
     for model_name, scheme_name in training_cases(test_file):
         m = root / "models" / f"{model_name}.tflite"
         jobs.append(Job(f"{m.stem}-fixture-{scheme_name}", m,

@@ -67,6 +67,18 @@ def test_jobs_cover_every_model_and_scheme_with_unique_build_dirs() -> None:
     assert all(j.build_dir.parent == ROOT / ".pio" / "bench" for j in all_jobs)
 
 
+def test_every_train_scheme_job_names_a_model_the_scheme_is_written_for() -> None:
+    """A train/ scheme addresses layers of one model: its benchmark job must build it on that
+    model (the MobileNetV2 scheme's layer -17 does not exist on the HAR model)."""
+    from mcutrain.compile.compiler import compile_model
+    from mcutrain.train.scheme import load_scheme
+    from mcutrain.train.training_graph import build_training
+
+    for job in bench.training_jobs():
+        if job.scheme is not None and job.scheme.parent.name == "train":
+            build_training(compile_model(job.model), load_scheme(job.scheme))
+
+
 def test_count_stats() -> None:
     assert bench.count_stats([10, 20, 30]) == {"mean": 20.0, "min": 10, "max": 30, "runs": 3}
     with pytest.raises(ValueError):

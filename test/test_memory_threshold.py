@@ -33,9 +33,11 @@ INFERENCE_ARENA = {
     "third_party/tflm_micro_speech_int8": 5968,
 }
 
-# (model, scheme file) -> (training arena bytes, trainable state bytes). The HAR model with every
-# scheme in train/, then the pairs test_training_firmware runs on the emulated board.
+# (model, scheme file) -> (training arena bytes, trainable state bytes). Every scheme in train/ on
+# its model, then the pairs test_training_firmware runs on the emulated board.
 TRAINING = {
+    # The paper's MobileNetV2 scheme: planned, but refused by the fit check today (issue 8).
+    ("mobilenetv2_w035_128_int8", "train/mbv2_paper_50kb.json"): (245760, 52756),
     ("har_cnn1d_int8", "train/har_adapt.json"): (5472, 1484),
     ("har_cnn1d_int8", "train/har_adapt_fp32cls.json"): (5472, 1772),
     ("har_cnn1d_int8", "train/har_adapt_nearest.json"): (5472, 1484),
@@ -43,7 +45,7 @@ TRAINING = {
     ("har_cnn1d_int8", "train/har_bias_only.json"): (5472, 236),
     ("har_cnn1d_int8", "train/har_last2.json"): (1600, 2540),
     ("har_cnn1d_int8", "schemes/sparse_ratios.json"): (5984, 1964),
-    ("har_cnn1d_int8", "schemes/full_nearest_noqas.json"): (8096, 4860),
+    ("har_cnn1d_int8", "schemes/full_nearest_noqas.json"): (7488, 4860),
     ("har_cnn1d_int8", "schemes/fp32_classifier.json"): (5472, 1772),
     ("test/residual_dw_f32io", "schemes/full_stochastic.json"): (29952, 824),
     ("test/concat_pool_pertensor_int8", "schemes/full_stochastic.json"): (25600, 3852),
@@ -81,9 +83,9 @@ def _shipped_models() -> set[str]:
 
 def test_every_shipped_model_and_scheme_is_pinned() -> None:
     assert set(INFERENCE_ARENA) == _shipped_models(), "pin the arena of every model in models/"
-    har_schemes = {f"train/{p.name}" for p in TRAIN.glob("*.json")}
-    assert har_schemes <= {s for m, s in TRAINING if m == "har_cnn1d_int8"}, \
-        "pin the training arena of every scheme in train/ on the HAR model"
+    shipped = {f"train/{p.name}" for p in TRAIN.glob("*.json")}
+    assert shipped <= {s for _, s in TRAINING}, \
+        "pin the training arena of every scheme in train/ on the model it is written for"
 
 
 def test_firmware_training_pairs_are_pinned() -> None:

@@ -1,16 +1,27 @@
 """Static arena planning from buffer lifetimes (no allocator on the device).
 
 Three calls, like TFLite Micro's planner but run on the host: add a buffer with its size and the
-first and last step that use it, then read back each offset and the arena size. Placement is
-greedy: biggest buffers first, each at the lowest aligned offset that does not collide with a
-buffer already placed whose lifetime overlaps. Steps are operator positions in the schedule; a
-model input is alive from step -1 (written before the first operator) and a model output until
-the step after the last operator (read after the run).
+first and last step that use it, then read back each offset and the arena size. Every strategy
+of plan_strategies.py places the buffers (greedy by size, the original; greedy best-fit; greedy
+in schedule order; an exact search capped at EXACT_NODE_BUDGET nodes) and the smallest arena
+wins, ties going to the earlier strategy, so a plan only changes where it gets smaller. Steps are
+operator positions in the schedule; a model input is alive from step -1 (written before the
+first operator) and a model output until the step after the last operator (read after the run).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+
+from .plan_strategies import HEURISTICS, ExactResult, Problem, Request, arena_units, exact
+
+# Search nodes the exact planner may visit per plan: enough to close the small gaps the
+# heuristics leave on graphs of a few dozen buffers, small enough to keep a build in seconds.
+EXACT_NODE_BUDGET = 3000
+# Each search node costs time quadratic in the buffer count (0.2 s per plan at 200 buffers):
+# bigger plans keep the best heuristic.
+EXACT_MAX_BUFFERS = 256
 
 
 @dataclass(frozen=True)
@@ -34,6 +45,7 @@ class ArenaPlanner:
         self.alignment = alignment
         self._requests: list[tuple[str, int, int, int]] = []
         self._placements: dict[str, Placement] | None = None
+        self._choice: dict[str, Any] = {}
 
     def add_buffer(self, name: str, size: int, first: int, last: int) -> None:
         if size <= 0 or last < first:
@@ -55,6 +67,11 @@ class ArenaPlanner:
             self._placements = self._place()
         return self._placements
 
+    def choice(self) -> dict[str, Any]:
+        """Which strategy won, its arena, and every candidate's arena (for report.json)."""
+        self.placements()
+        return self._choice
+
     def live_at(self, step: int) -> list[Placement]:
         return [p for p in self.placements().values() if p.first <= step <= p.last]
 
@@ -67,14 +84,39 @@ class ArenaPlanner:
         return (n + self.alignment - 1) // self.alignment * self.alignment
 
     def _place(self) -> dict[str, Placement]:
-        placed: list[Placement] = []
-        order = sorted(self._requests, key=lambda r: (-r[1], r[2], r[0]))
-        for name, size, first, last in order:
-            offset = 0
-            for other in sorted((p for p in placed if p.lives_with(first, last)),
-                                key=lambda p: p.offset):
-                if offset + size <= other.offset:
-                    break
-                offset = max(offset, self._align(other.end))
-            placed.append(Placement(name, size, first, last, offset))
+        requests = [Request(*r) for r in self._requests]
+        problem = Problem.of(requests, self.alignment)
+        winner, offsets, self._choice = choose_plan(problem, self.alignment)
+        placed = [Placement(r.name, r.size, r.first, r.last, o * self.alignment)
+                  for r, o in zip(requests, offsets, strict=True)]
         return {p.name: p for p in sorted(placed, key=lambda p: (p.offset, p.first))}
+
+
+def choose_plan(problem: Problem, alignment: int) -> tuple[str, list[int], dict[str, Any]]:
+    """The winning strategy, its offsets (units) and the report of the choice: the heuristics
+    first, then the exact search when none reached the lower bound and the plan is small."""
+    candidates = {name: place(problem) for name, place in HEURISTICS.items()}
+    arenas = {name: arena_units(problem, o) for name, o in candidates.items()}
+    winner = min(arenas, key=lambda name: arenas[name])  # first of equals: dict order
+    lower = problem.lower_bound()
+    n = len(problem.requests)
+    if arenas[winner] <= lower:
+        state = "not needed: a heuristic reached the lower bound"
+    elif n > EXACT_MAX_BUFFERS:
+        state = f"skipped: {n} buffers > {EXACT_MAX_BUFFERS}"
+    else:
+        found = exact(problem, arenas[winner], EXACT_NODE_BUDGET)
+        state = _exact_state(found)
+        if found.offsets is not None:
+            candidates["exact"], winner = found.offsets, "exact"
+            arenas["exact"] = arena_units(problem, found.offsets)
+    report = {"planner": winner, "arena_bytes": arenas[winner] * alignment,
+              "candidates": {name: u * alignment for name, u in arenas.items()},
+              "lower_bound_bytes": lower * alignment, "exact": state}
+    return winner, candidates[winner], report
+
+
+def _exact_state(found: ExactResult) -> str:
+    if found.offsets is not None:
+        return "optimal" if found.proven else "best within budget"
+    return "no smaller arena exists" if found.proven else "no smaller arena found within budget"

@@ -88,6 +88,7 @@ def build_report(model: CompiledModel, weight_bytes: int, limits: BoardLimits) -
         "sha256": g.sha256.hex(),
         "board": limits.name,
         "arena_bytes": model.arena_bytes,
+        "memory_plan": model.planner.choice(),
         "weight_bytes": weight_bytes,
         "macs": model.macs,
         "ram_limit_bytes": limits.ram_bytes,

@@ -59,6 +59,7 @@ def training_report(program: TrainProgram) -> dict[str, Any]:
         "rounding": program.scheme.rounding,
         "lr": program.scheme.lr,
         "arena_bytes": program.arena_bytes,
+        "memory_plan": program.planner.choice(),
         "state_bytes": program.state_bytes,
         "peak_sram_bytes": program.arena_bytes + program.state_bytes,
         "saved_activation_bytes": saved,
