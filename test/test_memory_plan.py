@@ -215,7 +215,8 @@ def test_exact_search_stops_at_its_node_budget_the_same_way_each_time() -> None:
 
 def test_report_json_names_the_winning_planner_and_its_arena(tmp_path) -> None:
     """The build's report.json says which strategy placed each plan and what each one needed:
-    here the exact search beats greedy by size on both the forward and the training plan."""
+    here the exact search beats greedy by size on the training plan (the row-streamed forward
+    plan is at its lower bound already)."""
     import json
     from pathlib import Path
 
@@ -229,9 +230,10 @@ def test_report_json_names_the_winning_planner_and_its_arena(tmp_path) -> None:
     report = json.loads(result.report_path.read_text())
     for part in (report, report["training"]):
         plan = part["memory_plan"]
-        assert plan["planner"] == "exact" and plan["arena_bytes"] == part["arena_bytes"]
-        assert plan["candidates"]["greedy_by_size"] > plan["arena_bytes"]
+        assert plan["arena_bytes"] == part["arena_bytes"] == plan["candidates"][plan["planner"]]
         assert plan["arena_bytes"] == min(plan["candidates"].values())
+    plan = report["training"]["memory_plan"]
+    assert plan["planner"] == "exact" and plan["candidates"]["greedy_by_size"] > plan["arena_bytes"]
 
 
 def test_exact_search_is_skipped_on_big_plans_and_says_so(monkeypatch) -> None:
