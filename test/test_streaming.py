@@ -223,3 +223,33 @@ def test_streamed_chain_on_the_host_equals_litert(seed: int, tmp_path: Path) -> 
     for g, e, x in zip(got, expected, xs, strict=True):
         np.testing.assert_array_equal(g.ravel(), e.ravel())
         np.testing.assert_array_equal(g.ravel(), run_reference(model, x).ravel())
+
+
+def test_report_json_records_the_streams_and_the_peak(tmp_path: Path) -> None:
+    import json
+
+    from mcutrain.build import generate_for_build
+    from mcutrain.compile.report import BoardLimits, arena_summary
+
+    result = generate_for_build(ROOT / "models" / "mobilenetv2_w035_128_int8.tflite", tmp_path,
+                                BoardLimits("f746", 320 * 1024, 1024 * 1024))
+    report = json.loads(result.report_path.read_text())
+    model = compile_model(ROOT / "models" / "mobilenetv2_w035_128_int8.tflite")
+    assert report["arena_layer_by_layer_bytes"] == 245760 > report["arena_bytes"]
+    (stream,) = report["streams"]
+    assert (stream["first_step"], stream["last_step"]) == (0, 9)
+    for w in stream["windows"]:
+        shape = model.graph.tensors[w["tensor"]].shape
+        assert w["of_rows"] == shape[1] and w["bytes"] == w["rows"] * shape[2] * shape[3]
+        assert w["bytes"] < w["whole_bytes"]
+    # The peak: the most bytes live at any step of the plan, counted here from the placements.
+    placed = model.planner.placements().values()
+    steps = {s for p in placed for s in range(p.first, p.last + 1)}
+    most = max(sum(p.size for p in placed if p.first <= s <= p.last) for s in steps)
+    peak = report["peak"]
+    assert peak["live_bytes"] == most
+    assert [b["bytes"] for b in peak["largest"]] == sorted(
+        (b["bytes"] for b in peak["largest"]), reverse=True)
+    assert peak["largest"][0]["bytes"] == 49152  # the 128x128x3 input, whole
+    line = arena_summary(report)
+    assert "steps 0..9 row-streamed (layer by layer: 245760 B)" in line and "\n" not in line

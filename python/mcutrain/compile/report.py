@@ -89,6 +89,7 @@ def build_report(model: CompiledModel, weight_bytes: int, limits: BoardLimits) -
         "board": limits.name,
         "arena_bytes": model.arena_bytes,
         "memory_plan": model.planner.choice(),
+        "peak": _peak(model),
         "weight_bytes": weight_bytes,
         "macs": model.macs,
         "ram_limit_bytes": limits.ram_bytes,
@@ -104,6 +105,16 @@ def build_report(model: CompiledModel, weight_bytes: int, limits: BoardLimits) -
     }
 
 
+def _peak(model: CompiledModel) -> dict[str, Any]:
+    """The step whose live buffers add up to the most bytes, and the biggest of them."""
+    step = model.planner.peak_step()
+    live = sorted(model.planner.live_at(step), key=lambda p: -p.size)
+    where = layer_label(model, step) if 0 <= step < len(model.ops) else "the model edges"
+    return {"step": step, "where": where, "live_bytes": sum(p.size for p in live),
+            "largest": [{"buffer": _buffer_label(model, p.name), "bytes": p.size}
+                        for p in live[:5]]}
+
+
 def _stream(model: CompiledModel, stream: Stream) -> dict[str, Any]:
     """What report.json says of a row-streamed chain: its steps and every windowed tensor."""
     g = model.graph
@@ -116,13 +127,20 @@ def _stream(model: CompiledModel, stream: Stream) -> dict[str, Any]:
 
 
 def arena_summary(report: dict[str, Any]) -> str:
-    """One line of the build output from a report.json: the arena and what streaming saved."""
+    """One line of the build output from a report.json: the arena, what streaming saved, and
+    where the peak is (the training step's when it trains)."""
     streams = report.get("streams", [])
-    if not streams:
-        return f"arena {report['arena_bytes']} B, layer by layer"
-    steps = ", ".join(f"{s['first_step']}..{s['last_step']}" for s in streams)
-    return (f"arena {report['arena_bytes']} B with steps {steps} row-streamed (layer by layer: "
-            f"{report['arena_layer_by_layer_bytes']} B)")
+    plan = "layer by layer"
+    if streams:
+        steps = ", ".join(f"{s['first_step']}..{s['last_step']}" for s in streams)
+        plan = (f"steps {steps} row-streamed (layer by layer: "
+                f"{report['arena_layer_by_layer_bytes']} B)")
+    part = report.get("training", report)
+    peak = part["peak"]
+    top = peak["largest"][0] if peak["largest"] else None
+    held = f", largest {top['buffer']} {top['bytes']} B" if top else ""
+    return (f"arena {part['arena_bytes']} B, {plan}; peak at {peak['where']}: "
+            f"{peak['live_bytes']} B live{held}")
 
 
 def _io(model: CompiledModel, tid: int) -> dict[str, Any]:

@@ -60,6 +60,7 @@ def training_report(program: TrainProgram) -> dict[str, Any]:
         "lr": program.scheme.lr,
         "arena_bytes": program.arena_bytes,
         "memory_plan": program.planner.choice(),
+        "peak": _peak(program),
         "state_bytes": program.state_bytes,
         "peak_sram_bytes": program.arena_bytes + program.state_bytes,
         "saved_activation_bytes": saved,
@@ -73,6 +74,16 @@ def training_report(program: TrainProgram) -> dict[str, Any]:
         # The fp32 classifier's place in the state block (loss_head.py), null without one.
         "float_classifier": program.head.report(),
     }
+
+
+def _peak(program: TrainProgram) -> dict[str, Any]:
+    """The step of the training plan whose live buffers add up to the most bytes, named the way
+    the fit check names them, and the biggest of them."""
+    names = _Names(program)
+    step = program.planner.peak_step()
+    live = sorted(program.planner.live_at(step), key=lambda p: -p.size)
+    return {"step": step, "where": names.step(step), "live_bytes": sum(p.size for p in live),
+            "largest": [{"buffer": names.buffer(p), "bytes": p.size} for p in live[:5]]}
 
 
 def check_training_fits(program: TrainProgram, weight_bytes: int, limits: BoardLimits) -> None:
