@@ -43,17 +43,17 @@ void FullyConnectedRows(const FullyConnectedParams& p, const int8_t* x, const in
   }
 }
 
-// Adds output units [o_begin, o_end) of one batch row's gradient g into acc, row o of the
-// weights at rows + o * accum_depth: the same contract as FullyConnectedRows, one weight source
-// per call.
-void FullyConnectedGradRows(const FullyConnectedParams& p, const int8_t* rows, const int16_t* g,
-                            const float* ratio, int32_t* acc, int32_t o_begin, int32_t o_end) {
+// One input element's gradient terms from output units [o_begin, o_end) of one batch row's
+// gradient g: sum of fold(g[o]) * w[o, k], row o of the weights at rows + o * accum_depth. The
+// same contract as FullyConnectedRows: one weight source per call.
+int32_t FullyConnectedGatherSum(const FullyConnectedParams& p, const int8_t* rows,
+                                const int16_t* g, const float* ratio, int32_t k, int32_t o_begin,
+                                int32_t o_end) {
+  int32_t acc = 0;
   for (int32_t o = o_begin; o < o_end; ++o) {
-    const int32_t d = FoldGrad(g[o], ratio, o);
-    if (d == 0) continue;
-    const int8_t* w = rows + o * p.accum_depth;
-    for (int32_t k = 0; k < p.accum_depth; ++k) acc[k] += d * w[k];
+    acc += FoldGrad(g[o], ratio, o) * static_cast<int32_t>(rows[o * p.accum_depth + k]);
   }
+  return acc;
 }
 
 }  // namespace
@@ -68,16 +68,20 @@ void fully_connected_s8(const FullyConnectedParams& p, const int8_t* input, cons
   }
 }
 
-void fully_connected_input_grad(const FullyConnectedParams& p, const int8_t* filter,
-                                const int16_t* dy, const float* ratio, int32_t* input_acc) {
-  for (int32_t i = 0; i < p.batches * p.accum_depth; ++i) input_acc[i] = 0;
-  for (int32_t b = 0; b < p.batches; ++b) {
-    int32_t* acc = input_acc + b * p.accum_depth;
-    const int16_t* g = dy + b * p.output_depth;
-    // Same order as one loop over o: the sums are unchanged.
-    FullyConnectedGradRows(p, p.train_filter, g, ratio, acc, 0, p.n_train);
-    FullyConnectedGradRows(p, filter, g, ratio, acc, p.n_train, p.output_depth);
-  }
+float fully_connected_input_grad(const FullyConnectedParams& p, const int8_t* filter,
+                                 const int16_t* dy, const float* ratio, float acc_scale,
+                                 int16_t* dx) {
+  const auto gather = [&](const auto& sink) {
+    int32_t i = 0;
+    for (int32_t b = 0; b < p.batches; ++b) {
+      const int16_t* g = dy + b * p.output_depth;
+      for (int32_t k = 0; k < p.accum_depth; ++k, ++i) {
+        sink(i, FullyConnectedGatherSum(p, p.train_filter, g, ratio, k, 0, p.n_train) +
+                    FullyConnectedGatherSum(p, filter, g, ratio, k, p.n_train, p.output_depth));
+      }
+    }
+  };
+  return GatherRequantize(p.batches * p.accum_depth, gather, acc_scale, dx);
 }
 
 void fully_connected_bias_update(const FullyConnectedParams& p, const int16_t* dy, float lr_dy,
