@@ -169,6 +169,32 @@ def test_backward_reference_equals_kernels(step: Step) -> None:
     assert rng.state == reference_rng.state, "one PRNG draw per trained weight"
 
 
+# One step per operator with the input gradient wanted, trained prefix inside the channels.
+DIRECT_STEPS = [STEPS[1], STEPS[11], STEPS[18]]
+
+
+@pytest.mark.parametrize("zero_dy", [False, True], ids=["dy", "zero-dy"])
+@pytest.mark.parametrize("step", DIRECT_STEPS, ids=[_step_id(s) for s in DIRECT_STEPS])
+def test_input_gradient_is_written_as_int16_in_two_bytes_per_element(step: Step,
+                                                                     zero_dy: bool) -> None:
+    """The rule promises int16 dx (BackwardDef.int16_dx: the planner gives the gradient 2 bytes
+    per element, no int32 accumulators); the harness gives it just that, guarded, and the values
+    and scale must still equal the reference's int32 sums requantized, an all-zero dy too."""
+    kind = step.case.kind
+    bdef = BACKWARD[OPCODES[kind]]
+    assert bdef.int16_dx
+    p, x, dy, _ = prepared(step)
+    if zero_dy:
+        dy = QGrad(np.zeros_like(dy.data), dy.scale)
+    slot = make_slot(step, p)
+    got = run_train_step(OPCODES[kind], p, [x], dy, [x.size], slot, 0.0, 5).dxs[0]
+    (want,) = bdef.reference(p, [x], dy, [True], slot, F32(0.0), XorShift32(5))
+    assert got is not None and want is not None
+    np.testing.assert_array_equal(got.data, want.data.ravel())
+    assert np.float32(got.scale).tobytes() == np.float32(want.scale).tobytes()
+    assert (want.scale == 0) == zero_dy
+
+
 def test_saves_input_and_depth() -> None:
     p, _, _, _ = prepared(STEPS[0])
     bdef = BACKWARD["CONV_2D"]

@@ -340,7 +340,8 @@ def c_int_list(values: Any) -> str:
 class GradRef:
     """A gradient tensor in generated C++: one arena buffer holding `count` int32 accumulators
     while a kernel sums into it, then `count` int16 values (compacted in place by
-    mt::GradRequantize), and a float lvalue with its scale."""
+    mt::GradRequantize), and a float lvalue with its scale. A buffer only an int16_dx rule
+    writes holds just the `count` int16 values (2 * count bytes): never use acc() on it."""
 
     buffer: str  # C++ expression of the buffer's address, e.g. "(g_arena + 1024)"
     scale: str  # C++ float lvalue, e.g. "g_grad_scale[3]"

@@ -265,7 +265,7 @@ def _backward_def(d: WeightedOp) -> BackwardDef:
         return saves_input(slot)
 
     return BackwardDef(reference=reference, emit=emit, saves_input=saves,
-                       input_grad_depth=d.input_grad_depth)
+                       input_grad_depth=d.input_grad_depth, int16_dx=True)
 
 
 def _row_rule(d: WeightedOp) -> RowRule | None:
