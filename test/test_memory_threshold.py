@@ -45,7 +45,7 @@ TRAINING = {
     ("har_cnn1d_int8", "schemes/sparse_ratios.json"): (5216, 1964),
     ("har_cnn1d_int8", "schemes/full_nearest_noqas.json"): (6976, 4860),
     ("har_cnn1d_int8", "schemes/fp32_classifier.json"): (4704, 1772),
-    ("test/residual_dw_f32io", "schemes/full_stochastic.json"): (29952, 824),
+    ("test/residual_dw_f32io", "schemes/full_stochastic.json"): (22016, 824),
     ("test/concat_pool_pertensor_int8", "schemes/full_stochastic.json"): (25600, 3852),
     ("third_party/tflm_micro_speech_int8", "schemes/bias_only.json"): (8528, 48),
     ("third_party/arduino_magic_wand_int8", "schemes/last2.json"): (5888, 19368),
