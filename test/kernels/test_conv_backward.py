@@ -21,7 +21,7 @@ from test_conv_kernels import MODULES, Case, build_graph
 
 from mcutrain.frontend.graph import ModelError
 from mcutrain.ops import param_train
-from mcutrain.ops.base import BACKWARD, TrainBinding, TrainSlot
+from mcutrain.ops.base import BACKWARD, REGISTRY, TrainBinding, TrainSlot
 from mcutrain.ops.train_math import F32, GRAD_MAX, QGrad, XorShift32
 
 OPCODES = {"conv": "CONV_2D", "dw": "DEPTHWISE_CONV_2D", "fc": "FULLY_CONNECTED"}
@@ -193,6 +193,15 @@ def test_input_gradient_is_written_as_int16_in_two_bytes_per_element(step: Step,
     np.testing.assert_array_equal(got.data, want.data.ravel())
     assert np.float32(got.scale).tobytes() == np.float32(want.scale).tobytes()
     assert (want.scale == 0) == zero_dy
+
+
+@pytest.mark.parametrize("kind", sorted(OPCODES))
+def test_backward_macs_count_the_input_gradient_twice(kind: str) -> None:
+    """The two-pass input gradient computes each sum twice: the reported MACs say so."""
+    count = REGISTRY[OPCODES[kind]].trainable.backward_macs
+    assert count(1000, 8, True, 0) == 2000
+    assert count(1000, 8, False, 2) == 250
+    assert count(1000, 8, True, 8) == 3000
 
 
 def test_saves_input_and_depth() -> None:

@@ -166,9 +166,10 @@ FloatForward = Callable[[FloatContext, int, Any, list[Any]], Any]
 
 def weighted_backward_macs(forward_macs: int, out_channels: int, need_dx: bool,
                            n_train: int) -> int:
-    """Backward MACs of a weighted operator: the input gradient costs one forward pass, the
-    weight gradient of n_train of out_channels channels that share of one."""
-    total = forward_macs if need_dx else 0
+    """Backward MACs of a weighted operator: the input gradient costs two forward passes (its
+    kernels compute every sum twice, for the max and to write int16, rather than keep int32
+    sums), the weight gradient of n_train of out_channels channels that share of one."""
+    total = 2 * forward_macs if need_dx else 0
     if n_train:
         total += forward_macs * n_train // out_channels
     return total
