@@ -64,9 +64,11 @@ void conv2d_s8(const Conv2dParams& p, const int8_t* input, const int8_t* filter,
 //               term is folded where it is used, round_half_away((float)dy * ratio[oc])
 //      acc_scale dy_scale * max(sW)
 // Out: dx [batches, input_h, input_w, input_c] int16 (overwritten; may not alias dy or filter).
-// Scratch: none, and no int32 buffer: two passes (mt::GatherRequantize) compute every sum twice,
+// Scratch: none, and no int32 tensor: two passes (mt::GatherRequantize) compute every sum twice,
 // the first for max |acc|, the second to write dx, so the cost is twice the input-gradient MACs
 // of one transposed convolution. Bit-identical to storing the sums and mt::GradRequantize.
+// Stack: one block of kGatherBlock int32 sums (64 B); each folded dy term is computed once
+// per block of input channels.
 // Depth: each sum has at most output_c / groups * filter_h * filter_w terms (the compiler
 // checks 8191 * 127 * depth < 2^31, which bounds every partial sum too).
 float conv2d_input_grad(const Conv2dParams& p, const int8_t* filter, const int16_t* dy,

@@ -68,9 +68,10 @@ void fully_connected_s8(const FullyConnectedParams& p, const int8_t* input, cons
 //             dy term is folded where it is used, round_half_away((float)dy * ratio[o])
 //      acc_scale dy_scale * max(sW)
 // Out: dx [batches, accum_depth] int16 (overwritten; may not alias dy or filter).
-// Scratch: none, and no int32 buffer: two passes (mt::GatherRequantize) compute every sum twice,
+// Scratch: none, and no int32 tensor: two passes (mt::GatherRequantize) compute every sum twice,
 // the first for max |acc|, the second to write dx, so the cost is twice the input-gradient MACs.
-// Bit-identical to storing the sums and mt::GradRequantize. Depth: output_depth terms.
+// Bit-identical to storing the sums and mt::GradRequantize. Stack: one block of kGatherBlock
+// int32 sums (64 B). Depth: output_depth terms.
 float fully_connected_input_grad(const FullyConnectedParams& p, const int8_t* filter,
                                  const int16_t* dy, const float* ratio, float acc_scale,
                                  int16_t* dx);

@@ -64,6 +64,9 @@ STEPS = [
     Step(Case("fc", (2, 3, 10), 6, keep_num_dims=True, seed=3), n_train=1, dx=False),
     Step(Case("fc", (1, 20), 4, bias=False, seed=5), bias=False),
     Step(Case("fc", (4, 12), 9, seed=6), n_train=0),
+    # More input channels per group than one gather block (16): full blocks and a remainder.
+    Step(Case("conv", (1, 5, 4, 37), 6, stride=(2, 2), seed=10), n_train=2),
+    Step(Case("conv", (1, 4, 4, 40), 4, groups=2, seed=11), n_train=3, stochastic=False),
 ]
 
 
