@@ -147,6 +147,30 @@ def test_plan_memory_gives_each_gradient_and_mask_a_buffer_that_lives_to_its_bac
         assert (mask.first, mask.last) == (step, bstep[step])
 
 
+def test_gradient_buffers_take_two_bytes_per_element_where_int16_is_written_directly() -> None:
+    """A gradient only a weighted operator or the identity writes (int16 straight away) takes 2
+    bytes per element, also as one part of a fan-out; the fan-out's sum and PAD's gradient
+    still accumulate int32 (4 bytes)."""
+    model = compile_model(ROOT / "models" / "test" / "residual_dw_f32io.tflite")
+    program = tg.build_training(
+        model, load_scheme(ROOT / "test" / "fixtures" / "schemes" / "full_stochastic.json"))
+    placements = program.planner.placements()
+    contributions = tg.gradient_contributions(program)
+    opcodes = {t: [model.ops[s].op.opcode for s in made if s is not None]
+               for t, made in contributions.items()}
+
+    def per_element(name: str, t: int) -> int:
+        return placements[name].size // model.graph.tensors[t].num_elements
+
+    (residual,) = [t for t, ops in opcodes.items() if sorted(ops) == ["ADD", "DEPTHWISE_CONV_2D"]]
+    assert [per_element(tg.grad_buffer(residual, k), residual) for k in (0, 1)] == [2, 2]
+    assert per_element(tg.grad_buffer(residual), residual) == 4
+    by_writer = {ops[0]: per_element(tg.grad_buffer(t), t)
+                 for t, ops in opcodes.items() if len(ops) == 1}
+    assert by_writer == {"FULLY_CONNECTED": 2, "MEAN": 2, "CONV_2D": 2, "DEPTHWISE_CONV_2D": 2,
+                         "PAD": 4, "ADD": 2}
+
+
 def test_build_training_composes_the_passes_into_one_frozen_program(har) -> None:
     scheme = _scheme("har_adapt_fp32cls")
     program = tg.build_training(har, scheme)

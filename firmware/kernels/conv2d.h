@@ -51,21 +51,28 @@ void conv2d_s8(const Conv2dParams& p, const int8_t* input, const int8_t* filter,
 
 // ---- backward (docs/training.md, "Rules per operator"); run in this order in one step ----
 
-// Input gradient before requantization: the transposed convolution of the folded output
-// gradient, acc[b, iy, ix, ic] = sum of fold(dy[b, oy, ox, oc]) * w[oc, fy, fx, ic - in_c0(oc)]
-// over every (oy, ox, oc, fy, fx) whose tap reads (iy, ix); taps outside the input are dropped.
+// Input gradient, requantized: the transposed convolution of the folded output gradient,
+// acc[b, iy, ix, ic] = sum of fold(dy[b, oy, ox, oc]) * w[oc, fy, fx, ic - in_c0(oc)] over every
+// (oy, ox, oc, fy, fx) whose tap reads (iy, ix) (taps outside the input are dropped), then
+// dx = grad_requantize(acc, acc_scale); returns dx's scale (0 when every sum is 0).
 // In:  filter   [output_c, filter_h, filter_w, filter_c] int8 (flash) for the channels
 //               [p.n_train, output_c); [0, p.n_train) read p.train_filter, which must still hold
-//               this step's old weights. The result is the sum of the two ranges' scatters
-//               (integer adds, so splitting the channels does not change it)
+//               this step's old weights. Each sum adds the two ranges' terms (integer adds, so
+//               splitting the channels does not change it)
 //      dy       [batches, output_h, output_w, output_c] int16 output gradient (|dy| <= 8191)
-//      ratio    [output_c] float32 sW[c] / max(sW), or nullptr for per-tensor weights
-// Out: input_acc [batches, input_h, input_w, input_c] int32 (overwritten; may not alias dy).
-// Then mt::GradRequantize(input_acc, count, dy_scale * max(sW)) gives the int16 gradient.
+//      ratio    [output_c] float32 sW[c] / max(sW), or nullptr for per-tensor weights; each dy
+//               term is folded where it is used, round_half_away((float)dy * ratio[oc])
+//      acc_scale dy_scale * max(sW)
+// Out: dx [batches, input_h, input_w, input_c] int16 (overwritten; may not alias dy or filter).
+// Scratch: none, and no int32 tensor: two passes (mt::GatherRequantize) compute every sum twice,
+// the first for max |acc|, the second to write dx, so the cost is twice the input-gradient MACs
+// of one transposed convolution. Bit-identical to storing the sums and mt::GradRequantize.
+// Stack: one block of kGatherBlock int32 sums (64 B); each folded dy term is computed once
+// per block of input channels.
 // Depth: each sum has at most output_c / groups * filter_h * filter_w terms (the compiler
-// checks 8191 * 127 * depth < 2^31).
-void conv2d_input_grad(const Conv2dParams& p, const int8_t* filter, const int16_t* dy,
-                       const float* ratio, int32_t* input_acc);
+// checks 8191 * 127 * depth < 2^31, which bounds every partial sum too).
+float conv2d_input_grad(const Conv2dParams& p, const int8_t* filter, const int16_t* dy,
+                        const float* ratio, float acc_scale, int16_t* dx);
 
 // Bias update: GB[o] = sum of dy[..., o] (int64), bias[o] -= round_half_away((lr_dy * GB[o]) *
 // bias_coef[o]), saturated to int32. lr_dy = lr * dy_scale (float32).

@@ -44,28 +44,30 @@ void ConvPixel(const Conv2dParams& p, const int8_t* input, const int8_t* rows,
   }
 }
 
-// Scatters output channels [oc_begin, oc_end) of one output pixel's gradient g into
-// input_acc, weights from `rows` (row oc at the same OHWI offset in flash and in the SRAM copy),
-// the same contract as ConvPixel: one weight source per call.
-void ConvGradPixel(const Conv2dParams& p, const int8_t* rows, const int16_t* g,
-                   const float* ratio, int32_t* input_acc, int32_t b, int32_t oy, int32_t ox,
-                   int32_t oc_begin, int32_t oc_end) {
-  const int32_t filters_per_group = p.output_c / (p.input_c / p.filter_c);
-  const int32_t in_y0 = oy * p.stride_h - p.pad_h;
-  const int32_t in_x0 = ox * p.stride_w - p.pad_w;
-  for (int32_t oc = oc_begin; oc < oc_end; ++oc) {
-    const int32_t d = FoldGrad(g[oc], ratio, oc);
-    if (d == 0) continue;
-    const int32_t in_c0 = (oc / filters_per_group) * p.filter_c;
-    for (int32_t fy = 0; fy < p.filter_h; ++fy) {
-      const int32_t iy = in_y0 + fy * p.dilation_h;
-      if (iy < 0 || iy >= p.input_h) continue;
-      for (int32_t fx = 0; fx < p.filter_w; ++fx) {
-        const int32_t ix = in_x0 + fx * p.dilation_w;
-        if (ix < 0 || ix >= p.input_w) continue;
-        int32_t* acc = input_acc + ((b * p.input_h + iy) * p.input_w + ix) * p.input_c + in_c0;
-        const int8_t* w = rows + ((oc * p.filter_h + fy) * p.filter_w + fx) * p.filter_c;
-        for (int32_t ic = 0; ic < p.filter_c; ++ic) acc[ic] += d * w[ic];
+// Input channels [icf0, icf0 + n) of one group at input pixel (b, iy, ix): adds to acc[j] the
+// terms fold(dy[b, oy, ox, oc]) * w[oc, fy, fx, icf0 + j] of output channels [oc_begin, oc_end)
+// over the taps (fy, fx) whose output (oy, ox) reads the pixel, weights from `rows` (row oc at
+// the same OHWI offset in flash and in the SRAM copy). The same contract as ConvPixel: one
+// weight source per call.
+void ConvGatherBlock(const Conv2dParams& p, const int8_t* rows, const int16_t* dy,
+                     const float* ratio, int32_t b, int32_t iy, int32_t ix, int32_t icf0,
+                     int32_t n, int32_t oc_begin, int32_t oc_end, int32_t* acc) {
+  for (int32_t fy = 0; fy < p.filter_h; ++fy) {
+    const int32_t ty = iy + p.pad_h - fy * p.dilation_h;  // = oy * stride_h for a reading oy
+    if (ty < 0 || ty % p.stride_h != 0) continue;
+    const int32_t oy = ty / p.stride_h;
+    if (oy >= p.output_h) continue;
+    for (int32_t fx = 0; fx < p.filter_w; ++fx) {
+      const int32_t tx = ix + p.pad_w - fx * p.dilation_w;
+      if (tx < 0 || tx % p.stride_w != 0) continue;
+      const int32_t ox = tx / p.stride_w;
+      if (ox >= p.output_w) continue;
+      const int16_t* g = dy + ((b * p.output_h + oy) * p.output_w + ox) * p.output_c;
+      for (int32_t oc = oc_begin; oc < oc_end; ++oc) {
+        const int32_t d = FoldGrad(g[oc], ratio, oc);
+        if (d == 0) continue;
+        const int8_t* w = rows + ((oc * p.filter_h + fy) * p.filter_w + fx) * p.filter_c + icf0;
+        for (int32_t j = 0; j < n; ++j) acc[j] += d * w[j];
       }
     }
   }
@@ -85,21 +87,38 @@ void conv2d_s8(const Conv2dParams& p, const int8_t* input, const int8_t* filter,
   }
 }
 
-void conv2d_input_grad(const Conv2dParams& p, const int8_t* filter, const int16_t* dy,
-                       const float* ratio, int32_t* input_acc) {
-  const int32_t count = p.batches * p.input_h * p.input_w * p.input_c;
-  for (int32_t i = 0; i < count; ++i) input_acc[i] = 0;
-  // Scatter form: each output gradient is folded once and added to every input it read. The
-  // two calls visit the channels in the same order as one loop would: the sums are unchanged.
-  for (int32_t b = 0; b < p.batches; ++b) {
-    for (int32_t oy = 0; oy < p.output_h; ++oy) {
-      for (int32_t ox = 0; ox < p.output_w; ++ox) {
-        const int16_t* g = dy + ((b * p.output_h + oy) * p.output_w + ox) * p.output_c;
-        ConvGradPixel(p, p.train_filter, g, ratio, input_acc, b, oy, ox, 0, p.n_train);
-        ConvGradPixel(p, filter, g, ratio, input_acc, b, oy, ox, p.n_train, p.output_c);
+float conv2d_input_grad(const Conv2dParams& p, const int8_t* filter, const int16_t* dy,
+                        const float* ratio, float acc_scale, int16_t* dx) {
+  const int32_t groups = p.input_c / p.filter_c;
+  const int32_t filters_per_group = p.output_c / groups;
+  // Gather form: each input element sums the terms of every output that read it (the scatter
+  // form's terms, regrouped; integer adds, so the sum is the same), kGatherBlock channels of a
+  // pixel at a time. The group's channels split at n_train into the SRAM copy's rows and
+  // flash's, one weight source per call.
+  const auto gather = [&](const auto& sink) {
+    for (int32_t b = 0; b < p.batches; ++b) {
+      for (int32_t iy = 0; iy < p.input_h; ++iy) {
+        for (int32_t ix = 0; ix < p.input_w; ++ix) {
+          const int32_t pixel = ((b * p.input_h + iy) * p.input_w + ix) * p.input_c;
+          for (int32_t group = 0; group < groups; ++group) {
+            const int32_t oc0 = group * filters_per_group;
+            const int32_t oc1 = oc0 + filters_per_group;
+            const int32_t split = p.n_train < oc0 ? oc0 : (p.n_train > oc1 ? oc1 : p.n_train);
+            for (int32_t icf0 = 0; icf0 < p.filter_c; icf0 += kGatherBlock) {
+              const int32_t left = p.filter_c - icf0;
+              const int32_t n = left < kGatherBlock ? left : kGatherBlock;
+              int32_t acc[kGatherBlock] = {};
+              ConvGatherBlock(p, p.train_filter, dy, ratio, b, iy, ix, icf0, n, oc0, split, acc);
+              ConvGatherBlock(p, filter, dy, ratio, b, iy, ix, icf0, n, split, oc1, acc);
+              const int32_t first = pixel + group * p.filter_c + icf0;
+              for (int32_t j = 0; j < n; ++j) sink(first + j, acc[j]);
+            }
+          }
+        }
       }
     }
-  }
+  };
+  return GatherRequantize(p.batches * p.input_h * p.input_w * p.input_c, gather, acc_scale, dx);
 }
 
 void conv2d_bias_update(const Conv2dParams& p, const int16_t* dy, float lr_dy,

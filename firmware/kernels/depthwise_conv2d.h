@@ -52,20 +52,26 @@ void depthwise_conv2d_s8(const DepthwiseConv2dParams& p, const int8_t* input,
 
 // ---- backward (docs/training.md, "Rules per operator"); run in this order in one step ----
 
-// Input gradient before requantization: acc[b, iy, ix, ic] = sum over m < depth_multiplier and
-// the taps (oy, ox, fy, fx) reading (iy, ix) of fold(dy[b, oy, ox, oc]) * w[fy, fx, oc] with
-// oc = ic * depth_multiplier + m; taps outside the input are dropped.
+// Input gradient, requantized: acc[b, iy, ix, ic] = sum over m < depth_multiplier and the taps
+// (oy, ox, fy, fx) reading (iy, ix) of fold(dy[b, oy, ox, oc]) * w[fy, fx, oc] with
+// oc = ic * depth_multiplier + m (taps outside the input are dropped), then
+// dx = grad_requantize(acc, acc_scale); returns dx's scale (0 when every sum is 0).
 // In:  filter [1, filter_h, filter_w, output_c] int8 (flash) for the channels
 //             [p.n_train, output_c); [0, p.n_train) read p.train_filter (stride n_train), which
-//             must still hold this step's old weights. The result is the sum of the two ranges'
-//             scatters (integer adds, so splitting the channels does not change it)
+//             must still hold this step's old weights. Each sum adds the two ranges' terms
+//             (integer adds, so splitting the channels does not change it)
 //      dy     [batches, output_h, output_w, output_c] int16 output gradient (|dy| <= 8191)
-//      ratio  [output_c] float32 sW[c] / max(sW), or nullptr for per-tensor weights
-// Out: input_acc [batches, input_h, input_w, input_c] int32 (overwritten; may not alias dy).
-// Then mt::GradRequantize(input_acc, count, dy_scale * max(sW)). Depth of each sum: at most
+//      ratio  [output_c] float32 sW[c] / max(sW), or nullptr for per-tensor weights; each dy
+//             term is folded where it is used, round_half_away((float)dy * ratio[oc])
+//      acc_scale dy_scale * max(sW)
+// Out: dx [batches, input_h, input_w, input_c] int16 (overwritten; may not alias dy or filter).
+// Scratch: none, and no int32 buffer: two passes (mt::GatherRequantize) compute every sum twice,
+// the first for max |acc|, the second to write dx, so the cost is twice the input-gradient MACs.
+// Bit-identical to storing the sums and mt::GradRequantize. Depth of each sum: at most
 // depth_multiplier * filter_h * filter_w terms.
-void depthwise_conv2d_input_grad(const DepthwiseConv2dParams& p, const int8_t* filter,
-                                 const int16_t* dy, const float* ratio, int32_t* input_acc);
+float depthwise_conv2d_input_grad(const DepthwiseConv2dParams& p, const int8_t* filter,
+                                  const int16_t* dy, const float* ratio, float acc_scale,
+                                  int16_t* dx);
 
 // Bias update, as conv2d_bias_update: bias[o] -= round((lr_dy * sum dy[..., o]) * bias_coef[o]).
 void depthwise_conv2d_bias_update(const DepthwiseConv2dParams& p, const int16_t* dy,

@@ -41,30 +41,31 @@ void DepthwisePixel(const DepthwiseConv2dParams& p, const int8_t* input, const i
   }
 }
 
-// Scatters output channels [oc_begin, oc_end) of one output pixel's gradient g into
-// input_acc, tap (fy, fx) of channel oc at weights[(fy * filter_w + fx) * channel_stride + oc]:
-// the same contract as DepthwisePixel, one weight source per call.
-void DepthwiseGradPixel(const DepthwiseConv2dParams& p, const int8_t* weights,
-                        int32_t channel_stride, const int16_t* g, const float* ratio,
-                        int32_t* input_acc, int32_t b, int32_t oy, int32_t ox, int32_t oc_begin,
-                        int32_t oc_end) {
-  const int32_t in_y0 = oy * p.stride_h - p.pad_h;
-  const int32_t in_x0 = ox * p.stride_w - p.pad_w;
-  for (int32_t oc = oc_begin; oc < oc_end; ++oc) {
-    const int32_t d = FoldGrad(g[oc], ratio, oc);
-    if (d == 0) continue;
-    const int32_t ic = oc / p.depth_multiplier;
-    for (int32_t fy = 0; fy < p.filter_h; ++fy) {
-      const int32_t iy = in_y0 + fy * p.dilation_h;
-      if (iy < 0 || iy >= p.input_h) continue;
-      for (int32_t fx = 0; fx < p.filter_w; ++fx) {
-        const int32_t ix = in_x0 + fx * p.dilation_w;
-        if (ix < 0 || ix >= p.input_w) continue;
-        const int32_t w = weights[(fy * p.filter_w + fx) * channel_stride + oc];
-        input_acc[((b * p.input_h + iy) * p.input_w + ix) * p.input_c + ic] += d * w;
-      }
+// One input element's gradient terms from output channels [oc_begin, oc_end) (all reading its
+// input channel): the sum of fold(dy[b, oy, ox, oc]) * w over the taps (fy, fx) whose output
+// (oy, ox) reads input (iy, ix), tap (fy, fx) of channel oc at
+// weights[(fy * filter_w + fx) * channel_stride + oc]: the same contract as DepthwisePixel, one
+// weight source per call.
+int32_t DepthwiseGatherSum(const DepthwiseConv2dParams& p, const int8_t* weights,
+                           int32_t channel_stride, const int16_t* dy, const float* ratio,
+                           int32_t b, int32_t iy, int32_t ix, int32_t oc_begin, int32_t oc_end) {
+  int32_t acc = 0;
+  for (int32_t fy = 0; fy < p.filter_h; ++fy) {
+    const int32_t ty = iy + p.pad_h - fy * p.dilation_h;  // = oy * stride_h for a reading oy
+    if (ty < 0 || ty % p.stride_h != 0) continue;
+    const int32_t oy = ty / p.stride_h;
+    if (oy >= p.output_h) continue;
+    for (int32_t fx = 0; fx < p.filter_w; ++fx) {
+      const int32_t tx = ix + p.pad_w - fx * p.dilation_w;
+      if (tx < 0 || tx % p.stride_w != 0) continue;
+      const int32_t ox = tx / p.stride_w;
+      if (ox >= p.output_w) continue;
+      const int16_t* g = dy + ((b * p.output_h + oy) * p.output_w + ox) * p.output_c;
+      const int8_t* w = weights + (fy * p.filter_w + fx) * channel_stride;
+      for (int32_t oc = oc_begin; oc < oc_end; ++oc) acc += FoldGrad(g[oc], ratio, oc) * w[oc];
     }
   }
+  return acc;
 }
 
 }  // namespace
@@ -83,23 +84,31 @@ void depthwise_conv2d_s8(const DepthwiseConv2dParams& p, const int8_t* input,
   }
 }
 
-void depthwise_conv2d_input_grad(const DepthwiseConv2dParams& p, const int8_t* filter,
-                                 const int16_t* dy, const float* ratio, int32_t* input_acc) {
-  const int32_t count = p.batches * p.input_h * p.input_w * p.input_c;
-  for (int32_t i = 0; i < count; ++i) input_acc[i] = 0;
-  // Scatter form: each output gradient is folded once and added to every input it read. The
-  // two calls visit the channels in the same order as one loop would: the sums are unchanged.
-  for (int32_t b = 0; b < p.batches; ++b) {
-    for (int32_t oy = 0; oy < p.output_h; ++oy) {
-      for (int32_t ox = 0; ox < p.output_w; ++ox) {
-        const int16_t* g = dy + ((b * p.output_h + oy) * p.output_w + ox) * p.output_c;
-        DepthwiseGradPixel(p, p.train_filter, p.n_train, g, ratio, input_acc, b, oy, ox, 0,
-                           p.n_train);
-        DepthwiseGradPixel(p, filter, p.output_c, g, ratio, input_acc, b, oy, ox, p.n_train,
-                           p.output_c);
+float depthwise_conv2d_input_grad(const DepthwiseConv2dParams& p, const int8_t* filter,
+                                  const int16_t* dy, const float* ratio, float acc_scale,
+                                  int16_t* dx) {
+  // Gather form: each input element sums the terms of every output that read it (the scatter
+  // form's terms, regrouped; integer adds, so the sum is the same). Its depth_multiplier output
+  // channels split at n_train into the SRAM copy's and flash's, one weight source per call.
+  const auto gather = [&](const auto& sink) {
+    int32_t i = 0;
+    for (int32_t b = 0; b < p.batches; ++b) {
+      for (int32_t iy = 0; iy < p.input_h; ++iy) {
+        for (int32_t ix = 0; ix < p.input_w; ++ix) {
+          for (int32_t ic = 0; ic < p.input_c; ++ic, ++i) {
+            const int32_t oc0 = ic * p.depth_multiplier;
+            const int32_t oc1 = oc0 + p.depth_multiplier;
+            const int32_t split = p.n_train < oc0 ? oc0 : (p.n_train > oc1 ? oc1 : p.n_train);
+            sink(i, DepthwiseGatherSum(p, p.train_filter, p.n_train, dy, ratio, b, iy, ix, oc0,
+                                       split) +
+                        DepthwiseGatherSum(p, filter, p.output_c, dy, ratio, b, iy, ix, split,
+                                           oc1));
+          }
+        }
       }
     }
-  }
+  };
+  return GatherRequantize(p.batches * p.input_h * p.input_w * p.input_c, gather, acc_scale, dx);
 }
 
 void depthwise_conv2d_bias_update(const DepthwiseConv2dParams& p, const int16_t* dy,

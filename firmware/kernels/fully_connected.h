@@ -57,17 +57,24 @@ void fully_connected_s8(const FullyConnectedParams& p, const int8_t* input, cons
 // ---- backward (docs/training.md, "Rules per operator"); run in this order in one step ----
 // Training requires filter_offset == 0 (the compiler refuses other weights).
 
-// Input gradient before requantization: acc[b, d] = sum over o of fold(dy[b, o]) * w[o, d].
+// Input gradient, requantized: acc[b, d] = sum over o of fold(dy[b, o]) * w[o, d], then
+// dx = grad_requantize(acc, acc_scale); returns dx's scale (0 when every sum is 0).
 // In:  filter [output_depth, accum_depth] int8 (flash) for the rows [p.n_train, output_depth);
 //             rows [0, p.n_train) read p.train_filter, which must still hold this step's old
-//             weights. The result is the sum of the two ranges (integer adds, so splitting the
-//             rows does not change it)
+//             weights. Each sum adds the two ranges' terms (integer adds, so splitting the rows
+//             does not change it)
 //      dy     [batches, output_depth] int16 output gradient (|dy| <= 8191)
-//      ratio  [output_depth] float32 sW[o] / max(sW), or nullptr for per-tensor weights
-// Out: input_acc [batches, accum_depth] int32 (overwritten; may not alias dy). Then
-// mt::GradRequantize(input_acc, count, dy_scale * max(sW)). Depth: output_depth terms.
-void fully_connected_input_grad(const FullyConnectedParams& p, const int8_t* filter,
-                                const int16_t* dy, const float* ratio, int32_t* input_acc);
+//      ratio  [output_depth] float32 sW[o] / max(sW), or nullptr for per-tensor weights; each
+//             dy term is folded where it is used, round_half_away((float)dy * ratio[o])
+//      acc_scale dy_scale * max(sW)
+// Out: dx [batches, accum_depth] int16 (overwritten; may not alias dy or filter).
+// Scratch: none, and no int32 tensor: two passes (mt::GatherRequantize) compute every sum twice,
+// the first for max |acc|, the second to write dx, so the cost is twice the input-gradient MACs.
+// Bit-identical to storing the sums and mt::GradRequantize. Stack: one block of kGatherBlock
+// int32 sums (64 B). Depth: output_depth terms.
+float fully_connected_input_grad(const FullyConnectedParams& p, const int8_t* filter,
+                                 const int16_t* dy, const float* ratio, float acc_scale,
+                                 int16_t* dx);
 
 // Bias update, as conv2d_bias_update: bias[o] -= round((lr_dy * sum_b dy[b, o]) * bias_coef[o]).
 void fully_connected_bias_update(const FullyConnectedParams& p, const int16_t* dy, float lr_dy,

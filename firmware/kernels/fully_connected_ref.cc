@@ -43,16 +43,17 @@ void FullyConnectedRows(const FullyConnectedParams& p, const int8_t* x, const in
   }
 }
 
-// Adds output units [o_begin, o_end) of one batch row's gradient g into acc, row o of the
-// weights at rows + o * accum_depth: the same contract as FullyConnectedRows, one weight source
-// per call.
-void FullyConnectedGradRows(const FullyConnectedParams& p, const int8_t* rows, const int16_t* g,
-                            const float* ratio, int32_t* acc, int32_t o_begin, int32_t o_end) {
+// Input elements [k0, k0 + n) of one batch row: adds to acc[j] the terms fold(g[o]) *
+// w[o, k0 + j] of output units [o_begin, o_end), row o of the weights at rows + o * accum_depth.
+// The same contract as FullyConnectedRows: one weight source per call.
+void FullyConnectedGatherBlock(const FullyConnectedParams& p, const int8_t* rows,
+                               const int16_t* g, const float* ratio, int32_t k0, int32_t n,
+                               int32_t o_begin, int32_t o_end, int32_t* acc) {
   for (int32_t o = o_begin; o < o_end; ++o) {
     const int32_t d = FoldGrad(g[o], ratio, o);
     if (d == 0) continue;
-    const int8_t* w = rows + o * p.accum_depth;
-    for (int32_t k = 0; k < p.accum_depth; ++k) acc[k] += d * w[k];
+    const int8_t* w = rows + o * p.accum_depth + k0;
+    for (int32_t j = 0; j < n; ++j) acc[j] += d * w[j];
   }
 }
 
@@ -68,16 +69,24 @@ void fully_connected_s8(const FullyConnectedParams& p, const int8_t* input, cons
   }
 }
 
-void fully_connected_input_grad(const FullyConnectedParams& p, const int8_t* filter,
-                                const int16_t* dy, const float* ratio, int32_t* input_acc) {
-  for (int32_t i = 0; i < p.batches * p.accum_depth; ++i) input_acc[i] = 0;
-  for (int32_t b = 0; b < p.batches; ++b) {
-    int32_t* acc = input_acc + b * p.accum_depth;
-    const int16_t* g = dy + b * p.output_depth;
-    // Same order as one loop over o: the sums are unchanged.
-    FullyConnectedGradRows(p, p.train_filter, g, ratio, acc, 0, p.n_train);
-    FullyConnectedGradRows(p, filter, g, ratio, acc, p.n_train, p.output_depth);
-  }
+float fully_connected_input_grad(const FullyConnectedParams& p, const int8_t* filter,
+                                 const int16_t* dy, const float* ratio, float acc_scale,
+                                 int16_t* dx) {
+  // Gather form, kGatherBlock input elements at a time; the same integer sums as W^T dy.
+  const auto gather = [&](const auto& sink) {
+    for (int32_t b = 0; b < p.batches; ++b) {
+      const int16_t* g = dy + b * p.output_depth;
+      for (int32_t k0 = 0; k0 < p.accum_depth; k0 += kGatherBlock) {
+        const int32_t left = p.accum_depth - k0;
+        const int32_t n = left < kGatherBlock ? left : kGatherBlock;
+        int32_t acc[kGatherBlock] = {};
+        FullyConnectedGatherBlock(p, p.train_filter, g, ratio, k0, n, 0, p.n_train, acc);
+        FullyConnectedGatherBlock(p, filter, g, ratio, k0, n, p.n_train, p.output_depth, acc);
+        for (int32_t j = 0; j < n; ++j) sink(b * p.accum_depth + k0 + j, acc[j]);
+      }
+    }
+  };
+  return GatherRequantize(p.batches * p.accum_depth, gather, acc_scale, dx);
 }
 
 void fully_connected_bias_update(const FullyConnectedParams& p, const int16_t* dy, float lr_dy,

@@ -11,6 +11,12 @@
 
 namespace mt {
 
+// The gather-form input-gradient kernels (conv2d, fully_connected) sum this many consecutive
+// input channels of one pixel together in int32 locals (64 B of stack): each folded dy term is
+// then computed once per block instead of once per input channel, and read weights are
+// contiguous, as in the scatter form, while no tensor-sized int32 buffer is needed.
+constexpr int32_t kGatherBlock = 16;
+
 // D' = round_half_away(D * ratio[c]): the per-channel weight-scale fold of an output gradient.
 // ratio == nullptr means per-tensor weights (every ratio is 1), where the fold is the identity.
 inline int32_t FoldGrad(int16_t d, const float* ratio, int32_t c) {

@@ -47,6 +47,20 @@ inline int32_t SaturateBias(double b) {
                                                 : (b > 2147483647.0 ? 2147483647.0 : b));
 }
 
+// One element of grad_requantize: round_half_away(acc * k) clamped to +-kGradMax, k = 8191 / m.
+inline int16_t RequantizeGrad(int32_t acc, float k) {
+  float v = RoundHalfAway(static_cast<float>(acc) * k);
+  v = v > kGradMax ? kGradMax : (v < -kGradMax ? -kGradMax : v);
+  return static_cast<int16_t>(v);
+}
+
+inline int64_t AbsGrad(int32_t acc) { return acc < 0 ? -static_cast<int64_t>(acc) : acc; }
+
+// The scale grad_requantize returns for m = max |acc| > 0.
+inline float RequantizedScale(float acc_scale, int64_t m) {
+  return acc_scale * (static_cast<float>(m) / static_cast<float>(kGradMax));
+}
+
 // In-place: `buffer` holds n int32 accumulators on entry and n int16 gradients on return (the
 // int16 view overwrites bytes already read). Returns the new scale (0 for an all-zero tensor).
 inline float GradRequantize(void* buffer, int32_t n, float acc_scale) {
@@ -54,7 +68,7 @@ inline float GradRequantize(void* buffer, int32_t n, float acc_scale) {
   int16_t* out = static_cast<int16_t*>(buffer);
   int64_t m = 0;
   for (int32_t i = 0; i < n; ++i) {
-    const int64_t a = acc[i] < 0 ? -static_cast<int64_t>(acc[i]) : acc[i];
+    const int64_t a = AbsGrad(acc[i]);
     if (a > m) m = a;
   }
   if (m == 0) {
@@ -62,12 +76,29 @@ inline float GradRequantize(void* buffer, int32_t n, float acc_scale) {
     return 0.0f;
   }
   const float k = static_cast<float>(kGradMax) / static_cast<float>(m);
-  for (int32_t i = 0; i < n; ++i) {
-    float v = RoundHalfAway(static_cast<float>(acc[i]) * k);
-    v = v > kGradMax ? kGradMax : (v < -kGradMax ? -kGradMax : v);
-    out[i] = static_cast<int16_t>(v);
+  for (int32_t i = 0; i < n; ++i) out[i] = RequantizeGrad(acc[i], k);
+  return RequantizedScale(acc_scale, m);
+}
+
+// grad_requantize of n integer sums that are never stored: two passes over `gather`, which calls
+// sink(i, acc_i) once for every i in [0, n) and must produce the same acc_i both times. Pass 1
+// keeps max |acc_i|, pass 2 writes out[i]; same expressions as GradRequantize, so the result is
+// bit-identical to storing the sums in int32 and requantizing them. Needs no buffer beyond the
+// n int16 of `out`, at the price of computing every sum twice.
+template <typename Gather>
+inline float GatherRequantize(int32_t n, const Gather& gather, float acc_scale, int16_t* out) {
+  int64_t m = 0;
+  gather([&m](int32_t, int32_t acc) {
+    const int64_t a = AbsGrad(acc);
+    if (a > m) m = a;
+  });
+  if (m == 0) {
+    for (int32_t i = 0; i < n; ++i) out[i] = 0;
+    return 0.0f;
   }
-  return acc_scale * (static_cast<float>(m) / static_cast<float>(kGradMax));
+  const float k = static_cast<float>(kGradMax) / static_cast<float>(m);
+  gather([out, k](int32_t i, int32_t acc) { out[i] = RequantizeGrad(acc, k); });
+  return RequantizedScale(acc_scale, m);
 }
 
 // Same for a float gradient (regression loss, fp32 classifier); `out` may not alias `g`.

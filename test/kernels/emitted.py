@@ -85,9 +85,10 @@ class BufferLayout:
         self.size += (max(nbytes, 1) + 15) // 16 * 16
         return at
 
-    def grad(self, count: int) -> tuple[GradRef, int, int]:
-        """A gradient buffer (count int32 accumulators, int16 after requantization)."""
-        at, index = self.take(4 * count), self.scales
+    def grad(self, count: int, element_bytes: int = 4) -> tuple[GradRef, int, int]:
+        """A gradient buffer (count int32 accumulators, int16 after requantization; 2 bytes per
+        element for a rule that writes int16 straight away, as the training planner sizes it)."""
+        at, index = self.take(element_bytes * count), self.scales
         self.scales += 1
         return GradRef(f"(g_arena + {at})", f"g_scales[{index}]", count), at, index
 
@@ -191,9 +192,9 @@ class Emission:
         self._loads.append((buf.at, raw))
         return buf
 
-    def grad(self, count: int, value: QGrad | None = None) -> Grad:
+    def grad(self, count: int, value: QGrad | None = None, element_bytes: int = 4) -> Grad:
         """A gradient buffer of count elements, holding value (int16 data and scale) if given."""
-        ref, at, index = self.arena.grad(count)
+        ref, at, index = self.arena.grad(count, element_bytes)
         if value is not None:
             self._loads.append((at, _bytes(value.data, "<i2")))
             self._scales.append((index, float(value.scale)))
@@ -270,7 +271,11 @@ def run_train_step(opcode: str, params: object, saved: list[np.ndarray | None], 
     firmware's SRAM state), learning rate lr and xorshift state prng."""
     e = Emission(REGISTRY[opcode].header, *grad_rules.HEADERS)
     dy_grad = e.grad(dy.data.size, dy)
-    dxs = [None if n is None else e.grad(n) for n in dx_sizes]
+    # A rule that writes int16 straight away gets 2 bytes per element, as the planner gives it,
+    # with 16 guard bytes after each: writing past them would corrupt a neighbour in the arena.
+    direct = BACKWARD[opcode].int16_dx
+    dxs = [None if n is None else e.grad(n, element_bytes=2 if direct else 4) for n in dx_sizes]
+    guards = [e.space(16) if direct and d is not None else None for d in dxs]
     saved_bufs = [None if x is None else e.array(x, np.int8) for x in saved]
     state = _TrainState(e, slot, lr, prng)
     if state.binding is not None:
@@ -279,6 +284,11 @@ def run_train_step(opcode: str, params: object, saved: list[np.ndarray | None], 
                                  dy_grad.ref, [None if d is None else d.ref for d in dxs],
                                  state.emit(e.pool))
     ran = e.run(state.declarations() + body)
+    for d, guard in zip(dxs, guards, strict=True):
+        if d is not None and guard is not None:
+            past = ran.arena[d.at + 2 * d.ref.count:guard.at + guard.nbytes]
+            assert np.all(past == _GARBAGE), (
+                f"{opcode} backward wrote past the {2 * d.ref.count} bytes of its int16 dx")
     return StepResult([None if d is None else ran.grad(d) for d in dxs], *state.read(ran))
 
 

@@ -21,7 +21,7 @@ from test_conv_kernels import MODULES, Case, build_graph
 
 from mcutrain.frontend.graph import ModelError
 from mcutrain.ops import param_train
-from mcutrain.ops.base import BACKWARD, TrainBinding, TrainSlot
+from mcutrain.ops.base import BACKWARD, REGISTRY, TrainBinding, TrainSlot
 from mcutrain.ops.train_math import F32, GRAD_MAX, QGrad, XorShift32
 
 OPCODES = {"conv": "CONV_2D", "dw": "DEPTHWISE_CONV_2D", "fc": "FULLY_CONNECTED"}
@@ -64,6 +64,9 @@ STEPS = [
     Step(Case("fc", (2, 3, 10), 6, keep_num_dims=True, seed=3), n_train=1, dx=False),
     Step(Case("fc", (1, 20), 4, bias=False, seed=5), bias=False),
     Step(Case("fc", (4, 12), 9, seed=6), n_train=0),
+    # More input channels per group than one gather block (16): full blocks and a remainder.
+    Step(Case("conv", (1, 5, 4, 37), 6, stride=(2, 2), seed=10), n_train=2),
+    Step(Case("conv", (1, 4, 4, 40), 4, groups=2, seed=11), n_train=3, stochastic=False),
 ]
 
 
@@ -167,6 +170,41 @@ def test_backward_reference_equals_kernels(step: Step) -> None:
     for _ in range(draws):
         reference_rng.next()
     assert rng.state == reference_rng.state, "one PRNG draw per trained weight"
+
+
+# One step per operator with the input gradient wanted, trained prefix inside the channels.
+DIRECT_STEPS = [STEPS[1], STEPS[11], STEPS[18]]
+
+
+@pytest.mark.parametrize("zero_dy", [False, True], ids=["dy", "zero-dy"])
+@pytest.mark.parametrize("step", DIRECT_STEPS, ids=[_step_id(s) for s in DIRECT_STEPS])
+def test_input_gradient_is_written_as_int16_in_two_bytes_per_element(step: Step,
+                                                                     zero_dy: bool) -> None:
+    """The rule promises int16 dx (BackwardDef.int16_dx: the planner gives the gradient 2 bytes
+    per element, no int32 accumulators); the harness gives it just that, guarded, and the values
+    and scale must still equal the reference's int32 sums requantized, an all-zero dy too."""
+    kind = step.case.kind
+    bdef = BACKWARD[OPCODES[kind]]
+    assert bdef.int16_dx
+    p, x, dy, _ = prepared(step)
+    if zero_dy:
+        dy = QGrad(np.zeros_like(dy.data), dy.scale)
+    slot = make_slot(step, p)
+    got = run_train_step(OPCODES[kind], p, [x], dy, [x.size], slot, 0.0, 5).dxs[0]
+    (want,) = bdef.reference(p, [x], dy, [True], slot, F32(0.0), XorShift32(5))
+    assert got is not None and want is not None
+    np.testing.assert_array_equal(got.data, want.data.ravel())
+    assert np.float32(got.scale).tobytes() == np.float32(want.scale).tobytes()
+    assert (want.scale == 0) == zero_dy
+
+
+@pytest.mark.parametrize("kind", sorted(OPCODES))
+def test_backward_macs_count_the_input_gradient_twice(kind: str) -> None:
+    """The two-pass input gradient computes each sum twice: the reported MACs say so."""
+    count = REGISTRY[OPCODES[kind]].trainable.backward_macs
+    assert count(1000, 8, True, 0) == 2000
+    assert count(1000, 8, False, 2) == 250
+    assert count(1000, 8, True, 8) == 3000
 
 
 def test_saves_input_and_depth() -> None:

@@ -166,9 +166,10 @@ FloatForward = Callable[[FloatContext, int, Any, list[Any]], Any]
 
 def weighted_backward_macs(forward_macs: int, out_channels: int, need_dx: bool,
                            n_train: int) -> int:
-    """Backward MACs of a weighted operator: the input gradient costs one forward pass, the
-    weight gradient of n_train of out_channels channels that share of one."""
-    total = forward_macs if need_dx else 0
+    """Backward MACs of a weighted operator: the input gradient costs two forward passes (its
+    kernels compute every sum twice, for the max and to write int16, rather than keep int32
+    sums), the weight gradient of n_train of out_channels channels that share of one."""
+    total = 2 * forward_macs if need_dx else 0
     if n_train:
         total += forward_macs * n_train // out_channels
     return total
@@ -340,7 +341,8 @@ def c_int_list(values: Any) -> str:
 class GradRef:
     """A gradient tensor in generated C++: one arena buffer holding `count` int32 accumulators
     while a kernel sums into it, then `count` int16 values (compacted in place by
-    mt::GradRequantize), and a float lvalue with its scale."""
+    mt::GradRequantize), and a float lvalue with its scale. A buffer only an int16_dx rule
+    writes holds just the `count` int16 values (2 * count bytes): never use acc() on it."""
 
     buffer: str  # C++ expression of the buffer's address, e.g. "(g_arena + 1024)"
     scale: str  # C++ float lvalue, e.g. "g_grad_scale[3]"

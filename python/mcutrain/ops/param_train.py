@@ -168,19 +168,19 @@ def emit_backward(
     p: Any, ctx: Any, kernel: str, struct_init: str, filt: str, saved: list[str | None],
     dy: GradRef, dx: list[GradRef | None], train: TrainEmit | None, tag: str,
 ) -> str:
-    """C++ for one weighted operator's backward step: <kernel>_input_grad then GradRequantize,
-    <kernel>_bias_update, <kernel>_weight_update (in that order), from ctx's variant; the step's
-    scratch, if its variant has any, is passed to all three (they run one after the other)."""
+    """C++ for one weighted operator's backward step: <kernel>_input_grad (writes the int16
+    gradient and returns its scale), <kernel>_bias_update, <kernel>_weight_update (in that
+    order), from ctx's variant; the step's scratch, if its variant has any, is passed to all
+    three (they run one after the other)."""
     lines = ["{", struct_init]
     target = dx[0] if dx else None
     if target is not None:
         ratio = fold_ratio(p)
         ratio_sym = "nullptr" if ratio is None else ctx.const_array(f"{tag}_fold", ratio)
         call = kernel_name(ctx, f"{kernel}_input_grad")
-        lines.append(f"{call}(kParams, {filt}, {dy.data()}, {ratio_sym}, "
-                     f"{target.acc()}{scratch_args(ctx)});")
-        lines.append(f"{target.scale} = mt::GradRequantize({target.buffer}, {target.count}, "
-                     f"{dy.scale} * {c_float(max_scale(p))});")
+        lines.append(f"{target.scale} = {call}(kParams, {filt}, {dy.data()}, {ratio_sym}, "
+                     f"{dy.scale} * {c_float(max_scale(p))}, {target.data()}"
+                     f"{scratch_args(ctx)});")
     binding = train.binding if train is not None else None
     trains_bias = binding is not None and binding.bias_symbol is not None
     trains_weights = binding is not None and binding.n_train > 0
@@ -265,7 +265,7 @@ def _backward_def(d: WeightedOp) -> BackwardDef:
         return saves_input(slot)
 
     return BackwardDef(reference=reference, emit=emit, saves_input=saves,
-                       input_grad_depth=d.input_grad_depth)
+                       input_grad_depth=d.input_grad_depth, int16_dx=True)
 
 
 def _row_rule(d: WeightedOp) -> RowRule | None:

@@ -469,13 +469,14 @@ def plan_memory(model: CompiledModel, schedule: Schedule, variants: list[KernelV
 def _plan_gradients(model: CompiledModel, schedule: Schedule, use, bstep: dict[int, int],
                     loss_step: int) -> None:
     """Gradient buffers: 4 bytes per element (int32 accumulation, then int16 in place), or 2
-    when the one rule writing it writes int16 straight away (BackwardDef.int16_dx)."""
+    when the one rule writing it writes int16 straight away (BackwardDef.int16_dx); each part of
+    a fan-out is sized by its own writer, their sum (grad_sum, int32) takes 4."""
     producer = {p.output: i for i, p in enumerate(model.ops)}
     rules = {b.step: b.rule for b in schedule.backward}
     contributions = _contributions(schedule.loss_input, schedule.classifier, schedule.backward)
     for t, made in contributions.items():
-        direct = len(made) == 1 and made[0] is not None and rules[made[0]].int16_dx
-        size = (2 if direct else 4) * model.graph.tensors[t].num_elements
+        elements = model.graph.tensors[t].num_elements
+        size = _gradient_bytes(made, rules) * elements
         at = [loss_step if step is None else bstep[step] for step in made]
         consumed = bstep[producer[t]] if t in producer else at[-1]
         if len(made) > 2:
@@ -484,12 +485,21 @@ def _plan_gradients(model: CompiledModel, schedule: Schedule, use, bstep: dict[i
         if len(made) == 2:
             # Both parts are summed into the plain buffer when the producer's backward starts.
             for k, step in enumerate(at):
-                use(grad_buffer(t, k), size, step)
-                use(grad_buffer(t, k), size, consumed)
+                part = _gradient_bytes(made[k:k + 1], rules) * elements
+                use(grad_buffer(t, k), part, step)
+                use(grad_buffer(t, k), part, consumed)
             use(grad_buffer(t), size, consumed)
         else:
             use(grad_buffer(t), size, at[0])
             use(grad_buffer(t), size, consumed)
+
+
+def _gradient_bytes(made: list[int | None], rules: dict[int, BackwardDef]) -> int:
+    """Bytes per element of a gradient buffer written by the backward steps `made` (None: the
+    loss): 2 when one rule writes it as int16 straight away (BackwardDef.int16_dx), else 4 for
+    int32 accumulation (the fan-out sum of two parts accumulates in int32 too)."""
+    direct = len(made) == 1 and made[0] is not None and rules[made[0]].int16_dx
+    return 2 if direct else 4
 
 
 def gradient_contributions(program: TrainProgram) -> dict[int, list[int | None]]:
