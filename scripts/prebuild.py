@@ -42,6 +42,19 @@ def _model_path() -> Path:
     return path if path.is_absolute() else PROJECT_DIR / path
 
 
+def _pull_input() -> bool:
+    """MCUTRAIN_INPUT if set, else `custom_input`: "rows" pulls the input from the host row by
+    row while the model runs (docs/memory.md), "whole" (the default) receives it first."""
+    chosen = os.environ.get("MCUTRAIN_INPUT") or env.GetProjectOption(  # noqa: F821
+        "custom_input", "whole")
+    if chosen not in ("rows", "whole"):
+        sys.stderr.write(f"mcutrain: error: custom_input / MCUTRAIN_INPUT is '{chosen}': use "
+                         "'whole' (the input arrives with each request) or 'rows' (pulled row "
+                         "by row while the model runs)\n")
+        env.Exit(1)  # noqa: F821
+    return chosen == "rows"
+
+
 def _scheme_path() -> Path | None:
     """MCUTRAIN_TRAIN if set (empty: none); else `custom_train`, which is written for
     `custom_model`: when MCUTRAIN_MODEL swaps the model, the build is inference-only."""
@@ -123,7 +136,8 @@ def main() -> None:
     model_path = _model_path()
     build_dir = Path(env.subst("$BUILD_DIR"))  # noqa: F821
     try:
-        result = generate_for_build(model_path, build_dir, _limits(), _scheme_path())
+        result = generate_for_build(model_path, build_dir, _limits(), _scheme_path(),
+                                    _pull_input())
     except (ModelError, OSError) as exc:
         sys.stderr.write(f"mcutrain: error: {exc}\n")
         env.Exit(1)  # noqa: F821

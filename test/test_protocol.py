@@ -7,6 +7,7 @@ import shutil
 import struct
 import subprocess
 import zlib
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -150,11 +151,15 @@ def test_info_round_trip() -> None:
 
 def test_info_training_fields_layout() -> None:
     info = make_info()
-    tail = info_payload(info)[-32:]
-    assert tail == struct.pack("<BBHIffIIQ", 1, 1, 10, 2, 0.0625, 0.03125, 7, 4096, 2**34 + 1)
+    # The training fields, then u8 input_pulled last.
+    tail = info_payload(info)[-33:]
+    assert tail == struct.pack("<BBHIffIIQB", 1, 1, 10, 2, 0.0625, 0.03125, 7, 4096, 2**34 + 1,
+                               0)
     assert parse_info(info_payload(info)).num_classes == 10
+    assert not parse_info(info_payload(info)).input_pulled
+    assert parse_info(info_payload(replace(info, input_pulled=True))).input_pulled
     with pytest.raises(ProtocolError, match="loss"):
-        parse_info(info_payload(info)[:-31] + b"\x09" + info_payload(info)[-30:])
+        parse_info(info_payload(info)[:-32] + b"\x09" + info_payload(info)[-31:])
 
 
 CE = TrainInfo(True, LossKind.CROSS_ENTROPY, 10, 2, 0.05, 0.05, 1, 16, 0)

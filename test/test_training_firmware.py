@@ -47,20 +47,26 @@ CASES = [
 # Shipped schemes of train/ run on the model they are written for (scripts/benchmark.py
 # benchmarks them; CASES above are the fixture pairs it adds).
 TRAIN_DIR_CASES = [
-    # The paper's model and sparse scheme: its 64x64 stage runs row-streamed in training too
-    ("mobilenetv2_w035_128_int8", "mbv2_paper_50kb"),
+    # The paper's model and sparse scheme: its 64x64 stage runs row-streamed in training too,
+    # once with the input sent whole and once pulled from the host row by row.
+    ("mobilenetv2_w035_128_int8", "mbv2_paper_50kb", False),
+    ("mobilenetv2_w035_128_int8", "mbv2_paper_50kb", True),
 ]
-PAIRS = ([(m, SCHEMES / f"{s}.json") for m, s in CASES]
-         + [(m, ROOT / "train" / f"{s}.json") for m, s in TRAIN_DIR_CASES])
+PAIRS = ([(m, SCHEMES / f"{s}.json", False) for m, s in CASES]
+         + [(m, ROOT / "train" / f"{s}.json", rows) for m, s, rows in TRAIN_DIR_CASES])
 
 
-@pytest.mark.parametrize("model_name, scheme_path", PAIRS,
-                         ids=[f"{m.split('/')[-1]}-{s.stem}" for m, s in PAIRS])
-def test_training_step_matches_reference(model_name: str, scheme_path: Path) -> None:
+@pytest.mark.parametrize("model_name, scheme_path, input_rows", PAIRS,
+                         ids=[f"{m.split('/')[-1]}-{s.stem}{'-rows' if r else ''}"
+                              for m, s, r in PAIRS])
+def test_training_step_matches_reference(model_name: str, scheme_path: Path,
+                                         input_rows: bool) -> None:
     model_path = MODELS / f"{model_name}.tflite"
-    program = build_training(compile_model(model_path), load_scheme(scheme_path))
+    program = build_training(compile_model(model_path, pull_input=input_rows),
+                             load_scheme(scheme_path))
+    assert any(s.pulled is not None for s in program.streams) == input_rows
     reference = TrainingReference(program)
-    elf = build_firmware(model_path, scheme=scheme_path)
+    elf = build_firmware(model_path, scheme=scheme_path, input_rows=input_rows)
     size = firmware_size(elf)
     assert size.ram_bytes <= TRAIN_RAM and size.flash_bytes <= 1024 * 1024, size
 
@@ -92,9 +98,12 @@ def test_training_step_matches_reference(model_name: str, scheme_path: Path) -> 
                                                rel=1e-5, abs=1e-6)
         if classes:
             # Past the host's own check, straight to the firmware's.
-            payload = x.tobytes() + struct.pack("<H", classes)
+            label = struct.pack("<H", classes)
             with pytest.raises(DeviceError, match="BAD_LABEL"):
-                board.request(RequestType.TRAIN, payload)
+                if input_rows:  # the label is checked before any input row is pulled
+                    board.request(RequestType.TRAIN, label)
+                else:
+                    board.request(RequestType.TRAIN, x.tobytes() + label)
             assert board.read_params() == before, "a refused label changed the state"
         board.reset()
         reference.reset()

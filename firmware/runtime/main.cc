@@ -34,9 +34,14 @@ float ReadF32(const uint8_t* p) {
   return v;
 }
 
+// Bytes of the input that arrive with the request: all of it, or none when the model pulls it.
+uint32_t InputPayloadBytes() { return kModel.input_pulled ? 0 : kModel.input.bytes; }
+
 bool InputTensorSink(uint32_t payload_len, PayloadDest* dest, Refusal* why) {
-  if (payload_len != kModel.input.bytes) {
-    *why = {Status::kBadShape, kModel.input.bytes};
+  if (payload_len != InputPayloadBytes()) {
+    *why = {Status::kBadShape, InputPayloadBytes(),
+            kModel.input_pulled ? "this model pulls its input row by row: INFER carries no "
+                                  "payload (docs/memory.md)" : nullptr};
     return false;
   }
   *dest = {reinterpret_cast<uint8_t*>(model_input()), payload_len, nullptr};
@@ -54,13 +59,68 @@ bool TrainSampleSink(uint32_t payload_len, PayloadDest* dest, Refusal* why) {
     *why = {Status::kTooLong, kMaxSmallPayload, "label larger than the firmware's small buffer"};
     return false;
   }
-  const uint32_t wanted = kModel.input.bytes + kTrain.label_bytes;
+  const uint32_t wanted = InputPayloadBytes() + kTrain.label_bytes;
   if (payload_len != wanted) {
     *why = {Status::kBadShape, wanted};
     return false;
   }
-  *dest = {reinterpret_cast<uint8_t*>(model_input()), kModel.input.bytes, small_payload_buffer()};
+  if (kModel.input_pulled) {
+    *dest = {small_payload_buffer(), payload_len, nullptr};  // the label alone
+  } else {
+    *dest = {reinterpret_cast<uint8_t*>(model_input()), kModel.input.bytes,
+             small_payload_buffer()};
+  }
   return true;
+}
+
+// ---- input rows pulled while the model runs (ModelDesc::input_pulled) ----
+
+// A pull waits this long for the host's ROWS frame to start; inside a frame FrameReader's
+// inter-byte timeout applies.
+constexpr uint64_t kPullIdleTimeoutUs = 5000000;
+
+struct Pull {
+  uint8_t* dst = nullptr;  // where the rows go; nullptr when no pull is waiting
+  uint32_t bytes = 0;
+};
+Pull g_pull;
+uint16_t g_request_seq = 0;  // seq of the request being run: a pull and its answer carry it
+
+bool RowsSink(uint32_t payload_len, PayloadDest* dest, Refusal* why) {
+  if (g_pull.dst == nullptr) {
+    *why = {Status::kUnknownRequest, 0, "ROWS answers a row pull, and none is waiting"};
+    return false;
+  }
+  if (payload_len != g_pull.bytes) {
+    *why = {Status::kBadShape, g_pull.bytes};
+    return false;
+  }
+  *dest = {g_pull.dst, payload_len, nullptr};
+  return true;
+}
+
+Status RunRows(const Request&, ReplyWriter&, Text&) { return Status::kOk; }  // already stored
+
+constexpr RequestHandler kRowsHandler[] = {
+    {static_cast<uint8_t>(RequestType::kRows), RowsSink, RunRows},
+};
+
+// Reads frames until the host's ROWS answer (same seq) has landed at g_pull.dst.
+Status AwaitRows() {
+  FrameReader reader(kRowsHandler, 1);
+  uint64_t idle_since = board::micros();
+  for (;;) {
+    uint8_t byte = 0;
+    const bool got = board::serial_read_byte(&byte);
+    const uint64_t now = board::micros();
+    const FrameResult r = got ? reader.feed(byte, now) : reader.poll(now);
+    if (got) idle_since = now;
+    if (r.kind == FrameResult::Kind::kError) return r.status;
+    if (r.kind == FrameResult::Kind::kRequest) {
+      return r.request.header.seq == g_request_seq ? Status::kOk : Status::kBadFrame;
+    }
+    if (!got && now - idle_since > kPullIdleTimeoutUs) return Status::kTimeout;
+  }
 }
 
 // Small fixed-size training requests (RESET, SET_LR, READ_PARAMS).
@@ -122,7 +182,7 @@ Status RunInfo(const Request& request, ReplyWriter& out, Text&) {
   if (kModel.input.rank > kMaxRank || kModel.output.rank > kMaxRank) return Status::kInternal;
   const uint32_t len = 1 + 1 + 2 + 4 + (1 + board_len) + (1 + model_len) + 32 + 4 + 4 + 8 +
                        TensorDescBytes(kModel.input) + TensorDescBytes(kModel.output) + 4 + 4 +
-                       kTrainInfoBytes;
+                       kTrainInfoBytes + 1;
   out.begin(static_cast<uint8_t>(RequestType::kInfo) | kReplyFlag, request.header.seq, len);
   out.write_u8(kProtocolVersion);
   out.write_u8(static_cast<uint8_t>(board::counter_unit()));
@@ -142,6 +202,7 @@ Status RunInfo(const Request& request, ReplyWriter& out, Text&) {
   out.write_u32(board::stack_high_water_bytes());
   out.write_u32(board::stack_size_bytes());
   WriteTrainInfo(out);
+  out.write_u8(kModel.input_pulled ? 1 : 0);
   out.end();
   return Status::kOk;
 }
@@ -173,11 +234,12 @@ void ExplainRefusedLabel(Status status, const uint8_t* label, Text& why) {
 Status RunTrainStep(const Request& request, ReplyWriter& out, Text& why, bool update,
                     RequestType type) {
   TrainResult result{};
+  const uint8_t* label = kModel.input_pulled ? request.payload : request.tail;
   const uint64_t start = board::counter_now();
-  const Status status = model_train_step(request.tail, update, &result);
+  const Status status = model_train_step(label, update, &result);
   const uint64_t elapsed = board::counter_now() - start;
   if (status != Status::kOk) {
-    ExplainRefusedLabel(status, request.tail, why);
+    ExplainRefusedLabel(status, label, why);
     return status;
   }
   out.begin(static_cast<uint8_t>(type) | kReplyFlag, request.header.seq, 4 + 2 + 8);
@@ -269,6 +331,7 @@ void Serve(const FrameResult& result) {
       g_reply.error(result.seq, result.status, message);
       return;
     case FrameResult::Kind::kRequest: {
+      g_request_seq = result.request.header.seq;
       Text why(message, sizeof(message));
       const Status status = result.handler->run(result.request, g_reply, why);
       if (status != Status::kOk) {
@@ -285,6 +348,19 @@ void Serve(const FrameResult& result) {
 }
 
 }  // namespace
+
+Status model_pull_input_rows(int8_t* dst, int32_t first_row, int32_t rows) {
+  const uint32_t row_bytes = static_cast<uint32_t>(kModel.input.dims[2] * kModel.input.dims[3]);
+  g_reply.begin(static_cast<uint8_t>(RequestType::kRows) | kReplyFlag, g_request_seq, 8);
+  g_reply.write_u32(static_cast<uint32_t>(first_row));
+  g_reply.write_u32(static_cast<uint32_t>(rows));
+  g_reply.end();
+  g_pull = {reinterpret_cast<uint8_t*>(dst), static_cast<uint32_t>(rows) * row_bytes};
+  const Status status = AwaitRows();
+  g_pull = {};
+  return status;
+}
+
 }  // namespace mt
 
 int main() {

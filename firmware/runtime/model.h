@@ -30,6 +30,10 @@ struct ModelDesc {
   uint64_t macs;              // multiply-accumulates of one inference
   TensorDesc input;
   TensorDesc output;
+  // The input is pulled from the host a few rows at a time while the model runs
+  // (model_pull_input_rows) instead of arriving whole before it: INFER then carries no
+  // payload, TRAIN and EVAL only the label, and model_input() is nullptr.
+  bool input_pulled;
 };
 
 extern const ModelDesc kModel;
@@ -39,8 +43,15 @@ extern const ModelDesc kModel;
 int8_t* model_input();
 const int8_t* model_output();
 
-// Runs one inference over the arena. Returns kOk or kInternal.
+// Runs one inference over the arena. Returns kOk, or the status of a failed input pull.
 Status model_invoke();
+
+// Provided by the runtime for models whose input is pulled (ModelDesc::input_pulled): asks the
+// host for input rows [first_row, first_row + rows) of the current request and stores them at
+// dst (rows * width * channels bytes). Returns kOk, or why they did not arrive (a refused or
+// corrupt frame, a timeout); the generated code then stops and returns that status, so a
+// failed pull changes nothing.
+Status model_pull_input_rows(int8_t* dst, int32_t first_row, int32_t rows);
 
 // ---- on-device training (docs/training.md); present in every build, enabled by a scheme ----
 

@@ -28,6 +28,13 @@
 //   0x06 SET_LR request: f32 learning rate (finite, >= 0). reply 0x86: f32 rate now in effect.
 //   0x07 READ_PARAMS request: u32 offset | u32 length. reply 0x87: that slice of the trainable
 //               state block (kTrain.state_bytes), kBadLength when it does not lie inside it.
+//   0x08 ROWS   only while the firmware pulls its input (INFO input_pulled = 1): INFER then
+//               carries no payload and TRAIN/EVAL only the label; while the model runs the
+//               firmware sends 0x88 NEED_ROWS (same seq as the request): u32 first_row |
+//               u32 rows, and the host answers ROWS (same seq): exactly rows * width *
+//               channels bytes of input. A refused, corrupt, late (5 s) or mismatched answer
+//               ends the request with an ERROR reply and changes nothing. Outside a pull ROWS
+//               is refused (kUnknownRequest).
 //   Requests 0x03..0x07 answer kUnknownRequest with an explanation when the firmware was built
 //   without a training scheme; their INFO request_mask bits are clear then.
 //   0x7F ERROR  reply to any request that is not served: u16 status (mt::Status), then a short
@@ -40,7 +47,8 @@
 //   u32 arena_bytes | u32 weight_bytes | u64 macs | tensor input | tensor output |
 //   u32 stack_used_bytes (deepest stack use so far) | u32 stack_size_bytes (0 = not measured) |
 //   training: u8 enabled | u8 loss (mt::LossKind) | u16 num_classes | u32 label_bytes |
-//   f32 default_lr | f32 current_lr | u32 seed | u32 state_bytes | u64 backward_macs
+//   f32 default_lr | f32 current_lr | u32 seed | u32 state_bytes | u64 backward_macs |
+//   u8 input_pulled (1: the input comes in ROWS answers, see 0x08)
 //   where tensor = u8 dtype (mt::DType) | u8 rank | rank x i32 dims | f32 scale |
 //                  i32 zero_point | u32 bytes
 //
@@ -86,6 +94,7 @@ enum class RequestType : uint8_t {
   kReset = 0x05,
   kSetLr = 0x06,
   kReadParams = 0x07,
+  kRows = 0x08,
 };
 
 struct FrameHeader {

@@ -52,7 +52,10 @@ def compiler_fingerprint() -> str:
 
 
 def generate_for_build(model_path: Path, build_dir: Path, limits: BoardLimits,
-                       scheme_path: Path | None = None) -> BuildResult:
+                       scheme_path: Path | None = None, pull_input: bool = False) -> BuildResult:
+    """Generate the model (or training) source and report.json into build_dir, unless they are
+    up to date. `pull_input`: the firmware pulls its input from the host row by row
+    (custom_input = rows; docs/memory.md)."""
     generated = build_dir / "generated"
     report_path = build_dir / "report.json"
     stamp_path = build_dir / "mcutrain.stamp"
@@ -60,11 +63,12 @@ def generate_for_build(model_path: Path, build_dir: Path, limits: BoardLimits,
     scheme_data = scheme_path.read_bytes() if scheme_path else b""
     stamp = json.dumps({"model": hashlib.sha256(data).hexdigest(),
                         "scheme": hashlib.sha256(scheme_data).hexdigest(),
-                        "compiler": compiler_fingerprint(), "limits": repr(limits)})
+                        "compiler": compiler_fingerprint(), "limits": repr(limits),
+                        "pull_input": pull_input})
     if (stamp_path.exists() and stamp_path.read_text() == stamp
             and (generated / "model.cc").exists() and report_path.exists()):
         return BuildResult(generated, report_path, regenerated=False)
-    model = compile_model(data)
+    model = compile_model(data, pull_input=pull_input)
     model.graph.name = model_path.stem
     if scheme_path is None:
         source, weight_bytes = generate_model_source(model)
@@ -214,7 +218,8 @@ def sram_breakdown(elf: Path, report: dict[str, Any]) -> dict[str, int]:
     state = sum(symbols.get(n, 0) for n in ("g_state", "g_grad_scale", "g_train"))
     stack = size.sections.get(".stack", 0)
     inp = report["input"]
-    return {"input_bytes": _prod(inp["shape"]), "input_offset_in_arena": inp["offset"],
+    return {"input_bytes": inp.get("sram_bytes", _prod(inp["shape"])),
+            "input_pulled": int(bool(inp.get("pulled"))), "input_offset_in_arena": inp["offset"],
             "arena_bytes": arena, "state_bytes": state, "stack_bytes": stack,
             "runtime_bytes": size.linked_ram_bytes - arena - state - stack,
             "total_bytes": size.linked_ram_bytes}
@@ -229,6 +234,7 @@ def _prod(shape: list[int]) -> int:
 
 def describe_sram(sram: dict[str, int]) -> str:
     state = f" + trainable state {sram['state_bytes']}" if sram["state_bytes"] else ""
-    return (f"SRAM {sram['total_bytes']} B linked = arena {sram['arena_bytes']} (input "
+    held = "window of the pulled input" if sram.get("input_pulled") else "input"
+    return (f"SRAM {sram['total_bytes']} B linked = arena {sram['arena_bytes']} ({held} "
             f"{sram['input_bytes']} inside){state} + stack {sram['stack_bytes']} + runtime "
             f"statics {sram['runtime_bytes']}")

@@ -54,7 +54,8 @@ def generate_model_source(model: CompiledModel) -> tuple[str, int]:
         arena_bytes=arena_bytes,
         name=source_name(model),
         model_desc=model_desc(model, arena_bytes, pool.nbytes),
-        input_offset=model.offset_of(model.input),
+        input_ptr=("nullptr" if any(s.pulled is not None for s in model.streams)
+                   else f"g_arena + {model.offset_of(model.input)}"),
         output_offset=model.offset_of(model.output),
         calls="\n".join(calls),
     )
@@ -82,11 +83,25 @@ def stream_block(model: CompiledModel, stream: Stream, pool: ConstPool, planner:
     for tid in tensors:
         rows = g.tensors[tid].shape[1]
         capacity = stream.windows.get(tid, rows)
-        held = 0 if tid in made else rows
+        held = 0 if tid in made or tid == stream.pulled else rows
         lines.append(f"  mt::RowWindow w{tid} = {{{act(tid)}, {row_bytes(g, tid)}, {capacity}, "
                      f"0, {held}}};")
-    lines += [f"  int32_t done[{n}] = {{}};",
-              f"  for (int32_t t = 0; t < {len(stream.rows)}; ++t) {{"]
+    lines += [f"  int32_t done[{n}] = {{}};"]
+    if stream.pulled is not None:
+        pulls = ", ".join(map(str, stream.input_rows))
+        lines += [f"  static const uint16_t kInputRows[{len(stream.rows)}] = {{{pulls}}};",
+                  "  int32_t pulled = 0;"]
+    lines += [f"  for (int32_t t = 0; t < {len(stream.rows)}; ++t) {{"]
+    if stream.pulled is not None:
+        w = f"w{stream.pulled}"
+        lines += ["    // The input comes from the host a few rows at a time (runtime/model.h).",
+                  "    if (kInputRows[t] > pulled) {",
+                  "      const int32_t n = kInputRows[t] - pulled;",
+                  f"      const Status status = model_pull_input_rows(mt::RowWindowAppend({w}, n), "
+                  "pulled, n);",
+                  "      if (status != Status::kOk) return status;",
+                  "      pulled = kInputRows[t];",
+                  "    }"]
     for k, step in enumerate(stream.steps):
         p = ops[step]
         ctx = step_context(pool, variants[step], planner, scratch_buffer(step))
@@ -125,9 +140,10 @@ def model_desc(model: CompiledModel, arena_bytes: int, weight_bytes: int) -> str
     """The `kModel` definition the runtime reports over INFO (shared by both templates)."""
     g = model.graph
     digest = ", ".join(str(b) for b in g.sha256.ljust(32, b"\0"))
+    pulled = any(s.pulled is not None for s in model.streams)
     fields = [f'"{source_name(model)}"', f"{{{digest}}}", f"{arena_bytes}u", f"{weight_bytes}u",
               f"{model.macs}ull", tensor_desc(g.tensors[model.input]),
-              tensor_desc(g.tensors[model.output])]
+              tensor_desc(g.tensors[model.output]), "true" if pulled else "false"]
     return "const ModelDesc kModel = {\n" + "".join(f"    {f},\n" for f in fields) + "};"
 
 
@@ -149,7 +165,7 @@ alignas(16) int8_t g_arena[{arena_bytes}];
 
 {model_desc}
 
-int8_t* model_input() {{ return g_arena + {input_offset}; }}
+int8_t* model_input() {{ return {input_ptr}; }}
 const int8_t* model_output() {{ return g_arena + {output_offset}; }}
 
 Status model_invoke() {{

@@ -15,7 +15,15 @@ from ..frontend.tflite_reader import read_tflite
 from ..ops.base import REF, KernelVariant, OpDef, choose_variant, lookup
 from ..ops.quant import ScaleRangeError
 from .memory_plan import ArenaPlanner
-from .streaming import Stream, candidates, check_schedule, refine, spans, window_bytes
+from .streaming import (
+    Stream,
+    candidates,
+    check_schedule,
+    refine,
+    spans,
+    window_bytes,
+    with_pulled_input,
+)
 
 
 @dataclass
@@ -80,18 +88,21 @@ def scratch_size(variant: KernelVariant, params: Any) -> int:
 
 
 def compile_model(source: str | Path | bytes, alignment: int = 16,
-                  streaming: bool = True) -> CompiledModel:
+                  streaming: bool = True, pull_input: bool = False) -> CompiledModel:
     """Read, prepare and plan a model. With `streaming`, chains of operators whose tensors would
     otherwise dominate the arena run row-streamed (compile/streaming.py) when that makes the
-    arena smaller; without it every tensor is whole (layer by layer)."""
+    arena smaller; without it every tensor is whole (layer by layer). With `pull_input` the
+    first stream also pulls the model input from the host a few rows at a time, so the input
+    never sits whole in SRAM (a ModelError if no stream can)."""
     graph = strip_io_conversions(read_tflite(source))
     check_deployable(graph)
     ops = [_prepare(op, graph) for op in graph.operators]
     buffer_of, tensor_of = _assign_buffers(graph, ops)
     whole = _plan(graph, ops, buffer_of, tensor_of, alignment)
     streams, planner = ((), whole)
-    if streaming:
-        streams, planner = _choose_streams(graph, ops, buffer_of, tensor_of, alignment, whole)
+    if streaming or pull_input:
+        streams, planner = _choose_streams(graph, ops, buffer_of, tensor_of, alignment, whole,
+                                           pull_input)
     return CompiledModel(graph=graph, ops=ops, planner=planner, buffer_of=buffer_of,
                          tensor_of=tensor_of, streams=streams,
                          whole_arena_bytes=whole.arena_bytes())
@@ -137,13 +148,19 @@ _EXACT_PLANS = 24
 
 
 def _choose_streams(graph: Graph, ops: list[PreparedOp], buffer_of: dict[int, str],
-                    tensor_of: dict[str, int], alignment: int,
-                    whole: ArenaPlanner) -> tuple[tuple[Stream, ...], ArenaPlanner]:
+                    tensor_of: dict[str, int], alignment: int, whole: ArenaPlanner,
+                    pull_input: bool = False) -> tuple[tuple[Stream, ...], ArenaPlanner]:
     """The streams that give the smallest arena, added one at a time while each makes it
-    smaller (`whole`: the plan without streams), and their plan."""
+    smaller (`whole`: the plan without streams), and their plan. With `pull_input` only streams
+    that can pull the model input from the host row by row are candidates for the first one."""
     best = whole
     chosen: tuple[Stream, ...] = ()
     pool = candidates(graph, ops)
+    if pull_input:
+        pool = _pulling(graph, ops, pool)
+        if not pool:
+            raise ModelError(_cannot_pull(graph, ops))
+        best = None
     sizes = _sizes(graph, tensor_of, buffer_of, ())
     while True:
         free = [s for s in pool if not any(_overlap(s, c) for c in chosen)]
@@ -151,16 +168,36 @@ def _choose_streams(graph: Graph, ops: list[PreparedOp], buffer_of: dict[int, st
                                                         (*chosen, s)))
         found = None
         for stream in ranked[:_EXACT_PLANS]:
-            trial = tuple(sorted((*chosen, refine(graph, ops, stream)), key=lambda s: s.first))
+            finer = refine(graph, ops, stream)
+            if stream.pulled is not None:
+                finer = with_pulled_input(graph, ops, finer, stream.pulled)
+            trial = tuple(sorted((*chosen, finer), key=lambda s: s.first))
             planner = _plan(graph, ops, buffer_of, tensor_of, alignment, trial)
-            if planner.arena_bytes() < best.arena_bytes():
+            if best is None or planner.arena_bytes() < best.arena_bytes():
                 best, found = planner, trial
         if found is None:
             break
         chosen = found
+        # Once the input is pulled, the other streams need not (and cannot) pull it.
+        pool = [s for s in candidates(graph, ops) if s.pulled is None] if pull_input else pool
     for stream in chosen:
         check_schedule(graph, ops, stream)
     return chosen, best
+
+
+def _pulling(graph: Graph, ops: list[PreparedOp], pool: list[Stream]) -> list[Stream]:
+    """The candidate streams that can pull the model input, pulling it."""
+    found = (with_pulled_input(graph, ops, s, graph.inputs[0]) for s in pool)
+    return [s for s in found if s is not None]
+
+
+def _cannot_pull(graph: Graph, ops: list[PreparedOp]) -> str:
+    readers = [f"operator {p.op.index} ({p.op.opcode})" for p in ops
+               if graph.inputs[0] in p.inputs]
+    return (f"{graph.name}: the input cannot be pulled from the host row by row: it is read by "
+            f"{', '.join(readers) or 'nothing'}, and pulling needs its readers to start a chain "
+            "of two or more CONV_2D, DEPTHWISE_CONV_2D or ADD steps that run by rows "
+            "(docs/memory.md); build without custom_input = rows")
 
 
 def _overlap(a: Stream, b: Stream) -> bool:
@@ -175,7 +212,8 @@ def _lifetimes(graph: Graph, ops: list[PreparedOp], buffer_of: dict[int, str],
         span = lifetimes.setdefault(buffer_of[tid], [step, step])
         span[0], span[1] = min(span[0], step), max(span[1], step)
 
-    touch(graph.inputs[0], -1)
+    if not any(s.pulled is not None for s in streams):
+        touch(graph.inputs[0], -1)  # written by the host before the first step
     for p, (first, last) in zip(ops, spans(len(ops), streams), strict=True):
         for tid in (*p.inputs, p.output):
             touch(tid, first)

@@ -145,8 +145,12 @@ def arena_summary(report: dict[str, Any]) -> str:
 
 def _io(model: CompiledModel, tid: int) -> dict[str, Any]:
     t = model.graph.tensors[tid]
+    pulled = any(s.pulled == tid for s in model.streams)
     return {"shape": list(t.shape), "dtype": t.dtype, "scale": t.scale,
-            "zero_point": t.zero_point, "offset": model.offset_of(tid)}
+            "zero_point": t.zero_point, "offset": model.offset_of(tid),
+            # SRAM it takes: the whole tensor, or the window of rows a pulled input needs
+            "sram_bytes": model.planner.placements()[model.buffer_of[tid]].size,
+            "pulled": pulled}
 
 
 def check_fits(model: CompiledModel, weight_bytes: int, limits: BoardLimits) -> None:

@@ -35,12 +35,17 @@ class Stream:
 
     rows[t][k]: rows step first + k has computed after iteration t (the firmware's table).
     windows: tensor id -> rows its window holds, for tensors made and read inside the stream.
+    pulled: the model input when the stream pulls it from the host a few rows at a time
+      (with_pulled_input) instead of reading it whole; its window is windows[pulled] rows and
+      input_rows[t] the rows pulled by the start of iteration t's bands.
     """
 
     first: int
     last: int
     rows: tuple[tuple[int, ...], ...]
     windows: dict[int, int]
+    pulled: int | None = None
+    input_rows: tuple[int, ...] = ()
 
     @property
     def steps(self) -> range:
@@ -124,10 +129,41 @@ def avoiding(graph: Graph, ops: Sequence[Any], streams: Sequence[Stream],
             continue
         for last in range(min(inside) - 1, stream.first, -1):
             cut = plan_stream(graph, ops, stream.first, last)
+            if cut is not None and stream.pulled is not None:
+                cut = with_pulled_input(graph, ops, cut, stream.pulled)
             if cut is not None:
                 kept.append(cut)
                 break
     return tuple(kept)
+
+
+def with_pulled_input(graph: Graph, ops: Sequence[Any], stream: Stream,
+                      tensor_id: int) -> Stream | None:
+    """`stream` pulling `tensor_id` (the model input) from the host row by row: at the start of
+    each iteration the rows its bands will read are pulled into a window. None when something
+    outside the stream reads that tensor, or it is not an NHWC tensor of one batch."""
+    shape = graph.tensors[tensor_id].shape
+    readers = _readers(graph, ops).get(tensor_id, [])
+    if len(shape) != 4 or shape[0] != 1 or not readers:
+        return None
+    if any(not stream.contains(r) for r, _ in readers):
+        return None
+    geoms = geometries(ops)
+    need = [max(geoms[r][i].end_row(target[r - stream.first]) for r, i in readers)
+            for target in stream.rows]
+    final = stream.rows[-1]
+    done = [0] * len(stream.steps)
+    pulled = capacity = 0
+    for target, rows in zip(stream.rows, need, strict=True):
+        if rows > pulled:
+            oldest = min((geoms[r][i].first_row(done[r - stream.first]) for r, i in readers
+                          if done[r - stream.first] < final[r - stream.first]), default=rows)
+            capacity = max(capacity, rows - min(oldest, pulled))
+            pulled = rows
+        done = list(target)
+    return Stream(first=stream.first, last=stream.last, rows=stream.rows,
+                  windows={**stream.windows, tensor_id: capacity}, pulled=tensor_id,
+                  input_rows=tuple(need))
 
 
 def spans(n_steps: int, streams: Sequence[Stream]) -> list[tuple[int, int]]:
@@ -253,7 +289,16 @@ def check_schedule(graph: Graph, ops: Sequence[Any], stream: Stream) -> None:
     for tid in stream.windows:
         held[tid] = (0, 0)
     done = [0] * len(stream.steps)
-    for target in stream.rows:
+    for t, target in enumerate(stream.rows):
+        if stream.pulled is not None:
+            start, count = held[stream.pulled]
+            rows = stream.input_rows[t] - (start + count)
+            cap = stream.windows[stream.pulled]
+            if rows > cap:
+                raise AssertionError(f"iteration {t} pulls {rows} input rows into a window of "
+                                     f"{cap}")
+            over = max(0, count + rows - cap)
+            held[stream.pulled] = (start + over, count - over + rows)
         for k, s in enumerate(stream.steps):
             y0, y1 = done[k], target[k]
             if y1 <= y0:

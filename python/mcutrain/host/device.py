@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import select
 import shutil
+import struct
 import subprocess
 import time
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ import numpy as np
 
 from .protocol import (
     DTYPE_NUMPY,
+    REPLY_FLAG,
     DeviceError,
     DeviceInfo,
     DType,
@@ -215,8 +217,11 @@ class Device:
             raise ProtocolError(f"{self.port}: {item}")
         return item
 
-    def request(self, rtype: int, payload: bytes = b"", timeout: float | None = None) -> Frame:
-        """Sends one request and returns its checked reply (DeviceError for an ERROR reply)."""
+    def request(self, rtype: int, payload: bytes = b"", timeout: float | None = None,
+                pulled: np.ndarray | None = None) -> Frame:
+        """Sends one request and returns its checked reply (DeviceError for an ERROR reply).
+        `pulled` is the input of firmware that pulls it (DeviceInfo.input_pulled): each of its
+        NEED_ROWS frames is answered with those rows, and the deadline starts again."""
         seq = self.next_seq()
         self.send_raw(encode_frame(Frame(rtype, seq, payload)))
         name = _request_name(rtype)
@@ -243,6 +248,11 @@ class Device:
             if frame.seq != seq:
                 self.stale_frames += 1
                 continue
+            if pulled is not None and frame.type == RequestType.ROWS | REPLY_FLAG:
+                self.send_raw(encode_frame(Frame(RequestType.ROWS, seq,
+                                                 pulled_rows(frame.payload, pulled))))
+                deadline = time.monotonic() + limit
+                continue
             return check_reply(frame, rtype)
 
     # ---- requests ----
@@ -261,30 +271,35 @@ class Device:
         check_input_shape(x_int8, info.input)
         if x_int8.dtype != np.int8:
             raise ValueError(f"infer needs int8 input, got {x_int8.dtype} (use quantize_input)")
-        frame = self.request(RequestType.INFER, np.ascontiguousarray(x_int8).tobytes())
+        x = np.ascontiguousarray(x_int8).reshape(info.input.shape)
+        if info.input_pulled:
+            frame = self.request(RequestType.INFER, b"", pulled=x)
+        else:
+            frame = self.request(RequestType.INFER, x.tobytes())
         data, counter = parse_infer(frame.payload, info.output.nbytes)
         out = np.frombuffer(data, dtype=DTYPE_NUMPY[info.output.dtype]).reshape(info.output.shape)
         return out.copy(), counter
 
     # ---- training (firmware built with a scheme) ----
 
-    def _sample_payload(self, x_int8: np.ndarray, label: object) -> bytes:
+    def _sample_request(self, rtype: RequestType, x_int8: np.ndarray, label: object) -> Frame:
         info = self.cached_info
         check_input_shape(x_int8, info.input)
         if x_int8.dtype != np.int8:
             raise ValueError(f"training needs int8 input, got {x_int8.dtype} (use quantize_input)")
         label_bytes = encode_label(label, info.train)  # type: ignore[arg-type]
-        return train_payload(np.ascontiguousarray(x_int8).tobytes(), label_bytes)
+        x = np.ascontiguousarray(x_int8).reshape(info.input.shape)
+        if info.input_pulled:
+            return self.request(rtype, label_bytes, pulled=x)
+        return self.request(rtype, train_payload(x.tobytes(), label_bytes))
 
     def train(self, x_int8: np.ndarray, label: int | float | np.ndarray) -> TrainReply:
         """One training step: int class (cross-entropy) or float targets (mse)."""
-        return parse_train(self.request(RequestType.TRAIN, self._sample_payload(x_int8, label))
-                           .payload)
+        return parse_train(self._sample_request(RequestType.TRAIN, x_int8, label).payload)
 
     def eval(self, x_int8: np.ndarray, label: int | float | np.ndarray) -> TrainReply:
         """Forward pass and loss without any update."""
-        return parse_train(self.request(RequestType.EVAL, self._sample_payload(x_int8, label))
-                           .payload)
+        return parse_train(self._sample_request(RequestType.EVAL, x_int8, label).payload)
 
     def reset(self) -> None:
         """Trainable parameters, PRNG and learning rate back to the flashed defaults."""
@@ -310,6 +325,17 @@ class Device:
         parts = [self.read_params_slice(off, min(chunk, total - off))
                  for off in range(0, total, chunk)]
         return b"".join(parts)
+
+
+def pulled_rows(need: bytes, x: np.ndarray) -> bytes:
+    """The ROWS answer to a NEED_ROWS payload (u32 first_row | u32 rows) from the NHWC input."""
+    if len(need) != 8:
+        raise ProtocolError(f"NEED_ROWS has {len(need)} payload bytes, expected 8")
+    first, rows = struct.unpack("<II", need)
+    if rows == 0 or first + rows > x.shape[1]:
+        raise ProtocolError(f"NEED_ROWS asks for rows {first}..{first + rows - 1} of an input "
+                            f"with {x.shape[1]}")
+    return x[:, first:first + rows].tobytes()
 
 
 def _request_name(rtype: int) -> str:

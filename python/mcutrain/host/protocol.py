@@ -21,6 +21,10 @@ UNKNOWN_REQUEST error that says so):
     0x05 RESET        empty -> empty (parameters, PRNG, learning rate back to defaults)
     0x06 SET_LR       f32 -> f32 rate in effect (NOT_FINITE for NaN, inf, negative)
     0x07 READ_PARAMS  u32 offset | u32 length -> that slice of the trainable state
+    0x08 ROWS         only while firmware that pulls its input (INFO input_pulled) runs a
+                      request: INFER then carries no payload and TRAIN/EVAL only the label; the
+                      firmware sends 0x88 NEED_ROWS (u32 first_row | u32 rows, the request's
+                      seq) and the host answers ROWS with exactly those rows of the input
 
 INFO reply payload (version 1)::
 
@@ -29,7 +33,7 @@ INFO reply payload (version 1)::
     u32 arena_bytes | u32 weight_bytes | u64 macs | tensor input | tensor output |
     u32 stack_used_bytes (deepest stack use so far) | u32 stack_size_bytes (0 = not measured) |
     u8 train_enabled | u8 loss | u16 num_classes | u32 label_bytes | f32 default_lr |
-    f32 current_lr | u32 seed | u32 state_bytes | u64 backward_macs
+    f32 current_lr | u32 seed | u32 state_bytes | u64 backward_macs | u8 input_pulled
 
     tensor = u8 dtype | u8 rank | rank x i32 dims | f32 scale | i32 zero_point | u32 bytes
 """
@@ -63,6 +67,7 @@ class RequestType(enum.IntEnum):
     RESET = 0x05
     SET_LR = 0x06
     READ_PARAMS = 0x07
+    ROWS = 0x08
 
 
 class Status(enum.IntEnum):
@@ -185,6 +190,7 @@ class DeviceInfo:
     stack_used_bytes: int = 0
     stack_size_bytes: int = 0
     train: TrainInfo = TrainInfo()
+    input_pulled: bool = False  # the input is sent in ROWS answers, not with the request
 
     def serves(self, request: RequestType) -> bool:
         return bool(self.request_mask >> int(request) & 1)
@@ -341,7 +347,7 @@ def info_payload(info: DeviceInfo) -> bytes:
     return out + TRAIN_INFO.pack(
         int(t.enabled), int(t.loss), t.num_classes, t.label_bytes, t.default_lr, t.current_lr,
         t.seed, t.state_bytes, t.backward_macs,
-    )
+    ) + bytes([int(info.input_pulled)])
 
 
 def parse_info(payload: bytes) -> DeviceInfo:
@@ -359,6 +365,7 @@ def parse_info(payload: bytes) -> DeviceInfo:
     enabled, loss, classes, label_bytes, default_lr, lr, seed, state, bmacs = r.unpack(
         TRAIN_INFO.format[1:]
     )
+    (pulled,) = r.unpack("B")
     r.done()
     try:
         counter_unit = CounterUnit(unit)
@@ -369,7 +376,7 @@ def parse_info(payload: bytes) -> DeviceInfo:
                       bmacs)
     return DeviceInfo(
         version, counter_unit, max_small, mask, board, model, sha, arena, weights, macs, inp, out,
-        stack_used, stack_size, train,
+        stack_used, stack_size, train, bool(pulled),
     )
 
 

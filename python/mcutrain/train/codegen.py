@@ -218,7 +218,8 @@ def generate_training_source(program: TrainProgram) -> tuple[str, int]:
         arena_bytes=arena_bytes,
         state_bytes=max(program.state_bytes, 4),
         grad_count=max(len(e.scales), 1),
-        input_offset=e.program.offset(program.activation_buffer(model.input)),
+        input_ptr=("nullptr" if any(st.pulled is not None for st in program.streams) else
+                   f"g_arena + {e.program.offset(program.activation_buffer(model.input))}"),
         output_offset=e.program.offset(program.activation_buffer(model.output)),
         loss_kind="LossKind::kCrossEntropy" if ce else "LossKind::kMeanSquaredError",
         classes=program.num_classes,
@@ -258,8 +259,10 @@ struct {{
 
 {constants}
 
-void Forward() {{
+// kOk, or why a row of a pulled input did not arrive (then nothing has been updated).
+Status Forward() {{
 {forward}
+  return Status::kOk;
 }}
 
 }}  // namespace
@@ -269,17 +272,15 @@ void Forward() {{
 const TrainDesc kTrain = {{true, {loss_kind}, {classes}, {label_bytes}u, {lr}, {seed}u,
                           {state_bytes}u, {backward_macs}ull}};
 
-int8_t* model_input() {{ return g_arena + {input_offset}; }}
+int8_t* model_input() {{ return {input_ptr}; }}
 const int8_t* model_output() {{ return g_arena + {output_offset}; }}
 
-Status model_invoke() {{
-  Forward();
-  return Status::kOk;
-}}
+Status model_invoke() {{ return Forward(); }}
 
 Status model_train_step(const uint8_t* label, bool update, TrainResult* result) {{
 {label}
-  Forward();
+  const Status forward = Forward();
+  if (forward != Status::kOk) return forward;
   result->prediction = 0;
 {loss}
   if (!update) return Status::kOk;

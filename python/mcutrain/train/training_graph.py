@@ -407,7 +407,13 @@ def stream_forward(model: CompiledModel, schedule: Schedule) -> tuple[Stream, ..
     keep: a chain ends before the first step whose tensors the backward reads (its own backward
     step, an activation mask, a step folded into the loss head), since those must exist whole."""
     touched = {b.step for b in schedule.backward} | set(schedule.masks) | set(schedule.head.steps)
-    return avoiding(model.graph, model.ops, model.streams, touched)
+    kept = avoiding(model.graph, model.ops, model.streams, touched)
+    pulls = any(s.pulled is not None for s in model.streams)
+    if pulls and not any(s.pulled is not None for s in kept):
+        raise ModelError(f"{model.graph.name}: the scheme trains or masks a layer that reads the "
+                         "input rows, so the input cannot be pulled row by row; build with "
+                         "custom_input = whole")
+    return kept
 
 
 def plan_memory(model: CompiledModel, schedule: Schedule, variants: list[KernelVariant],
@@ -432,7 +438,8 @@ def plan_memory(model: CompiledModel, schedule: Schedule, variants: list[KernelV
         for at in (forward_span[step] if 0 <= step < n else (step,)):
             use(model.buffer_of[tid], size, at)
 
-    act(model.input, -1)
+    if not any(s.pulled is not None for s in streams):
+        act(model.input, -1)  # written by the host before the first step
     head = schedule.head
     for step, p in enumerate(model.ops):
         if step in head.steps:  # folded into the head, which runs at the first of them
