@@ -214,9 +214,8 @@ def test_exact_search_stops_at_its_node_budget_the_same_way_each_time() -> None:
 
 
 def test_report_json_names_the_winning_planner_and_its_arena(tmp_path) -> None:
-    """The build's report.json says which strategy placed each plan and what each one needed:
-    here the exact search beats greedy by size on the training plan (the row-streamed forward
-    plan is at its lower bound already)."""
+    """The build's report.json says which strategy placed each plan and what each one needed
+    (test_exact_search_closes_a_gap_the_heuristics_leave shows the exact search winning)."""
     import json
     from pathlib import Path
 
@@ -232,8 +231,9 @@ def test_report_json_names_the_winning_planner_and_its_arena(tmp_path) -> None:
         plan = part["memory_plan"]
         assert plan["arena_bytes"] == part["arena_bytes"] == plan["candidates"][plan["planner"]]
         assert plan["arena_bytes"] == min(plan["candidates"].values())
-    plan = report["training"]["memory_plan"]
-    assert plan["planner"] == "exact" and plan["candidates"]["greedy_by_size"] > plan["arena_bytes"]
+        assert {"greedy_by_size", "greedy_by_size_best_fit", "greedy_by_first_use"} <= set(
+            plan["candidates"])
+        assert plan["lower_bound_bytes"] <= plan["arena_bytes"]
 
 
 def test_exact_search_is_skipped_on_big_plans_and_says_so(monkeypatch) -> None:
