@@ -183,11 +183,11 @@ def memory_record(sections: dict[str, int], flash_bytes: int, info: DeviceInfo) 
 
 
 def inference_record(job: Job, info: DeviceInfo, counts: list[int], sections: dict[str, int],
-                     flash_bytes: int) -> dict[str, Any]:
+                     flash_bytes: int, report: dict[str, Any]) -> dict[str, Any]:
     stats = count_stats(counts)
     return {"name": job.name, "model": repo_path(job.model), "macs": info.macs,
             "instructions": stats, "instructions_per_mac": per_mac(stats["mean"], info.macs),
-            **memory_record(sections, flash_bytes, info)}
+            **memory_record(sections, flash_bytes, info), **streaming_record(report)}
 
 
 def training_record(job: Job, info: DeviceInfo, counts: list[int], sections: dict[str, int],
@@ -201,14 +201,26 @@ def training_record(job: Job, info: DeviceInfo, counts: list[int], sections: dic
             "backward_macs": bwd, "instructions_per_step": stats,
             "instructions_per_mac": per_mac(stats["mean"], fwd + bwd),
             **memory_record(sections, flash_bytes, info),
-            "report": {k: train_report.get(k) for k in REPORT_TRAIN_KEYS}}
+            "report": {k: train_report.get(k) for k in REPORT_TRAIN_KEYS},
+            **streaming_record(report)}
+
+
+def streaming_record(report: dict[str, Any]) -> dict[str, Any]:
+    """The linked SRAM breakdown and the row-streamed chains of a build's report.json, with the
+    MACs the bands recompute (0 when every row is computed once)."""
+    streams = report.get("streams", [])
+    return {"sram": report.get("sram"),
+            "row_streamed_steps": [[s["first_step"], s["last_step"]] for s in streams],
+            "recompute_macs": sum(s["executed_macs"] - s["macs"] for s in streams)}
 
 
 # ---- building and running ----
 
 def build(job: Job) -> Path:
     env = dict(os.environ, MCUTRAIN_MODEL=str(job.model), PLATFORMIO_BUILD_DIR=str(job.build_dir),
-               MCUTRAIN_TRAIN=str(job.scheme) if job.scheme else "")
+               MCUTRAIN_TRAIN=str(job.scheme) if job.scheme else "",
+               # the input arrives whole: a pulled input's counter would include the host's wait
+               MCUTRAIN_INPUT="whole")
     cmd = [sys.executable, "-m", "platformio", "run", "-s", "-e", ENV, "-d", str(ROOT)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     if proc.returncode != 0:
@@ -245,9 +257,9 @@ def measure(job: Job, runs: int, seed: int) -> dict[str, Any]:
     with open_device(f"qemu:{elf}", timeout=300) as board:
         counts = (run_training if job.scheme else run_inference)(board, runs, rng)
         info = board.info()  # after the runs: the stack high-water mark covers them
-    if job.scheme is None:
-        return inference_record(job, info, counts, size.sections, size.flash_bytes)
     report = json.loads((job.build_dir / ENV / "report.json").read_text())
+    if job.scheme is None:
+        return inference_record(job, info, counts, size.sections, size.flash_bytes, report)
     return training_record(job, info, counts, size.sections, size.flash_bytes, report)
 
 

@@ -97,7 +97,11 @@ def test_peak_sram_is_static_plus_stack_high_water_not_reserved_stack() -> None:
 
 def test_inference_and_training_records() -> None:
     job = bench.Job("m", ROOT / "models" / "har_cnn1d_int8.tflite")
-    rec = bench.inference_record(job, _info(macs=1000), [4000, 4010], SECTIONS, 9000)
+    streamed = {"sram": {"total_bytes": 5}, "streams": [
+        {"first_step": 0, "last_step": 3, "macs": 900, "executed_macs": 900}]}
+    rec = bench.inference_record(job, _info(macs=1000), [4000, 4010], SECTIONS, 9000, streamed)
+    assert rec["row_streamed_steps"] == [[0, 3]] and rec["recompute_macs"] == 0
+    assert rec["sram"] == {"total_bytes": 5}
     assert rec["model"] == "models/har_cnn1d_int8.tflite"
     assert rec["instructions"]["mean"] == 4005.0 and rec["instructions_per_mac"] == 4.005
 
@@ -148,7 +152,7 @@ def test_committed_results_have_the_expected_shape() -> None:
 
 def _small_result() -> dict:
     job = bench.Job("my_model", HAR)
-    inf = bench.inference_record(job, _info(), [4000], SECTIONS, 9000)
+    inf = bench.inference_record(job, _info(), [4000], SECTIONS, 9000, {})
     tjob = bench.Job("my_model-train-s", job.model, ROOT / "train" / "har_adapt.json")
     tr = bench.training_record(tjob, _info(backward=10), [3000], SECTIONS, 9000, {})
     return {"inference": [inf], "training": [tr], "reference": bench.REFERENCE}

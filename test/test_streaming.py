@@ -238,6 +238,8 @@ def test_report_json_records_the_streams_and_the_peak(tmp_path: Path) -> None:
     assert report["arena_layer_by_layer_bytes"] == 245760 > report["arena_bytes"]
     (stream,) = report["streams"]
     assert (stream["first_step"], stream["last_step"]) == (0, 9)
+    # Every row is computed once: the bands execute exactly the chain's layer-by-layer MACs.
+    assert stream["executed_macs"] == stream["macs"] == sum(p.macs for p in model.ops[:10])
     for w in stream["windows"]:
         shape = model.graph.tensors[w["tensor"]].shape
         assert w["of_rows"] == shape[1] and w["bytes"] == w["rows"] * shape[2] * shape[3]

@@ -121,9 +121,15 @@ def _stream(model: CompiledModel, stream: Stream) -> dict[str, Any]:
     windows = [{"tensor": tid, "name": g.tensors[tid].name, "rows": rows,
                 "of_rows": g.tensors[tid].shape[1], "bytes": rows * row_bytes(g, tid),
                 "whole_bytes": g.tensors[tid].nbytes} for tid, rows in stream.windows.items()]
+    # MACs the bands execute, from the firmware's own row table: a row is computed once, so
+    # this equals the steps' layer-by-layer MACs (patches would recompute their halos).
+    executed = sum(model.ops[s].macs * stream.rows[-1][k] // g.tensors[model.ops[s].output].shape[1]
+                   for k, s in enumerate(stream.steps))
     return {"first_step": stream.first, "last_step": stream.last,
             "operators": [model.ops[s].op.index for s in stream.steps],
-            "iterations": len(stream.rows), "windows": windows}
+            "iterations": len(stream.rows), "windows": windows,
+            "pulls_input": stream.pulled is not None,
+            "macs": sum(model.ops[s].macs for s in stream.steps), "executed_macs": executed}
 
 
 def arena_summary(report: dict[str, Any]) -> str:
