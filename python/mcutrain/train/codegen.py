@@ -18,7 +18,7 @@ import dataclasses
 
 from ..compile.codegen import model_desc, source_name, step_context, stream_block
 from ..compile.compiler import scratch_buffer
-from ..ops.base import GradRef, GradView, TrainBinding, TrainEmit, is_parametric, trainable
+from ..ops.base import GradRef, TrainBinding, TrainEmit, is_parametric, trainable
 from ..ops.cxx import ConstPool, c_float, indent
 from . import grad_rules
 from .training_graph import (
@@ -145,14 +145,10 @@ class _Emitter:
         return "\n".join(lines)
 
     def broadcast_dy(self, b: BackwardStep, source: GradRef) -> GradRef:
-        """The folded MEAN's backward as a view: its output gradient at every pixel of b's
-        output, the mask applied by the kernels, scale / count as the MEAN's rule writes it."""
-        out = self.program.model.graph.tensors[b.op.output]
-        mask = ("nullptr" if b.mask is None else
-                f"reinterpret_cast<const uint8_t*>({self.arena(mask_buffer(b.step))})")
-        scale = f"({source.scale} / static_cast<float>({b.broadcast.count}))"
-        return GradRef(buffer=source.buffer, scale=scale, count=out.num_elements,
-                       view=GradView(0, mask, int(out.shape[-1])))
+        """The folded MEAN's backward as a view over b's output (grad_rules.broadcast_view)."""
+        channels = int(self.program.model.graph.tensors[b.op.output].shape[-1])
+        bits = None if b.mask is None else self.arena(mask_buffer(b.step))
+        return grad_rules.broadcast_view(source, b.broadcast.count, channels, bits)
 
     def reset(self) -> str:
         lines = []
