@@ -462,7 +462,8 @@ def _loss_has_gradient(classifier: FloatClassifier | None) -> bool:
 def stream_forward(model: CompiledModel, schedule: Schedule) -> tuple[Stream, ...]:
     """The model's row-streamed chains (compile/streaming.py) that the training forward can
     keep: a chain ends before the first step whose tensors the backward reads (its own backward
-    step, an activation mask, a step folded into the loss head), since those must exist whole."""
+    step, an activation mask, a step folded into the loss head, a MEAN whose backward is folded
+    into its producer's), since those must exist whole."""
     touched = ({b.step for b in schedule.backward} | set(schedule.masks)
                | set(schedule.head.steps)
                | {b.broadcast.step for b in schedule.backward if b.broadcast is not None})
