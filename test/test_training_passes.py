@@ -1,9 +1,9 @@
 """Each training pass on its own: its frozen input, its new frozen output, and no mutation.
 
-build_training is select -> schedule_backward -> fold_broadcasts -> layout_state -> gradient_tensors
--> plan_memory;
-these tests feed one pass the previous pass's output on the shipped HAR model and check what it
-adds, so a pass can change without re-deriving the whole program to see what broke.
+build_training is select -> schedule_backward -> fold_broadcasts -> layout_state ->
+gradient_tensors -> plan_memory; these tests feed one pass the previous pass's output on the
+shipped HAR model and check what it adds, so a pass can change without re-deriving the whole
+program to see what broke.
 """
 
 from __future__ import annotations
