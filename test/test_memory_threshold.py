@@ -52,8 +52,8 @@ TRAINING = {
     ("third_party/tflm_micro_speech_int8", "schemes/bias_only.json"): (8528, 48),
     ("third_party/arduino_magic_wand_int8", "schemes/last2.json"): (5888, 19368),
     ("third_party/tflm_hello_world_int8", "schemes/full_mse.json"): (128, 420),
-    ("test/wide_logits_int8", "schemes/full_stochastic.json"): (3024, 7040),
-    ("test/wide_logits_int8", "schemes/fp32_classifier.json"): (2992, 2032),
+    ("test/wide_logits_int8", "schemes/full_stochastic.json"): (2976, 7040),
+    ("test/wide_logits_int8", "schemes/fp32_classifier.json"): (2960, 2032),
     ("test/logistic_padv2_int8", "schemes/full_stochastic.json"): (1312, 504),
 }
 

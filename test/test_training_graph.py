@@ -31,15 +31,17 @@ def test_har_adaptation_scheme_prunes_everything_before_the_last_trained_layer(h
     program = build_training(har, load_scheme(ROOT / "train" / "har_adapt.json"))
     opcodes = [op.op.opcode for op in har.ops]
     steps = [(b.step, opcodes[b.step]) for b in program.backward]
-    # Biases of the last 3 layers train, so backward reaches the second conv and stops there.
-    assert steps == [(7, "FULLY_CONNECTED"), (6, "MEAN"), (5, "CONV_2D"), (4, "MAX_POOL_2D"),
+    # Biases of the last 3 layers train, so backward reaches the second conv and stops there;
+    # the MEAN's broadcast is folded into the conv before it (fold_broadcasts).
+    assert steps == [(7, "FULLY_CONNECTED"), (5, "CONV_2D"), (4, "MAX_POOL_2D"),
                      (3, "CONV_2D")]
-    fc, mean, conv3, pool, conv2 = program.backward
-    assert [b.need_dx for b in program.backward] == [[True], [True], [True], [True], [False]]
+    fc, conv3, pool, conv2 = program.backward
+    assert conv3.broadcast is not None and conv3.broadcast.step == 6
+    assert [b.need_dx for b in program.backward] == [[True], [True], [True], [False]]
     # Weight-trained layers and the max pool keep their input; a bias-only layer keeps nothing;
     # the ReLUs keep only 1-bit masks.
     assert fc.saved == conv3.saved == pool.saved == [True]
-    assert mean.saved == conv2.saved == [False]
+    assert conv2.saved == [False]
     assert set(program.masks) == {3, 5}
     trained = program.trained
     assert trained[5].slot.n_train == 16 and trained[7].slot.n_train == 3
@@ -58,7 +60,7 @@ def test_saved_tensors_and_gradients_live_until_used(har) -> None:
         for t, keep in zip(b.op.inputs, b.saved, strict=True):
             if keep:
                 assert placements[har.buffer_of[t]].last >= at
-        assert placements[grad_buffer(b.op.output)].last >= at
+        assert placements[grad_buffer(b.dy_tensor)].last >= at
     report = training_report(program)
     assert report["peak_sram_bytes"] == program.arena_bytes + program.state_bytes
     assert report["backward_macs"] > 0
@@ -138,8 +140,10 @@ def test_an_input_gradient_that_is_computed_is_still_checked(wide_second) -> Non
 def test_cross_entropy_on_logits_takes_the_gradient_of_the_output(wide_logits) -> None:
     program = build_training(wide_logits, parse_scheme({"preset": "full"}))
     assert program.loss_input == wide_logits.output and program.num_classes == 4
-    assert [b.step for b in program.backward] == [3, 2, 1, 0]
+    # The MEAN (step 2) has no step: its broadcast is read by the conv before it.
+    assert [b.step for b in program.backward] == [3, 1, 0]
     assert program.backward[0].op.op.opcode == "FULLY_CONNECTED"
+    assert program.backward[1].broadcast.step == 2
 
 
 def test_mse_through_softmax_points_to_cross_entropy(har) -> None:

@@ -1,8 +1,9 @@
 """Each training pass on its own: its frozen input, its new frozen output, and no mutation.
 
-build_training is select -> schedule_backward -> layout_state -> gradient_tensors -> plan_memory;
-these tests feed one pass the previous pass's output on the shipped HAR model and check what it
-adds, so a pass can change without re-deriving the whole program to see what broke.
+build_training is select -> schedule_backward -> fold_broadcasts -> layout_state ->
+gradient_tensors -> plan_memory; these tests feed one pass the previous pass's output on the
+shipped HAR model and check what it adds, so a pass can change without re-deriving the whole
+program to see what broke.
 """
 
 from __future__ import annotations
@@ -150,7 +151,8 @@ def test_plan_memory_gives_each_gradient_and_mask_a_buffer_that_lives_to_its_bac
 def test_gradient_buffers_take_two_bytes_per_element_where_int16_is_written_directly() -> None:
     """A gradient only a weighted operator or the identity writes (int16 straight away) takes 2
     bytes per element, also as one part of a fan-out; the fan-out's sum and PAD's gradient
-    still accumulate int32 (4 bytes)."""
+    still accumulate int32 (4 bytes). The final MEAN's broadcast is folded into the CONV_2D
+    before it, so it has no buffer at all."""
     model = compile_model(ROOT / "models" / "test" / "residual_dw_f32io.tflite")
     program = tg.build_training(
         model, load_scheme(ROOT / "test" / "fixtures" / "schemes" / "full_stochastic.json"))
@@ -167,15 +169,17 @@ def test_gradient_buffers_take_two_bytes_per_element_where_int16_is_written_dire
     assert per_element(tg.grad_buffer(residual), residual) == 4
     by_writer = {ops[0]: per_element(tg.grad_buffer(t), t)
                  for t, ops in opcodes.items() if len(ops) == 1}
-    assert by_writer == {"FULLY_CONNECTED": 2, "MEAN": 2, "CONV_2D": 2, "DEPTHWISE_CONV_2D": 2,
+    assert by_writer == {"FULLY_CONNECTED": 2, "CONV_2D": 2, "DEPTHWISE_CONV_2D": 2,
                          "PAD": 4, "ADD": 2}
+    (folded,) = [b for b in program.backward if b.broadcast is not None]
+    assert tg.grad_buffer(folded.op.output) not in placements
 
 
 def test_build_training_composes_the_passes_into_one_frozen_program(har) -> None:
     scheme = _scheme("har_adapt_fp32cls")
     program = tg.build_training(har, scheme)
     selection = tg.select(har, scheme)
-    schedule = tg.schedule_backward(har, scheme, selection)
+    schedule = tg.fold_broadcasts(har, tg.schedule_backward(har, scheme, selection))
     state = tg.layout_state(selection.trained, schedule.classifier)
     assert program.trained.keys() == state.trained.keys()
     placed = (state.classifier.need_dx, state.classifier.weight_offset,
@@ -235,3 +239,38 @@ def test_fold_classifier_folds_fc_softmax_and_loss_into_one_float_head(har) -> N
     assert program.head.report() == placed.report()  # need_dx and offsets of the placed head
     with pytest.raises(dataclasses.FrozenInstanceError):
         head.cls = None  # type: ignore[misc]
+
+
+def test_fold_broadcasts_gives_the_means_gradient_to_the_conv_and_plans_no_broadcast(
+        har) -> None:
+    """HAR ends CONV_2D (RELU) -> MEAN over time -> FC: the MEAN's backward step goes, the conv
+    reads the MEAN's output gradient at every pixel (scale / 16) under its own mask, and no
+    buffer holds the 16 x 32 broadcast; the input schedule is left as it was."""
+    scheme = _scheme("har_adapt")
+    schedule = tg.schedule_backward(har, scheme, tg.select(har, scheme))
+    folded = tg.fold_broadcasts(har, schedule)
+    mean = next(s for s, p in enumerate(har.ops) if p.op.opcode == "MEAN")
+    conv = mean - 1
+    assert har.ops[conv].op.opcode == "CONV_2D" and har.ops[mean].inputs[0] == har.ops[conv].output
+    steps = [b.step for b in schedule.backward]
+    assert mean in steps and all(b.broadcast is None for b in schedule.backward)  # unchanged
+    assert [b.step for b in folded.backward] == [s for s in steps if s != mean]
+    by_step = {b.step: b for b in folded.backward}
+    reduce = har.ops[mean].params.reduce
+    assert reduce == int(har.graph.tensors[har.ops[conv].output].shape[1])  # the time axis
+    assert by_step[conv].broadcast == tg.Broadcast(mean, har.ops[mean].output, reduce)
+    assert by_step[conv].dy_tensor == har.ops[mean].output
+    assert by_step[conv].mask == schedule.masks[conv] and folded.masks == schedule.masks
+    originals = {b.step: b for b in schedule.backward}
+    assert all(b == originals[b.step] for b in folded.backward if b.step != conv)
+    planner = tg.plan_memory(har, folded, [p.variant for p in har.ops])
+    placements = planner.placements()
+    assert tg.grad_buffer(har.ops[conv].output) not in placements
+    n = len(har.ops)
+    at = n + 1 + [b.step for b in folded.backward].index(conv)
+    assert placements[tg.grad_buffer(har.ops[mean].output)].last == at
+    # The fold needs a rule that reads dy through a view: without one nothing changes.
+    plain = [dataclasses.replace(b, rule=dataclasses.replace(b.rule, broadcast_dy=False))
+             for b in schedule.backward]
+    unfolded = dataclasses.replace(schedule, backward=plain)
+    assert tg.fold_broadcasts(har, unfolded) is unfolded

@@ -73,11 +73,20 @@ void conv2d_s8(const Conv2dParams& p, const int8_t* input, const int8_t* filter,
 // checks 8191 * 127 * depth < 2^31, which bounds every partial sum too).
 float conv2d_input_grad(const Conv2dParams& p, const int8_t* filter, const int16_t* dy,
                         const float* ratio, float acc_scale, int16_t* dx);
+// The same reading dy through a view (train_math.h GradView): dy element (pixel, oc) =
+// dy.At(pixel, oc), e.g. a MEAN's C-value output gradient at every pixel under this
+// operator's activation mask, so the broadcast tensor is never stored. dy.channels = output_c.
+// The stored form above is this with pixel_stride output_c and no mask; the sums are the same
+// integer sums, element for element.
+float conv2d_input_grad(const Conv2dParams& p, const int8_t* filter, const GradView& dy,
+                        const float* ratio, float acc_scale, int16_t* dx);
 
 // Bias update: GB[o] = sum of dy[..., o] (int64), bias[o] -= round_half_away((lr_dy * GB[o]) *
 // bias_coef[o]), saturated to int32. lr_dy = lr * dy_scale (float32).
 // In: dy as above (unfolded), bias_coef [output_c] float32. In/out: bias [output_c] int32 (SRAM).
 void conv2d_bias_update(const Conv2dParams& p, const int16_t* dy, float lr_dy,
+                        const float* bias_coef, int32_t* bias);
+void conv2d_bias_update(const Conv2dParams& p, const GradView& dy, float lr_dy,
                         const float* bias_coef, int32_t* bias);
 
 // Weight update of output channels o < p.n_train, in OHWI memory order (one PRNG draw per
@@ -89,6 +98,9 @@ void conv2d_bias_update(const Conv2dParams& p, const int16_t* dy, float lr_dy,
 // In/out: weights [p.n_train, filter_h, filter_w, filter_c] int8 (the SRAM copy, i.e. the
 //      memory p.train_filter points to), prng (xorshift32 state, stochastic rounding only).
 void conv2d_weight_update(const Conv2dParams& p, const int8_t* input, const int16_t* dy,
+                          float coef, const float* w_coef, Rounding rounding, uint32_t* prng,
+                          int8_t* weights);
+void conv2d_weight_update(const Conv2dParams& p, const int8_t* input, const GradView& dy,
                           float coef, const float* w_coef, Rounding rounding, uint32_t* prng,
                           int8_t* weights);
 

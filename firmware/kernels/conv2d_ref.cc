@@ -45,11 +45,11 @@ void ConvPixel(const Conv2dParams& p, const int8_t* input, const int8_t* rows,
 }
 
 // Input channels [icf0, icf0 + n) of one group at input pixel (b, iy, ix): adds to acc[j] the
-// terms fold(dy[b, oy, ox, oc]) * w[oc, fy, fx, icf0 + j] of output channels [oc_begin, oc_end)
+// terms fold(dy.At(pixel (b, oy, ox), oc)) * w[oc, fy, fx, icf0 + j] of output channels [oc_begin, oc_end)
 // over the taps (fy, fx) whose output (oy, ox) reads the pixel, weights from `rows` (row oc at
 // the same OHWI offset in flash and in the SRAM copy). The same contract as ConvPixel: one
 // weight source per call.
-void ConvGatherBlock(const Conv2dParams& p, const int8_t* rows, const int16_t* dy,
+void ConvGatherBlock(const Conv2dParams& p, const int8_t* rows, const GradView& dy,
                      const float* ratio, int32_t b, int32_t iy, int32_t ix, int32_t icf0,
                      int32_t n, int32_t oc_begin, int32_t oc_end, int32_t* acc) {
   for (int32_t fy = 0; fy < p.filter_h; ++fy) {
@@ -62,15 +62,20 @@ void ConvGatherBlock(const Conv2dParams& p, const int8_t* rows, const int16_t* d
       if (tx < 0 || tx % p.stride_w != 0) continue;
       const int32_t ox = tx / p.stride_w;
       if (ox >= p.output_w) continue;
-      const int16_t* g = dy + ((b * p.output_h + oy) * p.output_w + ox) * p.output_c;
+      const int32_t pixel = (b * p.output_h + oy) * p.output_w + ox;
       for (int32_t oc = oc_begin; oc < oc_end; ++oc) {
-        const int32_t d = FoldGrad(g[oc], ratio, oc);
+        const int32_t d = FoldGrad(dy.At(pixel, oc), ratio, oc);
         if (d == 0) continue;
         const int8_t* w = rows + ((oc * p.filter_h + fy) * p.filter_w + fx) * p.filter_c + icf0;
         for (int32_t j = 0; j < n; ++j) acc[j] += d * w[j];
       }
     }
   }
+}
+
+// A stored output gradient [batches, output_h, output_w, output_c], no mask.
+GradView Stored(const Conv2dParams& p, const int16_t* dy) {
+  return GradView{dy, p.output_c, nullptr, p.output_c};
 }
 
 }  // namespace
@@ -87,7 +92,7 @@ void conv2d_s8(const Conv2dParams& p, const int8_t* input, const int8_t* filter,
   }
 }
 
-float conv2d_input_grad(const Conv2dParams& p, const int8_t* filter, const int16_t* dy,
+float conv2d_input_grad(const Conv2dParams& p, const int8_t* filter, const GradView& dy,
                         const float* ratio, float acc_scale, int16_t* dx) {
   const int32_t groups = p.input_c / p.filter_c;
   const int32_t filters_per_group = p.output_c / groups;
@@ -121,12 +126,22 @@ float conv2d_input_grad(const Conv2dParams& p, const int8_t* filter, const int16
   return GatherRequantize(p.batches * p.input_h * p.input_w * p.input_c, gather, acc_scale, dx);
 }
 
-void conv2d_bias_update(const Conv2dParams& p, const int16_t* dy, float lr_dy,
-                        const float* bias_coef, int32_t* bias) {
-  UpdateBias(p.batches * p.output_h * p.output_w, p.output_c, dy, lr_dy, bias_coef, bias);
+float conv2d_input_grad(const Conv2dParams& p, const int8_t* filter, const int16_t* dy,
+                        const float* ratio, float acc_scale, int16_t* dx) {
+  return conv2d_input_grad(p, filter, Stored(p, dy), ratio, acc_scale, dx);
 }
 
-void conv2d_weight_update(const Conv2dParams& p, const int8_t* input, const int16_t* dy,
+void conv2d_bias_update(const Conv2dParams& p, const GradView& dy, float lr_dy,
+                        const float* bias_coef, int32_t* bias) {
+  UpdateBias(p.batches * p.output_h * p.output_w, dy, lr_dy, bias_coef, bias);
+}
+
+void conv2d_bias_update(const Conv2dParams& p, const int16_t* dy, float lr_dy,
+                        const float* bias_coef, int32_t* bias) {
+  conv2d_bias_update(p, Stored(p, dy), lr_dy, bias_coef, bias);
+}
+
+void conv2d_weight_update(const Conv2dParams& p, const int8_t* input, const GradView& dy,
                           float coef, const float* w_coef, Rounding rounding, uint32_t* prng,
                           int8_t* weights) {
   const int32_t groups = p.input_c / p.filter_c;
@@ -148,7 +163,7 @@ void conv2d_weight_update(const Conv2dParams& p, const int8_t* input, const int1
                 const int32_t x =
                     input[((b * p.input_h + iy) * p.input_w + ix) * p.input_c + in_c0 + ic] +
                     p.input_offset;
-                gw += dy[((b * p.output_h + oy) * p.output_w + ox) * p.output_c + oc] * x;
+                gw += dy.At((b * p.output_h + oy) * p.output_w + ox, oc) * x;
               }
             }
           }
@@ -158,6 +173,12 @@ void conv2d_weight_update(const Conv2dParams& p, const int8_t* input, const int1
       }
     }
   }
+}
+
+void conv2d_weight_update(const Conv2dParams& p, const int8_t* input, const int16_t* dy,
+                          float coef, const float* w_coef, Rounding rounding, uint32_t* prng,
+                          int8_t* weights) {
+  conv2d_weight_update(p, input, Stored(p, dy), coef, w_coef, rounding, prng, weights);
 }
 
 }  // namespace mt::ref

@@ -35,19 +35,25 @@ inline void UpdateWeight(int8_t* w, int64_t gw, float coef_o, Rounding rounding,
   *w = SaturateWeight(static_cast<float>(*w) - step);
 }
 
-// Bias update from an output gradient laid out [rows, channels] (channels innermost):
-// GB[o] = sum of column o (int64), b[o] = sat_int32(b[o] - round(((lr_dy * GB[o]) * coef[o]))).
+// Bias update from an output gradient of `rows` pixels: GB[o] = sum over pixels of
+// dy.At(pixel, o) (int64), b[o] = sat_int32(b[o] - round(((lr_dy * GB[o]) * coef[o]))).
 // lr_dy = lr * dy_scale, computed once by the caller.
-inline void UpdateBias(int32_t rows, int32_t channels, const int16_t* dy, float lr_dy,
-                       const float* bias_coef, int32_t* bias) {
-  for (int32_t o = 0; o < channels; ++o) {
+inline void UpdateBias(int32_t rows, const GradView& dy, float lr_dy, const float* bias_coef,
+                       int32_t* bias) {
+  for (int32_t o = 0; o < dy.channels; ++o) {
     int64_t gb = 0;
-    for (int32_t r = 0; r < rows; ++r) gb += dy[r * channels + o];
+    for (int32_t r = 0; r < rows; ++r) gb += dy.At(r, o);
     const float delta = (lr_dy * static_cast<float>(gb)) * bias_coef[o];
     const float rounded = RoundHalfAway(delta);
     const double step = std::isfinite(rounded) ? static_cast<double>(rounded) : 0.0;
     bias[o] = SaturateBias(static_cast<double>(bias[o]) - step);
   }
+}
+
+// The same for a stored gradient laid out [rows, channels] (channels innermost).
+inline void UpdateBias(int32_t rows, int32_t channels, const int16_t* dy, float lr_dy,
+                       const float* bias_coef, int32_t* bias) {
+  UpdateBias(rows, GradView{dy, channels, nullptr, channels}, lr_dy, bias_coef, bias);
 }
 
 }  // namespace mt

@@ -54,6 +54,26 @@ inline int16_t RequantizeGrad(int32_t acc, float k) {
   return static_cast<int16_t>(v);
 }
 
+// An output gradient as the CONV_2D backward kernels read it: element (pixel, c) is
+// data[pixel * pixel_stride + c], or 0 where bit pixel * channels + c of `mask` is 0 (mask_pack's
+// layout). pixel_stride == channels reads a stored tensor; 0 reads one vector of `channels`
+// values at every pixel, so the broadcast a spatial MEAN's backward would write is never stored
+// (docs/training.md, "MEAN"). mask == nullptr: no mask (or one already applied in place).
+struct GradView {
+  const int16_t* data;
+  int32_t pixel_stride;
+  const uint8_t* mask;
+  int32_t channels;
+
+  int16_t At(int32_t pixel, int32_t c) const {
+    if (mask != nullptr) {
+      const int32_t i = pixel * channels + c;
+      if (((mask[i >> 3] >> (i & 7)) & 1) == 0) return 0;
+    }
+    return data[pixel * pixel_stride + c];
+  }
+};
+
 inline int64_t AbsGrad(int32_t acc) { return acc < 0 ? -static_cast<int64_t>(acc) : acc; }
 
 // The scale grad_requantize returns for m = max |acc| > 0.

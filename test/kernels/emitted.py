@@ -263,14 +263,35 @@ class StepResult:
     prng: int  # the xorshift state after the step
 
 
-def run_train_step(opcode: str, params: object, saved: list[np.ndarray | None], dy: QGrad,
+@dataclass(frozen=True)
+class BroadcastDy:
+    """An output gradient given as a view (training_graph.Broadcast): `source` (one value per
+    channel) at each of `count` pixels, under the packed mask `bits` of the whole output (None:
+    no mask), scale source.scale / count."""
+
+    source: QGrad
+    count: int
+    bits: np.ndarray | None = None
+
+
+def _dy_ref(e: Emission, dy: QGrad | BroadcastDy) -> GradRef:
+    if isinstance(dy, QGrad):
+        return e.grad(dy.data.size, dy).ref
+    source = e.grad(dy.source.data.size, dy.source).ref
+    bits = None if dy.bits is None else e.array(dy.bits, np.uint8).ptr
+    return grad_rules.broadcast_view(source, dy.count, dy.source.data.size, bits)
+
+
+def run_train_step(opcode: str, params: object, saved: list[np.ndarray | None],
+                   dy: QGrad | BroadcastDy,
                    dx_sizes: list[int | None], slot: TrainSlot | None = None,
                    lr: float = 0.0, prng: int = 0) -> StepResult:
     """One emitted backward step of opcode: input gradients as run_backward, and with a slot
     the parameter updates too, on copies of slot.weights / slot.bias placed in the arena (the
-    firmware's SRAM state), learning rate lr and xorshift state prng."""
+    firmware's SRAM state), learning rate lr and xorshift state prng. dy may be a BroadcastDy
+    for a rule that reads dy through a view (BackwardDef.broadcast_dy)."""
     e = Emission(REGISTRY[opcode].header, *grad_rules.HEADERS)
-    dy_grad = e.grad(dy.data.size, dy)
+    dy_ref = _dy_ref(e, dy)
     # A rule that writes int16 straight away gets 2 bytes per element, as the planner gives it,
     # with 16 guard bytes after each: writing past them would corrupt a neighbour in the arena.
     direct = BACKWARD[opcode].int16_dx
@@ -281,7 +302,7 @@ def run_train_step(opcode: str, params: object, saved: list[np.ndarray | None], 
     if state.binding is not None:
         params = dataclasses.replace(params, train=state.binding)
     body = BACKWARD[opcode].emit(params, e.pool, [None if b is None else b.ptr for b in saved_bufs],
-                                 dy_grad.ref, [None if d is None else d.ref for d in dxs],
+                                 dy_ref, [None if d is None else d.ref for d in dxs],
                                  state.emit(e.pool))
     ran = e.run(state.declarations() + body)
     for d, guard in zip(dxs, guards, strict=True):

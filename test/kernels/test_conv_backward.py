@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
-from emitted import Emission, run_train_step
+from emitted import BroadcastDy, Emission, run_train_step
 from test_conv_kernels import MODULES, Case, build_graph
 
 from mcutrain.frontend.graph import ModelError
@@ -426,3 +426,42 @@ def test_input_grad_reads_trained_prefix_from_sram_copy(step: Step) -> None:
     assert got is not None
     np.testing.assert_array_equal(got.data, want.data.ravel())
     assert np.float32(got.scale).tobytes() == np.float32(want.scale).tobytes()
+
+
+# CONV_2D steps whose dy is read as a view (a spatial MEAN's broadcast, mask on the fly).
+BROADCAST_STEPS = [STEPS[0], STEPS[1], STEPS[5], STEPS[6], STEPS[8], STEPS[23]]
+
+
+@pytest.mark.parametrize("masked", [True, False], ids=["mask", "no-mask"])
+@pytest.mark.parametrize("step", BROADCAST_STEPS, ids=[_step_id(s) for s in BROADCAST_STEPS])
+def test_broadcast_dy_view_equals_the_stored_broadcast(step: Step, masked: bool) -> None:
+    """The kernels reading one C-vector at every output pixel under the mask bits equal the
+    numpy step on the explicit broadcast with the mask applied (values, scale / count)."""
+    p, x, _, _ = prepared(step)
+    out_shape = tuple(p.output_shape)
+    channels, count = out_shape[-1], int(np.prod(out_shape[:-1]))
+    rng = np.random.default_rng(77 + step.case.seed)
+    source = rng.integers(-GRAD_MAX, GRAD_MAX + 1, size=channels)
+    source[0] = GRAD_MAX
+    source = QGrad(source.astype(np.int16), F32(rng.uniform(1e-4, 1e-2)))
+    keep = rng.random(count * channels) > 0.3 if masked else np.ones(count * channels, bool)
+    bits = np.packbits(keep, bitorder="little") if masked else None
+    full = np.broadcast_to(source.data, out_shape).ravel()
+    dy = QGrad(np.where(keep, full, 0).astype(np.int16).reshape(out_shape),
+               F32(source.scale) / F32(count))
+    lr = pick_lr(step, p, x, dy)
+    slot = make_slot(step, p)
+    got = run_train_step("CONV_2D", p, [x], BroadcastDy(source, count, bits),
+                         [x.size if step.dx else None], slot, float(lr), 4321)
+    rng_ref = XorShift32(4321)
+    saved = [x if BACKWARD["CONV_2D"].saves_input(p, slot)[0] else None]
+    (dx,) = BACKWARD["CONV_2D"].reference(p, saved, dy, [step.dx], slot, lr, rng_ref)
+    if step.dx:
+        np.testing.assert_array_equal(got.dxs[0].data, dx.data.ravel())
+        assert np.float32(got.dxs[0].scale).tobytes() == np.float32(dx.scale).tobytes()
+        assert dx.scale > 0
+    if slot.weights is not None:
+        np.testing.assert_array_equal(np.asarray(got.weights).ravel(), slot.weights.ravel())
+    if slot.bias is not None:
+        np.testing.assert_array_equal(got.bias, slot.bias)
+    assert got.prng == rng_ref.state

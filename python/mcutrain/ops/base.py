@@ -338,15 +338,37 @@ def c_int_list(values: Any) -> str:
 
 
 @dataclass(frozen=True)
+class GradView:
+    """How a backward kernel reads an output gradient that is not stored whole (firmware
+    train_math.h mt::GradView): element (pixel, c) = data[pixel * pixel_stride + c], zero where
+    bit pixel * channels + c of the mask is 0. pixel_stride 0 is one C-vector at every pixel."""
+
+    pixel_stride: int
+    mask: str  # C++ expression of the mask bits (const uint8_t*), or "nullptr"
+    channels: int
+
+
+@dataclass(frozen=True)
 class GradRef:
     """A gradient tensor in generated C++: one arena buffer holding `count` int32 accumulators
     while a kernel sums into it, then `count` int16 values (compacted in place by
     mt::GradRequantize), and a float lvalue with its scale. A buffer only an int16_dx rule
-    writes holds just the `count` int16 values (2 * count bytes): never use acc() on it."""
+    writes holds just the `count` int16 values (2 * count bytes): never use acc() on it.
+    With a `view` (an output gradient only a BackwardDef.broadcast_dy rule reads) the buffer
+    holds `view.channels` int16 values read at every pixel, `count` is the element count of
+    the tensor they stand for, and `scale` may be an expression (not an lvalue)."""
 
     buffer: str  # C++ expression of the buffer's address, e.g. "(g_arena + 1024)"
     scale: str  # C++ float lvalue, e.g. "g_grad_scale[3]"
     count: int
+    view: GradView | None = None
+
+    def operand(self) -> str:
+        """The dy argument of a backward kernel: the int16 pointer, or an mt::GradView."""
+        if self.view is None:
+            return self.data()
+        v = self.view
+        return f"mt::GradView{{{self.data()}, {v.pixel_stride}, {v.mask}, {v.channels}}}"
 
     def acc(self) -> str:
         return f"reinterpret_cast<int32_t*>{self.buffer}"
@@ -406,6 +428,9 @@ class BackwardDef:
     int16_dx: its emit writes every input gradient as int16 values straight away (a copy or
       broadcast of dy, never through dx[i].acc()), so a gradient only it writes needs 2 bytes
       per element instead of the 4 an int32 accumulation does.
+    broadcast_dy: its emit accepts a dy GradRef with a view (GradRef.operand() in every kernel
+      call, the activation mask in the view), so the training graph may fold a spatial MEAN's
+      broadcast into it instead of storing the broadcast (training_graph.fold_broadcasts).
     """
 
     reference: Callable[..., list[Any]]
@@ -413,6 +438,7 @@ class BackwardDef:
     saves_input: Callable[[Any, TrainSlot | None], list[bool]]
     input_grad_depth: Callable[[Any], int] = lambda params: 0
     int16_dx: bool = False
+    broadcast_dy: bool = False
 
 
 def _one_input(params: Any) -> int:

@@ -250,5 +250,5 @@ OPDEF = param_train.register_weighted(param_train.WeightedOp(
     prepare=prepare, reference=reference, emit=emit, macs=macs, float_forward=float_forward,
     struct=_struct, geometry=GEOMETRY, trainable_weights=trainable_weights,
     check_accumulator=check_accumulator, input_grad_depth=input_grad_depth, options=OPTIONS,
-    band_kernel="conv2d_s8"))
+    band_kernel="conv2d_s8", broadcast_dy=True))
 BACKWARD = OPDEF.backward

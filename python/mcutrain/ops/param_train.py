@@ -178,7 +178,7 @@ def emit_backward(
         ratio = fold_ratio(p)
         ratio_sym = "nullptr" if ratio is None else ctx.const_array(f"{tag}_fold", ratio)
         call = kernel_name(ctx, f"{kernel}_input_grad")
-        lines.append(f"{target.scale} = {call}(kParams, {filt}, {dy.data()}, {ratio_sym}, "
+        lines.append(f"{target.scale} = {call}(kParams, {filt}, {dy.operand()}, {ratio_sym}, "
                      f"{dy.scale} * {c_float(max_scale(p))}, {target.data()}"
                      f"{scratch_args(ctx)});")
     binding = train.binding if train is not None else None
@@ -190,14 +190,14 @@ def emit_backward(
         if train.bias_coef is None:
             raise ValueError(f"operator {p.op_index}: bias trains but bias_coef is missing")
         call = kernel_name(ctx, f"{kernel}_bias_update")
-        lines.append(f"{call}(kParams, {dy.data()}, lr_dy, "
+        lines.append(f"{call}(kParams, {dy.operand()}, lr_dy, "
                      f"{train.bias_coef}, {binding.bias_symbol}{scratch_args(ctx)});")
     if trains_weights:
         if not saved or saved[0] is None or train.w_coef is None:
             raise ValueError(f"operator {p.op_index}: weight update needs the saved input "
                              "and w_coef")
         call = kernel_name(ctx, f"{kernel}_weight_update")
-        lines.append(f"{call}(kParams, {saved[0]}, {dy.data()}, "
+        lines.append(f"{call}(kParams, {saved[0]}, {dy.operand()}, "
                      f"lr_dy * {c_float(p.input_scale)}, {train.w_coef}, {train.rounding}, "
                      f"{train.prng}, {binding.weight_symbol}{scratch_args(ctx)});")
     lines.append("}")
@@ -243,6 +243,9 @@ class WeightedOp:
     # The forward kernel when the operator can run by row bands (ops/rows.py), e.g. "conv2d_s8";
     # None: it runs whole only.
     band_kernel: str | None = None
+    # Its backward kernels take a dy view (GradView), so a spatial MEAN after it need not store
+    # its broadcast gradient (BackwardDef.broadcast_dy).
+    broadcast_dy: bool = False
 
 
 def _backward_def(d: WeightedOp) -> BackwardDef:
@@ -265,7 +268,8 @@ def _backward_def(d: WeightedOp) -> BackwardDef:
         return saves_input(slot)
 
     return BackwardDef(reference=reference, emit=emit, saves_input=saves,
-                       input_grad_depth=d.input_grad_depth, int16_dx=True)
+                       input_grad_depth=d.input_grad_depth, int16_dx=True,
+                       broadcast_dy=d.broadcast_dy)
 
 
 def _row_rule(d: WeightedOp) -> RowRule | None:

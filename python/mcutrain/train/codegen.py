@@ -22,6 +22,7 @@ from ..ops.base import GradRef, TrainBinding, TrainEmit, is_parametric, trainabl
 from ..ops.cxx import ConstPool, c_float, indent
 from . import grad_rules
 from .training_graph import (
+    BackwardStep,
     TrainProgram,
     grad_buffer,
     gradient_contributions,
@@ -118,11 +119,13 @@ class _Emitter:
         for b in program.backward:
             p = b.op
             lines.append(f"  // backward [{b.step}] {p.op.opcode} (operator {p.op.index})")
-            dy = self.grad(p.output)
-            if len(contributions.get(p.output, [])) == 2:
+            dy = self.grad(b.dy_tensor)
+            if len(contributions.get(b.dy_tensor, [])) == 2:
                 lines.append(indent(grad_rules.emit_grad_sum(
-                    self.grad(p.output, 0), self.grad(p.output, 1), dy), 2))
-            if b.mask is not None:
+                    self.grad(b.dy_tensor, 0), self.grad(b.dy_tensor, 1), dy), 2))
+            if b.broadcast is not None:
+                dy = self.broadcast_dy(b, dy)
+            elif b.mask is not None:
                 lines.append(indent(grad_rules.emit_mask_apply(
                     dy, self.arena(mask_buffer(b.step))), 2))
             dxs = []
@@ -140,6 +143,12 @@ class _Emitter:
             body = b.rule.emit(self.params(b.step), ctx, saved, dy, dxs, self.train_emit(b.step))
             lines.append(indent(body.strip(), 2))
         return "\n".join(lines)
+
+    def broadcast_dy(self, b: BackwardStep, source: GradRef) -> GradRef:
+        """The folded MEAN's backward as a view over b's output (grad_rules.broadcast_view)."""
+        channels = int(self.program.model.graph.tensors[b.op.output].shape[-1])
+        bits = None if b.mask is None else self.arena(mask_buffer(b.step))
+        return grad_rules.broadcast_view(source, b.broadcast.count, channels, bits)
 
     def reset(self) -> str:
         lines = []

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..ops.base import REF, GradRef
+from ..ops.base import REF, GradRef, GradView
 from ..ops.cxx import c_float
 from ..ops.train_math import F32, QGrad, grad_requantize, grad_requantize_f32, round_half_away_f32
 from .float_classifier import exp_f32
@@ -54,6 +54,16 @@ def emit_mask_pack(y_ptr: str, n: int, lo: int, hi: int, bits_ptr: str) -> str:
 def emit_mask_apply(dy: GradRef, bits_ptr: str) -> str:
     return (f"{REF.kernel('mask_apply')}({dy.data()}, {dy.count}, "
             f"reinterpret_cast<const uint8_t*>({bits_ptr}));")
+
+
+
+def broadcast_view(source: GradRef, count: int, channels: int, bits_ptr: str | None) -> GradRef:
+    """The dy of a step a spatial MEAN's backward is folded into (training_graph.Broadcast): the
+    MEAN's output gradient `source` (`channels` values) read at each of `count` pixels, under
+    the step's mask bits if any, with the scale the MEAN's rule gives, source / count."""
+    mask = "nullptr" if bits_ptr is None else f"reinterpret_cast<const uint8_t*>({bits_ptr})"
+    return GradRef(buffer=source.buffer, scale=f"({source.scale} / static_cast<float>({count}))",
+                   count=count * channels, view=GradView(0, mask, channels))
 
 
 # ---- losses ----

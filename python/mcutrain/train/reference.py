@@ -17,7 +17,7 @@ import numpy as np
 from ..ops.base import TrainSlot, trainable
 from ..ops.train_math import QGrad, XorShift32
 from . import grad_rules
-from .training_graph import TrainProgram
+from .training_graph import BackwardStep, TrainProgram
 
 
 @dataclasses.dataclass
@@ -94,7 +94,9 @@ class TrainingReference:
         grads: dict[int, list[QGrad]] = {} if dloss is None else {program.loss_input: [dloss]}
         for b in program.backward:
             p = b.op
-            dy = _total(grads.pop(p.output))
+            dy = _total(grads.pop(b.dy_tensor))
+            if b.broadcast is not None:  # the folded MEAN's own rule: the explicit broadcast
+                dy = self._broadcast(b, dy)
             if b.mask is not None:
                 bits = grad_rules.mask_pack(values[p.output], *b.mask)
                 dy = grad_rules.mask_apply(dy, bits)
@@ -106,6 +108,14 @@ class TrainingReference:
                 if need:  # kept in its tensor's shape (the identity rule hands dy on as it is)
                     shape = program.model.graph.tensors[t].shape
                     grads.setdefault(t, []).append(QGrad(dx.data.reshape(shape), dx.scale))
+
+
+    def _broadcast(self, b: BackwardStep, dy: QGrad) -> QGrad:
+        mean = self.program.model.ops[b.broadcast.step]
+        (dx,) = mean.opdef.gradient.reference(mean.params, [None], dy, [True], None, self.lr,
+                                              self.rng)
+        shape = self.program.model.graph.tensors[b.op.output].shape
+        return QGrad(dx.data.reshape(shape), dx.scale)
 
 
 def _total(parts: list[QGrad]) -> QGrad:

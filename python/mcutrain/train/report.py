@@ -68,7 +68,9 @@ def training_report(program: TrainProgram) -> dict[str, Any]:
         "peak_gradient_bytes": grads,
         "backward_macs": backward_macs(program),
         "backward_steps": [{"step": b.step, "opcode": b.op.op.opcode,
-                            "input_gradients": b.need_dx, "mask": b.mask is not None}
+                            "input_gradients": b.need_dx, "mask": b.mask is not None,
+                            # forward step of a MEAN whose broadcast this step reads, or null
+                            "broadcast_of": None if b.broadcast is None else b.broadcast.step}
                            for b in program.backward],
         "trained": trained,
         # The fp32 classifier's place in the state block (loss_head.py), null without one.

@@ -68,6 +68,17 @@ class TrainedOp:
 
 
 @dataclass(frozen=True)
+class Broadcast:
+    """A backward step's dy that is never stored: the gradient of tensor `source` (one value
+    per channel) at every pixel, scale / count. It is the backward of the spatial MEAN at
+    forward step `step`, folded into the step producing the MEAN's input (fold_broadcasts)."""
+
+    step: int  # the MEAN's forward step (it has no backward step of its own)
+    source: int  # the MEAN's output tensor, whose gradient the folded step reads
+    count: int  # values averaged into each output: dy.scale = source's scale / count
+
+
+@dataclass(frozen=True)
 class BackwardStep:
     step: int  # the operator's position in the forward schedule
     op: PreparedOp
@@ -76,6 +87,14 @@ class BackwardStep:
     need_dx: list[bool]  # per dynamic input
     saved: list[bool]  # per dynamic input: kept from the forward pass
     variant: KernelVariant = REF  # the kernels of this backward step
+    # dy is a MEAN's output gradient broadcast over this step's output plane, read through a
+    # view with the mask applied on the fly: no buffer holds the broadcast.
+    broadcast: Broadcast | None = None
+
+    @property
+    def dy_tensor(self) -> int:
+        """The tensor whose gradient buffer this step reads as its dy."""
+        return self.op.output if self.broadcast is None else self.broadcast.source
 
 
 @dataclass(frozen=True)
@@ -161,7 +180,7 @@ def build_training(model: CompiledModel, scheme: Scheme) -> TrainProgram:
     load_all()
     _import_backward_rules()
     selection = select(model, scheme)
-    schedule = schedule_backward(model, scheme, selection)
+    schedule = fold_broadcasts(model, schedule_backward(model, scheme, selection))
     state = layout_state(selection.trained, schedule.classifier)
     variants = _forward_variants(model, state.trained)
     grads = gradient_tensors(schedule.loss_input, schedule.classifier, schedule.backward)
@@ -216,6 +235,44 @@ def schedule_backward(model: CompiledModel, scheme: Scheme, selection: Selection
         variant = choose_variant(backward_key(p.op.opcode), p.params, n_train)
         backward.append(BackwardStep(step, p, rule, mask, need_dx, saved, variant))
     return Schedule(backward, masks, loss_input, head.classifier, head)
+
+
+def fold_broadcasts(model: CompiledModel, schedule: Schedule) -> Schedule:
+    """The broadcast fold: a MEAN over the whole plane (one value per channel) whose input only
+    it reads, made by an operator whose rule reads dy through a view (BackwardDef.broadcast_dy),
+    loses its backward step; the producer's step reads the MEAN's output gradient at every
+    pixel instead (BackwardStep.broadcast), so the broadcast tensor is never stored."""
+    readers: dict[int, int] = {}
+    for p in model.ops:
+        for t in p.inputs:
+            readers[t] = readers.get(t, 0) + 1
+    by_step = {b.step: b for b in schedule.backward}
+    producer = {p.output: i for i, p in enumerate(model.ops)}
+    made = _contributions(schedule.loss_input, schedule.classifier, schedule.backward)
+    into: dict[int, Broadcast] = {}
+    for b in schedule.backward:
+        t = b.op.inputs[0]
+        target = by_step.get(producer.get(t, -1))
+        if (target is not None and target.rule.broadcast_dy and _spatial_mean(model, b)
+                and readers[t] == 1 and t != model.output and made.get(t) == [b.step]):
+            into[target.step] = Broadcast(b.step, b.op.output, int(b.op.params.reduce))
+    if not into:
+        return schedule
+    folded = {f.step for f in into.values()}
+    backward = [replace(b, broadcast=into.get(b.step)) for b in schedule.backward
+                if b.step not in folded]
+    return replace(schedule, backward=backward)
+
+
+def _spatial_mean(model: CompiledModel, b: BackwardStep) -> bool:
+    """A MEAN whose backward broadcasts one value per channel over everything else: batch 1,
+    channels last and kept, every other axis reduced."""
+    if b.op.op.opcode != "MEAN" or b.need_dx != [True]:
+        return False
+    p = b.op.params
+    channels = int(model.graph.tensors[b.op.inputs[0]].shape[-1])
+    return p.outer == 1 and p.inner == channels and p.reduce * channels == int(
+        np.prod(p.input_shape))
 
 
 def fold_classifier(model: CompiledModel, scheme: Scheme, selection: Selection) -> LossHead:
@@ -405,8 +462,11 @@ def _loss_has_gradient(classifier: FloatClassifier | None) -> bool:
 def stream_forward(model: CompiledModel, schedule: Schedule) -> tuple[Stream, ...]:
     """The model's row-streamed chains (compile/streaming.py) that the training forward can
     keep: a chain ends before the first step whose tensors the backward reads (its own backward
-    step, an activation mask, a step folded into the loss head), since those must exist whole."""
-    touched = {b.step for b in schedule.backward} | set(schedule.masks) | set(schedule.head.steps)
+    step, an activation mask, a step folded into the loss head, a MEAN whose backward is folded
+    into its producer's), since those must exist whole."""
+    touched = ({b.step for b in schedule.backward} | set(schedule.masks)
+               | set(schedule.head.steps)
+               | {b.broadcast.step for b in schedule.backward if b.broadcast is not None})
     kept = avoiding(model.graph, model.ops, model.streams, touched)
     pulls = any(s.pulled is not None for s in model.streams)
     if pulls and not any(s.pulled is not None for s in kept):
@@ -478,14 +538,15 @@ def _plan_gradients(model: CompiledModel, schedule: Schedule, use, bstep: dict[i
     """Gradient buffers: 4 bytes per element (int32 accumulation, then int16 in place), or 2
     when the one rule writing it writes int16 straight away (BackwardDef.int16_dx); each part of
     a fan-out is sized by its own writer, their sum (grad_sum, int32) takes 4."""
-    producer = {p.output: i for i, p in enumerate(model.ops)}
+    reader = {b.dy_tensor: b.step for b in schedule.backward}
     rules = {b.step: b.rule for b in schedule.backward}
     contributions = _contributions(schedule.loss_input, schedule.classifier, schedule.backward)
     for t, made in contributions.items():
         elements = model.graph.tensors[t].num_elements
         size = _gradient_bytes(made, rules) * elements
         at = [loss_step if step is None else bstep[step] for step in made]
-        consumed = bstep[producer[t]] if t in producer else at[-1]
+        # Read as dy by its producer's step, or by the step a MEAN's backward is folded into.
+        consumed = bstep[reader[t]] if t in reader else at[-1]
         if len(made) > 2:
             raise ModelError(f"tensor {t} '{model.graph.tensors[t].name}' feeds {len(made)} "
                              "trained paths; at most two are supported")
