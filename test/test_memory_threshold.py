@@ -115,6 +115,26 @@ def test_training_arena_and_state_are_pinned(model: str, scheme: str) -> None:
     assert not errors, "; ".join(errors)
 
 
+# Arenas with the input pulled from the host row by row (custom_input = rows), by model and
+# scheme (None: inference).
+PULLED_INPUT = {
+    ("mobilenetv2_w035_128_int8", None): 46976,
+    ("mobilenetv2_w035_128_int8", "train/mbv2_paper_50kb.json"): 54272,
+    ("third_party/arduino_magic_wand_int8", None): 2848,
+}
+
+
+@pytest.mark.parametrize("model, scheme", sorted(PULLED_INPUT, key=str),
+                         ids=[f"{m}+{s}" for m, s in sorted(PULLED_INPUT, key=str)])
+def test_pulled_input_arenas_are_pinned(model: str, scheme: str | None) -> None:
+    compiled = compile_model(MODELS / f"{model}.tflite", pull_input=True)
+    actual = (compiled.arena_bytes if scheme is None else
+              build_training(compiled, load_scheme(_scheme_path(scheme))).arena_bytes)
+    error = pin_error(f"arena of {model} with {scheme} and a pulled input",
+                      PULLED_INPUT[(model, scheme)], actual)
+    assert error is None, error
+
+
 def test_pin_error_names_growth_and_shrinkage() -> None:
     assert pin_error("arena of m", 100, 100) is None
     grew = pin_error("arena of m", 100, 164)
