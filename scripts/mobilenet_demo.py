@@ -3,6 +3,7 @@
 
     python scripts/mobilenet_demo.py --board-elf ELF      # board (QEMU) + fp32 TF reference
     python scripts/mobilenet_demo.py                      # fp32 TF reference only
+    python scripts/mobilenet_demo.py --plot-only          # redraw the PNG from the JSON
 
 Task (offline, synthetic, deterministic): models/mobilenetv2_w035_128_int8.tflite was trained by
 `scripts/make_models.py mobilenet` on 10 "colour blob" classes whose 4x4x3 templates come from
@@ -143,12 +144,16 @@ def plot(methods: dict[str, dict[str, Any]], path: Path, title: str) -> None:
         ax.plot([r["step"] for r in rows], [r["test_accuracy"] for r in rows], marker="o",
                 label=name)
     ax.axhline(0.1, color="grey", lw=0.8, ls=":", label="chance (10 classes)")
-    ax.set(xlabel="training steps (batch 1)", ylabel="test accuracy", ylim=(0, 1.02),
-           title=title)
+    ax.set(xlabel="training steps (batch 1)", ylabel="test accuracy", ylim=(0, 1.02))
+    ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def title(n_train: int) -> str:
+    return f"MobileNetV2-w0.35, mbv2_paper_50kb, colour-rotated blobs ({n_train} train images)"
 
 
 def commit() -> str:
@@ -165,7 +170,13 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=100, help="steps between test evals")
     parser.add_argument("--lr", type=float, help="learning rate (default: the scheme's)")
     parser.add_argument("--board-elf", type=Path, help="QEMU ELF built with the paper scheme")
+    parser.add_argument("--plot-only", action="store_true",
+                        help="train nothing: redraw the PNG from results/mobilenet_demo.json")
     args = parser.parse_args()
+    if args.plot_only:
+        saved = json.loads((RESULTS / "mobilenet_demo.json").read_text())
+        plot(saved["methods"], RESULTS / "mobilenet_demo.png", title(saved["data"]["train_images"]))
+        return
     train, test = make_data(args.train, args.test)
     methods: dict[str, dict[str, Any]] = {}
     chunks = orders(len(train[1]), args.epochs, args.eval_every)
@@ -193,8 +204,7 @@ def main() -> None:
         "methods": methods,
     }
     (RESULTS / "mobilenet_demo.json").write_text(json.dumps(data, indent=1) + "\n")
-    plot(methods, RESULTS / "mobilenet_demo.png",
-         f"MobileNetV2-w0.35, mbv2_paper_50kb, colour-shifted blobs ({len(train[1])} train)")
+    plot(methods, RESULTS / "mobilenet_demo.png", title(len(train[1])))
     print(json.dumps(data["test_accuracy"]))
     print("wrote results/mobilenet_demo.json, results/mobilenet_demo.png")
 
