@@ -147,6 +147,7 @@ def test_committed_results_have_the_expected_shape() -> None:
     assert data["provenance"]["git_commit"] and data["provenance"]["command"]
     for rec in data["inference"] + data["training"]:
         assert rec["peak_sram_bytes"] == rec["static_sram_bytes"] + rec["stack_high_water_bytes"]
+        assert rec["input_pulled"] == rec["name"].endswith("-input-rows"), rec["name"]
     assert data["reference"] == bench.REFERENCE, "re-run scripts/benchmark.py"
 
 
@@ -220,7 +221,11 @@ def test_default_and_custom_job_lists() -> None:
     ap = bench.parser()
     default = ap.parse_args([])
     assert default.out == ROOT / "results"
-    assert bench.select_jobs(default) == bench.inference_jobs() + bench.training_jobs()
+    assert bench.select_jobs(default) == (bench.inference_jobs() + bench.training_jobs()
+                                          + bench.pulled_input_jobs())
+    pulled = bench.pulled_input_jobs()
+    assert pulled and all(j.input_rows and j.name.endswith("-input-rows") for j in pulled)
+    assert {j.scheme.name for j in pulled if j.scheme} == {"mbv2_paper_50kb.json"}
     custom = ap.parse_args(["--model", str(HAR), "--scheme", "train/har_adapt.json",
                             "--scheme", "train/har_bias_only.json"])
     jobs = bench.select_jobs(custom)
