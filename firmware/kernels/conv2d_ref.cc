@@ -53,15 +53,11 @@ void ConvGatherBlock(const Conv2dParams& p, const int8_t* rows, const GradView& 
                      const float* ratio, int32_t b, int32_t iy, int32_t ix, int32_t icf0,
                      int32_t n, int32_t oc_begin, int32_t oc_end, int32_t* acc) {
   for (int32_t fy = 0; fy < p.filter_h; ++fy) {
-    const int32_t ty = iy + p.pad_h - fy * p.dilation_h;  // = oy * stride_h for a reading oy
-    if (ty < 0 || ty % p.stride_h != 0) continue;
-    const int32_t oy = ty / p.stride_h;
-    if (oy >= p.output_h) continue;
+    int32_t oy = 0;
+    if (!TapOrigin(iy, fy, p.pad_h, p.dilation_h, p.stride_h, p.output_h, &oy)) continue;
     for (int32_t fx = 0; fx < p.filter_w; ++fx) {
-      const int32_t tx = ix + p.pad_w - fx * p.dilation_w;
-      if (tx < 0 || tx % p.stride_w != 0) continue;
-      const int32_t ox = tx / p.stride_w;
-      if (ox >= p.output_w) continue;
+      int32_t ox = 0;
+      if (!TapOrigin(ix, fx, p.pad_w, p.dilation_w, p.stride_w, p.output_w, &ox)) continue;
       const int32_t pixel = (b * p.output_h + oy) * p.output_w + ox;
       for (int32_t oc = oc_begin; oc < oc_end; ++oc) {
         const int32_t d = FoldGrad(dy.At(pixel, oc), ratio, oc);

@@ -81,6 +81,17 @@ inline float RequantizedScale(float acc_scale, int64_t m) {
   return acc_scale * (static_cast<float>(m) / static_cast<float>(kGradMax));
 }
 
+// Gather form of a convolution's input gradient: the output position o (one axis) whose tap k
+// reads input position i, for a window of leading padding `pad`, dilation and stride over `out`
+// outputs. False when no output reads i through tap k.
+inline bool TapOrigin(int32_t i, int32_t k, int32_t pad, int32_t dilation, int32_t stride,
+                      int32_t out, int32_t* o) {
+  const int32_t t = i + pad - k * dilation;  // = o * stride for a reading o
+  if (t < 0 || t % stride != 0) return false;
+  *o = t / stride;
+  return *o < out;
+}
+
 // In-place: `buffer` holds n int32 accumulators on entry and n int16 gradients on return (the
 // int16 view overwrites bytes already read). Returns the new scale (0 for an all-zero tensor).
 inline float GradRequantize(void* buffer, int32_t n, float acc_scale) {
