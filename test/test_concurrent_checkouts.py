@@ -43,6 +43,10 @@ def shared_core_dir(tmp_path: Path) -> Path:
     shutil.copytree(scons, core / "packages" / "tool-scons", symlinks=True)
     if (source / "appstate.json").is_file():  # skips PlatformIO's first-run checks
         shutil.copy2(source / "appstate.json", core / "appstate.json")
+    # A core dir that has built once has its download cache. PlatformIO creates it with a bare
+    # os.makedirs, so two first builds at once can race on it (FileExistsError, seen in CI):
+    # PlatformIO's own first-use race, not the platform registration this test is about.
+    (core / ".cache" / "downloads").mkdir(parents=True)
     return core
 
 
