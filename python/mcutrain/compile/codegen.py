@@ -16,7 +16,7 @@ from ..ops.base import KernelVariant, StepContext
 from ..ops.cxx import ConstPool, c_float, indent
 from .compiler import CompiledModel, scratch_buffer
 from .memory_plan import ArenaPlanner
-from .streaming import Stream, row_bytes
+from .streaming import Stream, pulls_input, row_bytes
 
 
 def tensor_desc(t: Tensor) -> str:
@@ -54,7 +54,7 @@ def generate_model_source(model: CompiledModel) -> tuple[str, int]:
         arena_bytes=arena_bytes,
         name=source_name(model),
         model_desc=model_desc(model, arena_bytes, pool.nbytes),
-        input_ptr=("nullptr" if any(s.pulled is not None for s in model.streams)
+        input_ptr=("nullptr" if pulls_input(model.streams)
                    else f"g_arena + {model.offset_of(model.input)}"),
         output_offset=model.offset_of(model.output),
         calls="\n".join(calls),
@@ -140,10 +140,10 @@ def model_desc(model: CompiledModel, arena_bytes: int, weight_bytes: int) -> str
     """The `kModel` definition the runtime reports over INFO (shared by both templates)."""
     g = model.graph
     digest = ", ".join(str(b) for b in g.sha256.ljust(32, b"\0"))
-    pulled = any(s.pulled is not None for s in model.streams)
     fields = [f'"{source_name(model)}"', f"{{{digest}}}", f"{arena_bytes}u", f"{weight_bytes}u",
               f"{model.macs}ull", tensor_desc(g.tensors[model.input]),
-              tensor_desc(g.tensors[model.output]), "true" if pulled else "false"]
+              tensor_desc(g.tensors[model.output]),
+              "true" if pulls_input(model.streams) else "false"]
     return "const ModelDesc kModel = {\n" + "".join(f"    {f},\n" for f in fields) + "};"
 
 

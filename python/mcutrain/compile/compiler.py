@@ -19,6 +19,7 @@ from .streaming import (
     Stream,
     candidates,
     check_schedule,
+    pulls_input,
     refine,
     spans,
     window_bytes,
@@ -155,9 +156,10 @@ def _choose_streams(graph: Graph, ops: list[PreparedOp], buffer_of: dict[int, st
     that can pull the model input from the host row by row are candidates for the first one."""
     best = whole
     chosen: tuple[Stream, ...] = ()
-    pool = candidates(graph, ops)
+    plain = candidates(graph, ops)
+    pool = plain
     if pull_input:
-        pool = _pulling(graph, ops, pool)
+        pool = _pulling(graph, ops, plain)
         if not pool:
             raise ModelError(_cannot_pull(graph, ops))
         best = None
@@ -179,7 +181,7 @@ def _choose_streams(graph: Graph, ops: list[PreparedOp], buffer_of: dict[int, st
             break
         chosen = found
         # Once the input is pulled, the other streams need not (and cannot) pull it.
-        pool = [s for s in candidates(graph, ops) if s.pulled is None] if pull_input else pool
+        pool = plain
     for stream in chosen:
         check_schedule(graph, ops, stream)
     return chosen, best
@@ -212,7 +214,7 @@ def _lifetimes(graph: Graph, ops: list[PreparedOp], buffer_of: dict[int, str],
         span = lifetimes.setdefault(buffer_of[tid], [step, step])
         span[0], span[1] = min(span[0], step), max(span[1], step)
 
-    if not any(s.pulled is not None for s in streams):
+    if not pulls_input(streams):
         touch(graph.inputs[0], -1)  # written by the host before the first step
     for p, (first, last) in zip(ops, spans(len(ops), streams), strict=True):
         for tid in (*p.inputs, p.output):

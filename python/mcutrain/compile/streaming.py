@@ -55,6 +55,11 @@ class Stream:
         return self.first <= step <= self.last
 
 
+def pulls_input(streams: Sequence[Stream]) -> bool:
+    """Whether one of `streams` pulls the model input from the host row by row."""
+    return any(s.pulled is not None for s in streams)
+
+
 def row_bytes(graph: Graph, tensor_id: int) -> int:
     """Bytes of one row (axis 1) of an NHWC int8 tensor."""
     _, _, w, c = graph.tensors[tensor_id].shape

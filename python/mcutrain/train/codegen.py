@@ -18,6 +18,7 @@ import dataclasses
 
 from ..compile.codegen import model_desc, source_name, step_context, stream_block
 from ..compile.compiler import scratch_buffer
+from ..compile.streaming import pulls_input
 from ..ops.base import GradRef, TrainBinding, TrainEmit, is_parametric, trainable
 from ..ops.cxx import ConstPool, c_float, indent
 from . import grad_rules
@@ -227,7 +228,7 @@ def generate_training_source(program: TrainProgram) -> tuple[str, int]:
         arena_bytes=arena_bytes,
         state_bytes=max(program.state_bytes, 4),
         grad_count=max(len(e.scales), 1),
-        input_ptr=("nullptr" if any(st.pulled is not None for st in program.streams) else
+        input_ptr=("nullptr" if pulls_input(program.streams) else
                    f"g_arena + {e.program.offset(program.activation_buffer(model.input))}"),
         output_offset=e.program.offset(program.activation_buffer(model.output)),
         loss_kind="LossKind::kCrossEntropy" if ce else "LossKind::kMeanSquaredError",

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..compile.compiler import CompiledModel, PreparedOp, scratch_buffer, scratch_size
 from ..compile.memory_plan import ArenaPlanner
-from ..compile.streaming import Stream, avoiding, spans, window_bytes
+from ..compile.streaming import Stream, avoiding, pulls_input, spans, window_bytes
 from ..frontend.graph import ModelError
 from ..ops import load_all, param_train
 from ..ops.base import (
@@ -468,8 +468,7 @@ def stream_forward(model: CompiledModel, schedule: Schedule) -> tuple[Stream, ..
                | set(schedule.head.steps)
                | {b.broadcast.step for b in schedule.backward if b.broadcast is not None})
     kept = avoiding(model.graph, model.ops, model.streams, touched)
-    pulls = any(s.pulled is not None for s in model.streams)
-    if pulls and not any(s.pulled is not None for s in kept):
+    if pulls_input(model.streams) and not pulls_input(kept):
         raise ModelError(f"{model.graph.name}: the scheme trains or masks a layer that reads the "
                          "input rows, so the input cannot be pulled row by row; build with "
                          "custom_input = whole")
@@ -498,7 +497,7 @@ def plan_memory(model: CompiledModel, schedule: Schedule, variants: list[KernelV
         for at in (forward_span[step] if 0 <= step < n else (step,)):
             use(model.buffer_of[tid], size, at)
 
-    if not any(s.pulled is not None for s in streams):
+    if not pulls_input(streams):
         act(model.input, -1)  # written by the host before the first step
     head = schedule.head
     for step, p in enumerate(model.ops):
