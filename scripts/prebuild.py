@@ -29,6 +29,7 @@ from mcutrain.build import (  # noqa: E402
 from mcutrain.compile.firmware_size import explicit_stack_bytes  # noqa: E402
 from mcutrain.compile.report import BoardLimits, arena_summary  # noqa: E402
 from mcutrain.frontend.graph import ModelError  # noqa: E402
+from mcutrain.ops.base import KERNEL_CHOICES  # noqa: E402
 
 
 def _model_path() -> Path:
@@ -53,6 +54,20 @@ def _pull_input() -> bool:
                          "by row while the model runs)\n")
         env.Exit(1)  # noqa: F821
     return chosen == "rows"
+
+
+def _kernels() -> str:
+    """MCUTRAIN_KERNELS if set, else `custom_kernels`: "optimized" (the default) uses the
+    Cortex-M7 kernel variants wherever they serve a layer, "reference" only the reference
+    kernels (docs/kernel_variants.md)."""
+    chosen = os.environ.get("MCUTRAIN_KERNELS") or env.GetProjectOption(  # noqa: F821
+        "custom_kernels", "optimized")
+    if chosen not in KERNEL_CHOICES:
+        sys.stderr.write(f"mcutrain: error: custom_kernels / MCUTRAIN_KERNELS is '{chosen}': "
+                         "use 'optimized' (Cortex-M7 kernels where they serve a layer) or "
+                         "'reference' (the reference kernels only: slower, smaller arena)\n")
+        env.Exit(1)  # noqa: F821
+    return chosen
 
 
 def _scheme_path() -> Path | None:
@@ -137,7 +152,7 @@ def main() -> None:
     build_dir = Path(env.subst("$BUILD_DIR"))  # noqa: F821
     try:
         result = generate_for_build(model_path, build_dir, _limits(), _scheme_path(),
-                                    _pull_input())
+                                    _pull_input(), _kernels())
     except (ModelError, OSError) as exc:
         sys.stderr.write(f"mcutrain: error: {exc}\n")
         env.Exit(1)  # noqa: F821

@@ -2,8 +2,10 @@
 kernels from the variant table, the planners place the chosen variant's scratch for that step
 only, and the emitted call names the variant's function and gets the scratch pointer.
 
-Only the reference variant exists, so these tests register fake variants (never compiled): what
-is checked is the plan and the generated text, which is all a real variant adds.
+The seam tests start from a table holding only the reference variant and register fake
+variants (never compiled): what is checked is the plan and the generated text, which is all a
+real variant adds. The real Cortex-M7 variants' arithmetic is checked in
+test/kernels/test_m7_kernels.py and on the emulated board.
 """
 
 from __future__ import annotations
@@ -49,6 +51,13 @@ def assert_alone_at_its_step(planner: ArenaPlanner, scratch: Placement) -> None:
     for other in planner.live_at(scratch.first):
         if other.name != scratch.name:
             assert other.end <= scratch.offset or scratch.end <= other.offset, (scratch, other)
+
+
+@pytest.fixture(autouse=True)
+def reference_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test here starts with the reference as the only variant of every operator."""
+    for key in list(VARIANTS):
+        monkeypatch.delitem(VARIANTS, key)
 
 
 @pytest.mark.parametrize("path", MODELS, ids=lambda p: p.name)

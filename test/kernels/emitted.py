@@ -32,7 +32,17 @@ from pathlib import Path
 import numpy as np
 from host_build import KERNELS, ROOT, host_compile
 
-from mcutrain.ops.base import BACKWARD, REGISTRY, GradRef, OpDef, TrainBinding, TrainEmit, TrainSlot
+from mcutrain.ops.base import (
+    BACKWARD,
+    REGISTRY,
+    GradRef,
+    KernelVariant,
+    OpDef,
+    StepContext,
+    TrainBinding,
+    TrainEmit,
+    TrainSlot,
+)
 from mcutrain.ops.cxx import ConstPool
 from mcutrain.ops.train_math import F32, QGrad
 from mcutrain.train import grad_rules
@@ -232,17 +242,23 @@ class Ran:
 
 
 def run_op(opdef: OpDef, params: object, inputs: list[np.ndarray], out_shape: tuple[int, ...],
-           *, in_place: bool = False) -> np.ndarray:
+           *, in_place: bool = False, variant: KernelVariant | None = None) -> np.ndarray:
     """The int8 output of the emitted code of (opdef, params) on int8 inputs. in_place puts the
-    output at the first input's address, as the memory planner may arrange."""
+    output at the first input's address, as the memory planner may arrange. variant: the kernel
+    variant to emit (the reference when None), given the scratch its scratch_bytes asks for."""
     arrays = [np.ascontiguousarray(a) for a in inputs]
     if any(a.dtype != np.int8 for a in arrays):
         raise TypeError(f"run_op takes int8 inputs, got {[str(a.dtype) for a in arrays]}")
-    e = Emission(opdef.header)
+    e = Emission(opdef.header, *([variant.header] if variant and variant.header else []))
     bufs = [e.array(a, np.int8) for a in arrays]
     n_out = int(np.prod(out_shape))
     out = Buffer(bufs[0].at, n_out) if in_place else e.space(n_out)
-    ran = e.run(opdef.emit(params, e.pool, [b.ptr for b in bufs], out.ptr))
+    ctx: object = e.pool
+    if variant is not None:
+        size = variant.scratch_bytes(params)
+        scratch = e.space(size).ptr if size else None
+        ctx = StepContext(e.pool, variant, scratch, size)
+    ran = e.run(opdef.emit(params, ctx, [b.ptr for b in bufs], out.ptr))
     return ran.array(out, np.int8).reshape(out_shape)
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from ..frontend.graph import Graph, ModelError, Operator, check_deployable, strip_io_conversions
 from ..frontend.tflite_reader import read_tflite
-from ..ops.base import REF, KernelVariant, OpDef, choose_variant, lookup
+from ..ops.base import KERNEL_CHOICES, REF, KernelVariant, OpDef, choose_variant, lookup
 from ..ops.quant import ScaleRangeError
 from .memory_plan import ArenaPlanner
 from .streaming import (
@@ -53,6 +53,8 @@ class CompiledModel:
     streams: tuple[Stream, ...] = ()
     # The arena layer-by-layer execution would need (equal to the arena without streams).
     whole_arena_bytes: int = 0
+    # ops/base.py KERNEL_CHOICES: "optimized" variants where they serve, or "reference" only.
+    kernels: str = "optimized"
 
     @property
     def input(self) -> int:
@@ -89,15 +91,19 @@ def scratch_size(variant: KernelVariant, params: Any) -> int:
 
 
 def compile_model(source: str | Path | bytes, alignment: int = 16,
-                  streaming: bool = True, pull_input: bool = False) -> CompiledModel:
+                  streaming: bool = True, pull_input: bool = False,
+                  kernels: str = "optimized") -> CompiledModel:
     """Read, prepare and plan a model. With `streaming`, chains of operators whose tensors would
     otherwise dominate the arena run row-streamed (compile/streaming.py) when that makes the
     arena smaller; without it every tensor is whole (layer by layer). With `pull_input` the
     first stream also pulls the model input from the host a few rows at a time, so the input
-    never sits whole in SRAM (a ModelError if no stream can)."""
+    never sits whole in SRAM (a ModelError if no stream can). `kernels` (ops/base.py
+    KERNEL_CHOICES): "reference" builds every step on the reference kernels."""
+    if kernels not in KERNEL_CHOICES:
+        raise ValueError(f"kernels={kernels!r}: use one of {', '.join(KERNEL_CHOICES)}")
     graph = strip_io_conversions(read_tflite(source))
     check_deployable(graph)
-    ops = [_prepare(op, graph) for op in graph.operators]
+    ops = [_prepare(op, graph, kernels) for op in graph.operators]
     buffer_of, tensor_of = _assign_buffers(graph, ops)
     whole = _plan(graph, ops, buffer_of, tensor_of, alignment)
     streams, planner = ((), whole)
@@ -106,10 +112,10 @@ def compile_model(source: str | Path | bytes, alignment: int = 16,
                                            pull_input)
     return CompiledModel(graph=graph, ops=ops, planner=planner, buffer_of=buffer_of,
                          tensor_of=tensor_of, streams=streams,
-                         whole_arena_bytes=whole.arena_bytes())
+                         whole_arena_bytes=whole.arena_bytes(), kernels=kernels)
 
 
-def _prepare(op: Operator, graph: Graph) -> PreparedOp:
+def _prepare(op: Operator, graph: Graph, kernels: str) -> PreparedOp:
     opdef = lookup(op)
     if len(op.outputs) != 1:
         raise ModelError(f"operator {op.index} ({op.opcode}) has {len(op.outputs)} outputs; "
@@ -119,7 +125,8 @@ def _prepare(op: Operator, graph: Graph) -> PreparedOp:
     except ScaleRangeError as exc:
         raise ModelError(f"operator {op.index} ({op.opcode}): {exc}") from None
     return PreparedOp(op=op, opdef=opdef, params=params, inputs=graph.dynamic_inputs(op),
-                      output=op.outputs[0], variant=choose_variant(op.opcode, params))
+                      output=op.outputs[0],
+                      variant=choose_variant(op.opcode, params, kernels=kernels))
 
 
 def _assign_buffers(graph: Graph,

@@ -82,12 +82,13 @@ def build_report(model: CompiledModel, weight_bytes: int, limits: BoardLimits) -
                         "offset": p.offset, "first_step": p.first, "last_step": p.last,
                         "buffer": buffer})
     ops = [{"step": i, "operator": p.op.index, "opcode": p.op.opcode, "macs": p.macs,
-            "output": p.output} for i, p in enumerate(model.ops)]
+            "output": p.output, "kernel": p.variant.name} for i, p in enumerate(model.ops)]
     return {
         "model": g.name,
         "sha256": g.sha256.hex(),
         "board": limits.name,
         "arena_bytes": model.arena_bytes,
+        "kernels": model.kernels,
         "memory_plan": model.planner.choice(),
         "peak": _peak(model),
         "weight_bytes": weight_bytes,

@@ -90,6 +90,10 @@ class KernelVariant:
     # (params, n_train) -> whether it computes this operator exactly; n_train is the count of
     # trained output channels read from SRAM (0 outside training).
     serves: Callable[[Any, int], bool] = _serves_all
+    # (params, ctx) -> extra arguments ", sym, ..." its forward kernel takes after the output:
+    # flash constants it lays out itself through ctx.const_array (weights re-packed in the
+    # order its inner loop reads them, folded biases). None: it reads only the OpDef's.
+    constants: Callable[[Any, Any], str] | None = None
 
     def kernel(self, function: str) -> str:
         return f"{self.namespace}::{function}"
@@ -111,7 +115,15 @@ def register_variant(key: str, variant: KernelVariant) -> KernelVariant:
     return variant
 
 
-def choose_variant(key: str, params: Any, n_train: int = 0) -> KernelVariant:
+# What a build may choose from: the optimized variants where they serve a step, or only the
+# reference kernels (custom_kernels = reference: smallest arena, the definition itself).
+KERNEL_CHOICES = ("optimized", "reference")
+
+
+def choose_variant(key: str, params: Any, n_train: int = 0,
+                   kernels: str = "optimized") -> KernelVariant:
+    if kernels == "reference":
+        return REF
     for variant in VARIANTS.get(key, ()):
         if variant.serves(params, n_train):
             return variant
@@ -136,6 +148,14 @@ class StepContext:
 def kernel_name(ctx: Any, function: str) -> str:
     """The C++ name of `function` in the variant `ctx` carries (REF for a bare context)."""
     return getattr(ctx, "variant", REF).kernel(function)
+
+
+def variant_args(ctx: Any, params: Any) -> str:
+    """Trailing arguments of a forward kernel call beyond the reference's: the variant's own
+    flash constants, then the step's scratch (scratch_args)."""
+    variant = getattr(ctx, "variant", REF)
+    extra = variant.constants(params, ctx) if variant.constants is not None else ""
+    return extra + scratch_args(ctx)
 
 
 def scratch_args(ctx: Any) -> str:

@@ -19,13 +19,15 @@ import tflite
 
 from ..frontend import options as opt
 from ..frontend.graph import Graph, Operator
-from . import common, param_train
+from . import common, m7, param_train
 from .base import (
     EmitContext,
     FloatContext,
+    KernelVariant,
     TrainBinding,
     kernel_name,
-    scratch_args,
+    register_variant,
+    variant_args,
 )
 from .float_common import activation, tf_module
 
@@ -137,7 +139,7 @@ def emit(p: Conv2dParams, ctx: EmitContext, inputs: list[str], output: str) -> s
     init = _struct(p, mult, shift, p.train)
     bias = param_train.forward_bias(p.train, bias)
     call = (f"{kernel_name(ctx, 'conv2d_s8')}(kParams, {inputs[0]}, {filt}, {bias}, "
-            f"{output}{scratch_args(ctx)});")
+            f"{output}{variant_args(ctx, p)});")
     return "{\n" + init + "\n" + call + "\n}"
 
 
@@ -252,3 +254,24 @@ OPDEF = param_train.register_weighted(param_train.WeightedOp(
     check_accumulator=check_accumulator, input_grad_depth=input_grad_depth, options=OPTIONS,
     band_kernel="conv2d_s8", broadcast_dy=True))
 BACKWARD = OPDEF.backward
+
+
+def m7_scratch_bytes(p: Conv2dParams) -> int:
+    """mt::m7::Conv2dScratchBytes: two int16 im2col columns, each rounded up to 4 values."""
+    _, f_h, f_w, f_c = p.filter.shape
+    return 2 * (-(-(f_h * f_w * f_c) // 4) * 4) * 2
+
+
+def m7_serves(p: Conv2dParams, n_train: int) -> bool:
+    """The Cortex-M7 kernel computes plain (ungrouped) convolution of any shape."""
+    return p.filter.shape[3] == p.input_shape[3]
+
+
+def m7_constants(p: Conv2dParams, ctx: Any) -> str:
+    """The kernel's `bounded` argument (ops/m7.py bounded_requant)."""
+    return m7.bounded_arg(p.filter.reshape(p.filter.shape[0], -1), p)
+
+
+M7 = register_variant("CONV_2D", KernelVariant(
+    "m7", "mt::m7", header="kernels/conv2d_m7.h", scratch_bytes=m7_scratch_bytes,
+    serves=m7_serves, constants=m7_constants))

@@ -20,13 +20,15 @@ import tflite
 
 from ..frontend import options as opt
 from ..frontend.graph import Graph, Operator
-from . import common, param_train
+from . import common, m7, param_train
 from .base import (
     EmitContext,
     FloatContext,
+    KernelVariant,
     TrainBinding,
     kernel_name,
-    scratch_args,
+    register_variant,
+    variant_args,
 )
 from .float_common import activation, tf_module
 
@@ -140,7 +142,7 @@ def emit(p: DepthwiseConv2dParams, ctx: EmitContext, inputs: list[str], output: 
     init = _struct(p, mult, shift, p.train)
     bias = param_train.forward_bias(p.train, bias)
     call = (f"{kernel_name(ctx, 'depthwise_conv2d_s8')}(kParams, {inputs[0]}, {filt}, {bias}, "
-            f"{output}{scratch_args(ctx)});")
+            f"{output}{variant_args(ctx, p)});")
     return "{\n" + init + "\n" + call + "\n}"
 
 
@@ -252,3 +254,44 @@ OPDEF = param_train.register_weighted(param_train.WeightedOp(
     band_kernel="depthwise_conv2d_s8",
     filter_channel_axis=3, options=OPTIONS))
 BACKWARD = OPDEF.backward
+
+
+def m7_table(p: DepthwiseConv2dParams) -> np.ndarray:
+    """The flash table of mt::m7::depthwise_conv2d_s8 (depthwise_conv2d_m7.h): per group of
+    four channels, input_offset * (sum of each channel's taps) as int32, then each tap's int16
+    weights as the words (c0, c2) and (c1, c3)."""
+    _, f_h, f_w, out_c = p.filter.shape
+    groups = out_c // 4
+    if groups == 0:
+        return np.zeros(0, np.int32)
+    w = p.filter.reshape(f_h * f_w, out_c)[:, :4 * groups].astype(np.int64)
+    start = common.wrap_int32(p.input_offset * w.sum(axis=0))
+    lanes = (w.reshape(-1, groups, 4)[:, :, [0, 2, 1, 3]] & 0xFFFF).astype(np.uint32)
+    words = lanes[..., 0::2] | (lanes[..., 1::2] << 16)  # [taps, groups, 2]
+    table = np.concatenate([np.asarray(start, np.int64).astype(np.uint32).reshape(groups, 4),
+                            words.transpose(1, 0, 2).reshape(groups, -1)], axis=1)
+    return table.view(np.int32).reshape(-1)
+
+
+def m7_constants(p: DepthwiseConv2dParams, ctx: Any) -> str:
+    """The kernel's table and `bounded` arguments."""
+    table = m7_table(p)
+    symbol = ctx.const_array(f"op{p.op_index}_dwconv2d_m7", table) if table.size else "nullptr"
+    return f", {symbol}" + m7.bounded_arg(p.filter.reshape(-1, p.filter.shape[3]).T, p)
+
+
+def m7_scratch_bytes(p: DepthwiseConv2dParams) -> int:
+    """mt::m7::DepthwiseScratchBytes: a row of input zero points, rounded up to 4 bytes."""
+    return -(-p.input_shape[3] // 4) * 4
+
+
+def m7_serves(p: DepthwiseConv2dParams, n_train: int) -> bool:
+    """Depth multiplier 1 and filters up to 7x7; trained channels are left to the reference,
+    since the table is flash."""
+    _, f_h, f_w, _ = p.filter.shape
+    return p.depth_multiplier == 1 and n_train == 0 and f_h * f_w <= 49
+
+
+M7 = register_variant("DEPTHWISE_CONV_2D", KernelVariant(
+    "m7", "mt::m7", header="kernels/depthwise_conv2d_m7.h", scratch_bytes=m7_scratch_bytes,
+    serves=m7_serves, constants=m7_constants))

@@ -33,7 +33,7 @@ from .base import (
     FloatContext,
     TrainBinding,
     kernel_name,
-    scratch_args,
+    variant_args,
 )
 from .float_common import activation, tf_module
 
@@ -181,7 +181,7 @@ def emit(p: FullyConnectedParams, ctx: EmitContext, inputs: list[str], output: s
     init = _struct(p, mult, shift, real_scale, p.train)
     bias = param_train.forward_bias(p.train, bias)
     call = (f"{kernel_name(ctx, 'fully_connected_s8')}(kParams, {inputs[0]}, {filt}, {bias}, "
-            f"{output}{scratch_args(ctx)});")
+            f"{output}{variant_args(ctx, p)});")
     return "{\n" + scale_def + init + "\n" + call + "\n}"
 
 

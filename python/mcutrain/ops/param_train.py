@@ -38,6 +38,7 @@ from .base import (
     kernel_name,
     register,
     scratch_args,
+    variant_args,
 )
 from .cxx import c_float
 from .train_math import (
@@ -282,7 +283,8 @@ def _row_rule(d: WeightedOp) -> RowRule | None:
         filt, bias, mult, shift = flash_constants(p, ctx, f"op{p.op_index}_{d.tag}")
         init = d.struct(p, mult, shift, p.train)
         return rows.emit_spatial_band(init, ctx, kernel, windows[0], filt,
-                                      forward_bias(p.train, bias), output, y0, y1)
+                                      forward_bias(p.train, bias), output, y0, y1,
+                                      variant_args(ctx, p))
 
     return RowRule(geometry=rows.spatial_geometry, emit=emit)
 

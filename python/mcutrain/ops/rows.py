@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import EmitContext, RowGeometry, kernel_name, scratch_args
+from .base import EmitContext, RowGeometry, kernel_name
 
 
 def spatial_geometry(p: Any) -> list[RowGeometry] | None:
@@ -26,9 +26,9 @@ def spatial_geometry(p: Any) -> list[RowGeometry] | None:
 
 
 def emit_spatial_band(struct_init: str, ctx: EmitContext, kernel: str, window: str,
-                      filt: str, bias: str, output: str, y0: str, y1: str) -> str:
-    """One band of a conv-like kernel `kernel(params, input, filter, bias, output)`; the
-    struct_init defines `kParams`."""
+                      filt: str, bias: str, output: str, y0: str, y1: str, extra: str) -> str:
+    """One band of a conv-like kernel `kernel(params, input, filter, bias, output{extra})`;
+    the struct_init defines `kParams`, extra is the variant's trailing arguments."""
     return "\n".join([
         "{",
         struct_init,
@@ -37,7 +37,7 @@ def emit_spatial_band(struct_init: str, ctx: EmitContext, kernel: str, window: s
         f"band.output_h = {y1} - {y0};",
         f"band.pad_h = kParams.pad_h + {window}.first - {y0} * kParams.stride_h;",
         f"{kernel_name(ctx, kernel)}(band, {window}.base, {filt}, {bias}, {output}"
-        f"{scratch_args(ctx)});",
+        f"{extra});",
         "}",
     ])
 

@@ -232,7 +232,7 @@ def schedule_backward(model: CompiledModel, scheme: Scheme, selection: Selection
         if any(need_dx):
             _check_depth(p, rule)
         n_train = slot.n_train if slot is not None else 0
-        variant = choose_variant(backward_key(p.op.opcode), p.params, n_train)
+        variant = choose_variant(backward_key(p.op.opcode), p.params, n_train, model.kernels)
         backward.append(BackwardStep(step, p, rule, mask, need_dx, saved, variant))
     return Schedule(backward, masks, loss_input, head.classifier, head)
 
@@ -330,7 +330,7 @@ def _initial_slot(p: PreparedOp, plan: LayerPlan, scheme: Scheme) -> TrainSlot:
 
 
 def _forward_variants(model: CompiledModel, trained: dict[int, TrainedOp]) -> list[KernelVariant]:
-    return [choose_variant(p.op.opcode, p.params, trained[step].slot.n_train)
+    return [choose_variant(p.op.opcode, p.params, trained[step].slot.n_train, model.kernels)
             if step in trained else p.variant for step, p in enumerate(model.ops)]
 
 

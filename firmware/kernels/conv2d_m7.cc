@@ -1,0 +1,180 @@
+// Cortex-M7 CONV_2D: im2col to int16, then 2x2-blocked SMLAD dot products (conv2d_m7.h).
+#include "kernels/conv2d_m7.h"
+
+#include "kernels/dsp.h"
+#include "kernels/fixed_point.h"
+#include "kernels/requantize_m7.h"
+
+namespace mt::m7 {
+
+namespace {
+
+// A column holds `depth` int16 values: the first depth & ~3 in groups of four stored as
+// (k0, k2, k1, k3), the remaining 0-3 in natural order after them.
+struct Columns {
+  int32_t depth;  // filter_h * filter_w * filter_c
+  int32_t body;   // depth & ~3: values covered by whole weight words
+  int32_t words;  // uint32 words per column (depth rounded up to 4, halved)
+};
+
+inline int32_t Permuted(int32_t k) { return (k & ~3) | ((k & 1) << 1) | ((k >> 1) & 1); }
+
+// The receptive field of output pixel (b, oy, ox) plus the input offset, as one column.
+void Im2col(const Conv2dParams& p, const Columns& c, const int8_t* input, int32_t b, int32_t oy,
+            int32_t ox, uint32_t* column) {
+  auto* col = reinterpret_cast<int16_t*>(column);
+  const int32_t in_y0 = oy * p.stride_h - p.pad_h;
+  const int32_t in_x0 = ox * p.stride_w - p.pad_w;
+  const bool by_words = (p.filter_c & 3) == 0;
+  const uint32_t offset2 = dsp::Splat16(p.input_offset);
+  int32_t k = 0;
+  for (int32_t fy = 0; fy < p.filter_h; ++fy) {
+    const int32_t iy = in_y0 + fy * p.dilation_h;
+    for (int32_t fx = 0; fx < p.filter_w; ++fx, k += p.filter_c) {
+      const int32_t ix = in_x0 + fx * p.dilation_w;
+      const bool inside = iy >= 0 && iy < p.input_h && ix >= 0 && ix < p.input_w;
+      const int8_t* in = input + ((b * p.input_h + iy) * p.input_w + ix) * p.input_c;
+      if (by_words) {
+        // Every tap starts a weight word: unpack four bytes per step, already permuted.
+        uint32_t* out = column + k / 2;
+        uint32_t* const end = out + p.filter_c / 2;
+        if (!inside) {
+          for (; out != end; out += 2) out[0] = out[1] = 0;
+          continue;
+        }
+        for (; out != end; out += 2, in += 4) {
+          const uint32_t x = dsp::Load4(in);
+          out[0] = dsp::Add16(dsp::ExtendEven(x), offset2);
+          out[1] = dsp::Add16(dsp::ExtendOdd(x), offset2);
+        }
+        continue;
+      }
+      for (int32_t ic = 0; ic < p.filter_c; ++ic) {
+        const int32_t j = k + ic;
+        col[j < c.body ? Permuted(j) : j] =
+            inside ? static_cast<int16_t>(in[ic] + p.input_offset) : int16_t{0};
+      }
+    }
+  }
+}
+
+// acc plus the last depth - body products of weight row w and column x (natural order).
+inline int32_t Tail(const Columns& c, const int8_t* w, const uint32_t* x, int32_t acc) {
+  const auto* col = reinterpret_cast<const int16_t*>(x);
+  for (int32_t k = c.body; k < c.depth; ++k) acc = WrappingAdd(acc, w[k] * col[k]);
+  return acc;
+}
+
+// Output channels [oc_begin, oc_end) of two pixels (outputs out0 and out1), weights from rows.
+template <bool kBounded>
+void Channels(const Conv2dParams& p, const Columns& c, const int8_t* rows, const int32_t* bias,
+              const uint32_t* x0, const uint32_t* x1, int8_t* out0, int8_t* out1,
+              int32_t oc_begin, int32_t oc_end) {
+  const int32_t depth = c.depth;
+  const bool tail = c.depth != c.body;
+  const uint32_t* const x0_end = x0 + c.body / 2;
+  const int32_t offset = p.output_offset;
+  const int32_t lo = p.act_min;
+  const int32_t hi = p.act_max;
+  int32_t oc = oc_begin;
+  for (; oc + 1 < oc_end; oc += 2) {
+    const int8_t* w0 = rows + oc * depth;
+    const int8_t* w1 = w0 + depth;
+    int32_t a00 = bias != nullptr ? bias[oc] : 0;
+    int32_t a10 = bias != nullptr ? bias[oc + 1] : 0;
+    int32_t a01 = a00;
+    int32_t a11 = a10;
+    const uint32_t* c0 = x0;
+    const uint32_t* c1 = x1;
+    const int8_t* wa_at = w0;
+    const int8_t* wb_at = w1;
+    while (c0 != x0_end) {
+      const uint32_t wa = dsp::Load4(wa_at);
+      const uint32_t wb = dsp::Load4(wb_at);
+      wa_at += 4;
+      wb_at += 4;
+      const uint32_t wa_even = dsp::ExtendEven(wa);
+      const uint32_t wb_even = dsp::ExtendEven(wb);
+      const uint32_t c0_even = c0[0];
+      const uint32_t c1_even = c1[0];
+      a00 = dsp::Dot2(wa_even, c0_even, a00);
+      a01 = dsp::Dot2(wa_even, c1_even, a01);
+      a10 = dsp::Dot2(wb_even, c0_even, a10);
+      a11 = dsp::Dot2(wb_even, c1_even, a11);
+      const uint32_t wa_odd = dsp::ExtendOdd(wa);
+      const uint32_t wb_odd = dsp::ExtendOdd(wb);
+      const uint32_t c0_odd = c0[1];
+      const uint32_t c1_odd = c1[1];
+      c0 += 2;
+      c1 += 2;
+      a00 = dsp::Dot2(wa_odd, c0_odd, a00);
+      a01 = dsp::Dot2(wa_odd, c1_odd, a01);
+      a10 = dsp::Dot2(wb_odd, c0_odd, a10);
+      a11 = dsp::Dot2(wb_odd, c1_odd, a11);
+    }
+    if (tail) {
+      a00 = Tail(c, w0, x0, a00);
+      a01 = Tail(c, w0, x1, a01);
+      a10 = Tail(c, w1, x0, a10);
+      a11 = Tail(c, w1, x1, a11);
+    }
+    const int32_t m0 = p.multiplier[oc], s0 = p.shift[oc];
+    const int32_t m1 = p.multiplier[oc + 1], s1 = p.shift[oc + 1];
+    out0[oc] = Requantize<kBounded>(a00, m0, s0, offset, lo, hi);
+    out1[oc] = Requantize<kBounded>(a01, m0, s0, offset, lo, hi);
+    out0[oc + 1] = Requantize<kBounded>(a10, m1, s1, offset, lo, hi);
+    out1[oc + 1] = Requantize<kBounded>(a11, m1, s1, offset, lo, hi);
+  }
+  if (oc < oc_end) {
+    const int8_t* w = rows + oc * depth;
+    int32_t a0 = bias != nullptr ? bias[oc] : 0;
+    int32_t a1 = a0;
+    const uint32_t* c0 = x0;
+    const uint32_t* c1 = x1;
+    for (const int8_t* at = w; c0 != x0_end; at += 4, c0 += 2, c1 += 2) {
+      const uint32_t wv = dsp::Load4(at);
+      const uint32_t even = dsp::ExtendEven(wv);
+      const uint32_t odd = dsp::ExtendOdd(wv);
+      a0 = dsp::Dot2(odd, c0[1], dsp::Dot2(even, c0[0], a0));
+      a1 = dsp::Dot2(odd, c1[1], dsp::Dot2(even, c1[0], a1));
+    }
+    const int32_t m = p.multiplier[oc], s = p.shift[oc];
+    out0[oc] = Requantize<kBounded>(Tail(c, w, x0, a0), m, s, offset, lo, hi);
+    out1[oc] = Requantize<kBounded>(Tail(c, w, x1, a1), m, s, offset, lo, hi);
+  }
+}
+
+}  // namespace
+
+void conv2d_s8(const Conv2dParams& p, const int8_t* input, const int8_t* filter,
+               const int32_t* bias, int8_t* output, bool bounded, int8_t* scratch,
+               int32_t scratch_bytes) {
+  if (p.filter_c != p.input_c || scratch_bytes < Conv2dScratchBytes(p) ||
+      (reinterpret_cast<uintptr_t>(scratch) & 3) != 0) {
+    ref::conv2d_s8(p, input, filter, bias, output);
+    return;
+  }
+  const int32_t depth = p.filter_h * p.filter_w * p.filter_c;
+  const Columns c{depth, depth & ~3, (depth + 3) / 4 * 2};
+  auto* x0 = reinterpret_cast<uint32_t*>(scratch);
+  uint32_t* x1 = x0 + c.words;
+  const int32_t pixels = p.batches * p.output_h * p.output_w;
+  const int32_t per_image = p.output_h * p.output_w;
+  // Pixels two at a time in output order; an odd last pixel is paired with itself.
+  for (int32_t i = 0; i < pixels; i += 2) {
+    const int32_t j = i + 1 < pixels ? i + 1 : i;
+    Im2col(p, c, input, i / per_image, i % per_image / p.output_w, i % p.output_w, x0);
+    Im2col(p, c, input, j / per_image, j % per_image / p.output_w, j % p.output_w, x1);
+    int8_t* out0 = output + i * p.output_c;
+    int8_t* out1 = output + j * p.output_c;
+    // The trained prefix's biases change on the device: only its requantization is checked.
+    Channels<false>(p, c, p.train_filter, bias, x0, x1, out0, out1, 0, p.n_train);
+    if (bounded) {
+      Channels<true>(p, c, filter, bias, x0, x1, out0, out1, p.n_train, p.output_c);
+    } else {
+      Channels<false>(p, c, filter, bias, x0, x1, out0, out1, p.n_train, p.output_c);
+    }
+  }
+}
+
+}  // namespace mt::m7

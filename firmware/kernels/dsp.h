@@ -1,0 +1,116 @@
+// The Cortex-M7's dual 16-bit DSP instructions, as the optimized (m7) kernels use them.
+//
+// On an ARMv7E-M target each function is one instruction (ACLE intrinsics, SXTB16 with ROR as
+// inline assembly because GCC's arm_acle.h has no rotate operand). Elsewhere (the host test
+// builds) each is the same arithmetic in plain C++, so the m7 kernels compile and can be checked
+// against the reference kernels under the sanitizers as well as on the emulated board.
+// Values are packed two int16 lanes per uint32 (lane 0 in bits 0-15), as the instructions see
+// them.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+#if defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP
+#include <arm_acle.h>
+#define MT_HAVE_DSP 1
+#else
+#define MT_HAVE_DSP 0
+#endif
+
+namespace mt::dsp {
+
+// Four bytes from any address: the Cortex-M7 allows unaligned LDR (not LDRD/LDM), so int8
+// tensors need no alignment.
+inline uint32_t Load4(const void* p) {
+  uint32_t v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+inline void Store4(void* p, uint32_t v) { std::memcpy(p, &v, sizeof v); }
+
+#if MT_HAVE_DSP
+
+// Bytes 0 and 2 of x, sign-extended into lanes 0 and 1.
+inline uint32_t ExtendEven(uint32_t x) { return static_cast<uint32_t>(__sxtb16(x)); }
+
+// Bytes 1 and 3 of x, sign-extended into lanes 0 and 1.
+inline uint32_t ExtendOdd(uint32_t x) {
+  uint32_t r;
+  __asm__("sxtb16 %0, %1, ror #8" : "=r"(r) : "r"(x));
+  return r;
+}
+
+// Lane-wise a + b, each lane wrapping at 16 bits.
+inline uint32_t Add16(uint32_t a, uint32_t b) {
+  return static_cast<uint32_t>(__sadd16(static_cast<int16x2_t>(a), static_cast<int16x2_t>(b)));
+}
+
+// acc + a.lane0 * b.lane0 + a.lane1 * b.lane1 (wraps at 32 bits; the callers' sums never do).
+inline int32_t Dot2(uint32_t a, uint32_t b, int32_t acc) {
+  return __smlad(static_cast<int16x2_t>(a), static_cast<int16x2_t>(b), acc);
+}
+
+// acc + a.lane0 * b.lane0 and acc + a.lane1 * b.lane1 (SMLABB, SMLATT).
+inline int32_t MulAddLow(uint32_t a, uint32_t b, int32_t acc) {
+  return __smlabb(static_cast<int32_t>(a), static_cast<int32_t>(b), acc);
+}
+inline int32_t MulAddHigh(uint32_t a, uint32_t b, int32_t acc) {
+  return __smlatt(static_cast<int32_t>(a), static_cast<int32_t>(b), acc);
+}
+
+// (a * b + 2^31) >> 32, the high word of the product rounded (SMMULR).
+inline int32_t RoundingHighMul(int32_t a, int32_t b) {
+  int32_t r;
+  __asm__("smmulr %0, %1, %2" : "=r"(r) : "r"(a), "r"(b));
+  return r;
+}
+
+#else
+
+inline int32_t Lane(uint32_t x, int lane) {
+  return static_cast<int16_t>(static_cast<uint16_t>(x >> (16 * lane)));
+}
+
+inline uint32_t Pack(int32_t lane0, int32_t lane1) {
+  return (static_cast<uint32_t>(lane0) & 0xFFFFu) | (static_cast<uint32_t>(lane1) << 16);
+}
+
+inline uint32_t ExtendEven(uint32_t x) {
+  return Pack(static_cast<int8_t>(x & 0xFFu), static_cast<int8_t>((x >> 16) & 0xFFu));
+}
+
+inline uint32_t ExtendOdd(uint32_t x) { return ExtendEven(x >> 8); }
+
+inline uint32_t Add16(uint32_t a, uint32_t b) {
+  return Pack(Lane(a, 0) + Lane(b, 0), Lane(a, 1) + Lane(b, 1));
+}
+
+inline int32_t Dot2(uint32_t a, uint32_t b, int32_t acc) {
+  const int32_t sum = Lane(a, 0) * Lane(b, 0) + Lane(a, 1) * Lane(b, 1);
+  return static_cast<int32_t>(static_cast<uint32_t>(acc) + static_cast<uint32_t>(sum));
+}
+
+inline int32_t MulAddLow(uint32_t a, uint32_t b, int32_t acc) {
+  return static_cast<int32_t>(static_cast<uint32_t>(acc) +
+                              static_cast<uint32_t>(Lane(a, 0) * Lane(b, 0)));
+}
+inline int32_t MulAddHigh(uint32_t a, uint32_t b, int32_t acc) {
+  return static_cast<int32_t>(static_cast<uint32_t>(acc) +
+                              static_cast<uint32_t>(Lane(a, 1) * Lane(b, 1)));
+}
+
+inline int32_t RoundingHighMul(int32_t a, int32_t b) {
+  return static_cast<int32_t>((static_cast<int64_t>(a) * b + (int64_t{1} << 31)) >> 32);
+}
+
+#endif
+
+// One int16 in both lanes.
+inline uint32_t Splat16(int32_t v) {
+  const uint32_t lane = static_cast<uint32_t>(v) & 0xFFFFu;
+  return lane | (lane << 16);
+}
+
+}  // namespace mt::dsp
