@@ -115,7 +115,7 @@ def compile_model(source: str | Path | bytes, alignment: int = 16,
                          whole_arena_bytes=whole.arena_bytes(), kernels=kernels)
 
 
-def _prepare(op: Operator, graph: Graph, kernels: str) -> PreparedOp:
+def _prepare(op: Operator, graph: Graph, kernels: str = "optimized") -> PreparedOp:
     opdef = lookup(op)
     if len(op.outputs) != 1:
         raise ModelError(f"operator {op.index} ({op.opcode}) has {len(op.outputs)} outputs; "
