@@ -66,16 +66,13 @@ inline int32_t Tail(const Columns& c, const int8_t* w, const uint32_t* x, int32_
 }
 
 // Output channels [oc_begin, oc_end) of two pixels (outputs out0 and out1), weights from rows.
-template <bool kBounded>
-void Channels(const Conv2dParams& p, const Columns& c, const int8_t* rows, const int32_t* bias,
+template <Requant kMode>
+void Channels(const OutputStage& s, const Columns& c, const int8_t* rows, const int32_t* bias,
               const uint32_t* x0, const uint32_t* x1, int8_t* out0, int8_t* out1,
               int32_t oc_begin, int32_t oc_end) {
   const int32_t depth = c.depth;
   const bool tail = c.depth != c.body;
   const uint32_t* const x0_end = x0 + c.body / 2;
-  const int32_t offset = p.output_offset;
-  const int32_t lo = p.act_min;
-  const int32_t hi = p.act_max;
   int32_t oc = oc_begin;
   for (; oc + 1 < oc_end; oc += 2) {
     const int8_t* w0 = rows + oc * depth;
@@ -88,25 +85,23 @@ void Channels(const Conv2dParams& p, const Columns& c, const int8_t* rows, const
     const uint32_t* c1 = x1;
     const int8_t* wa_at = w0;
     const int8_t* wb_at = w1;
+
     while (c0 != x0_end) {
       const uint32_t wa = dsp::Load4(wa_at);
       const uint32_t wb = dsp::Load4(wb_at);
       wa_at += 4;
       wb_at += 4;
+      uint32_t c0_even, c0_odd, c1_even, c1_odd;
+      dsp::LoadPair(c0, c0_even, c0_odd);
+      dsp::LoadPair(c1, c1_even, c1_odd);
       const uint32_t wa_even = dsp::ExtendEven(wa);
       const uint32_t wb_even = dsp::ExtendEven(wb);
-      const uint32_t c0_even = c0[0];
-      const uint32_t c1_even = c1[0];
       a00 = dsp::Dot2(wa_even, c0_even, a00);
       a01 = dsp::Dot2(wa_even, c1_even, a01);
       a10 = dsp::Dot2(wb_even, c0_even, a10);
       a11 = dsp::Dot2(wb_even, c1_even, a11);
       const uint32_t wa_odd = dsp::ExtendOdd(wa);
       const uint32_t wb_odd = dsp::ExtendOdd(wb);
-      const uint32_t c0_odd = c0[1];
-      const uint32_t c1_odd = c1[1];
-      c0 += 2;
-      c1 += 2;
       a00 = dsp::Dot2(wa_odd, c0_odd, a00);
       a01 = dsp::Dot2(wa_odd, c1_odd, a01);
       a10 = dsp::Dot2(wb_odd, c0_odd, a10);
@@ -118,12 +113,10 @@ void Channels(const Conv2dParams& p, const Columns& c, const int8_t* rows, const
       a10 = Tail(c, w1, x0, a10);
       a11 = Tail(c, w1, x1, a11);
     }
-    const int32_t m0 = p.multiplier[oc], s0 = p.shift[oc];
-    const int32_t m1 = p.multiplier[oc + 1], s1 = p.shift[oc + 1];
-    out0[oc] = Requantize<kBounded>(a00, m0, s0, offset, lo, hi);
-    out1[oc] = Requantize<kBounded>(a01, m0, s0, offset, lo, hi);
-    out0[oc + 1] = Requantize<kBounded>(a10, m1, s1, offset, lo, hi);
-    out1[oc + 1] = Requantize<kBounded>(a11, m1, s1, offset, lo, hi);
+    out0[oc] = Requantize<kMode>(s, a00, oc);
+    out1[oc] = Requantize<kMode>(s, a01, oc);
+    out0[oc + 1] = Requantize<kMode>(s, a10, oc + 1);
+    out1[oc + 1] = Requantize<kMode>(s, a11, oc + 1);
   }
   if (oc < oc_end) {
     const int8_t* w = rows + oc * depth;
@@ -138,9 +131,8 @@ void Channels(const Conv2dParams& p, const Columns& c, const int8_t* rows, const
       a0 = dsp::Dot2(odd, c0[1], dsp::Dot2(even, c0[0], a0));
       a1 = dsp::Dot2(odd, c1[1], dsp::Dot2(even, c1[0], a1));
     }
-    const int32_t m = p.multiplier[oc], s = p.shift[oc];
-    out0[oc] = Requantize<kBounded>(Tail(c, w, x0, a0), m, s, offset, lo, hi);
-    out1[oc] = Requantize<kBounded>(Tail(c, w, x1, a1), m, s, offset, lo, hi);
+    out0[oc] = Requantize<kMode>(s, Tail(c, w, x0, a0), oc);
+    out1[oc] = Requantize<kMode>(s, Tail(c, w, x1, a1), oc);
   }
 }
 
@@ -158,6 +150,8 @@ void conv2d_s8(const Conv2dParams& p, const int8_t* input, const int8_t* filter,
   const Columns c{depth, depth & ~3, (depth + 3) / 4 * 2};
   auto* x0 = reinterpret_cast<uint32_t*>(scratch);
   uint32_t* x1 = x0 + c.words;
+  const OutputStage s{p.multiplier, p.shift, p.output_offset, p.act_min, p.act_max};
+  const Requant mode = ChooseRequant(bounded, p.act_min, p.act_max);
   const int32_t pixels = p.batches * p.output_h * p.output_w;
   const int32_t per_image = p.output_h * p.output_w;
   // Pixels two at a time in output order; an odd last pixel is paired with itself.
@@ -167,12 +161,21 @@ void conv2d_s8(const Conv2dParams& p, const int8_t* input, const int8_t* filter,
     Im2col(p, c, input, j / per_image, j % per_image / p.output_w, j % p.output_w, x1);
     int8_t* out0 = output + i * p.output_c;
     int8_t* out1 = output + j * p.output_c;
-    // The trained prefix's biases change on the device: only its requantization is checked.
-    Channels<false>(p, c, p.train_filter, bias, x0, x1, out0, out1, 0, p.n_train);
-    if (bounded) {
-      Channels<true>(p, c, filter, bias, x0, x1, out0, out1, p.n_train, p.output_c);
-    } else {
-      Channels<false>(p, c, filter, bias, x0, x1, out0, out1, p.n_train, p.output_c);
+    // The trained prefix's weights change on the device: its requantization stays checked.
+    Channels<Requant::kChecked>(s, c, p.train_filter, bias, x0, x1, out0, out1, 0, p.n_train);
+    switch (mode) {
+      case Requant::kSaturate:
+        Channels<Requant::kSaturate>(s, c, filter, bias, x0, x1, out0, out1, p.n_train,
+                                     p.output_c);
+        break;
+      case Requant::kBounded:
+        Channels<Requant::kBounded>(s, c, filter, bias, x0, x1, out0, out1, p.n_train,
+                                    p.output_c);
+        break;
+      case Requant::kChecked:
+        Channels<Requant::kChecked>(s, c, filter, bias, x0, x1, out0, out1, p.n_train,
+                                    p.output_c);
+        break;
     }
   }
 }

@@ -8,8 +8,9 @@
 // SXTB16 and four SMLABB/SMLATT, and the input offset costs nothing. A tap in the padding reads
 // a row of input zero points instead (scratch), whose products cancel the folded offset exactly.
 // Channels beyond the last whole group of four take a scalar loop over the plain filter.
-// Filters of 3x3, 5x5 and 7x7 get their tap loop unrolled; other sizes run the same code with
-// a run-time tap count.
+// 3x3 and 5x5 filters get their tap loop unrolled (other sizes run the same code with a run-time
+// tap count), and an output pixel of a 3x3 filter whose taps are all inside the image reads
+// them by register-offset loads instead of the tap pointer table the padded ones use.
 #pragma once
 
 #include <cstdint>

@@ -35,6 +35,14 @@ inline void Store4(void* p, uint32_t v) { std::memcpy(p, &v, sizeof v); }
 // Bytes 0 and 2 of x, sign-extended into lanes 0 and 1.
 inline uint32_t ExtendEven(uint32_t x) { return static_cast<uint32_t>(__sxtb16(x)); }
 
+// words[0] and words[1] (4-byte aligned), then words += 2: one LDRD with write-back, which
+// GCC does not form by itself across the two loads.
+inline void LoadPair(const uint32_t*& words, uint32_t& first, uint32_t& second) {
+  __asm__("ldrd %0, %1, [%2], #8"
+          : "=r"(first), "=r"(second), "+r"(words)
+          : "m"(*reinterpret_cast<const uint32_t(*)[2]>(words)));
+}
+
 // Bytes 1 and 3 of x, sign-extended into lanes 0 and 1.
 inline uint32_t ExtendOdd(uint32_t x) {
   uint32_t r;
@@ -60,6 +68,9 @@ inline int32_t MulAddHigh(uint32_t a, uint32_t b, int32_t acc) {
   return __smlatt(static_cast<int32_t>(a), static_cast<int32_t>(b), acc);
 }
 
+// x clamped to [-128, 127] (SSAT #8).
+inline int32_t Saturate8(int32_t x) { return __ssat(x, 8); }
+
 // (a * b + 2^31) >> 32, the high word of the product rounded (SMMULR).
 inline int32_t RoundingHighMul(int32_t a, int32_t b) {
   int32_t r;
@@ -83,6 +94,12 @@ inline uint32_t ExtendEven(uint32_t x) {
 
 inline uint32_t ExtendOdd(uint32_t x) { return ExtendEven(x >> 8); }
 
+inline void LoadPair(const uint32_t*& words, uint32_t& first, uint32_t& second) {
+  first = words[0];
+  second = words[1];
+  words += 2;
+}
+
 inline uint32_t Add16(uint32_t a, uint32_t b) {
   return Pack(Lane(a, 0) + Lane(b, 0), Lane(a, 1) + Lane(b, 1));
 }
@@ -104,6 +121,8 @@ inline int32_t MulAddHigh(uint32_t a, uint32_t b, int32_t acc) {
 inline int32_t RoundingHighMul(int32_t a, int32_t b) {
   return static_cast<int32_t>((static_cast<int64_t>(a) * b + (int64_t{1} << 31)) >> 32);
 }
+
+inline int32_t Saturate8(int32_t x) { return x < -128 ? -128 : (x > 127 ? 127 : x); }
 
 #endif
 
