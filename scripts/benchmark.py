@@ -106,6 +106,10 @@ class Job:
     # The firmware pulls its input from the host row by row (custom_input = rows): measured for
     # its SRAM; its instruction counts include the board's wait for the host's rows.
     input_rows: bool = False
+    # custom_kernels: "optimized" (the Cortex-M7 variants where they serve) or "reference".
+    kernels: str = "optimized"
+    # custom_profile = on: the build counts each step of an inference (the PROFILE request).
+    profile: bool = False
 
     @property
     def build_dir(self) -> Path:
@@ -114,9 +118,20 @@ class Job:
 
 # ---- what to measure ----
 
+def _models(root: Path) -> list[Path]:
+    return sorted(p for d in MODEL_DIRS for p in (root / d).glob("*.tflite"))
+
+
 def inference_jobs(root: Path = ROOT) -> list[Job]:
-    models = sorted(p for d in MODEL_DIRS for p in (root / d).glob("*.tflite"))
-    return [Job(m.stem, m) for m in models]
+    return [Job(m.stem, m) for m in _models(root)]
+
+
+def profile_jobs(root: Path = ROOT) -> list[Job]:
+    """Every model twice more, profiled layer by layer: on the optimized kernels and on the
+    reference kernels alone, for instructions per MAC per kernel variant."""
+    return [Job(f"{m.stem}-profile{'-ref-kernels' if kernels == 'reference' else ''}", m,
+                kernels=kernels, profile=True)
+            for m in _models(root) for kernels in ("optimized", "reference")]
 
 
 # Builds repeated with the input pulled row by row (docs/memory.md): (model stem, train/ scheme
@@ -206,7 +221,8 @@ def memory_record(sections: dict[str, int], flash_bytes: int, info: DeviceInfo) 
 def inference_record(job: Job, info: DeviceInfo, counts: list[int], sections: dict[str, int],
                      flash_bytes: int, report: dict[str, Any]) -> dict[str, Any]:
     stats = count_stats(counts)
-    return {"name": job.name, "model": repo_path(job.model), "macs": info.macs,
+    return {"name": job.name, "model": repo_path(job.model), "kernels": job.kernels,
+            "macs": info.macs,
             "instructions": stats, "instructions_per_mac": per_mac(stats["mean"], info.macs),
             **memory_record(sections, flash_bytes, info), **streaming_record(report)}
 
@@ -226,6 +242,34 @@ def training_record(job: Job, info: DeviceInfo, counts: list[int], sections: dic
             **streaming_record(report)}
 
 
+def profile_record(job: Job, counts: list[int], steps: list[int],
+                   report: dict[str, Any]) -> dict[str, Any]:
+    """A profiled build: each step's instructions in the last inference (report.json's
+    "operators", with the kernel variant that ran it), and their sums per (opcode, kernel)."""
+    operators = report["operators"]
+    if len(steps) != len(operators):
+        raise ValueError(f"PROFILE gave {len(steps)} steps, report.json lists {len(operators)}")
+    rows = [{"step": op["step"], "opcode": op["opcode"], "kernel": op.get("kernel", "ref"),
+             "macs": op["macs"], "instructions": n} for op, n in zip(operators, steps, strict=True)]
+    return {"name": job.name, "model": repo_path(job.model), "kernels": job.kernels,
+            "instructions": count_stats(counts), "steps": rows, "per_kernel": per_kernel(rows)}
+
+
+def per_kernel(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Step rows summed per (opcode, kernel), busiest first."""
+    sums: dict[tuple[str, str], dict[str, int]] = {}
+    for r in rows:
+        s = sums.setdefault((r["opcode"], r["kernel"]), {"steps": 0, "macs": 0,
+                                                        "instructions": 0})
+        s["steps"] += 1
+        s["macs"] += r["macs"]
+        s["instructions"] += r["instructions"]
+    out = [{"opcode": op, "kernel": k, **s, "instructions_per_mac": per_mac(s["instructions"],
+                                                                          s["macs"])}
+           for (op, k), s in sums.items()]
+    return sorted(out, key=lambda r: -r["instructions"])
+
+
 def streaming_record(report: dict[str, Any]) -> dict[str, Any]:
     """The linked SRAM breakdown and the row-streamed chains of a build's report.json, with the
     MACs the bands recompute (0 when every row is computed once), and whether the input is
@@ -242,7 +286,8 @@ def streaming_record(report: dict[str, Any]) -> dict[str, Any]:
 def build(job: Job) -> Path:
     env = dict(os.environ, MCUTRAIN_MODEL=str(job.model), PLATFORMIO_BUILD_DIR=str(job.build_dir),
                MCUTRAIN_TRAIN=str(job.scheme) if job.scheme else "",
-               MCUTRAIN_INPUT="rows" if job.input_rows else "whole")
+               MCUTRAIN_INPUT="rows" if job.input_rows else "whole",
+               MCUTRAIN_KERNELS=job.kernels, MCUTRAIN_PROFILE="on" if job.profile else "off")
     cmd = [sys.executable, "-m", "platformio", "run", "-s", "-e", ENV, "-d", str(ROOT)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     if proc.returncode != 0:
@@ -279,7 +324,10 @@ def measure(job: Job, runs: int, seed: int) -> dict[str, Any]:
     with open_device(f"qemu:{elf}", timeout=300) as board:
         counts = (run_training if job.scheme else run_inference)(board, runs, rng)
         info = board.info()  # after the runs: the stack high-water mark covers them
+        steps = board.profile() if job.profile else []
     report = json.loads((job.build_dir / ENV / "report.json").read_text())
+    if job.profile:
+        return profile_record(job, counts, steps, report)
     if job.scheme is None:
         return inference_record(job, info, counts, size.sections, size.flash_bytes, report)
     return training_record(job, info, counts, size.sections, size.flash_bytes, report)
@@ -400,6 +448,65 @@ def _plot_incumbent(ax: Any, result: dict[str, Any]) -> bool:
     return True
 
 
+# The model whose layers panel (d) compares kernel by kernel.
+KERNEL_MODEL = "mobilenetv2_w035_128_int8"
+MIN_KERNEL_MACS = 1000
+
+
+def kernel_comparison(result: dict[str, Any], model: str = KERNEL_MODEL
+                      ) -> list[tuple[str, dict[str, Any] | None, dict[str, Any] | None]]:
+    """(opcode, reference-kernels row, optimized row) of `model`'s profiled builds, busiest
+    operator first; a row is a per_kernel entry, None when that build has no such layer."""
+    builds = {p["kernels"]: p for p in result.get("profiles", [])
+              if Path(p["model"]).stem == model}
+    if "reference" not in builds or "optimized" not in builds:
+        return []
+
+    def by_opcode(build: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        merged: dict[str, dict[str, Any]] = {}
+        for k in build["per_kernel"]:
+            m = merged.setdefault(k["opcode"], {"kernel": k["kernel"], "macs": 0,
+                                                "instructions": 0})
+            m["macs"] += k["macs"]
+            m["instructions"] += k["instructions"]
+            if k["kernel"] not in m["kernel"].split("+"):
+                m["kernel"] += f"+{k['kernel']}"
+        for m in merged.values():
+            m["instructions_per_mac"] = per_mac(m["instructions"], m["macs"])
+        return merged
+
+    ref, opt = by_opcode(builds["reference"]), by_opcode(builds["optimized"])
+    order = sorted(ref, key=lambda op: -ref[op]["instructions"])
+    # Operators with a nominal MAC count (SOFTMAX's one per class) say nothing per MAC.
+    return [(op, ref.get(op), opt.get(op)) for op in order if ref[op]["macs"] >= MIN_KERNEL_MACS]
+
+
+def _plot_kernels(ax: Any, result: dict[str, Any]) -> bool:
+    rows = kernel_comparison(result)
+    if not rows:
+        ax.set_axis_off()
+        ax.set_title(f"(d) no profiled builds of {KERNEL_MODEL}", fontsize=10)
+        return False
+    y = np.arange(len(rows))
+    for k, (key, colour, label) in enumerate([(1, "tab:red", "reference kernels"),
+                                             (2, "tab:blue", "optimized (Cortex-M7) kernels")]):
+        vals = [r[key]["instructions_per_mac"] if r[key] else 0 for r in rows]
+        ax.barh(y + (k - 0.5) * 0.4, vals, 0.4, color=colour, label=label)
+        for yy, v, r in zip(y, vals, rows, strict=True):
+            if v:
+                ax.text(v, yy + (k - 0.5) * 0.4, f" {v:.2f} {r[key]['kernel']}", fontsize=6,
+                        va="center")
+    ax.set_yticks(y, [f"{op}\n{opt['macs'] / 1e6:.2f} M MACs" if opt else op
+                      for op, _, opt in rows], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.set_xlim(0.3, 200)
+    ax.axvline(0.5, color="k", ls=":", lw=1, label="floor (0.5)")
+    ax.set_xlabel("instructions per MAC, log")
+    ax.set_title(f"(d) per kernel, {_short(KERNEL_MODEL)}'s layers", fontsize=10)
+    return True
+
+
 def _plot_sram(ax: Any, result: dict[str, Any]) -> None:
     rows = _rows(result)
     y = np.arange(len(rows))
@@ -435,15 +542,17 @@ def figure(result: dict[str, Any]) -> Any:
     import matplotlib.pyplot as plt
 
     height = max(5.0, 3.0 + 0.24 * len(_rows(result)))
-    fig, axes = plt.subplots(1, 3, figsize=(18, height), layout="constrained",
-                             gridspec_kw={"width_ratios": [3, 2, 3]})
+    fig, axes = plt.subplots(1, 4, figsize=(23, height), layout="constrained",
+                             gridspec_kw={"width_ratios": [3, 2, 3, 2]})
     fig.suptitle("mcutrain on the emulated Cortex-M7 (QEMU icount), measured by "
                  f"scripts/benchmark.py; TensorFlow Lite Micro figures: "
                  f"{result['reference']['source'].split(' (')[0]}", fontsize=12)
     _plot_per_mac(axes[0], result)
     has_incumbent = _plot_incumbent(axes[1], result)
     _plot_sram(axes[2], result)
-    _legends_below(fig, [(axes[0], 2), (axes[2], 2)] + [(axes[1], 1)] * has_incumbent)
+    has_kernels = _plot_kernels(axes[3], result)
+    _legends_below(fig, [(axes[0], 2), (axes[2], 2)] + [(axes[1], 1)] * has_incumbent
+                   + [(axes[3], 1)] * has_kernels)
     return fig
 
 
@@ -470,12 +579,14 @@ def _reason(error: str) -> str:
     return f": {lines[0]}" if lines else ""
 
 
-def run_all(jobs: list[Job], runs: int, seed: int) -> tuple[list[dict], list[dict], list[dict]]:
+def run_all(jobs: list[Job], runs: int, seed: int
+            ) -> tuple[list[dict], list[dict], list[dict], list[dict]]:
     inf: list[dict] = []
     tr: list[dict] = []
+    profiles: list[dict] = []
     failures: list[dict] = []
     for i, job in enumerate(jobs, 1):
-        kind = "train" if job.scheme else "infer"
+        kind = "profile" if job.profile else ("train" if job.scheme else "infer")
         print(f"[{i}/{len(jobs)}] {kind} {job.name} ...", end=" ", flush=True)
         t0 = time.monotonic()
         try:
@@ -484,10 +595,17 @@ def run_all(jobs: list[Job], runs: int, seed: int) -> tuple[list[dict], list[dic
             print(f"FAILED ({exc.__class__.__name__}{_reason(str(exc))})", flush=True)
             failures.append({"name": job.name, "kind": kind, "error": str(exc)[-2000:]})
             continue
+        if job.profile:
+            profiles.append(rec)
+            top = ", ".join(f"{k['opcode']}/{k['kernel']} {k['instructions_per_mac']}"
+                            for k in rec["per_kernel"][:3] if k["instructions_per_mac"])
+            print(f"{rec['instructions']['mean'] / 1e6:9.2f} M instr; instr/MAC {top}  "
+                  f"({time.monotonic() - t0:.1f} s)", flush=True)
+            continue
         (tr if job.scheme else inf).append(rec)
         key = "instructions_per_step" if job.scheme else "instructions"
         print(f"{_fmt(rec, key)}  ({time.monotonic() - t0:.1f} s)", flush=True)
-    return inf, tr, failures
+    return inf, tr, profiles, failures
 
 
 def parser() -> argparse.ArgumentParser:
@@ -544,7 +662,7 @@ def select_jobs(args: argparse.Namespace) -> list[Job]:
     if args.model:
         jobs = custom_jobs(args.model.resolve(), [s.resolve() for s in args.scheme])
     else:
-        jobs = inference_jobs() + training_jobs() + pulled_input_jobs()
+        jobs = inference_jobs() + training_jobs() + pulled_input_jobs() + profile_jobs()
     return [j for j in jobs if args.only in j.name]
 
 
@@ -575,11 +693,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     t0 = time.monotonic()
-    inf, tr, failures = run_all(jobs, args.runs, args.seed)
+    inf, tr, profiles, failures = run_all(jobs, args.runs, args.seed)
     result = {"provenance": provenance(argv), "runs_per_build": args.runs, "seed": args.seed,
               "limits": {"train_sram_budget_bytes": TRAIN_SRAM_BUDGET,
                          "device_sram_bytes": DEVICE_SRAM, "flash_bytes": FLASH_LIMIT},
-              "inference": inf, "training": tr, "failures": failures, "reference": REFERENCE,
+              "inference": inf, "training": tr, "profiles": profiles, "failures": failures,
+              "reference": REFERENCE,
               "jobs": [job_record(j) for j in jobs]}
     result["provenance"]["seconds"] = round(time.monotonic() - t0, 1)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -70,6 +70,18 @@ def _kernels() -> str:
     return chosen
 
 
+def _profile() -> bool:
+    """MCUTRAIN_PROFILE if set, else `custom_profile`: "on" makes an inference build keep each
+    layer's instruction (cycle) count for the PROFILE request (`mcutrain profile`)."""
+    chosen = os.environ.get("MCUTRAIN_PROFILE") or env.GetProjectOption(  # noqa: F821
+        "custom_profile", "off")
+    if chosen not in ("on", "off"):
+        sys.stderr.write(f"mcutrain: error: custom_profile / MCUTRAIN_PROFILE is '{chosen}': "
+                         "use 'on' (count each layer's instructions) or 'off'\n")
+        env.Exit(1)  # noqa: F821
+    return chosen == "on"
+
+
 def _scheme_path() -> Path | None:
     """MCUTRAIN_TRAIN if set (empty: none); else `custom_train`, which is written for
     `custom_model`: when MCUTRAIN_MODEL swaps the model, the build is inference-only."""
@@ -152,7 +164,7 @@ def main() -> None:
     build_dir = Path(env.subst("$BUILD_DIR"))  # noqa: F821
     try:
         result = generate_for_build(model_path, build_dir, _limits(), _scheme_path(),
-                                    _pull_input(), _kernels())
+                                    _pull_input(), _kernels(), _profile())
     except (ModelError, OSError) as exc:
         sys.stderr.write(f"mcutrain: error: {exc}\n")
         env.Exit(1)  # noqa: F821

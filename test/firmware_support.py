@@ -19,16 +19,21 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def build_firmware(model: Path, env: str = "qemu", scheme: Path | None = None,
-                   input_rows: bool = False) -> Path:
+                   input_rows: bool = False, kernels: str = "optimized",
+                   profile: bool = False) -> Path:
     """Build the firmware for `model` (and training `scheme`, if given; pulling its input row
-    by row with `input_rows`) in its own build dir, kept between runs so rebuilds are
+    by row with `input_rows`; with `kernels` = "reference" on the reference kernels only; with
+    `profile` counting each step) in its own build dir, kept between runs so rebuilds are
     incremental."""
     tag = model.stem if scheme is None else f"{model.stem}-{scheme.stem}"
     tag += "-rows" if input_rows else ""
+    tag += "-refk" if kernels == "reference" else ""
+    tag += "-profile" if profile else ""
     build_root = ROOT / ".pio" / "models" / tag
     environ = dict(os.environ, MCUTRAIN_MODEL=str(model), PLATFORMIO_BUILD_DIR=str(build_root),
                    MCUTRAIN_TRAIN=str(scheme) if scheme else "",
-                   MCUTRAIN_INPUT="rows" if input_rows else "whole")
+                   MCUTRAIN_INPUT="rows" if input_rows else "whole",
+                   MCUTRAIN_KERNELS=kernels, MCUTRAIN_PROFILE="on" if profile else "off")
     proc = subprocess.run(
         [sys.executable, "-m", "platformio", "run", "-s", "-e", env, "-d", str(ROOT)],
         env=environ, capture_output=True, text=True, timeout=900)

@@ -9,8 +9,8 @@ namespace mt::m7 {
 
 namespace {
 
-// A column holds `depth` int16 values: the first depth & ~3 in groups of four stored as
-// (k0, k2, k1, k3), the remaining 0-3 in natural order after them.
+// A column holds `depth` int16 values in groups of four stored as (k0, k2, k1, k3), the last
+// group zero-padded.
 struct Columns {
   int32_t depth;  // filter_h * filter_w * filter_c
   int32_t body;   // depth & ~3: values covered by whole weight words
@@ -50,89 +50,86 @@ void Im2col(const Conv2dParams& p, const Columns& c, const int8_t* input, int32_
         continue;
       }
       for (int32_t ic = 0; ic < p.filter_c; ++ic) {
-        const int32_t j = k + ic;
-        col[j < c.body ? Permuted(j) : j] =
+        col[Permuted(k + ic)] =
             inside ? static_cast<int16_t>(in[ic] + p.input_offset) : int16_t{0};
       }
     }
   }
+  // The last group's unused lanes meet TailWord's zero bytes; zero them so that no
+  // uninitialised scratch is read.
+  for (int32_t j = c.depth; j < 2 * c.words; ++j) col[Permuted(j)] = 0;
 }
 
-// acc plus the last depth - body products of weight row w and column x (natural order).
-inline int32_t Tail(const Columns& c, const int8_t* w, const uint32_t* x, int32_t acc) {
-  const auto* col = reinterpret_cast<const int16_t*>(x);
-  for (int32_t k = c.body; k < c.depth; ++k) acc = WrappingAdd(acc, w[k] * col[k]);
-  return acc;
+// The last depth - body (1 to 3) weights of a row as one word, zero-filled: the row may end
+// the filter array, so no word is read past it.
+inline uint32_t TailWord(const int8_t* w, int32_t n) {
+  uint32_t v = static_cast<uint8_t>(w[0]);
+  if (n > 1) v |= static_cast<uint32_t>(static_cast<uint8_t>(w[1])) << 8;
+  if (n > 2) v |= static_cast<uint32_t>(static_cast<uint8_t>(w[2])) << 16;
+  return v;
 }
+
+// The 2x2 block: weight rows a, b against columns 0, 1, a word of four weights at a time.
+struct Block {
+  int32_t a0, a1, b0, b1;
+
+  void Group(uint32_t wa, uint32_t wb, const uint32_t*& c0, const uint32_t*& c1) {
+    uint32_t c0_even, c0_odd, c1_even, c1_odd;
+    dsp::LoadPair(c0, c0_even, c0_odd);
+    dsp::LoadPair(c1, c1_even, c1_odd);
+    const uint32_t wa_even = dsp::ExtendEven(wa);
+    const uint32_t wb_even = dsp::ExtendEven(wb);
+    a0 = dsp::Dot2(wa_even, c0_even, a0);
+    a1 = dsp::Dot2(wa_even, c1_even, a1);
+    b0 = dsp::Dot2(wb_even, c0_even, b0);
+    b1 = dsp::Dot2(wb_even, c1_even, b1);
+    const uint32_t wa_odd = dsp::ExtendOdd(wa);
+    const uint32_t wb_odd = dsp::ExtendOdd(wb);
+    a0 = dsp::Dot2(wa_odd, c0_odd, a0);
+    a1 = dsp::Dot2(wa_odd, c1_odd, a1);
+    b0 = dsp::Dot2(wb_odd, c0_odd, b0);
+    b1 = dsp::Dot2(wb_odd, c1_odd, b1);
+  }
+};
 
 // Output channels [oc_begin, oc_end) of two pixels (outputs out0 and out1), weights from rows.
+// An odd last channel runs as a pair with itself (its second result is dropped).
 template <Requant kMode>
 void Channels(const OutputStage& s, const Columns& c, const int8_t* rows, const int32_t* bias,
               const uint32_t* x0, const uint32_t* x1, int8_t* out0, int8_t* out1,
               int32_t oc_begin, int32_t oc_end) {
   const int32_t depth = c.depth;
-  const bool tail = c.depth != c.body;
-  const uint32_t* const x0_end = x0 + c.body / 2;
-  int32_t oc = oc_begin;
-  for (; oc + 1 < oc_end; oc += 2) {
-    const int8_t* w0 = rows + oc * depth;
-    const int8_t* w1 = w0 + depth;
-    int32_t a00 = bias != nullptr ? bias[oc] : 0;
-    int32_t a10 = bias != nullptr ? bias[oc + 1] : 0;
-    int32_t a01 = a00;
-    int32_t a11 = a10;
+  const int32_t tail = c.depth - c.body;
+  const uint32_t* const x0_body_end = x0 + c.body / 2;
+  for (int32_t oc = oc_begin; oc < oc_end; oc += 2) {
+    const int32_t od = oc + 1 < oc_end ? oc + 1 : oc;
+    const int8_t* wa_at = rows + oc * depth;
+    const int8_t* wb_at = rows + od * depth;
+    Block k{0, 0, 0, 0};
+    if (bias != nullptr) {
+      k.a0 = k.a1 = bias[oc];
+      k.b0 = k.b1 = bias[od];
+    }
     const uint32_t* c0 = x0;
     const uint32_t* c1 = x1;
-    const int8_t* wa_at = w0;
-    const int8_t* wb_at = w1;
-
-    while (c0 != x0_end) {
+    while (c0 != x0_body_end) {
       const uint32_t wa = dsp::Load4(wa_at);
       const uint32_t wb = dsp::Load4(wb_at);
       wa_at += 4;
       wb_at += 4;
-      uint32_t c0_even, c0_odd, c1_even, c1_odd;
-      dsp::LoadPair(c0, c0_even, c0_odd);
-      dsp::LoadPair(c1, c1_even, c1_odd);
-      const uint32_t wa_even = dsp::ExtendEven(wa);
-      const uint32_t wb_even = dsp::ExtendEven(wb);
-      a00 = dsp::Dot2(wa_even, c0_even, a00);
-      a01 = dsp::Dot2(wa_even, c1_even, a01);
-      a10 = dsp::Dot2(wb_even, c0_even, a10);
-      a11 = dsp::Dot2(wb_even, c1_even, a11);
-      const uint32_t wa_odd = dsp::ExtendOdd(wa);
-      const uint32_t wb_odd = dsp::ExtendOdd(wb);
-      a00 = dsp::Dot2(wa_odd, c0_odd, a00);
-      a01 = dsp::Dot2(wa_odd, c1_odd, a01);
-      a10 = dsp::Dot2(wb_odd, c0_odd, a10);
-      a11 = dsp::Dot2(wb_odd, c1_odd, a11);
+      k.Group(wa, wb, c0, c1);
     }
-    if (tail) {
-      a00 = Tail(c, w0, x0, a00);
-      a01 = Tail(c, w0, x1, a01);
-      a10 = Tail(c, w1, x0, a10);
-      a11 = Tail(c, w1, x1, a11);
-    }
-    out0[oc] = Requantize<kMode>(s, a00, oc);
-    out1[oc] = Requantize<kMode>(s, a01, oc);
-    out0[oc + 1] = Requantize<kMode>(s, a10, oc + 1);
-    out1[oc + 1] = Requantize<kMode>(s, a11, oc + 1);
-  }
-  if (oc < oc_end) {
-    const int8_t* w = rows + oc * depth;
-    int32_t a0 = bias != nullptr ? bias[oc] : 0;
-    int32_t a1 = a0;
-    const uint32_t* c0 = x0;
-    const uint32_t* c1 = x1;
-    for (const int8_t* at = w; c0 != x0_end; at += 4, c0 += 2, c1 += 2) {
-      const uint32_t wv = dsp::Load4(at);
-      const uint32_t even = dsp::ExtendEven(wv);
-      const uint32_t odd = dsp::ExtendOdd(wv);
-      a0 = dsp::Dot2(odd, c0[1], dsp::Dot2(even, c0[0], a0));
-      a1 = dsp::Dot2(odd, c1[1], dsp::Dot2(even, c1[0], a1));
-    }
-    out0[oc] = Requantize<kMode>(s, Tail(c, w, x0, a0), oc);
-    out1[oc] = Requantize<kMode>(s, Tail(c, w, x1, a1), oc);
+    if (tail != 0) k.Group(TailWord(wa_at, tail), TailWord(wb_at, tail), c0, c1);
+    // All four before any store: an int8 store may alias the multipliers, which would then be
+    // loaded again for the second pixel.
+    const int8_t ya0 = Requantize<kMode>(s, k.a0, oc);
+    const int8_t ya1 = Requantize<kMode>(s, k.a1, oc);
+    const int8_t yb0 = Requantize<kMode>(s, k.b0, od);
+    const int8_t yb1 = Requantize<kMode>(s, k.b1, od);
+    out0[oc] = ya0;
+    out1[oc] = ya1;
+    out0[od] = yb0;
+    out1[od] = yb1;
   }
 }
 

@@ -45,10 +45,14 @@ inline Quad Start(const int32_t* group, const int32_t* bias, int32_t c) {
 
 template <Requant kMode>
 inline void Store(const OutputStage& s, const Quad& q, int8_t* out, int32_t c) {
-  out[c] = Requantize<kMode>(s, q.a0, c);
-  out[c + 1] = Requantize<kMode>(s, q.a1, c + 1);
-  out[c + 2] = Requantize<kMode>(s, q.a2, c + 2);
-  out[c + 3] = Requantize<kMode>(s, q.a3, c + 3);
+  const int8_t y0 = Requantize<kMode>(s, q.a0, c);
+  const int8_t y1 = Requantize<kMode>(s, q.a1, c + 1);
+  const int8_t y2 = Requantize<kMode>(s, q.a2, c + 2);
+  const int8_t y3 = Requantize<kMode>(s, q.a3, c + 3);
+  out[c] = y0;
+  out[c + 1] = y1;
+  out[c + 2] = y2;
+  out[c + 3] = y3;
 }
 
 // Channels past the last whole group of four: the reference arithmetic on the plain filter.

@@ -293,6 +293,19 @@ Status RunReadParams(const Request& request, ReplyWriter& out, Text& why) {
   return Status::kOk;
 }
 
+// PROFILE: u32 steps | steps x u32 counter deltas of the last inference (0 steps when the
+// firmware was built without custom_profile).
+Status RunProfile(const Request& request, ReplyWriter& out, Text&) {
+  uint32_t steps = 0;
+  const uint32_t* counts = model_profile(&steps);
+  out.begin(static_cast<uint8_t>(RequestType::kProfile) | kReplyFlag, request.header.seq,
+            4 + 4 * steps);
+  out.write_u32(steps);
+  for (uint32_t i = 0; i < steps; ++i) out.write_u32(counts[i]);
+  out.end();
+  return Status::kOk;
+}
+
 // The dispatch table: one row per served request type.
 constexpr RequestHandler kHandlers[] = {
     {static_cast<uint8_t>(RequestType::kInfo), empty_payload_sink, RunInfo},
@@ -302,6 +315,7 @@ constexpr RequestHandler kHandlers[] = {
     {static_cast<uint8_t>(RequestType::kReset), TrainParamSink<0>, RunReset},
     {static_cast<uint8_t>(RequestType::kSetLr), TrainParamSink<4>, RunSetLr},
     {static_cast<uint8_t>(RequestType::kReadParams), TrainParamSink<8>, RunReadParams},
+    {static_cast<uint8_t>(RequestType::kProfile), empty_payload_sink, RunProfile},
 };
 constexpr size_t kHandlerCount = sizeof(kHandlers) / sizeof(kHandlers[0]);
 

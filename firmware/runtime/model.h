@@ -90,4 +90,10 @@ float model_lr();
 // The trainable parameters as one block of kTrain.state_bytes bytes (layout in report.json).
 const uint8_t* model_train_state();
 
+// Board counter units (runtime/../bsp/board.h) each schedule step took in the last
+// model_invoke(), one entry per step of report.json's "operators" (a row-streamed step sums its
+// bands), when the model was generated with profiling (custom_profile = on); the count in
+// *steps. Without profiling: nullptr and 0 steps.
+const uint32_t* model_profile(uint32_t* steps);
+
 }  // namespace mt

@@ -95,6 +95,7 @@ enum class RequestType : uint8_t {
   kSetLr = 0x06,
   kReadParams = 0x07,
   kRows = 0x08,
+  kProfile = 0x09,
 };
 
 struct FrameHeader {

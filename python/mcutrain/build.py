@@ -53,11 +53,12 @@ def compiler_fingerprint() -> str:
 
 def generate_for_build(model_path: Path, build_dir: Path, limits: BoardLimits,
                        scheme_path: Path | None = None, pull_input: bool = False,
-                       kernels: str = "optimized") -> BuildResult:
+                       kernels: str = "optimized", profile: bool = False) -> BuildResult:
     """Generate the model (or training) source and report.json into build_dir, unless they are
     up to date. `pull_input`: the firmware pulls its input from the host row by row
     (custom_input = rows; docs/memory.md). `kernels`: "optimized" (the Cortex-M7 variants where
-    they serve) or "reference" (custom_kernels; docs/kernel_variants.md)."""
+    they serve) or "reference" (custom_kernels; docs/kernel_variants.md). `profile`: an
+    inference build keeps each step's counter delta for the PROFILE request (custom_profile)."""
     generated = build_dir / "generated"
     report_path = build_dir / "report.json"
     stamp_path = build_dir / "mcutrain.stamp"
@@ -66,14 +67,14 @@ def generate_for_build(model_path: Path, build_dir: Path, limits: BoardLimits,
     stamp = json.dumps({"model": hashlib.sha256(data).hexdigest(),
                         "scheme": hashlib.sha256(scheme_data).hexdigest(),
                         "compiler": compiler_fingerprint(), "limits": repr(limits),
-                        "pull_input": pull_input, "kernels": kernels})
+                        "pull_input": pull_input, "kernels": kernels, "profile": profile})
     if (stamp_path.exists() and stamp_path.read_text() == stamp
             and (generated / "model.cc").exists() and report_path.exists()):
         return BuildResult(generated, report_path, regenerated=False)
     model = compile_model(data, pull_input=pull_input, kernels=kernels)
     model.graph.name = model_path.stem
     if scheme_path is None:
-        source, weight_bytes = generate_model_source(model)
+        source, weight_bytes = generate_model_source(model, profile)
         check_fits(model, weight_bytes, limits)
         report = build_report(model, weight_bytes, limits)
         report["sram_plan"] = sram_plan(inference_ram(model, limits), limits.ram_bytes)

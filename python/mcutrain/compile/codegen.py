@@ -27,26 +27,42 @@ def tensor_desc(t: Tensor) -> str:
             f"{zero_point}, {t.nbytes}u}}")
 
 
-def generate_model_source(model: CompiledModel) -> tuple[str, int]:
-    """The model's C++ source text and the bytes of flash constants it defines."""
+def profiled(step: int, code: str) -> str:
+    """`code` with its board counter delta added to g_profile[step] (custom_profile builds)."""
+    return "\n".join(["{", "const uint64_t profile_start = mt::board::counter_now();", code,
+                      f"g_profile[{step}] += static_cast<uint32_t>(mt::board::counter_now() - "
+                      "profile_start);", "}"])
+
+
+def unprofiled(step: int, code: str) -> str:
+    return code
+
+
+def generate_model_source(model: CompiledModel, profile: bool = False) -> tuple[str, int]:
+    """The model's C++ source text and the bytes of flash constants it defines. With `profile`
+    every step's board counter delta is kept for the PROFILE request (runtime/model.h
+    model_profile); a row-streamed step sums its bands."""
     pool = ConstPool()
-    calls = []
+    calls = ["  for (uint32_t& count : g_profile) count = 0;"] if profile else []
+    timed = profiled if profile else unprofiled
     headers = sorted({h for p in model.ops for h in (p.opdef.header, p.variant.header) if h}
-                     | ({"runtime/row_window.h"} if model.streams else set()))
+                     | ({"runtime/row_window.h"} if model.streams else set())
+                     | ({"bsp/board.h"} if profile else set()))
     streamed = {step: s for s in model.streams for step in s.steps}
     for step, p in enumerate(model.ops):
         if step in streamed:
             if step == streamed[step].first:
                 calls.append(stream_block(
                     model, streamed[step], pool, model.planner, lambda t: _arena_ptr(model, t),
-                    [p.variant for p in model.ops], lambda s: model.ops[s].params))
+                    [p.variant for p in model.ops], lambda s: model.ops[s].params, timed))
             continue
         ins = [_arena_ptr(model, t) for t in p.inputs]
         out = _arena_ptr(model, p.output)
         ctx = step_context(pool, p.variant, model.planner, scratch_buffer(step))
         body = p.opdef.emit(p.params, ctx, ins, out).strip()
         comment = f"  // [{step}] {p.op.opcode} (operator {p.op.index}) -> tensor {p.output}"
-        calls.append(comment + ("\n" + indent(body, 2) if body else " (aliases its input)"))
+        calls.append(comment + ("\n" + indent(timed(step, body), 2) if body
+                                else " (aliases its input)"))
     arena_bytes = max(model.arena_bytes, 16)
     text = _TEMPLATE.format(
         includes="\n".join(f'#include "{h}"' for h in headers),
@@ -58,17 +74,20 @@ def generate_model_source(model: CompiledModel) -> tuple[str, int]:
                    else f"g_arena + {model.offset_of(model.input)}"),
         output_offset=model.offset_of(model.output),
         calls="\n".join(calls),
+        profile=(_PROFILE.format(steps=len(model.ops)) if profile else _NO_PROFILE),
     )
     return text, pool.nbytes
 
 
 def stream_block(model: CompiledModel, stream: Stream, pool: ConstPool, planner: ArenaPlanner,
                  act: Callable[[int], str], variants: Sequence[KernelVariant],
-                 params: Callable[[int], Any]) -> str:
+                 params: Callable[[int], Any],
+                 timed: Callable[[int, str], str] = unprofiled) -> str:
     """C++ running the stream's steps band by band (compile/streaming.py): a table of the rows
     each step has computed after every iteration, one RowWindow per tensor, one band per step
     and iteration where its row count moves. `act(tensor)` is a tensor's arena address,
-    `variants[step]` and `params(step)` what a step's kernel is called with."""
+    `variants[step]` and `params(step)` what a step's kernel is called with, `timed(step, code)`
+    wraps each band's kernel call (profiled)."""
     g, ops = model.graph, model.ops
     n = len(stream.steps)
     if max(max(r) for r in stream.rows) > 0xFFFF:
@@ -111,7 +130,7 @@ def stream_block(model: CompiledModel, stream: Stream, pool: ConstPool, planner:
                   f"    if (kRows[t][{k}] > done[{k}]) {{",
                   f"      const int32_t y0 = done[{k}], y1 = kRows[t][{k}];",
                   f"      int8_t* out = mt::RowWindowAppend(w{p.output}, y1 - y0);",
-                  indent(band.strip(), 6),
+                  indent(timed(step, band.strip()), 6),
                   f"      done[{k}] = y1;",
                   "    }"]
     lines += ["  }", "}"]
@@ -165,6 +184,7 @@ alignas(16) int8_t g_arena[{arena_bytes}];
 
 {model_desc}
 
+{profile}
 int8_t* model_input() {{ return {input_ptr}; }}
 const int8_t* model_output() {{ return g_arena + {output_offset}; }}
 
@@ -182,4 +202,23 @@ float model_lr() {{ return 0.0f; }}
 const uint8_t* model_train_state() {{ return nullptr; }}
 
 }}  // namespace mt
+"""
+
+_PROFILE = """\
+namespace {{
+// custom_profile = on: each step's board counter delta in the last model_invoke().
+uint32_t g_profile[{steps}];
+}}  // namespace
+
+const uint32_t* model_profile(uint32_t* steps) {{
+  *steps = {steps};
+  return g_profile;
+}}
+"""
+
+_NO_PROFILE = """\
+const uint32_t* model_profile(uint32_t* steps) {
+  *steps = 0;
+  return nullptr;
+}
 """

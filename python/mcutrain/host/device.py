@@ -39,6 +39,7 @@ from .protocol import (
     encode_label,
     parse_infer,
     parse_info,
+    parse_profile,
     parse_set_lr,
     parse_train,
     read_params_payload,
@@ -279,6 +280,11 @@ class Device:
         data, counter = parse_infer(frame.payload, info.output.nbytes)
         out = np.frombuffer(data, dtype=DTYPE_NUMPY[info.output.dtype]).reshape(info.output.shape)
         return out.copy(), counter
+
+    def profile(self) -> list[int]:
+        """Counter deltas of each schedule step of the last inference (report.json
+        "operators"); empty unless the firmware was built with custom_profile = on."""
+        return parse_profile(self.request(RequestType.PROFILE, b"").payload)
 
     # ---- training (firmware built with a scheme) ----
 

@@ -26,6 +26,9 @@ UNKNOWN_REQUEST error that says so):
                       firmware sends 0x88 NEED_ROWS (u32 first_row | u32 rows, the request's
                       seq) and the host answers ROWS with exactly those rows of the input
 
+    0x09 PROFILE      empty -> u32 steps | steps x u32 counter deltas of the last inference,
+                      one per schedule step (0 steps unless built with custom_profile = on)
+
 INFO reply payload (version 1)::
 
     u8 protocol_version | u8 counter_unit (0 cycles, 1 instructions) | u16 max_small_payload |
@@ -68,6 +71,7 @@ class RequestType(enum.IntEnum):
     SET_LR = 0x06
     READ_PARAMS = 0x07
     ROWS = 0x08
+    PROFILE = 0x09
 
 
 class Status(enum.IntEnum):
@@ -388,6 +392,17 @@ def parse_infer(payload: bytes, output_bytes: int) -> tuple[bytes, int]:
         )
     (counter,) = struct.unpack_from("<Q", payload, output_bytes)
     return payload[:output_bytes], counter
+
+
+def parse_profile(payload: bytes) -> list[int]:
+    """A PROFILE reply: the counter delta of each schedule step of the last inference."""
+    if len(payload) < 4:
+        raise ProtocolError(f"PROFILE reply has {len(payload)} bytes, expected at least 4")
+    (steps,) = struct.unpack_from("<I", payload)
+    if len(payload) != 4 + 4 * steps:
+        raise ProtocolError(f"PROFILE reply has {len(payload)} bytes for {steps} steps, "
+                            f"expected {4 + 4 * steps}")
+    return list(struct.unpack_from(f"<{steps}I", payload, 4))
 
 
 def encode_label(label: int | float | Sequence[float] | np.ndarray, train: TrainInfo, *,

@@ -314,6 +314,12 @@ float model_lr() {{ return g_train.lr; }}
 
 const uint8_t* model_train_state() {{ return reinterpret_cast<const uint8_t*>(&g_state); }}
 
+// Training builds are not profiled (custom_profile applies to inference builds).
+const uint32_t* model_profile(uint32_t* steps) {{
+  *steps = 0;
+  return nullptr;
+}}
+
 namespace {{
 // The trainable copies must hold the flashed weights before the first request.
 struct ResetAtBoot {{
