@@ -485,7 +485,7 @@ def _plot_kernels(ax: Any, result: dict[str, Any]) -> bool:
     rows = kernel_comparison(result)
     if not rows:
         ax.set_axis_off()
-        ax.set_title(f"(d) no profiled builds of {KERNEL_MODEL}", fontsize=10)
+        ax.set_title(f"(d) no per-layer profiles\nof {_short(KERNEL_MODEL)}", fontsize=10)
         return False
     y = np.arange(len(rows))
     for k, (key, colour, label) in enumerate([(1, "tab:red", "reference kernels"),

@@ -222,7 +222,11 @@ def test_default_and_custom_job_lists() -> None:
     default = ap.parse_args([])
     assert default.out == ROOT / "results"
     assert bench.select_jobs(default) == (bench.inference_jobs() + bench.training_jobs()
-                                          + bench.pulled_input_jobs())
+                                          + bench.pulled_input_jobs() + bench.profile_jobs())
+    profiled = bench.profile_jobs()
+    assert {(j.model, j.kernels) for j in profiled} == {
+        (j.model, k) for j in bench.inference_jobs() for k in ("optimized", "reference")}
+    assert all(j.profile and j.scheme is None for j in profiled)
     pulled = bench.pulled_input_jobs()
     assert pulled and all(j.input_rows and j.name.endswith("-input-rows") for j in pulled)
     assert {j.scheme.name for j in pulled if j.scheme} == {"mbv2_paper_50kb.json"}
@@ -264,3 +268,32 @@ def test_benchmark_of_a_users_model_and_scheme_on_qemu(
     assert data["inference"][0]["macs"] == data["training"][0]["forward_macs"] > 0
     assert data["training"][0]["backward_macs"] > 0
     assert (out / "benchmark.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_profile_record_sums_steps_per_kernel_and_compares_variants() -> None:
+    report = {"operators": [
+        {"step": 0, "opcode": "CONV_2D", "macs": 1000, "kernel": "m7"},
+        {"step": 1, "opcode": "RESHAPE", "macs": 0, "kernel": "ref"},
+        {"step": 2, "opcode": "CONV_2D", "macs": 3000, "kernel": "ref"},
+        {"step": 3, "opcode": "DEPTHWISE_CONV_2D", "macs": 2000, "kernel": "m7"}]}
+    job = bench.Job("m-profile", HAR, kernels="optimized", profile=True)
+    rec = bench.profile_record(job, [9100], [2000, 0, 30000, 6000], report)
+    assert rec["kernels"] == "optimized" and rec["instructions"]["mean"] == 9100
+    assert [r["instructions"] for r in rec["steps"]] == [2000, 0, 30000, 6000]
+    assert rec["per_kernel"][0] == {"opcode": "CONV_2D", "kernel": "ref", "steps": 1,
+                                    "macs": 3000, "instructions": 30000,
+                                    "instructions_per_mac": 10.0}
+    with pytest.raises(ValueError, match="3 steps"):
+        bench.profile_record(job, [1], [1, 2, 3], report)
+    ref = bench.profile_record(bench.Job("m-profile-ref-kernels", HAR, kernels="reference",
+                                         profile=True), [1], [9000, 0, 27000, 40000],
+                               {"operators": [{**op, "kernel": "ref"}
+                                              for op in report["operators"]]})
+    result = {"profiles": [{**rec, "model": "models/m.tflite"},
+                           {**ref, "model": "models/m.tflite"}]}
+    rows = bench.kernel_comparison(result, "m")
+    assert [op for op, *_ in rows] == ["DEPTHWISE_CONV_2D", "CONV_2D"]
+    conv_ref, conv_opt = rows[1][1], rows[1][2]
+    assert conv_ref["instructions_per_mac"] == 9.0 and conv_opt["kernel"] == "ref+m7"
+    assert conv_opt["instructions_per_mac"] == 8.0
+    assert bench.kernel_comparison({"profiles": [rec]}, "m") == []
