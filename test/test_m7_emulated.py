@@ -1,0 +1,111 @@
+"""The Cortex-M7 kernels with the real DSP instructions, on the emulated board, on random layers.
+
+test/kernels/test_m7_kernels.py checks the algorithm on the host (plain C++ stand-ins of SMLAD,
+SXTB16, SMMULR, SSAT); here the firmware runs them on QEMU's Cortex-M7. Each case is a model of
+one or three random layers (odd channel counts, strides, dilation, padding, per-tensor and
+per-channel weights) converted by TensorFlow, built on the optimized kernels, and its outputs
+must equal LiteRT's reference kernels byte for byte; report.json must show the m7 variant ran.
+Every shipped model runs the same way in test_firmware_bitexact.py.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from firmware_support import build_firmware, tflite_reference
+from mcutrain.host.device import open_device
+from tflite_convert import convert_full_int8
+
+
+@dataclass(frozen=True)
+class Layer:
+    kind: str  # "conv" or "dw"
+    kernel: tuple[int, int]
+    stride: int = 1
+    dilation: int = 1
+    padding: str = "same"
+    filters: int = 0  # conv output channels
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    input_shape: tuple[int, int, int]  # HWC
+    layers: tuple[Layer, ...]
+    per_channel: bool = True
+
+
+CASES = [
+    Case("stem", (17, 15, 3), (Layer("conv", (3, 3), 2, filters=13),)),
+    Case("pointwise_odd", (9, 11, 7), (Layer("conv", (1, 1), filters=11),)),
+    Case("conv_dilated_valid", (14, 13, 5),
+         (Layer("conv", (3, 2), dilation=2, padding="valid", filters=6),), per_channel=False),
+    Case("dw3_stride2", (15, 16, 12), (Layer("dw", (3, 3), 2),)),
+    Case("dw5_odd_channels", (12, 9, 9), (Layer("dw", (5, 5)),)),
+    Case("dw3_dilated_valid", (13, 14, 8), (Layer("dw", (3, 3), dilation=2, padding="valid"),),
+         per_channel=False),
+    Case("inverted_residual", (24, 24, 8),
+         (Layer("conv", (1, 1), filters=24), Layer("dw", (3, 3)),
+          Layer("conv", (1, 1), filters=8))),
+]
+
+
+def _keras(case: Case):  # noqa: ANN202 - a tf.keras.Model
+    import tensorflow as tf
+
+    rng = np.random.default_rng(zlib.crc32(case.name.encode()))
+    x = inp = tf.keras.Input(case.input_shape, batch_size=1)
+    for layer in case.layers:
+        if layer.kind == "conv":
+            x = tf.keras.layers.Conv2D(layer.filters, layer.kernel, layer.stride,
+                                       padding=layer.padding, dilation_rate=layer.dilation,
+                                       activation="relu")(x)
+        else:
+            x = tf.keras.layers.DepthwiseConv2D(layer.kernel, layer.stride,
+                                                padding=layer.padding,
+                                                dilation_rate=layer.dilation)(x)
+    model = tf.keras.Model(inp, x)
+    # Random biases too, so the folded offsets and the bias add are both exercised.
+    for var in model.trainable_variables:
+        var.assign(rng.normal(scale=0.3, size=var.shape).astype(np.float32))
+    return model
+
+
+def _convert(case: Case, directory: Path) -> Path:
+    import tensorflow as tf
+
+    def calibration():
+        rng = np.random.default_rng(7)
+        for _ in range(8):
+            yield [rng.normal(size=(1, *case.input_shape)).astype(np.float32)]
+
+    data = convert_full_int8(tf.lite.TFLiteConverter.from_keras_model(_keras(case)), calibration,
+                             per_channel=case.per_channel)
+    path = directory / f"m7_{case.name}.tflite"
+    path.write_bytes(data)
+    return path
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_m7_layers_on_the_emulated_board_equal_litert(case: Case,
+                                                      tmp_path_factory: pytest.TempPathFactory
+                                                      ) -> None:
+    model = _convert(case, tmp_path_factory.mktemp(case.name))
+    elf = build_firmware(model)
+    report = json.loads((elf.parent / "report.json").read_text())
+    weighted = [op for op in report["operators"] if op["opcode"] in ("CONV_2D",
+                                                                     "DEPTHWISE_CONV_2D")]
+    assert weighted and all(op["kernel"] == "m7" for op in weighted), report["operators"]
+    rng = np.random.default_rng(11)
+    with open_device(f"qemu:{elf}") as dev:
+        shape = dev.info().input.shape
+        inputs = [rng.integers(-128, 128, size=shape, dtype=np.int8) for _ in range(3)]
+        got = [dev.infer(x)[0] for x in inputs]
+    for x, out, want in zip(inputs, got, tflite_reference(model, inputs), strict=True):
+        np.testing.assert_array_equal(out.ravel(), want.ravel(), err_msg=f"input {x.ravel()[:4]}")
