@@ -62,7 +62,7 @@ create_venv() {
     return
   fi
   log "pip install -e $REPO_DIR[dev]"
-  # [dev]: TensorFlow/LiteRT (bit-exact reference), pytest and ruff, which the tests need.
+  # [dev]: TensorFlow, TFLite Micro (bit-exact reference), LiteRT, pytest and ruff: the tests'.
   "$VENV_DIR/bin/python" -m pip install -q --disable-pip-version-check -e "$REPO_DIR[dev]"
   touch "$stamp"
 }

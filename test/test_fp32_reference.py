@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from ai_edge_litert.interpreter import Interpreter, OpResolverType  # noqa: E402
 
+from firmware_support import tflm_reference
 from mcutrain.compile.compiler import compile_model  # noqa: E402
 from mcutrain.train.fp32_reference import (
     build_float_model,
@@ -30,23 +30,16 @@ def _load(name: str) -> tuple[np.ndarray, np.ndarray]:
     return d["x"], d["y"]
 
 
-def _tflite_outputs(path: Path, q: np.ndarray) -> np.ndarray:
-    interp = Interpreter(model_path=str(path),
-                         experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
-    interp.allocate_tensors()
-    i, o = interp.get_input_details()[0], interp.get_output_details()[0]
-    out = []
-    for sample in q:
-        interp.set_tensor(i["index"], sample[None])
-        interp.invoke()
-        out.append(interp.get_tensor(o["index"])[0].copy())
-    return np.array(out)
+def _int8_outputs(path: Path, q: np.ndarray) -> np.ndarray:
+    """TFLite Micro's int8 outputs, one row per sample of q."""
+    return np.array([y.ravel() for y in tflm_reference(path, list(q))])
 
 
-def test_float_har_model_matches_int8_tflite() -> None:
+def test_float_har_model_matches_int8_tflm() -> None:
+    """Against the int8 model as TFLite Micro runs it (the firmware's reference)."""
     compiled = compile_model(HAR)
     x, _ = _load("har_test")
-    q = _tflite_outputs(HAR, quantize_input(compiled.graph, x))
+    q = _int8_outputs(HAR, quantize_input(compiled.graph, x))
     out_t = compiled.graph.tensors[compiled.output]
     deq = (q.astype(np.float32) - out_t.zero_point) * out_t.scale
     prob = build_float_model(compiled).predict(x).reshape(deq.shape)
@@ -61,8 +54,8 @@ def test_float_har_model_matches_int8_tflite() -> None:
                                    "test/concat_pool_pertensor_int8.tflite",
                                    "third_party/tflm_micro_speech_int8.tflite"])
 def test_every_tensor_tracks_the_int8_reference(model: str) -> None:
-    """Tensor by tensor against the numpy integer reference (bit-exact with TFLite), on a random
-    input: covers ADD, PAD, CONCATENATION, pooling, DEPTHWISE_CONV_2D with multiplier."""
+    """Tensor by tensor against the numpy integer reference (bit-exact with TFLite Micro), on a
+    random input: covers ADD, PAD, CONCATENATION, pooling, DEPTHWISE_CONV_2D with multiplier."""
     compiled = compile_model(ROOT / "models" / model)
     graph = compiled.graph
     tin = graph.tensors[compiled.input]
@@ -136,7 +129,7 @@ def test_logits_model_trains_on_its_output_as_logits() -> None:
     q = rng.integers(-128, 128, size=(40, *tin.shape[1:])).astype(np.int8)
     y = rng.integers(0, tout.shape[-1], size=40)
     x = (q.astype(np.float32) - tin.zero_point) * np.float32(tin.scale)
-    int8_out = _tflite_outputs(path, q)
+    int8_out = _int8_outputs(path, q)
     int8_loss = np.mean([logits_cross_entropy(o, tout.scale, tout.zero_point, int(label))[0]
                          for o, label in zip(int8_out, y, strict=True)])
     result = train_fp32(path, {"preset": "full", "lr": 0.05}, x, y, [np.arange(40)],

@@ -1,5 +1,5 @@
 """Firmware that pulls its input from the host row by row (custom_input = rows, docs/memory.md)
-on the emulated board: outputs byte-identical to LiteRT and to the whole-input firmware, and
+on the emulated board: outputs byte-identical to TFLite Micro and to the whole-input firmware, and
 every bad answer to a pull (corrupt, mis-sized, late, another request, another seq) ends the
 request with an ERROR reply, changes no trained weight, and leaves the board serving."""
 
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from cobs import cobs
 
-from firmware_support import build_firmware, tflite_reference
+from firmware_support import build_firmware, tflm_reference
 from mcutrain.compile.compiler import compile_model
 from mcutrain.compile.reference import run_reference
 from mcutrain.frontend.graph import ModelError
@@ -55,13 +55,13 @@ def inputs(path: Path, count: int, seed: int) -> list[np.ndarray]:
 
 
 @pytest.mark.parametrize("path", [WAND, MOBILENET], ids=["magic_wand", "mobilenetv2"])
-def test_pulled_input_gives_litert_outputs(path: Path) -> None:
+def test_pulled_input_gives_tflm_outputs(path: Path) -> None:
     model = compile_model(path, pull_input=True)
     whole = compile_model(path)
     assert any(s.pulled is not None for s in model.streams)
     assert model.arena_bytes < whole.arena_bytes  # the input no longer sits whole in SRAM
     xs = inputs(path, 2 if path == WAND else 1, seed=5)
-    expected = tflite_reference(path, xs)
+    expected = tflm_reference(path, xs)
     with open_device(f"qemu:{build_firmware(path, input_rows=True)}", timeout=60) as board:
         info = board.info()
         assert info.input_pulled and info.arena_bytes >= model.arena_bytes
@@ -132,7 +132,7 @@ def test_a_bad_answer_ends_the_request_and_changes_nothing(wand_board: Device, c
     assert board.read_params() == before, f"{case}: the trainable state changed"
     # The board serves again, and gives the right answer.
     got, _ = board.infer(x)
-    np.testing.assert_array_equal(got.ravel(), tflite_reference(WAND, [x])[0].ravel())
+    np.testing.assert_array_equal(got.ravel(), tflm_reference(WAND, [x])[0].ravel())
 
 
 def test_rows_outside_a_pull_are_refused(wand_board: Device) -> None:

@@ -2,7 +2,7 @@
 compiles to C++ or is refused with one short clean ModelError line, never another exception,
 quickly. A handful of the accepted ones are then built for the host with ASan+UBSan and run:
 no sanitizer report, outputs equal to the numpy reference and, where TFLite runs the mutant,
-to TFLite's reference kernels."""
+to TFLite Micro's interpreter."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 import model_mutation as mm
+from firmware_support import tflm_reference
 from fuzz_models import Mutant, mutants
 from mcutrain.compile.codegen import generate_model_source
 from mcutrain.compile.compiler import compile_model
@@ -193,25 +194,18 @@ def distinct_accepted(limit: int) -> list[Mutant]:
     return ordered[:limit]
 
 
-def litert_reference(data: bytes, xs: list[np.ndarray]) -> list[np.ndarray] | None:
-    """TFLite's reference-kernel outputs, or None when TFLite refuses the mutant."""
+def tflm_outputs(data: bytes, xs: list[np.ndarray]) -> list[np.ndarray] | None:
+    """TFLite Micro's outputs, or None when TFLite refuses the mutant. TFLite Micro does not
+    verify the flatbuffer, so a mutant reaches it only once LiteRT's verifier and Prepare have
+    accepted it."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     try:
-        interp = Interpreter(model_content=data,
-                             experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
-        interp.allocate_tensors()
+        Interpreter(model_content=data,
+                    experimental_op_resolver_type=OpResolverType.BUILTIN_REF).allocate_tensors()
+        return tflm_reference(data, xs)
     except (RuntimeError, ValueError):
         return None
-    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
-    if inp["dtype"] != np.int8:
-        return None
-    results = []
-    for x in xs:
-        interp.set_tensor(inp["index"], x.reshape(inp["shape"]))
-        interp.invoke()
-        results.append(interp.get_tensor(out["index"]).copy())
-    return results
 
 
 @pytest.mark.parametrize("which", [*CRAFTED, *(f"fuzzed{i}" for i in range(FUZZED))])
@@ -239,13 +233,13 @@ def test_accepted_mutant_runs_clean_under_sanitizers(which: str, tmp_path: Path)
     expected = [run_reference(compiled, x) for x in xs]
     for g, e in zip(got, expected, strict=True):
         np.testing.assert_array_equal(g.ravel(), e.ravel(), err_msg=m.label())
-    tflite = litert_reference(m.data, xs)
+    tflm = tflm_outputs(m.data, xs)
     if which in CRAFTED:
-        assert tflite is not None, f"TFLite must run the {which} mutant"
+        assert tflm is not None, f"TFLite must run the {which} mutant"
     if which == "saturating_fc":
         assert {-128, 127} <= set(np.concatenate([g.ravel() for g in got]).tolist())
-    if tflite is not None:
-        for g, t in zip(got, tflite, strict=True):
+    if tflm is not None:
+        for g, t in zip(got, tflm, strict=True):
             np.testing.assert_array_equal(g.ravel(), t.ravel(), err_msg=m.label())
 
 

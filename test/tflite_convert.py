@@ -1,5 +1,5 @@
 """TensorFlow helpers shared by the tests that build models with it: full-integer conversion
-and one interpreter run that keeps every tensor.
+and one interpreter run (LiteRT or TFLite Micro) that keeps every tensor.
 
 convert_full_int8 only sets what makes a model "int8 all the way" (int8 builtins, int8 input and
 output); each caller keeps its own converter source and calibration data, or, when the data does
@@ -59,3 +59,17 @@ def run_tflite(model: bytes, x: np.ndarray, reference: bool) -> dict[int, np.nda
     interp.invoke()
     return {d["index"]: interp.get_tensor(d["index"]) for d in interp.get_tensor_details()
             if d["dtype"] == np.int8}
+
+
+def run_tflm(model: bytes, x: np.ndarray) -> dict[int, np.ndarray]:
+    """Every int8 tensor of one TFLite Micro invocation, by tensor index (as run_tflite)."""
+    import tflite
+
+    from firmware_support import tflm_interpreter
+
+    interp = tflm_interpreter(model)
+    interp.set_input(x, 0)
+    interp.invoke()
+    count = tflite.Model.GetRootAsModel(model, 0).Subgraphs(0).TensorsLength()
+    tensors = (interp.GetTensor(i, 0) for i in range(count))
+    return {i: t["tensor_data"] for i, t in enumerate(tensors) if t["dtype"] == np.int8}

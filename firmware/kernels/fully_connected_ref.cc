@@ -7,20 +7,6 @@
 namespace mt::ref {
 namespace {
 
-// static_cast<int32_t>(std::round(acc * scale)) (halves away from zero), without libm. TFLite's
-// cast is undefined when the rounded value leaves int32; its interpreter's x86 conversion then
-// gives INT32_MIN, and so does this, defined (checked against the interpreter). v - trunc(v) is
-// exact for |v| < 2^52, so this rounds exactly like std::round.
-int32_t RoundScaled(int32_t acc, double scale) {
-  const double v = static_cast<double>(acc) * scale;
-  if (!(v > -2147483648.5 && v < 2147483647.5)) return -2147483647 - 1;
-  int32_t r = static_cast<int32_t>(v);  // truncates toward zero
-  const double frac = v - static_cast<double>(r);
-  if (frac >= 0.5) ++r;
-  if (frac <= -0.5) --r;
-  return r;
-}
-
 // Output units [o_begin, o_end) of one batch row, row o of the weights at rows + o * accum_depth
 // (same layout in flash and in the SRAM copy of the trained prefix). The trained prefix and the
 // frozen rest are two calls, so no loop asks which memory a row lives in.
@@ -37,8 +23,7 @@ void FullyConnectedRows(const FullyConnectedParams& p, const int8_t* x, const in
              (static_cast<int32_t>(x[d]) + p.input_offset);
     }
     if (bias != nullptr) acc = WrappingAdd(acc, bias[o]);
-    acc = p.real_scale != nullptr ? RoundScaled(acc, p.real_scale[o])
-                                  : MultiplyByQuantizedMultiplier(acc, p.multiplier[o], p.shift[o]);
+    acc = MultiplyByQuantizedMultiplier(acc, p.multiplier[o], p.shift[o]);
     out[o] = static_cast<int8_t>(AddOffsetClamp(acc, p.output_offset, p.act_min, p.act_max));
   }
 }

@@ -8,7 +8,6 @@ last test checks the emitted code of a few more operators on fresh inputs.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -143,8 +142,6 @@ def test_reference_equals_kernel(case: Case) -> None:
     graph, op = build_graph(case)
     module = MODULES[case.kind]
     params = module.prepare(op, graph)
-    if case.kind == "fc" and case.seed % 2 == 1:  # odd seeds: the fixed-point requantization
-        params = dataclasses.replace(params, double_requant=False)
     rng = np.random.default_rng(100 + case.seed)
     if case.small:
         assert params.shift.max() > 0, "case meant to exercise multipliers above 1"

@@ -159,16 +159,6 @@ def real_multiplier(input_scale: float, filter_scale: float, output_scale: float
         output_scale)
 
 
-def round_half_away_int32(x: np.ndarray) -> np.ndarray:
-    """Exact std::round of a float64 array (halves away from zero), saturated to the int32 range
-    and returned as int64 (the float path of the reference FULLY_CONNECTED).
-    Uses x - trunc(x), which is exact, rather than floor(x + 0.5), which is not."""
-    x = np.clip(np.asarray(x, dtype=np.float64), -2.0**31, 2.0**31 - 1)
-    whole = np.trunc(x)
-    frac = x - whole
-    return (whole + (frac >= 0.5) - (frac <= -0.5)).astype(np.int64)
-
-
 def activation_bounds(op: Operator, output: Tensor) -> tuple[int, int]:
     """int8 clamp bounds of the operator's fused activation (options['activation'])."""
     activation = str(op.options.get("activation", "NONE"))

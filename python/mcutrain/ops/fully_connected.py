@@ -1,15 +1,16 @@
 """FULLY_CONNECTED with int8 activations, int8 weights (per-channel or per-tensor), int32 bias.
 
-Bit-exact with TFLite's reference_integer_ops::FullyConnected (per-tensor weights, which may
-carry a zero point) and FullyConnectedPerChannel (symmetric per-channel weights). An input of
+Bit-exact with TFLite Micro's FULLY_CONNECTED, for per-tensor weights (which may carry a zero
+point) and symmetric per-channel weights. An input of
 any rank is flattened to [input_size / accum_depth, accum_depth], as TFLite does; keep_num_dims
 only changes the output tensor's shape. Kernel: firmware/kernels/fully_connected.h.
 
-Requantization: TFLite's reference FULLY_CONNECTED (the BUILTIN_REF resolver) rounds
-double(acc) * (in_scale * filter_scale / out_scale) in double precision, while its optimized
-kernels, TFLite Micro and CMSIS-NN use the fixed-point multiplier. They disagree by one level on
-roughly one output in a hundred. `double_requant=True` (the default) follows the reference;
-dataclasses.replace(params, double_requant=False) gives the fixed-point behaviour.
+Requantization: the fixed-point multiplier (MultiplyByQuantizedMultiplier, as CONV_2D), which is
+what TFLite Micro, CMSIS-NN and TFLite's optimized kernels compute. TFLite's reference
+FULLY_CONNECTED (LiteRT's BUILTIN_REF resolver) instead rounds double(acc) * real_scale in double
+precision and so disagrees by one level on roughly one output in a hundred; where the two
+interpreters disagree we follow TFLite Micro, the one that runs on microcontrollers
+(test/test_firmware_bitexact.py records the shipped models where they do).
 
 Training (docs/training.md): with `train` set, the first n_train rows of the filter and
 optionally the bias are read from SRAM copies; the backward rule is its OpDef's
@@ -50,10 +51,8 @@ class FullyConnectedParams:
     output_offset: int
     multiplier: np.ndarray  # int32 [output_depth]
     shift: np.ndarray  # int32 [output_depth]
-    real_scale: np.ndarray  # float64 [output_depth]: in * filter / out, in double, TFLite's order
     act_min: int
     act_max: int
-    double_requant: bool = True
     input_shape: tuple[int, ...] | None = None  # the input tensor's shape (gradient shape)
     filter_scale: np.ndarray | None = None  # float32 [units] weight scales (per-tensor repeated)
     input_scale: float = 0.0
@@ -108,14 +107,12 @@ def prepare(op: Operator, graph: Graph) -> FullyConnectedParams:
     _check_bias_scale(op, graph, x.scale, float(scales[0]), y.scale)
     multiplier, shift = common.per_channel_multipliers(x.scale, scales, y.scale, units)
     act_min, act_max = common.activation_bounds(op, y)
-    per_unit = np.broadcast_to(scales, (units,))
-    real_scale = np.array([common.real_multiplier(x.scale, s, y.scale) for s in per_unit])
     p = FullyConnectedParams(
         op_index=op.index, batches=batches, output_shape=tuple(y.shape),
         filter=np.asarray(w.data, dtype=np.int8).reshape(w.shape),
         bias=common.optional_bias(op, graph, 2, units),
         input_offset=-x.zero_point, filter_offset=filter_offset, output_offset=y.zero_point,
-        multiplier=multiplier, shift=shift, real_scale=real_scale,
+        multiplier=multiplier, shift=shift,
         act_min=act_min, act_max=act_max, input_shape=tuple(x.shape),
         filter_scale=np.broadcast_to(scales, (units,)).astype(np.float32),
         input_scale=float(np.float32(x.scale)),
@@ -129,16 +126,6 @@ def check_accumulator(p: FullyConnectedParams, op: Operator, n_train: int = 0) -
     common.check_accumulator(op, p.filter, p.input_offset, p.filter_offset, n_train)
 
 
-def round_to_int32_like_tflite(v: np.ndarray) -> np.ndarray:
-    """static_cast<int32_t>(std::round(v)) as TFLite's reference FULLY_CONNECTED computes it on
-    the x86 hosts its interpreter runs on: a rounded value outside int32 (or NaN) becomes
-    INT32_MIN (the conversion's "integer indefinite"). Checked against the interpreter."""
-    v = np.asarray(v, dtype=np.float64)
-    with np.errstate(invalid="ignore"):
-        inside = (v > -2147483648.5) & (v < 2147483647.5)
-    return np.where(inside, common.round_half_away_int32(np.where(inside, v, 0.0)), -(2**31))
-
-
 def reference(p: FullyConnectedParams, inputs: list[np.ndarray]) -> np.ndarray:
     units, depth = p.filter.shape
     x = inputs[0].reshape(p.batches, depth).astype(np.float64) + p.input_offset
@@ -147,23 +134,18 @@ def reference(p: FullyConnectedParams, inputs: list[np.ndarray]) -> np.ndarray:
     if p.bias is not None:
         acc = acc + p.bias
     acc = common.wrap_int32(acc)
-    if p.double_requant:
-        scaled = round_to_int32_like_tflite(acc.astype(np.float64) * p.real_scale)
-        out = np.clip(common.wrap_int32(scaled + p.output_offset), p.act_min,
-                      p.act_max).astype(np.int8)
-    else:
-        out = common.requantize(acc, p.multiplier, p.shift, p.output_offset, p.act_min, p.act_max)
+    out = common.requantize(acc, p.multiplier, p.shift, p.output_offset, p.act_min, p.act_max)
     return out.reshape(p.output_shape)
 
 
-def _struct(p: FullyConnectedParams, mult: str, shift: str, real_scale: str,
+def _struct(p: FullyConnectedParams, mult: str, shift: str,
             binding: TrainBinding | None) -> str:
     units, depth = p.filter.shape
     fields: list[tuple[str, object]] = [
         ("batches", p.batches), ("accum_depth", depth), ("output_depth", units),
         ("input_offset", p.input_offset), ("filter_offset", p.filter_offset),
         ("output_offset", p.output_offset), ("multiplier", mult), ("shift", shift),
-        ("real_scale", real_scale), ("act_min", p.act_min), ("act_max", p.act_max),
+        ("act_min", p.act_min), ("act_max", p.act_max),
         *param_train.struct_train_fields(binding),
     ]
     return common.struct_init("mt::FullyConnectedParams", "kParams", fields)
@@ -171,18 +153,11 @@ def _struct(p: FullyConnectedParams, mult: str, shift: str, real_scale: str,
 
 def emit(p: FullyConnectedParams, ctx: EmitContext, inputs: list[str], output: str) -> str:
     filt, bias, mult, shift = param_train.flash_constants(p, ctx, f"op{p.op_index}_fc")
-    scale_def = ""
-    real_scale = "nullptr"
-    if p.double_requant:
-        # Hex float literals carry the double exactly; const_array has no float64.
-        values = ", ".join(float(v).hex() for v in p.real_scale)
-        scale_def = f"static const double kRealScale[] = {{{values}}};\n"
-        real_scale = "kRealScale"
-    init = _struct(p, mult, shift, real_scale, p.train)
+    init = _struct(p, mult, shift, p.train)
     bias = param_train.forward_bias(p.train, bias)
     call = (f"{kernel_name(ctx, 'fully_connected_s8')}(kParams, {inputs[0]}, {filt}, {bias}, "
             f"{output}{variant_args(ctx, p)});")
-    return "{\n" + scale_def + init + "\n" + call + "\n}"
+    return "{\n" + init + "\n" + call + "\n}"
 
 
 def macs(p: FullyConnectedParams) -> int:
@@ -242,11 +217,6 @@ def input_grad_depth(p: FullyConnectedParams) -> int:
     return int(p.filter.shape[0])
 
 
-def _fc_struct(p: FullyConnectedParams, mult: str, shift: str,
-               binding: TrainBinding | None) -> str:
-    return _struct(p, mult, shift, "nullptr", binding)
-
-
 def float_forward(fx: FloatContext, step: int, p: Any, ins: list[Any]) -> Any:
     tf = tf_module()
     w = fx.variable(step, "weights")  # [out, accum]
@@ -276,7 +246,7 @@ OPTIONS = opt.OptionsDef(tflite.BuiltinOptions.FullyConnectedOptions, parse_opti
 OPDEF = param_train.register_weighted(param_train.WeightedOp(
     "FULLY_CONNECTED", header="kernels/fully_connected.h", kernel="fully_connected", tag="fc",
     prepare=prepare, reference=reference, emit=emit, macs=macs, float_forward=float_forward,
-    struct=_fc_struct, geometry=GEOMETRY, trainable_weights=trainable_weights,
+    struct=_struct, geometry=GEOMETRY, trainable_weights=trainable_weights,
     check_accumulator=check_accumulator, input_grad_depth=input_grad_depth,
     check_trainable=check_trainable, options=OPTIONS))
 BACKWARD = OPDEF.backward
