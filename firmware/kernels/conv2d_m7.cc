@@ -77,18 +77,16 @@ struct Block {
     uint32_t c0_even, c0_odd, c1_even, c1_odd;
     dsp::LoadPair(c0, c0_even, c0_odd);
     dsp::LoadPair(c1, c1_even, c1_odd);
-    const uint32_t wa_even = dsp::ExtendEven(wa);
-    const uint32_t wb_even = dsp::ExtendEven(wb);
-    a0 = dsp::Dot2(wa_even, c0_even, a0);
-    a1 = dsp::Dot2(wa_even, c1_even, a1);
-    b0 = dsp::Dot2(wb_even, c0_even, b0);
-    b1 = dsp::Dot2(wb_even, c1_even, b1);
-    const uint32_t wa_odd = dsp::ExtendOdd(wa);
-    const uint32_t wb_odd = dsp::ExtendOdd(wb);
-    a0 = dsp::Dot2(wa_odd, c0_odd, a0);
-    a1 = dsp::Dot2(wa_odd, c1_odd, a1);
-    b0 = dsp::Dot2(wb_odd, c0_odd, b0);
-    b1 = dsp::Dot2(wb_odd, c1_odd, b1);
+    Lanes(dsp::ExtendEven(wa), dsp::ExtendEven(wb), c0_even, c1_even);
+    Lanes(dsp::ExtendOdd(wa), dsp::ExtendOdd(wb), c0_odd, c1_odd);
+  }
+
+  // Two int16 lanes of each weight row against the same two lanes of each column.
+  void Lanes(uint32_t wa, uint32_t wb, uint32_t x0, uint32_t x1) {
+    a0 = dsp::Dot2(wa, x0, a0);
+    a1 = dsp::Dot2(wa, x1, a1);
+    b0 = dsp::Dot2(wb, x0, b0);
+    b1 = dsp::Dot2(wb, x1, b1);
   }
 };
 

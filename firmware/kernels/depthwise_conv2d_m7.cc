@@ -93,7 +93,7 @@ void Pixel(const DepthwiseConv2dParams& p, const OutputStage& s, const int8_t* c
   TailChannels<kMode>(p, s, src, n, filter, bias, out);
 }
 
-// An output pixel of a 3x3, stride-free-of-padding filter whose taps are all inside the image:
+// An output pixel of a 3x3 filter whose taps are all inside the image:
 // rows at `at`, at + row, at + 2 row; columns at 0, step, 2 step bytes. Register-offset loads
 // replace the tap pointer table.
 template <Requant kMode>
@@ -101,33 +101,20 @@ void Interior3x3(const DepthwiseConv2dParams& p, const OutputStage& s, const int
                  int32_t row, int32_t step, const int32_t* bias, const int32_t* table,
                  int8_t* out) {
   const int32_t body = p.output_c & ~3;
-  const int8_t* r0 = at;
-  const int8_t* r1 = at + row;
-  const int8_t* r2 = at + 2 * row;
-  const int32_t step2 = 2 * step;
   const int32_t* group = table;
-  for (int32_t c = 0; c < body; c += 4, r0 += 4, r1 += 4, r2 += 4) {
+  for (int32_t c = 0; c < body; c += 4, at += 4) {
     Quad q = Start(group, bias, c);
     const uint32_t* w = reinterpret_cast<const uint32_t*>(group + 4);
-    uint32_t we, wo;
-    dsp::LoadPair(w, we, wo);
-    q.Tap(dsp::Load4(r0), we, wo);
-    dsp::LoadPair(w, we, wo);
-    q.Tap(dsp::Load4(r0 + step), we, wo);
-    dsp::LoadPair(w, we, wo);
-    q.Tap(dsp::Load4(r0 + step2), we, wo);
-    dsp::LoadPair(w, we, wo);
-    q.Tap(dsp::Load4(r1), we, wo);
-    dsp::LoadPair(w, we, wo);
-    q.Tap(dsp::Load4(r1 + step), we, wo);
-    dsp::LoadPair(w, we, wo);
-    q.Tap(dsp::Load4(r1 + step2), we, wo);
-    dsp::LoadPair(w, we, wo);
-    q.Tap(dsp::Load4(r2), we, wo);
-    dsp::LoadPair(w, we, wo);
-    q.Tap(dsp::Load4(r2 + step), we, wo);
-    dsp::LoadPair(w, we, wo);
-    q.Tap(dsp::Load4(r2 + step2), we, wo);
+#pragma GCC unroll 3
+    for (int32_t fy = 0; fy < 3; ++fy) {
+      const int8_t* tap_row = at + fy * row;
+#pragma GCC unroll 3
+      for (int32_t fx = 0; fx < 3; ++fx) {
+        uint32_t w_even, w_odd;
+        dsp::LoadPair(w, w_even, w_odd);
+        q.Tap(dsp::Load4(tap_row + fx * step), w_even, w_odd);
+      }
+    }
     group = reinterpret_cast<const int32_t*>(w);
     Store<kMode>(s, q, out, c);
   }
