@@ -158,20 +158,10 @@ void conv2d_s8(const Conv2dParams& p, const int8_t* input, const int8_t* filter,
     int8_t* out1 = output + j * p.output_c;
     // The trained prefix's weights change on the device: its requantization stays checked.
     Channels<Requant::kChecked>(s, c, p.train_filter, bias, x0, x1, out0, out1, 0, p.n_train);
-    switch (mode) {
-      case Requant::kSaturate:
-        Channels<Requant::kSaturate>(s, c, filter, bias, x0, x1, out0, out1, p.n_train,
-                                     p.output_c);
-        break;
-      case Requant::kBounded:
-        Channels<Requant::kBounded>(s, c, filter, bias, x0, x1, out0, out1, p.n_train,
-                                    p.output_c);
-        break;
-      case Requant::kChecked:
-        Channels<Requant::kChecked>(s, c, filter, bias, x0, x1, out0, out1, p.n_train,
-                                    p.output_c);
-        break;
-    }
+    WithRequant(mode, [&](auto mode_tag) {
+      Channels<decltype(mode_tag)::value>(s, c, filter, bias, x0, x1, out0, out1, p.n_train,
+                                          p.output_c);
+    });
   }
 }
 

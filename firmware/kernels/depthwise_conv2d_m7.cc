@@ -188,17 +188,9 @@ void depthwise_conv2d_s8(const DepthwiseConv2dParams& p, const int8_t* input,
     return;
   }
   for (int32_t c = 0; c < p.input_c; ++c) scratch[c] = static_cast<int8_t>(-p.input_offset);
-  switch (ChooseRequant(bounded, p.act_min, p.act_max)) {
-    case Requant::kSaturate:
-      Dispatch<Requant::kSaturate>(p, input, filter, bias, output, table, scratch);
-      break;
-    case Requant::kBounded:
-      Dispatch<Requant::kBounded>(p, input, filter, bias, output, table, scratch);
-      break;
-    case Requant::kChecked:
-      Dispatch<Requant::kChecked>(p, input, filter, bias, output, table, scratch);
-      break;
-  }
+  WithRequant(ChooseRequant(bounded, p.act_min, p.act_max), [&](auto mode_tag) {
+    Dispatch<decltype(mode_tag)::value>(p, input, filter, bias, output, table, scratch);
+  });
 }
 
 }  // namespace mt::m7

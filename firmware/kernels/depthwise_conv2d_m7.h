@@ -3,9 +3,10 @@
 //
 // The host lays the filter out for the inner loop (python/mcutrain/ops/depthwise_conv2d.py,
 // m7_table): per group of four channels, four int32 start values, input_offset * (sum of the
-// channel's taps; the bias is added at run time, since it may train), then per tap two words of int16 weights, (w_c0, w_c2) and (w_c1, w_c3),
-// the lanes SXTB16 unpacks an input word into. So a tap of four channels is one input load, two
-// SXTB16 and four SMLABB/SMLATT, and the input offset costs nothing. A tap in the padding reads
+// channel's taps; the bias is added at run time, since it may train), then per tap two words
+// of int16 weights, (w_c0, w_c2) and (w_c1, w_c3), the lanes SXTB16 unpacks an input word
+// into. So a tap of four channels is one input load, two SXTB16 and four SMLABB/SMLATT, and the
+// input offset costs nothing. A tap in the padding reads
 // a row of input zero points instead (scratch), whose products cancel the folded offset exactly.
 // Channels beyond the last whole group of four take a scalar loop over the plain filter.
 // 3x3 and 5x5 filters get their tap loop unrolled (other sizes run the same code with a run-time

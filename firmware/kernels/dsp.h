@@ -28,8 +28,6 @@ inline uint32_t Load4(const void* p) {
   return v;
 }
 
-inline void Store4(void* p, uint32_t v) { std::memcpy(p, &v, sizeof v); }
-
 #if MT_HAVE_DSP
 
 // Bytes 0 and 2 of x, sign-extended into lanes 0 and 1.

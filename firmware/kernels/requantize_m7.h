@@ -14,6 +14,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include "kernels/dsp.h"
 #include "kernels/fixed_point.h"
@@ -54,7 +55,24 @@ inline int8_t Requantize(const OutputStage& s, int32_t acc, int32_t c) {
   const int32_t half = static_cast<int32_t>((uint32_t{1} << right) >> 1);
   const int32_t v = ((r + half + (r >> 31)) >> right) + s.offset;
   if (kMode == Requant::kSaturate) return static_cast<int8_t>(dsp::Saturate8(v));
-  return static_cast<int8_t>(v < s.lo ? s.lo : (v > s.hi ? s.hi : v));
+  return static_cast<int8_t>(Clamp(v, s.lo, s.hi));
+}
+
+// Calls run(mode) with the mode as a compile-time constant (std::integral_constant), so a
+// kernel instantiates its loops once per requantization form and branches once per call.
+template <typename Run>
+inline void WithRequant(Requant mode, Run&& run) {
+  switch (mode) {
+    case Requant::kSaturate:
+      run(std::integral_constant<Requant, Requant::kSaturate>{});
+      break;
+    case Requant::kBounded:
+      run(std::integral_constant<Requant, Requant::kBounded>{});
+      break;
+    case Requant::kChecked:
+      run(std::integral_constant<Requant, Requant::kChecked>{});
+      break;
+  }
 }
 
 }  // namespace mt::m7

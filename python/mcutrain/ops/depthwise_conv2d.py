@@ -285,11 +285,15 @@ def m7_scratch_bytes(p: DepthwiseConv2dParams) -> int:
     return -(-p.input_shape[3] // 4) * 4
 
 
+# depthwise_conv2d_m7.cc kMaxTaps: the tap pointer table of one output pixel.
+M7_MAX_TAPS = 7 * 7
+
+
 def m7_serves(p: DepthwiseConv2dParams, n_train: int) -> bool:
     """Depth multiplier 1 and filters up to 7x7; trained channels are left to the reference,
     since the table is flash."""
     _, f_h, f_w, _ = p.filter.shape
-    return p.depth_multiplier == 1 and n_train == 0 and f_h * f_w <= 49
+    return p.depth_multiplier == 1 and n_train == 0 and f_h * f_w <= M7_MAX_TAPS
 
 
 M7 = register_variant("DEPTHWISE_CONV_2D", KernelVariant(

@@ -13,13 +13,14 @@ import numpy as np
 
 from . import common
 
-# requantize_m7.h RequantizeBounded is exact while |accumulator| stays below this.
+# requantize_m7.h's short form (Requant::kBounded, kSaturate) is exact while |accumulator| stays
+# below this.
 BOUNDED_ACCUMULATOR = 2**29
 
 
 def bounded_requant(taps: np.ndarray, p: Any) -> bool:
     """Whether every frozen output channel of a weighted layer (prepared params `p`, filter rows
-    `taps`, int8 [channels, taps]) meets RequantizeBounded's preconditions for every int8 input:
+    `taps`, int8 [channels, taps]) meets the short form's preconditions for every int8 input:
     a negative shift, and |bias| plus the channel's accumulator bound (common.accumulator_bound)
     below 2^29. Trained channels (the first p.train.n_train) are always requantized the checked
     way, and so is every channel when the bias trains: trained parameters move on the device."""
