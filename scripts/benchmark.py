@@ -47,6 +47,7 @@ sys.path.insert(0, str(ROOT / "python"))
 
 from mcutrain.compile.firmware_size import firmware_size  # noqa: E402
 from mcutrain.host.device import Device, open_device  # noqa: E402
+from mcutrain.host.profile import labelled, per_kernel, per_mac  # noqa: E402
 from mcutrain.host.protocol import DeviceInfo, LossKind  # noqa: E402
 
 MODEL_DIRS = ("models", "models/test", "models/third_party")
@@ -108,7 +109,8 @@ class Job:
     input_rows: bool = False
     # custom_kernels: "optimized" (the Cortex-M7 variants where they serve) or "reference".
     kernels: str = "optimized"
-    # custom_profile = on: the build counts each step of an inference (the PROFILE request).
+    # custom_profile = on: the build counts each step of an inference or a training step (the
+    # PROFILE request).
     profile: bool = False
 
     @property
@@ -132,6 +134,19 @@ def profile_jobs(root: Path = ROOT) -> list[Job]:
     return [Job(f"{m.stem}-profile{'-ref-kernels' if kernels == 'reference' else ''}", m,
                 kernels=kernels, profile=True)
             for m in _models(root) for kernels in ("optimized", "reference")]
+
+
+# Training builds profiled step by step, forward and backward, on both kernel choices: (model
+# stem, train/ scheme stem).
+PROFILED_TRAINING = (("har_cnn1d_int8", "har_adapt"),
+                     ("mobilenetv2_w035_128_int8", "mbv2_paper_50kb"))
+
+
+def training_profile_jobs(root: Path = ROOT) -> list[Job]:
+    return [Job(f"{model}-train-{scheme}-profile{'-ref-kernels' if kernels == 'reference' else ''}",
+                root / "models" / f"{model}.tflite", root / "train" / f"{scheme}.json",
+                kernels=kernels, profile=True)
+            for model, scheme in PROFILED_TRAINING for kernels in ("optimized", "reference")]
 
 
 # Builds repeated with the input pulled row by row (docs/memory.md): (model stem, train/ scheme
@@ -201,10 +216,6 @@ def count_stats(counts: list[int]) -> dict[str, float]:
             "max": int(max(counts)), "runs": len(counts)}
 
 
-def per_mac(instructions: float, macs: int) -> float | None:
-    return round(instructions / macs, 3) if macs else None
-
-
 def static_sram(sections: dict[str, int]) -> int:
     """.data + .bss: the arena and every other static; the reserved stack is counted by use."""
     return sections.get(".data", 0) + sections.get(".bss", 0)
@@ -244,30 +255,13 @@ def training_record(job: Job, info: DeviceInfo, counts: list[int], sections: dic
 
 def profile_record(job: Job, counts: list[int], steps: list[int],
                    report: dict[str, Any]) -> dict[str, Any]:
-    """A profiled build: each step's instructions in the last inference (report.json's
-    "operators", with the kernel variant that ran it), and their sums per (opcode, kernel)."""
-    operators = report["operators"]
-    if len(steps) != len(operators):
-        raise ValueError(f"PROFILE gave {len(steps)} steps, report.json lists {len(operators)}")
-    rows = [{"step": op["step"], "opcode": op["opcode"], "kernel": op.get("kernel", "ref"),
-             "macs": op["macs"], "instructions": n} for op, n in zip(operators, steps, strict=True)]
-    return {"name": job.name, "model": repo_path(job.model), "kernels": job.kernels,
+    """A profiled build: each step's instructions in the last inference or training step
+    (mcutrain.host.profile: forward steps with the kernel variant that ran each, then a training
+    build's loss and backward steps), and their sums per (pass, opcode, kernel)."""
+    rows = labelled(report, steps)
+    return {"name": job.name, "model": repo_path(job.model),
+            "scheme": repo_path(job.scheme) if job.scheme else None, "kernels": job.kernels,
             "instructions": count_stats(counts), "steps": rows, "per_kernel": per_kernel(rows)}
-
-
-def per_kernel(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Step rows summed per (opcode, kernel), busiest first."""
-    sums: dict[tuple[str, str], dict[str, int]] = {}
-    for r in rows:
-        s = sums.setdefault((r["opcode"], r["kernel"]), {"steps": 0, "macs": 0,
-                                                        "instructions": 0})
-        s["steps"] += 1
-        s["macs"] += r["macs"]
-        s["instructions"] += r["instructions"]
-    out = [{"opcode": op, "kernel": k, **s, "instructions_per_mac": per_mac(s["instructions"],
-                                                                          s["macs"])}
-           for (op, k), s in sums.items()]
-    return sorted(out, key=lambda r: -r["instructions"])
 
 
 def streaming_record(report: dict[str, Any]) -> dict[str, Any]:
@@ -458,7 +452,7 @@ def kernel_comparison(result: dict[str, Any], model: str = KERNEL_MODEL
     """(opcode, reference-kernels row, optimized row) of `model`'s profiled builds, busiest
     operator first; a row is a per_kernel entry, None when that build has no such layer."""
     builds = {p["kernels"]: p for p in result.get("profiles", [])
-              if Path(p["model"]).stem == model}
+              if Path(p["model"]).stem == model and not p.get("scheme")}
     if "reference" not in builds or "optimized" not in builds:
         return []
 
@@ -662,7 +656,8 @@ def select_jobs(args: argparse.Namespace) -> list[Job]:
     if args.model:
         jobs = custom_jobs(args.model.resolve(), [s.resolve() for s in args.scheme])
     else:
-        jobs = inference_jobs() + training_jobs() + pulled_input_jobs() + profile_jobs()
+        jobs = (inference_jobs() + training_jobs() + pulled_input_jobs() + profile_jobs()
+                + training_profile_jobs())
     return [j for j in jobs if args.only in j.name]
 
 

@@ -71,8 +71,9 @@ def _kernels() -> str:
 
 
 def _profile() -> bool:
-    """MCUTRAIN_PROFILE if set, else `custom_profile`: "on" makes an inference build keep each
-    layer's instruction (cycle) count for the PROFILE request (`mcutrain profile`)."""
+    """MCUTRAIN_PROFILE if set, else `custom_profile`: "on" makes a build keep each layer's
+    instruction (cycle) count for the PROFILE request (`mcutrain profile`), in a training build
+    also the loss's and each backward step's."""
     chosen = os.environ.get("MCUTRAIN_PROFILE") or env.GetProjectOption(  # noqa: F821
         "custom_profile", "off")
     if chosen not in ("on", "off"):

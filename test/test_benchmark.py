@@ -222,11 +222,16 @@ def test_default_and_custom_job_lists() -> None:
     default = ap.parse_args([])
     assert default.out == ROOT / "results"
     assert bench.select_jobs(default) == (bench.inference_jobs() + bench.training_jobs()
-                                          + bench.pulled_input_jobs() + bench.profile_jobs())
+                                          + bench.pulled_input_jobs() + bench.profile_jobs()
+                                          + bench.training_profile_jobs())
     profiled = bench.profile_jobs()
     assert {(j.model, j.kernels) for j in profiled} == {
         (j.model, k) for j in bench.inference_jobs() for k in ("optimized", "reference")}
     assert all(j.profile and j.scheme is None for j in profiled)
+    trained = bench.training_profile_jobs()
+    assert {(j.scheme.stem, j.kernels) for j in trained} == {
+        (s, k) for _, s in bench.PROFILED_TRAINING for k in ("optimized", "reference")}
+    assert all(j.profile and j.scheme.is_file() and j.model.is_file() for j in trained)
     pulled = bench.pulled_input_jobs()
     assert pulled and all(j.input_rows and j.name.endswith("-input-rows") for j in pulled)
     assert {j.scheme.name for j in pulled if j.scheme} == {"mbv2_paper_50kb.json"}
@@ -280,7 +285,8 @@ def test_profile_record_sums_steps_per_kernel_and_compares_variants() -> None:
     rec = bench.profile_record(job, [9100], [2000, 0, 30000, 6000], report)
     assert rec["kernels"] == "optimized" and rec["instructions"]["mean"] == 9100
     assert [r["instructions"] for r in rec["steps"]] == [2000, 0, 30000, 6000]
-    assert rec["per_kernel"][0] == {"opcode": "CONV_2D", "kernel": "ref", "steps": 1,
+    assert rec["per_kernel"][0] == {"pass": "forward", "opcode": "CONV_2D", "kernel": "ref",
+                                    "steps": 1,
                                     "macs": 3000, "instructions": 30000,
                                     "instructions_per_mac": 10.0}
     with pytest.raises(ValueError, match="3 steps"):
@@ -297,3 +303,31 @@ def test_profile_record_sums_steps_per_kernel_and_compares_variants() -> None:
     assert conv_ref["instructions_per_mac"] == 9.0 and conv_opt["kernel"] == "ref+m7"
     assert conv_opt["instructions_per_mac"] == 8.0
     assert bench.kernel_comparison({"profiles": [rec]}, "m") == []
+
+
+def test_a_training_profile_lists_forward_loss_and_backward_steps() -> None:
+    report = {"operators": [
+        {"step": 0, "opcode": "CONV_2D", "macs": 1000, "kernel": "m7"},
+        {"step": 1, "opcode": "FULLY_CONNECTED", "macs": 100, "kernel": "ref"}],
+        "training": {"forward_kernels": ["ref", "ref"], "backward_steps": [
+            {"step": 1, "opcode": "FULLY_CONNECTED", "kernel": "ref", "macs": 300},
+            {"step": 0, "opcode": "CONV_2D", "kernel": "ref", "macs": 2000}]}}
+    job = bench.Job("m-train-s-profile", HAR, ROOT / "train" / "har_adapt.json", profile=True)
+    rec = bench.profile_record(job, [50000], [9000, 800, 50, 1500, 38000], report)
+    # The training build's forward kernels, not the inference build's (a trained layer's
+    # variant must serve its SRAM weights).
+    assert [(r["pass"], r["opcode"], r["kernel"]) for r in rec["steps"]] == [
+        ("forward", "CONV_2D", "ref"), ("forward", "FULLY_CONNECTED", "ref"),
+        ("loss", "LOSS", "ref"), ("backward", "FULLY_CONNECTED", "ref"),
+        ("backward", "CONV_2D", "ref")]
+    assert rec["scheme"] == "train/har_adapt.json"
+    assert rec["per_kernel"][0] == {"pass": "backward", "opcode": "CONV_2D", "kernel": "ref",
+                                    "steps": 1, "macs": 2000, "instructions": 38000,
+                                    "instructions_per_mac": 19.0}
+    with pytest.raises(ValueError, match="4 steps, report.json lists 5"):
+        bench.profile_record(job, [1], [1, 2, 3, 4], report)
+    # A training profile is not an inference profile of the same model.
+    inference = {**rec, "kernels": "reference"}
+    assert bench.kernel_comparison({"profiles": [{**rec, "model": "models/m.tflite"},
+                                                 {**inference, "model": "models/m.tflite"}]},
+                                   "m") == []

@@ -293,7 +293,7 @@ Status RunReadParams(const Request& request, ReplyWriter& out, Text& why) {
   return Status::kOk;
 }
 
-// PROFILE: u32 steps | steps x u32 counter deltas of the last inference (0 steps when the
+// PROFILE: u32 steps | steps x u32 counter deltas of the last INFER or TRAIN (0 steps when the
 // firmware was built without custom_profile).
 Status RunProfile(const Request& request, ReplyWriter& out, Text&) {
   uint32_t steps = 0;

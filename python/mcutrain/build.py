@@ -57,8 +57,9 @@ def generate_for_build(model_path: Path, build_dir: Path, limits: BoardLimits,
     """Generate the model (or training) source and report.json into build_dir, unless they are
     up to date. `pull_input`: the firmware pulls its input from the host row by row
     (custom_input = rows; docs/memory.md). `kernels`: "optimized" (the Cortex-M7 variants where
-    they serve) or "reference" (custom_kernels; docs/kernel_variants.md). `profile`: an
-    inference build keeps each step's counter delta for the PROFILE request (custom_profile)."""
+    they serve) or "reference" (custom_kernels; docs/kernel_variants.md). `profile`: the
+    build keeps each step's counter delta for the PROFILE request (custom_profile; a training
+    build also its loss and backward steps)."""
     generated = build_dir / "generated"
     report_path = build_dir / "report.json"
     stamp_path = build_dir / "mcutrain.stamp"
@@ -83,7 +84,7 @@ def generate_for_build(model_path: Path, build_dir: Path, limits: BoardLimits,
         from .train.training_graph import build_training
 
         program = build_training(model, load_scheme(scheme_path))
-        source, weight_bytes = generate_training_source(program)
+        source, weight_bytes = generate_training_source(program, profile)
         check_training_fits(program, weight_bytes, limits)
         report = build_report(model, weight_bytes, limits)
         report["training"] = training_report(program)

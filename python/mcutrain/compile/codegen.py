@@ -43,7 +43,7 @@ def generate_model_source(model: CompiledModel, profile: bool = False) -> tuple[
     every step's board counter delta is kept for the PROFILE request (runtime/model.h
     model_profile); a row-streamed step sums its bands."""
     pool = ConstPool()
-    calls = ["  for (uint32_t& count : g_profile) count = 0;"] if profile else []
+    calls = [PROFILE_CLEAR] if profile else []
     timed = profiled if profile else unprofiled
     headers = sorted({h for p in model.ops for h in (p.opdef.header, p.variant.header) if h}
                      | ({"runtime/row_window.h"} if model.streams else set())
@@ -74,7 +74,8 @@ def generate_model_source(model: CompiledModel, profile: bool = False) -> tuple[
                    else f"g_arena + {model.offset_of(model.input)}"),
         output_offset=model.offset_of(model.output),
         calls="\n".join(calls),
-        profile=(_PROFILE.format(steps=len(model.ops)) if profile else _NO_PROFILE),
+        profile=(PROFILE_COUNTERS.format(steps=len(model.ops)) if profile
+                 else NO_PROFILE_COUNTERS),
     )
     return text, pool.nbytes
 
@@ -204,9 +205,13 @@ const uint8_t* model_train_state() {{ return nullptr; }}
 }}  // namespace mt
 """
 
-_PROFILE = """\
+# custom_profile: the counters a profiled build keeps (one per schedule step, and in a training
+# build also for the loss and each backward step), cleared when a request starts running the model.
+PROFILE_CLEAR = "  for (uint32_t& count : g_profile) count = 0;"
+
+PROFILE_COUNTERS = """\
 namespace {{
-// custom_profile = on: each step's board counter delta in the last model_invoke().
+// custom_profile = on: board counter deltas of the last INFER or TRAIN, one per counted step.
 uint32_t g_profile[{steps}];
 }}  // namespace
 
@@ -216,7 +221,7 @@ const uint32_t* model_profile(uint32_t* steps) {{
 }}
 """
 
-_NO_PROFILE = """\
+NO_PROFILE_COUNTERS = """\
 const uint32_t* model_profile(uint32_t* steps) {
   *steps = 0;
   return nullptr;

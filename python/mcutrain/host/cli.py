@@ -6,6 +6,7 @@
                   [--schedule constant|cosine] [--seed S] [--limit N] [--out DIR] [--no-reset]
   mcutrain eval   [--port P] --data FILE.npz [--limit N]
   mcutrain params [--port P] --out STATE.bin
+  mcutrain profile [--port P] [--report REPORT.json] [--json]
   mcutrain board  start|stop|status [--port qemu[:ELF]]
   mcutrain layers MODEL.tflite [--json] [--train-ram BYTES]
 
@@ -32,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import layers
+from . import layers, profile
 from .curves import Curve, EpochRecord, plot_curve, write_curve_json
 from .device import (
     Device,
@@ -483,6 +484,46 @@ def cmd_params(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- profile ----
+
+
+def profile_report(args: argparse.Namespace) -> Path:
+    """--report, else the report.json the build wrote next to the emulated board's ELF."""
+    if args.report:
+        return Path(args.report)
+    if not is_qemu_port(args.port):
+        raise CliError(f"--port {args.port}: give --report, the report.json of the build the "
+                       "board runs (.pio/build/<env>/report.json)")
+    return resolve_elf(args.port, args.project_dir).parent / "report.json"
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    path = profile_report(args)
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CliError(f"cannot read the build report {path}: {exc}") from exc
+    with connect(args) as dev:
+        info = dev.info()
+        counts = dev.profile()
+    if not counts:
+        raise CliError("the firmware was built without profiling: rebuild it with "
+                       "`custom_profile = on` (or MCUTRAIN_PROFILE=on pio run ...)")
+    if not any(counts):
+        raise CliError("nothing has run since the board started: run `mcutrain infer` or "
+                       "`mcutrain train` first (the profile is that of the last request)")
+    try:
+        rows = profile.labelled(report, counts)
+    except (KeyError, TypeError) as exc:
+        raise CliError(f"{path} is not a build's report.json (it has no {exc} entry)") from exc
+    if args.json:
+        print(json.dumps({"rows": rows, "per_kernel": profile.per_kernel(rows)}, indent=1))
+        return 0
+    unit = "instructions" if info.counter_unit == CounterUnit.INSTRUCTIONS else "cycles"
+    print(profile.format_table(rows, unit))
+    return 0
+
+
 # ---- the kept emulated board ----
 
 
@@ -600,6 +641,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_port(p)
     p.add_argument("--out", required=True, help="file for the raw state block")
     p.set_defaults(func=cmd_params)
+
+    p = sub.add_parser("profile", help="per-layer counts of the last inference or training "
+                                       "step (custom_profile = on builds)")
+    add_port(p)
+    p.add_argument("--report", metavar="REPORT.json",
+                   help="the build's report.json, which names each step (default: the one "
+                        "next to the emulated board's ELF)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_profile)
 
     p = sub.add_parser("board", help="start, stop or show the emulated board kept between "
                                      "commands")

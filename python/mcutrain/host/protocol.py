@@ -26,8 +26,10 @@ UNKNOWN_REQUEST error that says so):
                       firmware sends 0x88 NEED_ROWS (u32 first_row | u32 rows, the request's
                       seq) and the host answers ROWS with exactly those rows of the input
 
-    0x09 PROFILE      empty -> u32 steps | steps x u32 counter deltas of the last inference,
-                      one per schedule step (0 steps unless built with custom_profile = on)
+    0x09 PROFILE      empty -> u32 steps | steps x u32 counter deltas of the last INFER or
+                      TRAIN, one per schedule step, and in a training build then one for the
+                      loss and one per backward step (0 steps unless built with
+                      custom_profile = on; mcutrain.host.profile labels them)
 
 INFO reply payload (version 1)::
 

@@ -16,7 +16,17 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..compile.codegen import model_desc, source_name, step_context, stream_block
+from ..compile.codegen import (
+    NO_PROFILE_COUNTERS,
+    PROFILE_CLEAR,
+    PROFILE_COUNTERS,
+    model_desc,
+    profiled,
+    source_name,
+    step_context,
+    stream_block,
+    unprofiled,
+)
 from ..compile.compiler import scratch_buffer
 from ..compile.streaming import pulls_input
 from ..ops.base import GradRef, TrainBinding, TrainEmit, is_parametric, trainable
@@ -32,10 +42,13 @@ from .training_graph import (
 
 
 class _Emitter:
-    def __init__(self, program: TrainProgram) -> None:
+    def __init__(self, program: TrainProgram, profile: bool = False) -> None:
         self.program = program
         self.pool = ConstPool()
         self.scales: dict[str, int] = {}
+        # custom_profile: forward step s counts into g_profile[s], the loss (with the loss
+        # head's backward) into [len(ops)], backward step i into [len(ops) + 1 + i].
+        self.timed = profiled if profile else unprofiled
 
     def arena(self, buffer: str) -> str:
         return f"(g_arena + {self.program.offset(buffer)})"
@@ -89,46 +102,55 @@ class _Emitter:
                 if step == streamed[step].first:
                     lines.append(stream_block(self.program.model, streamed[step], self.pool,
                                               self.program.planner, self.act,
-                                              self.program.variants, self.params))
+                                              self.program.variants, self.params, self.timed))
                 continue
             if step in head.steps:  # folded into the head, which runs at the first of them
                 if step == head.steps[0]:
-                    lines.extend(head.emit_forward(self))
+                    lines.append(self._timed(step, head.emit_forward(self)))
                 continue
             ins = [self.act(t) for t in p.inputs]
             ctx = step_context(self.pool, self.program.variants[step], self.program.planner,
                                scratch_buffer(step))
-            body = p.opdef.emit(self.params(step), ctx, ins, self.act(p.output)).strip()
+            body = [p.opdef.emit(self.params(step), ctx, ins, self.act(p.output)).strip()]
             lines.append(f"  // [{step}] {p.op.opcode} (operator {p.op.index})")
-            if body:
-                lines.append(indent(body, 2))
             if step in self.program.masks:
                 lo, hi = self.program.masks[step]
                 count = self.program.model.graph.tensors[p.output].num_elements
-                lines.append(indent(grad_rules.emit_mask_pack(
-                    self.act(p.output), count, lo, hi, self.arena(mask_buffer(step))), 2))
+                body.append(grad_rules.emit_mask_pack(
+                    self.act(p.output), count, lo, hi, self.arena(mask_buffer(step))))
+            if any(body):
+                lines.append(self._timed(step, [b for b in body if b]))
         return "\n".join(lines)
 
+    def _timed(self, counter: int, code: list[str]) -> str:
+        """Lines of code (any indentation) as one block counted into g_profile[counter] when
+        profiling, indented for a function body."""
+        return indent(self.timed(counter, "\n".join(c.strip() for c in code)), 2)
+
+    def loss_counter(self) -> int:
+        return len(self.program.model.ops)
+
     def loss(self) -> str:
-        return self.program.head.emit_loss(self)
+        return self.timed(self.loss_counter(), self.program.head.emit_loss(self).strip())
 
     def backward(self) -> str:
         program = self.program
         contributions = gradient_contributions(program)
         seen: dict[int, int] = {}
-        lines = program.head.emit_backward(self)  # the head's backward runs first
-        for b in program.backward:
+        head = program.head.emit_backward(self)  # the head's backward runs first
+        lines = [self._timed(self.loss_counter(), head)] if head else []
+        for i, b in enumerate(program.backward):
             p = b.op
             lines.append(f"  // backward [{b.step}] {p.op.opcode} (operator {p.op.index})")
+            body = []
             dy = self.grad(b.dy_tensor)
             if len(contributions.get(b.dy_tensor, [])) == 2:
-                lines.append(indent(grad_rules.emit_grad_sum(
-                    self.grad(b.dy_tensor, 0), self.grad(b.dy_tensor, 1), dy), 2))
+                body.append(grad_rules.emit_grad_sum(
+                    self.grad(b.dy_tensor, 0), self.grad(b.dy_tensor, 1), dy))
             if b.broadcast is not None:
                 dy = self.broadcast_dy(b, dy)
             elif b.mask is not None:
-                lines.append(indent(grad_rules.emit_mask_apply(
-                    dy, self.arena(mask_buffer(b.step))), 2))
+                body.append(grad_rules.emit_mask_apply(dy, self.arena(mask_buffer(b.step))))
             dxs = []
             for t, need in zip(p.inputs, b.need_dx, strict=True):
                 if not need:
@@ -141,9 +163,14 @@ class _Emitter:
                      for t, keep in zip(p.inputs, b.saved, strict=True)]
             ctx = step_context(self.pool, b.variant, program.planner,
                                scratch_buffer(b.step, backward=True))
-            body = b.rule.emit(self.params(b.step), ctx, saved, dy, dxs, self.train_emit(b.step))
-            lines.append(indent(body.strip(), 2))
+            body.append(b.rule.emit(self.params(b.step), ctx, saved, dy, dxs,
+                                    self.train_emit(b.step)))
+            lines.append(self._timed(self.loss_counter() + 1 + i, body))
         return "\n".join(lines)
+
+    def profile_counters(self) -> int:
+        """g_profile's length: forward steps, the loss, backward steps."""
+        return len(self.program.model.ops) + 1 + len(self.program.backward)
 
     def broadcast_dy(self, b: BackwardStep, source: GradRef) -> GradRef:
         """The folded MEAN's backward as a view over b's output (grad_rules.broadcast_view)."""
@@ -184,22 +211,29 @@ class _Emitter:
                 + f"\nstatic_assert(sizeof(State) == {max(self.program.state_bytes, 4)});")
 
 
+def step_backward_macs(program: TrainProgram, b: BackwardStep) -> int:
+    """Multiply-accumulates of one backward step: its input gradient plus weight gradients
+    (0 for an operator without parameters)."""
+    p = b.op
+    if not is_parametric(p.op.opcode):
+        return 0
+    out_c = program.model.graph.tensors[p.output].shape[-1]
+    slot = program.trained.get(b.step)
+    n_train = slot.slot.n_train if slot is not None else 0
+    return trainable(p.op.opcode).backward_macs(p.macs, out_c, any(b.need_dx), n_train)
+
+
 def backward_macs(program: TrainProgram) -> int:
     """Multiply-accumulates of the backward pass: input gradients plus weight gradients."""
-    total = 0
-    for b in program.backward:
-        p = b.op
-        if not is_parametric(p.op.opcode):
-            continue
-        out_c = program.model.graph.tensors[p.output].shape[-1]
-        slot = program.trained.get(b.step)
-        n_train = slot.slot.n_train if slot is not None else 0
-        total += trainable(p.op.opcode).backward_macs(p.macs, out_c, any(b.need_dx), n_train)
-    return total + program.head.backward_macs()
+    return (sum(step_backward_macs(program, b) for b in program.backward)
+            + program.head.backward_macs())
 
 
-def generate_training_source(program: TrainProgram) -> tuple[str, int]:
-    e = _Emitter(program)
+def generate_training_source(program: TrainProgram, profile: bool = False) -> tuple[str, int]:
+    """The training build's C++ source and its flash constant bytes. With `profile` the
+    PROFILE request answers the last INFER's or TRAIN's counter delta per forward step, for the
+    loss, and per backward step (report.json training.profile_counters names them)."""
+    e = _Emitter(program, profile)
     forward, loss, backward, reset = e.forward(), e.loss(), e.backward(), e.reset()
     state_struct = e.state_struct()
     model = program.model
@@ -208,6 +242,7 @@ def generate_training_source(program: TrainProgram) -> tuple[str, int]:
     headers = sorted({p.opdef.header for p in model.ops if p.opdef.header}
                      | {v.header for v in variants if v.header}
                      | {"kernels/train_math.h", *grad_rules.HEADERS}
+                     | ({"bsp/board.h"} if profile else set())
                      | set(program.head.headers)
                      | ({"runtime/row_window.h"} if program.streams else set()))
     ce = program.scheme.loss == "cross_entropy"
@@ -239,6 +274,9 @@ def generate_training_source(program: TrainProgram) -> tuple[str, int]:
         backward_macs=backward_macs(program),
         forward=forward, label=label, loss=indent(loss.strip(), 2), backward=backward,
         reset=reset, state_struct=state_struct,
+        clear_profile=PROFILE_CLEAR if profile else "",
+        profile=(PROFILE_COUNTERS.format(steps=e.profile_counters()) if profile
+                 else NO_PROFILE_COUNTERS),
     )
     return text, e.pool.nbytes
 
@@ -269,6 +307,11 @@ struct {{
 
 {constants}
 
+}}  // namespace
+
+{profile}
+namespace {{
+
 // kOk, or why a row of a pulled input did not arrive (then nothing has been updated).
 Status Forward() {{
 {forward}
@@ -285,10 +328,14 @@ const TrainDesc kTrain = {{true, {loss_kind}, {classes}, {label_bytes}u, {lr}, {
 int8_t* model_input() {{ return {input_ptr}; }}
 const int8_t* model_output() {{ return g_arena + {output_offset}; }}
 
-Status model_invoke() {{ return Forward(); }}
+Status model_invoke() {{
+{clear_profile}
+  return Forward();
+}}
 
 Status model_train_step(const uint8_t* label, bool update, TrainResult* result) {{
 {label}
+{clear_profile}
   const Status forward = Forward();
   if (forward != Status::kOk) return forward;
   result->prediction = 0;
@@ -313,12 +360,6 @@ Status model_set_lr(float lr) {{
 float model_lr() {{ return g_train.lr; }}
 
 const uint8_t* model_train_state() {{ return reinterpret_cast<const uint8_t*>(&g_state); }}
-
-// Training builds are not profiled (custom_profile applies to inference builds).
-const uint32_t* model_profile(uint32_t* steps) {{
-  *steps = 0;
-  return nullptr;
-}}
 
 namespace {{
 // The trainable copies must hold the flashed weights before the first request.

@@ -18,7 +18,7 @@ from ..compile.report import (
     short_name,
 )
 from ..frontend.graph import ModelError
-from .codegen import backward_macs
+from .codegen import backward_macs, step_backward_macs
 from .training_graph import TrainProgram
 
 
@@ -70,8 +70,13 @@ def training_report(program: TrainProgram) -> dict[str, Any]:
         "backward_steps": [{"step": b.step, "opcode": b.op.op.opcode,
                             "input_gradients": b.need_dx, "mask": b.mask is not None,
                             # forward step of a MEAN whose broadcast this step reads, or null
-                            "broadcast_of": None if b.broadcast is None else b.broadcast.step}
+                            "broadcast_of": None if b.broadcast is None else b.broadcast.step,
+                            "kernel": b.variant.name,
+                            "macs": step_backward_macs(program, b)}
                            for b in program.backward],
+        # The forward kernels of the training build: a trained layer's variant must serve its
+        # SRAM weights, so it may differ from the inference build's ("operators").
+        "forward_kernels": [v.name for v in program.variants],
         "trained": trained,
         # The fp32 classifier's place in the state block (loss_head.py), null without one.
         "float_classifier": program.head.report(),
