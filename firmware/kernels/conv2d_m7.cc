@@ -3,6 +3,7 @@
 
 #include "kernels/dsp.h"
 #include "kernels/fixed_point.h"
+#include "kernels/param_update.h"
 #include "kernels/requantize_m7.h"
 
 namespace mt::m7 {
@@ -163,6 +164,320 @@ void conv2d_s8(const Conv2dParams& p, const int8_t* input, const int8_t* filter,
                                           p.output_c);
     });
   }
+}
+
+// ---- backward ----
+
+namespace {
+
+// Four channels' sums of a_c * g_a + b_c * g_b: words a, b hold channels c..c+3 of two rows,
+// g the int16 pair (g_a, g_b).
+struct PairedQuad {
+  int32_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+
+  void Add(uint32_t a, uint32_t b, uint32_t g) {
+    const uint32_t low = dsp::LowHalves(a, b);    // a0 a1 b0 b1
+    const uint32_t high = dsp::HighHalves(a, b);  // a2 a3 b2 b3
+    s0 = dsp::Dot2(g, dsp::ExtendEven(low), s0);
+    s1 = dsp::Dot2(g, dsp::ExtendOdd(low), s1);
+    s2 = dsp::Dot2(g, dsp::ExtendEven(high), s2);
+    s3 = dsp::Dot2(g, dsp::ExtendOdd(high), s3);
+  }
+};
+
+// Output channels [lo, hi) of one folded output-gradient row g (int16, the pair of lo first)
+// against input channels ic0..ic0+3 of tap t of their weight rows in `rows` (one weight
+// source per call): adds sum over oc of g[oc - lo] * w[oc, t, ic0 + j] to q.s_j. An odd last
+// channel pairs with itself; g's padding lane is 0, so it adds nothing.
+void DotRows(const Conv2dParams& p, const int8_t* rows, int32_t lo, int32_t hi, int32_t t,
+             int32_t ic0, const int16_t* g, PairedQuad& q) {
+  if (lo >= hi) return;  // an empty range (rows may then be null)
+  const int32_t stride = p.filter_h * p.filter_w * p.filter_c;
+  const int8_t* w = rows + lo * stride + t * p.filter_c + ic0;
+  PairedQuad sums = q;  // a local copy stays in registers (q may alias what the loop loads)
+  int32_t oc = lo;
+  for (; oc + 1 < hi; oc += 2, w += 2 * stride, g += 2) {
+    sums.Add(dsp::Load4(w), dsp::Load4(w + stride), dsp::Load4(g));
+  }
+  if (oc < hi) {
+    const uint32_t a = dsp::Load4(w);
+    sums.Add(a, a, dsp::Load4(g));
+  }
+  q = sums;
+}
+
+// The same for one input channel ic (the 1-3 channels past the last group of four).
+int32_t DotRowsScalar(const Conv2dParams& p, const int8_t* rows, int32_t lo, int32_t hi,
+                      int32_t t, int32_t ic, const int16_t* g) {
+  if (lo >= hi) return 0;
+  const int32_t stride = p.filter_h * p.filter_w * p.filter_c;
+  const int8_t* w = rows + lo * stride + t * p.filter_c + ic;
+  int32_t acc = 0;
+  for (int32_t oc = lo; oc < hi; ++oc, w += stride, ++g) acc += *g * *w;
+  return acc;
+}
+
+// Output pixel `pixel` of dy folded into one row: the trained range's channels from g, the
+// frozen range's from g + trained_pad (each range padded to even with a 0).
+void FoldPixel(const Conv2dParams& p, const GradView& dy, const float* ratio, int32_t pixel,
+               int32_t trained_pad, int16_t* g) {
+  for (int32_t oc = 0; oc < p.n_train; ++oc) {
+    g[oc] = static_cast<int16_t>(FoldGrad(dy.At(pixel, oc), ratio, oc));
+  }
+  if (p.n_train < trained_pad) g[p.n_train] = 0;
+  int16_t* frozen = g + trained_pad;
+  const int32_t n_frozen = p.output_c - p.n_train;
+  for (int32_t j = 0; j < n_frozen; ++j) {
+    frozen[j] = static_cast<int16_t>(FoldGrad(dy.At(pixel, p.n_train + j), ratio,
+                                              p.n_train + j));
+  }
+  if ((n_frozen & 1) != 0) frozen[n_frozen] = 0;
+}
+
+}  // namespace
+
+float conv2d_input_grad(const Conv2dParams& p, const int8_t* filter, const GradView& dy,
+                        const float* ratio, float acc_scale, int16_t* dx, int8_t* scratch,
+                        int32_t scratch_bytes) {
+  const int32_t taps = p.filter_h * p.filter_w;
+  if (p.filter_c != p.input_c || taps > kConvGradMaxTaps ||
+      scratch_bytes < Conv2dGradScratchBytes(p)) {
+    return ref::conv2d_input_grad(p, filter, dy, ratio, acc_scale, dx);
+  }
+  const int32_t trained_pad = (p.n_train + 1) / 2 * 2;
+  const int32_t row = Conv2dGradRowValues(p);
+  int16_t* rows = reinterpret_cast<int16_t*>(scratch);
+  const int32_t body = p.input_c & ~3;
+  // Gather form, one input pixel at a time: fold the output-gradient row of every tap that
+  // reads it once, then sum each input channel over taps and output channels.
+  const auto gather = [&](const auto& sink) {
+    for (int32_t b = 0; b < p.batches; ++b) {
+      for (int32_t iy = 0; iy < p.input_h; ++iy) {
+        for (int32_t ix = 0; ix < p.input_w; ++ix) {
+          int32_t tap_of[kConvGradMaxTaps];
+          int32_t live = 0;
+          for (int32_t fy = 0; fy < p.filter_h; ++fy) {
+            int32_t oy = 0;
+            if (!TapOrigin(iy, fy, p.pad_h, p.dilation_h, p.stride_h, p.output_h, &oy)) continue;
+            for (int32_t fx = 0; fx < p.filter_w; ++fx) {
+              int32_t ox = 0;
+              if (!TapOrigin(ix, fx, p.pad_w, p.dilation_w, p.stride_w, p.output_w, &ox)) {
+                continue;
+              }
+              FoldPixel(p, dy, ratio, (b * p.output_h + oy) * p.output_w + ox, trained_pad,
+                        rows + live * row);
+              tap_of[live++] = fy * p.filter_w + fx;
+            }
+          }
+          const int32_t first = ((b * p.input_h + iy) * p.input_w + ix) * p.input_c;
+          for (int32_t ic0 = 0; ic0 < body; ic0 += 4) {
+            PairedQuad q;
+            for (int32_t k = 0; k < live; ++k) {
+              const int16_t* g = rows + k * row;
+              DotRows(p, p.train_filter, 0, p.n_train, tap_of[k], ic0, g, q);
+              DotRows(p, filter, p.n_train, p.output_c, tap_of[k], ic0, g + trained_pad, q);
+            }
+            sink(first + ic0, q.s0);
+            sink(first + ic0 + 1, q.s1);
+            sink(first + ic0 + 2, q.s2);
+            sink(first + ic0 + 3, q.s3);
+          }
+          for (int32_t ic = body; ic < p.input_c; ++ic) {
+            int32_t acc = 0;
+            for (int32_t k = 0; k < live; ++k) {
+              const int16_t* g = rows + k * row;
+              acc += DotRowsScalar(p, p.train_filter, 0, p.n_train, tap_of[k], ic, g);
+              acc += DotRowsScalar(p, filter, p.n_train, p.output_c, tap_of[k], ic,
+                                   g + trained_pad);
+            }
+            sink(first + ic, acc);
+          }
+        }
+      }
+    }
+  };
+  return GatherRequantize(p.batches * p.input_h * p.input_w * p.input_c, gather, acc_scale, dx);
+}
+
+float conv2d_input_grad(const Conv2dParams& p, const int8_t* filter, const int16_t* dy,
+                        const float* ratio, float acc_scale, int16_t* dx, int8_t* scratch,
+                        int32_t scratch_bytes) {
+  return conv2d_input_grad(p, filter, GradView{dy, p.output_c, nullptr, p.output_c}, ratio,
+                           acc_scale, dx, scratch, scratch_bytes);
+}
+
+void conv2d_bias_update(const Conv2dParams& p, const GradView& dy, float lr_dy,
+                        const float* bias_coef, int32_t* bias, int8_t*, int32_t) {
+  ref::conv2d_bias_update(p, dy, lr_dy, bias_coef, bias);
+}
+
+void conv2d_bias_update(const Conv2dParams& p, const int16_t* dy, float lr_dy,
+                        const float* bias_coef, int32_t* bias, int8_t*, int32_t) {
+  ref::conv2d_bias_update(p, dy, lr_dy, bias_coef, bias);
+}
+
+namespace {
+
+// SMLAD pairs whose sums stay within int32: |dy| <= 8191 and |x| <= 128, so 2 * 1023 pixels.
+constexpr int32_t kWeightGradPairs = 1023;
+
+// The output positions o in [0, out) whose tap k reads inside the input (a contiguous range).
+void ValidRange(int32_t out, int32_t in, int32_t k, int32_t pad, int32_t dilation,
+                int32_t stride, int32_t* first, int32_t* end) {
+  int32_t o = 0;
+  while (o < out && o * stride - pad + k * dilation < 0) ++o;
+  *first = o;
+  while (o < out && o * stride - pad + k * dilation < in) ++o;
+  *end = o;
+}
+
+// One tap's outputs as lines of consecutive positions, each a run of the dy column (step 1)
+// and of the input (step x_step): along the output row, or down the column of a one-pixel-wide
+// (1-D) output, so a 1-D model's pixels pair as well as a 2-D row's. Lines that continue each
+// other in both (whole rows of a 1x1 stride-1 filter, say) are merged into one.
+struct TapWalk {
+  int32_t batches, lines, length;  // lines per batch, positions per line
+  int32_t x_step;                  // input bytes from one position to the next
+  const int8_t* x_first;           // batch 0, line 0, position 0
+  int32_t dy_first;                // its pixel in the dy column
+  int32_t line_dy, line_x, batch_dy, batch_x;  // steps from one line / batch to the next
+
+  // fn(x, g) for every line: its first input byte and first dy value.
+  template <typename Fn>
+  void ForEachLine(const int16_t* column, const Fn& fn) const {
+    for (int32_t b = 0; b < batches; ++b) {
+      const int8_t* x = x_first + b * batch_x;
+      const int16_t* g = column + dy_first + b * batch_dy;
+      for (int32_t l = 0; l < lines; ++l, x += line_x, g += line_dy) fn(x, g);
+    }
+  }
+};
+
+TapWalk WalkTap(const Conv2dParams& p, const int8_t* input, int32_t fy, int32_t fx) {
+  int32_t oy0 = 0, oy1 = 0, ox0 = 0, ox1 = 0;
+  ValidRange(p.output_h, p.input_h, fy, p.pad_h, p.dilation_h, p.stride_h, &oy0, &oy1);
+  ValidRange(p.output_w, p.input_w, fx, p.pad_w, p.dilation_w, p.stride_w, &ox0, &ox1);
+  const int32_t c = p.input_c;
+  TapWalk w{};
+  w.x_first = input + ((oy0 * p.stride_h - p.pad_h + fy * p.dilation_h) * p.input_w +
+                       ox0 * p.stride_w - p.pad_w + fx * p.dilation_w) * c;
+  w.dy_first = oy0 * p.output_w + ox0;
+  w.batches = p.batches;
+  w.batch_dy = p.output_h * p.output_w;
+  w.batch_x = p.input_h * p.input_w * c;
+  if (oy1 <= oy0 || ox1 <= ox0) {  // the tap reads only padding
+    w.batches = 0;
+    return w;
+  }
+  if (p.output_w == 1) {  // 1-D along the rows: a line is a whole column
+    w.lines = 1;
+    w.length = oy1 - oy0;
+    w.x_step = p.stride_h * p.input_w * c;
+  } else {
+    w.lines = oy1 - oy0;
+    w.length = ox1 - ox0;
+    w.x_step = p.stride_w * c;
+    w.line_dy = p.output_w;
+    w.line_x = p.stride_h * p.input_w * c;
+    if (w.line_dy == w.length && w.line_x == w.length * w.x_step) {
+      w.length *= w.lines;
+      w.lines = 1;
+    }
+  }
+  if (w.lines == 1 && w.batch_dy == w.length && w.batch_x == w.length * w.x_step) {
+    w.length *= w.batches;
+    w.batches = 1;
+  }
+  return w;
+}
+
+// Input channels ic0..ic0+3 of one tap: adds the sum over its positions of dy * x to gw.
+void TapSums(const TapWalk& w, const int16_t* column, int32_t ic0, int64_t gw[4]) {
+  w.ForEachLine(column, [&](const int8_t* x, const int16_t* g) {
+    x += ic0;
+    int32_t left = w.length;
+    while (left > 0) {
+      PairedQuad q;
+      int32_t pairs = left / 2 < kWeightGradPairs ? left / 2 : kWeightGradPairs;
+      left -= 2 * pairs;
+      for (; pairs > 0; --pairs, x += 2 * w.x_step, g += 2) {
+        q.Add(dsp::Load4(x), dsp::Load4(x + w.x_step), dsp::Load4(g));
+      }
+      if (left == 1) {  // an odd last position: its pair's second lane is masked off
+        const uint32_t a = dsp::Load4(x);
+        q.Add(a, a, dsp::Load4(g) & 0xFFFFu);
+        left = 0;
+      }
+      gw[0] += q.s0;
+      gw[1] += q.s1;
+      gw[2] += q.s2;
+      gw[3] += q.s3;
+    }
+  });
+}
+
+// The same for one input channel (past the last group of four).
+int64_t TapSum(const TapWalk& w, const int16_t* column, int32_t ic) {
+  int64_t gw = 0;
+  w.ForEachLine(column, [&](const int8_t* x, const int16_t* g) {
+    x += ic;
+    for (int32_t k = 0; k < w.length; ++k, x += w.x_step) gw += g[k] * *x;
+  });
+  return gw;
+}
+
+// Sum of the dy column over one tap's positions.
+int64_t TapDySum(const TapWalk& w, const int16_t* column) {
+  int64_t sum = 0;
+  w.ForEachLine(column, [&](const int8_t*, const int16_t* g) {
+    for (int32_t k = 0; k < w.length; ++k) sum += g[k];
+  });
+  return sum;
+}
+
+}  // namespace
+
+void conv2d_weight_update(const Conv2dParams& p, const int8_t* input, const GradView& dy,
+                          float coef, const float* w_coef, Rounding rounding, uint32_t* prng,
+                          int8_t* weights, int8_t* scratch, int32_t scratch_bytes) {
+  if (p.filter_c != p.input_c || scratch_bytes < Conv2dGradScratchBytes(p)) {
+    ref::conv2d_weight_update(p, input, dy, coef, w_coef, rounding, prng, weights);
+    return;
+  }
+  // GW[o, t, ic] = sum over tap t's output positions of dy[pos, o] * (x[pos, t, ic] + zx)
+  //              = (sum of dy * x) + input_offset * (sum of dy), two positions per SMLAD;
+  // updated in memory order (o, t, ic), one PRNG draw per weight as in the reference.
+  const int32_t pixels = p.batches * p.output_h * p.output_w;
+  const int32_t c = p.input_c;
+  const int32_t body = c & ~3;
+  int16_t* column = reinterpret_cast<int16_t*>(scratch);
+  int8_t* w = weights;
+  for (int32_t o = 0; o < p.n_train; ++o) {
+    for (int32_t px = 0; px < pixels; ++px) column[px] = dy.At(px, o);
+    column[pixels] = 0;  // the pair read at the last pixel
+    const float coef_o = coef * w_coef[o];
+    for (int32_t fy = 0; fy < p.filter_h; ++fy) {
+      for (int32_t fx = 0; fx < p.filter_w; ++fx, w += c) {
+        const TapWalk walk = WalkTap(p, input, fy, fx);
+        const int64_t offset_term = static_cast<int64_t>(p.input_offset) * TapDySum(walk, column);
+        for (int32_t ic0 = 0; ic0 < body; ic0 += 4) {
+          int64_t gw[4] = {offset_term, offset_term, offset_term, offset_term};
+          TapSums(walk, column, ic0, gw);
+          for (int32_t j = 0; j < 4; ++j) UpdateWeight(&w[ic0 + j], gw[j], coef_o, rounding, prng);
+        }
+        for (int32_t ic = body; ic < c; ++ic) {
+          UpdateWeight(&w[ic], offset_term + TapSum(walk, column, ic), coef_o, rounding, prng);
+        }
+      }
+    }
+  }
+}
+
+void conv2d_weight_update(const Conv2dParams& p, const int8_t* input, const int16_t* dy,
+                          float coef, const float* w_coef, Rounding rounding, uint32_t* prng,
+                          int8_t* weights, int8_t* scratch, int32_t scratch_bytes) {
+  conv2d_weight_update(p, input, GradView{dy, p.output_c, nullptr, p.output_c}, coef, w_coef,
+                       rounding, prng, weights, scratch, scratch_bytes);
 }
 
 }  // namespace mt::m7

@@ -35,4 +35,58 @@ void conv2d_s8(const Conv2dParams& p, const int8_t* input, const int8_t* filter,
                const int32_t* bias, int8_t* output, bool bounded, int8_t* scratch,
                int32_t scratch_bytes);
 
+// ---- backward (contracts as mt::ref's, conv2d.h) ----
+//
+// Both kernels pair values along the dimension they sum over, so one SMLAD does two MACs
+// without a transposed copy of anything: the two weight rows oc and oc + 1 (input gradient,
+// summed over output channels) or two input pixels (weight gradient, summed over pixels) are
+// loaded as words of four input channels and regrouped by halves (PKHBT/PKHTB) into bytes
+// (a0 a1 b0 b1) and (a2 a3 b2 b3), which SXTB16 turns into the pairs (a_c, b_c) of each channel
+// c; the other operand is an int16 pair of folded output gradients. Sums are the reference's
+// integer sums in another order, exact, so the results are bit-identical.
+
+// Taps the input-gradient kernel folds one output-gradient row for (filter_h * filter_w).
+constexpr int32_t kConvGradMaxTaps = 7 * 7;
+
+// Values of one folded output-gradient row: each range of output channels, trained and frozen,
+// rounded up to even, for any n_train (so the host sizes it without knowing the scheme).
+constexpr int32_t Conv2dGradRowValues(const Conv2dParams& p) { return (p.output_c + 2) / 2 * 2; }
+
+// Scratch bytes the backward kernels need (python/mcutrain/ops/conv2d.py mirrors it):
+// the input gradient's folded output-gradient rows, one per tap, or the weight update's
+// output-gradient column over all pixels plus one 0 (rounded up to even), whichever is larger.
+constexpr int32_t Conv2dGradScratchBytes(const Conv2dParams& p) {
+  const int32_t input_grad = p.filter_h * p.filter_w * Conv2dGradRowValues(p) * 2;
+  const int32_t pixels = p.batches * p.output_h * p.output_w;
+  const int32_t weight_update = (pixels + 2) / 2 * 2 * 2;
+  return input_grad > weight_update ? input_grad : weight_update;
+}
+
+// As mt::ref::conv2d_input_grad, for plain (groups == 1) convolution up to kConvGradMaxTaps
+// taps, trained channels included; with less scratch or another shape the reference runs.
+float conv2d_input_grad(const Conv2dParams& p, const int8_t* filter, const GradView& dy,
+                        const float* ratio, float acc_scale, int16_t* dx, int8_t* scratch,
+                        int32_t scratch_bytes);
+float conv2d_input_grad(const Conv2dParams& p, const int8_t* filter, const int16_t* dy,
+                        const float* ratio, float acc_scale, int16_t* dx, int8_t* scratch,
+                        int32_t scratch_bytes);
+
+// The reference kernel (the step's scratch is passed to every backward kernel of a variant).
+void conv2d_bias_update(const Conv2dParams& p, const GradView& dy, float lr_dy,
+                        const float* bias_coef, int32_t* bias, int8_t* scratch,
+                        int32_t scratch_bytes);
+void conv2d_bias_update(const Conv2dParams& p, const int16_t* dy, float lr_dy,
+                        const float* bias_coef, int32_t* bias, int8_t* scratch,
+                        int32_t scratch_bytes);
+
+// As mt::ref::conv2d_weight_update, for plain (groups == 1) convolution of any shape; with
+// less scratch it runs the reference. Each tap's output positions are walked as lines (output
+// rows, or the column of a 1-D output) of consecutive positions, paired per SMLAD.
+void conv2d_weight_update(const Conv2dParams& p, const int8_t* input, const GradView& dy,
+                          float coef, const float* w_coef, Rounding rounding, uint32_t* prng,
+                          int8_t* weights, int8_t* scratch, int32_t scratch_bytes);
+void conv2d_weight_update(const Conv2dParams& p, const int8_t* input, const int16_t* dy,
+                          float coef, const float* w_coef, Rounding rounding, uint32_t* prng,
+                          int8_t* weights, int8_t* scratch, int32_t scratch_bytes);
+
 }  // namespace mt::m7

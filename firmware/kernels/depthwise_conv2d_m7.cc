@@ -4,6 +4,7 @@
 
 #include "kernels/dsp.h"
 #include "kernels/fixed_point.h"
+#include "kernels/param_update.h"
 #include "kernels/requantize_m7.h"
 
 // Pre-allocation scheduling hoists the unrolled taps' loads and SXTB16s ahead of their uses and
@@ -15,6 +16,7 @@ namespace mt::m7 {
 namespace {
 
 constexpr int32_t kMaxTaps = 7 * 7;
+constexpr int32_t kMaxFilterSide = 7;  // the input gradient's filter-row table
 
 // Four channels' accumulators, tap by tap: input word x (channels c..c+3 of one tap) against
 // the tap's packed weights (w_c0, w_c2), (w_c1, w_c3).
@@ -191,6 +193,150 @@ void depthwise_conv2d_s8(const DepthwiseConv2dParams& p, const int8_t* input,
   WithRequant(ChooseRequant(bounded, p.act_min, p.act_max), [&](auto mode_tag) {
     Dispatch<decltype(mode_tag)::value>(p, input, filter, bias, output, table, scratch);
   });
+}
+
+// ---- backward ----
+
+namespace {
+
+constexpr int32_t kLanes = 4;  // channels per input-gradient block
+
+// Where the pieces of depthwise_conv2d_input_grad's scratch start (depthwise_conv2d_m7.h).
+struct GradScratch {
+  int16_t* ring;     // [ring rows][output_w][4] folded output gradient
+  uint32_t* taps;    // [filter_h * filter_w][2] the block's weights as int16 lane pairs
+  int16_t* columns;  // [input_w][filter_w] ring offset of tap fx's output column, or -1
+
+  GradScratch(const DepthwiseConv2dParams& p, int8_t* scratch)
+      : ring(reinterpret_cast<int16_t*>(scratch)),
+        taps(reinterpret_cast<uint32_t*>(scratch + DepthwiseGradRingRows(p) * p.output_w *
+                                                       kLanes * 2)),
+        columns(reinterpret_cast<int16_t*>(taps + 2 * p.filter_h * p.filter_w)) {}
+};
+
+// The output column each tap of each input column reads, once per call: the tap loop then
+// needs no division and no bounds test beyond one sign.
+void FillColumns(const DepthwiseConv2dParams& p, int16_t* columns) {
+  for (int32_t ix = 0; ix < p.input_w; ++ix) {
+    for (int32_t fx = 0; fx < p.filter_w; ++fx) {
+      int32_t ox = 0;
+      const bool reads =
+          TapOrigin(ix, fx, p.pad_w, p.dilation_w, p.stride_w, p.output_w, &ox);
+      columns[ix * p.filter_w + fx] = static_cast<int16_t>(reads ? ox * kLanes : -1);
+    }
+  }
+}
+
+// Output row oy of batch b, channels [c0, c0 + n), folded into one ring row of int16 lanes
+// (lanes past n hold 0, so they add nothing).
+void FoldRow(const DepthwiseConv2dParams& p, const int16_t* dy, const float* ratio, int32_t b,
+             int32_t oy, int32_t c0, int32_t n, int16_t* row) {
+  const int16_t* g = dy + ((b * p.output_h + oy) * p.output_w) * p.output_c + c0;
+  for (int32_t ox = 0; ox < p.output_w; ++ox, g += p.output_c, row += kLanes) {
+    for (int32_t j = 0; j < kLanes; ++j) {
+      row[j] = static_cast<int16_t>(j < n ? FoldGrad(g[j], ratio, c0 + j) : 0);
+    }
+  }
+}
+
+// Channels [c0, c0 + n) (n <= 4) of every input pixel, taps from `weights` (tap t of channel c
+// at weights[t * stride + c], one weight source per call as in the reference): sink(i, acc)
+// for each of their input-gradient sums.
+template <typename Sink>
+void InputGradBlock(const DepthwiseConv2dParams& p, const int8_t* weights, int32_t stride,
+                    const int16_t* dy, const float* ratio, int32_t c0, int32_t n,
+                    const GradScratch& s, const Sink& sink) {
+  const int32_t tap_count = p.filter_h * p.filter_w;
+  for (int32_t t = 0; t < tap_count; ++t) {
+    int32_t w[kLanes] = {};
+    for (int32_t j = 0; j < n; ++j) w[j] = weights[t * stride + c0 + j];
+    s.taps[2 * t] = dsp::Pack(w[0], w[1]);
+    s.taps[2 * t + 1] = dsp::Pack(w[2], w[3]);
+  }
+  const int32_t ring_rows = DepthwiseGradRingRows(p);
+  const int32_t row_values = p.output_w * kLanes;
+  for (int32_t b = 0; b < p.batches; ++b) {
+    int32_t folded = 0;  // output rows [0, folded) of batch b have been through the ring
+    for (int32_t iy = 0; iy < p.input_h; ++iy) {
+      // The last output row input row iy reads; the ring keeps the ring_rows before it.
+      const int32_t last = (iy + p.pad_h) / p.stride_h;
+      const int32_t need = last < p.output_h ? last + 1 : p.output_h;
+      for (; folded < need; ++folded) {
+        FoldRow(p, dy, ratio, b, folded, c0, n, s.ring + (folded % ring_rows) * row_values);
+      }
+      // The filter rows that read input row iy, with the ring row and the taps each uses.
+      const int16_t* rows[kMaxFilterSide];
+      const uint32_t* tap_rows[kMaxFilterSide];
+      int32_t live = 0;
+      for (int32_t fy = 0; fy < p.filter_h; ++fy) {
+        int32_t oy = 0;
+        if (!TapOrigin(iy, fy, p.pad_h, p.dilation_h, p.stride_h, p.output_h, &oy)) continue;
+        rows[live] = s.ring + (oy % ring_rows) * row_values;
+        tap_rows[live++] = s.taps + 2 * fy * p.filter_w;
+      }
+      const int16_t* columns = s.columns;
+      int32_t i = ((b * p.input_h + iy) * p.input_w) * p.input_c + c0;
+      for (int32_t ix = 0; ix < p.input_w; ++ix, columns += p.filter_w, i += p.input_c) {
+        int32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+        for (int32_t k = 0; k < live; ++k) {
+          const int16_t* row = rows[k];
+          const uint32_t* tap = tap_rows[k];
+          for (int32_t fx = 0; fx < p.filter_w; ++fx, tap += 2) {
+            const int32_t at = columns[fx];
+            if (at < 0) continue;
+            const uint32_t g01 = dsp::Load4(row + at), g23 = dsp::Load4(row + at + 2);
+            a0 = dsp::MulAddLow(g01, tap[0], a0);
+            a1 = dsp::MulAddHigh(g01, tap[0], a1);
+            a2 = dsp::MulAddLow(g23, tap[1], a2);
+            a3 = dsp::MulAddHigh(g23, tap[1], a3);
+          }
+        }
+        sink(i, a0);
+        if (n > 1) sink(i + 1, a1);
+        if (n > 2) sink(i + 2, a2);
+        if (n > 3) sink(i + 3, a3);
+      }
+    }
+  }
+}
+
+}  // namespace
+
+float depthwise_conv2d_input_grad(const DepthwiseConv2dParams& p, const int8_t* filter,
+                                  const int16_t* dy, const float* ratio, float acc_scale,
+                                  int16_t* dx, int8_t* scratch, int32_t scratch_bytes) {
+  if (p.depth_multiplier != 1 || p.filter_h > kMaxFilterSide ||
+      scratch_bytes < DepthwiseInputGradScratchBytes(p)) {
+    return ref::depthwise_conv2d_input_grad(p, filter, dy, ratio, acc_scale, dx);
+  }
+  const GradScratch s(p, scratch);
+  FillColumns(p, s.columns);
+  // Blocks never straddle n_train: the trained prefix reads the SRAM copy (stride n_train),
+  // the rest flash (stride output_c).
+  const auto gather = [&](const auto& sink) {
+    for (int32_t c0 = 0; c0 < p.n_train; c0 += kLanes) {
+      const int32_t n = p.n_train - c0 < kLanes ? p.n_train - c0 : kLanes;
+      InputGradBlock(p, p.train_filter, p.n_train, dy, ratio, c0, n, s, sink);
+    }
+    for (int32_t c0 = p.n_train; c0 < p.output_c; c0 += kLanes) {
+      const int32_t n = p.output_c - c0 < kLanes ? p.output_c - c0 : kLanes;
+      InputGradBlock(p, filter, p.output_c, dy, ratio, c0, n, s, sink);
+    }
+  };
+  return GatherRequantize(p.batches * p.input_h * p.input_w * p.input_c, gather, acc_scale, dx);
+}
+
+void depthwise_conv2d_bias_update(const DepthwiseConv2dParams& p, const int16_t* dy,
+                                  float lr_dy, const float* bias_coef, int32_t* bias, int8_t*,
+                                  int32_t) {
+  ref::depthwise_conv2d_bias_update(p, dy, lr_dy, bias_coef, bias);
+}
+
+void depthwise_conv2d_weight_update(const DepthwiseConv2dParams& p, const int8_t* input,
+                                    const int16_t* dy, float coef, const float* w_coef,
+                                    Rounding rounding, uint32_t* prng, int8_t* weights, int8_t*,
+                                    int32_t) {
+  ref::depthwise_conv2d_weight_update(p, input, dy, coef, w_coef, rounding, prng, weights);
 }
 
 }  // namespace mt::m7

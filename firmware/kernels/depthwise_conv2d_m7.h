@@ -33,4 +33,43 @@ void depthwise_conv2d_s8(const DepthwiseConv2dParams& p, const int8_t* input,
                          const int32_t* table, bool bounded, int8_t* scratch,
                          int32_t scratch_bytes);
 
+// ---- backward (contracts as mt::ref's, depthwise_conv2d.h) ----
+//
+// The input gradient runs four channels at a time. Each output-gradient value of those channels
+// is folded (FoldGrad) once per pass into a ring of the output rows the current input row
+// reads, as int16 lane pairs, and the block's taps are packed the same way; a tap is then two
+// word loads per operand and four SMLABB/SMLATT, where the reference folds every term again and
+// finds every tap's origin per channel: the taps that read an input pixel come from a table of
+// output columns per input column, built once, and the filter rows that read an input row. The ring makes the scratch a few rows of the output
+// gradient, not the whole of it. Sums are the reference's integer sums (any order is exact), so
+// the result is bit-identical.
+
+// Output rows one input row's taps read: the ring's depth.
+constexpr int32_t DepthwiseGradRingRows(const DepthwiseConv2dParams& p) {
+  return (p.filter_h - 1) * p.dilation_h / p.stride_h + 1;
+}
+
+// Scratch bytes depthwise_conv2d_input_grad needs: the ring (ring rows x output_w x 4 int16),
+// the block's packed taps (filter_h x filter_w x 4 int16), then the output column each tap of
+// each input column reads (input_w x filter_w int16), rounded up to 4 bytes.
+constexpr int32_t DepthwiseInputGradScratchBytes(const DepthwiseConv2dParams& p) {
+  return (DepthwiseGradRingRows(p) * p.output_w + p.filter_h * p.filter_w) * 4 * 2 +
+         (p.input_w * p.filter_w + 1) / 2 * 4;
+}
+
+// As mt::ref::depthwise_conv2d_input_grad, for depth multiplier 1 (trained channels included)
+// and filters up to 7 rows; with less scratch, or another shape, it runs the reference kernel.
+float depthwise_conv2d_input_grad(const DepthwiseConv2dParams& p, const int8_t* filter,
+                                  const int16_t* dy, const float* ratio, float acc_scale,
+                                  int16_t* dx, int8_t* scratch, int32_t scratch_bytes);
+
+// The reference kernels (the step's scratch is passed to every backward kernel of a variant).
+void depthwise_conv2d_bias_update(const DepthwiseConv2dParams& p, const int16_t* dy,
+                                  float lr_dy, const float* bias_coef, int32_t* bias,
+                                  int8_t* scratch, int32_t scratch_bytes);
+void depthwise_conv2d_weight_update(const DepthwiseConv2dParams& p, const int8_t* input,
+                                    const int16_t* dy, float coef, const float* w_coef,
+                                    Rounding rounding, uint32_t* prng, int8_t* weights,
+                                    int8_t* scratch, int32_t scratch_bytes);
+
 }  // namespace mt::m7

@@ -28,6 +28,11 @@ inline uint32_t Load4(const void* p) {
   return v;
 }
 
+// Two int16 lanes in one word (lane 0 from the low half of lane0, lane 1 from lane1's).
+inline uint32_t Pack(int32_t lane0, int32_t lane1) {
+  return (static_cast<uint32_t>(lane0) & 0xFFFFu) | (static_cast<uint32_t>(lane1) << 16);
+}
+
 #if MT_HAVE_DSP
 
 // Bytes 0 and 2 of x, sign-extended into lanes 0 and 1.
@@ -45,6 +50,20 @@ inline void LoadPair(const uint32_t*& words, uint32_t& first, uint32_t& second) 
 inline uint32_t ExtendOdd(uint32_t x) {
   uint32_t r;
   __asm__("sxtb16 %0, %1, ror #8" : "=r"(r) : "r"(x));
+  return r;
+}
+
+// The low halves of a and b in one word (PKHBT): bytes a0 a1 b0 b1.
+inline uint32_t LowHalves(uint32_t a, uint32_t b) {
+  uint32_t r;
+  __asm__("pkhbt %0, %1, %2, lsl #16" : "=r"(r) : "r"(a), "r"(b));
+  return r;
+}
+
+// The high halves of a and b in one word (PKHTB): bytes a2 a3 b2 b3.
+inline uint32_t HighHalves(uint32_t a, uint32_t b) {
+  uint32_t r;
+  __asm__("pkhtb %0, %2, %1, asr #16" : "=r"(r) : "r"(a), "r"(b));
   return r;
 }
 
@@ -82,10 +101,6 @@ inline int32_t Lane(uint32_t x, int lane) {
   return static_cast<int16_t>(static_cast<uint16_t>(x >> (16 * lane)));
 }
 
-inline uint32_t Pack(int32_t lane0, int32_t lane1) {
-  return (static_cast<uint32_t>(lane0) & 0xFFFFu) | (static_cast<uint32_t>(lane1) << 16);
-}
-
 inline uint32_t ExtendEven(uint32_t x) {
   return Pack(static_cast<int8_t>(x & 0xFFu), static_cast<int8_t>((x >> 16) & 0xFFu));
 }
@@ -97,6 +112,10 @@ inline void LoadPair(const uint32_t*& words, uint32_t& first, uint32_t& second) 
   second = words[1];
   words += 2;
 }
+
+inline uint32_t LowHalves(uint32_t a, uint32_t b) { return (a & 0xFFFFu) | (b << 16); }
+
+inline uint32_t HighHalves(uint32_t a, uint32_t b) { return (a >> 16) | (b & 0xFFFF0000u); }
 
 inline uint32_t Add16(uint32_t a, uint32_t b) {
   return Pack(Lane(a, 0) + Lane(b, 0), Lane(a, 1) + Lane(b, 1));

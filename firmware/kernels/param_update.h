@@ -28,7 +28,7 @@ inline int32_t FoldGrad(int16_t d, const float* ratio, int32_t c) {
 // callers visit weights in the SRAM copy's memory order.
 inline void UpdateWeight(int8_t* w, int64_t gw, float coef_o, Rounding rounding,
                          uint32_t* prng) {
-  const float delta = static_cast<float>(gw) * coef_o;
+  const float delta = Int64ToFloat(gw) * coef_o;
   float step = RoundUpdate(delta, rounding, prng);
   // A non-finite step (only possible from an overflowing gradient scale) never reaches a weight.
   if (!std::isfinite(step)) step = 0.0f;
@@ -43,7 +43,7 @@ inline void UpdateBias(int32_t rows, const GradView& dy, float lr_dy, const floa
   for (int32_t o = 0; o < dy.channels; ++o) {
     int64_t gb = 0;
     for (int32_t r = 0; r < rows; ++r) gb += dy.At(r, o);
-    const float delta = (lr_dy * static_cast<float>(gb)) * bias_coef[o];
+    const float delta = (lr_dy * Int64ToFloat(gb)) * bias_coef[o];
     const float rounded = RoundHalfAway(delta);
     const double step = std::isfinite(rounded) ? static_cast<double>(rounded) : 0.0;
     bias[o] = SaturateBias(static_cast<double>(bias[o]) - step);

@@ -16,6 +16,14 @@ inline float RoundHalfAway(float v) {
   return v >= 0.0f ? std::floor(v + 0.5f) : -std::floor(-v + 0.5f);
 }
 
+// (float)v, correctly rounded like any int64 -> float conversion. An int64 conversion is a
+// library call on the Cortex-M7 (__aeabi_l2f, tens of instructions), an int32 one is one VCVT,
+// and both round the same integer to the same float; gradient sums nearly always fit int32.
+inline float Int64ToFloat(int64_t v) {
+  if (v >= INT32_MIN && v <= INT32_MAX) return static_cast<float>(static_cast<int32_t>(v));
+  return static_cast<float>(v);
+}
+
 inline uint32_t XorShift32(uint32_t* state) {
   uint32_t s = *state;
   s ^= s << 13;

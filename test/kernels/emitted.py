@@ -301,12 +301,16 @@ def _dy_ref(e: Emission, dy: QGrad | BroadcastDy) -> GradRef:
 def run_train_step(opcode: str, params: object, saved: list[np.ndarray | None],
                    dy: QGrad | BroadcastDy,
                    dx_sizes: list[int | None], slot: TrainSlot | None = None,
-                   lr: float = 0.0, prng: int = 0) -> StepResult:
+                   lr: float = 0.0, prng: int = 0,
+                   variant: KernelVariant | None = None) -> StepResult:
     """One emitted backward step of opcode: input gradients as run_backward, and with a slot
     the parameter updates too, on copies of slot.weights / slot.bias placed in the arena (the
     firmware's SRAM state), learning rate lr and xorshift state prng. dy may be a BroadcastDy
-    for a rule that reads dy through a view (BackwardDef.broadcast_dy)."""
-    e = Emission(REGISTRY[opcode].header, *grad_rules.HEADERS)
+    for a rule that reads dy through a view (BackwardDef.broadcast_dy). variant: the backward
+    kernel variant to emit (the reference when None), given the scratch its scratch_bytes asks
+    for, with guard bytes after it that it must not write."""
+    e = Emission(REGISTRY[opcode].header, *grad_rules.HEADERS,
+                 *([variant.header] if variant and variant.header else []))
     dy_ref = _dy_ref(e, dy)
     # A rule that writes int16 straight away gets 2 bytes per element, as the planner gives it,
     # with 16 guard bytes after each: writing past them would corrupt a neighbour in the arena.
@@ -317,10 +321,20 @@ def run_train_step(opcode: str, params: object, saved: list[np.ndarray | None],
     state = _TrainState(e, slot, lr, prng)
     if state.binding is not None:
         params = dataclasses.replace(params, train=state.binding)
-    body = BACKWARD[opcode].emit(params, e.pool, [None if b is None else b.ptr for b in saved_bufs],
+    ctx: object = e.pool
+    scratch_guard = None
+    if variant is not None:
+        size = variant.scratch_bytes(params)
+        scratch = e.space(size).ptr if size else None
+        scratch_guard = e.space(16)
+        ctx = StepContext(e.pool, variant, scratch, size)
+    body = BACKWARD[opcode].emit(params, ctx, [None if b is None else b.ptr for b in saved_bufs],
                                  dy_ref, [None if d is None else d.ref for d in dxs],
                                  state.emit(e.pool))
     ran = e.run(state.declarations() + body)
+    if scratch_guard is not None:
+        past = ran.arena[scratch_guard.at:scratch_guard.at + scratch_guard.nbytes]
+        assert np.all(past == _GARBAGE), f"{opcode} backward wrote past its scratch"
     for d, guard in zip(dxs, guards, strict=True):
         if d is not None and guard is not None:
             past = ran.arena[d.at + 2 * d.ref.count:guard.at + guard.nbytes]

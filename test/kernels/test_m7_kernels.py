@@ -1,7 +1,8 @@
 """The Cortex-M7 kernel variants against the numpy reference on randomised shapes.
 
 Each variant must equal the reference kernel bit for bit wherever its `serves` predicate accepts
-the shape. Here the host build compiles the variants with the plain C++ stand-ins of the DSP
+the shape; a backward variant equals the numpy training step (input gradient and its scale,
+updated weights and bias, PRNG state). Here the host build compiles the variants with the plain C++ stand-ins of the DSP
 instructions (firmware/kernels/dsp.h), so what is checked is the algorithm: the blocking,
 the column order, the odd-channel and odd-pixel tails, padding and strides. The same kernels
 with the real SMLAD/SXTB16 run on the emulated Cortex-M7 in test_firmware_bitexact.py (every
@@ -14,10 +15,12 @@ import dataclasses
 
 import numpy as np
 import pytest
-from emitted import run_op
+from emitted import BroadcastDy, run_op, run_train_step
+from test_conv_backward import Step, _n_train, make_slot, pick_lr, prepared
 from test_conv_kernels import Case, build_graph
 
 from mcutrain.ops import conv2d, depthwise_conv2d
+from mcutrain.ops.train_math import F32, GRAD_MAX, QGrad, XorShift32
 
 
 def random_conv_case(seed: int) -> Case:
@@ -120,3 +123,136 @@ def test_depthwise_m7_declines_what_it_does_not_compute() -> None:
     assert not depthwise_conv2d.M7.serves(params, 0)
     graph, op = build_graph(Case("dw", (1, 6, 6, 4)))
     assert not depthwise_conv2d.M7.serves(depthwise_conv2d.prepare(op, graph), 2)
+
+
+# ---- backward ----
+
+
+def random_depthwise_step(seed: int) -> Step:
+    """A random depth-multiplier-1 DEPTHWISE_CONV_2D training step: the input gradient always,
+    the trained prefix anywhere from none to every channel (it is read from the SRAM copy)."""
+    case = random_depthwise_case(seed)
+    rng = np.random.default_rng(7000 + seed)
+    channels = case.shape[3]
+    n_train = int(rng.choice([0, int(rng.integers(0, channels + 1)), channels]))
+    return Step(case, n_train=n_train, bias=bool(rng.random() < 0.7),
+                stochastic=bool(rng.random() < 0.5), qas=bool(rng.random() < 0.8), seed=seed)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_depthwise_m7_backward_equals_reference(seed: int) -> None:
+    step = random_depthwise_step(seed)
+    p, x, dy, lr = prepared(step)
+    variant = depthwise_conv2d.M7_BACKWARD
+    assert variant.serves(p, _n_train(step, p))
+    slot = make_slot(step, p)
+    got = run_train_step("DEPTHWISE_CONV_2D", p, [x], dy, [x.size], slot, float(lr), 99 + seed,
+                         variant=variant)
+    bdef = depthwise_conv2d.BACKWARD
+    saved = [x if bdef.saves_input(p, slot)[0] else None]
+    rng = XorShift32(99 + seed)
+    (dx,) = bdef.reference(p, saved, dy, [True], slot, lr, rng)
+    np.testing.assert_array_equal(got.dxs[0].data, dx.data.ravel())
+    assert np.float32(got.dxs[0].scale).tobytes() == np.float32(dx.scale).tobytes()
+    if slot.weights is not None:
+        np.testing.assert_array_equal(got.weights, slot.weights)
+    if slot.bias is not None:
+        np.testing.assert_array_equal(got.bias, slot.bias)
+    assert got.prng == rng.state
+
+
+def test_depthwise_m7_backward_declines_a_depth_multiplier() -> None:
+    graph, op = build_graph(Case("dw", (1, 7, 7, 3), stride=(2, 2), dm=2, seed=1))
+    assert not depthwise_conv2d.M7_BACKWARD.serves(depthwise_conv2d.prepare(op, graph), 0)
+
+
+def test_depthwise_m7_input_grad_without_enough_scratch_runs_the_reference() -> None:
+    step = Step(Case("dw", (1, 6, 5, 6), seed=4), n_train=0, bias=False)
+    p, x, dy, lr = prepared(step)
+    short = dataclasses.replace(depthwise_conv2d.M7_BACKWARD, scratch_bytes=lambda p: 8)
+    got = run_train_step("DEPTHWISE_CONV_2D", p, [x], dy, [x.size], variant=short)
+    (dx,) = depthwise_conv2d.BACKWARD.reference(p, [None], dy, [True], None, lr, XorShift32(1))
+    np.testing.assert_array_equal(got.dxs[0].data, dx.data.ravel())
+
+
+def random_conv_step(seed: int) -> Step:
+    """A random plain CONV_2D training step; half of them pointwise at stride 1, the shape the
+    weight update is optimized for (the paper's sparse scheme trains those)."""
+    case = random_conv_case(seed)
+    rng = np.random.default_rng(8000 + seed)
+    if rng.random() < 0.5:
+        case = dataclasses.replace(case, kernel=(1, 1), stride=(1, 1), dilation=(1, 1),
+                                   shape=(case.shape[0], case.shape[1], case.shape[2],
+                                          int(rng.choice([4, 5, 8, 13, 16, 33]))))
+    out_c = case.out_c
+    n_train = int(rng.choice([0, int(rng.integers(0, out_c + 1)), out_c]))
+    bias = bool(rng.random() < 0.7)
+    # A step that wants nothing (no dx, nothing trained) is not emitted at all.
+    dx = bool(rng.random() < 0.8) or (n_train == 0 and not bias)
+    return Step(case, n_train=n_train, bias=bias, dx=dx, stochastic=bool(rng.random() < 0.5),
+                qas=bool(rng.random() < 0.8), seed=seed)
+
+
+def _check_step(got, p, x, dy, step: Step, slot, lr, state: int) -> None:
+    bdef = conv2d.BACKWARD
+    saved = [x if bdef.saves_input(p, slot)[0] else None]
+    rng = XorShift32(state)
+    (dx,) = bdef.reference(p, saved, dy, [step.dx], slot, lr, rng)
+    if step.dx:
+        np.testing.assert_array_equal(got.dxs[0].data, dx.data.ravel())
+        assert np.float32(got.dxs[0].scale).tobytes() == np.float32(dx.scale).tobytes()
+    if slot.weights is not None:
+        np.testing.assert_array_equal(np.asarray(got.weights).ravel(), slot.weights.ravel())
+    if slot.bias is not None:
+        np.testing.assert_array_equal(got.bias, slot.bias)
+    assert got.prng == rng.state
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_conv2d_m7_backward_equals_reference(seed: int) -> None:
+    step = random_conv_step(seed)
+    p, x, dy, lr = prepared(step)
+    assert conv2d.M7_BACKWARD.serves(p, _n_train(step, p))
+    slot = make_slot(step, p)
+    got = run_train_step("CONV_2D", p, [x], dy, [x.size if step.dx else None], slot, float(lr),
+                         55 + seed, variant=conv2d.M7_BACKWARD)
+    _check_step(got, p, x, dy, step, slot, lr, 55 + seed)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_conv2d_m7_backward_reads_a_masked_broadcast_view(seed: int) -> None:
+    """dy as a spatial MEAN's backward gives it (one vector at every pixel, mask bits applied
+    on the fly) equals the stored, masked broadcast."""
+    step = random_conv_step(100 + seed)
+    p, x, _, _ = prepared(step)
+    out_shape = tuple(p.output_shape)
+    channels, count = out_shape[-1], int(np.prod(out_shape[:-1]))
+    rng = np.random.default_rng(300 + seed)
+    source = rng.integers(-GRAD_MAX, GRAD_MAX + 1, size=channels)
+    source[0] = GRAD_MAX
+    source = QGrad(source.astype(np.int16), F32(rng.uniform(1e-4, 1e-2)))
+    keep = rng.random(count * channels) > 0.3
+    full = np.broadcast_to(source.data, out_shape).ravel()
+    dy = QGrad(np.where(keep, full, 0).astype(np.int16).reshape(out_shape),
+               F32(source.scale) / F32(count))
+    lr = pick_lr(step, p, x, dy)
+    slot = make_slot(step, p)
+    bits = np.packbits(keep, bitorder="little")
+    got = run_train_step("CONV_2D", p, [x], BroadcastDy(source, count, bits),
+                         [x.size if step.dx else None], slot, float(lr), 4321,
+                         variant=conv2d.M7_BACKWARD)
+    _check_step(got, p, x, dy, step, slot, lr, 4321)
+
+
+def test_conv2d_m7_backward_without_enough_scratch_runs_the_reference() -> None:
+    step = Step(Case("conv", (1, 5, 5, 8), 6, kernel=(1, 1), seed=2), n_train=3)
+    p, x, dy, lr = prepared(step)
+    slot = make_slot(step, p)
+    short = dataclasses.replace(conv2d.M7_BACKWARD, scratch_bytes=lambda p: 4)
+    got = run_train_step("CONV_2D", p, [x], dy, [x.size], slot, float(lr), 9, variant=short)
+    _check_step(got, p, x, dy, step, slot, lr, 9)
+
+
+def test_conv2d_m7_backward_declines_grouped_convolution() -> None:
+    graph, op = build_graph(Case("conv", (1, 5, 5, 6), 4, groups=2, seed=7))
+    assert not conv2d.M7_BACKWARD.serves(conv2d.prepare(op, graph), 0)

@@ -25,6 +25,7 @@ from .base import (
     FloatContext,
     KernelVariant,
     TrainBinding,
+    backward_key,
     kernel_name,
     register_variant,
     variant_args,
@@ -275,3 +276,29 @@ def m7_constants(p: Conv2dParams, ctx: Any) -> str:
 M7 = register_variant("CONV_2D", KernelVariant(
     "m7", "mt::m7", header="kernels/conv2d_m7.h", scratch_bytes=m7_scratch_bytes,
     serves=m7_serves, constants=m7_constants))
+
+
+# conv2d_m7.h kConvGradMaxTaps: the input gradient folds one output-gradient row per tap.
+M7_GRAD_MAX_TAPS = 7 * 7
+
+
+def m7_grad_scratch_bytes(p: Conv2dParams) -> int:
+    """mt::m7::Conv2dGradScratchBytes: one folded output-gradient row per tap (output channels
+    rounded up to even, plus 2 when both channel ranges are odd), or the weight update's int16
+    column over all pixels plus a 0 (rounded up to even), whichever is larger."""
+    _, f_h, f_w, _ = p.filter.shape
+    out_c = p.output_shape[3]
+    input_grad = f_h * f_w * ((out_c + 2) // 2 * 2) * 2
+    pixels = p.output_shape[0] * p.output_shape[1] * p.output_shape[2]
+    return max(input_grad, (pixels + 2) // 2 * 2 * 2)
+
+
+def m7_backward_serves(p: Conv2dParams, n_train: int) -> bool:
+    """Plain convolution up to 7x7 taps."""
+    _, f_h, f_w, f_c = p.filter.shape
+    return f_c == p.input_shape[3] and f_h * f_w <= M7_GRAD_MAX_TAPS
+
+
+M7_BACKWARD = register_variant(backward_key("CONV_2D"), KernelVariant(
+    "m7", "mt::m7", header="kernels/conv2d_m7.h", scratch_bytes=m7_grad_scratch_bytes,
+    serves=m7_backward_serves))

@@ -26,6 +26,7 @@ from .base import (
     FloatContext,
     KernelVariant,
     TrainBinding,
+    backward_key,
     kernel_name,
     register_variant,
     variant_args,
@@ -299,3 +300,28 @@ def m7_serves(p: DepthwiseConv2dParams, n_train: int) -> bool:
 M7 = register_variant("DEPTHWISE_CONV_2D", KernelVariant(
     "m7", "mt::m7", header="kernels/depthwise_conv2d_m7.h", scratch_bytes=m7_scratch_bytes,
     serves=m7_serves, constants=m7_constants))
+
+
+def m7_input_grad_scratch_bytes(p: DepthwiseConv2dParams) -> int:
+    """mt::m7::DepthwiseInputGradScratchBytes: the ring of folded output-gradient rows one input
+    row reads (4 channels, int16), one block's packed taps, and the table of the output column
+    each tap of each input column reads (int16, rounded up to 4 bytes)."""
+    _, f_h, f_w, _ = p.filter.shape
+    ring_rows = (f_h - 1) * p.dilation[0] // p.stride[0] + 1
+    columns = -(-(p.input_shape[2] * f_w) // 2) * 4
+    return (ring_rows * p.output_shape[2] + f_h * f_w) * 4 * 2 + columns
+
+
+# depthwise_conv2d_m7.cc kMaxFilterSide: the input gradient's table of filter rows.
+M7_MAX_FILTER_ROWS = 7
+
+
+def m7_backward_serves(p: DepthwiseConv2dParams, n_train: int) -> bool:
+    """Depth multiplier 1 and filters up to 7 rows; the trained prefix is read from its SRAM
+    copy like the rest."""
+    return p.depth_multiplier == 1 and p.filter.shape[1] <= M7_MAX_FILTER_ROWS
+
+
+M7_BACKWARD = register_variant(backward_key("DEPTHWISE_CONV_2D"), KernelVariant(
+    "m7", "mt::m7", header="kernels/depthwise_conv2d_m7.h",
+    scratch_bytes=m7_input_grad_scratch_bytes, serves=m7_backward_serves))
