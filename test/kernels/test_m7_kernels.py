@@ -2,8 +2,9 @@
 
 Each variant must equal the reference kernel bit for bit wherever its `serves` predicate accepts
 the shape; a backward variant equals the numpy training step (input gradient and its scale,
-updated weights and bias, PRNG state). Here the host build compiles the variants with the plain C++ stand-ins of the DSP
-instructions (firmware/kernels/dsp.h), so what is checked is the algorithm: the blocking,
+updated weights and bias, PRNG state). Here the host build compiles the variants with the plain
+C++ stand-ins of the DSP instructions (firmware/kernels/dsp.h), so what is checked is the
+algorithm: the blocking,
 the column order, the odd-channel and odd-pixel tails, padding and strides. The same kernels
 with the real SMLAD/SXTB16 run on the emulated Cortex-M7 in test_firmware_bitexact.py (every
 shipped model against LiteRT) and test_m7_emulated.py (random layers).
