@@ -241,7 +241,7 @@ float conv2d_input_grad(const Conv2dParams& p, const int8_t* filter, const GradV
                         int32_t scratch_bytes) {
   const int32_t taps = p.filter_h * p.filter_w;
   if (p.filter_c != p.input_c || taps > kConvGradMaxTaps ||
-      scratch_bytes < Conv2dGradScratchBytes(p)) {
+      scratch_bytes < Conv2dInputGradScratchBytes(p)) {
     return ref::conv2d_input_grad(p, filter, dy, ratio, acc_scale, dx);
   }
   const int32_t trained_pad = (p.n_train + 1) / 2 * 2;
@@ -440,7 +440,7 @@ int64_t TapDySum(const TapWalk& w, const int16_t* column) {
 void conv2d_weight_update(const Conv2dParams& p, const int8_t* input, const GradView& dy,
                           float coef, const float* w_coef, Rounding rounding, uint32_t* prng,
                           int8_t* weights, int8_t* scratch, int32_t scratch_bytes) {
-  if (p.filter_c != p.input_c || scratch_bytes < Conv2dGradScratchBytes(p)) {
+  if (p.filter_c != p.input_c || scratch_bytes < Conv2dWeightUpdateScratchBytes(p)) {
     ref::conv2d_weight_update(p, input, dy, coef, w_coef, rounding, prng, weights);
     return;
   }

@@ -52,14 +52,17 @@ constexpr int32_t kConvGradMaxTaps = 7 * 7;
 // rounded up to even, for any n_train (so the host sizes it without knowing the scheme).
 constexpr int32_t Conv2dGradRowValues(const Conv2dParams& p) { return (p.output_c + 2) / 2 * 2; }
 
-// Scratch bytes the backward kernels need (python/mcutrain/ops/conv2d.py mirrors it):
-// the input gradient's folded output-gradient rows, one per tap, or the weight update's
-// output-gradient column over all pixels plus one 0 (rounded up to even), whichever is larger.
-constexpr int32_t Conv2dGradScratchBytes(const Conv2dParams& p) {
-  const int32_t input_grad = p.filter_h * p.filter_w * Conv2dGradRowValues(p) * 2;
-  const int32_t pixels = p.batches * p.output_h * p.output_w;
-  const int32_t weight_update = (pixels + 2) / 2 * 2 * 2;
-  return input_grad > weight_update ? input_grad : weight_update;
+// Scratch bytes of the backward kernels (python/mcutrain/ops/conv2d.py mirrors them; a step
+// plans only those of the kernels it runs). The input gradient: its folded output-gradient
+// rows, one per tap.
+constexpr int32_t Conv2dInputGradScratchBytes(const Conv2dParams& p) {
+  return p.filter_h * p.filter_w * Conv2dGradRowValues(p) * 2;
+}
+
+// The weight update: one trained channel's output-gradient column over all pixels plus one 0,
+// rounded up to even.
+constexpr int32_t Conv2dWeightUpdateScratchBytes(const Conv2dParams& p) {
+  return (p.batches * p.output_h * p.output_w + 2) / 2 * 2 * 2;
 }
 
 // As mt::ref::conv2d_input_grad, for plain (groups == 1) convolution up to kConvGradMaxTaps

@@ -257,3 +257,31 @@ def test_conv2d_m7_backward_without_enough_scratch_runs_the_reference() -> None:
 def test_conv2d_m7_backward_declines_grouped_convolution() -> None:
     graph, op = build_graph(Case("conv", (1, 5, 5, 6), 4, groups=2, seed=7))
     assert not conv2d.M7_BACKWARD.serves(conv2d.prepare(op, graph), 0)
+
+
+def test_conv2d_m7_backward_without_scratch_runs_the_reference() -> None:
+    """A step that planned no scratch passes (nullptr, 0): every kernel then falls back."""
+    step = Step(Case("conv", (1, 5, 5, 8), 6, kernel=(1, 1), seed=3), n_train=2)
+    p, x, dy, lr = prepared(step)
+    slot = make_slot(step, p)
+    none = dataclasses.replace(conv2d.M7_BACKWARD, scratch_bytes=lambda p: 0)
+    got = run_train_step("CONV_2D", p, [x], dy, [x.size], slot, float(lr), 5, variant=none)
+    _check_step(got, p, x, dy, step, slot, lr, 5)
+
+
+def test_a_backward_step_plans_only_the_scratch_of_what_it_computes() -> None:
+    graph, op = build_graph(Case("conv", (1, 4, 4, 2), 40, kernel=(3, 3), seed=1))
+    p = conv2d.prepare(op, graph)
+    variant = conv2d.M7_BACKWARD
+    input_grad = conv2d.m7_input_grad_scratch_bytes(p)
+    column = conv2d.m7_weight_update_scratch_bytes(p)
+    assert input_grad == 9 * 42 * 2 and column == (16 + 2) * 2
+    assert variant.step_scratch_bytes(p, True, 0) == input_grad
+    assert variant.step_scratch_bytes(p, False, 5) == column
+    assert variant.step_scratch_bytes(p, False, 0) == 0  # the bias update needs none
+    graph, op = build_graph(Case("dw", (1, 6, 6, 8), seed=2))
+    dw = depthwise_conv2d.prepare(op, graph)
+    dw_variant = depthwise_conv2d.M7_BACKWARD
+    assert dw_variant.step_scratch_bytes(dw, False, 3) == 0  # its updates run the reference
+    dw_input_grad = depthwise_conv2d.m7_input_grad_scratch_bytes(dw)
+    assert dw_variant.step_scratch_bytes(dw, True, 0) == dw_input_grad

@@ -81,9 +81,12 @@ def scratch_buffer(step: int, backward: bool = False) -> str:
     return f"scratch_b{step}" if backward else f"scratch{step}"
 
 
-def scratch_size(variant: KernelVariant, params: Any) -> int:
-    """The variant's scratch bytes for these params (its pure size function, checked)."""
-    size = variant.scratch_bytes(params)
+def scratch_size(variant: KernelVariant, params: Any,
+                 backward: tuple[bool, int] | None = None) -> int:
+    """The variant's scratch bytes for these params (its pure size function, checked); for a
+    backward step, backward = (need_dx, n_train) says what the step computes."""
+    size = (variant.scratch_bytes(params) if backward is None
+            else variant.step_scratch_bytes(params, *backward))
     if not isinstance(size, int) or size < 0:
         raise ValueError(f"kernel variant {variant.name}: scratch_bytes gave {size!r}, "
                          "expected a byte count >= 0")

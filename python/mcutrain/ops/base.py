@@ -94,6 +94,22 @@ class KernelVariant:
     # flash constants it lays out itself through ctx.const_array (weights re-packed in the
     # order its inner loop reads them, folded biases). None: it reads only the OpDef's.
     constants: Callable[[Any, Any], str] | None = None
+    # A backward variant's scratch for what a step computes: (params, need_dx, n_train) ->
+    # bytes, so a step without an input gradient does not hold that kernel's buffer. None:
+    # scratch_bytes(params) for every step.
+    backward_scratch: Callable[[Any, bool, int], int] | None = None
+
+    @property
+    def takes_scratch(self) -> bool:
+        """Its kernels take trailing (scratch, bytes) arguments, given nullptr, 0 when a step
+        plans none (each kernel then needs none, or runs the reference)."""
+        return self.scratch_bytes is not _no_scratch or self.backward_scratch is not None
+
+    def step_scratch_bytes(self, params: Any, need_dx: bool, n_train: int) -> int:
+        """Scratch bytes of one backward step."""
+        if self.backward_scratch is not None:
+            return self.backward_scratch(params, need_dx, n_train)
+        return self.scratch_bytes(params)
 
     def kernel(self, function: str) -> str:
         return f"{self.namespace}::{function}"
@@ -159,9 +175,13 @@ def variant_args(ctx: Any, params: Any) -> str:
 
 
 def scratch_args(ctx: Any) -> str:
-    """Trailing `, scratch, bytes` arguments of a kernel call, "" when the step has no scratch."""
+    """Trailing `, scratch, bytes` arguments of a kernel call: "" for a variant without scratch,
+    `, nullptr, 0` when its step planned none."""
     scratch = getattr(ctx, "scratch", None)
-    return "" if scratch is None else f", {scratch}, {ctx.scratch_size}"
+    if scratch is None:
+        variant = getattr(ctx, "variant", REF)
+        return ", nullptr, 0" if variant.takes_scratch else ""
+    return f", {scratch}, {ctx.scratch_size}"
 
 
 class FloatContext(Protocol):

@@ -282,15 +282,29 @@ M7 = register_variant("CONV_2D", KernelVariant(
 M7_GRAD_MAX_TAPS = 7 * 7
 
 
-def m7_grad_scratch_bytes(p: Conv2dParams) -> int:
-    """mt::m7::Conv2dGradScratchBytes: one folded output-gradient row per tap (output channels
-    rounded up to even, plus 2 when both channel ranges are odd), or the weight update's int16
-    column over all pixels plus a 0 (rounded up to even), whichever is larger."""
+def m7_input_grad_scratch_bytes(p: Conv2dParams) -> int:
+    """mt::m7::Conv2dInputGradScratchBytes: one folded output-gradient row per tap (output
+    channels rounded up to even, plus 2 when both channel ranges are odd), int16."""
     _, f_h, f_w, _ = p.filter.shape
-    out_c = p.output_shape[3]
-    input_grad = f_h * f_w * ((out_c + 2) // 2 * 2) * 2
+    return f_h * f_w * ((p.output_shape[3] + 2) // 2 * 2) * 2
+
+
+def m7_weight_update_scratch_bytes(p: Conv2dParams) -> int:
+    """mt::m7::Conv2dWeightUpdateScratchBytes: the int16 dy column of one trained channel over
+    all pixels plus a 0, rounded up to even."""
     pixels = p.output_shape[0] * p.output_shape[1] * p.output_shape[2]
-    return max(input_grad, (pixels + 2) // 2 * 2 * 2)
+    return (pixels + 2) // 2 * 2 * 2
+
+
+def m7_grad_scratch_bytes(p: Conv2dParams) -> int:
+    """Enough for either backward kernel (what a step that computes both needs)."""
+    return max(m7_input_grad_scratch_bytes(p), m7_weight_update_scratch_bytes(p))
+
+
+def m7_backward_scratch(p: Conv2dParams, need_dx: bool, n_train: int) -> int:
+    """A backward step's scratch: only the buffers of the kernels it runs."""
+    return max(m7_input_grad_scratch_bytes(p) if need_dx else 0,
+               m7_weight_update_scratch_bytes(p) if n_train > 0 else 0)
 
 
 def m7_backward_serves(p: Conv2dParams, n_train: int) -> bool:
@@ -301,4 +315,4 @@ def m7_backward_serves(p: Conv2dParams, n_train: int) -> bool:
 
 M7_BACKWARD = register_variant(backward_key("CONV_2D"), KernelVariant(
     "m7", "mt::m7", header="kernels/conv2d_m7.h", scratch_bytes=m7_grad_scratch_bytes,
-    serves=m7_backward_serves))
+    serves=m7_backward_serves, backward_scratch=m7_backward_scratch))

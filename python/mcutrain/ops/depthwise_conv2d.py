@@ -322,6 +322,12 @@ def m7_backward_serves(p: DepthwiseConv2dParams, n_train: int) -> bool:
     return p.depth_multiplier == 1 and p.filter.shape[1] <= M7_MAX_FILTER_ROWS
 
 
+def m7_backward_scratch(p: DepthwiseConv2dParams, need_dx: bool, n_train: int) -> int:
+    """Only the input gradient takes scratch (the updates run the reference kernels)."""
+    return m7_input_grad_scratch_bytes(p) if need_dx else 0
+
+
 M7_BACKWARD = register_variant(backward_key("DEPTHWISE_CONV_2D"), KernelVariant(
     "m7", "mt::m7", header="kernels/depthwise_conv2d_m7.h",
-    scratch_bytes=m7_input_grad_scratch_bytes, serves=m7_backward_serves))
+    scratch_bytes=m7_input_grad_scratch_bytes, serves=m7_backward_serves,
+    backward_scratch=m7_backward_scratch))

@@ -90,6 +90,12 @@ class BackwardStep:
     # dy is a MEAN's output gradient broadcast over this step's output plane, read through a
     # view with the mask applied on the fly: no buffer holds the broadcast.
     broadcast: Broadcast | None = None
+    n_train: int = 0  # output channels whose weights this step updates
+
+    @property
+    def scratch_bytes(self) -> int:
+        """Scratch its kernels need for what it computes (input gradient, weight update)."""
+        return scratch_size(self.variant, self.op.params, (any(self.need_dx), self.n_train))
 
     @property
     def dy_tensor(self) -> int:
@@ -233,7 +239,8 @@ def schedule_backward(model: CompiledModel, scheme: Scheme, selection: Selection
             _check_depth(p, rule)
         n_train = slot.n_train if slot is not None else 0
         variant = choose_variant(backward_key(p.op.opcode), p.params, n_train, model.kernels)
-        backward.append(BackwardStep(step, p, rule, mask, need_dx, saved, variant))
+        backward.append(BackwardStep(step, p, rule, mask, need_dx, saved, variant,
+                                     n_train=n_train))
     return Schedule(backward, masks, loss_input, head.classifier, head)
 
 
@@ -522,7 +529,7 @@ def plan_memory(model: CompiledModel, schedule: Schedule, variants: list[KernelV
         for t, keep in zip(b.op.inputs, b.saved, strict=True):
             if keep:
                 act(t, bstep[b.step])
-        size = scratch_size(b.variant, b.op.params)
+        size = b.scratch_bytes
         if size:
             use(scratch_buffer(b.step, backward=True), size, bstep[b.step])
     _plan_gradients(model, schedule, use, bstep, n)
