@@ -10,40 +10,49 @@ namespace mt::m7 {
 
 namespace {
 
-// A column holds `depth` int16 values in groups of four stored as (k0, k2, k1, k3), the last
-// group zero-padded.
+// Output pixels per block: each weight word is loaded and unpacked once for all of them.
+constexpr int32_t kPixels = 4;
+
+// The block's columns: each pixel's `depth` int16 values (its receptive field plus the input
+// offset) in groups of four stored as (k0, k2, k1, k3), the order SXTB16 unpacks a weight word
+// into, the last group zero-padded; the four pixels' words of a group interleaved, [group]
+// [pixel][even, odd], so that one pointer walks all four.
 struct Columns {
-  int32_t depth;  // filter_h * filter_w * filter_c
-  int32_t body;   // depth & ~3: values covered by whole weight words
-  int32_t words;  // uint32 words per column (depth rounded up to 4, halved)
+  int32_t depth;   // filter_h * filter_w * filter_c
+  int32_t body;    // depth & ~3: values covered by whole weight words
+  int32_t groups;  // depth rounded up to 4, over 4
 };
 
-inline int32_t Permuted(int32_t k) { return (k & ~3) | ((k & 1) << 1) | ((k >> 1) & 1); }
+// The int16 index of value j of pixel k.
+inline int32_t Slot(int32_t j, int32_t k) {
+  const int32_t lane = ((j & 1) << 1) | ((j >> 1) & 1);
+  return ((j >> 2) * kPixels + k) * 4 + lane;
+}
 
-// The receptive field of output pixel (b, oy, ox) plus the input offset, as one column.
+// The receptive field of output pixel (b, oy, ox) plus the input offset, as column k.
 void Im2col(const Conv2dParams& p, const Columns& c, const int8_t* input, int32_t b, int32_t oy,
-            int32_t ox, uint32_t* column) {
-  auto* col = reinterpret_cast<int16_t*>(column);
+            int32_t ox, int32_t k, uint32_t* columns) {
+  auto* col = reinterpret_cast<int16_t*>(columns);
   const int32_t in_y0 = oy * p.stride_h - p.pad_h;
   const int32_t in_x0 = ox * p.stride_w - p.pad_w;
   const bool by_words = (p.filter_c & 3) == 0;
   const uint32_t offset2 = dsp::Splat16(p.input_offset);
-  int32_t k = 0;
+  int32_t j = 0;
   for (int32_t fy = 0; fy < p.filter_h; ++fy) {
     const int32_t iy = in_y0 + fy * p.dilation_h;
-    for (int32_t fx = 0; fx < p.filter_w; ++fx, k += p.filter_c) {
+    for (int32_t fx = 0; fx < p.filter_w; ++fx, j += p.filter_c) {
       const int32_t ix = in_x0 + fx * p.dilation_w;
       const bool inside = iy >= 0 && iy < p.input_h && ix >= 0 && ix < p.input_w;
       const int8_t* in = input + ((b * p.input_h + iy) * p.input_w + ix) * p.input_c;
       if (by_words) {
-        // Every tap starts a weight word: unpack four bytes per step, already permuted.
-        uint32_t* out = column + k / 2;
-        uint32_t* const end = out + p.filter_c / 2;
+        // Every tap starts a weight word: unpack four bytes per group, already permuted.
+        uint32_t* out = columns + (j / 4 * kPixels + k) * 2;
+        uint32_t* const end = out + p.filter_c / 4 * kPixels * 2;
         if (!inside) {
-          for (; out != end; out += 2) out[0] = out[1] = 0;
+          for (; out != end; out += 2 * kPixels) out[0] = out[1] = 0;
           continue;
         }
-        for (; out != end; out += 2, in += 4) {
+        for (; out != end; out += 2 * kPixels, in += 4) {
           const uint32_t x = dsp::Load4(in);
           out[0] = dsp::Add16(dsp::ExtendEven(x), offset2);
           out[1] = dsp::Add16(dsp::ExtendOdd(x), offset2);
@@ -51,14 +60,14 @@ void Im2col(const Conv2dParams& p, const Columns& c, const int8_t* input, int32_
         continue;
       }
       for (int32_t ic = 0; ic < p.filter_c; ++ic) {
-        col[Permuted(k + ic)] =
-            inside ? static_cast<int16_t>(in[ic] + p.input_offset) : int16_t{0};
+        col[Slot(j + ic, k)] = inside ? static_cast<int16_t>(in[ic] + p.input_offset)
+                                      : int16_t{0};
       }
     }
   }
   // The last group's unused lanes meet TailWord's zero bytes; zero them so that no
   // uninitialised scratch is read.
-  for (int32_t j = c.depth; j < 2 * c.words; ++j) col[Permuted(j)] = 0;
+  for (int32_t v = c.depth; v < c.groups * 4; ++v) col[Slot(v, k)] = 0;
 }
 
 // The last depth - body (1 to 3) weights of a row as one word, zero-filled: the row may end
@@ -70,72 +79,106 @@ inline uint32_t TailWord(const int8_t* w, int32_t n) {
   return v;
 }
 
-// The 2x2 block: weight rows a, b against columns 0, 1, a word of four weights at a time.
+// One weight row against the block's four columns, a word of four weights at a time.
 struct Block {
-  int32_t a0, a1, b0, b1;
+  int32_t a0, a1, a2, a3;
 
-  void Group(uint32_t wa, uint32_t wb, const uint32_t*& c0, const uint32_t*& c1) {
-    uint32_t c0_even, c0_odd, c1_even, c1_odd;
-    dsp::LoadPair(c0, c0_even, c0_odd);
-    dsp::LoadPair(c1, c1_even, c1_odd);
-    Lanes(dsp::ExtendEven(wa), dsp::ExtendEven(wb), c0_even, c1_even);
-    Lanes(dsp::ExtendOdd(wa), dsp::ExtendOdd(wb), c0_odd, c1_odd);
+  void Group(uint32_t w, const uint32_t*& x) {
+    const uint32_t even = dsp::ExtendEven(w);
+    const uint32_t odd = dsp::ExtendOdd(w);
+    Pixel(even, odd, x, a0);
+    Pixel(even, odd, x, a1);
+    Pixel(even, odd, x, a2);
+    Pixel(even, odd, x, a3);
   }
 
-  // Two int16 lanes of each weight row against the same two lanes of each column.
-  void Lanes(uint32_t wa, uint32_t wb, uint32_t x0, uint32_t x1) {
-    a0 = dsp::Dot2(wa, x0, a0);
-    a1 = dsp::Dot2(wa, x1, a1);
-    b0 = dsp::Dot2(wb, x0, b0);
-    b1 = dsp::Dot2(wb, x1, b1);
+  static void Pixel(uint32_t even, uint32_t odd, const uint32_t*& x, int32_t& acc) {
+    uint32_t x_even, x_odd;
+    dsp::LoadPair(x, x_even, x_odd);
+    acc = dsp::Dot2(even, x_even, acc);
+    acc = dsp::Dot2(odd, x_odd, acc);
   }
 };
 
-// Output channels [oc_begin, oc_end) of two pixels (outputs out0 and out1), weights from rows.
-// An odd last channel runs as a pair with itself (its second result is dropped).
-template <Requant kMode>
+// Output channels [oc_begin, oc_end) of the block's pixels, whose outputs are out, out + step,
+// out + 2 step, out + 3 step (a block past the last pixel repeats it: step 0 for the copies is
+// not possible, so kFull == false stores only the first `valid` pixels). Weights from rows,
+// which are contiguous: each row's walk ends where the next begins.
+template <Requant kMode, bool kFull, bool kBias>
 void Channels(const OutputStage& s, const Columns& c, const int8_t* rows, const int32_t* bias,
-              const uint32_t* x0, const uint32_t* x1, int8_t* out0, int8_t* out1,
+              const uint32_t* columns, int8_t* out, int32_t step, int32_t valid,
               int32_t oc_begin, int32_t oc_end) {
-  const int32_t depth = c.depth;
   const int32_t tail = c.depth - c.body;
-  const uint32_t* const x0_body_end = x0 + c.body / 2;
-  for (int32_t oc = oc_begin; oc < oc_end; oc += 2) {
-    const int32_t od = oc + 1 < oc_end ? oc + 1 : oc;
-    const int8_t* wa_at = rows + oc * depth;
-    const int8_t* wb_at = rows + od * depth;
-    Block k{0, 0, 0, 0};
-    if (bias != nullptr) {
-      k.a0 = k.a1 = bias[oc];
-      k.b0 = k.b1 = bias[od];
+  const uint32_t* const body_end = columns + c.body / 4 * kPixels * 2;
+  const int8_t* w = rows + oc_begin * c.depth;
+  for (int32_t oc = oc_begin; oc < oc_end; ++oc) {
+    const int32_t start = kBias ? bias[oc] : 0;
+    Block k{start, start, start, start};
+    const uint32_t* x = columns;
+    while (x != body_end) {
+      const uint32_t word = dsp::Load4(w);
+      w += 4;
+      k.Group(word, x);
     }
-    const uint32_t* c0 = x0;
-    const uint32_t* c1 = x1;
-    while (c0 != x0_body_end) {
-      const uint32_t wa = dsp::Load4(wa_at);
-      const uint32_t wb = dsp::Load4(wb_at);
-      wa_at += 4;
-      wb_at += 4;
-      k.Group(wa, wb, c0, c1);
+    if (tail != 0) {
+      k.Group(TailWord(w, tail), x);
+      w += tail;
     }
-    if (tail != 0) k.Group(TailWord(wa_at, tail), TailWord(wb_at, tail), c0, c1);
     // All four before any store: an int8 store may alias the multipliers, which would then be
-    // loaded again for the second pixel.
-    const int8_t ya0 = Requantize<kMode>(s, k.a0, oc);
-    const int8_t ya1 = Requantize<kMode>(s, k.a1, oc);
-    const int8_t yb0 = Requantize<kMode>(s, k.b0, od);
-    const int8_t yb1 = Requantize<kMode>(s, k.b1, od);
-    out0[oc] = ya0;
-    out1[oc] = ya1;
-    out0[od] = yb0;
-    out1[od] = yb1;
+    // loaded again for every pixel.
+    int8_t y0, y1, y2, y3;
+    if (kMode == Requant::kChecked) {
+      y0 = Requantize<kMode>(s, k.a0, oc);
+      y1 = Requantize<kMode>(s, k.a1, oc);
+      y2 = Requantize<kMode>(s, k.a2, oc);
+      y3 = Requantize<kMode>(s, k.a3, oc);
+    } else {
+      const ShortForm f = ShortFormOf(s, oc);
+      y0 = RequantizeShort<kMode>(s, f, k.a0);
+      y1 = RequantizeShort<kMode>(s, f, k.a1);
+      y2 = RequantizeShort<kMode>(s, f, k.a2);
+      y3 = RequantizeShort<kMode>(s, f, k.a3);
+    }
+    // One pointer stepped between the pixels: left to itself, GCC keeps four output pointers
+    // (one per pixel) and spills them, which costs more than the three adds.
+    int32_t opaque_step = step;
+    __asm__("" : "+r"(opaque_step));
+    int8_t* o = out + oc;
+    o[0] = y0;
+    o += opaque_step;
+    if (kFull || valid > 1) o[0] = y1;
+    o += opaque_step;
+    if (kFull || valid > 2) o[0] = y2;
+    o += opaque_step;
+    if (kFull) o[0] = y3;
+  }
+}
+
+// Channels with the block shape and bias presence as compile-time constants.
+template <Requant kMode>
+void BlockChannels(const OutputStage& s, const Columns& c, const int8_t* rows,
+                   const int32_t* bias, const uint32_t* columns, int8_t* out, int32_t step,
+                   int32_t valid, int32_t oc_begin, int32_t oc_end) {
+  if (oc_begin >= oc_end) return;
+  if (valid == kPixels) {
+    if (bias != nullptr) {
+      Channels<kMode, true, true>(s, c, rows, bias, columns, out, step, valid, oc_begin, oc_end);
+    } else {
+      Channels<kMode, true, false>(s, c, rows, bias, columns, out, step, valid, oc_begin,
+                                   oc_end);
+    }
+  } else if (bias != nullptr) {
+    Channels<kMode, false, true>(s, c, rows, bias, columns, out, step, valid, oc_begin, oc_end);
+  } else {
+    Channels<kMode, false, false>(s, c, rows, bias, columns, out, step, valid, oc_begin,
+                                  oc_end);
   }
 }
 
 }  // namespace
 
 void conv2d_s8(const Conv2dParams& p, const int8_t* input, const int8_t* filter,
-               const int32_t* bias, int8_t* output, bool bounded, int8_t* scratch,
+               const int32_t* bias, int8_t* output, const int32_t* requant, int8_t* scratch,
                int32_t scratch_bytes) {
   if (p.filter_c != p.input_c || scratch_bytes < Conv2dScratchBytes(p) ||
       (reinterpret_cast<uintptr_t>(scratch) & 3) != 0) {
@@ -143,25 +186,26 @@ void conv2d_s8(const Conv2dParams& p, const int8_t* input, const int8_t* filter,
     return;
   }
   const int32_t depth = p.filter_h * p.filter_w * p.filter_c;
-  const Columns c{depth, depth & ~3, (depth + 3) / 4 * 2};
-  auto* x0 = reinterpret_cast<uint32_t*>(scratch);
-  uint32_t* x1 = x0 + c.words;
-  const OutputStage s{p.multiplier, p.shift, p.output_offset, p.act_min, p.act_max};
-  const Requant mode = ChooseRequant(bounded, p.act_min, p.act_max);
+  const Columns c{depth, depth & ~3, (depth + 3) / 4};
+  auto* columns = reinterpret_cast<uint32_t*>(scratch);
+  const OutputStage s{p.multiplier, p.shift, p.output_offset, p.act_min, p.act_max, requant};
+  const Requant mode = ChooseRequant(requant, p.act_min, p.act_max);
   const int32_t pixels = p.batches * p.output_h * p.output_w;
   const int32_t per_image = p.output_h * p.output_w;
-  // Pixels two at a time in output order; an odd last pixel is paired with itself.
-  for (int32_t i = 0; i < pixels; i += 2) {
-    const int32_t j = i + 1 < pixels ? i + 1 : i;
-    Im2col(p, c, input, i / per_image, i % per_image / p.output_w, i % p.output_w, x0);
-    Im2col(p, c, input, j / per_image, j % per_image / p.output_w, j % p.output_w, x1);
-    int8_t* out0 = output + i * p.output_c;
-    int8_t* out1 = output + j * p.output_c;
+  // Pixels four at a time in output order; past the last pixel, the block repeats it.
+  for (int32_t i = 0; i < pixels; i += kPixels) {
+    const int32_t valid = pixels - i < kPixels ? pixels - i : kPixels;
+    for (int32_t k = 0; k < kPixels; ++k) {
+      const int32_t j = k < valid ? i + k : pixels - 1;
+      Im2col(p, c, input, j / per_image, j % per_image / p.output_w, j % p.output_w, k, columns);
+    }
+    int8_t* out = output + i * p.output_c;
     // The trained prefix's weights change on the device: its requantization stays checked.
-    Channels<Requant::kChecked>(s, c, p.train_filter, bias, x0, x1, out0, out1, 0, p.n_train);
+    BlockChannels<Requant::kChecked>(s, c, p.train_filter, bias, columns, out, p.output_c, valid,
+                                     0, p.n_train);
     WithRequant(mode, [&](auto mode_tag) {
-      Channels<decltype(mode_tag)::value>(s, c, filter, bias, x0, x1, out0, out1, p.n_train,
-                                          p.output_c);
+      BlockChannels<decltype(mode_tag)::value>(s, c, filter, bias, columns, out, p.output_c,
+                                               valid, p.n_train, p.output_c);
     });
   }
 }

@@ -20,19 +20,19 @@
 
 namespace mt::m7 {
 
-// Scratch bytes conv2d_s8 needs for p (python/mcutrain/ops/conv2d.py mirrors it): two int16
+// Scratch bytes conv2d_s8 needs for p (python/mcutrain/ops/conv2d.py mirrors it): four int16
 // columns of filter_h * filter_w * filter_c values, each rounded up to a multiple of four.
 constexpr int32_t Conv2dScratchBytes(const Conv2dParams& p) {
   const int32_t depth = p.filter_h * p.filter_w * p.filter_c;
-  return 2 * ((depth + 3) / 4 * 4) * static_cast<int32_t>(sizeof(int16_t));
+  return 4 * ((depth + 3) / 4 * 4) * static_cast<int32_t>(sizeof(int16_t));
 }
 
-// In/out as mt::ref::conv2d_s8. bounded: the host found every frozen channel's shift negative
-// and |accumulator| < 2^29 (requantize_m7.h), so their requantization takes the short form.
+// In/out as mt::ref::conv2d_s8. requant: the host's per-channel short-form table
+// (requantize_m7.h) where every frozen channel meets its preconditions, else nullptr.
 // Scratch: Conv2dScratchBytes(p) bytes, 4-byte aligned; with less (or groups > 1) it runs the
 // reference kernel instead.
 void conv2d_s8(const Conv2dParams& p, const int8_t* input, const int8_t* filter,
-               const int32_t* bias, int8_t* output, bool bounded, int8_t* scratch,
+               const int32_t* bias, int8_t* output, const int32_t* requant, int8_t* scratch,
                int32_t scratch_bytes);
 
 // ---- backward (contracts as mt::ref's, conv2d.h) ----

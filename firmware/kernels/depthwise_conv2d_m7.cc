@@ -124,8 +124,9 @@ void Interior3x3(const DepthwiseConv2dParams& p, const OutputStage& s, const int
 
 template <int32_t kTaps, Requant kMode>
 void Run(const DepthwiseConv2dParams& p, const int8_t* input, const int8_t* filter,
-         const int32_t* bias, int8_t* output, const int32_t* table, const int8_t* zero_row) {
-  const OutputStage s{p.multiplier, p.shift, p.output_offset, p.act_min, p.act_max};
+         const int32_t* bias, int8_t* output, const int32_t* table, const int32_t* requant,
+         const int8_t* zero_row) {
+  const OutputStage s{p.multiplier, p.shift, p.output_offset, p.act_min, p.act_max, requant};
   const int32_t taps = p.filter_h * p.filter_w;
   const int32_t row_bytes = p.input_w * p.input_c;
   // The 3x3 interior path needs every channel in whole groups (no tail to run per pixel).
@@ -167,13 +168,14 @@ void Run(const DepthwiseConv2dParams& p, const int8_t* input, const int8_t* filt
 // The tap loop unrolled for the common filter sizes.
 template <Requant kMode>
 void Dispatch(const DepthwiseConv2dParams& p, const int8_t* input, const int8_t* filter,
-              const int32_t* bias, int8_t* output, const int32_t* table, const int8_t* zeros) {
+              const int32_t* bias, int8_t* output, const int32_t* table,
+              const int32_t* requant, const int8_t* zeros) {
   if (p.filter_h == 3 && p.filter_w == 3) {
-    Run<9, kMode>(p, input, filter, bias, output, table, zeros);
+    Run<9, kMode>(p, input, filter, bias, output, table, requant, zeros);
   } else if (p.filter_h == 5 && p.filter_w == 5) {
-    Run<25, kMode>(p, input, filter, bias, output, table, zeros);
+    Run<25, kMode>(p, input, filter, bias, output, table, requant, zeros);
   } else {
-    Run<0, kMode>(p, input, filter, bias, output, table, zeros);
+    Run<0, kMode>(p, input, filter, bias, output, table, requant, zeros);
   }
 }
 
@@ -181,7 +183,7 @@ void Dispatch(const DepthwiseConv2dParams& p, const int8_t* input, const int8_t*
 
 void depthwise_conv2d_s8(const DepthwiseConv2dParams& p, const int8_t* input,
                          const int8_t* filter, const int32_t* bias, int8_t* output,
-                         const int32_t* table, bool bounded, int8_t* scratch,
+                         const int32_t* table, const int32_t* requant, int8_t* scratch,
                          int32_t scratch_bytes) {
   const int32_t taps = p.filter_h * p.filter_w;
   if (p.depth_multiplier != 1 || p.n_train != 0 || taps > kMaxTaps ||
@@ -190,8 +192,9 @@ void depthwise_conv2d_s8(const DepthwiseConv2dParams& p, const int8_t* input,
     return;
   }
   for (int32_t c = 0; c < p.input_c; ++c) scratch[c] = static_cast<int8_t>(-p.input_offset);
-  WithRequant(ChooseRequant(bounded, p.act_min, p.act_max), [&](auto mode_tag) {
-    Dispatch<decltype(mode_tag)::value>(p, input, filter, bias, output, table, scratch);
+  WithRequant(ChooseRequant(requant, p.act_min, p.act_max), [&](auto mode_tag) {
+    Dispatch<decltype(mode_tag)::value>(p, input, filter, bias, output, table, requant,
+                                        scratch);
   });
 }
 

@@ -25,12 +25,12 @@ constexpr int32_t DepthwiseScratchBytes(const DepthwiseConv2dParams& p) {
   return (p.input_c + 3) / 4 * 4;
 }
 
-// In/out as mt::ref::depthwise_conv2d_s8, plus table (flash, layout above) and bounded (as for
+// In/out as mt::ref::depthwise_conv2d_s8, plus table (flash, layout above) and requant (as for
 // mt::m7::conv2d_s8, requantize_m7.h). Scratch: DepthwiseScratchBytes(p) bytes; with less,
 // depth multiplier != 1, trained channels or more than 49 taps it runs the reference kernel.
 void depthwise_conv2d_s8(const DepthwiseConv2dParams& p, const int8_t* input,
                          const int8_t* filter, const int32_t* bias, int8_t* output,
-                         const int32_t* table, bool bounded, int8_t* scratch,
+                         const int32_t* table, const int32_t* requant, int8_t* scratch,
                          int32_t scratch_bytes);
 
 // ---- backward (contracts as mt::ref's, depthwise_conv2d.h) ----

@@ -9,7 +9,10 @@
 //    truncating toward zero after the nudge; for either sign that is floor((acc*m + 2^30) /
 //    2^31), which is what SMMULR computes for (2 acc) * m: floor((2 acc*m + 2^31) / 2^32).
 //  - RoundingDivideByPOT(r, e) is floor((r + 2^(e-1) - [r < 0]) / 2^e); r >> 31 is -[r < 0].
-//    With |r| <= 2^29 the adds stay inside int32.
+//  - Adding the output offset z after the shift equals adding z * 2^e before it.
+// So the host precomputes per channel (ops/m7.py requant_table) {m, e, 2^(e-1) + z * 2^e}, and
+// an output is SMMULR, two adds, one shift and the clamp; the host also checks that the adds
+// stay inside int32 (|r| < 2^29 and the constant below 2^31 - 2^29).
 // Layers that miss a precondition use the reference arithmetic (Requant::kChecked).
 #pragma once
 
@@ -28,34 +31,50 @@ enum class Requant : uint8_t {
 };
 
 // A layer's output stage, copied into locals so that int8 stores (which may alias anything)
-// do not force the compiler to reload it from the params struct after every output.
+// do not force the compiler to reload it from the params struct after every output. `table`:
+// the host's [channels][3] {multiplier, right shift, rounding constant + offset} of the short
+// form (kBounded, kSaturate), or nullptr where only kChecked is allowed.
 struct OutputStage {
   const int32_t* multiplier;
   const int32_t* shift;
   int32_t offset, lo, hi;
+  const int32_t* table;
 };
 
-// The mode for a layer: bounded is the host's verdict (the kernel's `bounded` argument).
-inline Requant ChooseRequant(bool bounded, int32_t lo, int32_t hi) {
-  if (!bounded) return Requant::kChecked;
+// One channel's short-form constants.
+struct ShortForm {
+  int32_t multiplier, right, constant;
+};
+
+inline ShortForm ShortFormOf(const OutputStage& s, int32_t c) {
+  const int32_t* t = s.table + 3 * c;
+  return ShortForm{t[0], t[1], t[2]};
+}
+
+// The short form of one output: kBounded clamps to [lo, hi], kSaturate is one SSAT.
+template <Requant kMode>
+inline int8_t RequantizeShort(const OutputStage& s, const ShortForm& f, int32_t acc) {
+  const int32_t r = dsp::RoundingHighMul(acc * 2, f.multiplier);
+  const int32_t v = (r + f.constant + (r >> 31)) >> f.right;
+  if (kMode == Requant::kSaturate) return static_cast<int8_t>(dsp::Saturate8(v));
+  return static_cast<int8_t>(Clamp(v, s.lo, s.hi));
+}
+
+// The mode for a layer: the short form where the host gave its table (the kernel's `requant`
+// argument), with one SSAT for the full int8 range.
+inline Requant ChooseRequant(const int32_t* table, int32_t lo, int32_t hi) {
+  if (table == nullptr) return Requant::kChecked;
   return lo == -128 && hi == 127 ? Requant::kSaturate : Requant::kBounded;
 }
 
 // Output channel c's int8 value of accumulator acc.
 template <Requant kMode>
 inline int8_t Requantize(const OutputStage& s, int32_t acc, int32_t c) {
-  const int32_t multiplier = s.multiplier[c];
-  const int32_t shift = s.shift[c];
   if (kMode == Requant::kChecked) {
-    return static_cast<int8_t>(AddOffsetClamp(MultiplyByQuantizedMultiplier(acc, multiplier, shift),
-                                              s.offset, s.lo, s.hi));
+    return static_cast<int8_t>(AddOffsetClamp(
+        MultiplyByQuantizedMultiplier(acc, s.multiplier[c], s.shift[c]), s.offset, s.lo, s.hi));
   }
-  const int32_t right = -shift;
-  const int32_t r = dsp::RoundingHighMul(acc * 2, multiplier);
-  const int32_t half = static_cast<int32_t>((uint32_t{1} << right) >> 1);
-  const int32_t v = ((r + half + (r >> 31)) >> right) + s.offset;
-  if (kMode == Requant::kSaturate) return static_cast<int8_t>(dsp::Saturate8(v));
-  return static_cast<int8_t>(Clamp(v, s.lo, s.hi));
+  return RequantizeShort<kMode>(s, ShortFormOf(s, c), acc);
 }
 
 // Calls run(mode) with the mode as a compile-time constant (std::integral_constant), so a

@@ -258,9 +258,9 @@ BACKWARD = OPDEF.backward
 
 
 def m7_scratch_bytes(p: Conv2dParams) -> int:
-    """mt::m7::Conv2dScratchBytes: two int16 im2col columns, each rounded up to 4 values."""
+    """mt::m7::Conv2dScratchBytes: four int16 im2col columns, each rounded up to 4 values."""
     _, f_h, f_w, f_c = p.filter.shape
-    return 2 * (-(-(f_h * f_w * f_c) // 4) * 4) * 2
+    return 4 * (-(-(f_h * f_w * f_c) // 4) * 4) * 2
 
 
 def m7_serves(p: Conv2dParams, n_train: int) -> bool:
@@ -269,8 +269,9 @@ def m7_serves(p: Conv2dParams, n_train: int) -> bool:
 
 
 def m7_constants(p: Conv2dParams, ctx: Any) -> str:
-    """The kernel's `bounded` argument (ops/m7.py bounded_requant)."""
-    return m7.bounded_arg(p.filter.reshape(p.filter.shape[0], -1), p)
+    """The kernel's `requant` argument (ops/m7.py requant_table)."""
+    return m7.requant_arg(p.filter.reshape(p.filter.shape[0], -1), p, ctx,
+                          f"op{p.op_index}_conv2d_requant")
 
 
 M7 = register_variant("CONV_2D", KernelVariant(

@@ -275,10 +275,11 @@ def m7_table(p: DepthwiseConv2dParams) -> np.ndarray:
 
 
 def m7_constants(p: DepthwiseConv2dParams, ctx: Any) -> str:
-    """The kernel's table and `bounded` arguments."""
+    """The kernel's table and `requant` arguments."""
     table = m7_table(p)
     symbol = ctx.const_array(f"op{p.op_index}_dwconv2d_m7", table) if table.size else "nullptr"
-    return f", {symbol}" + m7.bounded_arg(p.filter.reshape(-1, p.filter.shape[3]).T, p)
+    return f", {symbol}" + m7.requant_arg(p.filter.reshape(-1, p.filter.shape[3]).T, p, ctx,
+                                          f"op{p.op_index}_dwconv2d_requant")
 
 
 def m7_scratch_bytes(p: DepthwiseConv2dParams) -> int:

@@ -34,6 +34,32 @@ def bounded_requant(taps: np.ndarray, p: Any) -> bool:
     return bool(np.all(np.asarray(p.shift)[frozen] < 0) and np.all(reach < BOUNDED_ACCUMULATOR))
 
 
-def bounded_arg(taps: np.ndarray, p: Any) -> str:
-    """bounded_requant as the C++ argument of a kernel call."""
-    return ", true" if bounded_requant(taps, p) else ", false"
+# The short form's adds, r + constant + sign with |r| < 2^29, stay inside int32 while the
+# constant's magnitude is at most this.
+SHORT_FORM_CONSTANT = 2**31 - 2**29 - 2
+
+
+def requant_table(taps: np.ndarray, p: Any) -> np.ndarray | None:
+    """requantize_m7.h's per-channel short form, int32 [channels, 3]: the Q31 multiplier, the
+    right shift e = -shift, and 2^(e-1) + output_offset * 2^e (the rounding constant with the
+    output offset folded in); None where a frozen channel misses bounded_requant's
+    preconditions or a constant would leave SHORT_FORM_CONSTANT. Trained channels' rows are
+    never read (their requantization stays checked) and hold their values all the same."""
+    if not bounded_requant(taps, p):
+        return None
+    right = -np.asarray(p.shift, dtype=np.int64)
+    right = np.maximum(right, 1)  # trained channels may have any shift; their rows are unused
+    constant = (np.int64(1) << (right - 1)) + np.int64(p.output_offset) * (np.int64(1) << right)
+    n_train = p.train.n_train if p.train is not None else 0
+    if np.any(np.abs(constant[n_train:]) > SHORT_FORM_CONSTANT):
+        return None
+    constant = np.clip(constant, -SHORT_FORM_CONSTANT, SHORT_FORM_CONSTANT)
+    return np.stack([np.asarray(p.multiplier, dtype=np.int64), right, constant],
+                    axis=1).astype(np.int32)
+
+
+def requant_arg(taps: np.ndarray, p: Any, ctx: Any, hint: str) -> str:
+    """requant_table as the `requant` argument of a kernel call: a flash array, or nullptr (the
+    kernel then requantizes every channel the checked way)."""
+    table = requant_table(taps, p)
+    return ", nullptr" if table is None else f", {ctx.const_array(hint, table.reshape(-1))}"
