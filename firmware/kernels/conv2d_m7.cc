@@ -1,6 +1,8 @@
 // Cortex-M7 CONV_2D: im2col to int16, then 2x2-blocked SMLAD dot products (conv2d_m7.h).
 #include "kernels/conv2d_m7.h"
 
+#include <cstring>
+
 #include "kernels/dsp.h"
 #include "kernels/fixed_point.h"
 #include "kernels/param_update.h"
@@ -23,51 +25,85 @@ struct Columns {
   int32_t groups;  // depth rounded up to 4, over 4
 };
 
-// The int16 index of value j of pixel k.
-inline int32_t Slot(int32_t j, int32_t k) {
-  const int32_t lane = ((j & 1) << 1) | ((j >> 1) & 1);
-  return ((j >> 2) * kPixels + k) * 4 + lane;
+// A run of n int8 values plus the input offset into n int16 values in natural order (dst may
+// be unaligned). Word by word: SXTB16 gives the lanes (x0, x2), (x1, x3), the halves swapped
+// back give (x0, x1), (x2, x3).
+void WidenRun(const int8_t* src, int32_t n, uint32_t offset2, int32_t offset, int16_t* dst) {
+  int32_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    const uint32_t x = dsp::Load4(src + i);
+    const uint32_t even = dsp::Add16(dsp::ExtendEven(x), offset2);
+    const uint32_t odd = dsp::Add16(dsp::ExtendOdd(x), offset2);
+    const uint32_t words[2] = {dsp::LowHalves(even, odd), dsp::HighHalves(even, odd)};
+    std::memcpy(dst + i, words, sizeof words);
+  }
+  for (; i < n; ++i) dst[i] = static_cast<int16_t>(src[i] + offset);
 }
 
 // The receptive field of output pixel (b, oy, ox) plus the input offset, as column k.
-void Im2col(const Conv2dParams& p, const Columns& c, const int8_t* input, int32_t b, int32_t oy,
-            int32_t ox, int32_t k, uint32_t* columns) {
-  auto* col = reinterpret_cast<int16_t*>(columns);
+void Im2col(const Conv2dParams& p, const Columns& c, const int8_t* input, int32_t b,
+            int32_t oy, int32_t ox, int32_t k, uint32_t* columns) {
   const int32_t in_y0 = oy * p.stride_h - p.pad_h;
   const int32_t in_x0 = ox * p.stride_w - p.pad_w;
-  const bool by_words = (p.filter_c & 3) == 0;
-  const uint32_t offset2 = dsp::Splat16(p.input_offset);
-  int32_t j = 0;
-  for (int32_t fy = 0; fy < p.filter_h; ++fy) {
-    const int32_t iy = in_y0 + fy * p.dilation_h;
-    for (int32_t fx = 0; fx < p.filter_w; ++fx, j += p.filter_c) {
-      const int32_t ix = in_x0 + fx * p.dilation_w;
-      const bool inside = iy >= 0 && iy < p.input_h && ix >= 0 && ix < p.input_w;
-      const int8_t* in = input + ((b * p.input_h + iy) * p.input_w + ix) * p.input_c;
-      if (by_words) {
-        // Every tap starts a weight word: unpack four bytes per group, already permuted.
-        uint32_t* out = columns + (j / 4 * kPixels + k) * 2;
+  uint32_t* out = columns + k * 2;  // group 0 of pixel k
+  if ((p.filter_c & 3) == 0) {
+    // Every tap starts a weight word: unpack four bytes per group, already permuted.
+    const uint32_t offset2 = dsp::Splat16(p.input_offset);
+    for (int32_t fy = 0; fy < p.filter_h; ++fy) {
+      const int32_t iy = in_y0 + fy * p.dilation_h;
+      for (int32_t fx = 0; fx < p.filter_w; ++fx) {
+        const int32_t ix = in_x0 + fx * p.dilation_w;
         uint32_t* const end = out + p.filter_c / 4 * kPixels * 2;
-        if (!inside) {
+        if (iy < 0 || iy >= p.input_h || ix < 0 || ix >= p.input_w) {
           for (; out != end; out += 2 * kPixels) out[0] = out[1] = 0;
           continue;
         }
+        const int8_t* in = input + ((b * p.input_h + iy) * p.input_w + ix) * p.input_c;
         for (; out != end; out += 2 * kPixels, in += 4) {
           const uint32_t x = dsp::Load4(in);
           out[0] = dsp::Add16(dsp::ExtendEven(x), offset2);
           out[1] = dsp::Add16(dsp::ExtendOdd(x), offset2);
         }
+      }
+    }
+    return;
+  }
+  // Taps that do not start a word (the 3-channel stem, say): the receptive field goes to the
+  // stage (scratch after the columns) in natural order, a filter row at a time where its taps
+  // are adjacent and inside (one contiguous run of input), then by groups of four into the
+  // column as (k0, k2), (k1, k3).
+  int16_t* const stage = reinterpret_cast<int16_t*>(columns + c.groups * kPixels * 2);
+  const uint32_t offset2 = dsp::Splat16(p.input_offset);
+  const int32_t run = p.filter_w * p.filter_c;
+  const bool x_inside = in_x0 >= 0 && in_x0 + (p.filter_w - 1) * p.dilation_w < p.input_w;
+  int16_t* v = stage;
+  for (int32_t fy = 0; fy < p.filter_h; ++fy) {
+    const int32_t iy = in_y0 + fy * p.dilation_h;
+    const bool row_inside = iy >= 0 && iy < p.input_h;
+    const int8_t* row = input + ((b * p.input_h + iy) * p.input_w + in_x0) * p.input_c;
+    if (row_inside && x_inside && p.dilation_w == 1) {
+      WidenRun(row, run, offset2, p.input_offset, v);
+      v += run;
+      continue;
+    }
+    for (int32_t fx = 0; fx < p.filter_w; ++fx, v += p.filter_c) {
+      const int32_t ix = in_x0 + fx * p.dilation_w;
+      if (!row_inside || ix < 0 || ix >= p.input_w) {
+        for (int32_t ic = 0; ic < p.filter_c; ++ic) v[ic] = 0;
         continue;
       }
-      for (int32_t ic = 0; ic < p.filter_c; ++ic) {
-        col[Slot(j + ic, k)] = inside ? static_cast<int16_t>(in[ic] + p.input_offset)
-                                      : int16_t{0};
-      }
+      WidenRun(row + fx * p.dilation_w * p.input_c, p.filter_c, offset2, p.input_offset, v);
     }
   }
   // The last group's unused lanes meet TailWord's zero bytes; zero them so that no
   // uninitialised scratch is read.
-  for (int32_t v = c.depth; v < c.groups * 4; ++v) col[Slot(v, k)] = 0;
+  for (int16_t* const end = stage + c.groups * 4; v != end; ++v) *v = 0;
+  for (int32_t g = 0; g < c.groups; ++g, out += 2 * kPixels) {
+    const uint32_t a = dsp::Load4(stage + 4 * g);
+    const uint32_t d = dsp::Load4(stage + 4 * g + 2);
+    out[0] = dsp::LowHalves(a, d);   // (k0, k2)
+    out[1] = dsp::HighHalves(a, d);  // (k1, k3)
+  }
 }
 
 // The last depth - body (1 to 3) weights of a row as one word, zero-filled: the row may end
@@ -197,7 +233,8 @@ void conv2d_s8(const Conv2dParams& p, const int8_t* input, const int8_t* filter,
     const int32_t valid = pixels - i < kPixels ? pixels - i : kPixels;
     for (int32_t k = 0; k < kPixels; ++k) {
       const int32_t j = k < valid ? i + k : pixels - 1;
-      Im2col(p, c, input, j / per_image, j % per_image / p.output_w, j % p.output_w, k, columns);
+      Im2col(p, c, input, j / per_image, j % per_image / p.output_w, j % p.output_w, k,
+             columns);
     }
     int8_t* out = output + i * p.output_c;
     // The trained prefix's weights change on the device: its requantization stays checked.

@@ -21,10 +21,12 @@
 namespace mt::m7 {
 
 // Scratch bytes conv2d_s8 needs for p (python/mcutrain/ops/conv2d.py mirrors it): four int16
-// columns of filter_h * filter_w * filter_c values, each rounded up to a multiple of four.
+// columns of filter_h * filter_w * filter_c values, each rounded up to a multiple of four, and
+// when filter_c is not a multiple of four a stage of one more such column.
 constexpr int32_t Conv2dScratchBytes(const Conv2dParams& p) {
   const int32_t depth = p.filter_h * p.filter_w * p.filter_c;
-  return 4 * ((depth + 3) / 4 * 4) * static_cast<int32_t>(sizeof(int16_t));
+  const int32_t columns = (p.filter_c & 3) == 0 ? 4 : 5;
+  return columns * ((depth + 3) / 4 * 4) * static_cast<int32_t>(sizeof(int16_t));
 }
 
 // In/out as mt::ref::conv2d_s8. requant: the host's per-channel short-form table

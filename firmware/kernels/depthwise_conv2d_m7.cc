@@ -75,13 +75,13 @@ void TailChannels(const DepthwiseConv2dParams& p, const OutputStage& s,
 // the padding). kTaps == 0: the tap count is taps (run time).
 template <int32_t kTaps, Requant kMode>
 void Pixel(const DepthwiseConv2dParams& p, const OutputStage& s, const int8_t* const* src,
-           int32_t taps, const int8_t* filter, const int32_t* bias, const int32_t* table,
-           int8_t* out) {
+           int32_t taps, const int8_t* filter, const int32_t* bias, const int32_t* group_bias,
+           const int32_t* table, int8_t* out) {
   const int32_t n = kTaps != 0 ? kTaps : taps;
   const int32_t body = p.output_c & ~3;
   const int32_t* group = table;
   for (int32_t c = 0; c < body; c += 4) {
-    Quad q = Start(group, bias, c);
+    Quad q = Start(group, group_bias, c);
     const uint32_t* w = reinterpret_cast<const uint32_t*>(group + 4);
 #pragma GCC unroll 49
     for (int32_t t = 0; t < n; ++t) {
@@ -100,12 +100,12 @@ void Pixel(const DepthwiseConv2dParams& p, const OutputStage& s, const int8_t* c
 // replace the tap pointer table.
 template <Requant kMode>
 void Interior3x3(const DepthwiseConv2dParams& p, const OutputStage& s, const int8_t* at,
-                 int32_t row, int32_t step, const int32_t* bias, const int32_t* table,
+                 int32_t row, int32_t step, const int32_t* group_bias, const int32_t* table,
                  int8_t* out) {
   const int32_t body = p.output_c & ~3;
   const int32_t* group = table;
   for (int32_t c = 0; c < body; c += 4, at += 4) {
-    Quad q = Start(group, bias, c);
+    Quad q = Start(group, group_bias, c);
     const uint32_t* w = reinterpret_cast<const uint32_t*>(group + 4);
 #pragma GCC unroll 3
     for (int32_t fy = 0; fy < 3; ++fy) {
@@ -125,7 +125,9 @@ void Interior3x3(const DepthwiseConv2dParams& p, const OutputStage& s, const int
 template <int32_t kTaps, Requant kMode>
 void Run(const DepthwiseConv2dParams& p, const int8_t* input, const int8_t* filter,
          const int32_t* bias, int8_t* output, const int32_t* table, const int32_t* requant,
-         const int8_t* zero_row) {
+         bool bias_in_table, const int8_t* zero_row) {
+  // The whole groups' bias, unless the table's start values hold it already.
+  const int32_t* group_bias = bias_in_table ? nullptr : bias;
   const OutputStage s{p.multiplier, p.shift, p.output_offset, p.act_min, p.act_max, requant};
   const int32_t taps = p.filter_h * p.filter_w;
   const int32_t row_bytes = p.input_w * p.input_c;
@@ -144,8 +146,8 @@ void Run(const DepthwiseConv2dParams& p, const int8_t* input, const int8_t* filt
         if (interior_path && rows_inside && in_x0 >= 0 &&
             in_x0 + 2 * p.dilation_w < p.input_w) {
           Interior3x3<kMode>(p, s, image + in_y0 * row_bytes + in_x0 * p.input_c,
-                             p.dilation_h * row_bytes, p.dilation_w * p.input_c, bias, table,
-                             out);
+                             p.dilation_h * row_bytes, p.dilation_w * p.input_c, group_bias,
+                             table, out);
           continue;
         }
         int32_t t = 0;
@@ -159,7 +161,7 @@ void Run(const DepthwiseConv2dParams& p, const int8_t* input, const int8_t* filt
                          : zero_row;
           }
         }
-        Pixel<kTaps, kMode>(p, s, src, taps, filter, bias, table, out);
+        Pixel<kTaps, kMode>(p, s, src, taps, filter, bias, group_bias, table, out);
       }
     }
   }
@@ -169,13 +171,13 @@ void Run(const DepthwiseConv2dParams& p, const int8_t* input, const int8_t* filt
 template <Requant kMode>
 void Dispatch(const DepthwiseConv2dParams& p, const int8_t* input, const int8_t* filter,
               const int32_t* bias, int8_t* output, const int32_t* table,
-              const int32_t* requant, const int8_t* zeros) {
+              const int32_t* requant, bool bias_in_table, const int8_t* zeros) {
   if (p.filter_h == 3 && p.filter_w == 3) {
-    Run<9, kMode>(p, input, filter, bias, output, table, requant, zeros);
+    Run<9, kMode>(p, input, filter, bias, output, table, requant, bias_in_table, zeros);
   } else if (p.filter_h == 5 && p.filter_w == 5) {
-    Run<25, kMode>(p, input, filter, bias, output, table, requant, zeros);
+    Run<25, kMode>(p, input, filter, bias, output, table, requant, bias_in_table, zeros);
   } else {
-    Run<0, kMode>(p, input, filter, bias, output, table, requant, zeros);
+    Run<0, kMode>(p, input, filter, bias, output, table, requant, bias_in_table, zeros);
   }
 }
 
@@ -183,8 +185,8 @@ void Dispatch(const DepthwiseConv2dParams& p, const int8_t* input, const int8_t*
 
 void depthwise_conv2d_s8(const DepthwiseConv2dParams& p, const int8_t* input,
                          const int8_t* filter, const int32_t* bias, int8_t* output,
-                         const int32_t* table, const int32_t* requant, int8_t* scratch,
-                         int32_t scratch_bytes) {
+                         const int32_t* table, const int32_t* requant, bool bias_in_table,
+                         int8_t* scratch, int32_t scratch_bytes) {
   const int32_t taps = p.filter_h * p.filter_w;
   if (p.depth_multiplier != 1 || p.n_train != 0 || taps > kMaxTaps ||
       scratch_bytes < DepthwiseScratchBytes(p)) {
@@ -194,7 +196,7 @@ void depthwise_conv2d_s8(const DepthwiseConv2dParams& p, const int8_t* input,
   for (int32_t c = 0; c < p.input_c; ++c) scratch[c] = static_cast<int8_t>(-p.input_offset);
   WithRequant(ChooseRequant(requant, p.act_min, p.act_max), [&](auto mode_tag) {
     Dispatch<decltype(mode_tag)::value>(p, input, filter, bias, output, table, requant,
-                                        scratch);
+                                        bias_in_table, scratch);
   });
 }
 

@@ -285,3 +285,47 @@ def test_a_backward_step_plans_only_the_scratch_of_what_it_computes() -> None:
     assert dw_variant.step_scratch_bytes(dw, False, 3) == 0  # its updates run the reference
     dw_input_grad = depthwise_conv2d.m7_input_grad_scratch_bytes(dw)
     assert dw_variant.step_scratch_bytes(dw, True, 0) == dw_input_grad
+
+
+# ---- ADD ----
+
+
+def random_add_case(seed: int):
+    """Two operands of the output's shape (the variant's domain), random scales and zero points
+    (same and different), a fused activation, sometimes a constant operand."""
+    from test_misc_kernels import add
+
+    rng = np.random.default_rng(9000 + seed)
+    shape = tuple(int(v) for v in rng.integers(1, 9, size=int(rng.integers(1, 5))))
+    const = None if rng.random() < 0.8 else int(rng.integers(0, 2))
+    return add(seed, shape, shape, shape, act=str(rng.choice(["NONE", "RELU", "RELU6"])),
+               const=const, same_scale=bool(rng.random() < 0.3))
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_add_m7_equals_reference(seed: int) -> None:
+    from mcutrain.ops import add
+
+    case = random_add_case(seed)
+    params = add.prepare(case.op, case.graph)
+    assert add.M7.serves(params, 0)
+    rng = np.random.default_rng(seed)
+    inputs = [rng.integers(-128, 128, size=case.tensors[i].shape, dtype=np.int64).astype(np.int8)
+              for i in case.graph.dynamic_inputs(case.op)]
+    got = run_op(add.OP, params, inputs, case.tensors[-1].shape, variant=add.M7)
+    np.testing.assert_array_equal(got, add.reference(params, inputs))
+
+
+def test_add_m7_declines_a_broadcast_and_checks_its_short_form() -> None:
+    from test_misc_kernels import add as add_case
+
+    from mcutrain.ops import add
+
+    case = add_case(1, (2, 3, 4), (1, 1, 4), (2, 3, 4))
+    assert not add.M7.serves(add.prepare(case.op, case.graph), 0)
+    params = add.prepare(*(lambda c: (c.op, c.graph))(add_case(2, (4, 4), (4, 4), (4, 4))))
+    tables = add.m7_tables(params)
+    assert tables.shape == (2, 256)
+    short = add.m7_requant(params, tables)
+    assert short is not None and short[1] == -params.out_shift
+    assert add.m7_requant(dataclasses.replace(params, out_shift=0), tables) is None

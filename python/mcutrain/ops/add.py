@@ -16,10 +16,11 @@ import tflite
 
 from ..frontend import options as opt
 from ..frontend.graph import Graph, Operator
-from . import quant
+from . import m7, quant
 from .base import (
     EmitContext,
     FloatContext,
+    KernelVariant,
     OpDef,
     RowGeometry,
     RowRule,
@@ -27,6 +28,8 @@ from .base import (
     identity_backward,
     kernel_name,
     register,
+    register_variant,
+    variant_args,
 )
 from .common import activation_bounds, fail, output_tensor, require_int8_activation
 from .float_common import activation, const_or_dynamic
@@ -159,7 +162,8 @@ def emit(params: AddParams, ctx: EmitContext, inputs: list[str], output: str) ->
     return (
         "{\n"
         f"  static const mt::AddParams p = {c_int_list(params.fields())};\n"
-        f"  {kernel_name(ctx, 'add_s8')}(p, {exprs[0]}, {exprs[1]}, {output});\n"
+        f"  {kernel_name(ctx, 'add_s8')}(p, {exprs[0]}, {exprs[1]}, {output}"
+        f"{variant_args(ctx, params)});\n"
         "}\n"
     )
 
@@ -186,7 +190,7 @@ def emit_rows(params: AddParams, ctx: EmitContext, windows: list[str], output: s
         f"  static const mt::AddParams p = {c_int_list(params.fields())};\n"
         "  auto band = p;\n"
         f"  band.out_shape[1] = {y1} - {y0};\n"
-        f"  {kernel_name(ctx, 'add_s8')}(band, {a}, {b}, {output});\n"
+        f"  {kernel_name(ctx, 'add_s8')}(band, {a}, {b}, {output}{variant_args(ctx, params)});\n"
         "}\n"
     )
 
@@ -211,3 +215,45 @@ OP = register(OpDef("ADD", prepare, reference, emit, macs, header="kernels/add.h
                     identity_gradient=identity_backward(_dynamic_operands),
                     fused_activation=True, options=OPTIONS,
                     rows=RowRule(geometry=row_geometry, emit=emit_rows)))
+
+
+# ---- the Cortex-M7 variant (firmware/kernels/add_m7.h) ----
+
+
+def m7_tables(p: AddParams) -> np.ndarray:
+    """int32 [2, 256]: each operand's scaled value ((q + offset) << 20 onto the common scale, as
+    the reference computes it) for every uint8 bit pattern of q."""
+    q = np.arange(256, dtype=np.uint8).view(np.int8)
+    return np.stack([_scaled(q, p.a_offset, p.a_multiplier, p.a_shift),
+                     _scaled(q, p.b_offset, p.b_multiplier, p.b_shift)]).astype(np.int32)
+
+
+def m7_requant(p: AddParams, tables: np.ndarray) -> np.ndarray | None:
+    """The output stage's short form {multiplier, right shift, constant} (requantize_m7.h), or
+    None where it would not be exact: a shift that is not negative, a sum of scaled operands
+    that may reach 2^29, or a constant outside m7.SHORT_FORM_CONSTANT."""
+    right = -int(p.out_shift)
+    reach = int(np.abs(tables[0].astype(np.int64)).max() + np.abs(tables[1].astype(np.int64)).max())
+    if right < 1 or reach >= m7.BOUNDED_ACCUMULATOR:
+        return None
+    constant = (1 << (right - 1)) + int(p.out_offset) * (1 << right)
+    if abs(constant) > m7.SHORT_FORM_CONSTANT:
+        return None
+    return np.array([p.out_multiplier, right, constant], dtype=np.int32)
+
+
+def m7_constants(p: AddParams, ctx: Any) -> str:
+    tables = m7_tables(p)
+    symbol = ctx.const_array("add_m7_tables", tables.reshape(-1))
+    short = m7_requant(p, tables)
+    requant = "nullptr" if short is None else ctx.const_array("add_m7_requant", short)
+    return f", {symbol}, {requant}"
+
+
+def m7_serves(p: AddParams, n_train: int) -> bool:
+    """Both operands of the output's shape, read straight through (no broadcast)."""
+    return p.a_shape == p.b_shape == p.output_shape
+
+
+M7 = register_variant("ADD", KernelVariant("m7", "mt::m7", header="kernels/add_m7.h",
+                                           serves=m7_serves, constants=m7_constants))

@@ -258,9 +258,11 @@ BACKWARD = OPDEF.backward
 
 
 def m7_scratch_bytes(p: Conv2dParams) -> int:
-    """mt::m7::Conv2dScratchBytes: four int16 im2col columns, each rounded up to 4 values."""
+    """mt::m7::Conv2dScratchBytes: four int16 im2col columns, each rounded up to 4 values, and
+    a fifth as the stage of a filter whose depth per tap is not a multiple of 4."""
     _, f_h, f_w, f_c = p.filter.shape
-    return 4 * (-(-(f_h * f_w * f_c) // 4) * 4) * 2
+    columns = 4 if f_c % 4 == 0 else 5
+    return columns * (-(-(f_h * f_w * f_c) // 4) * 4) * 2
 
 
 def m7_serves(p: Conv2dParams, n_train: int) -> bool:

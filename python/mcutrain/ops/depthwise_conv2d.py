@@ -257,16 +257,25 @@ OPDEF = param_train.register_weighted(param_train.WeightedOp(
 BACKWARD = OPDEF.backward
 
 
+def m7_folds_bias(p: DepthwiseConv2dParams) -> bool:
+    """Whether the table's start values include the bias: a bias in flash (one that does not
+    train), which the kernel then does not add again."""
+    return p.bias is not None and (p.train is None or p.train.bias_symbol is None)
+
+
 def m7_table(p: DepthwiseConv2dParams) -> np.ndarray:
     """The flash table of mt::m7::depthwise_conv2d_s8 (depthwise_conv2d_m7.h): per group of
-    four channels, input_offset * (sum of each channel's taps) as int32, then each tap's int16
-    weights as the words (c0, c2) and (c1, c3)."""
+    four channels, input_offset * (sum of each channel's taps) (plus the bias, when
+    m7_folds_bias) as int32, then each tap's int16 weights as the words (c0, c2) and (c1, c3)."""
     _, f_h, f_w, out_c = p.filter.shape
     groups = out_c // 4
     if groups == 0:
         return np.zeros(0, np.int32)
     w = p.filter.reshape(f_h * f_w, out_c)[:, :4 * groups].astype(np.int64)
-    start = common.wrap_int32(p.input_offset * w.sum(axis=0))
+    start = p.input_offset * w.sum(axis=0)
+    if m7_folds_bias(p):
+        start = start + np.asarray(p.bias, dtype=np.int64)[:4 * groups]
+    start = common.wrap_int32(start)
     lanes = (w.reshape(-1, groups, 4)[:, :, [0, 2, 1, 3]] & 0xFFFF).astype(np.uint32)
     words = lanes[..., 0::2] | (lanes[..., 1::2] << 16)  # [taps, groups, 2]
     table = np.concatenate([np.asarray(start, np.int64).astype(np.uint32).reshape(groups, 4),
@@ -275,11 +284,12 @@ def m7_table(p: DepthwiseConv2dParams) -> np.ndarray:
 
 
 def m7_constants(p: DepthwiseConv2dParams, ctx: Any) -> str:
-    """The kernel's table and `requant` arguments."""
+    """The kernel's table, `requant` and `bias_in_table` arguments."""
     table = m7_table(p)
     symbol = ctx.const_array(f"op{p.op_index}_dwconv2d_m7", table) if table.size else "nullptr"
-    return f", {symbol}" + m7.requant_arg(p.filter.reshape(-1, p.filter.shape[3]).T, p, ctx,
-                                          f"op{p.op_index}_dwconv2d_requant")
+    requant = m7.requant_arg(p.filter.reshape(-1, p.filter.shape[3]).T, p, ctx,
+                             f"op{p.op_index}_dwconv2d_requant")
+    return f", {symbol}{requant}, {'true' if m7_folds_bias(p) else 'false'}"
 
 
 def m7_scratch_bytes(p: DepthwiseConv2dParams) -> int:
