@@ -444,21 +444,28 @@ def _plot_incumbent(ax: Any, result: dict[str, Any]) -> bool:
 
 # The model whose layers panel (d) compares kernel by kernel.
 KERNEL_MODEL = "mobilenetv2_w035_128_int8"
+KERNEL_SCHEME = "mbv2_paper_50kb"  # whose training profile gives panel (d) its backward rows
 MIN_KERNEL_MACS = 1000
 
 
-def kernel_comparison(result: dict[str, Any], model: str = KERNEL_MODEL
+def kernel_comparison(result: dict[str, Any], model: str = KERNEL_MODEL,
+                      scheme: str = KERNEL_SCHEME
                       ) -> list[tuple[str, dict[str, Any] | None, dict[str, Any] | None]]:
-    """(opcode, reference-kernels row, optimized row) of `model`'s profiled builds, busiest
-    operator first; a row is a per_kernel entry, None when that build has no such layer."""
-    builds = {p["kernels"]: p for p in result.get("profiles", [])
-              if Path(p["model"]).stem == model and not p.get("scheme")}
-    if "reference" not in builds or "optimized" not in builds:
-        return []
+    """(operator, reference-kernels row, optimized row) of `model`'s profiled builds, busiest
+    operator first: its inference layers, then the backward steps of its `scheme` training
+    profile ("CONV_2D backward", ...). A row sums the per_kernel entries of one operator; None
+    when that build has no such layer."""
+    def builds(training: bool) -> dict[str, dict[str, Any]]:
+        return {p["kernels"]: p for p in result.get("profiles", [])
+                if Path(p["model"]).stem == model
+                and (Path(p["scheme"]).stem == scheme if training and p.get("scheme")
+                     else not training and not p.get("scheme"))}
 
-    def by_opcode(build: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    def by_opcode(build: dict[str, Any], pass_: str) -> dict[str, dict[str, Any]]:
         merged: dict[str, dict[str, Any]] = {}
         for k in build["per_kernel"]:
+            if k.get("pass", "forward") != pass_:
+                continue
             m = merged.setdefault(k["opcode"], {"kernel": k["kernel"], "macs": 0,
                                                 "instructions": 0})
             m["macs"] += k["macs"]
@@ -469,10 +476,17 @@ def kernel_comparison(result: dict[str, Any], model: str = KERNEL_MODEL
             m["instructions_per_mac"] = per_mac(m["instructions"], m["macs"])
         return merged
 
-    ref, opt = by_opcode(builds["reference"]), by_opcode(builds["optimized"])
-    order = sorted(ref, key=lambda op: -ref[op]["instructions"])
-    # Operators with a nominal MAC count (SOFTMAX's one per class) say nothing per MAC.
-    return [(op, ref.get(op), opt.get(op)) for op in order if ref[op]["macs"] >= MIN_KERNEL_MACS]
+    rows = []
+    for training, pass_, suffix in ((False, "forward", ""), (True, "backward", " backward")):
+        pair = builds(training)
+        if "reference" not in pair or "optimized" not in pair:
+            continue
+        ref, opt = by_opcode(pair["reference"], pass_), by_opcode(pair["optimized"], pass_)
+        order = sorted(ref, key=lambda op: -ref[op]["instructions"])
+        # Operators with a nominal MAC count (SOFTMAX's one per class) say nothing per MAC.
+        rows += [(op + suffix, ref.get(op), opt.get(op)) for op in order
+                 if ref[op]["macs"] >= MIN_KERNEL_MACS]
+    return rows
 
 
 def _plot_kernels(ax: Any, result: dict[str, Any]) -> bool:
@@ -497,7 +511,8 @@ def _plot_kernels(ax: Any, result: dict[str, Any]) -> bool:
     ax.set_xlim(0.3, 200)
     ax.axvline(0.5, color="k", ls=":", lw=1, label="floor (0.5)")
     ax.set_xlabel("instructions per MAC, log")
-    ax.set_title(f"(d) per kernel, {_short(KERNEL_MODEL)}'s layers", fontsize=10)
+    ax.set_title(f"(d) per kernel, {_short(KERNEL_MODEL)}'s layers\n(backward: the "
+                 f"{KERNEL_SCHEME} step)", fontsize=10)
     return True
 
 

@@ -326,8 +326,11 @@ def test_a_training_profile_lists_forward_loss_and_backward_steps() -> None:
                                     "instructions_per_mac": 19.0}
     with pytest.raises(ValueError, match="4 steps, report.json lists 5"):
         bench.profile_record(job, [1], [1, 2, 3, 4], report)
-    # A training profile is not an inference profile of the same model.
-    inference = {**rec, "kernels": "reference"}
-    assert bench.kernel_comparison({"profiles": [{**rec, "model": "models/m.tflite"},
-                                                 {**inference, "model": "models/m.tflite"}]},
-                                   "m") == []
+    # A training profile is not an inference profile of the same model, and gives backward
+    # rows only for the scheme asked for.
+    reference = {**rec, "kernels": "reference", "model": "models/m.tflite"}
+    both = {"profiles": [{**rec, "model": "models/m.tflite"}, reference]}
+    assert bench.kernel_comparison(both, "m", scheme="other") == []
+    rows = bench.kernel_comparison(both, "m", scheme="har_adapt")
+    assert [op for op, *_ in rows] == ["CONV_2D backward"]
+    assert rows[0][1]["instructions_per_mac"] == 19.0
