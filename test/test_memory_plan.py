@@ -59,6 +59,45 @@ def test_random_plans_never_overlap_and_stay_near_lower_bound(seed: int) -> None
     assert lower_bound <= p.arena_bytes() <= 2 * lower_bound
 
 
+def _overlaps(placed) -> list:
+    return [(a, b) for i, a in enumerate(placed) for b in placed[i + 1:]
+            if a.lives_with(b.first, b.last) and a.end > b.offset and b.end > a.offset]
+
+
+def test_widen_takes_a_gap_and_never_grows_the_arena() -> None:
+    # Step 1 holds a (1000 B) and s (100 B) under an arena of 3008 B set by step 0: s can grow
+    # into the 2000 B hole b leaves at step 1, not beyond it.
+    p = ArenaPlanner(alignment=16)
+    p.add_buffer("a", 1000, 0, 1)
+    p.add_buffer("b", 2000, 0, 0)
+    p.add_buffer("s", 100, 1, 1)
+    arena = p.arena_bytes()
+    others = {n: p.offset_of(n) for n in ("a", "b")}
+    assert p.widen("s", 1900)
+    assert p.placements()["s"].size == 1900 and p.arena_bytes() == arena
+    assert {n: p.offset_of(n) for n in ("a", "b")} == others
+    assert not _overlaps(list(p.placements().values()))
+    assert not p.widen("s", arena - 1000 + 16)  # more than any gap at step 1
+    assert p.placements()["s"].size == 1900
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_widen_on_random_plans_keeps_them_valid(seed: int) -> None:
+    rng = np.random.default_rng(100 + seed)
+    p = ArenaPlanner(alignment=16)
+    for i in range(30):
+        first = int(rng.integers(-1, 20))
+        p.add_buffer(f"b{i}", int(rng.integers(1, 5000)), first, first + int(rng.integers(0, 6)))
+    arena = p.arena_bytes()
+    for i in range(30):
+        before = p.placements()[f"b{i}"]
+        grown = p.widen(f"b{i}", before.size * int(rng.integers(2, 6)))
+        after = p.placements()[f"b{i}"]
+        assert after == before or (grown and after.size > before.size)
+        assert p.arena_bytes() == arena and after.offset % 16 == 0
+    assert not _overlaps(list(p.placements().values()))
+
+
 def test_rejects_bad_requests() -> None:
     p = ArenaPlanner()
     with pytest.raises(ValueError):

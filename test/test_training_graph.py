@@ -51,6 +51,23 @@ def test_har_adaptation_scheme_prunes_everything_before_the_last_trained_layer(h
         t.slot.bias.nbytes for t in trained.values() if t.slot.bias is not None)
 
 
+def test_backward_scratch_widens_only_into_room_the_arena_already_has(har, monkeypatch) -> None:
+    """widen_scratch: the HAR conv's input gradient gets its staged scratch, at no SRAM."""
+    from mcutrain.compile.compiler import scratch_buffer
+    from mcutrain.train import training_graph
+
+    scheme = load_scheme(ROOT / "train" / "har_adapt.json")
+    program = build_training(har, scheme)
+    conv = next(b for b in program.backward if b.step == 5)
+    assert conv.roomy_scratch_bytes > conv.scratch_bytes > 0
+    placed = program.planner.placements()[scratch_buffer(5, backward=True)]
+    assert placed.size == conv.roomy_scratch_bytes
+    monkeypatch.setattr(training_graph, "widen_scratch", lambda planner, backward: None)
+    plain = build_training(har, scheme)
+    assert plain.planner.placements()[scratch_buffer(5, backward=True)].size == conv.scratch_bytes
+    assert program.arena_bytes == plain.arena_bytes
+
+
 def test_saved_tensors_and_gradients_live_until_used(har) -> None:
     program = build_training(har, parse_scheme({"preset": "full", "lr": 0.01}))
     placements = program.planner.placements()

@@ -329,13 +329,21 @@ float conv2d_input_grad(const Conv2dParams& p, const int8_t* filter, const GradV
   const int32_t row = Conv2dGradRowValues(p);
   int16_t* rows = reinterpret_cast<int16_t*>(scratch);
   const int32_t body = p.input_c & ~3;
-  // Gather form, one input pixel at a time: fold the output-gradient row of every tap that
-  // reads it once, then sum each input channel over taps and output channels.
+  // Without dilation the output pixels one input pixel reads differ in (oy mod filter_h,
+  // ox mod filter_w), so that pair names a slot each keeps until another pixel needs it: along
+  // a 1-D model every output-gradient row is folded once per pass, along a 2-D row once per
+  // input row that reads it. With dilation the slots are simply the reading taps in order.
+  const bool ring = p.dilation_h == 1 && p.dilation_w == 1;
+  // Gather form, one input pixel at a time: sum each input channel over the taps that read it
+  // and the output channels.
   const auto gather = [&](const auto& sink) {
+    int32_t held[kConvGradMaxTaps];  // the output pixel whose folded row each slot holds
+    for (int32_t s = 0; s < taps; ++s) held[s] = -1;
     for (int32_t b = 0; b < p.batches; ++b) {
       for (int32_t iy = 0; iy < p.input_h; ++iy) {
         for (int32_t ix = 0; ix < p.input_w; ++ix) {
           int32_t tap_of[kConvGradMaxTaps];
+          const int16_t* row_of[kConvGradMaxTaps];
           int32_t live = 0;
           for (int32_t fy = 0; fy < p.filter_h; ++fy) {
             int32_t oy = 0;
@@ -345,8 +353,14 @@ float conv2d_input_grad(const Conv2dParams& p, const int8_t* filter, const GradV
               if (!TapOrigin(ix, fx, p.pad_w, p.dilation_w, p.stride_w, p.output_w, &ox)) {
                 continue;
               }
-              FoldPixel(p, dy, ratio, (b * p.output_h + oy) * p.output_w + ox, trained_pad,
-                        rows + live * row);
+              const int32_t pixel = (b * p.output_h + oy) * p.output_w + ox;
+              const int32_t slot = ring ? oy % p.filter_h * p.filter_w + ox % p.filter_w : live;
+              int16_t* g = rows + slot * row;
+              if (held[slot] != pixel) {
+                FoldPixel(p, dy, ratio, pixel, trained_pad, g);
+                held[slot] = pixel;
+              }
+              row_of[live] = g;
               tap_of[live++] = fy * p.filter_w + fx;
             }
           }
@@ -354,7 +368,7 @@ float conv2d_input_grad(const Conv2dParams& p, const int8_t* filter, const GradV
           for (int32_t ic0 = 0; ic0 < body; ic0 += 4) {
             PairedQuad q;
             for (int32_t k = 0; k < live; ++k) {
-              const int16_t* g = rows + k * row;
+              const int16_t* g = row_of[k];
               DotRows(p, p.train_filter, 0, p.n_train, tap_of[k], ic0, g, q);
               DotRows(p, filter, p.n_train, p.output_c, tap_of[k], ic0, g + trained_pad, q);
             }
@@ -366,7 +380,7 @@ float conv2d_input_grad(const Conv2dParams& p, const int8_t* filter, const GradV
           for (int32_t ic = body; ic < p.input_c; ++ic) {
             int32_t acc = 0;
             for (int32_t k = 0; k < live; ++k) {
-              const int16_t* g = rows + k * row;
+              const int16_t* g = row_of[k];
               acc += DotRowsScalar(p, p.train_filter, 0, p.n_train, tap_of[k], ic, g);
               acc += DotRowsScalar(p, filter, p.n_train, p.output_c, tap_of[k], ic,
                                    g + trained_pad);
@@ -377,7 +391,12 @@ float conv2d_input_grad(const Conv2dParams& p, const int8_t* filter, const GradV
       }
     }
   };
-  return GatherRequantize(p.batches * p.input_h * p.input_w * p.input_c, gather, acc_scale, dx);
+  const int32_t n = p.batches * p.input_h * p.input_w * p.input_c;
+  if (scratch_bytes >= Conv2dStagedInputGradScratchBytes(p)) {
+    int16_t* high = rows + taps * row;
+    return GatherRequantizeStaged(n, gather, acc_scale, dx, high);
+  }
+  return GatherRequantize(n, gather, acc_scale, dx);
 }
 
 float conv2d_input_grad(const Conv2dParams& p, const int8_t* filter, const int16_t* dy,

@@ -61,6 +61,12 @@ constexpr int32_t Conv2dInputGradScratchBytes(const Conv2dParams& p) {
   return p.filter_h * p.filter_w * Conv2dGradRowValues(p) * 2;
 }
 
+// With this much the input gradient is gathered once, not twice (GatherRequantizeStaged): the
+// rows, then the high halves of the int32 sums, one int16 per input value.
+constexpr int32_t Conv2dStagedInputGradScratchBytes(const Conv2dParams& p) {
+  return Conv2dInputGradScratchBytes(p) + p.batches * p.input_h * p.input_w * p.input_c * 2;
+}
+
 // The weight update: one trained channel's output-gradient column over all pixels plus one 0,
 // rounded up to even.
 constexpr int32_t Conv2dWeightUpdateScratchBytes(const Conv2dParams& p) {

@@ -328,7 +328,12 @@ float depthwise_conv2d_input_grad(const DepthwiseConv2dParams& p, const int8_t* 
       InputGradBlock(p, filter, p.output_c, dy, ratio, c0, n, s, sink);
     }
   };
-  return GatherRequantize(p.batches * p.input_h * p.input_w * p.input_c, gather, acc_scale, dx);
+  const int32_t n = p.batches * p.input_h * p.input_w * p.input_c;
+  if (scratch_bytes >= DepthwiseStagedInputGradScratchBytes(p)) {
+    int16_t* high = reinterpret_cast<int16_t*>(scratch + DepthwiseInputGradScratchBytes(p));
+    return GatherRequantizeStaged(n, gather, acc_scale, dx, high);
+  }
+  return GatherRequantize(n, gather, acc_scale, dx);
 }
 
 void depthwise_conv2d_bias_update(const DepthwiseConv2dParams& p, const int16_t* dy,

@@ -59,6 +59,13 @@ constexpr int32_t DepthwiseInputGradScratchBytes(const DepthwiseConv2dParams& p)
          (p.input_w * p.filter_w + 1) / 2 * 4;
 }
 
+// With this much the input gradient is gathered once, not twice (GatherRequantizeStaged): the
+// above, then the high halves of the int32 sums, one int16 per input value.
+constexpr int32_t DepthwiseStagedInputGradScratchBytes(const DepthwiseConv2dParams& p) {
+  return DepthwiseInputGradScratchBytes(p) +
+         p.batches * p.input_h * p.input_w * p.input_c * 2;
+}
+
 // As mt::ref::depthwise_conv2d_input_grad, for depth multiplier 1 (trained channels included)
 // and filters up to 7 rows; with less scratch, or another shape, it runs the reference kernel.
 float depthwise_conv2d_input_grad(const DepthwiseConv2dParams& p, const int8_t* filter,

@@ -140,6 +140,34 @@ inline float GatherRequantize(int32_t n, const Gather& gather, float acc_scale, 
   return RequantizedScale(acc_scale, m);
 }
 
+// GatherRequantize with one pass over `gather` instead of two, given n int16 of `high`: each sum
+// waits split in halves, the low one in out[i], the high one in high[i], until the maximum is
+// known. Same expressions on the same sums, so bit-identical to GatherRequantize.
+template <typename Gather>
+inline float GatherRequantizeStaged(int32_t n, const Gather& gather, float acc_scale,
+                                    int16_t* out, int16_t* high) {
+  int32_t lo = 0, hi = 0;
+  gather([&](int32_t i, int32_t acc) {
+    lo = acc < lo ? acc : lo;
+    hi = acc > hi ? acc : hi;
+    const uint32_t bits = static_cast<uint32_t>(acc);
+    out[i] = static_cast<int16_t>(bits & 0xFFFFu);
+    high[i] = static_cast<int16_t>(bits >> 16);
+  });
+  const int64_t m = AbsGrad(lo) > hi ? AbsGrad(lo) : hi;
+  if (m == 0) {
+    for (int32_t i = 0; i < n; ++i) out[i] = 0;
+    return 0.0f;
+  }
+  const float k = static_cast<float>(kGradMax) / static_cast<float>(m);
+  for (int32_t i = 0; i < n; ++i) {
+    const uint32_t bits = static_cast<uint32_t>(static_cast<uint16_t>(high[i])) << 16 |
+                          static_cast<uint16_t>(out[i]);
+    out[i] = RequantizeGrad(static_cast<int32_t>(bits), k);
+  }
+  return RequantizedScale(acc_scale, m);
+}
+
 // Same for a float gradient (regression loss, fp32 classifier); `out` may not alias `g`.
 inline float GradRequantizeF32(const float* g, int32_t n, int16_t* out) {
   float m = 0.0f;

@@ -302,13 +302,14 @@ def run_train_step(opcode: str, params: object, saved: list[np.ndarray | None],
                    dy: QGrad | BroadcastDy,
                    dx_sizes: list[int | None], slot: TrainSlot | None = None,
                    lr: float = 0.0, prng: int = 0,
-                   variant: KernelVariant | None = None) -> StepResult:
+                   variant: KernelVariant | None = None,
+                   scratch_bytes: int | None = None) -> StepResult:
     """One emitted backward step of opcode: input gradients as run_backward, and with a slot
     the parameter updates too, on copies of slot.weights / slot.bias placed in the arena (the
     firmware's SRAM state), learning rate lr and xorshift state prng. dy may be a BroadcastDy
     for a rule that reads dy through a view (BackwardDef.broadcast_dy). variant: the backward
     kernel variant to emit (the reference when None), given the scratch its scratch_bytes asks
-    for, with guard bytes after it that it must not write."""
+    for (or scratch_bytes), with guard bytes after it that it must not write."""
     e = Emission(REGISTRY[opcode].header, *grad_rules.HEADERS,
                  *([variant.header] if variant and variant.header else []))
     dy_ref = _dy_ref(e, dy)
@@ -324,7 +325,7 @@ def run_train_step(opcode: str, params: object, saved: list[np.ndarray | None],
     ctx: object = e.pool
     scratch_guard = None
     if variant is not None:
-        size = variant.scratch_bytes(params)
+        size = variant.scratch_bytes(params) if scratch_bytes is None else scratch_bytes
         scratch = e.space(size).ptr if size else None
         scratch_guard = e.space(16)
         ctx = StepContext(e.pool, variant, scratch, size)

@@ -140,15 +140,23 @@ def random_depthwise_step(seed: int) -> Step:
                 stochastic=bool(rng.random() < 0.5), qas=bool(rng.random() < 0.8), seed=seed)
 
 
+@pytest.mark.parametrize("roomy", [False, True], ids=["plain", "staged"])
 @pytest.mark.parametrize("seed", range(40))
-def test_depthwise_m7_backward_equals_reference(seed: int) -> None:
+def test_depthwise_m7_backward_equals_reference(seed: int, roomy: bool) -> None:
+    """With the plain scratch the input gradient is gathered twice; with the roomy one once,
+    its sums waiting in halves (GatherRequantizeStaged): the same bits either way."""
     step = random_depthwise_step(seed)
     p, x, dy, lr = prepared(step)
     variant = depthwise_conv2d.M7_BACKWARD
-    assert variant.serves(p, _n_train(step, p))
+    n_train = _n_train(step, p)
+    assert variant.serves(p, n_train)
+    scratch = (variant.roomy_step_scratch_bytes if roomy else variant.step_scratch_bytes)(
+        p, True, n_train)
+    if roomy:
+        assert scratch == depthwise_conv2d.m7_staged_input_grad_scratch_bytes(p)
     slot = make_slot(step, p)
     got = run_train_step("DEPTHWISE_CONV_2D", p, [x], dy, [x.size], slot, float(lr), 99 + seed,
-                         variant=variant)
+                         variant=variant, scratch_bytes=scratch)
     bdef = depthwise_conv2d.BACKWARD
     saved = [x if bdef.saves_input(p, slot)[0] else None]
     rng = XorShift32(99 + seed)
@@ -245,28 +253,37 @@ def test_conv2d_m7_backward_reads_a_masked_broadcast_view(seed: int) -> None:
     _check_step(got, p, x, dy, step, slot, lr, 4321)
 
 
-def test_conv2d_m7_backward_without_enough_scratch_runs_the_reference() -> None:
-    step = Step(Case("conv", (1, 5, 5, 8), 6, kernel=(1, 1), seed=2), n_train=3)
-    p, x, dy, lr = prepared(step)
-    slot = make_slot(step, p)
-    short = dataclasses.replace(conv2d.M7_BACKWARD, scratch_bytes=lambda p: 4)
-    got = run_train_step("CONV_2D", p, [x], dy, [x.size], slot, float(lr), 9, variant=short)
-    _check_step(got, p, x, dy, step, slot, lr, 9)
-
-
 def test_conv2d_m7_backward_declines_grouped_convolution() -> None:
     graph, op = build_graph(Case("conv", (1, 5, 5, 6), 4, groups=2, seed=7))
     assert not conv2d.M7_BACKWARD.serves(conv2d.prepare(op, graph), 0)
 
 
-def test_conv2d_m7_backward_without_scratch_runs_the_reference() -> None:
-    """A step that planned no scratch passes (nullptr, 0): every kernel then falls back."""
-    step = Step(Case("conv", (1, 5, 5, 8), 6, kernel=(1, 1), seed=3), n_train=2)
+@pytest.mark.parametrize("scratch", [0, 4])
+def test_conv2d_m7_backward_without_enough_scratch_runs_the_reference(scratch: int) -> None:
+    """Given less scratch than it asks for, or none (a step that planned none passes nullptr,
+    0), every kernel must still answer right: it falls back to the reference."""
+    step = Step(Case("conv", (1, 5, 5, 8), 6, kernel=(1, 1), seed=2 + scratch), n_train=3)
     p, x, dy, lr = prepared(step)
     slot = make_slot(step, p)
-    none = dataclasses.replace(conv2d.M7_BACKWARD, scratch_bytes=lambda p: 0)
-    got = run_train_step("CONV_2D", p, [x], dy, [x.size], slot, float(lr), 5, variant=none)
-    _check_step(got, p, x, dy, step, slot, lr, 5)
+    got = run_train_step("CONV_2D", p, [x], dy, [x.size], slot, float(lr), 9,
+                         variant=conv2d.M7_BACKWARD, scratch_bytes=scratch)
+    _check_step(got, p, x, dy, step, slot, lr, 9)
+
+
+@pytest.mark.parametrize("seed", range(24))
+def test_conv2d_m7_staged_input_grad_equals_reference(seed: int) -> None:
+    """Given its roomy scratch the input gradient is gathered once, its sums waiting in halves
+    (GatherRequantizeStaged): the same bits as the two-pass gather."""
+    step = dataclasses.replace(random_conv_step(200 + seed), dx=True)
+    p, x, dy, lr = prepared(step)
+    slot = make_slot(step, p)
+    n_train = _n_train(step, p)
+    roomy = conv2d.M7_BACKWARD.roomy_step_scratch_bytes(p, True, n_train)
+    assert roomy == max(conv2d.m7_staged_input_grad_scratch_bytes(p),
+                        conv2d.m7_weight_update_scratch_bytes(p) if n_train else 0)
+    got = run_train_step("CONV_2D", p, [x], dy, [x.size], slot, float(lr), 77 + seed,
+                         variant=conv2d.M7_BACKWARD, scratch_bytes=roomy)
+    _check_step(got, p, x, dy, step, slot, lr, 77 + seed)
 
 
 def test_a_backward_step_plans_only_the_scratch_of_what_it_computes() -> None:

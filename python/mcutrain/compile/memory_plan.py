@@ -72,6 +72,33 @@ class ArenaPlanner:
         self.placements()
         return self._choice
 
+    def widen(self, name: str, size: int) -> bool:
+        """Grows a placed buffer to `size` bytes where the arena already has the room, every
+        other placement and the arena size unchanged: it moves to the lowest gap free through
+        its lifetime (its own place counts as free). False, nothing changed, when none is big
+        enough."""
+        placements = self.placements()
+        old = placements[name]
+        if size <= old.size:
+            return True
+        limit = self.arena_bytes()
+        others = sorted((p for p in placements.values()
+                         if p.name != name and p.lives_with(old.first, old.last)),
+                        key=lambda p: p.offset)
+        offset = 0
+        for p in [*others, Placement("", 0, 0, 0, limit)]:
+            if p.offset - offset >= size:
+                break
+            offset = max(offset, self._align(p.end))
+        else:
+            return False
+        if offset + size > limit:
+            return False
+        placements[name] = Placement(name, size, old.first, old.last, offset)
+        self._requests = [(n, size if n == name else s, f, la)
+                          for n, s, f, la in self._requests]
+        return True
+
     def live_at(self, step: int) -> list[Placement]:
         return [p for p in self.placements().values() if p.first <= step <= p.last]
 

@@ -310,6 +310,18 @@ def m7_backward_scratch(p: Conv2dParams, need_dx: bool, n_train: int) -> int:
                m7_weight_update_scratch_bytes(p) if n_train > 0 else 0)
 
 
+def m7_staged_input_grad_scratch_bytes(p: Conv2dParams) -> int:
+    """mt::m7::Conv2dStagedInputGradScratchBytes: the rows, then the high halves of the input
+    gradient's int32 sums (int16 per value), so it is gathered once instead of twice."""
+    return m7_input_grad_scratch_bytes(p) + 2 * int(np.prod(p.input_shape))
+
+
+def m7_roomy_backward_scratch(p: Conv2dParams, need_dx: bool, n_train: int) -> int:
+    """With room to spare, the input gradient runs staged."""
+    return max(m7_staged_input_grad_scratch_bytes(p) if need_dx else 0,
+               m7_weight_update_scratch_bytes(p) if n_train > 0 else 0)
+
+
 def m7_backward_serves(p: Conv2dParams, n_train: int) -> bool:
     """Plain convolution up to 7x7 taps."""
     _, f_h, f_w, f_c = p.filter.shape
@@ -318,4 +330,5 @@ def m7_backward_serves(p: Conv2dParams, n_train: int) -> bool:
 
 M7_BACKWARD = register_variant(backward_key("CONV_2D"), KernelVariant(
     "m7", "mt::m7", header="kernels/conv2d_m7.h", scratch_bytes=m7_grad_scratch_bytes,
-    serves=m7_backward_serves, backward_scratch=m7_backward_scratch))
+    serves=m7_backward_serves, backward_scratch=m7_backward_scratch,
+    roomy_backward_scratch=m7_roomy_backward_scratch))

@@ -338,7 +338,18 @@ def m7_backward_scratch(p: DepthwiseConv2dParams, need_dx: bool, n_train: int) -
     return m7_input_grad_scratch_bytes(p) if need_dx else 0
 
 
+def m7_staged_input_grad_scratch_bytes(p: DepthwiseConv2dParams) -> int:
+    """mt::m7::DepthwiseStagedInputGradScratchBytes: the above, then the high halves of the
+    input gradient's int32 sums (int16 per value), so it is gathered once instead of twice."""
+    return m7_input_grad_scratch_bytes(p) + 2 * int(np.prod(p.input_shape))
+
+
+def m7_roomy_backward_scratch(p: DepthwiseConv2dParams, need_dx: bool, n_train: int) -> int:
+    """With room to spare, the input gradient runs staged."""
+    return m7_staged_input_grad_scratch_bytes(p) if need_dx else 0
+
+
 M7_BACKWARD = register_variant(backward_key("DEPTHWISE_CONV_2D"), KernelVariant(
     "m7", "mt::m7", header="kernels/depthwise_conv2d_m7.h",
     scratch_bytes=m7_input_grad_scratch_bytes, serves=m7_backward_serves,
-    backward_scratch=m7_backward_scratch))
+    backward_scratch=m7_backward_scratch, roomy_backward_scratch=m7_roomy_backward_scratch))
