@@ -3,6 +3,7 @@
 
 #include <cstring>
 
+#include "kernels/bias_update_m7.h"
 #include "kernels/dsp.h"
 #include "kernels/fixed_point.h"
 #include "kernels/param_update.h"
@@ -413,7 +414,7 @@ void conv2d_bias_update(const Conv2dParams& p, const GradView& dy, float lr_dy,
 
 void conv2d_bias_update(const Conv2dParams& p, const int16_t* dy, float lr_dy,
                         const float* bias_coef, int32_t* bias, int8_t*, int32_t) {
-  ref::conv2d_bias_update(p, dy, lr_dy, bias_coef, bias);
+  UpdateBiasRows(p.batches * p.output_h * p.output_w, p.output_c, dy, lr_dy, bias_coef, bias);
 }
 
 namespace {

@@ -82,7 +82,9 @@ float conv2d_input_grad(const Conv2dParams& p, const int8_t* filter, const int16
                         const float* ratio, float acc_scale, int16_t* dx, int8_t* scratch,
                         int32_t scratch_bytes);
 
-// The reference kernel (the step's scratch is passed to every backward kernel of a variant).
+// As mt::ref::conv2d_bias_update: a stored gradient by UpdateBiasRows (bias_update_m7.h), a
+// view (mask or broadcast) by the reference. No scratch (the step's is passed to every backward
+// kernel of a variant).
 void conv2d_bias_update(const Conv2dParams& p, const GradView& dy, float lr_dy,
                         const float* bias_coef, int32_t* bias, int8_t* scratch,
                         int32_t scratch_bytes);

@@ -2,6 +2,7 @@
 // (depthwise_conv2d_m7.h).
 #include "kernels/depthwise_conv2d_m7.h"
 
+#include "kernels/bias_update_m7.h"
 #include "kernels/dsp.h"
 #include "kernels/fixed_point.h"
 #include "kernels/param_update.h"
@@ -339,7 +340,7 @@ float depthwise_conv2d_input_grad(const DepthwiseConv2dParams& p, const int8_t* 
 void depthwise_conv2d_bias_update(const DepthwiseConv2dParams& p, const int16_t* dy,
                                   float lr_dy, const float* bias_coef, int32_t* bias, int8_t*,
                                   int32_t) {
-  ref::depthwise_conv2d_bias_update(p, dy, lr_dy, bias_coef, bias);
+  UpdateBiasRows(p.batches * p.output_h * p.output_w, p.output_c, dy, lr_dy, bias_coef, bias);
 }
 
 void depthwise_conv2d_weight_update(const DepthwiseConv2dParams& p, const int8_t* input,

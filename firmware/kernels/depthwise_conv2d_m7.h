@@ -72,7 +72,8 @@ float depthwise_conv2d_input_grad(const DepthwiseConv2dParams& p, const int8_t* 
                                   const int16_t* dy, const float* ratio, float acc_scale,
                                   int16_t* dx, int8_t* scratch, int32_t scratch_bytes);
 
-// The reference kernels (the step's scratch is passed to every backward kernel of a variant).
+// The bias update by UpdateBiasRows (bias_update_m7.h), the weight update by the reference
+// kernel; no scratch (the step's is passed to every backward kernel of a variant).
 void depthwise_conv2d_bias_update(const DepthwiseConv2dParams& p, const int16_t* dy,
                                   float lr_dy, const float* bias_coef, int32_t* bias,
                                   int8_t* scratch, int32_t scratch_bytes);

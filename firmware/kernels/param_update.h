@@ -35,6 +35,22 @@ inline void UpdateWeight(int8_t* w, int64_t gw, float coef_o, Rounding rounding,
   *w = SaturateWeight(static_cast<float>(*w) - step);
 }
 
+// One bias given its gradient sum gb: b = sat_int32(b - round((lr_dy * gb) * coef)).
+inline void UpdateBiasValue(int32_t* b, int64_t gb, float lr_dy, float coef) {
+  const float delta = (lr_dy * Int64ToFloat(gb)) * coef;
+  const float rounded = RoundHalfAway(delta);
+  // |rounded| < 2^31, nearly always: the int64 difference of two exact integers is what the
+  // double arithmetic below computes, without its soft-float calls (hundreds of instructions
+  // on a single-precision FPU).
+  if (rounded > -2147483648.0f && rounded < 2147483648.0f) {
+    const int64_t v = static_cast<int64_t>(*b) - static_cast<int32_t>(rounded);
+    *b = v < INT32_MIN ? INT32_MIN : (v > INT32_MAX ? INT32_MAX : static_cast<int32_t>(v));
+    return;
+  }
+  const double step = std::isfinite(rounded) ? static_cast<double>(rounded) : 0.0;
+  *b = SaturateBias(static_cast<double>(*b) - step);
+}
+
 // Bias update from an output gradient of `rows` pixels: GB[o] = sum over pixels of
 // dy.At(pixel, o) (int64), b[o] = sat_int32(b[o] - round(((lr_dy * GB[o]) * coef[o]))).
 // lr_dy = lr * dy_scale, computed once by the caller.
@@ -43,10 +59,7 @@ inline void UpdateBias(int32_t rows, const GradView& dy, float lr_dy, const floa
   for (int32_t o = 0; o < dy.channels; ++o) {
     int64_t gb = 0;
     for (int32_t r = 0; r < rows; ++r) gb += dy.At(r, o);
-    const float delta = (lr_dy * Int64ToFloat(gb)) * bias_coef[o];
-    const float rounded = RoundHalfAway(delta);
-    const double step = std::isfinite(rounded) ? static_cast<double>(rounded) : 0.0;
-    bias[o] = SaturateBias(static_cast<double>(bias[o]) - step);
+    UpdateBiasValue(&bias[o], gb, lr_dy, bias_coef[o]);
   }
 }
 
