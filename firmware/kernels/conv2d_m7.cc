@@ -299,21 +299,123 @@ int32_t DotRowsScalar(const Conv2dParams& p, const int8_t* rows, int32_t lo, int
   return acc;
 }
 
-// Output pixel `pixel` of dy folded into one row: the trained range's channels from g, the
-// frozen range's from g + trained_pad (each range padded to even with a 0).
+// Output channels [lo, hi) of pixel `pixel` of dy folded as int16 lane pairs, the pair of
+// channels lo + 2j, lo + 2j + 1 at g[j * pair_stride] (an odd last channel's partner lane 0).
+void FoldRange(const GradView& dy, const float* ratio, int32_t pixel, int32_t lo, int32_t hi,
+               int32_t pair_stride, int16_t* g) {
+  for (int32_t oc = lo; oc < hi; oc += 2, g += pair_stride) {
+    g[0] = static_cast<int16_t>(FoldGrad(dy.At(pixel, oc), ratio, oc));
+    g[1] = oc + 1 < hi ? static_cast<int16_t>(FoldGrad(dy.At(pixel, oc + 1), ratio, oc + 1)) : 0;
+  }
+}
+
+// Output pixel `pixel` of dy folded: the trained range's channels, then the frozen range's
+// from trained_pad on (each range padded to even with a 0), as lane pairs pair_stride values
+// apart (2: one plain row).
 void FoldPixel(const Conv2dParams& p, const GradView& dy, const float* ratio, int32_t pixel,
-               int32_t trained_pad, int16_t* g) {
-  for (int32_t oc = 0; oc < p.n_train; ++oc) {
-    g[oc] = static_cast<int16_t>(FoldGrad(dy.At(pixel, oc), ratio, oc));
+               int32_t trained_pad, int16_t* g, int32_t pair_stride = 2) {
+  FoldRange(dy, ratio, pixel, 0, p.n_train, pair_stride, g);
+  FoldRange(dy, ratio, pixel, p.n_train, p.output_c, pair_stride,
+            g + trained_pad / 2 * pair_stride);
+}
+
+// Pointwise blocks: one input channel's sums for four pixels (four accumulators, so the loop
+// keeps everything in registers).
+constexpr int32_t kGradPixels = 4;
+
+struct PixelSums {
+  int32_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+};
+
+// Output channels [lo, hi) of a 1x1 filter's weight rows (stride filter_c) against input
+// channel ic, for four folded pixels interleaved per channel pair (g: one word per pixel per
+// pair, kGradPixels words a pair): two output channels' weights are two byte loads and a PKHBT,
+// then each pixel is one SMLAD.
+void DotPixels(const Conv2dParams& p, const int8_t* rows, int32_t lo, int32_t hi, int32_t ic,
+               const uint32_t* g, PixelSums& q) {
+  if (lo >= hi) return;
+  const int32_t stride = p.filter_c;
+  const int8_t* w = rows + lo * stride + ic;
+  PixelSums a = q;
+  const int8_t* const pairs_end = w + (hi - lo) / 2 * 2 * stride;
+#if MT_HAVE_DSP
+  // GCC keeps the stride and the sums on the stack here and builds the pair with two
+  // instructions (26 per pair); written out, a pair is 12 and everything stays in registers.
+  if (w != pairs_end) {
+    uint32_t wa, wb, g0, g1;
+    asm volatile(
+        "1:\n\t"
+        "ldrsb %[wa], [%[w]]\n\t"
+        "ldrsb %[wb], [%[w], %[stride]]\n\t"
+        "add %[w], %[w], %[stride], lsl #1\n\t"
+        "pkhbt %[wa], %[wa], %[wb], lsl #16\n\t"
+        "ldrd %[g0], %[g1], [%[g]], #8\n\t"
+        "smlad %[s0], %[g0], %[wa], %[s0]\n\t"
+        "smlad %[s1], %[g1], %[wa], %[s1]\n\t"
+        "ldrd %[g0], %[g1], [%[g]], #8\n\t"
+        "smlad %[s2], %[g0], %[wa], %[s2]\n\t"
+        "smlad %[s3], %[g1], %[wa], %[s3]\n\t"
+        "cmp %[w], %[end]\n\t"
+        "bne 1b"
+        : [w] "+r"(w), [g] "+r"(g), [s0] "+r"(a.s0), [s1] "+r"(a.s1), [s2] "+r"(a.s2),
+          [s3] "+r"(a.s3), [wa] "=&r"(wa), [wb] "=&r"(wb), [g0] "=&r"(g0), [g1] "=&r"(g1)
+        : [stride] "r"(stride), [end] "r"(pairs_end)
+        : "cc", "memory");
   }
-  if (p.n_train < trained_pad) g[p.n_train] = 0;
-  int16_t* frozen = g + trained_pad;
-  const int32_t n_frozen = p.output_c - p.n_train;
-  for (int32_t j = 0; j < n_frozen; ++j) {
-    frozen[j] = static_cast<int16_t>(FoldGrad(dy.At(pixel, p.n_train + j), ratio,
-                                              p.n_train + j));
+#else
+  for (; w != pairs_end; w += 2 * stride, g += kGradPixels) {
+    const uint32_t ws = dsp::Pack(w[0], w[stride]);
+    a.s0 = dsp::Dot2(g[0], ws, a.s0);
+    a.s1 = dsp::Dot2(g[1], ws, a.s1);
+    a.s2 = dsp::Dot2(g[2], ws, a.s2);
+    a.s3 = dsp::Dot2(g[3], ws, a.s3);
   }
-  if ((n_frozen & 1) != 0) frozen[n_frozen] = 0;
+#endif
+  if (((hi - lo) & 1) != 0) {  // an odd last channel: g's partner lane is 0
+    const uint32_t ws = dsp::Pack(w[0], 0);
+    a.s0 = dsp::Dot2(g[0], ws, a.s0);
+    a.s1 = dsp::Dot2(g[1], ws, a.s1);
+    a.s2 = dsp::Dot2(g[2], ws, a.s2);
+    a.s3 = dsp::Dot2(g[3], ws, a.s3);
+  }
+  q = a;
+}
+
+// Scratch of the pointwise path: kGradPixels interleaved folded rows.
+constexpr int32_t PointwiseRowsBytes(const Conv2dParams& p) {
+  return kGradPixels * Conv2dGradRowValues(p) * 2;
+}
+
+// The pointwise (1x1, stride 1, no padding) input gradient, four pixels at a time: sink(i, acc)
+// for every input value. `rows`: PointwiseRowsBytes(p).
+template <typename Sink>
+void PointwiseGather(const Conv2dParams& p, const int8_t* filter, const GradView& dy,
+                     const float* ratio, int16_t* rows, const Sink& sink) {
+  const int32_t pixels = p.batches * p.input_h * p.input_w;
+  const int32_t trained_pad = (p.n_train + 1) / 2 * 2;
+  const uint32_t* g = reinterpret_cast<const uint32_t*>(rows);
+  const uint32_t* g_frozen = g + trained_pad / 2 * kGradPixels;
+  for (int32_t px0 = 0; px0 < pixels; px0 += kGradPixels) {
+    const int32_t valid = pixels - px0 < kGradPixels ? pixels - px0 : kGradPixels;
+    // Past the last pixel the block repeats it; its sums are not sunk.
+    for (int32_t k = 0; k < kGradPixels; ++k) {
+      FoldPixel(p, dy, ratio, px0 + (k < valid ? k : valid - 1), trained_pad, rows + 2 * k,
+                2 * kGradPixels);
+    }
+    const int32_t first = px0 * p.input_c;
+    const auto put = [&](int32_t ic, int32_t k, int32_t acc) {
+      if (k < valid) sink(first + k * p.input_c + ic, acc);
+    };
+    for (int32_t ic = 0; ic < p.input_c; ++ic) {
+      PixelSums q;
+      DotPixels(p, p.train_filter, 0, p.n_train, ic, g, q);
+      DotPixels(p, filter, p.n_train, p.output_c, ic, g_frozen, q);
+      put(ic, 0, q.s0);
+      put(ic, 1, q.s1);
+      put(ic, 2, q.s2);
+      put(ic, 3, q.s3);
+    }
+  }
 }
 
 }  // namespace
@@ -393,6 +495,13 @@ float conv2d_input_grad(const Conv2dParams& p, const int8_t* filter, const GradV
     }
   };
   const int32_t n = p.batches * p.input_h * p.input_w * p.input_c;
+  if (Conv2dPointwiseGrad(p) && scratch_bytes >= Conv2dPointwiseInputGradScratchBytes(p)) {
+    const auto pointwise = [&](const auto& sink) {
+      PointwiseGather(p, filter, dy, ratio, rows, sink);
+    };
+    int16_t* high = rows + PointwiseRowsBytes(p) / 2;
+    return GatherRequantizeStaged(n, pointwise, acc_scale, dx, high);
+  }
   if (scratch_bytes >= Conv2dStagedInputGradScratchBytes(p)) {
     int16_t* high = rows + taps * row;
     return GatherRequantizeStaged(n, gather, acc_scale, dx, high);

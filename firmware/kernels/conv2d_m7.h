@@ -67,6 +67,16 @@ constexpr int32_t Conv2dStagedInputGradScratchBytes(const Conv2dParams& p) {
   return Conv2dInputGradScratchBytes(p) + p.batches * p.input_h * p.input_w * p.input_c * 2;
 }
 
+// A pointwise layer (1x1, stride 1, no padding): its input gradient can run four pixels at a
+// time, given four folded rows interleaved and the staged sums' high halves.
+constexpr bool Conv2dPointwiseGrad(const Conv2dParams& p) {
+  return p.filter_h == 1 && p.filter_w == 1 && p.stride_h == 1 && p.stride_w == 1 &&
+         p.pad_h == 0 && p.pad_w == 0;
+}
+constexpr int32_t Conv2dPointwiseInputGradScratchBytes(const Conv2dParams& p) {
+  return 4 * Conv2dGradRowValues(p) * 2 + p.batches * p.input_h * p.input_w * p.input_c * 2;
+}
+
 // The weight update: one trained channel's output-gradient column over all pixels plus one 0,
 // rounded up to even.
 constexpr int32_t Conv2dWeightUpdateScratchBytes(const Conv2dParams& p) {

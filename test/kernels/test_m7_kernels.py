@@ -150,9 +150,9 @@ def test_depthwise_m7_backward_equals_reference(seed: int, roomy: bool) -> None:
     variant = depthwise_conv2d.M7_BACKWARD
     n_train = _n_train(step, p)
     assert variant.serves(p, n_train)
-    scratch = (variant.roomy_step_scratch_bytes if roomy else variant.step_scratch_bytes)(
-        p, True, n_train)
+    scratch = variant.step_scratch_bytes(p, True, n_train)
     if roomy:
+        (scratch,) = variant.roomy_step_scratch_bytes(p, True, n_train)
         assert scratch == depthwise_conv2d.m7_staged_input_grad_scratch_bytes(p)
     slot = make_slot(step, p)
     got = run_train_step("DEPTHWISE_CONV_2D", p, [x], dy, [x.size], slot, float(lr), 99 + seed,
@@ -270,19 +270,25 @@ def test_conv2d_m7_backward_without_enough_scratch_runs_the_reference(scratch: i
     _check_step(got, p, x, dy, step, slot, lr, 9)
 
 
+@pytest.mark.parametrize("roomy", [0, 1], ids=["fastest", "staged"])
 @pytest.mark.parametrize("seed", range(24))
-def test_conv2d_m7_staged_input_grad_equals_reference(seed: int) -> None:
-    """Given its roomy scratch the input gradient is gathered once, its sums waiting in halves
-    (GatherRequantizeStaged): the same bits as the two-pass gather."""
+def test_conv2d_m7_roomy_input_grad_equals_reference(seed: int, roomy: int) -> None:
+    """Given a roomy scratch the input gradient is gathered once, its sums waiting in halves
+    (GatherRequantizeStaged), and a pointwise one four pixels at a time given the most: the
+    same bits as the two-pass gather."""
     step = dataclasses.replace(random_conv_step(200 + seed), dx=True)
     p, x, dy, lr = prepared(step)
     slot = make_slot(step, p)
     n_train = _n_train(step, p)
-    roomy = conv2d.M7_BACKWARD.roomy_step_scratch_bytes(p, True, n_train)
-    assert roomy == max(conv2d.m7_staged_input_grad_scratch_bytes(p),
-                        conv2d.m7_weight_update_scratch_bytes(p) if n_train else 0)
+    sizes = conv2d.M7_BACKWARD.roomy_step_scratch_bytes(p, True, n_train)
+    column = conv2d.m7_weight_update_scratch_bytes(p) if n_train else 0
+    expected = [conv2d.m7_staged_input_grad_scratch_bytes(p)]
+    if conv2d.m7_pointwise_grad(p):
+        expected.insert(0, conv2d.m7_pointwise_input_grad_scratch_bytes(p))
+    assert sizes == tuple(max(s, column) for s in expected)
+    scratch = sizes[min(roomy, len(sizes) - 1)]
     got = run_train_step("CONV_2D", p, [x], dy, [x.size], slot, float(lr), 77 + seed,
-                         variant=conv2d.M7_BACKWARD, scratch_bytes=roomy)
+                         variant=conv2d.M7_BACKWARD, scratch_bytes=scratch)
     _check_step(got, p, x, dy, step, slot, lr, 77 + seed)
 
 

@@ -98,9 +98,10 @@ class KernelVariant:
     # bytes, so a step without an input gradient does not hold that kernel's buffer. None:
     # scratch_bytes(params) for every step.
     backward_scratch: Callable[[Any, bool, int], int] | None = None
-    # Same signature: a larger scratch with which the step runs faster, planned only where the
-    # arena already has the room (ArenaPlanner.widen); the kernels check which they were given.
-    roomy_backward_scratch: Callable[[Any, bool, int], int] | None = None
+    # Same signature: larger scratch sizes with which the step runs faster, fastest first, each
+    # planned only where the arena already has the room (ArenaPlanner.widen); the kernels tell
+    # from the size they get which they were given.
+    roomy_backward_scratch: Callable[[Any, bool, int], tuple[int, ...]] | None = None
 
     @property
     def takes_scratch(self) -> bool:
@@ -114,12 +115,14 @@ class KernelVariant:
             return self.backward_scratch(params, need_dx, n_train)
         return self.scratch_bytes(params)
 
-    def roomy_step_scratch_bytes(self, params: Any, need_dx: bool, n_train: int) -> int:
-        """Scratch bytes of one backward step given room to spare (at least the plain size)."""
-        plain = self.step_scratch_bytes(params, need_dx, n_train)
+    def roomy_step_scratch_bytes(self, params: Any, need_dx: bool,
+                                 n_train: int) -> tuple[int, ...]:
+        """The roomy sizes of one backward step above its plain one, fastest first."""
         if self.roomy_backward_scratch is None:
-            return plain
-        return max(plain, self.roomy_backward_scratch(params, need_dx, n_train))
+            return ()
+        plain = self.step_scratch_bytes(params, need_dx, n_train)
+        return tuple(s for s in self.roomy_backward_scratch(params, need_dx, n_train)
+                     if s > plain)
 
     def kernel(self, function: str) -> str:
         return f"{self.namespace}::{function}"

@@ -316,10 +316,28 @@ def m7_staged_input_grad_scratch_bytes(p: Conv2dParams) -> int:
     return m7_input_grad_scratch_bytes(p) + 2 * int(np.prod(p.input_shape))
 
 
-def m7_roomy_backward_scratch(p: Conv2dParams, need_dx: bool, n_train: int) -> int:
-    """With room to spare, the input gradient runs staged."""
-    return max(m7_staged_input_grad_scratch_bytes(p) if need_dx else 0,
-               m7_weight_update_scratch_bytes(p) if n_train > 0 else 0)
+def m7_pointwise_grad(p: Conv2dParams) -> bool:
+    """mt::m7::Conv2dPointwiseGrad: 1x1, stride 1, no padding."""
+    _, f_h, f_w, _ = p.filter.shape
+    return (f_h, f_w) == (1, 1) and tuple(p.stride) == (1, 1) and tuple(p.pad) == (0, 0)
+
+
+def m7_pointwise_input_grad_scratch_bytes(p: Conv2dParams) -> int:
+    """mt::m7::Conv2dPointwiseInputGradScratchBytes: four folded rows interleaved, then the
+    staged sums' high halves; the pointwise input gradient then runs four pixels at a time."""
+    return 4 * ((p.output_shape[3] + 2) // 2 * 2) * 2 + 2 * int(np.prod(p.input_shape))
+
+
+def m7_roomy_backward_scratch(p: Conv2dParams, need_dx: bool, n_train: int) -> tuple[int, ...]:
+    """With room to spare the input gradient runs staged, a pointwise one also four pixels at
+    a time (fastest first)."""
+    if not need_dx:
+        return ()
+    column = m7_weight_update_scratch_bytes(p) if n_train > 0 else 0
+    sizes = [m7_staged_input_grad_scratch_bytes(p)]
+    if m7_pointwise_grad(p):
+        sizes.insert(0, m7_pointwise_input_grad_scratch_bytes(p))
+    return tuple(max(s, column) for s in sizes)
 
 
 def m7_backward_serves(p: Conv2dParams, n_train: int) -> bool:

@@ -344,9 +344,10 @@ def m7_staged_input_grad_scratch_bytes(p: DepthwiseConv2dParams) -> int:
     return m7_input_grad_scratch_bytes(p) + 2 * int(np.prod(p.input_shape))
 
 
-def m7_roomy_backward_scratch(p: DepthwiseConv2dParams, need_dx: bool, n_train: int) -> int:
+def m7_roomy_backward_scratch(p: DepthwiseConv2dParams, need_dx: bool,
+                              n_train: int) -> tuple[int, ...]:
     """With room to spare, the input gradient runs staged."""
-    return m7_staged_input_grad_scratch_bytes(p) if need_dx else 0
+    return (m7_staged_input_grad_scratch_bytes(p),) if need_dx else ()
 
 
 M7_BACKWARD = register_variant(backward_key("DEPTHWISE_CONV_2D"), KernelVariant(

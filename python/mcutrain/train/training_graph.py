@@ -98,8 +98,8 @@ class BackwardStep:
         return scratch_size(self.variant, self.op.params, (any(self.need_dx), self.n_train))
 
     @property
-    def roomy_scratch_bytes(self) -> int:
-        """The scratch with which its kernels run faster, where the arena has the room."""
+    def roomy_scratch_bytes(self) -> tuple[int, ...]:
+        """Larger scratch sizes with which its kernels run faster, fastest first."""
         return self.variant.roomy_step_scratch_bytes(self.op.params, any(self.need_dx),
                                                      self.n_train)
 
@@ -490,13 +490,16 @@ def stream_forward(model: CompiledModel, schedule: Schedule) -> tuple[Stream, ..
 
 
 def widen_scratch(planner: ArenaPlanner, backward: list[BackwardStep]) -> None:
-    """Gives each backward step its roomy scratch where the planned arena has a gap for it at
-    that step: faster kernels for no SRAM. Each scratch lives in one step only, so the steps do
-    not compete for the room."""
+    """Gives each backward step the largest of its roomy scratch sizes the planned arena has a
+    gap for at that step: faster kernels for no SRAM. Each scratch lives in one step only, so
+    the steps do not compete for the room."""
     for b in backward:
+        if not b.scratch_bytes:
+            continue
         name = scratch_buffer(b.step, backward=True)
-        if b.scratch_bytes and b.roomy_scratch_bytes > b.scratch_bytes:
-            planner.widen(name, b.roomy_scratch_bytes)
+        for size in b.roomy_scratch_bytes:
+            if planner.widen(name, size):
+                break
 
 
 def plan_memory(model: CompiledModel, schedule: Schedule, variants: list[KernelVariant],
