@@ -88,6 +88,17 @@ inline int32_t MulAddHigh(uint32_t a, uint32_t b, int32_t acc) {
 // x clamped to [-128, 127] (SSAT #8).
 inline int32_t Saturate8(int32_t x) { return __ssat(x, 8); }
 
+// Byte-lane signed maximum and minimum of four int8 lanes: SSUB8 sets each lane's GE flag
+// where a >= b, SEL then takes that lane from its first operand.
+inline uint32_t Max8(uint32_t a, uint32_t b) {
+  __ssub8(static_cast<int8x4_t>(a), static_cast<int8x4_t>(b));
+  return static_cast<uint32_t>(__sel(static_cast<uint8x4_t>(a), static_cast<uint8x4_t>(b)));
+}
+inline uint32_t Min8(uint32_t a, uint32_t b) {
+  __ssub8(static_cast<int8x4_t>(a), static_cast<int8x4_t>(b));
+  return static_cast<uint32_t>(__sel(static_cast<uint8x4_t>(b), static_cast<uint8x4_t>(a)));
+}
+
 // (a * b + 2^31) >> 32, the high word of the product rounded (SMMULR).
 inline int32_t RoundingHighMul(int32_t a, int32_t b) {
   int32_t r;
@@ -141,7 +152,24 @@ inline int32_t RoundingHighMul(int32_t a, int32_t b) {
 
 inline int32_t Saturate8(int32_t x) { return x < -128 ? -128 : (x > 127 ? 127 : x); }
 
+template <bool kMax>
+inline uint32_t Extreme8(uint32_t a, uint32_t b) {
+  uint32_t r = 0;
+  for (int lane = 0; lane < 4; ++lane) {
+    const int32_t x = static_cast<int8_t>(a >> (8 * lane));
+    const int32_t y = static_cast<int8_t>(b >> (8 * lane));
+    const int32_t v = (kMax ? x >= y : x < y) ? x : y;
+    r |= (static_cast<uint32_t>(v) & 0xFFu) << (8 * lane);
+  }
+  return r;
+}
+inline uint32_t Max8(uint32_t a, uint32_t b) { return Extreme8<true>(a, b); }
+inline uint32_t Min8(uint32_t a, uint32_t b) { return Extreme8<false>(a, b); }
+
 #endif
+
+// One int8 in all four byte lanes.
+inline uint32_t Splat8(int32_t v) { return (static_cast<uint32_t>(v) & 0xFFu) * 0x01010101u; }
 
 // One int16 in both lanes.
 inline uint32_t Splat16(int32_t v) {

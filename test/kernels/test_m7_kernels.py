@@ -352,3 +352,51 @@ def test_add_m7_declines_a_broadcast_and_checks_its_short_form() -> None:
     short = add.m7_requant(params, tables)
     assert short is not None and short[1] == -params.out_shift
     assert add.m7_requant(dataclasses.replace(params, out_shift=0), tables) is None
+
+
+# ---- MAX_POOL_2D ----
+
+
+def random_pool_case(seed: int):
+    """A random MAX_POOL_2D: windows overlapping or not, clipped by SAME padding or not, a fused
+    activation; channels a multiple of 4 (the forward variant's domain) unless odd_channels."""
+    from test_misc_kernels import pool
+
+    rng = np.random.default_rng(9500 + seed)
+    filt = (int(rng.integers(1, 4)), int(rng.integers(1, 4)))
+    stride = (int(rng.integers(1, 3)), int(rng.integers(1, 3)))
+    padding = str(rng.choice(["SAME", "VALID"]))
+    h = int(rng.integers(filt[0], 9))
+    w = int(rng.integers(filt[1], 9))
+    channels = 4 * int(rng.integers(1, 7)) + (int(rng.integers(1, 4)) if seed % 5 == 4 else 0)
+    if padding == "SAME":
+        out_hw = (-(-h // stride[0]), -(-w // stride[1]))
+    else:
+        out_hw = ((h - filt[0]) // stride[0] + 1, (w - filt[1]) // stride[1] + 1)
+    act = str(rng.choice(["NONE", "RELU", "RELU6"]))
+    return pool(seed, "MAX_POOL_2D", (int(rng.integers(1, 3)), h, w, channels), filt, stride,
+                padding, out_hw, act=act)
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_max_pool_m7_equals_reference(seed: int) -> None:
+    """Forward (every fifth case has a channel count the variant declines: the reference then
+    runs) and backward, with ties made likely by a narrow input range."""
+    from mcutrain.ops import pooling
+
+    case = random_pool_case(seed)
+    p = pooling.prepare(case.op, case.graph)
+    assert pooling.M7.serves(p, 0) == (p.channels % 4 == 0)
+    rng = np.random.default_rng(seed)
+    (x_id,) = case.graph.dynamic_inputs(case.op)
+    x = rng.integers(-128, -120 if seed % 3 == 0 else 128, size=case.tensors[x_id].shape,
+                     dtype=np.int64).astype(np.int8)
+    got = run_op(pooling.MAX, p, [x], case.tensors[-1].shape, variant=pooling.M7)
+    np.testing.assert_array_equal(got, pooling.reference_max(p, [x]))
+    out_shape = case.tensors[-1].shape
+    dy = QGrad(rng.integers(-GRAD_MAX, GRAD_MAX + 1, size=out_shape).astype(np.int16),
+               F32(rng.uniform(1e-4, 1e-2)))
+    (want,) = pooling.MAX_BACKWARD.reference(p, [x], dy, [True], None, 0.0, XorShift32(1))
+    result = run_train_step("MAX_POOL_2D", p, [x], dy, [x.size], variant=pooling.M7_BACKWARD)
+    np.testing.assert_array_equal(result.dxs[0].data, want.data.ravel())
+    assert np.float32(result.dxs[0].scale).tobytes() == np.float32(want.scale).tobytes()

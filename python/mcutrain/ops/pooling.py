@@ -25,12 +25,15 @@ from .base import (
     FloatContext,
     FloatForward,
     GradRef,
+    KernelVariant,
     OpDef,
     TrainEmit,
     TrainSlot,
+    backward_key,
     c_int_list,
     kernel_name,
     register,
+    register_variant,
 )
 from .common import (
     activation_bounds,
@@ -295,3 +298,12 @@ AVG = register(OpDef("AVERAGE_POOL_2D", prepare, reference_avg, _emitter("avg_po
 MAX = register(OpDef("MAX_POOL_2D", prepare, reference_max, _emitter("max_pool_s8"), macs,
                      header="kernels/pooling.h", float_forward=_float_pool("max"),
                      backward=MAX_BACKWARD, fused_activation=True, options=OPTIONS))
+
+
+# Cortex-M7 MAX_POOL_2D (firmware/kernels/pooling_m7.h): the forward four channels per word, so
+# it serves channel counts divisible by 4; the backward serves every shape.
+M7 = register_variant("MAX_POOL_2D", KernelVariant(
+    "m7", "mt::m7", header="kernels/pooling_m7.h",
+    serves=lambda p, n_train: p.channels % 4 == 0))
+M7_BACKWARD = register_variant(backward_key("MAX_POOL_2D"), KernelVariant(
+    "m7", "mt::m7", header="kernels/pooling_m7.h"))

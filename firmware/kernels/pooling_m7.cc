@@ -1,0 +1,91 @@
+// Cortex-M7 MAX_POOL_2D: byte-lane maxima four channels at a time (pooling_m7.h).
+#include "kernels/pooling_m7.h"
+
+#include <cstring>
+
+#include "kernels/dsp.h"
+#include "kernels/train_math.h"
+
+namespace mt::m7 {
+
+namespace {
+
+// The window of output (oy, ox) clipped to the input, as mt::ref's: rows [y0, y1), columns
+// [x0, x1).
+struct Window {
+  int32_t y0, y1, x0, x1;
+};
+
+Window ClippedWindow(const PoolParams& p, int32_t oy, int32_t ox) {
+  const int32_t iy = oy * p.stride_h - p.pad_h;
+  const int32_t ix = ox * p.stride_w - p.pad_w;
+  return {iy > 0 ? iy : 0, iy + p.filter_h < p.in_h ? iy + p.filter_h : p.in_h,
+          ix > 0 ? ix : 0, ix + p.filter_w < p.in_w ? ix + p.filter_w : p.in_w};
+}
+
+}  // namespace
+
+void max_pool_s8(const PoolParams& p, const int8_t* in, int8_t* out) {
+  if ((p.channels & 3) != 0) {
+    ref::max_pool_s8(p, in, out);
+    return;
+  }
+  const uint32_t lo = dsp::Splat8(p.act_min), hi = dsp::Splat8(p.act_max);
+  const int32_t row = p.in_w * p.channels;
+  for (int32_t n = 0; n < p.batches; ++n) {
+    const int8_t* image = in + n * p.in_h * row;
+    for (int32_t oy = 0; oy < p.out_h; ++oy) {
+      for (int32_t ox = 0; ox < p.out_w; ++ox, out += p.channels) {
+        const Window w = ClippedWindow(p, oy, ox);
+        const int8_t* corner = image + w.y0 * row + w.x0 * p.channels;
+        for (int32_t c = 0; c < p.channels; c += 4) {
+          uint32_t best = dsp::Splat8(-128);  // an empty window's value
+          const int8_t* r = corner + c;
+          for (int32_t y = w.y0; y < w.y1; ++y, r += row) {
+            const int8_t* t = r;
+            for (int32_t x = w.x0; x < w.x1; ++x, t += p.channels) {
+              best = dsp::Max8(dsp::Load4(t), best);
+            }
+          }
+          const uint32_t clamped = dsp::Min8(dsp::Max8(best, lo), hi);
+          std::memcpy(out + c, &clamped, sizeof clamped);
+        }
+      }
+    }
+  }
+}
+
+float max_pool_backward(const PoolParams& p, const int8_t* in, const int16_t* dy, float dy_scale,
+                        void* dx) {
+  int32_t* acc = static_cast<int32_t*>(dx);
+  const int32_t n_in = p.batches * p.in_h * p.in_w * p.channels;
+  for (int32_t i = 0; i < n_in; ++i) acc[i] = 0;
+  const int32_t row = p.in_w * p.channels;
+  const int16_t* g = dy;
+  for (int32_t n = 0; n < p.batches; ++n) {
+    const int32_t base = n * p.in_h * row;
+    for (int32_t oy = 0; oy < p.out_h; ++oy) {
+      for (int32_t ox = 0; ox < p.out_w; ++ox, g += p.channels) {
+        const Window w = ClippedWindow(p, oy, ox);
+        const int32_t corner = base + w.y0 * row + w.x0 * p.channels;
+        for (int32_t c = 0; c < p.channels; ++c) {
+          // Strict '>' keeps the first maximum in scan order, as the reference.
+          int32_t best = corner + c;
+          int32_t best_value = in[best];
+          for (int32_t y = w.y0, r = best; y < w.y1; ++y, r += row) {
+            for (int32_t x = w.x0, at = r; x < w.x1; ++x, at += p.channels) {
+              if (in[at] > best_value) {
+                best = at;
+                best_value = in[at];
+              }
+            }
+          }
+          acc[best] += g[c];
+        }
+      }
+    }
+  }
+  return GradRequantize(dx, n_in, dy_scale);
+}
+
+}  // namespace mt::m7
