@@ -226,7 +226,7 @@ void conv2d_s8(const Conv2dParams& p, const int8_t* input, const int8_t* filter,
   const Columns c{depth, depth & ~3, (depth + 3) / 4};
   auto* columns = reinterpret_cast<uint32_t*>(scratch);
   const OutputStage s{p.multiplier, p.shift, p.output_offset, p.act_min, p.act_max, requant};
-  const Requant mode = ChooseRequant(requant, p.act_min, p.act_max);
+  const RequantPlan plan = PlanRequant(requant, p.output_c, bias, p.act_min, p.act_max);
   const int32_t pixels = p.batches * p.output_h * p.output_w;
   const int32_t per_image = p.output_h * p.output_w;
   // Pixels four at a time in output order; past the last pixel, the block repeats it.
@@ -238,10 +238,18 @@ void conv2d_s8(const Conv2dParams& p, const int8_t* input, const int8_t* filter,
              columns);
     }
     int8_t* out = output + i * p.output_c;
-    // The trained prefix's weights change on the device: its requantization stays checked.
-    BlockChannels<Requant::kChecked>(s, c, p.train_filter, bias, columns, out, p.output_c, valid,
-                                     0, p.n_train);
-    WithRequant(mode, [&](auto mode_tag) {
+    // The trained prefix's weights change on the device: it takes the short form only where
+    // the host bounded it for any int8 weights.
+    if (plan.trained_short) {
+      WithRequant(plan.mode, [&](auto mode_tag) {
+        BlockChannels<decltype(mode_tag)::value>(s, c, p.train_filter, bias, columns, out,
+                                                 p.output_c, valid, 0, p.n_train);
+      });
+    } else {
+      BlockChannels<Requant::kChecked>(s, c, p.train_filter, bias, columns, out, p.output_c,
+                                       valid, 0, p.n_train);
+    }
+    WithRequant(plan.mode, [&](auto mode_tag) {
       BlockChannels<decltype(mode_tag)::value>(s, c, filter, bias, columns, out, p.output_c,
                                                valid, p.n_train, p.output_c);
     });

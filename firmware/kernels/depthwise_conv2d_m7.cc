@@ -195,7 +195,9 @@ void depthwise_conv2d_s8(const DepthwiseConv2dParams& p, const int8_t* input,
     return;
   }
   for (int32_t c = 0; c < p.input_c; ++c) scratch[c] = static_cast<int8_t>(-p.input_offset);
-  WithRequant(ChooseRequant(requant, p.act_min, p.act_max), [&](auto mode_tag) {
+  // No trained channels here (they run the reference), but the bias may train.
+  WithRequant(PlanRequant(requant, p.output_c, bias, p.act_min, p.act_max).mode,
+              [&](auto mode_tag) {
     Dispatch<decltype(mode_tag)::value>(p, input, filter, bias, output, table, requant,
                                         bias_in_table, scratch);
   });

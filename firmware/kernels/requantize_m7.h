@@ -13,7 +13,9 @@
 // So the host precomputes per channel (ops/m7.py requant_table) {m, e, 2^(e-1) + z * 2^e}, and
 // an output is SMMULR, two adds, one shift and the clamp; the host also checks that the adds
 // stay inside int32 (|r| < 2^29 and the constant below 2^31 - 2^29).
-// Layers that miss a precondition use the reference arithmetic (Requant::kChecked).
+// Layers that miss a precondition use the reference arithmetic (Requant::kChecked). A training
+// layer's table says under which |bias| the bound holds whatever the trained int8 weights are
+// (PlanRequant), so its trained channels and moving bias need not take the checked form.
 #pragma once
 
 #include <cstdint>
@@ -65,6 +67,33 @@ inline int8_t RequantizeShort(const OutputStage& s, const ShortForm& f, int32_t 
 inline Requant ChooseRequant(const int32_t* table, int32_t lo, int32_t hi) {
   if (table == nullptr) return Requant::kChecked;
   return lo == -128 && hi == 127 ? Requant::kSaturate : Requant::kBounded;
+}
+
+// A weighted layer's table (ops/m7.py requant_table) ends in one word after its channels' rows:
+// kFrozenOnly, or the bound on |bias| under which the short form is exact for every channel,
+// trained ones included, whatever their int8 weights have become.
+constexpr int32_t kFrozenOnly = -1;
+
+struct RequantPlan {
+  Requant mode;       // the frozen channels'
+  bool trained_short;  // the trained channels also take `mode`, else kChecked
+};
+
+// The plan of a weighted layer of `channels` outputs whose bias is now `bias` (nullptr: none):
+// with a bias limit, the short form for every channel if every |bias| is below it (the bias
+// may have trained since the last call), else the checked form for all.
+inline RequantPlan PlanRequant(const int32_t* table, int32_t channels, const int32_t* bias,
+                               int32_t lo, int32_t hi) {
+  const Requant mode = ChooseRequant(table, lo, hi);
+  if (mode == Requant::kChecked) return {mode, false};
+  const int32_t limit = table[3 * channels];
+  if (limit == kFrozenOnly) return {mode, false};
+  if (bias != nullptr) {
+    for (int32_t c = 0; c < channels; ++c) {
+      if (bias[c] <= -limit || bias[c] >= limit) return {Requant::kChecked, false};
+    }
+  }
+  return {mode, true};
 }
 
 // Output channel c's int8 value of accumulator acc.

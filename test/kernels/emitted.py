@@ -242,15 +242,30 @@ class Ran:
 
 
 def run_op(opdef: OpDef, params: object, inputs: list[np.ndarray], out_shape: tuple[int, ...],
-           *, in_place: bool = False, variant: KernelVariant | None = None) -> np.ndarray:
+           *, in_place: bool = False, variant: KernelVariant | None = None,
+           trained: tuple[np.ndarray | None, np.ndarray | None] | None = None) -> np.ndarray:
     """The int8 output of the emitted code of (opdef, params) on int8 inputs. in_place puts the
     output at the first input's address, as the memory planner may arrange. variant: the kernel
-    variant to emit (the reference when None), given the scratch its scratch_bytes asks for."""
+    variant to emit (the reference when None), given the scratch its scratch_bytes asks for.
+    trained: (weights, bias) of a training layer, as the firmware's SRAM state holds them
+    (weights: the first channels' rows, None for none; bias: int32, None when it does not
+    train); the forward then reads them there."""
     arrays = [np.ascontiguousarray(a) for a in inputs]
     if any(a.dtype != np.int8 for a in arrays):
         raise TypeError(f"run_op takes int8 inputs, got {[str(a.dtype) for a in arrays]}")
     e = Emission(opdef.header, *([variant.header] if variant and variant.header else []))
     bufs = [e.array(a, np.int8) for a in arrays]
+    declarations = ""
+    if trained is not None:
+        weights, bias = trained
+        n = 0 if weights is None else int(weights.shape[0])
+        if n:
+            declarations += f"  int8_t* const g_w = {e.array(weights, np.int8).ptr};\n"
+        if bias is not None:
+            b = e.array(np.asarray(bias, "<i4"), "<i4")
+            declarations += f"  int32_t* const g_b = {b.as_ptr('int32_t')};\n"
+        params = dataclasses.replace(params, train=TrainBinding(
+            n, "g_w" if n else None, "g_b" if bias is not None else None))
     n_out = int(np.prod(out_shape))
     out = Buffer(bufs[0].at, n_out) if in_place else e.space(n_out)
     ctx: object = e.pool
@@ -258,7 +273,7 @@ def run_op(opdef: OpDef, params: object, inputs: list[np.ndarray], out_shape: tu
         size = variant.scratch_bytes(params)
         scratch = e.space(size).ptr if size else None
         ctx = StepContext(e.pool, variant, scratch, size)
-    ran = e.run(opdef.emit(params, ctx, [b.ptr for b in bufs], out.ptr))
+    ran = e.run(declarations + opdef.emit(params, ctx, [b.ptr for b in bufs], out.ptr))
     return ran.array(out, np.int8).reshape(out_shape)
 
 

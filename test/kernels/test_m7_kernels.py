@@ -21,6 +21,7 @@ from test_conv_backward import Step, _n_train, make_slot, pick_lr, prepared
 from test_conv_kernels import Case, build_graph
 
 from mcutrain.ops import conv2d, depthwise_conv2d
+from mcutrain.ops.base import TrainBinding
 from mcutrain.ops.train_math import F32, GRAD_MAX, QGrad, XorShift32
 
 
@@ -86,6 +87,39 @@ def test_conv2d_m7_equals_reference(seed: int) -> None:
     expected = conv2d.reference(params, [x])
     got = run_op(conv2d.OPDEF, params, [x], tuple(params.output_shape), variant=conv2d.M7)
     np.testing.assert_array_equal(got, expected.reshape(got.shape))
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_conv2d_m7_with_trained_parameters_equals_reference(seed: int) -> None:
+    """A training layer's forward: the first n_train rows from the SRAM copy, with whatever int8
+    weights training gave them, and a bias that trains, small (the short form for every channel,
+    requant_table's bias limit) or beyond the limit (the kernel sees it and requantizes the
+    checked way)."""
+    from mcutrain.ops import m7
+
+    case = random_conv_case(300 + seed)
+    graph, op = build_graph(case)
+    params = conv2d.prepare(op, graph)
+    rng = np.random.default_rng(5000 + seed)
+    out_c = params.filter.shape[0]
+    n_train = int(rng.integers(0, out_c + 1))
+    weights = rng.integers(-127, 128, size=(n_train, *params.filter.shape[1:])).astype(np.int8)
+    bias = None
+    if rng.random() < 0.8:
+        bias = rng.integers(-2 ** 12, 2 ** 12 + 1, size=out_c)
+        if seed % 3 == 0:  # past 2^30, where doubling the accumulator would wrap
+            bias = np.sign(bias + 0.5) * (2 ** 30 + rng.integers(0, 2 ** 29, size=out_c))
+        bias = bias.astype(np.int32)
+    x = _inputs(case, params, rng)
+    expected = conv2d.reference(conv2d.with_trained(params, weights, bias), [x])
+    got = run_op(conv2d.OPDEF, params, [x], tuple(params.output_shape), variant=conv2d.M7,
+                 trained=(weights if n_train else None, bias))
+    np.testing.assert_array_equal(got, expected.reshape(got.shape))
+    table = m7.requant_table(params.filter.reshape(out_c, -1), dataclasses.replace(
+        params, train=TrainBinding(n_train, "w" if n_train else None,
+                                   "b" if bias is not None else None)))
+    if table is not None and (n_train or bias is not None):
+        assert table.size == 3 * out_c + 1
 
 
 def test_conv2d_m7_declines_grouped_convolution() -> None:
