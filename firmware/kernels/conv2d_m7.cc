@@ -335,43 +335,45 @@ struct PixelSums {
   int32_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
 };
 
-// Output channels [lo, hi) of a 1x1 filter's weight rows (stride filter_c) against input
-// channel ic, for four folded pixels interleaved per channel pair (g: one word per pixel per
-// pair, kGradPixels words a pair): two output channels' weights are two byte loads and a PKHBT,
-// then each pixel is one SMLAD.
-void DotPixels(const Conv2dParams& p, const int8_t* rows, int32_t lo, int32_t hi, int32_t ic,
-               const uint32_t* g, PixelSums& q) {
+// Output channels [lo, hi) of tap t of their weight rows against input channel ic, for four
+// folded pixels interleaved per channel pair (g: the four pixels' words of one pair, the next
+// pair's g_stride words on): two output channels' weights are two byte loads and a PKHBT, then
+// each pixel is one SMLAD.
+void DotPixels(const Conv2dParams& p, const int8_t* rows, int32_t lo, int32_t hi, int32_t t,
+               int32_t ic, const uint32_t* g, int32_t g_stride, PixelSums& q) {
   if (lo >= hi) return;
-  const int32_t stride = p.filter_c;
-  const int8_t* w = rows + lo * stride + ic;
+  const int32_t stride = p.filter_h * p.filter_w * p.filter_c;
+  const int8_t* w = rows + lo * stride + t * p.filter_c + ic;
   PixelSums a = q;
   const int8_t* const pairs_end = w + (hi - lo) / 2 * 2 * stride;
 #if MT_HAVE_DSP
-  // GCC keeps the stride and the sums on the stack here and builds the pair with two
-  // instructions (26 per pair); written out, a pair is 12 and everything stays in registers.
+  // GCC keeps the strides and the sums on the stack here and builds the pair with two
+  // instructions (26 per pair); written out, a pair is 13 and everything stays in registers.
   if (w != pairs_end) {
     uint32_t wa, wb, g0, g1;
+    const int32_t g_bytes = g_stride * 4;
     asm volatile(
         "1:\n\t"
         "ldrsb %[wa], [%[w]]\n\t"
         "ldrsb %[wb], [%[w], %[stride]]\n\t"
         "add %[w], %[w], %[stride], lsl #1\n\t"
         "pkhbt %[wa], %[wa], %[wb], lsl #16\n\t"
-        "ldrd %[g0], %[g1], [%[g]], #8\n\t"
+        "ldrd %[g0], %[g1], [%[g]]\n\t"
         "smlad %[s0], %[g0], %[wa], %[s0]\n\t"
         "smlad %[s1], %[g1], %[wa], %[s1]\n\t"
-        "ldrd %[g0], %[g1], [%[g]], #8\n\t"
+        "ldrd %[g0], %[g1], [%[g], #8]\n\t"
+        "add %[g], %[g], %[g_bytes]\n\t"
         "smlad %[s2], %[g0], %[wa], %[s2]\n\t"
         "smlad %[s3], %[g1], %[wa], %[s3]\n\t"
         "cmp %[w], %[end]\n\t"
         "bne 1b"
         : [w] "+r"(w), [g] "+r"(g), [s0] "+r"(a.s0), [s1] "+r"(a.s1), [s2] "+r"(a.s2),
           [s3] "+r"(a.s3), [wa] "=&r"(wa), [wb] "=&r"(wb), [g0] "=&r"(g0), [g1] "=&r"(g1)
-        : [stride] "r"(stride), [end] "r"(pairs_end)
+        : [stride] "r"(stride), [end] "r"(pairs_end), [g_bytes] "r"(g_bytes)
         : "cc", "memory");
   }
 #else
-  for (; w != pairs_end; w += 2 * stride, g += kGradPixels) {
+  for (; w != pairs_end; w += 2 * stride, g += g_stride) {
     const uint32_t ws = dsp::Pack(w[0], w[stride]);
     a.s0 = dsp::Dot2(g[0], ws, a.s0);
     a.s1 = dsp::Dot2(g[1], ws, a.s1);
@@ -416,12 +418,83 @@ void PointwiseGather(const Conv2dParams& p, const int8_t* filter, const GradView
     };
     for (int32_t ic = 0; ic < p.input_c; ++ic) {
       PixelSums q;
-      DotPixels(p, p.train_filter, 0, p.n_train, ic, g, q);
-      DotPixels(p, filter, p.n_train, p.output_c, ic, g_frozen, q);
+      DotPixels(p, p.train_filter, 0, p.n_train, 0, ic, g, kGradPixels, q);
+      DotPixels(p, filter, p.n_train, p.output_c, 0, ic, g_frozen, kGradPixels, q);
       put(ic, 0, q.s0);
       put(ic, 1, q.s1);
       put(ic, 2, q.s2);
       put(ic, 3, q.s3);
+    }
+  }
+}
+
+// A 1-D layer (a single column or row, stride 1, no dilation, more than one tap): a window of
+// the folded output gradient, one word per position per channel pair, each pair a line of
+// LineLength(p) positions (zeros where no output exists), so that for any tap four consecutive
+// input positions read four consecutive words. The window slides by four positions a block.
+constexpr int32_t LineLength(const Conv2dParams& p) {
+  return kGradPixels + p.filter_h * p.filter_w - 1;
+}
+
+// Output position o (or zeros past the ends) into word w of every pair's line.
+void FoldPosition(const Conv2dParams& p, const GradView& dy, const float* ratio, int32_t b,
+                  int32_t o, int32_t outputs, int32_t trained_pad, int32_t pairs, int32_t w,
+                  int16_t* line) {
+  const int32_t length = LineLength(p);
+  if (o >= 0 && o < outputs) {
+    FoldPixel(p, dy, ratio, b * outputs + o, trained_pad, line + 2 * w, 2 * length);
+    return;
+  }
+  for (int32_t j = 0; j < pairs; ++j) {
+    line[2 * (j * length + w)] = 0;
+    line[2 * (j * length + w) + 1] = 0;
+  }
+}
+
+// The 1-D input gradient, four input positions at a time: sink(i, acc) for every input value.
+// `line`: Conv2dLineInputGradRowsBytes(p) / 2 int16.
+template <typename Sink>
+void LineGather(const Conv2dParams& p, const int8_t* filter, const GradView& dy,
+                const float* ratio, int16_t* line, const Sink& sink) {
+  const bool down = p.input_w == 1;  // positions along the height, else along the width
+  const int32_t n = p.input_h * p.input_w, outputs = p.output_h * p.output_w;
+  const int32_t taps = p.filter_h * p.filter_w, pad = down ? p.pad_h : p.pad_w;
+  const int32_t length = LineLength(p);
+  const int32_t trained_pad = (p.n_train + 1) / 2 * 2;
+  const int32_t pairs = trained_pad / 2 + (p.output_c - p.n_train + 1) / 2;
+  // Block i0's window starts at output position i0 + first, the one its last tap reads first.
+  const int32_t first = pad - (taps - 1);
+  uint32_t* const words = reinterpret_cast<uint32_t*>(line);
+  const uint32_t* g_frozen = words + trained_pad / 2 * length;
+  for (int32_t b = 0; b < p.batches; ++b) {
+    for (int32_t i0 = 0; i0 < n; i0 += kGradPixels) {
+      const int32_t start = i0 + first;
+      int32_t fresh = 0;  // the window's first position not carried over from the last block
+      if (i0 > 0) {
+        for (int32_t j = 0; j < pairs; ++j) {
+          uint32_t* l = words + j * length;
+          for (int32_t w = 0; w + kGradPixels < length; ++w) l[w] = l[w + kGradPixels];
+        }
+        fresh = length - kGradPixels;
+      }
+      for (int32_t w = fresh; w < length; ++w) {
+        FoldPosition(p, dy, ratio, b, start + w, outputs, trained_pad, pairs, w, line);
+      }
+      const int32_t valid = n - i0 < kGradPixels ? n - i0 : kGradPixels;
+      const int32_t base = (b * n + i0) * p.input_c;
+      for (int32_t ic = 0; ic < p.input_c; ++ic) {
+        PixelSums q;
+        for (int32_t t = 0; t < taps; ++t) {
+          // Input position i reads output i + pad - t through tap t: word taps - 1 - t on.
+          const int32_t at = taps - 1 - t;
+          DotPixels(p, p.train_filter, 0, p.n_train, t, ic, words + at, length, q);
+          DotPixels(p, filter, p.n_train, p.output_c, t, ic, g_frozen + at, length, q);
+        }
+        sink(base + ic, q.s0);
+        if (valid > 1) sink(base + p.input_c + ic, q.s1);
+        if (valid > 2) sink(base + 2 * p.input_c + ic, q.s2);
+        if (valid > 3) sink(base + 3 * p.input_c + ic, q.s3);
+      }
     }
   }
 }
@@ -509,6 +582,11 @@ float conv2d_input_grad(const Conv2dParams& p, const int8_t* filter, const GradV
     };
     int16_t* high = rows + PointwiseRowsBytes(p) / 2;
     return GatherRequantizeStaged(n, pointwise, acc_scale, dx, high);
+  }
+  if (Conv2dLineGrad(p) && scratch_bytes >= Conv2dLineInputGradScratchBytes(p)) {
+    const auto line = [&](const auto& sink) { LineGather(p, filter, dy, ratio, rows, sink); };
+    int16_t* high = rows + Conv2dLineInputGradRowsBytes(p) / 2;
+    return GatherRequantizeStaged(n, line, acc_scale, dx, high);
   }
   if (scratch_bytes >= Conv2dStagedInputGradScratchBytes(p)) {
     int16_t* high = rows + taps * row;

@@ -77,6 +77,25 @@ constexpr int32_t Conv2dPointwiseInputGradScratchBytes(const Conv2dParams& p) {
   return 4 * Conv2dGradRowValues(p) * 2 + p.batches * p.input_h * p.input_w * p.input_c * 2;
 }
 
+// A 1-D layer (one column or one row, stride 1, no dilation) of more than one tap: its input
+// gradient can run four positions at a time from a sliding window of the folded output
+// gradient (one line of 3 + taps positions per output channel pair), plus the staged sums'
+// high halves.
+constexpr bool Conv2dLineGrad(const Conv2dParams& p) {
+  const bool down = p.input_w == 1 && p.output_w == 1 && p.filter_w == 1 && p.stride_h == 1 &&
+                    p.dilation_h == 1;
+  const bool across = p.input_h == 1 && p.output_h == 1 && p.filter_h == 1 &&
+                      p.stride_w == 1 && p.dilation_w == 1;
+  return (down || across) && p.filter_h * p.filter_w > 1;
+}
+constexpr int32_t Conv2dLineInputGradRowsBytes(const Conv2dParams& p) {
+  return ((p.n_train + 1) / 2 + (p.output_c - p.n_train + 1) / 2) *
+         (3 + p.filter_h * p.filter_w) * 4;
+}
+constexpr int32_t Conv2dLineInputGradScratchBytes(const Conv2dParams& p) {
+  return Conv2dLineInputGradRowsBytes(p) + p.batches * p.input_h * p.input_w * p.input_c * 2;
+}
+
 // The weight update: one trained channel's output-gradient column over all pixels plus one 0,
 // rounded up to even.
 constexpr int32_t Conv2dWeightUpdateScratchBytes(const Conv2dParams& p) {

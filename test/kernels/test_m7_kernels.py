@@ -319,11 +319,37 @@ def test_conv2d_m7_roomy_input_grad_equals_reference(seed: int, roomy: int) -> N
     expected = [conv2d.m7_staged_input_grad_scratch_bytes(p)]
     if conv2d.m7_pointwise_grad(p):
         expected.insert(0, conv2d.m7_pointwise_input_grad_scratch_bytes(p))
+    if conv2d.m7_line_grad(p):
+        expected.insert(0, conv2d.m7_line_input_grad_scratch_bytes(p, n_train))
     assert sizes == tuple(max(s, column) for s in expected)
     scratch = sizes[min(roomy, len(sizes) - 1)]
     got = run_train_step("CONV_2D", p, [x], dy, [x.size], slot, float(lr), 77 + seed,
                          variant=conv2d.M7_BACKWARD, scratch_bytes=scratch)
     _check_step(got, p, x, dy, step, slot, lr, 77 + seed)
+
+
+@pytest.mark.parametrize("seed", range(16))
+def test_conv2d_m7_line_input_grad_equals_reference(seed: int) -> None:
+    """1-D layers (a column, as the HAR model's, or a row) of 2-7 taps, stride 1, any padding
+    and trained prefix: given its roomy scratch the input gradient runs four positions at a
+    time along the whole folded output gradient."""
+    rng = np.random.default_rng(6100 + seed)
+    k = int(rng.integers(2, 8))
+    length = int(rng.integers(k if seed % 2 else 1, 20))
+    in_c, out_c = int(rng.choice([1, 3, 4, 8, 13, 24])), int(rng.choice([1, 2, 5, 16, 32]))
+    down = seed % 4 != 3
+    shape = (int(rng.integers(1, 3)), length, 1, in_c) if down else (1, 1, length, in_c)
+    case = Case("conv", shape, out_c, kernel=(k, 1) if down else (1, k),
+                padding="VALID" if seed % 2 else "SAME", seed=seed)
+    n_train = int(rng.integers(0, out_c + 1))
+    step = Step(case, n_train=n_train, bias=bool(seed % 3), dx=True, seed=seed)
+    p, x, dy, lr = prepared(step)
+    assert conv2d.m7_line_grad(p)
+    slot = make_slot(step, p)
+    (scratch, *_) = conv2d.M7_BACKWARD.roomy_step_scratch_bytes(p, True, _n_train(step, p))
+    got = run_train_step("CONV_2D", p, [x], dy, [x.size], slot, float(lr), 31 + seed,
+                         variant=conv2d.M7_BACKWARD, scratch_bytes=scratch)
+    _check_step(got, p, x, dy, step, slot, lr, 31 + seed)
 
 
 def test_a_backward_step_plans_only_the_scratch_of_what_it_computes() -> None:

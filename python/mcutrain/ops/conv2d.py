@@ -328,15 +328,38 @@ def m7_pointwise_input_grad_scratch_bytes(p: Conv2dParams) -> int:
     return 4 * ((p.output_shape[3] + 2) // 2 * 2) * 2 + 2 * int(np.prod(p.input_shape))
 
 
+def m7_line_grad(p: Conv2dParams) -> bool:
+    """mt::m7::Conv2dLineGrad: a 1-D layer (one column or one row), stride 1, no dilation,
+    more than one tap."""
+    _, in_h, in_w, _ = p.input_shape
+    _, out_h, out_w, _ = p.output_shape
+    _, f_h, f_w, _ = p.filter.shape
+    down = in_w == out_w == f_w == 1 and p.stride[0] == 1 and p.dilation[0] == 1
+    across = in_h == out_h == f_h == 1 and p.stride[1] == 1 and p.dilation[1] == 1
+    return (down or across) and f_h * f_w > 1
+
+
+def m7_line_input_grad_scratch_bytes(p: Conv2dParams, n_train: int) -> int:
+    """mt::m7::Conv2dLineInputGradScratchBytes: a sliding window of the folded output gradient,
+    one line of 3 + taps positions per output channel pair, then the staged sums' high halves;
+    the 1-D input gradient then runs four positions at a time."""
+    _, f_h, f_w, _ = p.filter.shape
+    out_c = p.output_shape[3]
+    pairs = (n_train + 1) // 2 + (out_c - n_train + 1) // 2
+    return pairs * (3 + f_h * f_w) * 4 + 2 * int(np.prod(p.input_shape))
+
+
 def m7_roomy_backward_scratch(p: Conv2dParams, need_dx: bool, n_train: int) -> tuple[int, ...]:
-    """With room to spare the input gradient runs staged, a pointwise one also four pixels at
-    a time (fastest first)."""
+    """With room to spare the input gradient runs staged, a pointwise or 1-D one also four
+    pixels at a time (fastest first)."""
     if not need_dx:
         return ()
     column = m7_weight_update_scratch_bytes(p) if n_train > 0 else 0
     sizes = [m7_staged_input_grad_scratch_bytes(p)]
     if m7_pointwise_grad(p):
         sizes.insert(0, m7_pointwise_input_grad_scratch_bytes(p))
+    if m7_line_grad(p):
+        sizes.insert(0, m7_line_input_grad_scratch_bytes(p, n_train))
     return tuple(max(s, column) for s in sizes)
 
 
