@@ -339,6 +339,7 @@ struct PixelSums {
 // folded pixels interleaved per channel pair (g: the four pixels' words of one pair, the next
 // pair's g_stride words on): two output channels' weights are two byte loads and a PKHBT, then
 // each pixel is one SMLAD.
+template <bool kBlock>  // g_stride == kGradPixels: the pointwise path's interleaved block
 void DotPixels(const Conv2dParams& p, const int8_t* rows, int32_t lo, int32_t hi, int32_t t,
                int32_t ic, const uint32_t* g, int32_t g_stride, PixelSums& q) {
   if (lo >= hi) return;
@@ -348,8 +349,29 @@ void DotPixels(const Conv2dParams& p, const int8_t* rows, int32_t lo, int32_t hi
   const int8_t* const pairs_end = w + (hi - lo) / 2 * 2 * stride;
 #if MT_HAVE_DSP
   // GCC keeps the strides and the sums on the stack here and builds the pair with two
-  // instructions (26 per pair); written out, a pair is 13 and everything stays in registers.
-  if (w != pairs_end) {
+  // instructions (26 per pair); written out, a pair is 12 (13 with a run-time g stride) and
+  // everything stays in registers.
+  if (kBlock && w != pairs_end) {
+    uint32_t wa, wb, g0, g1;
+    asm volatile(
+        "1:\n\t"
+        "ldrsb %[wa], [%[w]]\n\t"
+        "ldrsb %[wb], [%[w], %[stride]]\n\t"
+        "add %[w], %[w], %[stride], lsl #1\n\t"
+        "pkhbt %[wa], %[wa], %[wb], lsl #16\n\t"
+        "ldrd %[g0], %[g1], [%[g]], #8\n\t"
+        "smlad %[s0], %[g0], %[wa], %[s0]\n\t"
+        "smlad %[s1], %[g1], %[wa], %[s1]\n\t"
+        "ldrd %[g0], %[g1], [%[g]], #8\n\t"
+        "smlad %[s2], %[g0], %[wa], %[s2]\n\t"
+        "smlad %[s3], %[g1], %[wa], %[s3]\n\t"
+        "cmp %[w], %[end]\n\t"
+        "bne 1b"
+        : [w] "+r"(w), [g] "+r"(g), [s0] "+r"(a.s0), [s1] "+r"(a.s1), [s2] "+r"(a.s2),
+          [s3] "+r"(a.s3), [wa] "=&r"(wa), [wb] "=&r"(wb), [g0] "=&r"(g0), [g1] "=&r"(g1)
+        : [stride] "r"(stride), [end] "r"(pairs_end)
+        : "cc", "memory");
+  } else if (w != pairs_end) {
     uint32_t wa, wb, g0, g1;
     const int32_t g_bytes = g_stride * 4;
     asm volatile(
@@ -418,8 +440,8 @@ void PointwiseGather(const Conv2dParams& p, const int8_t* filter, const GradView
     };
     for (int32_t ic = 0; ic < p.input_c; ++ic) {
       PixelSums q;
-      DotPixels(p, p.train_filter, 0, p.n_train, 0, ic, g, kGradPixels, q);
-      DotPixels(p, filter, p.n_train, p.output_c, 0, ic, g_frozen, kGradPixels, q);
+      DotPixels<true>(p, p.train_filter, 0, p.n_train, 0, ic, g, kGradPixels, q);
+      DotPixels<true>(p, filter, p.n_train, p.output_c, 0, ic, g_frozen, kGradPixels, q);
       put(ic, 0, q.s0);
       put(ic, 1, q.s1);
       put(ic, 2, q.s2);
@@ -487,8 +509,8 @@ void LineGather(const Conv2dParams& p, const int8_t* filter, const GradView& dy,
         for (int32_t t = 0; t < taps; ++t) {
           // Input position i reads output i + pad - t through tap t: word taps - 1 - t on.
           const int32_t at = taps - 1 - t;
-          DotPixels(p, p.train_filter, 0, p.n_train, t, ic, words + at, length, q);
-          DotPixels(p, filter, p.n_train, p.output_c, t, ic, g_frozen + at, length, q);
+          DotPixels<false>(p, p.train_filter, 0, p.n_train, t, ic, words + at, length, q);
+          DotPixels<false>(p, filter, p.n_train, p.output_c, t, ic, g_frozen + at, length, q);
         }
         sink(base + ic, q.s0);
         if (valid > 1) sink(base + p.input_c + ic, q.s1);
@@ -687,6 +709,45 @@ TapWalk WalkTap(const Conv2dParams& p, const int8_t* input, int32_t fy, int32_t 
   return w;
 }
 
+// `pairs` pairs of positions (x, x + step), (x + 2 step, x + 3 step), ... against the dy pairs
+// at g: q.s_j += sum of dy * x[j]; x and g advance past them.
+void SumPairs(const int8_t*& x, int32_t step, const int16_t*& g, int32_t pairs,
+              PairedQuad& q) {
+  if (pairs <= 0) return;
+#if MT_HAVE_DSP
+  // As PairedQuad::Add per pair; GCC spills the pointers here (20 instructions a pair), written
+  // out a pair is 16 with everything in registers.
+  uint32_t a, b, d, high;
+  asm volatile(
+      "1:\n\t"
+      "ldr %[a], [%[x]]\n\t"
+      "ldr %[b], [%[x], %[step]]\n\t"
+      "add %[x], %[x], %[step], lsl #1\n\t"
+      "ldr %[d], [%[g]], #4\n\t"
+      "pkhtb %[high], %[b], %[a], asr #16\n\t"
+      "pkhbt %[a], %[a], %[b], lsl #16\n\t"
+      "sxtb16 %[b], %[a]\n\t"
+      "smlad %[s0], %[d], %[b], %[s0]\n\t"
+      "sxtb16 %[b], %[a], ror #8\n\t"
+      "smlad %[s1], %[d], %[b], %[s1]\n\t"
+      "sxtb16 %[b], %[high]\n\t"
+      "smlad %[s2], %[d], %[b], %[s2]\n\t"
+      "sxtb16 %[b], %[high], ror #8\n\t"
+      "smlad %[s3], %[d], %[b], %[s3]\n\t"
+      "subs %[n], %[n], #1\n\t"
+      "bne 1b"
+      : [x] "+r"(x), [g] "+r"(g), [n] "+r"(pairs), [s0] "+r"(q.s0), [s1] "+r"(q.s1),
+        [s2] "+r"(q.s2), [s3] "+r"(q.s3), [a] "=&r"(a), [b] "=&r"(b), [d] "=&r"(d),
+        [high] "=&r"(high)
+      : [step] "r"(step)
+      : "cc", "memory");
+#else
+  for (; pairs > 0; --pairs, x += 2 * step, g += 2) {
+    q.Add(dsp::Load4(x), dsp::Load4(x + step), dsp::Load4(g));
+  }
+#endif
+}
+
 // Input channels ic0..ic0+3 of one tap: adds the sum over its positions of dy * x to gw.
 void TapSums(const TapWalk& w, const int16_t* column, int32_t ic0, int64_t gw[4]) {
   w.ForEachLine(column, [&](const int8_t* x, const int16_t* g) {
@@ -694,11 +755,9 @@ void TapSums(const TapWalk& w, const int16_t* column, int32_t ic0, int64_t gw[4]
     int32_t left = w.length;
     while (left > 0) {
       PairedQuad q;
-      int32_t pairs = left / 2 < kWeightGradPairs ? left / 2 : kWeightGradPairs;
+      const int32_t pairs = left / 2 < kWeightGradPairs ? left / 2 : kWeightGradPairs;
       left -= 2 * pairs;
-      for (; pairs > 0; --pairs, x += 2 * w.x_step, g += 2) {
-        q.Add(dsp::Load4(x), dsp::Load4(x + w.x_step), dsp::Load4(g));
-      }
+      SumPairs(x, w.x_step, g, pairs, q);
       if (left == 1) {  // an odd last position: its pair's second lane is masked off
         const uint32_t a = dsp::Load4(x);
         q.Add(a, a, dsp::Load4(g) & 0xFFFFu);
