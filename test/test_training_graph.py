@@ -66,6 +66,13 @@ def test_backward_scratch_widens_only_into_room_the_arena_already_has(har, monke
     plain = build_training(har, scheme)
     assert plain.planner.placements()[scratch_buffer(5, backward=True)].size == conv.scratch_bytes
     assert program.arena_bytes == plain.arena_bytes
+    # The reported MACs follow: the staged input gradient is computed once.
+    from mcutrain.train.codegen import step_backward_macs
+
+    macs = conv.op.macs
+    assert step_backward_macs(program, conv) == macs + macs * 16 // 32
+    assert step_backward_macs(plain, next(b for b in plain.backward if b.step == 5)) == (
+        2 * macs + macs * 16 // 32)
 
 
 def test_saved_tensors_and_gradients_live_until_used(har) -> None:

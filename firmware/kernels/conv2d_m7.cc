@@ -350,66 +350,59 @@ void DotPixels(const Conv2dParams& p, const int8_t* rows, int32_t lo, int32_t hi
 #if MT_HAVE_DSP
   // GCC keeps the strides and the sums on the stack here and builds the pair with two
   // instructions (26 per pair); written out, a pair is 12 (13 with a run-time g stride) and
-  // everything stays in registers.
+  // everything stays in registers. Both loops start with the weight pair (w_oc, w_oc+1).
+#define MT_WEIGHT_PAIR                    \
+  "1:\n\t"                                \
+  "ldrsb %[wa], [%[w]]\n\t"               \
+  "ldrsb %[wb], [%[w], %[stride]]\n\t"    \
+  "add %[w], %[w], %[stride], lsl #1\n\t" \
+  "pkhbt %[wa], %[wa], %[wb], lsl #16\n\t"
+#define MT_PIXEL_SUMS                                                                     \
+  [w] "+r"(w), [g] "+r"(g), [s0] "+r"(a.s0), [s1] "+r"(a.s1), [s2] "+r"(a.s2),          \
+      [s3] "+r"(a.s3), [wa] "=&r"(wa), [wb] "=&r"(wb), [g0] "=&r"(g0), [g1] "=&r"(g1)
+  uint32_t wa, wb, g0, g1;
   if (kBlock && w != pairs_end) {
-    uint32_t wa, wb, g0, g1;
-    asm volatile(
-        "1:\n\t"
-        "ldrsb %[wa], [%[w]]\n\t"
-        "ldrsb %[wb], [%[w], %[stride]]\n\t"
-        "add %[w], %[w], %[stride], lsl #1\n\t"
-        "pkhbt %[wa], %[wa], %[wb], lsl #16\n\t"
-        "ldrd %[g0], %[g1], [%[g]], #8\n\t"
-        "smlad %[s0], %[g0], %[wa], %[s0]\n\t"
-        "smlad %[s1], %[g1], %[wa], %[s1]\n\t"
-        "ldrd %[g0], %[g1], [%[g]], #8\n\t"
-        "smlad %[s2], %[g0], %[wa], %[s2]\n\t"
-        "smlad %[s3], %[g1], %[wa], %[s3]\n\t"
-        "cmp %[w], %[end]\n\t"
-        "bne 1b"
-        : [w] "+r"(w), [g] "+r"(g), [s0] "+r"(a.s0), [s1] "+r"(a.s1), [s2] "+r"(a.s2),
-          [s3] "+r"(a.s3), [wa] "=&r"(wa), [wb] "=&r"(wb), [g0] "=&r"(g0), [g1] "=&r"(g1)
-        : [stride] "r"(stride), [end] "r"(pairs_end)
-        : "cc", "memory");
+    asm volatile(MT_WEIGHT_PAIR
+                 "ldrd %[g0], %[g1], [%[g]], #8\n\t"
+                 "smlad %[s0], %[g0], %[wa], %[s0]\n\t"
+                 "smlad %[s1], %[g1], %[wa], %[s1]\n\t"
+                 "ldrd %[g0], %[g1], [%[g]], #8\n\t"
+                 "smlad %[s2], %[g0], %[wa], %[s2]\n\t"
+                 "smlad %[s3], %[g1], %[wa], %[s3]\n\t"
+                 "cmp %[w], %[end]\n\t"
+                 "bne 1b"
+                 : MT_PIXEL_SUMS
+                 : [stride] "r"(stride), [end] "r"(pairs_end)
+                 : "cc", "memory");
   } else if (w != pairs_end) {
-    uint32_t wa, wb, g0, g1;
     const int32_t g_bytes = g_stride * 4;
-    asm volatile(
-        "1:\n\t"
-        "ldrsb %[wa], [%[w]]\n\t"
-        "ldrsb %[wb], [%[w], %[stride]]\n\t"
-        "add %[w], %[w], %[stride], lsl #1\n\t"
-        "pkhbt %[wa], %[wa], %[wb], lsl #16\n\t"
-        "ldrd %[g0], %[g1], [%[g]]\n\t"
-        "smlad %[s0], %[g0], %[wa], %[s0]\n\t"
-        "smlad %[s1], %[g1], %[wa], %[s1]\n\t"
-        "ldrd %[g0], %[g1], [%[g], #8]\n\t"
-        "add %[g], %[g], %[g_bytes]\n\t"
-        "smlad %[s2], %[g0], %[wa], %[s2]\n\t"
-        "smlad %[s3], %[g1], %[wa], %[s3]\n\t"
-        "cmp %[w], %[end]\n\t"
-        "bne 1b"
-        : [w] "+r"(w), [g] "+r"(g), [s0] "+r"(a.s0), [s1] "+r"(a.s1), [s2] "+r"(a.s2),
-          [s3] "+r"(a.s3), [wa] "=&r"(wa), [wb] "=&r"(wb), [g0] "=&r"(g0), [g1] "=&r"(g1)
-        : [stride] "r"(stride), [end] "r"(pairs_end), [g_bytes] "r"(g_bytes)
-        : "cc", "memory");
+    asm volatile(MT_WEIGHT_PAIR
+                 "ldrd %[g0], %[g1], [%[g]]\n\t"
+                 "smlad %[s0], %[g0], %[wa], %[s0]\n\t"
+                 "smlad %[s1], %[g1], %[wa], %[s1]\n\t"
+                 "ldrd %[g0], %[g1], [%[g], #8]\n\t"
+                 "add %[g], %[g], %[g_bytes]\n\t"
+                 "smlad %[s2], %[g0], %[wa], %[s2]\n\t"
+                 "smlad %[s3], %[g1], %[wa], %[s3]\n\t"
+                 "cmp %[w], %[end]\n\t"
+                 "bne 1b"
+                 : MT_PIXEL_SUMS
+                 : [stride] "r"(stride), [end] "r"(pairs_end), [g_bytes] "r"(g_bytes)
+                 : "cc", "memory");
   }
-#else
-  for (; w != pairs_end; w += 2 * stride, g += g_stride) {
-    const uint32_t ws = dsp::Pack(w[0], w[stride]);
-    a.s0 = dsp::Dot2(g[0], ws, a.s0);
-    a.s1 = dsp::Dot2(g[1], ws, a.s1);
-    a.s2 = dsp::Dot2(g[2], ws, a.s2);
-    a.s3 = dsp::Dot2(g[3], ws, a.s3);
-  }
+#undef MT_WEIGHT_PAIR
+#undef MT_PIXEL_SUMS
 #endif
-  if (((hi - lo) & 1) != 0) {  // an odd last channel: g's partner lane is 0
-    const uint32_t ws = dsp::Pack(w[0], 0);
+  const auto pixels = [&](uint32_t ws) {
     a.s0 = dsp::Dot2(g[0], ws, a.s0);
     a.s1 = dsp::Dot2(g[1], ws, a.s1);
     a.s2 = dsp::Dot2(g[2], ws, a.s2);
     a.s3 = dsp::Dot2(g[3], ws, a.s3);
-  }
+  };
+#if !MT_HAVE_DSP
+  for (; w != pairs_end; w += 2 * stride, g += g_stride) pixels(dsp::Pack(w[0], w[stride]));
+#endif
+  if (((hi - lo) & 1) != 0) pixels(dsp::Pack(w[0], 0));  // an odd last channel: g's partner is 0
   q = a;
 }
 

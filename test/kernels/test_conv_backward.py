@@ -200,11 +200,13 @@ def test_input_gradient_is_written_as_int16_in_two_bytes_per_element(step: Step,
 
 @pytest.mark.parametrize("kind", sorted(OPCODES))
 def test_backward_macs_count_the_input_gradient_twice(kind: str) -> None:
-    """The two-pass input gradient computes each sum twice: the reported MACs say so."""
+    """The two-pass input gradient computes each sum twice, a staged one once: the reported
+    MACs say so."""
     count = REGISTRY[OPCODES[kind]].trainable.backward_macs
     assert count(1000, 8, True, 0) == 2000
     assert count(1000, 8, False, 2) == 250
     assert count(1000, 8, True, 8) == 3000
+    assert count(1000, 8, True, 8, 1) == 2000
 
 
 def test_saves_input_and_depth() -> None:

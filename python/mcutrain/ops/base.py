@@ -218,11 +218,12 @@ FloatForward = Callable[[FloatContext, int, Any, list[Any]], Any]
 
 
 def weighted_backward_macs(forward_macs: int, out_channels: int, need_dx: bool,
-                           n_train: int) -> int:
-    """Backward MACs of a weighted operator: the input gradient costs two forward passes (its
-    kernels compute every sum twice, for the max and to write int16, rather than keep int32
-    sums), the weight gradient of n_train of out_channels channels that share of one."""
-    total = 2 * forward_macs if need_dx else 0
+                           n_train: int, gathers: int = 2) -> int:
+    """Backward MACs of a weighted operator: the input gradient costs `gathers` forward passes
+    (two where its kernel computes every sum twice, for the max and to write int16, rather than
+    keep int32 sums; one where it was given room to stage them), the weight gradient of n_train
+    of out_channels channels that share of one."""
+    total = gathers * forward_macs if need_dx else 0
     if n_train:
         total += forward_macs * n_train // out_channels
     return total
@@ -238,8 +239,8 @@ class Trainable:
     with_trained: Callable[[Any, np.ndarray | None, np.ndarray | None], Any]
     # (params, op, n_train) -> raises ModelError when trained weights could overflow int32.
     check_accumulator: Callable[[Any, Operator, int], None]
-    # (forward_macs, out_channels, need_dx, n_train) -> MACs of one backward step.
-    backward_macs: Callable[[int, int, bool, int], int] = weighted_backward_macs
+    # (forward_macs, out_channels, need_dx, n_train, gathers) -> MACs of one backward step.
+    backward_macs: Callable[[int, int, bool, int, int], int] = weighted_backward_macs
     # Output-channel axis of the TFLite weight tensor (OHWI / [out, accum]: 0; 1HWC: 3).
     filter_channel_axis: int = 0
 

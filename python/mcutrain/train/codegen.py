@@ -220,7 +220,16 @@ def step_backward_macs(program: TrainProgram, b: BackwardStep) -> int:
     out_c = program.model.graph.tensors[p.output].shape[-1]
     slot = program.trained.get(b.step)
     n_train = slot.slot.n_train if slot is not None else 0
-    return trainable(p.op.opcode).backward_macs(p.macs, out_c, any(b.need_dx), n_train)
+    return trainable(p.op.opcode).backward_macs(p.macs, out_c, any(b.need_dx), n_train,
+                                                input_grad_gathers(program, b))
+
+
+def input_grad_gathers(program: TrainProgram, b: BackwardStep) -> int:
+    """How many times the step's input-gradient kernel computes each sum: once where the plan
+    gave it one of its roomy scratch sizes (every one stages the sums), else twice."""
+    roomy = b.roomy_scratch_bytes
+    placed = program.planner.placements().get(scratch_buffer(b.step, backward=True))
+    return 1 if roomy and placed is not None and placed.size >= min(roomy) else 2
 
 
 def backward_macs(program: TrainProgram) -> int:
