@@ -2,6 +2,8 @@
 // (depthwise_conv2d_m7.h).
 #include "kernels/depthwise_conv2d_m7.h"
 
+#include <type_traits>
+
 #include "kernels/bias_update_m7.h"
 #include "kernels/dsp.h"
 #include "kernels/fixed_point.h"
@@ -214,12 +216,16 @@ struct GradScratch {
   int16_t* ring;     // [ring rows][output_w][4] folded output gradient
   uint32_t* taps;    // [filter_h * filter_w][2] the block's weights as int16 lane pairs
   int16_t* columns;  // [input_w][filter_w] ring offset of tap fx's output column, or -1
+  int16_t* padded_ring;  // the roomy scratch's ring with zero margins (kPadded), or null
 
-  GradScratch(const DepthwiseConv2dParams& p, int8_t* scratch)
+  GradScratch(const DepthwiseConv2dParams& p, int8_t* scratch, bool padded)
       : ring(reinterpret_cast<int16_t*>(scratch)),
         taps(reinterpret_cast<uint32_t*>(scratch + DepthwiseGradRingRows(p) * p.output_w *
                                                        kLanes * 2)),
-        columns(reinterpret_cast<int16_t*>(taps + 2 * p.filter_h * p.filter_w)) {}
+        columns(reinterpret_cast<int16_t*>(taps + 2 * p.filter_h * p.filter_w)),
+        padded_ring(padded ? reinterpret_cast<int16_t*>(
+                                 scratch + DepthwiseStagedInputGradScratchBytes(p))
+                           : nullptr) {}
 };
 
 // The output column each tap of each input column reads, once per call: the tap loop then
@@ -250,7 +256,10 @@ void FoldRow(const DepthwiseConv2dParams& p, const int16_t* dy, const float* rat
 // Channels [c0, c0 + n) (n <= 4) of every input pixel, taps from `weights` (tap t of channel c
 // at weights[t * stride + c], one weight source per call as in the reference): sink(i, acc)
 // for each of their input-gradient sums.
-template <typename Sink>
+// kPadded (stride and dilation 1 along the width, given the roomy scratch): each ring row
+// has filter_w - 1 zero columns on either side, so every tap of every input column reads a
+// column of the row and the tap loop needs no column table and no test.
+template <bool kPadded, typename Sink>
 void InputGradBlock(const DepthwiseConv2dParams& p, const int8_t* weights, int32_t stride,
                     const int16_t* dy, const float* ratio, int32_t c0, int32_t n,
                     const GradScratch& s, const Sink& sink) {
@@ -262,7 +271,12 @@ void InputGradBlock(const DepthwiseConv2dParams& p, const int8_t* weights, int32
     s.taps[2 * t + 1] = dsp::Pack(w[2], w[3]);
   }
   const int32_t ring_rows = DepthwiseGradRingRows(p);
-  const int32_t row_values = p.output_w * kLanes;
+  const int32_t margin = kPadded ? (p.filter_w - 1) * kLanes : 0;  // zero values each side
+  const int32_t row_values = p.output_w * kLanes + 2 * margin;
+  int16_t* const ring = kPadded ? s.padded_ring : s.ring;
+  if (kPadded) {
+    for (int32_t v = 0; v < ring_rows * row_values; ++v) ring[v] = 0;
+  }
   for (int32_t b = 0; b < p.batches; ++b) {
     int32_t folded = 0;  // output rows [0, folded) of batch b have been through the ring
     for (int32_t iy = 0; iy < p.input_h; ++iy) {
@@ -270,7 +284,7 @@ void InputGradBlock(const DepthwiseConv2dParams& p, const int8_t* weights, int32
       const int32_t last = (iy + p.pad_h) / p.stride_h;
       const int32_t need = last < p.output_h ? last + 1 : p.output_h;
       for (; folded < need; ++folded) {
-        FoldRow(p, dy, ratio, b, folded, c0, n, s.ring + (folded % ring_rows) * row_values);
+        FoldRow(p, dy, ratio, b, folded, c0, n, ring + (folded % ring_rows) * row_values + margin);
       }
       // The filter rows that read input row iy, with the ring row and the taps each uses.
       const int16_t* rows[kMaxFilterSide];
@@ -279,24 +293,31 @@ void InputGradBlock(const DepthwiseConv2dParams& p, const int8_t* weights, int32
       for (int32_t fy = 0; fy < p.filter_h; ++fy) {
         int32_t oy = 0;
         if (!TapOrigin(iy, fy, p.pad_h, p.dilation_h, p.stride_h, p.output_h, &oy)) continue;
-        rows[live] = s.ring + (oy % ring_rows) * row_values;
+        rows[live] = ring + (oy % ring_rows) * row_values;
         tap_rows[live++] = s.taps + 2 * fy * p.filter_w;
       }
       const int16_t* columns = s.columns;
       int32_t i = ((b * p.input_h + iy) * p.input_w) * p.input_c + c0;
       for (int32_t ix = 0; ix < p.input_w; ++ix, columns += p.filter_w, i += p.input_c) {
         int32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+        const auto add = [&](const int16_t* g, const uint32_t* tap) {
+          const uint32_t g01 = dsp::Load4(g), g23 = dsp::Load4(g + 2);
+          a0 = dsp::MulAddLow(g01, tap[0], a0);
+          a1 = dsp::MulAddHigh(g01, tap[0], a1);
+          a2 = dsp::MulAddLow(g23, tap[1], a2);
+          a3 = dsp::MulAddHigh(g23, tap[1], a3);
+        };
         for (int32_t k = 0; k < live; ++k) {
-          const int16_t* row = rows[k];
           const uint32_t* tap = tap_rows[k];
+          if (kPadded) {
+            // Tap fx reads output column ix + pad_w - fx, margin values into the row.
+            const int16_t* g = rows[k] + margin + (ix + p.pad_w) * kLanes;
+            for (int32_t fx = 0; fx < p.filter_w; ++fx, tap += 2, g -= kLanes) add(g, tap);
+            continue;
+          }
           for (int32_t fx = 0; fx < p.filter_w; ++fx, tap += 2) {
             const int32_t at = columns[fx];
-            if (at < 0) continue;
-            const uint32_t g01 = dsp::Load4(row + at), g23 = dsp::Load4(row + at + 2);
-            a0 = dsp::MulAddLow(g01, tap[0], a0);
-            a1 = dsp::MulAddHigh(g01, tap[0], a1);
-            a2 = dsp::MulAddLow(g23, tap[1], a2);
-            a3 = dsp::MulAddHigh(g23, tap[1], a3);
+            if (at >= 0) add(rows[k] + at, tap);
           }
         }
         sink(i, a0);
@@ -317,26 +338,37 @@ float depthwise_conv2d_input_grad(const DepthwiseConv2dParams& p, const int8_t* 
       scratch_bytes < DepthwiseInputGradScratchBytes(p)) {
     return ref::depthwise_conv2d_input_grad(p, filter, dy, ratio, acc_scale, dx);
   }
-  const GradScratch s(p, scratch);
+  const bool padded = DepthwisePaddedGrad(p) &&
+                      scratch_bytes >= DepthwisePaddedInputGradScratchBytes(p);
+  const GradScratch s(p, scratch, padded);
   FillColumns(p, s.columns);
   // Blocks never straddle n_train: the trained prefix reads the SRAM copy (stride n_train),
   // the rest flash (stride output_c).
-  const auto gather = [&](const auto& sink) {
+  const auto blocks = [&](auto padded_tag, const auto& sink) {
+    constexpr bool kPadded = decltype(padded_tag)::value;
     for (int32_t c0 = 0; c0 < p.n_train; c0 += kLanes) {
       const int32_t n = p.n_train - c0 < kLanes ? p.n_train - c0 : kLanes;
-      InputGradBlock(p, p.train_filter, p.n_train, dy, ratio, c0, n, s, sink);
+      InputGradBlock<kPadded>(p, p.train_filter, p.n_train, dy, ratio, c0, n, s, sink);
     }
     for (int32_t c0 = p.n_train; c0 < p.output_c; c0 += kLanes) {
       const int32_t n = p.output_c - c0 < kLanes ? p.output_c - c0 : kLanes;
-      InputGradBlock(p, filter, p.output_c, dy, ratio, c0, n, s, sink);
+      InputGradBlock<kPadded>(p, filter, p.output_c, dy, ratio, c0, n, s, sink);
     }
   };
   const int32_t n = p.batches * p.input_h * p.input_w * p.input_c;
   if (scratch_bytes >= DepthwiseStagedInputGradScratchBytes(p)) {
     int16_t* high = reinterpret_cast<int16_t*>(scratch + DepthwiseInputGradScratchBytes(p));
-    return GatherRequantizeStaged(n, gather, acc_scale, dx, high);
+    if (padded) {
+      return GatherRequantizeStaged(n, [&](const auto& sink) {
+        blocks(std::true_type{}, sink);
+      }, acc_scale, dx, high);
+    }
+    return GatherRequantizeStaged(n, [&](const auto& sink) {
+      blocks(std::false_type{}, sink);
+    }, acc_scale, dx, high);
   }
-  return GatherRequantize(n, gather, acc_scale, dx);
+  return GatherRequantize(n, [&](const auto& sink) { blocks(std::false_type{}, sink); },
+                          acc_scale, dx);
 }
 
 void depthwise_conv2d_bias_update(const DepthwiseConv2dParams& p, const int16_t* dy,

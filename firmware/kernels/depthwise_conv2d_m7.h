@@ -66,6 +66,17 @@ constexpr int32_t DepthwiseStagedInputGradScratchBytes(const DepthwiseConv2dPara
          p.batches * p.input_h * p.input_w * p.input_c * 2;
 }
 
+// Along the width at stride and dilation 1, more room still lets the tap loop run without a
+// column table: after the staged scratch, a ring whose rows have filter_w - 1 zero columns on
+// either side.
+constexpr bool DepthwisePaddedGrad(const DepthwiseConv2dParams& p) {
+  return p.stride_w == 1 && p.dilation_w == 1;
+}
+constexpr int32_t DepthwisePaddedInputGradScratchBytes(const DepthwiseConv2dParams& p) {
+  return DepthwiseStagedInputGradScratchBytes(p) +
+         DepthwiseGradRingRows(p) * (p.output_w + 2 * (p.filter_w - 1)) * 4 * 2;
+}
+
 // As mt::ref::depthwise_conv2d_input_grad, for depth multiplier 1 (trained channels included)
 // and filters up to 7 rows; with less scratch, or another shape, it runs the reference kernel.
 float depthwise_conv2d_input_grad(const DepthwiseConv2dParams& p, const int8_t* filter,
