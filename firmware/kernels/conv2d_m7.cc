@@ -619,7 +619,23 @@ float conv2d_input_grad(const Conv2dParams& p, const int8_t* filter, const int16
 
 void conv2d_bias_update(const Conv2dParams& p, const GradView& dy, float lr_dy,
                         const float* bias_coef, int32_t* bias, int8_t*, int32_t) {
-  ref::conv2d_bias_update(p, dy, lr_dy, bias_coef, bias);
+  const int32_t rows = p.batches * p.output_h * p.output_w;
+  if (dy.pixel_stride != 0 || rows > kInt32SumRows) {
+    ref::conv2d_bias_update(p, dy, lr_dy, bias_coef, bias);
+    return;
+  }
+  // A broadcast (a spatial MEAN's gradient): every pixel holds data[c], so the column sum is
+  // data[c] times the pixels the mask keeps, counted a bit at a time instead of read.
+  for (int32_t c = 0; c < p.output_c; ++c) {
+    int32_t kept = rows;
+    if (dy.mask != nullptr) {
+      kept = 0;
+      for (int32_t i = c; i < rows * dy.channels; i += dy.channels) {
+        kept += (dy.mask[i >> 3] >> (i & 7)) & 1;
+      }
+    }
+    UpdateBiasValue(&bias[c], static_cast<int64_t>(dy.data[c]) * kept, lr_dy, bias_coef[c]);
+  }
 }
 
 void conv2d_bias_update(const Conv2dParams& p, const int16_t* dy, float lr_dy,

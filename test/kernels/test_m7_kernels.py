@@ -266,10 +266,11 @@ def test_conv2d_m7_backward_equals_reference(seed: int) -> None:
     _check_step(got, p, x, dy, step, slot, lr, 55 + seed)
 
 
+@pytest.mark.parametrize("masked", [True, False], ids=["masked", "unmasked"])
 @pytest.mark.parametrize("seed", range(12))
-def test_conv2d_m7_backward_reads_a_masked_broadcast_view(seed: int) -> None:
+def test_conv2d_m7_backward_reads_a_masked_broadcast_view(seed: int, masked: bool) -> None:
     """dy as a spatial MEAN's backward gives it (one vector at every pixel, mask bits applied
-    on the fly) equals the stored, masked broadcast."""
+    on the fly, or none) equals the stored, masked broadcast."""
     step = random_conv_step(100 + seed)
     p, x, _, _ = prepared(step)
     out_shape = tuple(p.output_shape)
@@ -278,13 +279,13 @@ def test_conv2d_m7_backward_reads_a_masked_broadcast_view(seed: int) -> None:
     source = rng.integers(-GRAD_MAX, GRAD_MAX + 1, size=channels)
     source[0] = GRAD_MAX
     source = QGrad(source.astype(np.int16), F32(rng.uniform(1e-4, 1e-2)))
-    keep = rng.random(count * channels) > 0.3
+    keep = rng.random(count * channels) > (0.3 if masked else -1.0)
     full = np.broadcast_to(source.data, out_shape).ravel()
     dy = QGrad(np.where(keep, full, 0).astype(np.int16).reshape(out_shape),
                F32(source.scale) / F32(count))
     lr = pick_lr(step, p, x, dy)
     slot = make_slot(step, p)
-    bits = np.packbits(keep, bitorder="little")
+    bits = np.packbits(keep, bitorder="little") if masked else None
     got = run_train_step("CONV_2D", p, [x], BroadcastDy(source, count, bits),
                          [x.size if step.dx else None], slot, float(lr), 4321,
                          variant=conv2d.M7_BACKWARD)
