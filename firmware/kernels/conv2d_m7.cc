@@ -327,10 +327,8 @@ void FoldPixel(const Conv2dParams& p, const GradView& dy, const float* ratio, in
             g + trained_pad / 2 * pair_stride);
 }
 
-// Pointwise blocks: one input channel's sums for four pixels (four accumulators, so the loop
-// keeps everything in registers).
-constexpr int32_t kGradPixels = 4;
-
+// Pointwise and 1-D blocks: one input channel's sums for kConvGradPixels pixels (four
+// accumulators, so the loop keeps everything in registers).
 struct PixelSums {
   int32_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
 };
@@ -339,7 +337,7 @@ struct PixelSums {
 // folded pixels interleaved per channel pair (g: the four pixels' words of one pair, the next
 // pair's g_stride words on): two output channels' weights are two byte loads and a PKHBT, then
 // each pixel is one SMLAD.
-template <bool kBlock>  // g_stride == kGradPixels: the pointwise path's interleaved block
+template <bool kBlock>  // g_stride == kConvGradPixels: the pointwise path's interleaved block
 void DotPixels(const Conv2dParams& p, const int8_t* rows, int32_t lo, int32_t hi, int32_t t,
                int32_t ic, const uint32_t* g, int32_t g_stride, PixelSums& q) {
   if (lo >= hi) return;
@@ -406,26 +404,21 @@ void DotPixels(const Conv2dParams& p, const int8_t* rows, int32_t lo, int32_t hi
   q = a;
 }
 
-// Scratch of the pointwise path: kGradPixels interleaved folded rows.
-constexpr int32_t PointwiseRowsBytes(const Conv2dParams& p) {
-  return kGradPixels * Conv2dGradRowValues(p) * 2;
-}
-
 // The pointwise (1x1, stride 1, no padding) input gradient, four pixels at a time: sink(i, acc)
-// for every input value. `rows`: PointwiseRowsBytes(p).
+// for every input value. `rows`: Conv2dPointwiseInputGradRowsBytes(p).
 template <typename Sink>
 void PointwiseGather(const Conv2dParams& p, const int8_t* filter, const GradView& dy,
                      const float* ratio, int16_t* rows, const Sink& sink) {
   const int32_t pixels = p.batches * p.input_h * p.input_w;
   const int32_t trained_pad = (p.n_train + 1) / 2 * 2;
   const uint32_t* g = reinterpret_cast<const uint32_t*>(rows);
-  const uint32_t* g_frozen = g + trained_pad / 2 * kGradPixels;
-  for (int32_t px0 = 0; px0 < pixels; px0 += kGradPixels) {
-    const int32_t valid = pixels - px0 < kGradPixels ? pixels - px0 : kGradPixels;
+  const uint32_t* g_frozen = g + trained_pad / 2 * kConvGradPixels;
+  for (int32_t px0 = 0; px0 < pixels; px0 += kConvGradPixels) {
+    const int32_t valid = pixels - px0 < kConvGradPixels ? pixels - px0 : kConvGradPixels;
     // Past the last pixel the block repeats it; its sums are not sunk.
-    for (int32_t k = 0; k < kGradPixels; ++k) {
+    for (int32_t k = 0; k < kConvGradPixels; ++k) {
       FoldPixel(p, dy, ratio, px0 + (k < valid ? k : valid - 1), trained_pad, rows + 2 * k,
-                2 * kGradPixels);
+                2 * kConvGradPixels);
     }
     const int32_t first = px0 * p.input_c;
     const auto put = [&](int32_t ic, int32_t k, int32_t acc) {
@@ -433,8 +426,8 @@ void PointwiseGather(const Conv2dParams& p, const int8_t* filter, const GradView
     };
     for (int32_t ic = 0; ic < p.input_c; ++ic) {
       PixelSums q;
-      DotPixels<true>(p, p.train_filter, 0, p.n_train, 0, ic, g, kGradPixels, q);
-      DotPixels<true>(p, filter, p.n_train, p.output_c, 0, ic, g_frozen, kGradPixels, q);
+      DotPixels<true>(p, p.train_filter, 0, p.n_train, 0, ic, g, kConvGradPixels, q);
+      DotPixels<true>(p, filter, p.n_train, p.output_c, 0, ic, g_frozen, kConvGradPixels, q);
       put(ic, 0, q.s0);
       put(ic, 1, q.s1);
       put(ic, 2, q.s2);
@@ -445,17 +438,15 @@ void PointwiseGather(const Conv2dParams& p, const int8_t* filter, const GradView
 
 // A 1-D layer (a single column or row, stride 1, no dilation, more than one tap): a window of
 // the folded output gradient, one word per position per channel pair, each pair a line of
-// LineLength(p) positions (zeros where no output exists), so that for any tap four consecutive
-// input positions read four consecutive words. The window slides by four positions a block.
-constexpr int32_t LineLength(const Conv2dParams& p) {
-  return kGradPixels + p.filter_h * p.filter_w - 1;
-}
+// Conv2dLineLength(p) positions (zeros where no output exists), so that for any tap four
+// consecutive input positions read four consecutive words. The window slides by four positions
+// a block.
 
 // Output position o (or zeros past the ends) into word w of every pair's line.
 void FoldPosition(const Conv2dParams& p, const GradView& dy, const float* ratio, int32_t b,
                   int32_t o, int32_t outputs, int32_t trained_pad, int32_t pairs, int32_t w,
                   int16_t* line) {
-  const int32_t length = LineLength(p);
+  const int32_t length = Conv2dLineLength(p);
   if (o >= 0 && o < outputs) {
     FoldPixel(p, dy, ratio, b * outputs + o, trained_pad, line + 2 * w, 2 * length);
     return;
@@ -474,7 +465,7 @@ void LineGather(const Conv2dParams& p, const int8_t* filter, const GradView& dy,
   const bool down = p.input_w == 1;  // positions along the height, else along the width
   const int32_t n = p.input_h * p.input_w, outputs = p.output_h * p.output_w;
   const int32_t taps = p.filter_h * p.filter_w, pad = down ? p.pad_h : p.pad_w;
-  const int32_t length = LineLength(p);
+  const int32_t length = Conv2dLineLength(p);
   const int32_t trained_pad = (p.n_train + 1) / 2 * 2;
   const int32_t pairs = trained_pad / 2 + (p.output_c - p.n_train + 1) / 2;
   // Block i0's window starts at output position i0 + first, the one its last tap reads first.
@@ -482,20 +473,20 @@ void LineGather(const Conv2dParams& p, const int8_t* filter, const GradView& dy,
   uint32_t* const words = reinterpret_cast<uint32_t*>(line);
   const uint32_t* g_frozen = words + trained_pad / 2 * length;
   for (int32_t b = 0; b < p.batches; ++b) {
-    for (int32_t i0 = 0; i0 < n; i0 += kGradPixels) {
+    for (int32_t i0 = 0; i0 < n; i0 += kConvGradPixels) {
       const int32_t start = i0 + first;
       int32_t fresh = 0;  // the window's first position not carried over from the last block
       if (i0 > 0) {
         for (int32_t j = 0; j < pairs; ++j) {
           uint32_t* l = words + j * length;
-          for (int32_t w = 0; w + kGradPixels < length; ++w) l[w] = l[w + kGradPixels];
+          for (int32_t w = 0; w + kConvGradPixels < length; ++w) l[w] = l[w + kConvGradPixels];
         }
-        fresh = length - kGradPixels;
+        fresh = length - kConvGradPixels;
       }
       for (int32_t w = fresh; w < length; ++w) {
         FoldPosition(p, dy, ratio, b, start + w, outputs, trained_pad, pairs, w, line);
       }
-      const int32_t valid = n - i0 < kGradPixels ? n - i0 : kGradPixels;
+      const int32_t valid = n - i0 < kConvGradPixels ? n - i0 : kConvGradPixels;
       const int32_t base = (b * n + i0) * p.input_c;
       for (int32_t ic = 0; ic < p.input_c; ++ic) {
         PixelSums q;
@@ -595,7 +586,7 @@ float conv2d_input_grad(const Conv2dParams& p, const int8_t* filter, const GradV
     const auto pointwise = [&](const auto& sink) {
       PointwiseGather(p, filter, dy, ratio, rows, sink);
     };
-    int16_t* high = rows + PointwiseRowsBytes(p) / 2;
+    int16_t* high = rows + Conv2dPointwiseInputGradRowsBytes(p) / 2;
     return GatherRequantizeStaged(n, pointwise, acc_scale, dx, high);
   }
   if (Conv2dLineGrad(p) && scratch_bytes >= Conv2dLineInputGradScratchBytes(p)) {
@@ -604,7 +595,7 @@ float conv2d_input_grad(const Conv2dParams& p, const int8_t* filter, const GradV
     return GatherRequantizeStaged(n, line, acc_scale, dx, high);
   }
   if (scratch_bytes >= Conv2dStagedInputGradScratchBytes(p)) {
-    int16_t* high = rows + taps * row;
+    int16_t* high = rows + Conv2dInputGradScratchBytes(p) / 2;
     return GatherRequantizeStaged(n, gather, acc_scale, dx, high);
   }
   return GatherRequantize(n, gather, acc_scale, dx);

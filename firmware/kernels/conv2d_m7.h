@@ -61,11 +61,19 @@ constexpr int32_t Conv2dInputGradScratchBytes(const Conv2dParams& p) {
   return p.filter_h * p.filter_w * Conv2dGradRowValues(p) * 2;
 }
 
-// With this much the input gradient is gathered once, not twice (GatherRequantizeStaged): the
-// rows, then the high halves of the int32 sums, one int16 per input value.
-constexpr int32_t Conv2dStagedInputGradScratchBytes(const Conv2dParams& p) {
-  return Conv2dInputGradScratchBytes(p) + p.batches * p.input_h * p.input_w * p.input_c * 2;
+// The high halves of the int32 sums the input gradient stages (GatherRequantizeStaged) when
+// the scratch has room for them: one int16 per input value.
+constexpr int32_t Conv2dStagedHighBytes(const Conv2dParams& p) {
+  return p.batches * p.input_h * p.input_w * p.input_c * 2;
 }
+
+// With this much the input gradient is gathered once, not twice: the rows, then the high halves.
+constexpr int32_t Conv2dStagedInputGradScratchBytes(const Conv2dParams& p) {
+  return Conv2dInputGradScratchBytes(p) + Conv2dStagedHighBytes(p);
+}
+
+// Pixels (positions) per block of the pointwise and 1-D input-gradient paths below.
+constexpr int32_t kConvGradPixels = 4;
 
 // A pointwise layer (1x1, stride 1, no padding): its input gradient can run four pixels at a
 // time, given four folded rows interleaved and the staged sums' high halves.
@@ -73,14 +81,17 @@ constexpr bool Conv2dPointwiseGrad(const Conv2dParams& p) {
   return p.filter_h == 1 && p.filter_w == 1 && p.stride_h == 1 && p.stride_w == 1 &&
          p.pad_h == 0 && p.pad_w == 0;
 }
+constexpr int32_t Conv2dPointwiseInputGradRowsBytes(const Conv2dParams& p) {
+  return kConvGradPixels * Conv2dGradRowValues(p) * 2;
+}
 constexpr int32_t Conv2dPointwiseInputGradScratchBytes(const Conv2dParams& p) {
-  return 4 * Conv2dGradRowValues(p) * 2 + p.batches * p.input_h * p.input_w * p.input_c * 2;
+  return Conv2dPointwiseInputGradRowsBytes(p) + Conv2dStagedHighBytes(p);
 }
 
 // A 1-D layer (one column or one row, stride 1, no dilation) of more than one tap: its input
 // gradient can run four positions at a time from a sliding window of the folded output
-// gradient (one line of 3 + taps positions per output channel pair), plus the staged sums'
-// high halves.
+// gradient (one line of Conv2dLineLength positions per output channel pair), plus the staged
+// sums' high halves.
 constexpr bool Conv2dLineGrad(const Conv2dParams& p) {
   const bool down = p.input_w == 1 && p.output_w == 1 && p.filter_w == 1 && p.stride_h == 1 &&
                     p.dilation_h == 1;
@@ -88,12 +99,15 @@ constexpr bool Conv2dLineGrad(const Conv2dParams& p) {
                       p.stride_w == 1 && p.dilation_w == 1;
   return (down || across) && p.filter_h * p.filter_w > 1;
 }
+// A block's positions plus the taps - 1 before them that its last tap reads.
+constexpr int32_t Conv2dLineLength(const Conv2dParams& p) {
+  return kConvGradPixels + p.filter_h * p.filter_w - 1;
+}
 constexpr int32_t Conv2dLineInputGradRowsBytes(const Conv2dParams& p) {
-  return ((p.n_train + 1) / 2 + (p.output_c - p.n_train + 1) / 2) *
-         (3 + p.filter_h * p.filter_w) * 4;
+  return ((p.n_train + 1) / 2 + (p.output_c - p.n_train + 1) / 2) * Conv2dLineLength(p) * 4;
 }
 constexpr int32_t Conv2dLineInputGradScratchBytes(const Conv2dParams& p) {
-  return Conv2dLineInputGradRowsBytes(p) + p.batches * p.input_h * p.input_w * p.input_c * 2;
+  return Conv2dLineInputGradRowsBytes(p) + Conv2dStagedHighBytes(p);
 }
 
 // The weight update: one trained channel's output-gradient column over all pixels plus one 0,

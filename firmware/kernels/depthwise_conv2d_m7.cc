@@ -341,7 +341,7 @@ float depthwise_conv2d_input_grad(const DepthwiseConv2dParams& p, const int8_t* 
   const bool padded = DepthwisePaddedGrad(p) &&
                       scratch_bytes >= DepthwisePaddedInputGradScratchBytes(p);
   const GradScratch s(p, scratch, padded);
-  FillColumns(p, s.columns);
+  if (!padded) FillColumns(p, s.columns);  // the zero margins stand in for the column table
   // Blocks never straddle n_train: the trained prefix reads the SRAM copy (stride n_train),
   // the rest flash (stride output_c).
   const auto blocks = [&](auto padded_tag, const auto& sink) {

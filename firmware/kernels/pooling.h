@@ -20,6 +20,19 @@ struct PoolParams {
   int32_t act_min, act_max;    // fused activation clamp, int8 range
 };
 
+// The window of output (oy, ox) clipped to the input: rows [y0, y1), columns [x0, x1). Every
+// pooling kernel, reference and optimized, walks these windows.
+struct PoolWindow {
+  int32_t y0, y1, x0, x1;
+};
+
+inline PoolWindow ClippedWindow(const PoolParams& p, int32_t oy, int32_t ox) {
+  const int32_t iy = oy * p.stride_h - p.pad_h;
+  const int32_t ix = ox * p.stride_w - p.pad_w;
+  return {iy > 0 ? iy : 0, iy + p.filter_h < p.in_h ? iy + p.filter_h : p.in_h,
+          ix > 0 ? ix : 0, ix + p.filter_w < p.in_w ? ix + p.filter_w : p.in_w};
+}
+
 namespace ref {
 
 /// Average over the part of each window that lies inside the input; the quotient is rounded half

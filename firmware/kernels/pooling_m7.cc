@@ -8,23 +8,6 @@
 
 namespace mt::m7 {
 
-namespace {
-
-// The window of output (oy, ox) clipped to the input, as mt::ref's: rows [y0, y1), columns
-// [x0, x1).
-struct Window {
-  int32_t y0, y1, x0, x1;
-};
-
-Window ClippedWindow(const PoolParams& p, int32_t oy, int32_t ox) {
-  const int32_t iy = oy * p.stride_h - p.pad_h;
-  const int32_t ix = ox * p.stride_w - p.pad_w;
-  return {iy > 0 ? iy : 0, iy + p.filter_h < p.in_h ? iy + p.filter_h : p.in_h,
-          ix > 0 ? ix : 0, ix + p.filter_w < p.in_w ? ix + p.filter_w : p.in_w};
-}
-
-}  // namespace
-
 void max_pool_s8(const PoolParams& p, const int8_t* in, int8_t* out) {
   if ((p.channels & 3) != 0) {
     ref::max_pool_s8(p, in, out);
@@ -36,7 +19,7 @@ void max_pool_s8(const PoolParams& p, const int8_t* in, int8_t* out) {
     const int8_t* image = in + n * p.in_h * row;
     for (int32_t oy = 0; oy < p.out_h; ++oy) {
       for (int32_t ox = 0; ox < p.out_w; ++ox, out += p.channels) {
-        const Window w = ClippedWindow(p, oy, ox);
+        const PoolWindow w = ClippedWindow(p, oy, ox);
         const int8_t* corner = image + w.y0 * row + w.x0 * p.channels;
         for (int32_t c = 0; c < p.channels; c += 4) {
           uint32_t best = dsp::Splat8(-128);  // an empty window's value
@@ -66,7 +49,7 @@ float max_pool_backward(const PoolParams& p, const int8_t* in, const int16_t* dy
     const int32_t base = n * p.in_h * row;
     for (int32_t oy = 0; oy < p.out_h; ++oy) {
       for (int32_t ox = 0; ox < p.out_w; ++ox, g += p.channels) {
-        const Window w = ClippedWindow(p, oy, ox);
+        const PoolWindow w = ClippedWindow(p, oy, ox);
         const int32_t corner = base + w.y0 * row + w.x0 * p.channels;
         for (int32_t c = 0; c < p.channels; ++c) {
           // Strict '>' keeps the first maximum in scan order, as the reference.

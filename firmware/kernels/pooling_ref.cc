@@ -9,20 +9,7 @@ namespace ref {
 
 namespace {
 
-// The window of one output position clipped to the input: [y0, y1) x [x0, x1) in input rows and
-// columns.
-struct Window {
-  int32_t y0, y1, x0, x1;
-};
-
 inline int32_t Max(int32_t a, int32_t b) { return a > b ? a : b; }
-inline int32_t Min(int32_t a, int32_t b) { return a < b ? a : b; }
-
-Window ClippedWindow(const PoolParams& p, int32_t oy, int32_t ox) {
-  const int32_t iy = oy * p.stride_h - p.pad_h;
-  const int32_t ix = ox * p.stride_w - p.pad_w;
-  return {Max(iy, 0), Min(iy + p.filter_h, p.in_h), Max(ix, 0), Min(ix + p.filter_w, p.in_w)};
-}
 
 }  // namespace
 
@@ -31,7 +18,7 @@ void avg_pool_s8(const PoolParams& p, const int8_t* in, int8_t* out) {
     const int8_t* image = in + n * p.in_h * p.in_w * p.channels;
     for (int32_t oy = 0; oy < p.out_h; ++oy) {
       for (int32_t ox = 0; ox < p.out_w; ++ox) {
-        const Window w = ClippedWindow(p, oy, ox);
+        const PoolWindow w = ClippedWindow(p, oy, ox);
         const int32_t count = (w.y1 - w.y0) * (w.x1 - w.x0);
         for (int32_t c = 0; c < p.channels; ++c) {
           int32_t sum = 0;
@@ -56,7 +43,7 @@ void max_pool_s8(const PoolParams& p, const int8_t* in, int8_t* out) {
     const int8_t* image = in + n * p.in_h * p.in_w * p.channels;
     for (int32_t oy = 0; oy < p.out_h; ++oy) {
       for (int32_t ox = 0; ox < p.out_w; ++ox) {
-        const Window w = ClippedWindow(p, oy, ox);
+        const PoolWindow w = ClippedWindow(p, oy, ox);
         for (int32_t c = 0; c < p.channels; ++c) {
           int32_t best = -128;
           for (int32_t y = w.y0; y < w.y1; ++y) {
@@ -87,7 +74,7 @@ float avg_pool_backward(const PoolParams& p, const int16_t* dy, float dy_scale, 
     int32_t* image = acc + n * p.in_h * p.in_w * p.channels;
     for (int32_t oy = 0; oy < p.out_h; ++oy) {
       for (int32_t ox = 0; ox < p.out_w; ++ox) {
-        const Window w = ClippedWindow(p, oy, ox);
+        const PoolWindow w = ClippedWindow(p, oy, ox);
         const int32_t weight = AverageWeight((w.y1 - w.y0) * (w.x1 - w.x0));
         const int16_t* g = dy + ((n * p.out_h + oy) * p.out_w + ox) * p.channels;
         for (int32_t y = w.y0; y < w.y1; ++y) {
@@ -112,7 +99,7 @@ float max_pool_backward(const PoolParams& p, const int8_t* in, const int16_t* dy
     const int32_t base = n * p.in_h * p.in_w * p.channels;
     for (int32_t oy = 0; oy < p.out_h; ++oy) {
       for (int32_t ox = 0; ox < p.out_w; ++ox) {
-        const Window w = ClippedWindow(p, oy, ox);
+        const PoolWindow w = ClippedWindow(p, oy, ox);
         const int16_t* g = dy + ((n * p.out_h + oy) * p.out_w + ox) * p.channels;
         for (int32_t c = 0; c < p.channels; ++c) {
           // Strict '>' keeps the first maximum in scan order when values tie.

@@ -100,23 +100,31 @@ inline bool TapOrigin(int32_t i, int32_t k, int32_t pad, int32_t dilation, int32
   return *o < out;
 }
 
-// In-place: `buffer` holds n int32 accumulators on entry and n int16 gradients on return (the
-// int16 view overwrites bytes already read). Returns the new scale (0 for an all-zero tensor).
-inline float GradRequantize(void* buffer, int32_t n, float acc_scale) {
-  const int32_t* acc = static_cast<const int32_t*>(buffer);
-  int16_t* out = static_cast<int16_t*>(buffer);
-  int64_t m = 0;
-  for (int32_t i = 0; i < n; ++i) {
-    const int64_t a = AbsGrad(acc[i]);
-    if (a > m) m = a;
-  }
+// The second half of grad_requantize over n stored sums, m = max |acc(i)| known: out[i] from
+// acc(i) in ascending i (so out may overwrite what acc(j), j < i, read), and the new scale.
+template <typename Acc>
+inline float RequantizeStored(int32_t n, int64_t m, const Acc& acc, float acc_scale,
+                              int16_t* out) {
   if (m == 0) {
     for (int32_t i = 0; i < n; ++i) out[i] = 0;
     return 0.0f;
   }
   const float k = static_cast<float>(kGradMax) / static_cast<float>(m);
-  for (int32_t i = 0; i < n; ++i) out[i] = RequantizeGrad(acc[i], k);
+  for (int32_t i = 0; i < n; ++i) out[i] = RequantizeGrad(acc(i), k);
   return RequantizedScale(acc_scale, m);
+}
+
+// In-place: `buffer` holds n int32 accumulators on entry and n int16 gradients on return (the
+// int16 view overwrites bytes already read). Returns the new scale (0 for an all-zero tensor).
+inline float GradRequantize(void* buffer, int32_t n, float acc_scale) {
+  const int32_t* acc = static_cast<const int32_t*>(buffer);
+  int64_t m = 0;
+  for (int32_t i = 0; i < n; ++i) {
+    const int64_t a = AbsGrad(acc[i]);
+    if (a > m) m = a;
+  }
+  return RequantizeStored(n, m, [acc](int32_t i) { return acc[i]; }, acc_scale,
+                          static_cast<int16_t*>(buffer));
 }
 
 // grad_requantize of n integer sums that are never stored: two passes over `gather`, which calls
@@ -155,17 +163,10 @@ inline float GatherRequantizeStaged(int32_t n, const Gather& gather, float acc_s
     high[i] = static_cast<int16_t>(bits >> 16);
   });
   const int64_t m = AbsGrad(lo) > hi ? AbsGrad(lo) : hi;
-  if (m == 0) {
-    for (int32_t i = 0; i < n; ++i) out[i] = 0;
-    return 0.0f;
-  }
-  const float k = static_cast<float>(kGradMax) / static_cast<float>(m);
-  for (int32_t i = 0; i < n; ++i) {
-    const uint32_t bits = static_cast<uint32_t>(static_cast<uint16_t>(high[i])) << 16 |
-                          static_cast<uint16_t>(out[i]);
-    out[i] = RequantizeGrad(static_cast<int32_t>(bits), k);
-  }
-  return RequantizedScale(acc_scale, m);
+  return RequantizeStored(n, m, [out, high](int32_t i) {
+    return static_cast<int32_t>(static_cast<uint32_t>(static_cast<uint16_t>(high[i])) << 16 |
+                                static_cast<uint16_t>(out[i]));
+  }, acc_scale, out);
 }
 
 // Same for a float gradient (regression loss, fp32 classifier); `out` may not alias `g`.

@@ -337,7 +337,7 @@ def test_conv2d_m7_roomy_input_grad_equals_reference(seed: int, roomy: int) -> N
 def test_conv2d_m7_line_input_grad_equals_reference(seed: int) -> None:
     """1-D layers (a column, as the HAR model's, or a row) of 2-7 taps, stride 1, any padding
     and trained prefix: given its roomy scratch the input gradient runs four positions at a
-    time along the whole folded output gradient."""
+    time from a sliding window of the folded output gradient."""
     rng = np.random.default_rng(6100 + seed)
     k = int(rng.integers(2, 8))
     length = int(rng.integers(k if seed % 2 else 1, 20))
@@ -424,7 +424,8 @@ def test_add_m7_declines_a_broadcast_and_checks_its_short_form() -> None:
 
 def random_pool_case(seed: int):
     """A random MAX_POOL_2D: windows overlapping or not, clipped by SAME padding or not, a fused
-    activation; channels a multiple of 4 (the forward variant's domain) unless odd_channels."""
+    activation; channels a multiple of 4 (the forward variant's domain) but in every fifth
+    case."""
     from test_misc_kernels import pool
 
     rng = np.random.default_rng(9500 + seed)

@@ -285,11 +285,16 @@ M7 = register_variant("CONV_2D", KernelVariant(
 M7_GRAD_MAX_TAPS = 7 * 7
 
 
+def _grad_row_values(p: Conv2dParams) -> int:
+    """mt::m7::Conv2dGradRowValues: a folded output-gradient row's int16 values (output
+    channels rounded up to even, plus 2 when both channel ranges are odd)."""
+    return (p.output_shape[3] + 2) // 2 * 2
+
+
 def m7_input_grad_scratch_bytes(p: Conv2dParams) -> int:
-    """mt::m7::Conv2dInputGradScratchBytes: one folded output-gradient row per tap (output
-    channels rounded up to even, plus 2 when both channel ranges are odd), int16."""
+    """mt::m7::Conv2dInputGradScratchBytes: one folded output-gradient row per tap, int16."""
     _, f_h, f_w, _ = p.filter.shape
-    return f_h * f_w * ((p.output_shape[3] + 2) // 2 * 2) * 2
+    return f_h * f_w * _grad_row_values(p) * 2
 
 
 def m7_weight_update_scratch_bytes(p: Conv2dParams) -> int:
@@ -310,10 +315,19 @@ def m7_backward_scratch(p: Conv2dParams, need_dx: bool, n_train: int) -> int:
                m7_weight_update_scratch_bytes(p) if n_train > 0 else 0)
 
 
+def _staged_high_bytes(p: Conv2dParams) -> int:
+    """mt::m7::Conv2dStagedHighBytes: the high halves of the input gradient's int32 sums, one
+    int16 per input value, which let it be gathered once instead of twice."""
+    return 2 * int(np.prod(p.input_shape))
+
+
 def m7_staged_input_grad_scratch_bytes(p: Conv2dParams) -> int:
-    """mt::m7::Conv2dStagedInputGradScratchBytes: the rows, then the high halves of the input
-    gradient's int32 sums (int16 per value), so it is gathered once instead of twice."""
-    return m7_input_grad_scratch_bytes(p) + 2 * int(np.prod(p.input_shape))
+    """mt::m7::Conv2dStagedInputGradScratchBytes: the rows, then the staged sums' high halves."""
+    return m7_input_grad_scratch_bytes(p) + _staged_high_bytes(p)
+
+
+# conv2d_m7.h kConvGradPixels: pixels per block of the pointwise and 1-D input gradients.
+M7_GRAD_PIXELS = 4
 
 
 def m7_pointwise_grad(p: Conv2dParams) -> bool:
@@ -325,7 +339,7 @@ def m7_pointwise_grad(p: Conv2dParams) -> bool:
 def m7_pointwise_input_grad_scratch_bytes(p: Conv2dParams) -> int:
     """mt::m7::Conv2dPointwiseInputGradScratchBytes: four folded rows interleaved, then the
     staged sums' high halves; the pointwise input gradient then runs four pixels at a time."""
-    return 4 * ((p.output_shape[3] + 2) // 2 * 2) * 2 + 2 * int(np.prod(p.input_shape))
+    return M7_GRAD_PIXELS * _grad_row_values(p) * 2 + _staged_high_bytes(p)
 
 
 def m7_line_grad(p: Conv2dParams) -> bool:
@@ -341,12 +355,13 @@ def m7_line_grad(p: Conv2dParams) -> bool:
 
 def m7_line_input_grad_scratch_bytes(p: Conv2dParams, n_train: int) -> int:
     """mt::m7::Conv2dLineInputGradScratchBytes: a sliding window of the folded output gradient,
-    one line of 3 + taps positions per output channel pair, then the staged sums' high halves;
-    the 1-D input gradient then runs four positions at a time."""
+    one line of Conv2dLineLength (a block's positions plus taps - 1) per output channel pair,
+    then the staged sums' high halves; the 1-D input gradient then runs four positions at a
+    time."""
     _, f_h, f_w, _ = p.filter.shape
     out_c = p.output_shape[3]
     pairs = (n_train + 1) // 2 + (out_c - n_train + 1) // 2
-    return pairs * (3 + f_h * f_w) * 4 + 2 * int(np.prod(p.input_shape))
+    return pairs * (M7_GRAD_PIXELS + f_h * f_w - 1) * 4 + _staged_high_bytes(p)
 
 
 def m7_roomy_backward_scratch(p: Conv2dParams, need_dx: bool, n_train: int) -> tuple[int, ...]:

@@ -318,9 +318,14 @@ def m7_input_grad_scratch_bytes(p: DepthwiseConv2dParams) -> int:
     row reads (4 channels, int16), one block's packed taps, and the table of the output column
     each tap of each input column reads (int16, rounded up to 4 bytes)."""
     _, f_h, f_w, _ = p.filter.shape
-    ring_rows = (f_h - 1) * p.dilation[0] // p.stride[0] + 1
     columns = -(-(p.input_shape[2] * f_w) // 2) * 4
-    return (ring_rows * p.output_shape[2] + f_h * f_w) * 4 * 2 + columns
+    return (_grad_ring_rows(p) * p.output_shape[2] + f_h * f_w) * 4 * 2 + columns
+
+
+def _grad_ring_rows(p: DepthwiseConv2dParams) -> int:
+    """mt::m7::DepthwiseGradRingRows: the output rows one input row's taps read."""
+    f_h = p.filter.shape[1]
+    return (f_h - 1) * p.dilation[0] // p.stride[0] + 1
 
 
 # depthwise_conv2d_m7.cc kMaxFilterSide: the input gradient's table of filter rows.
@@ -350,10 +355,9 @@ def m7_padded_input_grad_scratch_bytes(p: DepthwiseConv2dParams) -> int | None:
     None where the width's stride or dilation is not 1."""
     if p.stride[1] != 1 or p.dilation[1] != 1:
         return None
-    _, f_h, f_w, _ = p.filter.shape
-    ring_rows = (f_h - 1) * p.dilation[0] // p.stride[0] + 1
+    f_w = p.filter.shape[2]
     return (m7_staged_input_grad_scratch_bytes(p)
-            + ring_rows * (p.output_shape[2] + 2 * (f_w - 1)) * 4 * 2)
+            + _grad_ring_rows(p) * (p.output_shape[2] + 2 * (f_w - 1)) * 4 * 2)
 
 
 def m7_roomy_backward_scratch(p: DepthwiseConv2dParams, need_dx: bool,
