@@ -44,6 +44,11 @@ class Case:
 CASES = [
     Case("stem", (17, 15, 3), (Layer("conv", (3, 3), 2, filters=13),)),
     Case("pointwise_odd", (9, 11, 7), (Layer("conv", (1, 1), filters=11),)),
+    # Whole-word depths take the direct column path: 9 weight words (two unrolled loops of
+    # four and one more), then at stride 2 (input pixels not the output's) with a last block
+    # of two pixels, 5 words.
+    Case("pointwise_deep", (5, 7, 36), (Layer("conv", (1, 1), filters=16),)),
+    Case("pointwise_strided", (13, 11, 20), (Layer("conv", (1, 1), 2, filters=9),)),
     Case("conv_dilated_valid", (14, 13, 5),
          (Layer("conv", (3, 2), dilation=2, padding="valid", filters=6),), per_channel=False),
     Case("dw3_stride2", (15, 16, 12), (Layer("dw", (3, 3), 2),)),

@@ -107,6 +107,35 @@ void Im2col(const Conv2dParams& p, const Columns& c, const int8_t* input, int32_
   }
 }
 
+// A 1x1 filter without padding whose depth is whole words: the block's columns straight from
+// its four input pixels, in[k] pixel k's channels, one group of all four per pass. (Im2col
+// walks taps and tests bounds per pixel: ~115 instructions a pixel of eight channels.)
+void PointwiseColumns(const int8_t* const in[kPixels], int32_t groups, uint32_t offset2,
+                      uint32_t* out) {
+  const int8_t* p0 = in[0];
+  const int8_t* p1 = in[1];
+  const int8_t* p2 = in[2];
+  const int8_t* p3 = in[3];
+  for (uint32_t* const end = out + groups * kPixels * 2; out != end; out += kPixels * 2) {
+    const uint32_t x0 = dsp::Load4(p0);
+    const uint32_t x1 = dsp::Load4(p1);
+    const uint32_t x2 = dsp::Load4(p2);
+    const uint32_t x3 = dsp::Load4(p3);
+    p0 += 4;
+    p1 += 4;
+    p2 += 4;
+    p3 += 4;
+    out[0] = dsp::ExtendEvenAdd(x0, offset2);
+    out[1] = dsp::ExtendOddAdd(x0, offset2);
+    out[2] = dsp::ExtendEvenAdd(x1, offset2);
+    out[3] = dsp::ExtendOddAdd(x1, offset2);
+    out[4] = dsp::ExtendEvenAdd(x2, offset2);
+    out[5] = dsp::ExtendOddAdd(x2, offset2);
+    out[6] = dsp::ExtendEvenAdd(x3, offset2);
+    out[7] = dsp::ExtendOddAdd(x3, offset2);
+  }
+}
+
 // The last depth - body (1 to 3) weights of a row as one word, zero-filled: the row may end
 // the filter array, so no word is read past it.
 inline uint32_t TailWord(const int8_t* w, int32_t n) {
@@ -137,26 +166,86 @@ struct Block {
   }
 };
 
+// The row's first `groups` weight words against the block's columns from x on; returns x past
+// them, w past the words.
+[[gnu::always_inline]] inline const uint32_t* Body(const int8_t*& w, const uint32_t* x,
+                                                   int32_t groups, Block& k) {
+#if MT_HAVE_DSP
+  // GCC loads the columns with LDRD and tests a loop after every group: 17 instructions a
+  // group. One LDM for two pixels' four words and the loop unrolled four times (entered by a
+  // jump for the last 1-3 groups) make it 13 and a fraction. LDM fills registers in number
+  // order, hence r0-r3 by name.
+  uint32_t e, o;
+#define MT_GROUP                                                                           \
+  asm volatile("ldr %[e], [%[w]], #4\n\t"                                                  \
+               "sxtb16 %[o], %[e], ror #8\n\t"                                             \
+               "sxtb16 %[e], %[e]\n\t"                                                     \
+               "ldmia %[x]!, {r0, r1, r2, r3}\n\t"                                         \
+               "smlad %[a0], %[e], r0, %[a0]\n\t"                                          \
+               "smlad %[a0], %[o], r1, %[a0]\n\t"                                          \
+               "smlad %[a1], %[e], r2, %[a1]\n\t"                                          \
+               "smlad %[a1], %[o], r3, %[a1]\n\t"                                          \
+               "ldmia %[x]!, {r0, r1, r2, r3}\n\t"                                         \
+               "smlad %[a2], %[e], r0, %[a2]\n\t"                                          \
+               "smlad %[a2], %[o], r1, %[a2]\n\t"                                          \
+               "smlad %[a3], %[e], r2, %[a3]\n\t"                                          \
+               "smlad %[a3], %[o], r3, %[a3]"                                               \
+               : [w] "+r"(w), [x] "+r"(x), [a0] "+r"(k.a0), [a1] "+r"(k.a1),                \
+                 [a2] "+r"(k.a2), [a3] "+r"(k.a3), [e] "=&r"(e), [o] "=&r"(o)              \
+               :                                                                            \
+               : "r0", "r1", "r2", "r3", "memory")
+  int32_t quads = (groups - 1) >> 2;  // loops of four before the last 1-4 groups
+  groups -= quads * 4;
+  for (; quads > 0; --quads) {
+    MT_GROUP;
+    MT_GROUP;
+    MT_GROUP;
+    MT_GROUP;
+  }
+  switch (groups) {
+    case 4:
+      MT_GROUP;
+      [[fallthrough]];
+    case 3:
+      MT_GROUP;
+      [[fallthrough]];
+    case 2:
+      MT_GROUP;
+      [[fallthrough]];
+    case 1:
+      MT_GROUP;
+      break;
+    default:
+      break;
+  }
+#undef MT_GROUP
+#else
+  for (; groups > 0; --groups) {
+    const uint32_t word = dsp::Load4(w);
+    w += 4;
+    k.Group(word, x);
+  }
+#endif
+  return x;
+}
+
 // Output channels [oc_begin, oc_end) of the block's pixels, whose outputs are out, out + step,
 // out + 2 step, out + 3 step (a block past the last pixel repeats it: step 0 for the copies is
 // not possible, so kFull == false stores only the first `valid` pixels). Weights from rows,
 // which are contiguous: each row's walk ends where the next begins.
 template <Requant kMode, bool kFull, bool kBias>
-void Channels(const OutputStage& s, const Columns& c, const int8_t* rows, const int32_t* bias,
-              const uint32_t* columns, int8_t* out, int32_t step, int32_t valid,
-              int32_t oc_begin, int32_t oc_end) {
+void Channels(const OutputStage& stage, const Columns& c, const int8_t* rows,
+              const int32_t* bias, const uint32_t* columns, int8_t* out, int32_t step,
+              int32_t valid, int32_t oc_begin, int32_t oc_end) {
+  // Locals, not loads through the references: an int8 store may alias them.
+  const OutputStage s = stage;
+  const int32_t groups = c.body / 4;
   const int32_t tail = c.depth - c.body;
-  const uint32_t* const body_end = columns + c.body / 4 * kPixels * 2;
   const int8_t* w = rows + oc_begin * c.depth;
   for (int32_t oc = oc_begin; oc < oc_end; ++oc) {
     const int32_t start = kBias ? bias[oc] : 0;
     Block k{start, start, start, start};
-    const uint32_t* x = columns;
-    while (x != body_end) {
-      const uint32_t word = dsp::Load4(w);
-      w += 4;
-      k.Group(word, x);
-    }
+    const uint32_t* x = Body(w, columns, groups, k);
     if (tail != 0) {
       k.Group(TailWord(w, tail), x);
       w += tail;
@@ -229,13 +318,33 @@ void conv2d_s8(const Conv2dParams& p, const int8_t* input, const int8_t* filter,
   const RequantPlan plan = PlanRequant(requant, p.output_c, bias, p.act_min, p.act_max);
   const int32_t pixels = p.batches * p.output_h * p.output_w;
   const int32_t per_image = p.output_h * p.output_w;
+  const bool pointwise = p.filter_h == 1 && p.filter_w == 1 && p.pad_h == 0 && p.pad_w == 0 &&
+                         (p.filter_c & 3) == 0;
+  // Output pixel j reads input pixel j.
+  const bool unit_stride = p.stride_h == 1 && p.stride_w == 1 && p.input_h == p.output_h &&
+                           p.input_w == p.output_w;
+  const uint32_t offset2 = dsp::Splat16(p.input_offset);
   // Pixels four at a time in output order; past the last pixel, the block repeats it.
   for (int32_t i = 0; i < pixels; i += kPixels) {
     const int32_t valid = pixels - i < kPixels ? pixels - i : kPixels;
-    for (int32_t k = 0; k < kPixels; ++k) {
-      const int32_t j = k < valid ? i + k : pixels - 1;
-      Im2col(p, c, input, j / per_image, j % per_image / p.output_w, j % p.output_w, k,
-             columns);
+    if (pointwise) {
+      const int8_t* in[kPixels];
+      for (int32_t k = 0; k < kPixels; ++k) {
+        const int32_t j = k < valid ? i + k : pixels - 1;
+        const int32_t pixel =
+            unit_stride ? j
+                        : (j / per_image * p.input_h + j % per_image / p.output_w * p.stride_h) *
+                                  p.input_w +
+                              j % p.output_w * p.stride_w;
+        in[k] = input + pixel * p.input_c;
+      }
+      PointwiseColumns(in, c.groups, offset2, columns);
+    } else {
+      for (int32_t k = 0; k < kPixels; ++k) {
+        const int32_t j = k < valid ? i + k : pixels - 1;
+        Im2col(p, c, input, j / per_image, j % per_image / p.output_w, j % p.output_w, k,
+               columns);
+      }
     }
     int8_t* out = output + i * p.output_c;
     // The trained prefix's weights change on the device: it takes the short form only where

@@ -1,12 +1,11 @@
 // CONV_2D for the Cortex-M7 DSP extension: the same results as mt::ref::conv2d_s8, bit for bit.
 //
-// The method is im2col into int16 plus SMLAD. For each pair of output pixels, the
+// The method is im2col into int16 plus SMLAD. For each block of four output pixels, the
 // filter_h * filter_w * filter_c input values a filter row reads (its receptive field, OHWI order)
 // are written once into scratch as int16 with the input offset already added; padded taps are
 // written as 0, which is exactly what they contribute to the reference. Every output channel
-// pair then takes a dot product of its two int8 weight rows against the two columns, with two
-// MACs per SMLAD and a 2x2 register block (2 channels x 2 pixels), so each weight word is
-// expanded once for two pixels and each column word is loaded once for two channels.
+// then takes a dot product of its int8 weight row against the four columns, two MACs per
+// SMLAD, so each weight word is loaded and expanded once for four pixels.
 // The column of each group of four values is stored in the order SXTB16 unpacks a weight word,
 // (k0, k2, k1, k3), so a weight word needs no reordering.
 //

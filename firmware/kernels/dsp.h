@@ -53,6 +53,16 @@ inline uint32_t ExtendOdd(uint32_t x) {
   return r;
 }
 
+// ExtendEven(x) and ExtendOdd(x) plus a, lane-wise, in one instruction each (SXTAB16).
+inline uint32_t ExtendEvenAdd(uint32_t x, uint32_t a) {
+  return static_cast<uint32_t>(__sxtab16(static_cast<int16x2_t>(a), static_cast<int8x4_t>(x)));
+}
+inline uint32_t ExtendOddAdd(uint32_t x, uint32_t a) {
+  uint32_t r;
+  __asm__("sxtab16 %0, %1, %2, ror #8" : "=r"(r) : "r"(a), "r"(x));
+  return r;
+}
+
 // The low halves of a and b in one word (PKHBT): bytes a0 a1 b0 b1.
 inline uint32_t LowHalves(uint32_t a, uint32_t b) {
   uint32_t r;
@@ -106,6 +116,14 @@ inline int32_t RoundingHighMul(int32_t a, int32_t b) {
   return r;
 }
 
+// c + RoundingHighMul(a, b) in one instruction (SMMLAR: c is added above the product's low
+// word, so the sum is exact).
+inline int32_t RoundingHighMulAdd(int32_t a, int32_t b, int32_t c) {
+  int32_t r;
+  __asm__("smmlar %0, %1, %2, %3" : "=r"(r) : "r"(a), "r"(b), "r"(c));
+  return r;
+}
+
 #else
 
 inline int32_t Lane(uint32_t x, int lane) {
@@ -132,6 +150,9 @@ inline uint32_t Add16(uint32_t a, uint32_t b) {
   return Pack(Lane(a, 0) + Lane(b, 0), Lane(a, 1) + Lane(b, 1));
 }
 
+inline uint32_t ExtendEvenAdd(uint32_t x, uint32_t a) { return Add16(ExtendEven(x), a); }
+inline uint32_t ExtendOddAdd(uint32_t x, uint32_t a) { return Add16(ExtendOdd(x), a); }
+
 inline int32_t Dot2(uint32_t a, uint32_t b, int32_t acc) {
   const int32_t sum = Lane(a, 0) * Lane(b, 0) + Lane(a, 1) * Lane(b, 1);
   return static_cast<int32_t>(static_cast<uint32_t>(acc) + static_cast<uint32_t>(sum));
@@ -148,6 +169,10 @@ inline int32_t MulAddHigh(uint32_t a, uint32_t b, int32_t acc) {
 
 inline int32_t RoundingHighMul(int32_t a, int32_t b) {
   return static_cast<int32_t>((static_cast<int64_t>(a) * b + (int64_t{1} << 31)) >> 32);
+}
+
+inline int32_t RoundingHighMulAdd(int32_t a, int32_t b, int32_t c) {
+  return c + RoundingHighMul(a, b);
 }
 
 inline int32_t Saturate8(int32_t x) { return x < -128 ? -128 : (x > 127 ? 127 : x); }

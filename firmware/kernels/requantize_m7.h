@@ -8,11 +8,14 @@
 //  - SaturatingRoundingDoublingHighMul(acc, m) rounds acc*m/2^31 half away from zero,
 //    truncating toward zero after the nudge; for either sign that is floor((acc*m + 2^30) /
 //    2^31), which is what SMMULR computes for (2 acc) * m: floor((2 acc*m + 2^31) / 2^32).
-//  - RoundingDivideByPOT(r, e) is floor((r + 2^(e-1) - [r < 0]) / 2^e); r >> 31 is -[r < 0].
+//  - RoundingDivideByPOT(r, e) is floor((r + 2^(e-1) - [r < 0]) / 2^e).
+//  - [r < 0] may be read as [acc < 0]: they differ only where acc < 0 rounds to r = 0, and
+//    then both give floor((2^(e-1) - {0 or 1}) / 2^e) = 0, as e >= 1. acc >> 31 is -[acc < 0].
 //  - Adding the output offset z after the shift equals adding z * 2^e before it.
 // So the host precomputes per channel (ops/m7.py requant_table) {m, e, 2^(e-1) + z * 2^e}, and
-// an output is SMMULR, two adds, one shift and the clamp; the host also checks that the adds
-// stay inside int32 (|r| < 2^29 and the constant below 2^31 - 2^29).
+// an output is one SMMLAR (the product's rounded high word plus the constant), one add, one
+// shift and the clamp; the host also checks that the adds stay inside int32 (|r| < 2^29 and
+// the constant below 2^31 - 2^29).
 // Layers that miss a precondition use the reference arithmetic (Requant::kChecked). A training
 // layer's table says under which |bias| the bound holds whatever the trained int8 weights are
 // (PlanRequant), so its trained channels and moving bias need not take the checked form.
@@ -56,8 +59,8 @@ inline ShortForm ShortFormOf(const OutputStage& s, int32_t c) {
 // The short form of one output: kBounded clamps to [lo, hi], kSaturate is one SSAT.
 template <Requant kMode>
 inline int8_t RequantizeShort(const OutputStage& s, const ShortForm& f, int32_t acc) {
-  const int32_t r = dsp::RoundingHighMul(acc * 2, f.multiplier);
-  const int32_t v = (r + f.constant + (r >> 31)) >> f.right;
+  const int32_t v =
+      (dsp::RoundingHighMulAdd(acc * 2, f.multiplier, f.constant) + (acc >> 31)) >> f.right;
   if (kMode == Requant::kSaturate) return static_cast<int8_t>(dsp::Saturate8(v));
   return static_cast<int8_t>(Clamp(v, s.lo, s.hi));
 }
