@@ -53,6 +53,9 @@ CASES = [
          (Layer("conv", (3, 2), dilation=2, padding="valid", filters=6),), per_channel=False),
     Case("dw3_stride2", (15, 16, 12), (Layer("dw", (3, 3), 2),)),
     Case("dw5_odd_channels", (12, 9, 9), (Layer("dw", (5, 5)),)),
+    # Rows of 16 and more at stride 1: the staged-row (ring) path, unpadded here (and padded in
+    # inverted_residual).
+    Case("dw3_ring_valid", (7, 19, 12), (Layer("dw", (3, 3), padding="valid"),)),
     Case("dw3_dilated_valid", (13, 14, 8), (Layer("dw", (3, 3), dilation=2, padding="valid"),),
          per_channel=False),
     Case("inverted_residual", (24, 24, 8),

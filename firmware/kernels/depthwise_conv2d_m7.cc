@@ -184,6 +184,230 @@ void Dispatch(const DepthwiseConv2dParams& p, const int8_t* input, const int8_t*
   }
 }
 
+// ---- 3x3 at stride 1: input rows staged as int16 lanes ----
+//
+// Four channels at a time, the three input rows an output row reads wait as int16 (input offset
+// added) in a ring laid out [channel][column][lane]: lanes 0-2 hold the rows whose index mod 3
+// is the lane, lane 3 repeats lane 2 of the next column, and a zero column either side stands
+// for the padding. Moving down one output row stages one new row. An output is then three loads
+// and five SMLADs: (lane 0, lane 1) against the two rows' weights at each of the three filter
+// columns, (lane 2, lane 3) against the third row's first two and lane 2 alone against its last.
+// The weights, packed for each of the three row orders once per call, stay in registers along an
+// output row; the tap loop above takes eight instructions per tap of four channels.
+
+constexpr int32_t kRingLanes = 4;
+constexpr int32_t kRingWeights = 5;  // words per channel and row order
+
+// One channel's packed weights in one row order: a[fx] = (w[fy0][fx], w[fy1][fx]),
+// b01 = (w[fy2][0], w[fy2][1]), b2 = w[fy2][2], fy_l the filter row lane l holds.
+struct RingTaps {
+  uint32_t a0, a1, a2, b01, b2;
+};
+
+// n columns of four channels from `in` (input pixels in_step bytes apart) into ring lane t on,
+// the four channels' lanes `channel` int16 apart. kEcho: also into lane 3 of the column before
+// (lane 2's repeat).
+template <bool kEcho>
+void StageColumns(const int8_t* in, int32_t in_step, int32_t n, uint32_t offset2, int16_t* t,
+                  int32_t channel) {
+  int16_t* const end = t + n * kRingLanes;
+#if MT_HAVE_DSP
+  if (t != end) {
+    // GCC keeps a pointer per channel and steps each (17 instructions a column; here 12, and
+    // 16 with the repeat, which stores through a second pointer 6 bytes back).
+    const int32_t c1 = channel * 2, c2 = channel * 4, c3 = channel * 6;  // bytes
+    uint32_t x, even, odd;
+    int16_t* echo = t + 1 - kRingLanes;
+#define MT_STAGE_LANES(ptr)                  \
+  "lsr %[x], %[even], #16\n\t"               \
+  "strh %[x], [" ptr ", %[c2]]\n\t"           \
+  "lsr %[x], %[odd], #16\n\t"                \
+  "strh %[x], [" ptr ", %[c3]]\n\t"           \
+  "strh %[odd], [" ptr ", %[c1]]\n\t"         \
+  "strh %[even], [" ptr "], #8\n\t"
+    asm volatile(
+        "1:\n\t"
+        "ldr %[x], [%[in]]\n\t"
+        "add %[in], %[in], %[in_step]\n\t"
+        "sxtab16 %[even], %[offset2], %[x]\n\t"         // channels 0, 2
+        "sxtab16 %[odd], %[offset2], %[x], ror #8\n\t"  // channels 1, 3
+        MT_STAGE_LANES("%[t]")
+        ".if %c[repeat]\n\t"
+        MT_STAGE_LANES("%[echo]")
+        ".endif\n\t"
+        "cmp %[t], %[end]\n\t"
+        "bne 1b"
+        : [t] "+r"(t), [echo] "+r"(echo), [in] "+r"(in), [x] "=&r"(x), [even] "=&r"(even),
+          [odd] "=&r"(odd)
+        : [in_step] "r"(in_step), [offset2] "r"(offset2), [c1] "r"(c1), [c2] "r"(c2),
+          [c3] "r"(c3), [end] "r"(end), [repeat] "i"(kEcho ? 1 : 0)
+        : "cc", "memory");
+#undef MT_STAGE_LANES
+  }
+#else
+  int16_t* t1 = t + channel;
+  int16_t* t2 = t1 + channel;
+  int16_t* t3 = t2 + channel;
+  for (; t != end; t += kRingLanes, t1 += kRingLanes, t2 += kRingLanes, t3 += kRingLanes,
+                   in += in_step) {
+    const uint32_t x = dsp::Load4(in);
+    const uint32_t even = dsp::ExtendEvenAdd(x, offset2);  // channels 0, 2
+    const uint32_t odd = dsp::ExtendOddAdd(x, offset2);    // channels 1, 3
+    t[0] = static_cast<int16_t>(even);
+    t1[0] = static_cast<int16_t>(odd);
+    t2[0] = static_cast<int16_t>(even >> 16);
+    t3[0] = static_cast<int16_t>(odd >> 16);
+    if (kEcho) {
+      t[1 - kRingLanes] = static_cast<int16_t>(even);
+      t1[1 - kRingLanes] = static_cast<int16_t>(odd);
+      t2[1 - kRingLanes] = static_cast<int16_t>(even >> 16);
+      t3[1 - kRingLanes] = static_cast<int16_t>(odd >> 16);
+    }
+  }
+#endif
+}
+
+// Input row iy of channels c0..c0+3 into lane `lane`, zeros where iy is outside the image.
+void StageRow(const DepthwiseConv2dParams& p, const int8_t* image, int32_t iy, int32_t c0,
+              int32_t lane, int16_t* ring) {
+  const int32_t channel = DepthwiseRingColumns(p) * kRingLanes;
+  int16_t* const t = ring + kRingLanes + lane;  // channel 0, column 1 (input column 0)
+  if (iy < 0 || iy >= p.input_h) {
+    const int32_t echo = lane == 2 ? 1 - kRingLanes : 0;
+    for (int32_t k = 0; k < 4; ++k) {
+      for (int32_t x = 0; x < p.input_w; ++x) {
+        t[k * channel + x * kRingLanes] = 0;
+        t[k * channel + x * kRingLanes + echo] = 0;
+      }
+    }
+    return;
+  }
+  const int8_t* in = image + iy * p.input_w * p.input_c + c0;
+  const uint32_t offset2 = dsp::Splat16(p.input_offset);
+  if (lane == 2) {
+    StageColumns<true>(in, p.input_c, p.input_w, offset2, t, channel);
+  } else {
+    StageColumns<false>(in, p.input_c, p.input_w, offset2, t, channel);
+  }
+}
+
+// Channel c's taps in row order r, where lane l holds filter row (l - r) mod 3 (the rows of
+// output row oy sit at order (oy - pad_h) mod 3).
+RingTaps PackRingTaps(const DepthwiseConv2dParams& p, const int8_t* filter, int32_t c,
+                      int32_t r) {
+  const int8_t* row0 = filter + (3 - r) % 3 * 3 * p.output_c + c;
+  const int8_t* row1 = filter + (4 - r) % 3 * 3 * p.output_c + c;
+  const int8_t* row2 = filter + (5 - r) % 3 * 3 * p.output_c + c;
+  const int32_t n = p.output_c;
+  return RingTaps{dsp::Pack(row0[0], row1[0]), dsp::Pack(row0[n], row1[n]),
+                  dsp::Pack(row0[2 * n], row1[2 * n]), dsp::Pack(row2[0], row2[n]),
+                  dsp::Pack(row2[2 * n], 0)};
+}
+
+// One output row of one channel: out[ox * step] for ox < n, from the ring at column t on.
+template <Requant kMode>
+void RingRow(const OutputStage& s, int32_t c, const RingTaps& w, int32_t start,
+             const uint32_t* t, int32_t n, int8_t* out, int32_t step) {
+  const uint32_t* const end = t + n * 2;
+  for (; t != end; t += 2, out += step) {
+    int32_t acc = dsp::Dot2(t[0], w.a0, start);
+    acc = dsp::Dot2(t[1], w.b01, acc);
+    acc = dsp::Dot2(t[2], w.a1, acc);
+    acc = dsp::Dot2(t[4], w.a2, acc);
+    acc = dsp::MulAddLow(t[5], w.b2, acc);
+    *out = Requantize<kMode>(s, acc, c);
+  }
+}
+
+#if MT_HAVE_DSP
+// The same with one SSAT for the clamp, written out: GCC spills the taps and the short form's
+// constants and loads them back for every output (27 instructions an output, here 19).
+template <>
+[[gnu::noinline]] void RingRow<Requant::kSaturate>(const OutputStage& s, int32_t c,
+                                                   const RingTaps& w, int32_t start,
+                                                   const uint32_t* t, int32_t n, int8_t* out,
+                                                   int32_t step) {
+  if (n <= 0) return;
+  const uint32_t* const end = t + n * 2;
+  const ShortForm f = ShortFormOf(s, c);
+  int32_t acc, x0, x1;
+  asm volatile(
+      "1:\n\t"
+      "ldrd %[x0], %[x1], [%[t]], #8\n\t"  // column ox: lanes (0, 1), (2, 3)
+      "smlad %[acc], %[x0], %[a0], %[start]\n\t"
+      "smlad %[acc], %[x1], %[b01], %[acc]\n\t"
+      "ldr %[x0], [%[t]]\n\t"  // column ox + 1: lanes (0, 1)
+      "smlad %[acc], %[x0], %[a1], %[acc]\n\t"
+      "ldrd %[x0], %[x1], [%[t], #8]\n\t"  // column ox + 2
+      "smlad %[acc], %[x0], %[a2], %[acc]\n\t"
+      "smlabb %[acc], %[x1], %[b2], %[acc]\n\t"
+      "lsl %[x0], %[acc], #1\n\t"  // RequantizeShort
+      "smmlar %[x0], %[x0], %[m], %[k]\n\t"
+      "add %[x0], %[x0], %[acc], asr #31\n\t"
+      "asr %[x0], %[x0], %[e]\n\t"
+      "ssat %[x0], #8, %[x0]\n\t"
+      "ldr %[x1], %[step]\n\t"
+      "strb %[x0], [%[out]]\n\t"
+      "add %[out], %[out], %[x1]\n\t"
+      "ldr %[x1], %[end]\n\t"
+      "cmp %[t], %[x1]\n\t"
+      "bne 1b"
+      : [t] "+r"(t), [out] "+r"(out), [acc] "=&r"(acc), [x0] "=&r"(x0), [x1] "=&r"(x1)
+      : [a0] "r"(w.a0), [b01] "r"(w.b01), [a1] "r"(w.a1), [a2] "r"(w.a2), [b2] "r"(w.b2),
+        [start] "r"(start), [m] "r"(f.multiplier), [k] "r"(f.constant), [e] "r"(f.right),
+        [step] "m"(step), [end] "m"(end)
+      : "cc", "memory");
+}
+#endif
+
+template <Requant kMode>
+void RunRing3x3(const DepthwiseConv2dParams& p, const int8_t* input, const int8_t* filter,
+                const int32_t* bias, int8_t* output, const int32_t* requant, int8_t* scratch) {
+  const OutputStage s{p.multiplier, p.shift, p.output_offset, p.act_min, p.act_max, requant};
+  const int32_t channel = DepthwiseRingColumns(p) * kRingLanes;
+  auto* ring = reinterpret_cast<int16_t*>(scratch);
+  auto* taps = reinterpret_cast<RingTaps(*)[3]>(scratch + DepthwiseRingBytes(p));
+  // What StageRow never writes stays 0: the border columns and lane 3 of the last input
+  // column (the right border's lane 2).
+  for (int32_t k = 0; k < kRingLanes; ++k) {
+    int16_t* const row = ring + k * channel;
+    for (int32_t i = 0; i < kRingLanes; ++i) row[i] = 0;
+    for (int32_t i = channel - kRingLanes - 1; i < channel; ++i) row[i] = 0;
+  }
+  for (int32_t b = 0; b < p.batches; ++b) {
+    const int8_t* image = input + b * p.input_h * p.input_w * p.input_c;
+    int8_t* out_image = output + b * p.output_h * p.output_w * p.output_c;
+    for (int32_t c0 = 0; c0 < p.output_c; c0 += kRingLanes) {
+      bool packed[3] = {false, false, false};  // the row orders in taps
+      int32_t held[3] = {INT32_MIN, INT32_MIN, INT32_MIN};  // the row in each lane
+      for (int32_t oy = 0; oy < p.output_h; ++oy) {
+        const int32_t y0 = oy - p.pad_h;
+        for (int32_t iy = y0; iy < y0 + 3; ++iy) {
+          const int32_t lane = (iy % 3 + 3) % 3;
+          if (held[lane] != iy) {
+            StageRow(p, image, iy, c0, lane, ring);
+            held[lane] = iy;
+          }
+        }
+        const int32_t order = (y0 % 3 + 3) % 3;
+        if (!packed[order]) {  // a band of one row needs one order
+          for (int32_t k = 0; k < kRingLanes; ++k) {
+            taps[k][order] = PackRingTaps(p, filter, c0 + k, order);
+          }
+          packed[order] = true;
+        }
+        for (int32_t k = 0; k < kRingLanes; ++k) {
+          const int32_t c = c0 + k;
+          const auto* t = reinterpret_cast<const uint32_t*>(
+              ring + k * channel + (1 - p.pad_w) * kRingLanes);
+          RingRow<kMode>(s, c, taps[k][order], bias != nullptr ? bias[c] : 0, t, p.output_w,
+                         out_image + oy * p.output_w * p.output_c + c, p.output_c);
+        }
+      }
+    }
+  }
+}
+
 }  // namespace
 
 void depthwise_conv2d_s8(const DepthwiseConv2dParams& p, const int8_t* input,
@@ -196,10 +420,16 @@ void depthwise_conv2d_s8(const DepthwiseConv2dParams& p, const int8_t* input,
     ref::depthwise_conv2d_s8(p, input, filter, bias, output);
     return;
   }
-  for (int32_t c = 0; c < p.input_c; ++c) scratch[c] = static_cast<int8_t>(-p.input_offset);
   // No trained channels here (they run the reference), but the bias may train.
-  WithRequant(PlanRequant(requant, p.output_c, bias, p.act_min, p.act_max).mode,
-              [&](auto mode_tag) {
+  const Requant mode = PlanRequant(requant, p.output_c, bias, p.act_min, p.act_max).mode;
+  if (DepthwiseRing3x3(p)) {
+    WithRequant(mode, [&](auto mode_tag) {
+      RunRing3x3<decltype(mode_tag)::value>(p, input, filter, bias, output, requant, scratch);
+    });
+    return;
+  }
+  for (int32_t c = 0; c < p.input_c; ++c) scratch[c] = static_cast<int8_t>(-p.input_offset);
+  WithRequant(mode, [&](auto mode_tag) {
     Dispatch<decltype(mode_tag)::value>(p, input, filter, bias, output, table, requant,
                                         bias_in_table, scratch);
   });

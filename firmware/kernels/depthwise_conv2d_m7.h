@@ -12,6 +12,9 @@
 // 3x3 and 5x5 filters get their tap loop unrolled (other sizes run the same code with a run-time
 // tap count), and an output pixel of a 3x3 filter whose taps are all inside the image reads
 // them by register-offset loads instead of the tap pointer table the padded ones use.
+// A 3x3 layer at stride 1 with long enough rows (DepthwiseRing3x3) runs on its input rows staged
+// as int16 in scratch instead, two taps per SMLAD (depthwise_conv2d_m7.cc); it reads the plain
+// filter, not the table.
 #pragma once
 
 #include <cstdint>
@@ -20,9 +23,31 @@
 
 namespace mt::m7 {
 
-// Scratch bytes depthwise_conv2d_s8 needs: one row of input_c zero points, rounded up to 4.
+// A 3x3 layer at stride and dilation 1 with at most one column of padding either side, whole
+// groups of four channels and rows of at least kDepthwiseRingMinWidth outputs runs on staged
+// rows (the ring, depthwise_conv2d_m7.cc). Each output row of each channel costs ~70
+// instructions of set-up there, so shorter rows run faster on the tap loop (MobileNetV2's 8x8
+// layers: 4.3 instructions per MAC on the ring, 3.8 on the taps; its 16x16 ones: 3.3 and 3.8).
+constexpr int32_t kDepthwiseRingMinWidth = 16;
+constexpr bool DepthwiseRing3x3(const DepthwiseConv2dParams& p) {
+  return p.filter_h == 3 && p.filter_w == 3 && p.stride_h == 1 && p.stride_w == 1 &&
+         p.dilation_h == 1 && p.dilation_w == 1 && p.pad_w >= 0 && p.pad_w <= 1 &&
+         p.output_w + 2 - p.pad_w <= p.input_w + 1 && (p.output_c & 3) == 0 &&
+         p.output_w >= kDepthwiseRingMinWidth;
+}
+
+// The ring's columns per channel (the input's and a zero column either side), and its bytes:
+// four channels of them, four int16 lanes each.
+constexpr int32_t DepthwiseRingColumns(const DepthwiseConv2dParams& p) { return p.input_w + 2; }
+constexpr int32_t DepthwiseRingBytes(const DepthwiseConv2dParams& p) {
+  return 4 * DepthwiseRingColumns(p) * 4 * 2;
+}
+
+// Scratch bytes depthwise_conv2d_s8 needs (python/mcutrain/ops/depthwise_conv2d.py mirrors
+// it): the ring and the four channels' taps packed in three row orders (five words each), or
+// else one row of input_c zero points, rounded up to 4.
 constexpr int32_t DepthwiseScratchBytes(const DepthwiseConv2dParams& p) {
-  return (p.input_c + 3) / 4 * 4;
+  return DepthwiseRing3x3(p) ? DepthwiseRingBytes(p) + 4 * 3 * 5 * 4 : (p.input_c + 3) / 4 * 4;
 }
 
 // In/out as mt::ref::depthwise_conv2d_s8, plus table (flash, layout above), requant (as for

@@ -13,10 +13,12 @@ shipped model against LiteRT) and test_m7_emulated.py (random layers).
 from __future__ import annotations
 
 import dataclasses
+import subprocess
 
 import numpy as np
 import pytest
 from emitted import BroadcastDy, run_op, run_train_step
+from host_build import host_compile
 from test_conv_backward import Step, _n_train, make_slot, pick_lr, prepared
 from test_conv_kernels import Case, build_graph
 
@@ -150,6 +152,63 @@ def test_depthwise_m7_equals_reference(seed: int) -> None:
     got = run_op(depthwise_conv2d.OPDEF, params, [x], tuple(params.output_shape),
                  variant=depthwise_conv2d.M7)
     np.testing.assert_array_equal(got, expected.reshape(got.shape))
+
+
+def random_ring_case(seed: int) -> Case:
+    """A random 3x3 stride-1 DEPTHWISE_CONV_2D the staged-row (ring) path takes: rows of 16 or
+    more outputs, whole groups of four channels, SAME or VALID padding, 1-2 images."""
+    rng = np.random.default_rng(9000 + seed)
+    padding = "SAME" if rng.random() < 0.6 else "VALID"
+    w = int(rng.integers(16, 30)) + (2 if padding == "VALID" else 0)
+    h = int(rng.integers(1, 7))
+    if padding == "VALID":
+        h += 2
+    channels = int(rng.choice([4, 8, 12, 16, 20]))
+    return Case("dw", (int(rng.integers(1, 3)), h, w, channels), kernel=(3, 3),
+                padding=padding, per_channel=bool(rng.random() < 0.7),
+                activation=str(rng.choice(["NONE", "RELU", "RELU6"])),
+                bias=bool(rng.random() < 0.85), small=bool(rng.random() < 0.1), seed=seed)
+
+
+@pytest.mark.parametrize("seed", range(24))
+def test_depthwise_m7_ring_equals_reference(seed: int) -> None:
+    case = random_ring_case(seed)
+    graph, op = build_graph(case)
+    params = depthwise_conv2d.prepare(op, graph)
+    assert depthwise_conv2d.m7_ring_3x3(params) and depthwise_conv2d.M7.serves(params, 0)
+    x = _inputs(case, params, np.random.default_rng(3000 + seed))
+    expected = depthwise_conv2d.reference(params, [x])
+    got = run_op(depthwise_conv2d.OPDEF, params, [x], tuple(params.output_shape),
+                 variant=depthwise_conv2d.M7)
+    np.testing.assert_array_equal(got, expected.reshape(got.shape))
+
+
+def test_depthwise_m7_scratch_mirror_equals_the_kernels(tmp_path) -> None:
+    """The host plans what DepthwiseScratchBytes asks for: with one byte less the kernel would
+    quietly run the reference, which the bit-exact tests cannot see."""
+    cases = [random_ring_case(k) for k in range(8)] + [random_depthwise_case(k) for k in range(24)]
+    params = [depthwise_conv2d.prepare(op, graph) for graph, op in map(build_graph, cases)]
+    fields = ["batches", "input_h", "input_w", "input_c", "filter_h", "filter_w", "output_h",
+              "output_w", "output_c", "depth_multiplier", "stride_h", "stride_w", "dilation_h",
+              "dilation_w", "pad_h", "pad_w"]
+    rows = []
+    for p in params:
+        n, in_h, in_w, in_c = p.input_shape
+        _, f_h, f_w, out_c = p.filter.shape
+        _, out_h, out_w, _ = p.output_shape
+        values = [n, in_h, in_w, in_c, f_h, f_w, out_h, out_w, out_c, p.depth_multiplier,
+                  *p.stride, *p.dilation, *p.pad]
+        sets = " ".join(f"p.{f} = {v};" for f, v in zip(fields, values, strict=True))
+        rows.append(f"  {{ mt::DepthwiseConv2dParams p{{}}; {sets} "
+                    f'std::printf("%d\\n", (int)mt::m7::DepthwiseScratchBytes(p)); }}')
+    source = tmp_path / "mirror.cc"
+    source.write_text('#include <cstdio>\n#include "kernels/depthwise_conv2d_m7.h"\n'
+                      "int main() {\n" + "\n".join(rows) + "\n}\n")
+    exe = host_compile([source], tmp_path / "mirror", shared=False)
+    got = [int(v) for v in subprocess.run([str(exe)], check=True, capture_output=True,
+                                          text=True).stdout.split()]
+    assert got == [depthwise_conv2d.m7_scratch_bytes(p) for p in params]
+    assert any(depthwise_conv2d.m7_ring_3x3(p) for p in params)
 
 
 def test_depthwise_m7_declines_what_it_does_not_compute() -> None:

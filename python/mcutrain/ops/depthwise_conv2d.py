@@ -292,8 +292,27 @@ def m7_constants(p: DepthwiseConv2dParams, ctx: Any) -> str:
     return f", {symbol}{requant}, {'true' if m7_folds_bias(p) else 'false'}"
 
 
+# depthwise_conv2d_m7.h kDepthwiseRingMinWidth: shorter output rows run on the tap loop.
+M7_RING_MIN_WIDTH = 16
+
+
+def m7_ring_3x3(p: DepthwiseConv2dParams) -> bool:
+    """mt::m7::DepthwiseRing3x3: a 3x3 layer at stride and dilation 1, at most one column of
+    padding either side, whole groups of four channels and output rows of at least
+    M7_RING_MIN_WIDTH runs on staged int16 rows."""
+    _, f_h, f_w, out_c = p.filter.shape
+    in_w, out_w = p.input_shape[2], p.output_shape[2]
+    return ((f_h, f_w) == (3, 3) and p.stride == (1, 1) and p.dilation == (1, 1)
+            and 0 <= p.pad[1] <= 1 and out_w + 2 - p.pad[1] <= in_w + 1 and out_c % 4 == 0
+            and out_w >= M7_RING_MIN_WIDTH)
+
+
 def m7_scratch_bytes(p: DepthwiseConv2dParams) -> int:
-    """mt::m7::DepthwiseScratchBytes: a row of input zero points, rounded up to 4 bytes."""
+    """mt::m7::DepthwiseScratchBytes: for m7_ring_3x3 layers the staged rows of four channels
+    (input_w + 2 columns of four int16 lanes each) and their taps packed in three row orders
+    (five words each), else a row of input zero points, rounded up to 4 bytes."""
+    if m7_ring_3x3(p):
+        return 4 * (p.input_shape[2] + 2) * 4 * 2 + 4 * 3 * 5 * 4
     return -(-p.input_shape[3] // 4) * 4
 
 
