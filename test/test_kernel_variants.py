@@ -10,6 +10,7 @@ test/kernels/test_m7_kernels.py and on the emulated board.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -121,6 +122,41 @@ def test_training_plans_forward_and_backward_scratch(monkeypatch: pytest.MonkeyP
         args = rf"\(g_arena \+ {scratch.offset}\), 100\);"
         assert re.search(rf"mt::fakebw::conv2d_weight_update\([^;]*{args}", source)
     assert "mt::ref::conv2d_weight_update" not in source
+
+
+def roomy_sizes(params) -> tuple[int, ...]:
+    """Larger than any arena first, then one a gap can hold."""
+    return (1 << 20, fake_scratch(params) + 64)
+
+
+FAKE_ROOMY = dataclasses.replace(FAKE, roomy_scratch=roomy_sizes)
+
+
+@pytest.mark.parametrize("training", [False, True], ids=["inference", "training"])
+def test_a_forward_kernel_gets_its_roomy_scratch_only_where_the_arena_has_room(
+        monkeypatch: pytest.MonkeyPatch, training: bool) -> None:
+    def build(variant: KernelVariant):
+        monkeypatch.setitem(VARIANTS, "CONV_2D", [variant])
+        model = compile_model(HAR)
+        if not training:
+            return model, model.planner, generate_model_source(model)[0]
+        program = build_training(model, parse_scheme({"preset": "last-k", "layers": 2}))
+        return model, program.planner, generate_training_source(program)[0]
+
+    _, plain, _ = build(FAKE)
+    model, planner, source = build(FAKE_ROOMY)
+    assert planner.arena_bytes() == plain.arena_bytes()
+    widened = 0
+    frozen = [s for s in conv_steps(model.ops) if scratch_buffer(s) in planner.placements()]
+    assert frozen
+    for step in frozen:
+        scratch = planner.placements()[scratch_buffer(step)]
+        base = fake_scratch(model.ops[step].params)
+        assert scratch.size in (base, base + 64)
+        widened += scratch.size > base
+        assert_alone_at_its_step(planner, scratch)
+        assert f", (g_arena + {scratch.offset}), {scratch.size});" in source
+    assert widened  # the premise: HAR's arena has a gap at some convolution
 
 
 def test_a_negative_scratch_size_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:

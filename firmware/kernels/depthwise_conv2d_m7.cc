@@ -422,7 +422,8 @@ void depthwise_conv2d_s8(const DepthwiseConv2dParams& p, const int8_t* input,
   }
   // No trained channels here (they run the reference), but the bias may train.
   const Requant mode = PlanRequant(requant, p.output_c, bias, p.act_min, p.act_max).mode;
-  if (DepthwiseRing3x3(p)) {
+  if (DepthwiseRing3x3(p) && scratch_bytes >= DepthwiseRingScratchBytes(p) &&
+      (reinterpret_cast<uintptr_t>(scratch) & 3) == 0) {
     WithRequant(mode, [&](auto mode_tag) {
       RunRing3x3<decltype(mode_tag)::value>(p, input, filter, bias, output, requant, scratch);
     });

@@ -44,15 +44,20 @@ constexpr int32_t DepthwiseRingBytes(const DepthwiseConv2dParams& p) {
 }
 
 // Scratch bytes depthwise_conv2d_s8 needs (python/mcutrain/ops/depthwise_conv2d.py mirrors
-// it): the ring and the four channels' taps packed in three row orders (five words each), or
-// else one row of input_c zero points, rounded up to 4.
+// them): one row of input_c zero points, rounded up to 4. A DepthwiseRing3x3 layer given
+// DepthwiseRingScratchBytes (4-byte aligned; the host plans it where the arena has the room)
+// runs on the ring: the ring and the four channels' taps in three row orders (five words each).
 constexpr int32_t DepthwiseScratchBytes(const DepthwiseConv2dParams& p) {
-  return DepthwiseRing3x3(p) ? DepthwiseRingBytes(p) + 4 * 3 * 5 * 4 : (p.input_c + 3) / 4 * 4;
+  return (p.input_c + 3) / 4 * 4;
+}
+constexpr int32_t DepthwiseRingScratchBytes(const DepthwiseConv2dParams& p) {
+  return DepthwiseRingBytes(p) + 4 * 3 * 5 * 4;
 }
 
 // In/out as mt::ref::depthwise_conv2d_s8, plus table (flash, layout above), requant (as for
 // mt::m7::conv2d_s8, requantize_m7.h) and bias_in_table: the host folded the (flash) bias into
-// the table's start values, so only the channels past the last group of four add `bias`. Scratch: DepthwiseScratchBytes(p) bytes; with less,
+// the table's start values, so only the channels past the last group of four add `bias`.
+// Scratch: DepthwiseScratchBytes(p) bytes (or DepthwiseRingScratchBytes(p), above); with less,
 // depth multiplier != 1, trained channels or more than 49 taps it runs the reference kernel.
 void depthwise_conv2d_s8(const DepthwiseConv2dParams& p, const int8_t* input,
                          const int8_t* filter, const int32_t* bias, int8_t* output,

@@ -243,10 +243,12 @@ class Ran:
 
 def run_op(opdef: OpDef, params: object, inputs: list[np.ndarray], out_shape: tuple[int, ...],
            *, in_place: bool = False, variant: KernelVariant | None = None,
-           trained: tuple[np.ndarray | None, np.ndarray | None] | None = None) -> np.ndarray:
+           trained: tuple[np.ndarray | None, np.ndarray | None] | None = None,
+           roomy: bool = False) -> np.ndarray:
     """The int8 output of the emitted code of (opdef, params) on int8 inputs. in_place puts the
     output at the first input's address, as the memory planner may arrange. variant: the kernel
-    variant to emit (the reference when None), given the scratch its scratch_bytes asks for.
+    variant to emit (the reference when None), given the scratch its scratch_bytes asks for, or
+    with `roomy` the fastest of its roomy sizes (as the planner gives where it has the room).
     trained: (weights, bias) of a training layer, as the firmware's SRAM state holds them
     (weights: the first channels' rows, None for none; bias: int32, None when it does not
     train); the forward then reads them there."""
@@ -271,6 +273,8 @@ def run_op(opdef: OpDef, params: object, inputs: list[np.ndarray], out_shape: tu
     ctx: object = e.pool
     if variant is not None:
         size = variant.scratch_bytes(params)
+        if roomy:
+            size = max([size, *variant.roomy_scratch_bytes(params)[:1]])
         scratch = e.space(size).ptr if size else None
         ctx = StepContext(e.pool, variant, scratch, size)
     ran = e.run(declarations + opdef.emit(params, ctx, [b.ptr for b in bufs], out.ptr))

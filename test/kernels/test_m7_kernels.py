@@ -179,13 +179,14 @@ def test_depthwise_m7_ring_equals_reference(seed: int) -> None:
     x = _inputs(case, params, np.random.default_rng(3000 + seed))
     expected = depthwise_conv2d.reference(params, [x])
     got = run_op(depthwise_conv2d.OPDEF, params, [x], tuple(params.output_shape),
-                 variant=depthwise_conv2d.M7)
+                 variant=depthwise_conv2d.M7, roomy=True)
     np.testing.assert_array_equal(got, expected.reshape(got.shape))
 
 
 def test_depthwise_m7_scratch_mirror_equals_the_kernels(tmp_path) -> None:
-    """The host plans what DepthwiseScratchBytes asks for: with one byte less the kernel would
-    quietly run the reference, which the bit-exact tests cannot see."""
+    """The host plans what DepthwiseScratchBytes and DepthwiseRingScratchBytes ask for: with one
+    byte less the kernel would quietly run the reference or the slower path, which the
+    bit-exact tests cannot see."""
     cases = [random_ring_case(k) for k in range(8)] + [random_depthwise_case(k) for k in range(24)]
     params = [depthwise_conv2d.prepare(op, graph) for graph, op in map(build_graph, cases)]
     fields = ["batches", "input_h", "input_w", "input_c", "filter_h", "filter_w", "output_h",
@@ -200,14 +201,17 @@ def test_depthwise_m7_scratch_mirror_equals_the_kernels(tmp_path) -> None:
                   *p.stride, *p.dilation, *p.pad]
         sets = " ".join(f"p.{f} = {v};" for f, v in zip(fields, values, strict=True))
         rows.append(f"  {{ mt::DepthwiseConv2dParams p{{}}; {sets} "
-                    f'std::printf("%d\\n", (int)mt::m7::DepthwiseScratchBytes(p)); }}')
+                    'std::printf("%d %d %d\\n", (int)mt::m7::DepthwiseScratchBytes(p), '
+                    "(int)mt::m7::DepthwiseRing3x3(p), (int)mt::m7::DepthwiseRingScratchBytes(p));"
+                    " }")
     source = tmp_path / "mirror.cc"
     source.write_text('#include <cstdio>\n#include "kernels/depthwise_conv2d_m7.h"\n'
                       "int main() {\n" + "\n".join(rows) + "\n}\n")
     exe = host_compile([source], tmp_path / "mirror", shared=False)
-    got = [int(v) for v in subprocess.run([str(exe)], check=True, capture_output=True,
-                                          text=True).stdout.split()]
-    assert got == [depthwise_conv2d.m7_scratch_bytes(p) for p in params]
+    out = subprocess.run([str(exe)], check=True, capture_output=True, text=True).stdout
+    got = [tuple(int(v) for v in line.split()) for line in out.splitlines()]
+    assert got == [(depthwise_conv2d.m7_scratch_bytes(p), int(depthwise_conv2d.m7_ring_3x3(p)),
+                    depthwise_conv2d.m7_ring_scratch_bytes(p)) for p in params]
     assert any(depthwise_conv2d.m7_ring_3x3(p) for p in params)
 
 

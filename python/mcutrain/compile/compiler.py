@@ -113,9 +113,26 @@ def compile_model(source: str | Path | bytes, alignment: int = 16,
     if streaming or pull_input:
         streams, planner = _choose_streams(graph, ops, buffer_of, tensor_of, alignment, whole,
                                            pull_input)
+    widen_forward_scratch(planner, ops)
     return CompiledModel(graph=graph, ops=ops, planner=planner, buffer_of=buffer_of,
                          tensor_of=tensor_of, streams=streams,
                          whole_arena_bytes=whole.arena_bytes(), kernels=kernels)
+
+
+def widen_forward_scratch(planner: ArenaPlanner, ops: list[PreparedOp],
+                          variants: list[KernelVariant] | None = None) -> None:
+    """Gives each forward step the fastest of its variant's roomy scratch sizes the planned
+    arena has a gap for through the scratch's lifetime: faster kernels for no SRAM. `variants`:
+    the steps' variants when they are not the ops' own (a training build's)."""
+    placed = planner.placements()
+    for step, p in enumerate(ops):
+        variant = p.variant if variants is None else variants[step]
+        name = scratch_buffer(step)
+        if name not in placed:
+            continue
+        for size in variant.roomy_scratch_bytes(p.params):
+            if planner.widen(name, size):
+                break
 
 
 def _prepare(op: Operator, graph: Graph, kernels: str = "optimized") -> PreparedOp:

@@ -102,6 +102,8 @@ class KernelVariant:
     # planned only where the arena already has the room (ArenaPlanner.widen); the kernels tell
     # from the size they get which they were given.
     roomy_backward_scratch: Callable[[Any, bool, int], tuple[int, ...]] | None = None
+    # The same for the forward kernel: params -> larger scratch sizes, fastest first.
+    roomy_scratch: Callable[[Any], tuple[int, ...]] | None = None
 
     @property
     def takes_scratch(self) -> bool:
@@ -123,6 +125,13 @@ class KernelVariant:
         plain = self.step_scratch_bytes(params, need_dx, n_train)
         return tuple(s for s in self.roomy_backward_scratch(params, need_dx, n_train)
                      if s > plain)
+
+    def roomy_scratch_bytes(self, params: Any) -> tuple[int, ...]:
+        """The forward kernel's roomy sizes above its plain one, fastest first."""
+        if self.roomy_scratch is None:
+            return ()
+        plain = self.scratch_bytes(params)
+        return tuple(s for s in self.roomy_scratch(params) if s > plain)
 
     def kernel(self, function: str) -> str:
         return f"{self.namespace}::{function}"

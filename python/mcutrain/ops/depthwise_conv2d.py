@@ -308,12 +308,20 @@ def m7_ring_3x3(p: DepthwiseConv2dParams) -> bool:
 
 
 def m7_scratch_bytes(p: DepthwiseConv2dParams) -> int:
-    """mt::m7::DepthwiseScratchBytes: for m7_ring_3x3 layers the staged rows of four channels
-    (input_w + 2 columns of four int16 lanes each) and their taps packed in three row orders
-    (five words each), else a row of input zero points, rounded up to 4 bytes."""
-    if m7_ring_3x3(p):
-        return 4 * (p.input_shape[2] + 2) * 4 * 2 + 4 * 3 * 5 * 4
+    """mt::m7::DepthwiseScratchBytes: a row of input zero points, rounded up to 4 bytes."""
     return -(-p.input_shape[3] // 4) * 4
+
+
+def m7_ring_scratch_bytes(p: DepthwiseConv2dParams) -> int:
+    """mt::m7::DepthwiseRingScratchBytes: the staged rows of four channels (input_w + 2
+    columns of four int16 lanes each) and their taps packed in three row orders (five words
+    each)."""
+    return 4 * (p.input_shape[2] + 2) * 4 * 2 + 4 * 3 * 5 * 4
+
+
+def m7_roomy_scratch(p: DepthwiseConv2dParams) -> tuple[int, ...]:
+    """The ring's scratch for m7_ring_3x3 layers, planned where the arena has the room."""
+    return (m7_ring_scratch_bytes(p),) if m7_ring_3x3(p) else ()
 
 
 # depthwise_conv2d_m7.cc kMaxTaps: the tap pointer table of one output pixel.
@@ -329,7 +337,7 @@ def m7_serves(p: DepthwiseConv2dParams, n_train: int) -> bool:
 
 M7 = register_variant("DEPTHWISE_CONV_2D", KernelVariant(
     "m7", "mt::m7", header="kernels/depthwise_conv2d_m7.h", scratch_bytes=m7_scratch_bytes,
-    serves=m7_serves, constants=m7_constants))
+    serves=m7_serves, constants=m7_constants, roomy_scratch=m7_roomy_scratch))
 
 
 def m7_input_grad_scratch_bytes(p: DepthwiseConv2dParams) -> int:

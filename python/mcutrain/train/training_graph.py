@@ -21,7 +21,13 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from ..compile.compiler import CompiledModel, PreparedOp, scratch_buffer, scratch_size
+from ..compile.compiler import (
+    CompiledModel,
+    PreparedOp,
+    scratch_buffer,
+    scratch_size,
+    widen_forward_scratch,
+)
 from ..compile.memory_plan import ArenaPlanner
 from ..compile.streaming import Stream, avoiding, pulls_input, spans, window_bytes
 from ..frontend.graph import ModelError
@@ -198,6 +204,7 @@ def build_training(model: CompiledModel, scheme: Scheme) -> TrainProgram:
     grads = gradient_tensors(schedule.loss_input, schedule.classifier, schedule.backward)
     streams = stream_forward(model, schedule)
     planner = plan_memory(model, schedule, variants, streams)
+    widen_forward_scratch(planner, model.ops, variants)
     widen_scratch(planner, schedule.backward)
     head = schedule.head.with_state(state.classifier)
     return TrainProgram(model=model, scheme=scheme, trained=state.trained,
