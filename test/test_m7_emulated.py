@@ -19,7 +19,9 @@ import numpy as np
 import pytest
 
 from firmware_support import build_firmware, tflite_reference
+from mcutrain.compile.compiler import compile_model, scratch_buffer
 from mcutrain.host.device import open_device
+from mcutrain.ops import depthwise_conv2d
 from tflite_convert import convert_full_int8
 
 
@@ -39,6 +41,7 @@ class Case:
     input_shape: tuple[int, int, int]  # HWC
     layers: tuple[Layer, ...]
     per_channel: bool = True
+    ring: bool = False  # the depthwise layer runs on staged rows (planned in a free gap)
 
 
 CASES = [
@@ -53,9 +56,14 @@ CASES = [
          (Layer("conv", (3, 2), dilation=2, padding="valid", filters=6),), per_channel=False),
     Case("dw3_stride2", (15, 16, 12), (Layer("dw", (3, 3), 2),)),
     Case("dw5_odd_channels", (12, 9, 9), (Layer("dw", (5, 5)),)),
-    # Rows of 16 and more at stride 1: the staged-row (ring) path, unpadded here (and padded in
-    # inverted_residual).
-    Case("dw3_ring_valid", (7, 19, 12), (Layer("dw", (3, 3), padding="valid"),)),
+    # Rows of 16 and more at stride 1 run on staged rows where the arena has a gap for them:
+    # the wide layer before leaves one, padded here and unpadded in the second case.
+    Case("dw3_ring", (20, 20, 8),
+         (Layer("conv", (1, 1), filters=40), Layer("conv", (1, 1), filters=8),
+          Layer("dw", (3, 3))), ring=True),
+    Case("dw3_ring_valid", (9, 19, 4),
+         (Layer("conv", (1, 1), filters=64), Layer("conv", (1, 1), filters=4),
+          Layer("dw", (3, 3), padding="valid")), ring=True),
     Case("dw3_dilated_valid", (13, 14, 8), (Layer("dw", (3, 3), dilation=2, padding="valid"),),
          per_channel=False),
     Case("inverted_residual", (24, 24, 8),
@@ -110,6 +118,12 @@ def test_m7_layers_on_the_emulated_board_equal_litert(case: Case,
     weighted = [op for op in report["operators"] if op["opcode"] in ("CONV_2D",
                                                                      "DEPTHWISE_CONV_2D")]
     assert weighted and all(op["kernel"] == "m7" for op in weighted), report["operators"]
+    if case.ring:
+        compiled = compile_model(model)
+        dw = [(s, p) for s, p in enumerate(compiled.ops) if p.op.opcode == "DEPTHWISE_CONV_2D"]
+        assert dw and all(
+            compiled.planner.placements()[scratch_buffer(s)].size
+            == depthwise_conv2d.m7_ring_scratch_bytes(p.params) for s, p in dw)
     rng = np.random.default_rng(11)
     with open_device(f"qemu:{elf}") as dev:
         shape = dev.info().input.shape
