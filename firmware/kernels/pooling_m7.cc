@@ -38,8 +38,59 @@ void max_pool_s8(const PoolParams& p, const int8_t* in, int8_t* out) {
   }
 }
 
+namespace {
+
+// Windows that do not overlap (stride >= filter on both axes): every input takes at most one
+// dy, so the int32 sums are dy values and zeros, max |acc| is max |dy|, and each dy can be
+// requantized where it lands, straight into the int16 dx (the zeros stay 0 under any k).
+// With max |dy| = kGradMax, as a requantized gradient has, k is exactly 1 and dx is dy moved.
+float DisjointMaxPoolBackward(const PoolParams& p, const int8_t* in, const int16_t* dy,
+                              float dy_scale, int16_t* dx) {
+  const int32_t n_in = p.batches * p.in_h * p.in_w * p.channels;
+  const int32_t n_out = p.batches * p.out_h * p.out_w * p.channels;
+  int64_t m = 0;
+  for (int32_t i = 0; i < n_out; ++i) {
+    const int64_t a = AbsGrad(dy[i]);
+    if (a > m) m = a;
+  }
+  for (int32_t i = 0; i < n_in; ++i) dx[i] = 0;
+  if (m == 0) return 0.0f;
+  const float k = static_cast<float>(kGradMax) / static_cast<float>(m);
+  const bool moved = k == 1.0f;
+  const int32_t row = p.in_w * p.channels;
+  const int16_t* g = dy;
+  for (int32_t n = 0; n < p.batches; ++n) {
+    const int32_t base = n * p.in_h * row;
+    for (int32_t oy = 0; oy < p.out_h; ++oy) {
+      for (int32_t ox = 0; ox < p.out_w; ++ox, g += p.channels) {
+        const PoolWindow w = ClippedWindow(p, oy, ox);
+        const int32_t corner = base + w.y0 * row + w.x0 * p.channels;
+        for (int32_t c = 0; c < p.channels; ++c) {
+          int32_t best = corner + c;  // the first maximum in scan order, as the reference
+          int32_t best_value = in[best];
+          for (int32_t y = w.y0, r = best; y < w.y1; ++y, r += row) {
+            for (int32_t x = w.x0, at = r; x < w.x1; ++x, at += p.channels) {
+              if (in[at] > best_value) {
+                best = at;
+                best_value = in[at];
+              }
+            }
+          }
+          dx[best] = moved ? g[c] : RequantizeGrad(g[c], k);
+        }
+      }
+    }
+  }
+  return RequantizedScale(dy_scale, m);
+}
+
+}  // namespace
+
 float max_pool_backward(const PoolParams& p, const int8_t* in, const int16_t* dy, float dy_scale,
                         void* dx) {
+  if (p.stride_h >= p.filter_h && p.stride_w >= p.filter_w) {
+    return DisjointMaxPoolBackward(p, in, dy, dy_scale, static_cast<int16_t*>(dx));
+  }
   int32_t* acc = static_cast<int32_t*>(dx);
   const int32_t n_in = p.batches * p.in_h * p.in_w * p.channels;
   for (int32_t i = 0; i < n_in; ++i) acc[i] = 0;
