@@ -469,18 +469,35 @@ void DotPixels(const Conv2dParams& p, const int8_t* rows, int32_t lo, int32_t hi
       [s3] "+r"(a.s3), [wa] "=&r"(wa), [wb] "=&r"(wb), [g0] "=&r"(g0), [g1] "=&r"(g1)
   uint32_t wa, wb, g0, g1;
   if (kBlock && w != pairs_end) {
-    asm volatile(MT_WEIGHT_PAIR
-                 "ldrd %[g0], %[g1], [%[g]], #8\n\t"
-                 "smlad %[s0], %[g0], %[wa], %[s0]\n\t"
-                 "smlad %[s1], %[g1], %[wa], %[s1]\n\t"
-                 "ldrd %[g0], %[g1], [%[g]], #8\n\t"
-                 "smlad %[s2], %[g0], %[wa], %[s2]\n\t"
-                 "smlad %[s3], %[g1], %[wa], %[s3]\n\t"
-                 "cmp %[w], %[end]\n\t"
-                 "bne 1b"
-                 : MT_PIXEL_SUMS
-                 : [stride] "r"(stride), [end] "r"(pairs_end)
-                 : "cc", "memory");
+    // The four pixels' words of a pair in one LDM (r0-r3 by name: LDM fills registers in
+    // number order, and r0 also takes the second weight), two pairs a loop: 10 a pair.
+#define MT_BLOCK_PAIR                          \
+  "ldrsb %[wa], [%[w]]\n\t"                    \
+  "ldrsb r0, [%[w], %[stride]]\n\t"            \
+  "add %[w], %[w], %[stride], lsl #1\n\t"      \
+  "pkhbt %[wa], %[wa], r0, lsl #16\n\t"        \
+  "ldmia %[g]!, {r0, r1, r2, r3}\n\t"          \
+  "smlad %[s0], r0, %[wa], %[s0]\n\t"          \
+  "smlad %[s1], r1, %[wa], %[s1]\n\t"          \
+  "smlad %[s2], r2, %[wa], %[s2]\n\t"          \
+  "smlad %[s3], r3, %[wa], %[s3]\n\t"
+#define MT_BLOCK_SUMS                                                                     \
+  [w] "+r"(w), [g] "+r"(g), [s0] "+r"(a.s0), [s1] "+r"(a.s1), [s2] "+r"(a.s2),          \
+      [s3] "+r"(a.s3), [wa] "=&r"(wa)
+    if ((((pairs_end - w) / stride / 2) & 1) != 0) {
+      asm volatile(MT_BLOCK_PAIR : MT_BLOCK_SUMS : [stride] "r"(stride)
+                   : "r0", "r1", "r2", "r3", "memory");
+    }
+    if (w != pairs_end) {
+      asm volatile("1:\n\t" MT_BLOCK_PAIR MT_BLOCK_PAIR
+                   "cmp %[w], %[end]\n\t"
+                   "bne 1b"
+                   : MT_BLOCK_SUMS
+                   : [stride] "r"(stride), [end] "r"(pairs_end)
+                   : "r0", "r1", "r2", "r3", "cc", "memory");
+    }
+#undef MT_BLOCK_PAIR
+#undef MT_BLOCK_SUMS
   } else if (w != pairs_end) {
     const int32_t g_bytes = g_stride * 4;
     asm volatile(MT_WEIGHT_PAIR
