@@ -27,4 +27,11 @@ void mask_pack(const int8_t* y, int32_t n, int32_t lo, int32_t hi, uint8_t* bits
 void mask_apply(int16_t* d, int32_t n, const uint8_t* bits);
 
 }  // namespace ref
+
+namespace m7 {
+
+/// As ref::mask_pack, four elements per SSUB8/SEL compare pair (activation_mask_m7.cc).
+void mask_pack(const int8_t* y, int32_t n, int32_t lo, int32_t hi, uint8_t* bits);
+
+}  // namespace m7
 }  // namespace mt

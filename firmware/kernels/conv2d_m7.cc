@@ -583,6 +583,20 @@ void FoldPosition(const Conv2dParams& p, const GradView& dy, const float* ratio,
   }
 }
 
+// Input channel ic's sums of one 1-D block, every tap of both weight ranges. One call for all
+// of them, the tap calls inlined: a call per tap and range cost ~60 instructions of its own.
+[[gnu::flatten]] void LineTaps(const Conv2dParams& p, const int8_t* filter, int32_t ic,
+                               const uint32_t* words, const uint32_t* g_frozen, int32_t length,
+                               PixelSums& q) {
+  const int32_t taps = p.filter_h * p.filter_w;
+  for (int32_t t = 0; t < taps; ++t) {
+    // Input position i reads output i + pad - t through tap t: word taps - 1 - t on.
+    const int32_t at = taps - 1 - t;
+    DotPixels<false>(p, p.train_filter, 0, p.n_train, t, ic, words + at, length, q);
+    DotPixels<false>(p, filter, p.n_train, p.output_c, t, ic, g_frozen + at, length, q);
+  }
+}
+
 // The 1-D input gradient, four input positions at a time: sink(i, acc) for every input value.
 // `line`: Conv2dLineInputGradRowsBytes(p) / 2 int16.
 template <typename Sink>
@@ -616,12 +630,7 @@ void LineGather(const Conv2dParams& p, const int8_t* filter, const GradView& dy,
       const int32_t base = (b * n + i0) * p.input_c;
       for (int32_t ic = 0; ic < p.input_c; ++ic) {
         PixelSums q;
-        for (int32_t t = 0; t < taps; ++t) {
-          // Input position i reads output i + pad - t through tap t: word taps - 1 - t on.
-          const int32_t at = taps - 1 - t;
-          DotPixels<false>(p, p.train_filter, 0, p.n_train, t, ic, words + at, length, q);
-          DotPixels<false>(p, filter, p.n_train, p.output_c, t, ic, g_frozen + at, length, q);
-        }
+        LineTaps(p, filter, ic, words, g_frozen, length, q);
         sink(base + ic, q.s0);
         if (valid > 1) sink(base + p.input_c + ic, q.s1);
         if (valid > 2) sink(base + 2 * p.input_c + ic, q.s2);
@@ -916,6 +925,106 @@ int64_t TapDySum(const TapWalk& w, const int16_t* column) {
   return sum;
 }
 
+// The int32 sums over `pairs` position pairs of the dy run g against four rows (x, x + row,
+// ...) of the transposed input, added to s.
+[[gnu::noinline]] void TransposedSums(const int16_t* g, const int16_t* x, int32_t row,
+                                     int32_t pairs, int32_t s[4]) {
+  const int16_t* x1 = x + row;
+  const int16_t* x2 = x1 + row;
+  const int16_t* x3 = x2 + row;
+  int32_t s0 = s[0], s1 = s[1], s2 = s[2], s3 = s[3];
+  const int16_t* const end = g + 2 * pairs;
+#if MT_HAVE_DSP
+  // Inlined, GCC spills two of the row pointers (17 instructions a pair; here 11).
+  if (g != end) {
+    uint32_t d, a;
+    asm volatile(
+        "1:\n\t"
+        "ldr %[d], [%[g]], #4\n\t"
+        "ldr %[a], [%[x0]], #4\n\t"
+        "smlad %[s0], %[d], %[a], %[s0]\n\t"
+        "ldr %[a], [%[x1]], #4\n\t"
+        "smlad %[s1], %[d], %[a], %[s1]\n\t"
+        "ldr %[a], [%[x2]], #4\n\t"
+        "smlad %[s2], %[d], %[a], %[s2]\n\t"
+        "ldr %[a], [%[x3]], #4\n\t"
+        "smlad %[s3], %[d], %[a], %[s3]\n\t"
+        "cmp %[g], %[end]\n\t"
+        "bne 1b"
+        : [g] "+r"(g), [x0] "+r"(x), [x1] "+r"(x1), [x2] "+r"(x2), [x3] "+r"(x3),
+          [s0] "+r"(s0), [s1] "+r"(s1), [s2] "+r"(s2), [s3] "+r"(s3), [d] "=&r"(d),
+          [a] "=&r"(a)
+        : [end] "r"(end)
+        : "cc", "memory");
+  }
+#else
+  for (; g != end; g += 2, x += 2, x1 += 2, x2 += 2, x3 += 2) {
+    const uint32_t d = dsp::Load4(g);
+    s0 = dsp::Dot2(d, dsp::Load4(x), s0);
+    s1 = dsp::Dot2(d, dsp::Load4(x1), s1);
+    s2 = dsp::Dot2(d, dsp::Load4(x2), s2);
+    s3 = dsp::Dot2(d, dsp::Load4(x3), s3);
+  }
+#endif
+  s[0] = s0;
+  s[1] = s1;
+  s[2] = s2;
+  s[3] = s3;
+}
+
+// conv2d_weight_update of a Conv2dTransposedWeightGrad layer: output position o's tap t reads
+// input position o + t - pad (the one axis of a 1-D layer; every pixel of a pointwise one).
+// The sums fit int32: Conv2dTransposedWeightGrad caps the positions (kTransposedMaxPositions).
+template <Rounding kRounding>
+void TransposedWeightUpdate(const Conv2dParams& p, const int8_t* input, const GradView& dy,
+                            float coef, const float* w_coef, uint32_t* prng, int8_t* weights,
+                            int8_t* scratch) {
+  const int32_t n_in = p.input_h * p.input_w, n_out = p.output_h * p.output_w;
+  const int32_t c = p.input_c, body = c & ~3;
+  const int32_t taps = p.filter_h * p.filter_w;
+  const int32_t pad = p.input_w == 1 ? p.pad_h : p.pad_w;  // 0 for a pointwise layer
+  const int32_t row = Conv2dTransposedRowValues(p);
+  int16_t* column = reinterpret_cast<int16_t*>(scratch);
+  int16_t* xt = reinterpret_cast<int16_t*>(scratch + Conv2dWeightUpdateScratchBytes(p));
+  for (int32_t ic = 0; ic < c; ++ic) {
+    int16_t* r = xt + ic * row;
+    const int8_t* x = input + ic;
+    for (int32_t i = 0; i < n_in; ++i, x += c) r[i] = static_cast<int16_t>(*x + p.input_offset);
+    for (int32_t i = n_in; i < row; ++i) r[i] = 0;
+  }
+  uint32_t state = *prng;
+  int8_t* w = weights;
+  for (int32_t o = 0; o < p.n_train; ++o) {
+    for (int32_t px = 0; px < n_out; ++px) column[px] = dy.At(px, o);
+    column[n_out] = 0;
+    const float coef_o = coef * w_coef[o];
+    for (int32_t t = 0; t < taps; ++t, w += c) {
+      // Outputs [o0, o1) read inside the input through tap t.
+      const int32_t o0 = pad - t > 0 ? pad - t : 0;
+      const int32_t o1 = n_in + pad - t < n_out ? n_in + pad - t : n_out;
+      const int32_t length = o1 > o0 ? o1 - o0 : 0;
+      const int16_t* const g0 = column + o0;
+      const int16_t* const x0 = xt + (o0 + t - pad);
+      for (int32_t ic0 = 0; ic0 < body; ic0 += 4) {
+        // An odd run's last pair reads one past its end, where a 0 waits: the dy column's
+        // trailing 0 if the run ends at the last output, else the row's past the last input.
+        int32_t gw[4] = {0, 0, 0, 0};
+        TransposedSums(g0, x0 + ic0 * row, row, (length + 1) / 2, gw);
+        for (int32_t j = 0; j < 4; ++j) {
+          UpdateWeightFast<kRounding>(&w[ic0 + j], gw[j], coef_o, state);
+        }
+      }
+      for (int32_t ic = body; ic < c; ++ic) {
+        const int16_t* x = x0 + ic * row;
+        int32_t gw = 0;
+        for (int32_t k = 0; k < length; ++k) gw += g0[k] * x[k];
+        UpdateWeightFast<kRounding>(&w[ic], gw, coef_o, state);
+      }
+    }
+  }
+  *prng = state;
+}
+
 }  // namespace
 
 void conv2d_weight_update(const Conv2dParams& p, const int8_t* input, const GradView& dy,
@@ -923,6 +1032,17 @@ void conv2d_weight_update(const Conv2dParams& p, const int8_t* input, const Grad
                           int8_t* weights, int8_t* scratch, int32_t scratch_bytes) {
   if (p.filter_c != p.input_c || scratch_bytes < Conv2dWeightUpdateScratchBytes(p)) {
     ref::conv2d_weight_update(p, input, dy, coef, w_coef, rounding, prng, weights);
+    return;
+  }
+  if (Conv2dTransposedWeightGrad(p) &&
+      scratch_bytes >= Conv2dTransposedWeightUpdateScratchBytes(p)) {
+    if (rounding == Rounding::kStochastic) {
+      TransposedWeightUpdate<Rounding::kStochastic>(p, input, dy, coef, w_coef, prng, weights,
+                                                    scratch);
+    } else {
+      TransposedWeightUpdate<Rounding::kNearest>(p, input, dy, coef, w_coef, prng, weights,
+                                                 scratch);
+    }
     return;
   }
   // GW[o, t, ic] = sum over tap t's output positions of dy[pos, o] * (x[pos, t, ic] + zx)

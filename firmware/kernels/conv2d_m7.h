@@ -115,6 +115,24 @@ constexpr int32_t Conv2dWeightUpdateScratchBytes(const Conv2dParams& p) {
   return (p.batches * p.output_h * p.output_w + 2) / 2 * 2 * 2;
 }
 
+// A single-image pointwise or 1-D layer: with room for its input transposed as well (int16,
+// input offset added, one row of Conv2dTransposedRowValues per input channel), each tap's
+// weight gradient is a run of the dy column against a run of each channel's row, four channels
+// per dy load.
+// Positions capped so that a channel's sum, |dy| <= 8191 times |x + offset| <= 255 per
+// position, fits int32.
+constexpr int32_t kTransposedMaxPositions = 1024;
+constexpr bool Conv2dTransposedWeightGrad(const Conv2dParams& p) {
+  return p.batches == 1 && (Conv2dPointwiseGrad(p) || Conv2dLineGrad(p)) &&
+         p.output_h * p.output_w <= kTransposedMaxPositions;
+}
+constexpr int32_t Conv2dTransposedRowValues(const Conv2dParams& p) {
+  return (p.input_h * p.input_w + 2) / 2 * 2;  // and the pair read one past the last
+}
+constexpr int32_t Conv2dTransposedWeightUpdateScratchBytes(const Conv2dParams& p) {
+  return Conv2dWeightUpdateScratchBytes(p) + p.input_c * Conv2dTransposedRowValues(p) * 2;
+}
+
 // As mt::ref::conv2d_input_grad, for plain (groups == 1) convolution up to kConvGradMaxTaps
 // taps, trained channels included; with less scratch or another shape the reference runs.
 float conv2d_input_grad(const Conv2dParams& p, const int8_t* filter, const GradView& dy,
@@ -136,7 +154,9 @@ void conv2d_bias_update(const Conv2dParams& p, const int16_t* dy, float lr_dy,
 
 // As mt::ref::conv2d_weight_update, for plain (groups == 1) convolution of any shape; with
 // less scratch it runs the reference. Each tap's output positions are walked as lines (output
-// rows, or the column of a 1-D output) of consecutive positions, paired per SMLAD.
+// rows, or the column of a 1-D output) of consecutive positions, paired per SMLAD; given
+// Conv2dTransposedWeightUpdateScratchBytes, a Conv2dTransposedWeightGrad layer reads its
+// transposed input instead.
 void conv2d_weight_update(const Conv2dParams& p, const int8_t* input, const GradView& dy,
                           float coef, const float* w_coef, Rounding rounding, uint32_t* prng,
                           int8_t* weights, int8_t* scratch, int32_t scratch_bytes);

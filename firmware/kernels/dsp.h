@@ -108,6 +108,11 @@ inline uint32_t Min8(uint32_t a, uint32_t b) {
   __ssub8(static_cast<int8x4_t>(a), static_cast<int8x4_t>(b));
   return static_cast<uint32_t>(__sel(static_cast<uint8x4_t>(b), static_cast<uint8x4_t>(a)));
 }
+// 0xFF in each byte lane where a >= b (signed), else 0x00.
+inline uint32_t AtLeast8(uint32_t a, uint32_t b) {
+  __ssub8(static_cast<int8x4_t>(a), static_cast<int8x4_t>(b));
+  return static_cast<uint32_t>(__sel(static_cast<uint8x4_t>(0xFFFFFFFFu), static_cast<uint8x4_t>(0u)));
+}
 
 // (a * b + 2^31) >> 32, the high word of the product rounded (SMMULR).
 inline int32_t RoundingHighMul(int32_t a, int32_t b) {
@@ -190,6 +195,16 @@ inline uint32_t Extreme8(uint32_t a, uint32_t b) {
 }
 inline uint32_t Max8(uint32_t a, uint32_t b) { return Extreme8<true>(a, b); }
 inline uint32_t Min8(uint32_t a, uint32_t b) { return Extreme8<false>(a, b); }
+
+inline uint32_t AtLeast8(uint32_t a, uint32_t b) {
+  uint32_t r = 0;
+  for (int lane = 0; lane < 4; ++lane) {
+    if (static_cast<int8_t>(a >> (8 * lane)) >= static_cast<int8_t>(b >> (8 * lane))) {
+      r |= 0xFFu << (8 * lane);
+    }
+  }
+  return r;
+}
 
 #endif
 

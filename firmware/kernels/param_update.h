@@ -35,6 +35,17 @@ inline void UpdateWeight(int8_t* w, int64_t gw, float coef_o, Rounding rounding,
   *w = SaturateWeight(static_cast<float>(*w) - step);
 }
 
+// UpdateWeight for a sum known to fit int32 (Int64ToFloat's test and its int64 adds skipped)
+// with the rounding fixed at compile time and the PRNG state in a caller's local (through
+// the pointer, every int8 store would make the compiler reload it). Same result.
+template <Rounding kRounding>
+inline void UpdateWeightFast(int8_t* w, int32_t gw, float coef_o, uint32_t& state) {
+  const float delta = static_cast<float>(gw) * coef_o;
+  float step = RoundUpdate(delta, kRounding, &state);
+  if (!std::isfinite(step)) step = 0.0f;
+  *w = SaturateWeight(static_cast<float>(*w) - step);
+}
+
 // One bias given its gradient sum gb: b = sat_int32(b - round((lr_dy * gb) * coef)).
 inline void UpdateBiasValue(int32_t* b, int64_t gb, float lr_dy, float coef) {
   const float delta = (lr_dy * Int64ToFloat(gb)) * coef;

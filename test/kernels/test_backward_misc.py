@@ -388,6 +388,22 @@ def test_mask_bounds() -> None:
         grad_rules.mask_bounds("TANH", -128, 127)
 
 
+@pytest.mark.parametrize("lo, hi", [(-128, 128), (-128, 127), (-3, 90), (-50, 70), (126, 128),
+                                    (127, 128), (-129, -127), (5, 6), (-128, -127)])
+@pytest.mark.parametrize("n", [1, 7, 8, 13, 64, 101])
+def test_m7_mask_pack_equals_the_reference(lo: int, hi: int, n: int) -> None:
+    """Every element value against the bounds, the bounds at the ends of int8 (where the byte
+    lanes cannot hold them) and every tail length."""
+    rng = np.random.default_rng(n * 1000 + lo)
+    y = np.concatenate([np.arange(-128, 128), rng.integers(-128, 128, n)]).astype(np.int8)[-n:]
+    if n >= 64:
+        y = np.concatenate([np.arange(-128, 128), y]).astype(np.int8)
+    e = Emission(*grad_rules.HEADERS)
+    yb, c_bits = e.array(y, np.int8), e.space((y.size + 7) // 8)
+    ran = e.run(grad_rules.emit_mask_pack(yb.ptr, y.size, lo, hi, c_bits.ptr, optimized=True))
+    np.testing.assert_array_equal(ran.array(c_bits, np.uint8), grad_rules.mask_pack(y, lo, hi))
+
+
 @pytest.mark.parametrize("case_id", sorted(MASKS))
 def test_mask_kernel_matches_reference(case_id: str) -> None:
     (lo, hi), y, dy = _mask_inputs(case_id)

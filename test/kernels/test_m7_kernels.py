@@ -389,7 +389,11 @@ def test_conv2d_m7_roomy_input_grad_equals_reference(seed: int, roomy: int) -> N
         expected.insert(0, conv2d.m7_pointwise_input_grad_scratch_bytes(p))
     if conv2d.m7_line_grad(p):
         expected.insert(0, conv2d.m7_line_input_grad_scratch_bytes(p, n_train))
-    assert sizes == tuple(max(s, column) for s in expected)
+    both = []
+    if n_train and conv2d.m7_transposed_weight_grad(p):
+        transposed = conv2d.m7_transposed_weight_update_scratch_bytes(p)
+        both = [max(s, transposed) for s in expected]
+    assert sizes == tuple(dict.fromkeys([*both, *(max(s, column) for s in expected)]))
     scratch = sizes[min(roomy, len(sizes) - 1)]
     got = run_train_step("CONV_2D", p, [x], dy, [x.size], slot, float(lr), 77 + seed,
                          variant=conv2d.M7_BACKWARD, scratch_bytes=scratch)
@@ -418,6 +422,36 @@ def test_conv2d_m7_line_input_grad_equals_reference(seed: int) -> None:
     got = run_train_step("CONV_2D", p, [x], dy, [x.size], slot, float(lr), 31 + seed,
                          variant=conv2d.M7_BACKWARD, scratch_bytes=scratch)
     _check_step(got, p, x, dy, step, slot, lr, 31 + seed)
+
+
+@pytest.mark.parametrize("seed", range(24))
+def test_conv2d_m7_transposed_weight_update_equals_reference(seed: int) -> None:
+    """A single-image pointwise or 1-D layer with trained channels, given the room for its
+    input transposed, with and without an input gradient in the same step: the same weights,
+    bias and PRNG state as the reference."""
+    rng = np.random.default_rng(6600 + seed)
+    in_c, out_c = int(rng.choice([1, 3, 4, 8, 13, 24])), int(rng.choice([1, 2, 5, 16, 32]))
+    if seed % 2:
+        k = int(rng.integers(2, 6))
+        length = int(rng.integers(k, 24))
+        down = seed % 4 == 1
+        case = Case("conv", (1, length, 1, in_c) if down else (1, 1, length, in_c), out_c,
+                    kernel=(k, 1) if down else (1, k),
+                    padding="VALID" if seed % 3 == 0 else "SAME", seed=seed)
+    else:
+        case = Case("conv", (1, int(rng.integers(1, 9)), int(rng.integers(1, 9)), in_c), out_c,
+                    kernel=(1, 1), padding="VALID", seed=seed)
+    dx = bool(seed % 3)
+    step = Step(case, n_train=int(rng.integers(1, out_c + 1)), bias=bool(seed % 5),
+                dx=dx, stochastic=bool(seed % 4 < 2), seed=seed)
+    p, x, dy, lr = prepared(step)
+    assert conv2d.m7_transposed_weight_grad(p)
+    slot = make_slot(step, p)
+    (scratch, *_) = conv2d.M7_BACKWARD.roomy_step_scratch_bytes(p, dx, _n_train(step, p))
+    assert scratch >= conv2d.m7_transposed_weight_update_scratch_bytes(p)
+    got = run_train_step("CONV_2D", p, [x], dy, [x.size if dx else None], slot, float(lr),
+                         53 + seed, variant=conv2d.M7_BACKWARD, scratch_bytes=scratch)
+    _check_step(got, p, x, dy, step, slot, lr, 53 + seed)
 
 
 def test_a_backward_step_plans_only_the_scratch_of_what_it_computes() -> None:

@@ -364,18 +364,42 @@ def m7_line_input_grad_scratch_bytes(p: Conv2dParams, n_train: int) -> int:
     return pairs * (M7_GRAD_PIXELS + f_h * f_w - 1) * 4 + _staged_high_bytes(p)
 
 
+# conv2d_m7.h kTransposedMaxPositions: a channel's weight-gradient sum then fits int32.
+M7_TRANSPOSED_MAX_POSITIONS = 1024
+
+
+def m7_transposed_weight_grad(p: Conv2dParams) -> bool:
+    """mt::m7::Conv2dTransposedWeightGrad: a single-image pointwise or 1-D layer of at most
+    M7_TRANSPOSED_MAX_POSITIONS outputs, whose weight update can read its input transposed."""
+    _, out_h, out_w, _ = p.output_shape
+    return (p.input_shape[0] == 1 and (m7_pointwise_grad(p) or m7_line_grad(p))
+            and out_h * out_w <= M7_TRANSPOSED_MAX_POSITIONS)
+
+
+def m7_transposed_weight_update_scratch_bytes(p: Conv2dParams) -> int:
+    """mt::m7::Conv2dTransposedWeightUpdateScratchBytes: the dy column, then one int16 row per
+    input channel of the input positions plus the pair read one past, rounded up to even."""
+    _, in_h, in_w, in_c = p.input_shape
+    return m7_weight_update_scratch_bytes(p) + in_c * ((in_h * in_w + 2) // 2 * 2) * 2
+
+
 def m7_roomy_backward_scratch(p: Conv2dParams, need_dx: bool, n_train: int) -> tuple[int, ...]:
     """With room to spare the input gradient runs staged, a pointwise or 1-D one also four
-    pixels at a time (fastest first)."""
+    pixels at a time, and the weight update of a single-image pointwise or 1-D layer reads its
+    input transposed (fastest first: both kernels fast, then the input gradient alone)."""
+    updates = n_train > 0
+    column = m7_weight_update_scratch_bytes(p) if updates else 0
+    transposed = (m7_transposed_weight_update_scratch_bytes(p)
+                  if updates and m7_transposed_weight_grad(p) else 0)
     if not need_dx:
-        return ()
-    column = m7_weight_update_scratch_bytes(p) if n_train > 0 else 0
+        return (transposed,) if transposed else ()
     sizes = [m7_staged_input_grad_scratch_bytes(p)]
     if m7_pointwise_grad(p):
         sizes.insert(0, m7_pointwise_input_grad_scratch_bytes(p))
     if m7_line_grad(p):
         sizes.insert(0, m7_line_input_grad_scratch_bytes(p, n_train))
-    return tuple(max(s, column) for s in sizes)
+    both = [max(s, transposed) for s in sizes] if transposed else []
+    return tuple(dict.fromkeys([*both, *(max(s, column) for s in sizes)]))
 
 
 def m7_backward_serves(p: Conv2dParams, n_train: int) -> bool:

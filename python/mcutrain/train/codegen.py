@@ -117,7 +117,8 @@ class _Emitter:
                 lo, hi = self.program.masks[step]
                 count = self.program.model.graph.tensors[p.output].num_elements
                 body.append(grad_rules.emit_mask_pack(
-                    self.act(p.output), count, lo, hi, self.arena(mask_buffer(step))))
+                    self.act(p.output), count, lo, hi, self.arena(mask_buffer(step)),
+                    optimized=self.program.model.kernels == "optimized"))
             if any(body):
                 lines.append(self._timed(step, [b for b in body if b]))
         return "\n".join(lines)

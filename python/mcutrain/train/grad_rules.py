@@ -46,9 +46,11 @@ def mask_apply(dy: QGrad, bits: np.ndarray) -> QGrad:
     return QGrad(data, F32(dy.scale))
 
 
-def emit_mask_pack(y_ptr: str, n: int, lo: int, hi: int, bits_ptr: str) -> str:
-    return (f"{REF.kernel('mask_pack')}({y_ptr}, {n}, {lo}, {hi}, "
-            f"reinterpret_cast<uint8_t*>({bits_ptr}));")
+def emit_mask_pack(y_ptr: str, n: int, lo: int, hi: int, bits_ptr: str,
+                   optimized: bool = False) -> str:
+    """The forward step's mask packing; `optimized`: the Cortex-M7 kernel (same bits)."""
+    kernel = "mt::m7::mask_pack" if optimized else REF.kernel("mask_pack")
+    return f"{kernel}({y_ptr}, {n}, {lo}, {hi}, reinterpret_cast<uint8_t*>({bits_ptr}));"
 
 
 def emit_mask_apply(dy: GradRef, bits_ptr: str) -> str:
