@@ -61,8 +61,10 @@ inline void Store(const OutputStage& s, const Quad& q, int8_t* out, int32_t c) {
 }
 
 // Channels past the last whole group of four: the reference arithmetic on the plain filter.
+// Inlined by force: once the file holds the trained-channel kernels too, GCC's unit-growth
+// limit leaves it a call in every pixel (a tenth more instructions per layer).
 template <Requant kMode>
-void TailChannels(const DepthwiseConv2dParams& p, const OutputStage& s,
+[[gnu::always_inline]] inline void TailChannels(const DepthwiseConv2dParams& p, const OutputStage& s,
                   const int8_t* const* src, int32_t taps, const int8_t* filter,
                   const int32_t* bias, int8_t* out) {
   for (int32_t c = p.output_c & ~3; c < p.output_c; ++c) {
@@ -181,6 +183,107 @@ void Dispatch(const DepthwiseConv2dParams& p, const int8_t* input, const int8_t*
     Run<25, kMode>(p, input, filter, bias, output, table, requant, bias_in_table, zeros);
   } else {
     Run<0, kMode>(p, input, filter, bias, output, table, requant, bias_in_table, zeros);
+  }
+}
+
+// ---- layers with trained channels ----
+//
+// The trained channels' weights move, so the flash table cannot hold them. A whole group of
+// four trained channels reads its taps from train_filter (stride n_train) as words SXTB16
+// unpacks into the table's lane pairs, and the input with the offset added (SXTAB16; a padded
+// tap's zero-point row then adds 0), so it needs no start values. The group holding both
+// trained and frozen channels runs the reference arithmetic, each channel reading its own
+// weight source; the frozen groups after it run Pixel's loop on the table. Kept apart from
+// Run: sharing its loop cost the frozen-only layers a tenth more instructions.
+
+inline int32_t TrainedEnd(const DepthwiseConv2dParams& p) { return (p.n_train + 3) / 4 * 4; }
+
+template <Requant kMode>
+void TrainedGroups(const DepthwiseConv2dParams& p, const OutputStage& s,
+                   const int8_t* const* src, int32_t taps, const int8_t* filter,
+                   const int32_t* bias, int8_t* out) {
+  const uint32_t offset2 = dsp::Splat16(p.input_offset);
+  const int8_t* const weights = p.train_filter;
+  const int32_t whole = p.n_train & ~3;
+  for (int32_t c = 0; c < whole; c += 4) {
+    Quad q = bias != nullptr ? Quad{bias[c], bias[c + 1], bias[c + 2], bias[c + 3]}
+                             : Quad{0, 0, 0, 0};
+    for (int32_t t = 0; t < taps; ++t) {
+      const uint32_t w = dsp::Load4(weights + t * p.n_train + c);
+      const uint32_t x = dsp::Load4(src[t] + c);
+      const uint32_t x_even = dsp::ExtendEvenAdd(x, offset2);
+      const uint32_t x_odd = dsp::ExtendOddAdd(x, offset2);
+      const uint32_t w_even = dsp::ExtendEven(w), w_odd = dsp::ExtendOdd(w);
+      q.a0 = dsp::MulAddLow(x_even, w_even, q.a0);
+      q.a2 = dsp::MulAddHigh(x_even, w_even, q.a2);
+      q.a1 = dsp::MulAddLow(x_odd, w_odd, q.a1);
+      q.a3 = dsp::MulAddHigh(x_odd, w_odd, q.a3);
+    }
+    Store<kMode>(s, q, out, c);
+  }
+  for (int32_t c = whole; c < TrainedEnd(p); ++c) {
+    const bool trained = c < p.n_train;
+    const int8_t* w = trained ? weights + c : filter + c;
+    const int32_t stride = trained ? p.n_train : p.output_c;
+    int32_t acc = bias != nullptr ? bias[c] : 0;
+    for (int32_t t = 0; t < taps; ++t) {
+      acc = WrappingAdd(acc, w[t * stride] * (src[t][c] + p.input_offset));
+    }
+    out[c] = Requantize<Requant::kChecked>(s, acc, c);
+  }
+}
+
+// The frozen groups [c_begin, whole groups) of one pixel on the table, then the tail channels.
+template <Requant kMode>
+void FrozenGroups(const DepthwiseConv2dParams& p, const OutputStage& s,
+                  const int8_t* const* src, int32_t taps, const int8_t* filter,
+                  const int32_t* bias, const int32_t* group_bias, const int32_t* table,
+                  int8_t* out, int32_t c_begin) {
+  const int32_t body = p.output_c & ~3;
+  const int32_t* group = table + c_begin / 4 * (4 + 2 * taps);
+  for (int32_t c = c_begin; c < body; c += 4) {
+    Quad q = Start(group, group_bias, c);
+    const uint32_t* w = reinterpret_cast<const uint32_t*>(group + 4);
+    for (int32_t t = 0; t < taps; ++t) {
+      uint32_t w_even, w_odd;
+      dsp::LoadPair(w, w_even, w_odd);
+      q.Tap(dsp::Load4(src[t] + c), w_even, w_odd);
+    }
+    group = reinterpret_cast<const int32_t*>(w);
+    Store<kMode>(s, q, out, c);
+  }
+  TailChannels<kMode>(p, s, src, taps, filter, bias, out);
+}
+
+template <Requant kMode, Requant kTrainedMode>
+void RunTrained(const DepthwiseConv2dParams& p, const int8_t* input, const int8_t* filter,
+                const int32_t* bias, int8_t* output, const int32_t* table,
+                const int32_t* requant, bool bias_in_table, const int8_t* zero_row) {
+  const int32_t* group_bias = bias_in_table ? nullptr : bias;
+  const OutputStage s{p.multiplier, p.shift, p.output_offset, p.act_min, p.act_max, requant};
+  const int32_t taps = p.filter_h * p.filter_w;
+  const int32_t row_bytes = p.input_w * p.input_c;
+  const int8_t* src[kMaxTaps];
+  int8_t* out = output;
+  for (int32_t b = 0; b < p.batches; ++b) {
+    const int8_t* image = input + b * p.input_h * row_bytes;
+    for (int32_t oy = 0; oy < p.output_h; ++oy) {
+      for (int32_t ox = 0; ox < p.output_w; ++ox, out += p.output_c) {
+        int32_t t = 0;
+        for (int32_t fy = 0; fy < p.filter_h; ++fy) {
+          const int32_t iy = oy * p.stride_h - p.pad_h + fy * p.dilation_h;
+          for (int32_t fx = 0; fx < p.filter_w; ++fx, ++t) {
+            const int32_t ix = ox * p.stride_w - p.pad_w + fx * p.dilation_w;
+            src[t] = iy >= 0 && iy < p.input_h && ix >= 0 && ix < p.input_w
+                         ? image + iy * row_bytes + ix * p.input_c
+                         : zero_row;
+          }
+        }
+        TrainedGroups<kTrainedMode>(p, s, src, taps, filter, bias, out);
+        FrozenGroups<kMode>(p, s, src, taps, filter, bias, group_bias, table, out,
+                            TrainedEnd(p));
+      }
+    }
   }
 }
 
@@ -414,14 +517,25 @@ void depthwise_conv2d_s8(const DepthwiseConv2dParams& p, const int8_t* input,
                          const int8_t* filter, const int32_t* bias, int8_t* output,
                          const int32_t* table, const int32_t* requant, bool bias_in_table,
                          int8_t* scratch, int32_t scratch_bytes) {
-  const int32_t taps = p.filter_h * p.filter_w;
-  if (p.depth_multiplier != 1 || p.n_train != 0 || taps > kMaxTaps ||
-      scratch_bytes < DepthwiseScratchBytes(p)) {
+  static_assert(kMaxTaps == 7 * 7, "DepthwiseServes bounds the taps by the pointer table");
+  if (!DepthwiseServes(p) || scratch_bytes < DepthwiseScratchBytes(p)) {
     ref::depthwise_conv2d_s8(p, input, filter, bias, output);
     return;
   }
-  // No trained channels here (they run the reference), but the bias may train.
-  const Requant mode = PlanRequant(requant, p.output_c, bias, p.act_min, p.act_max).mode;
+  const RequantPlan plan = PlanRequant(requant, p.output_c, bias, p.act_min, p.act_max);
+  const Requant mode = plan.mode;
+  if (p.n_train > 0) {
+    for (int32_t c = 0; c < p.input_c; ++c) scratch[c] = static_cast<int8_t>(-p.input_offset);
+    // The trained channels' weights move: the short form only where the host bounded them.
+    const Requant trained_mode = plan.trained_short ? mode : Requant::kChecked;
+    WithRequant(mode, [&](auto mode_tag) {
+      WithRequant(trained_mode, [&](auto trained_tag) {
+        RunTrained<decltype(mode_tag)::value, decltype(trained_tag)::value>(
+            p, input, filter, bias, output, table, requant, bias_in_table, scratch);
+      });
+    });
+    return;
+  }
   if (DepthwiseRing3x3(p) && scratch_bytes >= DepthwiseRingScratchBytes(p) &&
       (reinterpret_cast<uintptr_t>(scratch) & 3) == 0) {
     WithRequant(mode, [&](auto mode_tag) {

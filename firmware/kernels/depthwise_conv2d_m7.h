@@ -1,5 +1,5 @@
 // DEPTHWISE_CONV_2D for the Cortex-M7 DSP extension: the same results as
-// mt::ref::depthwise_conv2d_s8, bit for bit, for depth multiplier 1 and no trained channels.
+// mt::ref::depthwise_conv2d_s8, bit for bit, for depth multiplier 1 (DepthwiseServes).
 //
 // The host lays the filter out for the inner loop (python/mcutrain/ops/depthwise_conv2d.py,
 // m7_table): per group of four channels, four int32 start values, input_offset * (sum of the
@@ -43,6 +43,13 @@ constexpr int32_t DepthwiseRingBytes(const DepthwiseConv2dParams& p) {
   return 4 * DepthwiseRingColumns(p) * 4 * 2;
 }
 
+// What depthwise_conv2d_s8 computes (else it runs the reference): depth multiplier 1, at most
+// 7x7 taps, and a trained prefix that ends within the whole groups of four channels.
+constexpr bool DepthwiseServes(const DepthwiseConv2dParams& p) {
+  return p.depth_multiplier == 1 && p.filter_h * p.filter_w <= 7 * 7 &&
+         (p.n_train + 3) / 4 * 4 <= (p.output_c & ~3);
+}
+
 // Scratch bytes depthwise_conv2d_s8 needs (python/mcutrain/ops/depthwise_conv2d.py mirrors
 // them): one row of input_c zero points, rounded up to 4. A DepthwiseRing3x3 layer given
 // DepthwiseRingScratchBytes (4-byte aligned; the host plans it where the arena has the room)
@@ -58,7 +65,8 @@ constexpr int32_t DepthwiseRingScratchBytes(const DepthwiseConv2dParams& p) {
 // mt::m7::conv2d_s8, requantize_m7.h) and bias_in_table: the host folded the (flash) bias into
 // the table's start values, so only the channels past the last group of four add `bias`.
 // Scratch: DepthwiseScratchBytes(p) bytes (or DepthwiseRingScratchBytes(p), above); with less,
-// depth multiplier != 1, trained channels or more than 49 taps it runs the reference kernel.
+// or what DepthwiseServes declines, it runs the reference kernel. Trained channels read
+// p.train_filter (the table's rows for them are never read).
 void depthwise_conv2d_s8(const DepthwiseConv2dParams& p, const int8_t* input,
                          const int8_t* filter, const int32_t* bias, int8_t* output,
                          const int32_t* table, const int32_t* requant, bool bias_in_table,

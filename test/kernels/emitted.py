@@ -244,14 +244,15 @@ class Ran:
 def run_op(opdef: OpDef, params: object, inputs: list[np.ndarray], out_shape: tuple[int, ...],
            *, in_place: bool = False, variant: KernelVariant | None = None,
            trained: tuple[np.ndarray | None, np.ndarray | None] | None = None,
-           roomy: bool = False) -> np.ndarray:
+           roomy: bool = False, n_train: int | None = None) -> np.ndarray:
     """The int8 output of the emitted code of (opdef, params) on int8 inputs. in_place puts the
     output at the first input's address, as the memory planner may arrange. variant: the kernel
     variant to emit (the reference when None), given the scratch its scratch_bytes asks for, or
     with `roomy` the fastest of its roomy sizes (as the planner gives where it has the room).
     trained: (weights, bias) of a training layer, as the firmware's SRAM state holds them
     (weights: the first channels' rows, None for none; bias: int32, None when it does not
-    train); the forward then reads them there."""
+    train); the forward then reads them there. n_train: the trained channels, when the weights'
+    first axis is not them (a depthwise layer's copy is [kh, kw, n_train])."""
     arrays = [np.ascontiguousarray(a) for a in inputs]
     if any(a.dtype != np.int8 for a in arrays):
         raise TypeError(f"run_op takes int8 inputs, got {[str(a.dtype) for a in arrays]}")
@@ -260,7 +261,7 @@ def run_op(opdef: OpDef, params: object, inputs: list[np.ndarray], out_shape: tu
     declarations = ""
     if trained is not None:
         weights, bias = trained
-        n = 0 if weights is None else int(weights.shape[0])
+        n = 0 if weights is None else int(weights.shape[0] if n_train is None else n_train)
         if n:
             declarations += f"  int8_t* const g_w = {e.array(weights, np.int8).ptr};\n"
         if bias is not None:

@@ -215,12 +215,44 @@ def test_depthwise_m7_scratch_mirror_equals_the_kernels(tmp_path) -> None:
     assert any(depthwise_conv2d.m7_ring_3x3(p) for p in params)
 
 
+@pytest.mark.parametrize("seed", range(30))
+def test_depthwise_m7_with_trained_parameters_equals_reference(seed: int) -> None:
+    """A training layer's forward: the first n_train channels' taps from the SRAM copy with any
+    int8 values (whole groups of four, and a group shared with frozen channels), a bias that
+    trains small or past the requant table's limit, or one in flash."""
+    case = random_depthwise_case(400 + seed)
+    graph, op = build_graph(case)
+    params = depthwise_conv2d.prepare(op, graph)
+    rng = np.random.default_rng(5500 + seed)
+    _, f_h, f_w, out_c = params.filter.shape
+    n_train = int(rng.integers(1, out_c // 4 * 4 + 1)) if out_c >= 4 else 0
+    n_train = min(n_train, out_c // 4 * 4 - 3) if seed % 4 == 0 and out_c >= 8 else n_train
+    assert depthwise_conv2d.M7.serves(params, n_train)
+    weights = rng.integers(-127, 128, size=(f_h, f_w, n_train)).astype(np.int8)
+    bias = None
+    if rng.random() < 0.7:
+        bias = rng.integers(-2 ** 12, 2 ** 12 + 1, size=out_c)
+        if seed % 3 == 0:
+            bias = np.sign(bias + 0.5) * (2 ** 30 + rng.integers(0, 2 ** 29, size=out_c))
+        bias = bias.astype(np.int32)
+    x = _inputs(case, params, rng)
+    trained = depthwise_conv2d.with_trained(params, weights if n_train else None, bias)
+    expected = depthwise_conv2d.reference(trained, [x])
+    got = run_op(depthwise_conv2d.OPDEF, params, [x], tuple(params.output_shape),
+                 variant=depthwise_conv2d.M7, trained=(weights if n_train else None, bias),
+                 n_train=n_train)
+    np.testing.assert_array_equal(got, expected.reshape(got.shape))
+
+
 def test_depthwise_m7_declines_what_it_does_not_compute() -> None:
     graph, op = build_graph(Case("dw", (1, 7, 7, 3), stride=(2, 2), dm=2, seed=1))
     params = depthwise_conv2d.prepare(op, graph)
     assert not depthwise_conv2d.M7.serves(params, 0)
-    graph, op = build_graph(Case("dw", (1, 6, 6, 4)))
-    assert not depthwise_conv2d.M7.serves(depthwise_conv2d.prepare(op, graph), 2)
+    graph, op = build_graph(Case("dw", (1, 6, 6, 6)))
+    six = depthwise_conv2d.prepare(op, graph)
+    # Trained channels must end within the whole groups of four (the tail reads flash).
+    assert depthwise_conv2d.M7.serves(six, 3) and depthwise_conv2d.M7.serves(six, 4)
+    assert not depthwise_conv2d.M7.serves(six, 5)
 
 
 # ---- backward ----

@@ -329,10 +329,11 @@ M7_MAX_TAPS = 7 * 7
 
 
 def m7_serves(p: DepthwiseConv2dParams, n_train: int) -> bool:
-    """Depth multiplier 1 and filters up to 7x7; trained channels are left to the reference,
-    since the table is flash."""
-    _, f_h, f_w, _ = p.filter.shape
-    return p.depth_multiplier == 1 and n_train == 0 and f_h * f_w <= M7_MAX_TAPS
+    """mt::m7::DepthwiseServes: depth multiplier 1, filters up to 7x7, and trained channels
+    (which read their SRAM copy, not the flash table) ending within the whole groups of four."""
+    _, f_h, f_w, out_c = p.filter.shape
+    return (p.depth_multiplier == 1 and f_h * f_w <= M7_MAX_TAPS
+            and -(-n_train // 4) * 4 <= out_c // 4 * 4)
 
 
 M7 = register_variant("DEPTHWISE_CONV_2D", KernelVariant(
