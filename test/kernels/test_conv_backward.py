@@ -363,13 +363,25 @@ EMIT_STEPS = [STEPS[1], STEPS[6], STEPS[11], STEPS[14], STEPS[18], STEPS[19]]
 
 @pytest.mark.parametrize("step", EMIT_STEPS, ids=[_step_id(s) for s in EMIT_STEPS])
 def test_emitted_backward_equals_reference(step: Step) -> None:
+    check_emitted_backward(step, None)
+
+
+@pytest.mark.parametrize("step", [s for s in STEPS if s.case.kind == "fc"],
+                         ids=[_step_id(s) for s in STEPS if s.case.kind == "fc"])
+def test_fully_connected_m7_backward_equals_reference(step: Step) -> None:
+    from mcutrain.ops import fully_connected
+
+    check_emitted_backward(step, fully_connected.M7_BACKWARD)
+
+
+def check_emitted_backward(step: Step, variant) -> None:  # noqa: ANN001 - a KernelVariant
     kind = step.case.kind
     module = MODULES[kind]
     p, x, dy, lr = prepared(step)
     slot = make_slot(step, p)
     n = slot.n_train if slot.weights is not None else 0
     got = run_train_step(OPCODES[kind], p, [x], dy, [x.size if step.dx else None], slot,
-                         float(lr), 777)
+                         float(lr), 777, variant=variant)
     rng = XorShift32(777)
     (dx,) = module.BACKWARD.reference(p, [x], dy, [step.dx], slot, lr, rng)
     if step.dx:

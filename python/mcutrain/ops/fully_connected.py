@@ -32,8 +32,11 @@ from . import common, param_train, quant
 from .base import (
     EmitContext,
     FloatContext,
+    KernelVariant,
     TrainBinding,
+    backward_key,
     kernel_name,
+    register_variant,
     variant_args,
 )
 from .float_common import activation, tf_module
@@ -250,3 +253,9 @@ OPDEF = param_train.register_weighted(param_train.WeightedOp(
     check_accumulator=check_accumulator, input_grad_depth=input_grad_depth,
     check_trainable=check_trainable, options=OPTIONS))
 BACKWARD = OPDEF.backward
+
+# The weight update of one sample with the rounding fixed at compile time and the PRNG state in a
+# register (firmware/kernels/fully_connected_m7.h); the other two backward kernels are the
+# reference's. No scratch.
+M7_BACKWARD = register_variant(backward_key("FULLY_CONNECTED"), KernelVariant(
+    "m7", "mt::m7", header="kernels/fully_connected_m7.h"))
