@@ -78,14 +78,15 @@ template <Requant kMode>
 
 // One output pixel whose taps read src[t] (an input pixel, or the zero-point row for a tap in
 // the padding). kTaps == 0: the tap count is taps (run time).
+// Channels from c_begin (a multiple of 4; the trained ones before it run TrainedGroups) on.
 template <int32_t kTaps, Requant kMode>
 void Pixel(const DepthwiseConv2dParams& p, const OutputStage& s, const int8_t* const* src,
            int32_t taps, const int8_t* filter, const int32_t* bias, const int32_t* group_bias,
-           const int32_t* table, int8_t* out) {
+           const int32_t* table, int8_t* out, int32_t c_begin = 0) {
   const int32_t n = kTaps != 0 ? kTaps : taps;
   const int32_t body = p.output_c & ~3;
-  const int32_t* group = table;
-  for (int32_t c = 0; c < body; c += 4) {
+  const int32_t* group = table + c_begin / 4 * (4 + 2 * n);
+  for (int32_t c = c_begin; c < body; c += 4) {
     Quad q = Start(group, group_bias, c);
     const uint32_t* w = reinterpret_cast<const uint32_t*>(group + 4);
 #pragma GCC unroll 49
@@ -233,28 +234,6 @@ void TrainedGroups(const DepthwiseConv2dParams& p, const OutputStage& s,
   }
 }
 
-// The frozen groups [c_begin, whole groups) of one pixel on the table, then the tail channels.
-template <Requant kMode>
-void FrozenGroups(const DepthwiseConv2dParams& p, const OutputStage& s,
-                  const int8_t* const* src, int32_t taps, const int8_t* filter,
-                  const int32_t* bias, const int32_t* group_bias, const int32_t* table,
-                  int8_t* out, int32_t c_begin) {
-  const int32_t body = p.output_c & ~3;
-  const int32_t* group = table + c_begin / 4 * (4 + 2 * taps);
-  for (int32_t c = c_begin; c < body; c += 4) {
-    Quad q = Start(group, group_bias, c);
-    const uint32_t* w = reinterpret_cast<const uint32_t*>(group + 4);
-    for (int32_t t = 0; t < taps; ++t) {
-      uint32_t w_even, w_odd;
-      dsp::LoadPair(w, w_even, w_odd);
-      q.Tap(dsp::Load4(src[t] + c), w_even, w_odd);
-    }
-    group = reinterpret_cast<const int32_t*>(w);
-    Store<kMode>(s, q, out, c);
-  }
-  TailChannels<kMode>(p, s, src, taps, filter, bias, out);
-}
-
 template <Requant kMode, Requant kTrainedMode>
 void RunTrained(const DepthwiseConv2dParams& p, const int8_t* input, const int8_t* filter,
                 const int32_t* bias, int8_t* output, const int32_t* table,
@@ -280,8 +259,7 @@ void RunTrained(const DepthwiseConv2dParams& p, const int8_t* input, const int8_
           }
         }
         TrainedGroups<kTrainedMode>(p, s, src, taps, filter, bias, out);
-        FrozenGroups<kMode>(p, s, src, taps, filter, bias, group_bias, table, out,
-                            TrainedEnd(p));
+        Pixel<0, kMode>(p, s, src, taps, filter, bias, group_bias, table, out, TrainedEnd(p));
       }
     }
   }

@@ -40,6 +40,36 @@ void max_pool_s8(const PoolParams& p, const int8_t* in, int8_t* out) {
 
 namespace {
 
+// route(i, d) for each output gradient d and the index i of its window's first maximum (scan
+// order: rows, then columns, as the reference) in the forward input.
+template <typename Route>
+void RouteToMaxima(const PoolParams& p, const int8_t* in, const int16_t* dy, const Route& route) {
+  const int32_t row = p.in_w * p.channels;
+  const int16_t* g = dy;
+  for (int32_t n = 0; n < p.batches; ++n) {
+    const int32_t base = n * p.in_h * row;
+    for (int32_t oy = 0; oy < p.out_h; ++oy) {
+      for (int32_t ox = 0; ox < p.out_w; ++ox, g += p.channels) {
+        const PoolWindow w = ClippedWindow(p, oy, ox);
+        const int32_t corner = base + w.y0 * row + w.x0 * p.channels;
+        for (int32_t c = 0; c < p.channels; ++c) {
+          int32_t best = corner + c;
+          int32_t best_value = in[best];
+          for (int32_t y = w.y0, r = best; y < w.y1; ++y, r += row) {
+            for (int32_t x = w.x0, at = r; x < w.x1; ++x, at += p.channels) {
+              if (in[at] > best_value) {  // strict: the first maximum stays
+                best = at;
+                best_value = in[at];
+              }
+            }
+          }
+          route(best, g[c]);
+        }
+      }
+    }
+  }
+}
+
 // Windows that do not overlap (stride >= filter on both axes): every input takes at most one
 // dy, so the int32 sums are dy values and zeros, max |acc| is max |dy|, and each dy can be
 // requantized where it lands, straight into the int16 dx (the zeros stay 0 under any k).
@@ -56,30 +86,10 @@ float DisjointMaxPoolBackward(const PoolParams& p, const int8_t* in, const int16
   for (int32_t i = 0; i < n_in; ++i) dx[i] = 0;
   if (m == 0) return 0.0f;
   const float k = static_cast<float>(kGradMax) / static_cast<float>(m);
-  const bool moved = k == 1.0f;
-  const int32_t row = p.in_w * p.channels;
-  const int16_t* g = dy;
-  for (int32_t n = 0; n < p.batches; ++n) {
-    const int32_t base = n * p.in_h * row;
-    for (int32_t oy = 0; oy < p.out_h; ++oy) {
-      for (int32_t ox = 0; ox < p.out_w; ++ox, g += p.channels) {
-        const PoolWindow w = ClippedWindow(p, oy, ox);
-        const int32_t corner = base + w.y0 * row + w.x0 * p.channels;
-        for (int32_t c = 0; c < p.channels; ++c) {
-          int32_t best = corner + c;  // the first maximum in scan order, as the reference
-          int32_t best_value = in[best];
-          for (int32_t y = w.y0, r = best; y < w.y1; ++y, r += row) {
-            for (int32_t x = w.x0, at = r; x < w.x1; ++x, at += p.channels) {
-              if (in[at] > best_value) {
-                best = at;
-                best_value = in[at];
-              }
-            }
-          }
-          dx[best] = moved ? g[c] : RequantizeGrad(g[c], k);
-        }
-      }
-    }
+  if (k == 1.0f) {
+    RouteToMaxima(p, in, dy, [dx](int32_t i, int16_t d) { dx[i] = d; });
+  } else {
+    RouteToMaxima(p, in, dy, [dx, k](int32_t i, int16_t d) { dx[i] = RequantizeGrad(d, k); });
   }
   return RequantizedScale(dy_scale, m);
 }
@@ -94,31 +104,7 @@ float max_pool_backward(const PoolParams& p, const int8_t* in, const int16_t* dy
   int32_t* acc = static_cast<int32_t*>(dx);
   const int32_t n_in = p.batches * p.in_h * p.in_w * p.channels;
   for (int32_t i = 0; i < n_in; ++i) acc[i] = 0;
-  const int32_t row = p.in_w * p.channels;
-  const int16_t* g = dy;
-  for (int32_t n = 0; n < p.batches; ++n) {
-    const int32_t base = n * p.in_h * row;
-    for (int32_t oy = 0; oy < p.out_h; ++oy) {
-      for (int32_t ox = 0; ox < p.out_w; ++ox, g += p.channels) {
-        const PoolWindow w = ClippedWindow(p, oy, ox);
-        const int32_t corner = base + w.y0 * row + w.x0 * p.channels;
-        for (int32_t c = 0; c < p.channels; ++c) {
-          // Strict '>' keeps the first maximum in scan order, as the reference.
-          int32_t best = corner + c;
-          int32_t best_value = in[best];
-          for (int32_t y = w.y0, r = best; y < w.y1; ++y, r += row) {
-            for (int32_t x = w.x0, at = r; x < w.x1; ++x, at += p.channels) {
-              if (in[at] > best_value) {
-                best = at;
-                best_value = in[at];
-              }
-            }
-          }
-          acc[best] += g[c];
-        }
-      }
-    }
-  }
+  RouteToMaxima(p, in, dy, [acc](int32_t i, int16_t d) { acc[i] += d; });
   return GradRequantize(dx, n_in, dy_scale);
 }
 
