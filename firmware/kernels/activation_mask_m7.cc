@@ -27,7 +27,9 @@ void mask_pack(const int8_t* y, int32_t n, int32_t lo, int32_t hi, uint8_t* bits
     return LaneBits(dsp::AtLeast8(x, above) & dsp::AtLeast8(below, x));
   };
   int32_t i = 0;
-  for (; i + 8 <= n; i += 8) bits[i >> 3] = static_cast<uint8_t>(inside(y + i) | inside(y + i + 4) << 4);
+  for (; i + 8 <= n; i += 8) {
+    bits[i >> 3] = static_cast<uint8_t>(inside(y + i) | inside(y + i + 4) << 4);
+  }
   if (i < n) ref::mask_pack(y + i, n - i, lo, hi, bits + (i >> 3));
 }
 

@@ -455,19 +455,10 @@ void DotPixels(const Conv2dParams& p, const int8_t* rows, int32_t lo, int32_t hi
   PixelSums a = q;
   const int8_t* const pairs_end = w + (hi - lo) / 2 * 2 * stride;
 #if MT_HAVE_DSP
-  // GCC keeps the strides and the sums on the stack here and builds the pair with two
-  // instructions (26 per pair); written out, a pair is 12 (13 with a run-time g stride) and
-  // everything stays in registers. Both loops start with the weight pair (w_oc, w_oc+1).
-#define MT_WEIGHT_PAIR                    \
-  "1:\n\t"                                \
-  "ldrsb %[wa], [%[w]]\n\t"               \
-  "ldrsb %[wb], [%[w], %[stride]]\n\t"    \
-  "add %[w], %[w], %[stride], lsl #1\n\t" \
-  "pkhbt %[wa], %[wa], %[wb], lsl #16\n\t"
-#define MT_PIXEL_SUMS                                                                     \
-  [w] "+r"(w), [g] "+r"(g), [s0] "+r"(a.s0), [s1] "+r"(a.s1), [s2] "+r"(a.s2),          \
-      [s3] "+r"(a.s3), [wa] "=&r"(wa), [wb] "=&r"(wb), [g0] "=&r"(g0), [g1] "=&r"(g1)
-  uint32_t wa, wb, g0, g1;
+  // GCC keeps the strides and the sums on the stack here and builds the weight pair
+  // (w_oc, w_oc+1) with two instructions (26 per pair); written out, everything stays in
+  // registers: 10 a pair in the pointwise block, 13 with the 1-D window's run-time g stride.
+  uint32_t wa;
   if (kBlock && w != pairs_end) {
     // The four pixels' words of a pair in one LDM (r0-r3 by name: LDM fills registers in
     // number order, and r0 also takes the second weight), two pairs a loop: 10 a pair.
@@ -500,7 +491,12 @@ void DotPixels(const Conv2dParams& p, const int8_t* rows, int32_t lo, int32_t hi
 #undef MT_BLOCK_SUMS
   } else if (w != pairs_end) {
     const int32_t g_bytes = g_stride * 4;
-    asm volatile(MT_WEIGHT_PAIR
+    uint32_t wb, g0, g1;
+    asm volatile("1:\n\t"
+                 "ldrsb %[wa], [%[w]]\n\t"
+                 "ldrsb %[wb], [%[w], %[stride]]\n\t"
+                 "add %[w], %[w], %[stride], lsl #1\n\t"
+                 "pkhbt %[wa], %[wa], %[wb], lsl #16\n\t"
                  "ldrd %[g0], %[g1], [%[g]]\n\t"
                  "smlad %[s0], %[g0], %[wa], %[s0]\n\t"
                  "smlad %[s1], %[g1], %[wa], %[s1]\n\t"
@@ -510,12 +506,12 @@ void DotPixels(const Conv2dParams& p, const int8_t* rows, int32_t lo, int32_t hi
                  "smlad %[s3], %[g1], %[wa], %[s3]\n\t"
                  "cmp %[w], %[end]\n\t"
                  "bne 1b"
-                 : MT_PIXEL_SUMS
+                 : [w] "+r"(w), [g] "+r"(g), [s0] "+r"(a.s0), [s1] "+r"(a.s1),
+                   [s2] "+r"(a.s2), [s3] "+r"(a.s3), [wa] "=&r"(wa), [wb] "=&r"(wb),
+                   [g0] "=&r"(g0), [g1] "=&r"(g1)
                  : [stride] "r"(stride), [end] "r"(pairs_end), [g_bytes] "r"(g_bytes)
                  : "cc", "memory");
   }
-#undef MT_WEIGHT_PAIR
-#undef MT_PIXEL_SUMS
 #endif
   const auto pixels = [&](uint32_t ws) {
     a.s0 = dsp::Dot2(g[0], ws, a.s0);
@@ -925,6 +921,13 @@ int64_t TapDySum(const TapWalk& w, const int16_t* column) {
   return sum;
 }
 
+// Output channel o's dy over `pixels` positions (masks and broadcast views applied), then a 0:
+// the pair read at the last position.
+void GatherColumn(const GradView& dy, int32_t o, int32_t pixels, int16_t* column) {
+  for (int32_t px = 0; px < pixels; ++px) column[px] = dy.At(px, o);
+  column[pixels] = 0;
+}
+
 // The int32 sums over `pairs` position pairs of the dy run g against four rows (x, x + row,
 // ...) of the transposed input, added to s.
 [[gnu::noinline]] void TransposedSums(const int16_t* g, const int16_t* x, int32_t row,
@@ -995,8 +998,7 @@ void TransposedWeightUpdate(const Conv2dParams& p, const int8_t* input, const Gr
   uint32_t state = *prng;
   int8_t* w = weights;
   for (int32_t o = 0; o < p.n_train; ++o) {
-    for (int32_t px = 0; px < n_out; ++px) column[px] = dy.At(px, o);
-    column[n_out] = 0;
+    GatherColumn(dy, o, n_out, column);
     const float coef_o = coef * w_coef[o];
     for (int32_t t = 0; t < taps; ++t, w += c) {
       // Outputs [o0, o1) read inside the input through tap t.
@@ -1036,13 +1038,10 @@ void conv2d_weight_update(const Conv2dParams& p, const int8_t* input, const Grad
   }
   if (Conv2dTransposedWeightGrad(p) &&
       scratch_bytes >= Conv2dTransposedWeightUpdateScratchBytes(p)) {
-    if (rounding == Rounding::kStochastic) {
-      TransposedWeightUpdate<Rounding::kStochastic>(p, input, dy, coef, w_coef, prng, weights,
-                                                    scratch);
-    } else {
-      TransposedWeightUpdate<Rounding::kNearest>(p, input, dy, coef, w_coef, prng, weights,
-                                                 scratch);
-    }
+    WithRounding(rounding, [&](auto rounding_tag) {
+      TransposedWeightUpdate<decltype(rounding_tag)::value>(p, input, dy, coef, w_coef, prng,
+                                                            weights, scratch);
+    });
     return;
   }
   // GW[o, t, ic] = sum over tap t's output positions of dy[pos, o] * (x[pos, t, ic] + zx)
@@ -1054,8 +1053,7 @@ void conv2d_weight_update(const Conv2dParams& p, const int8_t* input, const Grad
   int16_t* column = reinterpret_cast<int16_t*>(scratch);
   int8_t* w = weights;
   for (int32_t o = 0; o < p.n_train; ++o) {
-    for (int32_t px = 0; px < pixels; ++px) column[px] = dy.At(px, o);
-    column[pixels] = 0;  // the pair read at the last pixel
+    GatherColumn(dy, o, pixels, column);
     const float coef_o = coef * w_coef[o];
     for (int32_t fy = 0; fy < p.filter_h; ++fy) {
       for (int32_t fx = 0; fx < p.filter_w; ++fx, w += c) {

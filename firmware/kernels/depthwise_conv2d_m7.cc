@@ -64,9 +64,10 @@ inline void Store(const OutputStage& s, const Quad& q, int8_t* out, int32_t c) {
 // Inlined by force: once the file holds the trained-channel kernels too, GCC's unit-growth
 // limit leaves it a call in every pixel (a tenth more instructions per layer).
 template <Requant kMode>
-[[gnu::always_inline]] inline void TailChannels(const DepthwiseConv2dParams& p, const OutputStage& s,
-                  const int8_t* const* src, int32_t taps, const int8_t* filter,
-                  const int32_t* bias, int8_t* out) {
+[[gnu::always_inline]] inline void TailChannels(const DepthwiseConv2dParams& p,
+                                                const OutputStage& s, const int8_t* const* src,
+                                                int32_t taps, const int8_t* filter,
+                                                const int32_t* bias, int8_t* out) {
   for (int32_t c = p.output_c & ~3; c < p.output_c; ++c) {
     int32_t acc = bias != nullptr ? bias[c] : 0;
     for (int32_t t = 0; t < taps; ++t) {
@@ -128,6 +129,24 @@ void Interior3x3(const DepthwiseConv2dParams& p, const OutputStage& s, const int
   }
 }
 
+// The input pixel each tap of the output pixel whose window starts at (in_y0, in_x0) reads, or
+// the zero-point row for a tap in the padding.
+[[gnu::always_inline]] inline void TapSources(const DepthwiseConv2dParams& p,
+                                              const int8_t* image, int32_t row_bytes,
+                                              int32_t in_y0, int32_t in_x0,
+                                              const int8_t* zero_row, const int8_t** src) {
+  int32_t t = 0;
+  for (int32_t fy = 0; fy < p.filter_h; ++fy) {
+    const int32_t iy = in_y0 + fy * p.dilation_h;
+    const bool row_inside = iy >= 0 && iy < p.input_h;
+    for (int32_t fx = 0; fx < p.filter_w; ++fx, ++t) {
+      const int32_t ix = in_x0 + fx * p.dilation_w;
+      src[t] = row_inside && ix >= 0 && ix < p.input_w ? image + iy * row_bytes + ix * p.input_c
+                                                       : zero_row;
+    }
+  }
+}
+
 template <int32_t kTaps, Requant kMode>
 void Run(const DepthwiseConv2dParams& p, const int8_t* input, const int8_t* filter,
          const int32_t* bias, int8_t* output, const int32_t* table, const int32_t* requant,
@@ -156,17 +175,7 @@ void Run(const DepthwiseConv2dParams& p, const int8_t* input, const int8_t* filt
                              table, out);
           continue;
         }
-        int32_t t = 0;
-        for (int32_t fy = 0; fy < p.filter_h; ++fy) {
-          const int32_t iy = in_y0 + fy * p.dilation_h;
-          const bool row_inside = iy >= 0 && iy < p.input_h;
-          for (int32_t fx = 0; fx < p.filter_w; ++fx, ++t) {
-            const int32_t ix = in_x0 + fx * p.dilation_w;
-            src[t] = row_inside && ix >= 0 && ix < p.input_w
-                         ? image + iy * row_bytes + ix * p.input_c
-                         : zero_row;
-          }
-        }
+        TapSources(p, image, row_bytes, in_y0, in_x0, zero_row, src);
         Pixel<kTaps, kMode>(p, s, src, taps, filter, bias, group_bias, table, out);
       }
     }
@@ -248,16 +257,8 @@ void RunTrained(const DepthwiseConv2dParams& p, const int8_t* input, const int8_
     const int8_t* image = input + b * p.input_h * row_bytes;
     for (int32_t oy = 0; oy < p.output_h; ++oy) {
       for (int32_t ox = 0; ox < p.output_w; ++ox, out += p.output_c) {
-        int32_t t = 0;
-        for (int32_t fy = 0; fy < p.filter_h; ++fy) {
-          const int32_t iy = oy * p.stride_h - p.pad_h + fy * p.dilation_h;
-          for (int32_t fx = 0; fx < p.filter_w; ++fx, ++t) {
-            const int32_t ix = ox * p.stride_w - p.pad_w + fx * p.dilation_w;
-            src[t] = iy >= 0 && iy < p.input_h && ix >= 0 && ix < p.input_w
-                         ? image + iy * row_bytes + ix * p.input_c
-                         : zero_row;
-          }
-        }
+        TapSources(p, image, row_bytes, oy * p.stride_h - p.pad_h, ox * p.stride_w - p.pad_w,
+                   zero_row, src);
         TrainedGroups<kTrainedMode>(p, s, src, taps, filter, bias, out);
         Pixel<0, kMode>(p, s, src, taps, filter, bias, group_bias, table, out, TrainedEnd(p));
       }
@@ -277,13 +278,13 @@ void RunTrained(const DepthwiseConv2dParams& p, const int8_t* input, const int8_
 // output row; the tap loop above takes eight instructions per tap of four channels.
 
 constexpr int32_t kRingLanes = 4;
-constexpr int32_t kRingWeights = 5;  // words per channel and row order
 
 // One channel's packed weights in one row order: a[fx] = (w[fy0][fx], w[fy1][fx]),
 // b01 = (w[fy2][0], w[fy2][1]), b2 = w[fy2][2], fy_l the filter row lane l holds.
 struct RingTaps {
   uint32_t a0, a1, a2, b01, b2;
 };
+static_assert(sizeof(RingTaps) == kDepthwiseRingTapWords * 4, "DepthwiseRingScratchBytes");
 
 // n columns of four channels from `in` (input pixels in_step bytes apart) into ring lane t on,
 // the four channels' lanes `channel` int16 apart. kEcho: also into lane 3 of the column before
@@ -502,8 +503,15 @@ void depthwise_conv2d_s8(const DepthwiseConv2dParams& p, const int8_t* input,
   }
   const RequantPlan plan = PlanRequant(requant, p.output_c, bias, p.act_min, p.act_max);
   const Requant mode = plan.mode;
+  if (p.n_train == 0 && DepthwiseRing3x3(p) && scratch_bytes >= DepthwiseRingScratchBytes(p) &&
+      (reinterpret_cast<uintptr_t>(scratch) & 3) == 0) {
+    WithRequant(mode, [&](auto mode_tag) {
+      RunRing3x3<decltype(mode_tag)::value>(p, input, filter, bias, output, requant, scratch);
+    });
+    return;
+  }
+  for (int32_t c = 0; c < p.input_c; ++c) scratch[c] = static_cast<int8_t>(-p.input_offset);
   if (p.n_train > 0) {
-    for (int32_t c = 0; c < p.input_c; ++c) scratch[c] = static_cast<int8_t>(-p.input_offset);
     // The trained channels' weights move: the short form only where the host bounded them.
     const Requant trained_mode = plan.trained_short ? mode : Requant::kChecked;
     WithRequant(mode, [&](auto mode_tag) {
@@ -514,14 +522,6 @@ void depthwise_conv2d_s8(const DepthwiseConv2dParams& p, const int8_t* input,
     });
     return;
   }
-  if (DepthwiseRing3x3(p) && scratch_bytes >= DepthwiseRingScratchBytes(p) &&
-      (reinterpret_cast<uintptr_t>(scratch) & 3) == 0) {
-    WithRequant(mode, [&](auto mode_tag) {
-      RunRing3x3<decltype(mode_tag)::value>(p, input, filter, bias, output, requant, scratch);
-    });
-    return;
-  }
-  for (int32_t c = 0; c < p.input_c; ++c) scratch[c] = static_cast<int8_t>(-p.input_offset);
   WithRequant(mode, [&](auto mode_tag) {
     Dispatch<decltype(mode_tag)::value>(p, input, filter, bias, output, table, requant,
                                         bias_in_table, scratch);

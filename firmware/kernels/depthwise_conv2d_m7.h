@@ -57,8 +57,9 @@ constexpr bool DepthwiseServes(const DepthwiseConv2dParams& p) {
 constexpr int32_t DepthwiseScratchBytes(const DepthwiseConv2dParams& p) {
   return (p.input_c + 3) / 4 * 4;
 }
+constexpr int32_t kDepthwiseRingTapWords = 5;  // one channel's taps in one row order
 constexpr int32_t DepthwiseRingScratchBytes(const DepthwiseConv2dParams& p) {
-  return DepthwiseRingBytes(p) + 4 * 3 * 5 * 4;
+  return DepthwiseRingBytes(p) + 4 * 3 * kDepthwiseRingTapWords * 4;
 }
 
 // In/out as mt::ref::depthwise_conv2d_s8, plus table (flash, layout above), requant (as for

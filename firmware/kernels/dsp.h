@@ -111,7 +111,8 @@ inline uint32_t Min8(uint32_t a, uint32_t b) {
 // 0xFF in each byte lane where a >= b (signed), else 0x00.
 inline uint32_t AtLeast8(uint32_t a, uint32_t b) {
   __ssub8(static_cast<int8x4_t>(a), static_cast<int8x4_t>(b));
-  return static_cast<uint32_t>(__sel(static_cast<uint8x4_t>(0xFFFFFFFFu), static_cast<uint8x4_t>(0u)));
+  return static_cast<uint32_t>(
+      __sel(static_cast<uint8x4_t>(0xFFFFFFFFu), static_cast<uint8x4_t>(0u)));
 }
 
 // (a * b + 2^31) >> 32, the high word of the product rounded (SMMULR).

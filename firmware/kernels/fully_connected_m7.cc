@@ -42,11 +42,11 @@ void fully_connected_weight_update(const FullyConnectedParams& p, const int8_t* 
                                    Rounding rounding, uint32_t* prng, int8_t* weights) {
   if (p.batches != 1) {
     ref::fully_connected_weight_update(p, input, dy, coef, w_coef, rounding, prng, weights);
-  } else if (rounding == Rounding::kStochastic) {
-    SampleWeightUpdate<Rounding::kStochastic>(p, input, dy, coef, w_coef, prng, weights);
-  } else {
-    SampleWeightUpdate<Rounding::kNearest>(p, input, dy, coef, w_coef, prng, weights);
+    return;
   }
+  WithRounding(rounding, [&](auto rounding_tag) {
+    SampleWeightUpdate<decltype(rounding_tag)::value>(p, input, dy, coef, w_coef, prng, weights);
+  });
 }
 
 }  // namespace mt::m7

@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #include "kernels/train_math.h"
 
@@ -24,15 +25,18 @@ inline int32_t FoldGrad(int16_t d, const float* ratio, int32_t c) {
   return static_cast<int32_t>(RoundHalfAway(static_cast<float>(d) * ratio[c]));
 }
 
+// w = clamp(w - step, -127, 127): the end of every weight update.
+inline void StepWeight(int8_t* w, float step) {
+  // A non-finite step (only possible from an overflowing gradient scale) never reaches a weight.
+  if (!std::isfinite(step)) step = 0.0f;
+  *w = SaturateWeight(static_cast<float>(*w) - step);
+}
+
 // w = clamp(w - R((float)gw * coef_o), -127, 127). Stochastic rounding draws once per call, so
 // callers visit weights in the SRAM copy's memory order.
 inline void UpdateWeight(int8_t* w, int64_t gw, float coef_o, Rounding rounding,
                          uint32_t* prng) {
-  const float delta = Int64ToFloat(gw) * coef_o;
-  float step = RoundUpdate(delta, rounding, prng);
-  // A non-finite step (only possible from an overflowing gradient scale) never reaches a weight.
-  if (!std::isfinite(step)) step = 0.0f;
-  *w = SaturateWeight(static_cast<float>(*w) - step);
+  StepWeight(w, RoundUpdate(Int64ToFloat(gw) * coef_o, rounding, prng));
 }
 
 // UpdateWeight for a sum known to fit int32 (Int64ToFloat's test and its int64 adds skipped)
@@ -40,10 +44,18 @@ inline void UpdateWeight(int8_t* w, int64_t gw, float coef_o, Rounding rounding,
 // the pointer, every int8 store would make the compiler reload it). Same result.
 template <Rounding kRounding>
 inline void UpdateWeightFast(int8_t* w, int32_t gw, float coef_o, uint32_t& state) {
-  const float delta = static_cast<float>(gw) * coef_o;
-  float step = RoundUpdate(delta, kRounding, &state);
-  if (!std::isfinite(step)) step = 0.0f;
-  *w = SaturateWeight(static_cast<float>(*w) - step);
+  StepWeight(w, RoundUpdate(static_cast<float>(gw) * coef_o, kRounding, &state));
+}
+
+// Calls run(rounding) with the rounding as a compile-time constant (std::integral_constant),
+// for the kernels that instantiate UpdateWeightFast.
+template <typename Run>
+inline void WithRounding(Rounding rounding, Run&& run) {
+  if (rounding == Rounding::kStochastic) {
+    run(std::integral_constant<Rounding, Rounding::kStochastic>{});
+  } else {
+    run(std::integral_constant<Rounding, Rounding::kNearest>{});
+  }
 }
 
 // One bias given its gradient sum gb: b = sat_int32(b - round((lr_dy * gb) * coef)).

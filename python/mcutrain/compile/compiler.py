@@ -128,11 +128,8 @@ def widen_forward_scratch(planner: ArenaPlanner, ops: list[PreparedOp],
     for step, p in enumerate(ops):
         variant = p.variant if variants is None else variants[step]
         name = scratch_buffer(step)
-        if name not in placed:
-            continue
-        for size in variant.roomy_scratch_bytes(p.params):
-            if planner.widen(name, size):
-                break
+        if name in placed:
+            planner.widen_to_first(name, variant.roomy_scratch_bytes(p.params))
 
 
 def _prepare(op: Operator, graph: Graph, kernels: str = "optimized") -> PreparedOp:

@@ -99,6 +99,13 @@ class ArenaPlanner:
                           for n, s, f, la in self._requests]
         return True
 
+    def widen_to_first(self, name: str, sizes: tuple[int, ...]) -> None:
+        """Grows a placed buffer to the first of `sizes` (fastest first) that widen finds room
+        for; none, and it keeps its size."""
+        for size in sizes:
+            if self.widen(name, size):
+                return
+
     def live_at(self, step: int) -> list[Placement]:
         return [p for p in self.placements().values() if p.first <= step <= p.last]
 

@@ -122,19 +122,22 @@ class KernelVariant:
         """The roomy sizes of one backward step above its plain one, fastest first."""
         if self.roomy_backward_scratch is None:
             return ()
-        plain = self.step_scratch_bytes(params, need_dx, n_train)
-        return tuple(s for s in self.roomy_backward_scratch(params, need_dx, n_train)
-                     if s > plain)
+        return _above(self.step_scratch_bytes(params, need_dx, n_train),
+                      self.roomy_backward_scratch(params, need_dx, n_train))
 
     def roomy_scratch_bytes(self, params: Any) -> tuple[int, ...]:
         """The forward kernel's roomy sizes above its plain one, fastest first."""
         if self.roomy_scratch is None:
             return ()
-        plain = self.scratch_bytes(params)
-        return tuple(s for s in self.roomy_scratch(params) if s > plain)
+        return _above(self.scratch_bytes(params), self.roomy_scratch(params))
 
     def kernel(self, function: str) -> str:
         return f"{self.namespace}::{function}"
+
+
+def _above(plain: int, sizes: tuple[int, ...]) -> tuple[int, ...]:
+    """The roomy sizes worth planning: those above the plain size, in their order."""
+    return tuple(s for s in sizes if s > plain)
 
 
 REF = KernelVariant("ref", "mt::ref")

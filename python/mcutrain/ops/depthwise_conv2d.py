@@ -312,11 +312,15 @@ def m7_scratch_bytes(p: DepthwiseConv2dParams) -> int:
     return -(-p.input_shape[3] // 4) * 4
 
 
+# depthwise_conv2d_m7.h kDepthwiseRingTapWords: one channel's taps in one row order.
+M7_RING_TAP_WORDS = 5
+
+
 def m7_ring_scratch_bytes(p: DepthwiseConv2dParams) -> int:
     """mt::m7::DepthwiseRingScratchBytes: the staged rows of four channels (input_w + 2
     columns of four int16 lanes each) and their taps packed in three row orders (five words
     each)."""
-    return 4 * (p.input_shape[2] + 2) * 4 * 2 + 4 * 3 * 5 * 4
+    return 4 * (p.input_shape[2] + 2) * 4 * 2 + 4 * 3 * M7_RING_TAP_WORDS * 4
 
 
 def m7_roomy_scratch(p: DepthwiseConv2dParams) -> tuple[int, ...]:

@@ -503,10 +503,7 @@ def widen_scratch(planner: ArenaPlanner, backward: list[BackwardStep]) -> None:
     for b in backward:
         if not b.scratch_bytes:
             continue
-        name = scratch_buffer(b.step, backward=True)
-        for size in b.roomy_scratch_bytes:
-            if planner.widen(name, size):
-                break
+        planner.widen_to_first(scratch_buffer(b.step, backward=True), b.roomy_scratch_bytes)
 
 
 def plan_memory(model: CompiledModel, schedule: Schedule, variants: list[KernelVariant],
