@@ -33,6 +33,9 @@ class Layer:
     dilation: int = 1
     padding: str = "same"
     filters: int = 0  # conv output channels
+    # None leaves the full int8 range, whose clamp is one SSAT (the conv kernel's assembly
+    # channel loop); relu clamps below as well.
+    activation: str | None = "relu"
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,17 @@ CASES = [
     Case("pointwise_strided", (13, 11, 20), (Layer("conv", (1, 1), 2, filters=9),)),
     Case("conv_dilated_valid", (14, 13, 5),
          (Layer("conv", (3, 2), dilation=2, padding="valid", filters=6),), per_channel=False),
+    # Linear layers take the assembly channel loop, which reads each weight row as whole
+    # words: depths of 27 (the stem's, 7 groups: a first pass of 3, then 4), 9 and 18 (past the
+    # image's edge the general columns, inside the byte-staged ones), 8 and 16 (2 and 4 groups).
+    Case("stem_linear", (17, 15, 3), (Layer("conv", (3, 3), 2, filters=13, activation=None),)),
+    Case("conv_depth9_linear", (9, 10, 1), (Layer("conv", (3, 3), filters=6, activation=None),)),
+    Case("conv_depth18_linear", (8, 9, 2),
+         (Layer("conv", (3, 3), filters=5, activation=None),)),
+    Case("pointwise_linear", (9, 11, 8),
+         (Layer("conv", (1, 1), filters=7, activation=None),
+          Layer("conv", (1, 1), filters=16, activation=None),
+          Layer("conv", (1, 1), filters=5, activation=None))),
     Case("dw3_stride2", (15, 16, 12), (Layer("dw", (3, 3), 2),)),
     Case("dw5_odd_channels", (12, 9, 9), (Layer("dw", (5, 5)),)),
     # Rows of 16 and more at stride 1 run on staged rows where the arena has a gap for them:
@@ -81,7 +95,7 @@ def _keras(case: Case):  # noqa: ANN202 - a tf.keras.Model
         if layer.kind == "conv":
             x = tf.keras.layers.Conv2D(layer.filters, layer.kernel, layer.stride,
                                        padding=layer.padding, dilation_rate=layer.dilation,
-                                       activation="relu")(x)
+                                       activation=layer.activation)(x)
         else:
             x = tf.keras.layers.DepthwiseConv2D(layer.kernel, layer.stride,
                                                 padding=layer.padding,

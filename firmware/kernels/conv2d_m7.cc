@@ -41,6 +41,40 @@ void WidenRun(const int8_t* src, int32_t n, uint32_t offset2, int32_t offset, in
   for (; i < n; ++i) dst[i] = static_cast<int16_t>(src[i] + offset);
 }
 
+// The column of an output pixel inside the image whose filter rows each read one contiguous
+// run of input (no dilation along the width) and whose depth is not whole words: the runs go
+// to the stage as bytes, end to end, so that every group of four is one word of it, unpacked
+// as in the word-aligned case. (The int16 stage of Im2col's general path costs ~460
+// instructions a pixel of the 3x3x3 stem.) The last group's unused bytes meet TailWord's zero
+// weights; the word they are in is zeroed first only so that no uninitialised scratch is read.
+[[gnu::noinline]] void RunColumns(const int8_t* row, int32_t run, int32_t rows, int32_t row_step,
+                                  const Columns& c, uint32_t offset2, int8_t* stage,
+                                  uint32_t* out) {
+  const int32_t groups = c.groups;
+  dsp::Store4(stage + (groups - 1) * 4, 0);
+  int8_t* bytes = stage;
+  for (int32_t r = 0; r < rows; ++r, row += row_step, bytes += run) {
+    int32_t i = 0;
+    for (; i + 4 <= run; i += 4) dsp::Store4(bytes + i, dsp::Load4(row + i));
+    for (; i < run; ++i) bytes[i] = row[i];
+  }
+  const int8_t* stream = stage;
+  for (uint32_t* const end = out + groups * 2 * kPixels; out != end;
+       out += 2 * kPixels, stream += 4) {
+    const uint32_t x = dsp::Load4(stream);
+    out[0] = dsp::ExtendEvenAdd(x, offset2);
+    out[1] = dsp::ExtendOddAdd(x, offset2);
+  }
+  // The unused lanes of the last group, (k0, k2) (k1, k3) past the depth, hold the offset now:
+  // zero them, since SaturateRows reads the last weight word whole.
+  const int32_t tail = c.depth - c.body;
+  if (tail != 0) {
+    out -= 2 * kPixels;
+    out[0] &= tail == 3 ? ~0u : 0xFFFFu;
+    out[1] &= tail == 1 ? 0u : 0xFFFFu;
+  }
+}
+
 // The receptive field of output pixel (b, oy, ox) plus the input offset, as column k.
 void Im2col(const Conv2dParams& p, const Columns& c, const int8_t* input, int32_t b,
             int32_t oy, int32_t ox, int32_t k, uint32_t* columns) {
@@ -69,14 +103,21 @@ void Im2col(const Conv2dParams& p, const Columns& c, const int8_t* input, int32_
     }
     return;
   }
-  // Taps that do not start a word (the 3-channel stem, say): the receptive field goes to the
-  // stage (scratch after the columns) in natural order, a filter row at a time where its taps
-  // are adjacent and inside (one contiguous run of input), then by groups of four into the
-  // column as (k0, k2), (k1, k3).
+  // Taps that do not start a word (the 3-channel stem, say).
   int16_t* const stage = reinterpret_cast<int16_t*>(columns + c.groups * kPixels * 2);
   const uint32_t offset2 = dsp::Splat16(p.input_offset);
   const int32_t run = p.filter_w * p.filter_c;
   const bool x_inside = in_x0 >= 0 && in_x0 + (p.filter_w - 1) * p.dilation_w < p.input_w;
+  const bool y_inside = in_y0 >= 0 && in_y0 + (p.filter_h - 1) * p.dilation_h < p.input_h;
+  if (x_inside && y_inside && p.dilation_w == 1) {
+    const int8_t* row = input + ((b * p.input_h + in_y0) * p.input_w + in_x0) * p.input_c;
+    RunColumns(row, run, p.filter_h, p.dilation_h * p.input_w * p.input_c, c, offset2,
+               reinterpret_cast<int8_t*>(stage), out);
+    return;
+  }
+  // Elsewhere the receptive field goes to the stage as int16 in natural order, a filter row at
+  // a time where its taps are adjacent and inside, then by groups of four into the column as
+  // (k0, k2), (k1, k3).
   int16_t* v = stage;
   for (int32_t fy = 0; fy < p.filter_h; ++fy) {
     const int32_t iy = in_y0 + fy * p.dilation_h;
@@ -229,6 +270,108 @@ struct Block {
   return x;
 }
 
+#if MT_HAVE_DSP
+// What SaturateRows reads, by the offsets its assembly names.
+struct SaturateJob {
+  const int32_t* bias;      // +0: the next channel's bias
+  const uint32_t* columns;  // +4
+  int8_t* out;              // +8: the next channel's output of the block's first pixel
+  int32_t step;             // +12: bytes from one pixel's outputs to the next's
+  int8_t* out_end;          // +16: out past the last channel
+  const uint32_t* x_end;    // +20: the columns' end
+  uint32_t entry;           // +24: (set by the loop) where a channel's first group starts
+  int32_t back;             // +28: bytes the weight pointer steps back after a row
+  const int8_t* w;          // +32: the first channel's weight row
+  const int32_t* table;     // +36: the first channel's short-form constants
+  int32_t skip;             // +40: bytes of group code the first pass of a row skips
+};
+
+// Bytes of one group's code below: ten 32-bit instructions... checked by the assembler.
+constexpr int32_t kGroupCodeBytes = 52;
+
+// Channels' loop for the common case (full block, bias, kSaturate), in assembly: GCC keeps
+// the loop's pointers and counts in stack slots it reloads, and dispatches the groups by a
+// table and a loop per channel, ~55 instructions a channel around the groups; here ~40. The
+// groups are the unrolled Body, entered part-way for the first pass (groups % 4), and each
+// weight row is read as whole words, the last one ending up to three bytes into the next
+// row (`back` steps back over them): the columns' unused lanes are 0, so those bytes add
+// nothing, and the caller keeps the filter's last row to the C++ loop, so that no byte past
+// the filter is read.
+[[gnu::noinline]] void SaturateRows(SaturateJob* job) {
+  register SaturateJob* j asm("r12") = job;
+#define MT_GROUP                                                                           \
+  "ldr r8, [r10], #4\n\t"                                                                   \
+  "sxtb16 r9, r8, ror #8\n\t"                                                               \
+  "sxtb16 r8, r8\n\t"                                                                       \
+  "ldmia.w r11!, {r0, r1, r2, r3}\n\t"                                                      \
+  "smlad r4, r8, r0, r4\n\t"                                                                \
+  "smlad r4, r9, r1, r4\n\t"                                                                \
+  "smlad r5, r8, r2, r5\n\t"                                                                \
+  "smlad r5, r9, r3, r5\n\t"                                                                \
+  "ldmia.w r11!, {r0, r1, r2, r3}\n\t"                                                      \
+  "smlad r6, r8, r0, r6\n\t"                                                                \
+  "smlad r6, r9, r1, r6\n\t"                                                                \
+  "smlad r7, r8, r2, r7\n\t"                                                                \
+  "smlad r7, r9, r3, r7\n\t"
+#define MT_REQUANT(acc)                                                                    \
+  "lsl r3, " acc ", #1\n\t"                                                                 \
+  "smmlar r3, r3, r0, r2\n\t"                                                               \
+  "add r3, r3, " acc ", asr #31\n\t"                                                        \
+  "asr r3, r3, r1\n\t"                                                                      \
+  "ssat " acc ", #8, r3\n\t"
+  asm volatile(
+      "ldr.w r10, [r12, #32]\n\t"
+      "ldr.w lr, [r12, #36]\n\t"
+      "adr.w r0, 2f\n\t"
+      "ldr.w r1, [r12, #40]\n\t"
+      "add r0, r0, r1\n\t"
+      "orr r0, r0, #1\n\t"
+      "str.w r0, [r12, #24]\n"
+      "1:\n\t"  // a channel
+      "ldr.w r0, [r12, #0]\n\t"
+      "ldr.w r11, [r12, #4]\n\t"
+      "ldr.w r4, [r0], #4\n\t"
+      "str.w r0, [r12, #0]\n\t"
+      "mov r5, r4\n\t"
+      "mov r6, r4\n\t"
+      "mov r7, r4\n\t"
+      "ldr.w r0, [r12, #24]\n\t"
+      "bx r0\n"
+      "2:\n\t"  // four groups
+      MT_GROUP
+      "3:\n\t"
+      ".if (3b - 2b) - %c[group_bytes]\n\t"
+      ".error \"a group's code is not kGroupCodeBytes long\"\n\t"
+      ".endif\n\t"
+      MT_GROUP MT_GROUP MT_GROUP
+      "ldr.w r0, [r12, #20]\n\t"
+      "cmp r11, r0\n\t"
+      "bne 2b\n\t"
+      "ldr.w r0, [r12, #28]\n\t"
+      "sub r10, r10, r0\n\t"
+      "ldmia lr!, {r0, r1, r2}\n\t"  // multiplier, right shift, constant
+      MT_REQUANT("r4") MT_REQUANT("r5") MT_REQUANT("r6") MT_REQUANT("r7")
+      "ldr.w r0, [r12, #8]\n\t"
+      "ldr.w r1, [r12, #12]\n\t"
+      "strb r4, [r0]\n\t"
+      "strb r5, [r0, r1]\n\t"
+      "add r2, r0, r1, lsl #1\n\t"
+      "strb r6, [r2]\n\t"
+      "strb r7, [r2, r1]\n\t"
+      "add r0, r0, #1\n\t"
+      "str.w r0, [r12, #8]\n\t"
+      "ldr.w r1, [r12, #16]\n\t"
+      "cmp r0, r1\n\t"
+      "bne 1b"
+      : "+r"(j)
+      : [group_bytes] "i"(kGroupCodeBytes)
+      : "r0", "r1", "r2", "r3", "r4", "r5", "r6", "r7", "r8", "r9", "r10", "r11", "lr", "cc",
+        "memory");
+#undef MT_REQUANT
+#undef MT_GROUP
+}
+#endif
+
 // Output channels [oc_begin, oc_end) of the block's pixels, whose outputs are out, out + step,
 // out + 2 step, out + 3 step (a block past the last pixel repeats it: step 0 for the copies is
 // not possible, so kFull == false stores only the first `valid` pixels). Weights from rows,
@@ -242,7 +385,30 @@ void Channels(const OutputStage& stage, const Columns& c, const int8_t* rows,
   const int32_t groups = c.body / 4;
   const int32_t tail = c.depth - c.body;
   const int8_t* w = rows + oc_begin * c.depth;
-  for (int32_t oc = oc_begin; oc < oc_end; ++oc) {
+  int32_t oc = oc_begin;
+#if MT_HAVE_DSP
+  if constexpr (kMode == Requant::kSaturate && kFull && kBias) {
+    // With a tail the filter's last row stays below: SaturateRows reads a word past it.
+    const int32_t last = tail != 0 ? oc_end - 1 : oc_end;
+    if (last > oc) {
+      SaturateJob job{bias + oc,
+                      columns,
+                      out + oc,
+                      step,
+                      out + last,
+                      columns + c.groups * kPixels * 2,
+                      0,
+                      tail != 0 ? 4 - tail : 0,
+                      w,
+                      s.table + 3 * oc,
+                      (3 - (c.groups - 1) % 4) * kGroupCodeBytes};
+      SaturateRows(&job);
+      w += (last - oc) * c.depth;
+      oc = last;
+    }
+  }
+#endif
+  for (; oc < oc_end; ++oc) {
     const int32_t start = kBias ? bias[oc] : 0;
     Block k{start, start, start, start};
     const uint32_t* x = Body(w, columns, groups, k);

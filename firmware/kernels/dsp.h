@@ -28,6 +28,8 @@ inline uint32_t Load4(const void* p) {
   return v;
 }
 
+inline void Store4(void* p, uint32_t v) { std::memcpy(p, &v, sizeof v); }
+
 // Two int16 lanes in one word (lane 0 from the low half of lane0, lane 1 from lane1's).
 inline uint32_t Pack(int32_t lane0, int32_t lane1) {
   return (static_cast<uint32_t>(lane0) & 0xFFFFu) | (static_cast<uint32_t>(lane1) << 16);
