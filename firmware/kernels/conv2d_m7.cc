@@ -286,7 +286,7 @@ struct SaturateJob {
   int32_t skip;             // +40: bytes of group code the first pass of a row skips
 };
 
-// Bytes of one group's code below: ten 32-bit instructions... checked by the assembler.
+// Bytes of one group's code in SaturateRows: thirteen 32-bit instructions (the assembler checks).
 constexpr int32_t kGroupCodeBytes = 52;
 
 // Channels' loop for the common case (full block, bias, kSaturate), in assembly: GCC keeps
@@ -297,6 +297,8 @@ constexpr int32_t kGroupCodeBytes = 52;
 // row (`back` steps back over them): the columns' unused lanes are 0, so those bytes add
 // nothing, and the caller keeps the filter's last row to the C++ loop, so that no byte past
 // the filter is read.
+// kBack: the rows end in a partial word (`back` is not 0). kLoop: more than four groups.
+template <bool kBack, bool kLoop>
 [[gnu::noinline]] void SaturateRows(SaturateJob* job) {
   register SaturateJob* j asm("r12") = job;
 #define MT_GROUP                                                                           \
@@ -344,11 +346,15 @@ constexpr int32_t kGroupCodeBytes = 52;
       ".error \"a group's code is not kGroupCodeBytes long\"\n\t"
       ".endif\n\t"
       MT_GROUP MT_GROUP MT_GROUP
+      ".if %c[loop]\n\t"
       "ldr.w r0, [r12, #20]\n\t"
       "cmp r11, r0\n\t"
       "bne 2b\n\t"
+      ".endif\n\t"
+      ".if %c[back]\n\t"
       "ldr.w r0, [r12, #28]\n\t"
       "sub r10, r10, r0\n\t"
+      ".endif\n\t"
       "ldmia lr!, {r0, r1, r2}\n\t"  // multiplier, right shift, constant
       MT_REQUANT("r4") MT_REQUANT("r5") MT_REQUANT("r6") MT_REQUANT("r7")
       "ldr.w r0, [r12, #8]\n\t"
@@ -364,7 +370,7 @@ constexpr int32_t kGroupCodeBytes = 52;
       "cmp r0, r1\n\t"
       "bne 1b"
       : "+r"(j)
-      : [group_bytes] "i"(kGroupCodeBytes)
+      : [group_bytes] "i"(kGroupCodeBytes), [loop] "i"(kLoop ? 1 : 0), [back] "i"(kBack ? 1 : 0)
       : "r0", "r1", "r2", "r3", "r4", "r5", "r6", "r7", "r8", "r9", "r10", "r11", "lr", "cc",
         "memory");
 #undef MT_REQUANT
@@ -402,7 +408,13 @@ void Channels(const OutputStage& stage, const Columns& c, const int8_t* rows,
                       w,
                       s.table + 3 * oc,
                       (3 - (c.groups - 1) % 4) * kGroupCodeBytes};
-      SaturateRows(&job);
+      if (tail != 0) {
+        if (c.groups > 4) SaturateRows<true, true>(&job); else SaturateRows<true, false>(&job);
+      } else if (c.groups > 4) {
+        SaturateRows<false, true>(&job);
+      } else {
+        SaturateRows<false, false>(&job);
+      }
       w += (last - oc) * c.depth;
       oc = last;
     }

@@ -22,7 +22,9 @@ constexpr int32_t kGatherBlock = 16;
 // ratio == nullptr means per-tensor weights (every ratio is 1), where the fold is the identity.
 inline int32_t FoldGrad(int16_t d, const float* ratio, int32_t c) {
   if (ratio == nullptr) return d;
-  return static_cast<int32_t>(RoundHalfAway(static_cast<float>(d) * ratio[c]));
+  const float v = static_cast<float>(d) * ratio[c];
+  const int32_t r = RoundedMagnitude(v);  // RoundHalfAway(v), branch-free
+  return v < 0.0f ? -r : r;
 }
 
 // w = clamp(w - step, -127, 127): the end of every weight update.

@@ -55,11 +55,18 @@ inline int32_t SaturateBias(double b) {
                                                 : (b > 2147483647.0 ? 2147483647.0 : b));
 }
 
-// One element of grad_requantize: round_half_away(acc * k) clamped to +-kGradMax, k = 8191 / m.
+// floor(|v| + 0.5) in float, as an int32 (|v| < 2^31): RoundHalfAway's magnitude, computed
+// the same way, without its branch on the sign (truncation is floor for what is not negative).
+inline int32_t RoundedMagnitude(float v) { return static_cast<int32_t>(std::fabs(v) + 0.5f); }
+
+// One element of grad_requantize: round_half_away(acc * k) clamped to +-kGradMax, k = 8191 / m,
+// for |acc| <= m (every caller's m is the maximum of the |acc| it requantizes), so the product
+// is at most kGradMax within a rounding. acc * k has the sign of acc, as k > 0. The magnitude
+// in int32 and the sign put back cost ~8 instructions a value instead of ~16 in float.
 inline int16_t RequantizeGrad(int32_t acc, float k) {
-  float v = RoundHalfAway(static_cast<float>(acc) * k);
-  v = v > kGradMax ? kGradMax : (v < -kGradMax ? -kGradMax : v);
-  return static_cast<int16_t>(v);
+  int32_t r = RoundedMagnitude(static_cast<float>(acc) * k);
+  r = r > kGradMax ? kGradMax : r;
+  return static_cast<int16_t>(acc < 0 ? -r : r);
 }
 
 // An output gradient as the CONV_2D backward kernels read it: element (pixel, c) is
