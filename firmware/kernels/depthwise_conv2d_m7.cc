@@ -364,13 +364,6 @@ void RunTrained(const DepthwiseConv2dParams& p, const int8_t* input, const int8_
   const int32_t taps = p.filter_h * p.filter_w;
   const int32_t row_bytes = p.input_w * p.input_c;
   const int8_t* src[kMaxTaps];
-#if MT_HAVE_DSP
-  InteriorJob job{nullptr,  p.dilation_w * p.input_c, p.dilation_h * row_bytes,
-                  table,    requant,
-                  nullptr,  nullptr,
-                  p.output_c, p.stride_w * p.input_c - p.output_c,
-                  nullptr,  0};
-#endif
   int8_t* out = output;
   for (int32_t b = 0; b < p.batches; ++b) {
     const int8_t* image = input + b * p.input_h * row_bytes;
