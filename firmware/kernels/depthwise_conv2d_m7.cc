@@ -644,23 +644,34 @@ void depthwise_conv2d_s8(const DepthwiseConv2dParams& p, const int8_t* input,
 
 namespace {
 
-constexpr int32_t kLanes = 4;  // channels per input-gradient block
+constexpr int32_t kLanes = 4;  // channels per input-gradient block (the wide form's: below)
+constexpr int32_t kWideLanes = kDepthwiseWideLanes;
 
 // Where the pieces of depthwise_conv2d_input_grad's scratch start (depthwise_conv2d_m7.h).
+// A block of L lanes (4, or kWideLanes) keeps its taps as [group of 4][tap][2] int16 lane pairs.
 struct GradScratch {
   int16_t* ring;     // [ring rows][output_w][4] folded output gradient
   uint32_t* taps;    // [filter_h * filter_w][2] the block's weights as int16 lane pairs
   int16_t* columns;  // [input_w][filter_w] ring offset of tap fx's output column, or -1
   int16_t* padded_ring;  // the roomy scratch's ring with zero margins (kPadded), or null
+  int16_t* wide_ring;    // the widest scratch's: as padded_ring, kWideLanes lanes, or null
+  uint32_t* wide_taps;   // its block's taps, [kWideLanes / 4][filter_h * filter_w][2]
 
-  GradScratch(const DepthwiseConv2dParams& p, int8_t* scratch, bool padded)
+  GradScratch(const DepthwiseConv2dParams& p, int8_t* scratch, bool padded, bool wide)
       : ring(reinterpret_cast<int16_t*>(scratch)),
         taps(reinterpret_cast<uint32_t*>(scratch + DepthwiseGradRingRows(p) * p.output_w *
                                                        kLanes * 2)),
         columns(reinterpret_cast<int16_t*>(taps + 2 * p.filter_h * p.filter_w)),
         padded_ring(padded ? reinterpret_cast<int16_t*>(
                                  scratch + DepthwiseStagedInputGradScratchBytes(p))
-                           : nullptr) {}
+                           : nullptr),
+        wide_ring(wide ? reinterpret_cast<int16_t*>(
+                             scratch + DepthwiseStagedInputGradScratchBytes(p))
+                       : nullptr),
+        wide_taps(wide ? reinterpret_cast<uint32_t*>(
+                             wide_ring + DepthwiseGradRingRows(p) *
+                                             (p.output_w + 2 * (p.filter_w - 1)) * kWideLanes)
+                       : nullptr) {}
 };
 
 // The output column each tap of each input column reads, once per call: the tap loop then
@@ -676,41 +687,51 @@ void FillColumns(const DepthwiseConv2dParams& p, int16_t* columns) {
   }
 }
 
-// Output row oy of batch b, channels [c0, c0 + n), folded into one ring row of int16 lanes
+// Output row oy of batch b, channels [c0, c0 + n), folded into one ring row of kL int16 lanes
 // (lanes past n hold 0, so they add nothing).
+template <int32_t kL>
 void FoldRow(const DepthwiseConv2dParams& p, const int16_t* dy, const float* ratio, int32_t b,
              int32_t oy, int32_t c0, int32_t n, int16_t* row) {
   const int16_t* g = dy + ((b * p.output_h + oy) * p.output_w) * p.output_c + c0;
-  for (int32_t ox = 0; ox < p.output_w; ++ox, g += p.output_c, row += kLanes) {
-    for (int32_t j = 0; j < kLanes; ++j) {
+  for (int32_t ox = 0; ox < p.output_w; ++ox, g += p.output_c, row += kL) {
+    for (int32_t j = 0; j < kL; ++j) {
       row[j] = static_cast<int16_t>(j < n ? FoldGrad(g[j], ratio, c0 + j) : 0);
     }
   }
 }
 
-// Channels [c0, c0 + n) (n <= 4) of every input pixel, taps from `weights` (tap t of channel c
+// Channels [c0, c0 + n) (n <= kL) of every input pixel, taps from `weights` (tap t of channel c
 // at weights[t * stride + c], one weight source per call as in the reference): sink(i, acc)
 // for each of their input-gradient sums.
 // kPadded (stride and dilation 1 along the width, given the roomy scratch): each ring row
 // has filter_w - 1 zero columns on either side, so every tap of every input column reads a
-// column of the row and the tap loop needs no column table and no test.
-template <bool kPadded, typename Sink>
+// column of the row and the tap loop needs no column table and no test. kL: lanes per ring
+// column, 4, or kWideLanes (padded only), whose groups of four share each pixel's row walk.
+template <int32_t kL, bool kPadded, typename Sink>
 void InputGradBlock(const DepthwiseConv2dParams& p, const int8_t* weights, int32_t stride,
                     const int16_t* dy, const float* ratio, int32_t c0, int32_t n,
                     const GradScratch& s, const Sink& sink) {
+  static_assert(kL == kLanes || kPadded, "the wide form reads zero-margined rows only");
+  const Sink local = sink;  // (train_math.h, the sinks)
   const int32_t tap_count = p.filter_h * p.filter_w;
-  for (int32_t t = 0; t < tap_count; ++t) {
-    int32_t w[kLanes] = {};
-    for (int32_t j = 0; j < n; ++j) w[j] = weights[t * stride + c0 + j];
-    s.taps[2 * t] = dsp::Pack(w[0], w[1]);
-    s.taps[2 * t + 1] = dsp::Pack(w[2], w[3]);
+  const int32_t groups = kL == kLanes ? 1 : (n + 3) / 4;
+  uint32_t* const taps = kL == kLanes ? s.taps : s.wide_taps;
+  for (int32_t g = 0; g < groups; ++g) {
+    for (int32_t t = 0; t < tap_count; ++t) {
+      int32_t w[4] = {};
+      for (int32_t j = 0; j < 4 && 4 * g + j < n; ++j) w[j] = weights[t * stride + c0 + 4 * g + j];
+      taps[(g * tap_count + t) * 2] = dsp::Pack(w[0], w[1]);
+      taps[(g * tap_count + t) * 2 + 1] = dsp::Pack(w[2], w[3]);
+    }
   }
   const int32_t ring_rows = DepthwiseGradRingRows(p);
-  const int32_t margin = kPadded ? (p.filter_w - 1) * kLanes : 0;  // zero values each side
-  const int32_t row_values = p.output_w * kLanes + 2 * margin;
-  int16_t* const ring = kPadded ? s.padded_ring : s.ring;
-  if (kPadded) {
-    for (int32_t v = 0; v < ring_rows * row_values; ++v) ring[v] = 0;
+  const int32_t margin = kPadded ? (p.filter_w - 1) * kL : 0;  // zero values each side
+  const int32_t row_values = p.output_w * kL + 2 * margin;
+  int16_t* const ring = kL != kLanes ? s.wide_ring : kPadded ? s.padded_ring : s.ring;
+  // Only the margins: FoldRow writes the rest of a row before any tap reads it.
+  for (int32_t r = 0; r < ring_rows; ++r) {
+    int16_t* const row = ring + r * row_values;
+    for (int32_t v = 0; v < margin; ++v) row[v] = row[row_values - margin + v] = 0;
   }
   for (int32_t b = 0; b < p.batches; ++b) {
     int32_t folded = 0;  // output rows [0, folded) of batch b have been through the ring
@@ -719,7 +740,8 @@ void InputGradBlock(const DepthwiseConv2dParams& p, const int8_t* weights, int32
       const int32_t last = (iy + p.pad_h) / p.stride_h;
       const int32_t need = last < p.output_h ? last + 1 : p.output_h;
       for (; folded < need; ++folded) {
-        FoldRow(p, dy, ratio, b, folded, c0, n, ring + (folded % ring_rows) * row_values + margin);
+        FoldRow<kL>(p, dy, ratio, b, folded, c0, n,
+                    ring + (folded % ring_rows) * row_values + margin);
       }
       // The filter rows that read input row iy, with the ring row and the taps each uses.
       const int16_t* rows[kMaxFilterSide];
@@ -729,39 +751,49 @@ void InputGradBlock(const DepthwiseConv2dParams& p, const int8_t* weights, int32
         int32_t oy = 0;
         if (!TapOrigin(iy, fy, p.pad_h, p.dilation_h, p.stride_h, p.output_h, &oy)) continue;
         rows[live] = ring + (oy % ring_rows) * row_values;
-        tap_rows[live++] = s.taps + 2 * fy * p.filter_w;
+        tap_rows[live++] = taps + 2 * fy * p.filter_w;
       }
       const int16_t* columns = s.columns;
       int32_t i = ((b * p.input_h + iy) * p.input_w) * p.input_c + c0;
       for (int32_t ix = 0; ix < p.input_w; ++ix, columns += p.filter_w, i += p.input_c) {
-        int32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
-        const auto add = [&](const int16_t* g, const uint32_t* tap) {
-          const uint32_t g01 = dsp::Load4(g), g23 = dsp::Load4(g + 2);
-          a0 = dsp::MulAddLow(g01, tap[0], a0);
-          a1 = dsp::MulAddHigh(g01, tap[0], a1);
-          a2 = dsp::MulAddLow(g23, tap[1], a2);
-          a3 = dsp::MulAddHigh(g23, tap[1], a3);
-        };
-        for (int32_t k = 0; k < live; ++k) {
-          const uint32_t* tap = tap_rows[k];
-          if (kPadded) {
-            // Tap fx reads output column ix + pad_w - fx, margin values into the row.
-            const int16_t* g = rows[k] + margin + (ix + p.pad_w) * kLanes;
-            for (int32_t fx = 0; fx < p.filter_w; ++fx, tap += 2, g -= kLanes) add(g, tap);
-            continue;
+        for (int32_t g = 0; g < groups; ++g) {
+          int32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+          const auto add = [&](const int16_t* d, const uint32_t* tap) {
+            const uint32_t d01 = dsp::Load4(d), d23 = dsp::Load4(d + 2);
+            a0 = dsp::MulAddLow(d01, tap[0], a0);
+            a1 = dsp::MulAddHigh(d01, tap[0], a1);
+            a2 = dsp::MulAddLow(d23, tap[1], a2);
+            a3 = dsp::MulAddHigh(d23, tap[1], a3);
+          };
+          for (int32_t k = 0; k < live; ++k) {
+            const uint32_t* tap = tap_rows[k] + g * tap_count * 2;
+            if constexpr (kPadded) {
+              // Tap fx reads output column ix + pad_w - fx, margin values into the row.
+              const int16_t* d = rows[k] + margin + (ix + p.pad_w) * kL + 4 * g;
+              if (p.filter_w == 3) {  // unrolled: the loads take constant offsets
+                add(d, tap);
+                add(d - kL, tap + 2);
+                add(d - 2 * kL, tap + 4);
+                continue;
+              }
+              for (int32_t fx = 0; fx < p.filter_w; ++fx, tap += 2, d -= kL) add(d, tap);
+            } else {
+              for (int32_t fx = 0; fx < p.filter_w; ++fx, tap += 2) {
+                const int32_t at = columns[fx];
+                if (at >= 0) add(rows[k] + at, tap);
+              }
+            }
           }
-          for (int32_t fx = 0; fx < p.filter_w; ++fx, tap += 2) {
-            const int32_t at = columns[fx];
-            if (at >= 0) add(rows[k] + at, tap);
-          }
+          const int32_t lane = 4 * g;
+          local(i + lane, a0);
+          if (lane + 1 < n) local(i + lane + 1, a1);
+          if (lane + 2 < n) local(i + lane + 2, a2);
+          if (lane + 3 < n) local(i + lane + 3, a3);
         }
-        sink(i, a0);
-        if (n > 1) sink(i + 1, a1);
-        if (n > 2) sink(i + 2, a2);
-        if (n > 3) sink(i + 3, a3);
       }
     }
   }
+  sink.Absorb(local);
 }
 
 }  // namespace
@@ -773,37 +805,49 @@ float depthwise_conv2d_input_grad(const DepthwiseConv2dParams& p, const int8_t* 
       scratch_bytes < DepthwiseInputGradScratchBytes(p)) {
     return ref::depthwise_conv2d_input_grad(p, filter, dy, ratio, acc_scale, dx);
   }
-  const bool padded = DepthwisePaddedGrad(p) &&
+  const bool wide = DepthwisePaddedGrad(p) &&
+                    scratch_bytes >= DepthwiseWideInputGradScratchBytes(p);
+  const bool padded = !wide && DepthwisePaddedGrad(p) &&
                       scratch_bytes >= DepthwisePaddedInputGradScratchBytes(p);
-  const GradScratch s(p, scratch, padded);
-  if (!padded) FillColumns(p, s.columns);  // the zero margins stand in for the column table
+  const GradScratch s(p, scratch, padded, wide);
+  // The zero margins stand in for the column table.
+  if (!padded && !wide) FillColumns(p, s.columns);
   // Blocks never straddle n_train: the trained prefix reads the SRAM copy (stride n_train),
   // the rest flash (stride output_c).
-  const auto blocks = [&](auto padded_tag, const auto& sink) {
+  const auto blocks = [&](auto lanes_tag, auto padded_tag, const auto& sink) {
+    constexpr int32_t kL = decltype(lanes_tag)::value;
     constexpr bool kPadded = decltype(padded_tag)::value;
-    for (int32_t c0 = 0; c0 < p.n_train; c0 += kLanes) {
-      const int32_t n = p.n_train - c0 < kLanes ? p.n_train - c0 : kLanes;
-      InputGradBlock<kPadded>(p, p.train_filter, p.n_train, dy, ratio, c0, n, s, sink);
+    for (int32_t c0 = 0; c0 < p.n_train; c0 += kL) {
+      const int32_t n = p.n_train - c0 < kL ? p.n_train - c0 : kL;
+      InputGradBlock<kL, kPadded>(p, p.train_filter, p.n_train, dy, ratio, c0, n, s, sink);
     }
-    for (int32_t c0 = p.n_train; c0 < p.output_c; c0 += kLanes) {
-      const int32_t n = p.output_c - c0 < kLanes ? p.output_c - c0 : kLanes;
-      InputGradBlock<kPadded>(p, filter, p.output_c, dy, ratio, c0, n, s, sink);
+    for (int32_t c0 = p.n_train; c0 < p.output_c; c0 += kL) {
+      const int32_t n = p.output_c - c0 < kL ? p.output_c - c0 : kL;
+      InputGradBlock<kL, kPadded>(p, filter, p.output_c, dy, ratio, c0, n, s, sink);
     }
   };
+  using Narrow = std::integral_constant<int32_t, kLanes>;
+  using Wide = std::integral_constant<int32_t, kWideLanes>;
   const int32_t n = p.batches * p.input_h * p.input_w * p.input_c;
   if (scratch_bytes >= DepthwiseStagedInputGradScratchBytes(p)) {
     int16_t* high = reinterpret_cast<int16_t*>(scratch + DepthwiseInputGradScratchBytes(p));
+    if (wide) {
+      return GatherRequantizeStaged(n, [&](const auto& sink) {
+        blocks(Wide{}, std::true_type{}, sink);
+      }, acc_scale, dx, high);
+    }
     if (padded) {
       return GatherRequantizeStaged(n, [&](const auto& sink) {
-        blocks(std::true_type{}, sink);
+        blocks(Narrow{}, std::true_type{}, sink);
       }, acc_scale, dx, high);
     }
     return GatherRequantizeStaged(n, [&](const auto& sink) {
-      blocks(std::false_type{}, sink);
+      blocks(Narrow{}, std::false_type{}, sink);
     }, acc_scale, dx, high);
   }
-  return GatherRequantize(n, [&](const auto& sink) { blocks(std::false_type{}, sink); },
-                          acc_scale, dx);
+  return GatherRequantize(n, [&](const auto& sink) {
+    blocks(Narrow{}, std::false_type{}, sink);
+  }, acc_scale, dx);
 }
 
 void depthwise_conv2d_bias_update(const DepthwiseConv2dParams& p, const int16_t* dy,

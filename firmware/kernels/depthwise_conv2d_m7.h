@@ -76,14 +76,15 @@ void depthwise_conv2d_s8(const DepthwiseConv2dParams& p, const int8_t* input,
 
 // ---- backward (contracts as mt::ref's, depthwise_conv2d.h) ----
 //
-// The input gradient runs four channels at a time. Each output-gradient value of those channels
-// is folded (FoldGrad) once per pass into a ring of the output rows the current input row
-// reads, as int16 lane pairs, and the block's taps are packed the same way; a tap is then two
-// word loads per operand and four SMLABB/SMLATT, where the reference folds every term again and
-// finds every tap's origin per channel: the taps that read an input pixel come from a table of
-// output columns per input column, built once, and the filter rows that read an input row. The ring makes the scratch a few rows of the output
-// gradient, not the whole of it. Sums are the reference's integer sums (any order is exact), so
-// the result is bit-identical.
+// The input gradient runs a block of four channels at a time (32 given the most scratch,
+// below). Each output-gradient value of those channels is folded (FoldGrad) once per pass into
+// a ring of the output rows the current input row reads, as int16 lane pairs, and the block's
+// taps are packed the same way; a tap is then two word loads per operand and four
+// SMLABB/SMLATT, where the reference folds every term again and finds every tap's origin per
+// channel: the taps that read an input pixel come from a table of output columns per input
+// column, built once, and the filter rows that read an input row. The ring makes the scratch a
+// few rows of the output gradient, not the whole of it. Sums are the reference's integer sums
+// (any order is exact), so the result is bit-identical.
 
 // Output rows one input row's taps read: the ring's depth.
 constexpr int32_t DepthwiseGradRingRows(const DepthwiseConv2dParams& p) {
@@ -114,6 +115,20 @@ constexpr bool DepthwisePaddedGrad(const DepthwiseConv2dParams& p) {
 constexpr int32_t DepthwisePaddedInputGradScratchBytes(const DepthwiseConv2dParams& p) {
   return DepthwiseStagedInputGradScratchBytes(p) +
          DepthwiseGradRingRows(p) * (p.output_w + 2 * (p.filter_w - 1)) * 4 * 2;
+}
+
+// Channels per block of the wide form below.
+constexpr int32_t kDepthwiseWideLanes = 32;
+
+// With more room again (stride and dilation 1 along the width), the blocks are
+// kDepthwiseWideLanes channels wide, not four: after the staged scratch, a zero-margined ring
+// and packed taps that wide. An input pixel's loop over the filter rows that read it is then
+// paid once per eight groups of four channels, where on tiny late-stage maps (4x4, 8x8) that
+// loop and the per-block set-up cost several times the multiplies themselves.
+constexpr int32_t DepthwiseWideInputGradScratchBytes(const DepthwiseConv2dParams& p) {
+  return DepthwiseStagedInputGradScratchBytes(p) +
+         (DepthwiseGradRingRows(p) * (p.output_w + 2 * (p.filter_w - 1)) +
+          p.filter_h * p.filter_w) * kDepthwiseWideLanes * 2;
 }
 
 // As mt::ref::depthwise_conv2d_input_grad, for depth multiplier 1 (trained channels included)

@@ -134,6 +134,43 @@ inline float GradRequantize(void* buffer, int32_t n, float acc_scale) {
                           static_cast<int16_t*>(buffer));
 }
 
+// The sinks the gather functions below hand their `gather`: small values whose state is in
+// `mutable` members. A kernel may run its hot loop on a local copy of one (the compiler then
+// holds the state in registers, where through the reference it loads and stores it for every
+// value) and hand the copy's state back with Absorb.
+struct MaxSink {  // max |acc|
+  mutable int64_t m = 0;
+  void operator()(int32_t, int32_t acc) const {
+    const int64_t a = AbsGrad(acc);
+    if (a > m) m = a;
+  }
+  void Absorb(const MaxSink& local) const { m = local.m; }
+};
+
+struct RequantSink {  // out[i] = RequantizeGrad(acc, k)
+  int16_t* out;
+  float k;
+  void operator()(int32_t i, int32_t acc) const { out[i] = RequantizeGrad(acc, k); }
+  void Absorb(const RequantSink&) const {}
+};
+
+struct StagedSink {  // the halves of acc in out[i] and high[i]; the range of acc
+  int16_t* out;
+  int16_t* high;
+  mutable int32_t lo = 0, hi = 0;
+  void operator()(int32_t i, int32_t acc) const {
+    lo = acc < lo ? acc : lo;
+    hi = acc > hi ? acc : hi;
+    const uint32_t bits = static_cast<uint32_t>(acc);
+    out[i] = static_cast<int16_t>(bits & 0xFFFFu);
+    high[i] = static_cast<int16_t>(bits >> 16);
+  }
+  void Absorb(const StagedSink& local) const {
+    lo = local.lo;
+    hi = local.hi;
+  }
+};
+
 // grad_requantize of n integer sums that are never stored: two passes over `gather`, which calls
 // sink(i, acc_i) once for every i in [0, n) and must produce the same acc_i both times. Pass 1
 // keeps max |acc_i|, pass 2 writes out[i]; same expressions as GradRequantize, so the result is
@@ -141,17 +178,15 @@ inline float GradRequantize(void* buffer, int32_t n, float acc_scale) {
 // n int16 of `out`, at the price of computing every sum twice.
 template <typename Gather>
 inline float GatherRequantize(int32_t n, const Gather& gather, float acc_scale, int16_t* out) {
-  int64_t m = 0;
-  gather([&m](int32_t, int32_t acc) {
-    const int64_t a = AbsGrad(acc);
-    if (a > m) m = a;
-  });
+  const MaxSink max_sink;
+  gather(max_sink);
+  const int64_t m = max_sink.m;
   if (m == 0) {
     for (int32_t i = 0; i < n; ++i) out[i] = 0;
     return 0.0f;
   }
   const float k = static_cast<float>(kGradMax) / static_cast<float>(m);
-  gather([out, k](int32_t i, int32_t acc) { out[i] = RequantizeGrad(acc, k); });
+  gather(RequantSink{out, k});
   return RequantizedScale(acc_scale, m);
 }
 
@@ -161,15 +196,9 @@ inline float GatherRequantize(int32_t n, const Gather& gather, float acc_scale, 
 template <typename Gather>
 inline float GatherRequantizeStaged(int32_t n, const Gather& gather, float acc_scale,
                                     int16_t* out, int16_t* high) {
-  int32_t lo = 0, hi = 0;
-  gather([&](int32_t i, int32_t acc) {
-    lo = acc < lo ? acc : lo;
-    hi = acc > hi ? acc : hi;
-    const uint32_t bits = static_cast<uint32_t>(acc);
-    out[i] = static_cast<int16_t>(bits & 0xFFFFu);
-    high[i] = static_cast<int16_t>(bits >> 16);
-  });
-  const int64_t m = AbsGrad(lo) > hi ? AbsGrad(lo) : hi;
+  const StagedSink sink{out, high};
+  gather(sink);
+  const int64_t m = AbsGrad(sink.lo) > sink.hi ? AbsGrad(sink.lo) : sink.hi;
   return RequantizeStored(n, m, [out, high](int32_t i) {
     return static_cast<int32_t>(static_cast<uint32_t>(static_cast<uint16_t>(high[i])) << 16 |
                                 static_cast<uint16_t>(out[i]));

@@ -269,12 +269,13 @@ def random_depthwise_step(seed: int) -> Step:
                 stochastic=bool(rng.random() < 0.5), qas=bool(rng.random() < 0.8), seed=seed)
 
 
-@pytest.mark.parametrize("roomy", [None, -1, 0], ids=["plain", "staged", "fastest"])
+@pytest.mark.parametrize("roomy", [None, -1, 1, 0], ids=["plain", "staged", "padded", "wide"])
 @pytest.mark.parametrize("seed", range(40))
 def test_depthwise_m7_backward_equals_reference(seed: int, roomy: int | None) -> None:
     """With the plain scratch the input gradient is gathered twice; with a roomy one once, its
-    sums waiting in halves (GatherRequantizeStaged), and at stride 1 along the width with the
-    most, from zero-margined ring rows: the same bits every way."""
+    sums waiting in halves (GatherRequantizeStaged); at stride 1 along the width, given more,
+    from zero-margined ring rows, four channels or M7_WIDE_LANES a block: the same bits every
+    way."""
     step = random_depthwise_step(seed)
     p, x, dy, lr = prepared(step)
     variant = depthwise_conv2d.M7_BACKWARD
@@ -285,8 +286,9 @@ def test_depthwise_m7_backward_equals_reference(seed: int, roomy: int | None) ->
         sizes = variant.roomy_step_scratch_bytes(p, True, n_train)
         assert sizes[-1] == depthwise_conv2d.m7_staged_input_grad_scratch_bytes(p)
         padded = depthwise_conv2d.m7_padded_input_grad_scratch_bytes(p)
-        assert sizes[0] == (sizes[-1] if padded is None else padded)
-        scratch = sizes[roomy]
+        wide = depthwise_conv2d.m7_wide_input_grad_scratch_bytes(p)
+        assert sizes == ((sizes[-1],) if padded is None else (wide, padded, sizes[-1]))
+        scratch = sizes[min(roomy, len(sizes) - 1)]
     slot = make_slot(step, p)
     got = run_train_step("DEPTHWISE_CONV_2D", p, [x], dy, [x.size], slot, float(lr), 99 + seed,
                          variant=variant, scratch_bytes=scratch)

@@ -392,15 +392,31 @@ def m7_padded_input_grad_scratch_bytes(p: DepthwiseConv2dParams) -> int | None:
             + _grad_ring_rows(p) * (p.output_shape[2] + 2 * (f_w - 1)) * 4 * 2)
 
 
+# depthwise_conv2d_m7.h kDepthwiseWideLanes: channels per block of the wide input gradient.
+M7_WIDE_LANES = 32
+
+
+def m7_wide_input_grad_scratch_bytes(p: DepthwiseConv2dParams) -> int | None:
+    """mt::m7::DepthwiseWideInputGradScratchBytes: the staged scratch, then a zero-margined ring
+    and packed taps M7_WIDE_LANES channels wide; None where the padded form does not apply."""
+    if m7_padded_input_grad_scratch_bytes(p) is None:
+        return None
+    _, f_h, f_w, _ = p.filter.shape
+    ring = _grad_ring_rows(p) * (p.output_shape[2] + 2 * (f_w - 1))
+    return m7_staged_input_grad_scratch_bytes(p) + (ring + f_h * f_w) * M7_WIDE_LANES * 2
+
+
 def m7_roomy_backward_scratch(p: DepthwiseConv2dParams, need_dx: bool,
                               n_train: int) -> tuple[int, ...]:
     """With room to spare, the input gradient runs staged, along a width of stride 1 with
-    zero-margined ring rows given a little more (fastest first)."""
+    zero-margined ring rows given a little more, and with blocks of M7_WIDE_LANES channels
+    given more again (fastest first)."""
     if not need_dx:
         return ()
     padded = m7_padded_input_grad_scratch_bytes(p)
+    wide = m7_wide_input_grad_scratch_bytes(p)
     staged = m7_staged_input_grad_scratch_bytes(p)
-    return (staged,) if padded is None else (padded, staged)
+    return (staged,) if padded is None or wide is None else (wide, padded, staged)
 
 
 M7_BACKWARD = register_variant(backward_key("DEPTHWISE_CONV_2D"), KernelVariant(
