@@ -21,7 +21,7 @@ import pytest
 from firmware_support import build_firmware, tflite_reference
 from mcutrain.compile.compiler import compile_model, scratch_buffer
 from mcutrain.host.device import open_device
-from mcutrain.ops import depthwise_conv2d
+from mcutrain.ops import conv2d, depthwise_conv2d
 from tflite_convert import convert_full_int8
 
 
@@ -45,6 +45,7 @@ class Case:
     layers: tuple[Layer, ...]
     per_channel: bool = True
     ring: bool = False  # the depthwise layer runs on staged rows (planned in a free gap)
+    narrow: bool = False  # the depth-8 pointwise layer runs sixteen pixels a pass (likewise)
 
 
 CASES = [
@@ -80,6 +81,11 @@ CASES = [
           Layer("dw", (3, 3), padding="valid")), ring=True),
     Case("dw3_dilated_valid", (13, 14, 8), (Layer("dw", (3, 3), dilation=2, padding="valid"),),
          per_channel=False),
+    # A depth-8 expansion ahead of the arena's peak (which leaves the gap): eight passes of
+    # sixteen pixels, the last 15 in four-pixel blocks; doubled columns in both.
+    Case("pointwise_narrow", (11, 13, 8),
+         (Layer("conv", (1, 1), filters=40, activation=None), Layer("conv", (1, 1), filters=8),
+          Layer("conv", (1, 1), filters=96)), narrow=True),
     Case("inverted_residual", (24, 24, 8),
          (Layer("conv", (1, 1), filters=24), Layer("dw", (3, 3)),
           Layer("conv", (1, 1), filters=8))),
@@ -138,6 +144,13 @@ def test_m7_layers_on_the_emulated_board_equal_litert(case: Case,
         assert dw and all(
             compiled.planner.placements()[scratch_buffer(s)].size
             == depthwise_conv2d.m7_ring_scratch_bytes(p.params) for s, p in dw)
+    if case.narrow:
+        compiled = compile_model(model)
+        # The first layer; the second, 40 -> 8, is not of depth 8.
+        first = compiled.ops[0]
+        assert conv2d.m7_roomy_scratch(first.params)
+        assert (compiled.planner.placements()[scratch_buffer(0)].size
+                == conv2d.m7_roomy_scratch(first.params)[0])
     rng = np.random.default_rng(11)
     with open_device(f"qemu:{elf}") as dev:
         shape = dev.info().input.shape

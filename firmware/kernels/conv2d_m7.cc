@@ -338,7 +338,9 @@ constexpr int32_t kGroupCodeBytes = 52;
 // nothing, and the caller keeps the filter's last row to the C++ loop, so that no byte past
 // the filter is read.
 // kBack: the rows end in a partial word (`back` is not 0). kLoop: more than four groups.
-template <bool kBack, bool kLoop>
+// kTwice: the columns hold twice the input values (DoubleColumns), so the bias is doubled as
+// it is loaded and the requantization's doubling is saved: one instruction a channel for four.
+template <bool kBack, bool kLoop, bool kTwice>
 [[gnu::noinline]] void SaturateRows(SaturateJob* job) {
   register SaturateJob* j asm("r12") = job;
 #define MT_GROUP                                                                           \
@@ -356,8 +358,12 @@ template <bool kBack, bool kLoop>
   "smlad r7, r8, r2, r7\n\t"                                                                \
   "smlad r7, r9, r3, r7\n\t"
 #define MT_REQUANT(acc)                                                                    \
+  ".if %c[twice]\n\t"                                                                       \
+  "smmlar r3, " acc ", r0, r2\n\t"                                                          \
+  ".else\n\t"                                                                               \
   "lsl r3, " acc ", #1\n\t"                                                                 \
   "smmlar r3, r3, r0, r2\n\t"                                                               \
+  ".endif\n\t"                                                                              \
   "add r3, r3, " acc ", asr #31\n\t"                                                        \
   "asr r3, r3, r1\n\t"                                                                      \
   "ssat " acc ", #8, r3\n\t"
@@ -374,6 +380,9 @@ template <bool kBack, bool kLoop>
       "ldr.w r11, [r12, #4]\n\t"
       "ldr.w r4, [r0], #4\n\t"
       "str.w r0, [r12, #0]\n\t"
+      ".if %c[twice]\n\t"
+      "lsl r4, r4, #1\n\t"
+      ".endif\n\t"
       "mov r5, r4\n\t"
       "mov r6, r4\n\t"
       "mov r7, r4\n\t"
@@ -410,7 +419,8 @@ template <bool kBack, bool kLoop>
       "cmp r0, r1\n\t"
       "bne 1b"
       : "+r"(j)
-      : [group_bytes] "i"(kGroupCodeBytes), [loop] "i"(kLoop ? 1 : 0), [back] "i"(kBack ? 1 : 0)
+      : [group_bytes] "i"(kGroupCodeBytes), [loop] "i"(kLoop ? 1 : 0), [back] "i"(kBack ? 1 : 0),
+        [twice] "i"(kTwice ? 1 : 0)
       : "r0", "r1", "r2", "r3", "r4", "r5", "r6", "r7", "r8", "r9", "r10", "r11", "lr", "cc",
         "memory");
 #undef MT_REQUANT
@@ -421,8 +431,9 @@ template <bool kBack, bool kLoop>
 // Output channels [oc_begin, oc_end) of the block's pixels, whose outputs are out, out + step,
 // out + 2 step, out + 3 step (a block past the last pixel repeats it: step 0 for the copies is
 // not possible, so kFull == false stores only the first `valid` pixels). Weights from rows,
-// which are contiguous: each row's walk ends where the next begins.
-template <Requant kMode, bool kFull, bool kBias>
+// which are contiguous: each row's walk ends where the next begins. kTwice: the columns are
+// doubled (DoubleColumns; only with every channel on the short form).
+template <Requant kMode, bool kFull, bool kBias, bool kTwice>
 void Channels(const OutputStage& stage, const Columns& c, const int8_t* rows,
               const int32_t* bias, const uint32_t* columns, int8_t* out, int32_t step,
               int32_t valid, int32_t oc_begin, int32_t oc_end) {
@@ -449,11 +460,15 @@ void Channels(const OutputStage& stage, const Columns& c, const int8_t* rows,
                       s.table + 3 * oc,
                       (3 - (c.groups - 1) % 4) * kGroupCodeBytes};
       if (tail != 0) {
-        if (c.groups > 4) SaturateRows<true, true>(&job); else SaturateRows<true, false>(&job);
+        if (c.groups > 4) {
+          SaturateRows<true, true, kTwice>(&job);
+        } else {
+          SaturateRows<true, false, kTwice>(&job);
+        }
       } else if (c.groups > 4) {
-        SaturateRows<false, true>(&job);
+        SaturateRows<false, true, kTwice>(&job);
       } else {
-        SaturateRows<false, false>(&job);
+        SaturateRows<false, false, kTwice>(&job);
       }
       w += (last - oc) * c.depth;
       oc = last;
@@ -461,7 +476,7 @@ void Channels(const OutputStage& stage, const Columns& c, const int8_t* rows,
   }
 #endif
   for (; oc < oc_end; ++oc) {
-    const int32_t start = kBias ? bias[oc] : 0;
+    const int32_t start = kBias ? (kTwice ? bias[oc] * 2 : bias[oc]) : 0;
     Block k{start, start, start, start};
     const uint32_t* x = Body(w, columns, groups, k);
     if (tail != 0) {
@@ -471,17 +486,18 @@ void Channels(const OutputStage& stage, const Columns& c, const int8_t* rows,
     // All four before any store: an int8 store may alias the multipliers, which would then be
     // loaded again for every pixel.
     int8_t y0, y1, y2, y3;
-    if (kMode == Requant::kChecked) {
+    if constexpr (kMode == Requant::kChecked) {
+      static_assert(!kTwice, "doubled columns only with the short form");
       y0 = Requantize<kMode>(s, k.a0, oc);
       y1 = Requantize<kMode>(s, k.a1, oc);
       y2 = Requantize<kMode>(s, k.a2, oc);
       y3 = Requantize<kMode>(s, k.a3, oc);
     } else {
       const ShortForm f = ShortFormOf(s, oc);
-      y0 = RequantizeShort<kMode>(s, f, k.a0);
-      y1 = RequantizeShort<kMode>(s, f, k.a1);
-      y2 = RequantizeShort<kMode>(s, f, k.a2);
-      y3 = RequantizeShort<kMode>(s, f, k.a3);
+      y0 = RequantizeShort<kMode, kTwice>(s, f, k.a0);
+      y1 = RequantizeShort<kMode, kTwice>(s, f, k.a1);
+      y2 = RequantizeShort<kMode, kTwice>(s, f, k.a2);
+      y3 = RequantizeShort<kMode, kTwice>(s, f, k.a3);
     }
     // One pointer stepped between the pixels: left to itself, GCC keeps four output pointers
     // (one per pixel) and spills them, which costs more than the three adds.
@@ -499,24 +515,149 @@ void Channels(const OutputStage& stage, const Columns& c, const int8_t* rows,
 }
 
 // Channels with the block shape and bias presence as compile-time constants.
-template <Requant kMode>
+template <Requant kMode, bool kTwice = false>
 void BlockChannels(const OutputStage& s, const Columns& c, const int8_t* rows,
                    const int32_t* bias, const uint32_t* columns, int8_t* out, int32_t step,
                    int32_t valid, int32_t oc_begin, int32_t oc_end) {
   if (oc_begin >= oc_end) return;
   if (valid == kPixels) {
     if (bias != nullptr) {
-      Channels<kMode, true, true>(s, c, rows, bias, columns, out, step, valid, oc_begin, oc_end);
+      Channels<kMode, true, true, kTwice>(s, c, rows, bias, columns, out, step, valid, oc_begin,
+                                          oc_end);
     } else {
-      Channels<kMode, true, false>(s, c, rows, bias, columns, out, step, valid, oc_begin,
-                                   oc_end);
+      Channels<kMode, true, false, kTwice>(s, c, rows, bias, columns, out, step, valid,
+                                           oc_begin, oc_end);
     }
   } else if (bias != nullptr) {
-    Channels<kMode, false, true>(s, c, rows, bias, columns, out, step, valid, oc_begin, oc_end);
+    Channels<kMode, false, true, kTwice>(s, c, rows, bias, columns, out, step, valid, oc_begin,
+                                         oc_end);
   } else {
-    Channels<kMode, false, false>(s, c, rows, bias, columns, out, step, valid, oc_begin,
-                                  oc_end);
+    Channels<kMode, false, false, kTwice>(s, c, rows, bias, columns, out, step, valid,
+                                          oc_begin, oc_end);
   }
+}
+
+// Every value of the block's columns twice (one SADD16 a word): exact, as |x + offset| <= 255.
+void DoubleColumns(uint32_t* words, int32_t n) {
+#pragma GCC unroll 8
+  for (int32_t i = 0; i < n; ++i) words[i] = dsp::Add16(words[i], words[i]);
+}
+
+// ---- depth 8, sixteen pixels a pass (Conv2dNarrow) ----
+
+// What NarrowRows reads, by the offsets its assembly names.
+struct NarrowJob {
+  const int8_t* w;          // +0: the next channel's weight row
+  const int32_t* bias;      // +4: the next channel's bias
+  const int32_t* table;     // +8: the next channel's short-form constants
+  int8_t* out;              // +12: the next channel's output of the pass's first pixel
+  int8_t* out_end;          // +16: out past the last channel
+  const uint32_t* columns;  // +20: the pass's doubled columns, four words a pixel
+  int32_t step;             // +24: bytes from one pixel's outputs to the next's
+};
+
+#if MT_HAVE_DSP
+// Per channel: its two weight words unpacked into four registers, its doubled bias and its
+// constants, then per pixel two LDRD of columns, four SMLAD, the short form without its
+// doubling (kTwice), one SSAT and a store: 12 instructions for 8 MACs, and ~25 a channel for
+// sixteen pixels. All fourteen registers are in use in the pixels, so the job waits on the stack.
+[[gnu::noinline]] void NarrowRows(NarrowJob* job) {
+  register NarrowJob* j asm("r12") = job;
+#define MT_PIXEL(k)                                                                        \
+  "ldrd r11, r12, [r8, #" #k " * 16]\n\t"                                                  \
+  "smlad lr, r0, r11, r4\n\t"                                                               \
+  "smlad lr, r1, r12, lr\n\t"                                                               \
+  "ldrd r11, r12, [r8, #" #k " * 16 + 8]\n\t"                                              \
+  "smlad lr, r2, r11, lr\n\t"                                                               \
+  "smlad lr, r3, r12, lr\n\t"                                                               \
+  "smmlar r11, lr, r5, r7\n\t"                                                              \
+  "add r11, r11, lr, asr #31\n\t"                                                           \
+  "asr r11, r11, r6\n\t"                                                                    \
+  "ssat r11, #8, r11\n\t"                                                                   \
+  "strb r11, [r9]\n\t"                                                                      \
+  "add r9, r9, r10\n\t"
+  static_assert(kConvNarrowPixels == 16, "NarrowRows unrolls sixteen pixels");
+  asm volatile(
+      "str r12, [sp, #-8]!\n"
+      "1:\n\t"  // a channel
+      "ldr lr, [r12, #0]\n\t"
+      "ldr r0, [lr], #4\n\t"
+      "ldr r2, [lr], #4\n\t"
+      "str lr, [r12, #0]\n\t"
+      "sxtb16 r1, r0, ror #8\n\t"
+      "sxtb16 r0, r0\n\t"
+      "sxtb16 r3, r2, ror #8\n\t"
+      "sxtb16 r2, r2\n\t"
+      "ldr lr, [r12, #4]\n\t"
+      "ldr r4, [lr], #4\n\t"
+      "str lr, [r12, #4]\n\t"
+      "lsl r4, r4, #1\n\t"
+      "ldr lr, [r12, #8]\n\t"
+      "ldmia lr!, {r5, r6, r7}\n\t"  // multiplier, right shift, constant
+      "str lr, [r12, #8]\n\t"
+      "ldr r9, [r12, #12]\n\t"
+      "add lr, r9, #1\n\t"
+      "str lr, [r12, #12]\n\t"
+      "ldr r8, [r12, #20]\n\t"
+      "ldr r10, [r12, #24]\n\t"
+      MT_PIXEL(0) MT_PIXEL(1) MT_PIXEL(2) MT_PIXEL(3) MT_PIXEL(4) MT_PIXEL(5) MT_PIXEL(6)
+      MT_PIXEL(7) MT_PIXEL(8) MT_PIXEL(9) MT_PIXEL(10) MT_PIXEL(11) MT_PIXEL(12)
+      MT_PIXEL(13) MT_PIXEL(14) MT_PIXEL(15)
+      "ldr r12, [sp]\n\t"
+      "ldr r0, [r12, #12]\n\t"
+      "ldr r1, [r12, #16]\n\t"
+      "cmp r0, r1\n\t"
+      "bne 1b\n\t"
+      "add sp, sp, #8"
+      : "+r"(j)
+      :
+      : "r0", "r1", "r2", "r3", "r4", "r5", "r6", "r7", "r8", "r9", "r10", "r11", "lr", "cc",
+        "memory");
+#undef MT_PIXEL
+}
+#else
+// The same sums in plain C++ (the host build).
+void NarrowRows(NarrowJob* job) {
+  const OutputStage none{nullptr, nullptr, 0, -128, 127, nullptr};
+  for (; job->out != job->out_end; ++job->out, job->w += 8, ++job->bias, job->table += 3) {
+    const uint32_t w0 = dsp::Load4(job->w);
+    const uint32_t w1 = dsp::Load4(job->w + 4);
+    const ShortForm f{job->table[0], job->table[1], job->table[2]};
+    const uint32_t* x = job->columns;
+    int8_t* o = job->out;
+    for (int32_t k = 0; k < kConvNarrowPixels; ++k, x += 4, o += job->step) {
+      int32_t acc = dsp::Dot2(dsp::ExtendEven(w0), x[0], *job->bias * 2);
+      acc = dsp::Dot2(dsp::ExtendOdd(w0), x[1], acc);
+      acc = dsp::Dot2(dsp::ExtendEven(w1), x[2], acc);
+      acc = dsp::Dot2(dsp::ExtendOdd(w1), x[3], acc);
+      *o = RequantizeShort<Requant::kSaturate, true>(none, f, acc);
+    }
+  }
+}
+#endif
+
+// The pixels of [0, pixels) in whole passes of sixteen, every channel; returns how many it did.
+// Frozen weights, a bias and the short form with one SSAT (the caller checks); `columns` has
+// Conv2dNarrowScratchBytes(p).
+int32_t NarrowPointwise(const Conv2dParams& p, const int8_t* input, const int8_t* filter,
+                        const int32_t* bias, int8_t* output, const int32_t* table,
+                        int32_t pixels, uint32_t* columns) {
+  const uint32_t offset2 = dsp::Splat16(p.input_offset);
+  const int32_t done = pixels / kConvNarrowPixels * kConvNarrowPixels;
+  for (int32_t i = 0; i < done; i += kConvNarrowPixels) {
+    const int8_t* in = input + i * 8;
+    for (int32_t k = 0; k < kConvNarrowPixels; ++k, in += 8) {
+      const uint32_t x0 = dsp::Load4(in);
+      const uint32_t x1 = dsp::Load4(in + 4);
+      const uint32_t words[4] = {dsp::ExtendEvenAdd(x0, offset2), dsp::ExtendOddAdd(x0, offset2),
+                                 dsp::ExtendEvenAdd(x1, offset2), dsp::ExtendOddAdd(x1, offset2)};
+      for (int32_t j = 0; j < 4; ++j) columns[4 * k + j] = dsp::Add16(words[j], words[j]);
+    }
+    int8_t* const out = output + i * p.output_c;
+    NarrowJob job{filter, bias, table, out, out + p.output_c, columns, p.output_c};
+    NarrowRows(&job);
+  }
+  return done;
 }
 
 }  // namespace
@@ -542,8 +683,18 @@ void conv2d_s8(const Conv2dParams& p, const int8_t* input, const int8_t* filter,
   const bool unit_stride = p.stride_h == 1 && p.stride_w == 1 && p.input_h == p.output_h &&
                            p.input_w == p.output_w;
   const uint32_t offset2 = dsp::Splat16(p.input_offset);
+  // Doubled columns where the doublings they save (one per output) outweigh the pass over the
+  // block's words (about three instructions a word): every channel frozen and on the short
+  // form, and more than eight output channels per group of four column values.
+  const bool twice = p.n_train == 0 && plan.mode != Requant::kChecked && p.output_c > 8 * c.groups;
+  // Depth 8 with the room: whole passes of sixteen pixels, the rest below.
+  int32_t first = 0;
+  if (twice && Conv2dNarrow(p) && unit_stride && plan.mode == Requant::kSaturate &&
+      bias != nullptr && scratch_bytes >= Conv2dNarrowScratchBytes(p)) {
+    first = NarrowPointwise(p, input, filter, bias, output, requant, pixels, columns);
+  }
   // Pixels four at a time in output order; past the last pixel, the block repeats it.
-  for (int32_t i = 0; i < pixels; i += kPixels) {
+  for (int32_t i = first; i < pixels; i += kPixels) {
     const int32_t valid = pixels - i < kPixels ? pixels - i : kPixels;
     if (pointwise) {
       const int8_t* in[kPixels];
@@ -564,6 +715,7 @@ void conv2d_s8(const Conv2dParams& p, const int8_t* input, const int8_t* filter,
                columns);
       }
     }
+    if (twice) DoubleColumns(columns, c.groups * kPixels * 2);
     int8_t* out = output + i * p.output_c;
     // The trained prefix's weights change on the device: it takes the short form only where
     // the host bounded it for any int8 weights.
@@ -577,8 +729,16 @@ void conv2d_s8(const Conv2dParams& p, const int8_t* input, const int8_t* filter,
                                        valid, 0, p.n_train);
     }
     WithRequant(plan.mode, [&](auto mode_tag) {
-      BlockChannels<decltype(mode_tag)::value>(s, c, filter, bias, columns, out, p.output_c,
-                                               valid, p.n_train, p.output_c);
+      constexpr Requant kMode = decltype(mode_tag)::value;
+      if constexpr (kMode != Requant::kChecked) {
+        if (twice) {
+          BlockChannels<kMode, true>(s, c, filter, bias, columns, out, p.output_c, valid,
+                                     p.n_train, p.output_c);
+          return;
+        }
+      }
+      BlockChannels<kMode>(s, c, filter, bias, columns, out, p.output_c, valid, p.n_train,
+                           p.output_c);
     });
   }
 }

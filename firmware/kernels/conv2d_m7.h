@@ -28,6 +28,20 @@ constexpr int32_t Conv2dScratchBytes(const Conv2dParams& p) {
   return columns * ((depth + 3) / 4 * 4) * static_cast<int32_t>(sizeof(int16_t));
 }
 
+// A pointwise layer of depth 8 (MobileNetV2's expansions after its narrowest blocks): with
+// room for sixteen pixels' columns it keeps each output channel's eight weights in registers
+// and runs sixteen pixels per channel, where the four-pixel blocks pay a channel's set-up,
+// bias and stores for every four (twice the instructions of its multiplies).
+constexpr int32_t kConvNarrowPixels = 16;
+// (More than 16 outputs: the pass doubles its columns, which pays only then; conv2d_s8.)
+constexpr bool Conv2dNarrow(const Conv2dParams& p) {
+  return p.filter_h == 1 && p.filter_w == 1 && p.pad_h == 0 && p.pad_w == 0 &&
+         p.filter_c == 8 && p.output_c > 16;
+}
+constexpr int32_t Conv2dNarrowScratchBytes(const Conv2dParams& p) {
+  return kConvNarrowPixels * p.filter_c * static_cast<int32_t>(sizeof(int16_t));
+}
+
 // In/out as mt::ref::conv2d_s8. requant: the host's per-channel short-form table
 // (requantize_m7.h) where every frozen channel meets its preconditions, else nullptr.
 // Scratch: Conv2dScratchBytes(p) bytes, 4-byte aligned; with less (or groups > 1) it runs the

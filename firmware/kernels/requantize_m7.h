@@ -57,10 +57,13 @@ inline ShortForm ShortFormOf(const OutputStage& s, int32_t c) {
 }
 
 // The short form of one output: kBounded clamps to [lo, hi], kSaturate is one SSAT.
-template <Requant kMode>
+// kTwice: acc is already twice the sum (a kernel that doubled one operand of every product and
+// the bias saves the doubling here); the sign, and so the result, are the same.
+template <Requant kMode, bool kTwice = false>
 inline int8_t RequantizeShort(const OutputStage& s, const ShortForm& f, int32_t acc) {
+  const int32_t twice = kTwice ? acc : acc * 2;
   const int32_t v =
-      (dsp::RoundingHighMulAdd(acc * 2, f.multiplier, f.constant) + (acc >> 31)) >> f.right;
+      (dsp::RoundingHighMulAdd(twice, f.multiplier, f.constant) + (acc >> 31)) >> f.right;
   if (kMode == Requant::kSaturate) return static_cast<int8_t>(dsp::Saturate8(v));
   return static_cast<int8_t>(Clamp(v, s.lo, s.hi));
 }

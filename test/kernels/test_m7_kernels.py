@@ -91,6 +91,26 @@ def test_conv2d_m7_equals_reference(seed: int) -> None:
     np.testing.assert_array_equal(got, expected.reshape(got.shape))
 
 
+@pytest.mark.parametrize("roomy", [False, True], ids=["plain", "roomy"])
+@pytest.mark.parametrize(("shape", "out_c", "bias"), [
+    ((1, 5, 7, 8), 48, True), ((2, 6, 6, 8), 40, False), ((1, 4, 9, 16), 96, True),
+    ((1, 3, 5, 4), 20, True), ((1, 1, 3, 8), 17, True), ((1, 4, 8, 8), 24, True)])
+def test_conv2d_m7_expansion_equals_reference(shape: tuple[int, int, int, int], out_c: int,
+                                              bias: bool, roomy: bool) -> None:
+    """MobileNetV2's expansion layers: a pointwise layer with many more outputs than input
+    words takes doubled columns, and at depth 8 runs pixels sixteen at a time; odd pixel
+    counts leave a remainder to the four-pixel blocks."""
+    case = Case("conv", shape, out_c=out_c, kernel=(1, 1), bias=bias, per_channel=True,
+                activation="RELU6" if out_c % 2 else "NONE", seed=out_c)
+    graph, op = build_graph(case)
+    params = conv2d.prepare(op, graph)
+    x = _inputs(case, params, np.random.default_rng(out_c))
+    expected = conv2d.reference(params, [x])
+    got = run_op(conv2d.OPDEF, params, [x], tuple(params.output_shape), variant=conv2d.M7,
+                 roomy=roomy)
+    np.testing.assert_array_equal(got, expected.reshape(got.shape))
+
+
 @pytest.mark.parametrize("seed", range(30))
 def test_conv2d_m7_with_trained_parameters_equals_reference(seed: int) -> None:
     """A training layer's forward: the first n_train rows from the SRAM copy, with whatever int8

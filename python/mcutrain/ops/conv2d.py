@@ -270,6 +270,19 @@ def m7_serves(p: Conv2dParams, n_train: int) -> bool:
     return p.filter.shape[3] == p.input_shape[3]
 
 
+# conv2d_m7.h kConvNarrowPixels: pixels per pass of the depth-8 pointwise kernel.
+M7_NARROW_PIXELS = 16
+
+
+def m7_roomy_scratch(p: Conv2dParams) -> tuple[int, ...]:
+    """mt::m7::Conv2dNarrowScratchBytes for a pointwise layer of depth 8 and more than 16
+    outputs (mt::m7::Conv2dNarrow): sixteen pixels' columns, planned where the arena has the
+    room."""
+    out_c, f_h, f_w, f_c = p.filter.shape
+    narrow = (f_h, f_w, f_c) == (1, 1, 8) and tuple(p.pad) == (0, 0) and out_c > 16
+    return (M7_NARROW_PIXELS * f_c * 2,) if narrow else ()
+
+
 def m7_constants(p: Conv2dParams, ctx: Any) -> str:
     """The kernel's `requant` argument (ops/m7.py requant_table)."""
     return m7.requant_arg(p.filter.reshape(p.filter.shape[0], -1), p, ctx,
@@ -278,7 +291,7 @@ def m7_constants(p: Conv2dParams, ctx: Any) -> str:
 
 M7 = register_variant("CONV_2D", KernelVariant(
     "m7", "mt::m7", header="kernels/conv2d_m7.h", scratch_bytes=m7_scratch_bytes,
-    serves=m7_serves, constants=m7_constants))
+    serves=m7_serves, constants=m7_constants, roomy_scratch=m7_roomy_scratch))
 
 
 # conv2d_m7.h kConvGradMaxTaps: the input gradient folds one output-gradient row per tap.
