@@ -853,7 +853,7 @@ void DotPixels(const Conv2dParams& p, const int8_t* rows, int32_t lo, int32_t hi
 #define MT_BLOCK_SUMS                                                                     \
   [w] "+r"(w), [g] "+r"(g), [s0] "+r"(a.s0), [s1] "+r"(a.s1), [s2] "+r"(a.s2),          \
       [s3] "+r"(a.s3), [wa] "=&r"(wa)
-    if ((((pairs_end - w) / stride / 2) & 1) != 0) {
+    if ((((hi - lo) / 2) & 1) != 0) {
       asm volatile(MT_BLOCK_PAIR : MT_BLOCK_SUMS : [stride] "r"(stride)
                    : "r0", "r1", "r2", "r3", "memory");
     }
@@ -909,6 +909,7 @@ void DotPixels(const Conv2dParams& p, const int8_t* rows, int32_t lo, int32_t hi
 template <typename Sink>
 void PointwiseGather(const Conv2dParams& p, const int8_t* filter, const GradView& dy,
                      const float* ratio, int16_t* rows, const Sink& sink) {
+  const Sink local = sink;  // (train_math.h, the sinks)
   const int32_t pixels = p.batches * p.input_h * p.input_w;
   const int32_t trained_pad = (p.n_train + 1) / 2 * 2;
   const uint32_t* g = reinterpret_cast<const uint32_t*>(rows);
@@ -922,7 +923,7 @@ void PointwiseGather(const Conv2dParams& p, const int8_t* filter, const GradView
     }
     const int32_t first = px0 * p.input_c;
     const auto put = [&](int32_t ic, int32_t k, int32_t acc) {
-      if (k < valid) sink(first + k * p.input_c + ic, acc);
+      if (k < valid) local(first + k * p.input_c + ic, acc);
     };
     for (int32_t ic = 0; ic < p.input_c; ++ic) {
       PixelSums q;
@@ -934,6 +935,7 @@ void PointwiseGather(const Conv2dParams& p, const int8_t* filter, const GradView
       put(ic, 3, q.s3);
     }
   }
+  sink.Absorb(local);
 }
 
 // A 1-D layer (a single column or row, stride 1, no dilation, more than one tap): a window of
@@ -976,6 +978,7 @@ void FoldPosition(const Conv2dParams& p, const GradView& dy, const float* ratio,
 template <typename Sink>
 void LineGather(const Conv2dParams& p, const int8_t* filter, const GradView& dy,
                 const float* ratio, int16_t* line, const Sink& sink) {
+  const Sink local = sink;  // (train_math.h, the sinks)
   const bool down = p.input_w == 1;  // positions along the height, else along the width
   const int32_t n = p.input_h * p.input_w, outputs = p.output_h * p.output_w;
   const int32_t taps = p.filter_h * p.filter_w, pad = down ? p.pad_h : p.pad_w;
@@ -1005,13 +1008,14 @@ void LineGather(const Conv2dParams& p, const int8_t* filter, const GradView& dy,
       for (int32_t ic = 0; ic < p.input_c; ++ic) {
         PixelSums q;
         LineTaps(p, filter, ic, words, g_frozen, length, q);
-        sink(base + ic, q.s0);
-        if (valid > 1) sink(base + p.input_c + ic, q.s1);
-        if (valid > 2) sink(base + 2 * p.input_c + ic, q.s2);
-        if (valid > 3) sink(base + 3 * p.input_c + ic, q.s3);
+        local(base + ic, q.s0);
+        if (valid > 1) local(base + p.input_c + ic, q.s1);
+        if (valid > 2) local(base + 2 * p.input_c + ic, q.s2);
+        if (valid > 3) local(base + 3 * p.input_c + ic, q.s3);
       }
     }
   }
+  sink.Absorb(local);
 }
 
 }  // namespace
@@ -1036,6 +1040,7 @@ float conv2d_input_grad(const Conv2dParams& p, const int8_t* filter, const GradV
   // Gather form, one input pixel at a time: sum each input channel over the taps that read it
   // and the output channels.
   const auto gather = [&](const auto& sink) {
+    const auto local = sink;  // (train_math.h, the sinks)
     int32_t held[kConvGradMaxTaps];  // the output pixel whose folded row each slot holds
     for (int32_t s = 0; s < taps; ++s) held[s] = -1;
     for (int32_t b = 0; b < p.batches; ++b) {
@@ -1071,10 +1076,10 @@ float conv2d_input_grad(const Conv2dParams& p, const int8_t* filter, const GradV
               DotRows(p, p.train_filter, 0, p.n_train, tap_of[k], ic0, g, q);
               DotRows(p, filter, p.n_train, p.output_c, tap_of[k], ic0, g + trained_pad, q);
             }
-            sink(first + ic0, q.s0);
-            sink(first + ic0 + 1, q.s1);
-            sink(first + ic0 + 2, q.s2);
-            sink(first + ic0 + 3, q.s3);
+            local(first + ic0, q.s0);
+            local(first + ic0 + 1, q.s1);
+            local(first + ic0 + 2, q.s2);
+            local(first + ic0 + 3, q.s3);
           }
           for (int32_t ic = body; ic < p.input_c; ++ic) {
             int32_t acc = 0;
@@ -1084,11 +1089,12 @@ float conv2d_input_grad(const Conv2dParams& p, const int8_t* filter, const GradV
               acc += DotRowsScalar(p, filter, p.n_train, p.output_c, tap_of[k], ic,
                                    g + trained_pad);
             }
-            sink(first + ic, acc);
+            local(first + ic, acc);
           }
         }
       }
     }
+    sink.Absorb(local);
   };
   const int32_t n = p.batches * p.input_h * p.input_w * p.input_c;
   if (Conv2dPointwiseGrad(p) && scratch_bytes >= Conv2dPointwiseInputGradScratchBytes(p)) {

@@ -24,7 +24,10 @@ inline int32_t FoldGrad(int16_t d, const float* ratio, int32_t c) {
   if (ratio == nullptr) return d;
   const float v = static_cast<float>(d) * ratio[c];
   const int32_t r = RoundedMagnitude(v);  // RoundHalfAway(v), branch-free
-  return v < 0.0f ? -r : r;
+  // v has d's sign (a ratio of two scales is positive; where v is 0, so is r), so the sign
+  // comes back from d in integers, not by a float compare and a flag transfer.
+  const int32_t sign = static_cast<int32_t>(d) >> 31;
+  return (r ^ sign) - sign;
 }
 
 // w = clamp(w - step, -127, 127): the end of every weight update.

@@ -66,7 +66,8 @@ inline int32_t RoundedMagnitude(float v) { return static_cast<int32_t>(std::fabs
 inline int16_t RequantizeGrad(int32_t acc, float k) {
   int32_t r = RoundedMagnitude(static_cast<float>(acc) * k);
   r = r > kGradMax ? kGradMax : r;
-  return static_cast<int16_t>(acc < 0 ? -r : r);
+  const int32_t sign = acc >> 31;  // 0 or -1: the sign put back without a branch or an IT
+  return static_cast<int16_t>((r ^ sign) - sign);
 }
 
 // An output gradient as the CONV_2D backward kernels read it: element (pixel, c) is
