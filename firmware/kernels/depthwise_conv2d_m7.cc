@@ -48,12 +48,13 @@ inline Quad Start(const int32_t* group, const int32_t* bias, int32_t c) {
   return q;
 }
 
-template <Requant kMode>
+// kTwice: the table's weights and start values are doubled (depthwise_conv2d_m7.h).
+template <Requant kMode, bool kTwice = false>
 inline void Store(const OutputStage& s, const Quad& q, int8_t* out, int32_t c) {
-  const int8_t y0 = Requantize<kMode>(s, q.a0, c);
-  const int8_t y1 = Requantize<kMode>(s, q.a1, c + 1);
-  const int8_t y2 = Requantize<kMode>(s, q.a2, c + 2);
-  const int8_t y3 = Requantize<kMode>(s, q.a3, c + 3);
+  const int8_t y0 = Requantize<kMode, kTwice>(s, q.a0, c);
+  const int8_t y1 = Requantize<kMode, kTwice>(s, q.a1, c + 1);
+  const int8_t y2 = Requantize<kMode, kTwice>(s, q.a2, c + 2);
+  const int8_t y3 = Requantize<kMode, kTwice>(s, q.a3, c + 3);
   out[c] = y0;
   out[c + 1] = y1;
   out[c + 2] = y2;
@@ -80,7 +81,7 @@ template <Requant kMode>
 // One output pixel whose taps read src[t] (an input pixel, or the zero-point row for a tap in
 // the padding). kTaps == 0: the tap count is taps (run time).
 // Channels from c_begin (a multiple of 4; the trained ones before it run TrainedGroups) on.
-template <int32_t kTaps, Requant kMode>
+template <int32_t kTaps, Requant kMode, bool kTwice = false>
 void Pixel(const DepthwiseConv2dParams& p, const OutputStage& s, const int8_t* const* src,
            int32_t taps, const int8_t* filter, const int32_t* bias, const int32_t* group_bias,
            const int32_t* table, int8_t* out, int32_t c_begin = 0) {
@@ -97,7 +98,7 @@ void Pixel(const DepthwiseConv2dParams& p, const OutputStage& s, const int8_t* c
       q.Tap(dsp::Load4(src[t] + c), w_even, w_odd);
     }
     group = reinterpret_cast<const int32_t*>(w);
-    Store<kMode>(s, q, out, c);
+    Store<kMode, kTwice>(s, q, out, c);
   }
   TailChannels<kMode>(p, s, src, n, filter, bias, out);
 }
@@ -105,7 +106,7 @@ void Pixel(const DepthwiseConv2dParams& p, const OutputStage& s, const int8_t* c
 // An output pixel of a 3x3 filter whose taps are all inside the image:
 // rows at `at`, at + row, at + 2 row; columns at 0, step, 2 step bytes. Register-offset loads
 // replace the tap pointer table.
-template <Requant kMode>
+template <Requant kMode, bool kTwice>
 void Interior3x3(const DepthwiseConv2dParams& p, const OutputStage& s, const int8_t* at,
                  int32_t row, int32_t step, const int32_t* group_bias, const int32_t* table,
                  int8_t* out) {
@@ -125,7 +126,7 @@ void Interior3x3(const DepthwiseConv2dParams& p, const OutputStage& s, const int
       }
     }
     group = reinterpret_cast<const int32_t*>(w);
-    Store<kMode>(s, q, out, c);
+    Store<kMode, kTwice>(s, q, out, c);
   }
 }
 
@@ -150,7 +151,8 @@ struct InteriorJob {
 // and the requantization constants reloaded through the stack, three loads per channel's
 // constants) and ~70 a pixel around the groups; this ~113 and ~15: per tap one load, one LDRD
 // of its weights, two SXTB16 and four SMLABB/SMLATT; per channel one LDM of its constants and
-// five instructions.
+// five instructions (four with kTwice).
+template <bool kTwice>
 [[gnu::noinline]] void Interior3x3Saturate(InteriorJob* job) {
   register InteriorJob* j asm("r0") = job;
 #define MT_TAP(addr)                                                                       \
@@ -164,8 +166,12 @@ struct InteriorJob {
   "smlatt r7, r10, r12, r7\n\t"
 #define MT_REQUANT(acc)                                                                    \
   "ldmia r3!, {r9, r10, r11}\n\t"                                                           \
+  ".if %c[twice]\n\t"                                                                       \
+  "smmlar r12, " acc ", r9, r11\n\t"                                                        \
+  ".else\n\t"                                                                               \
   "lsl r12, " acc ", #1\n\t"                                                                \
   "smmlar r12, r12, r9, r11\n\t"                                                            \
+  ".endif\n\t"                                                                              \
   "add r12, r12, " acc ", asr #31\n\t"                                                      \
   "asr r12, r12, r10\n\t"                                                                   \
   "ssat " acc ", #8, r12\n\t"
@@ -209,7 +215,7 @@ struct InteriorJob {
       "str r3, [lr, #40]\n\t"
       "bne 0b"
       : "+r"(j)
-      :
+      : [twice] "i"(kTwice ? 1 : 0)
       : "r1", "r2", "r3", "r4", "r5", "r6", "r7", "r8", "r9", "r10", "r11", "r12", "lr", "cc",
         "memory");
 #undef MT_REQUANT
@@ -235,7 +241,7 @@ struct InteriorJob {
   }
 }
 
-template <int32_t kTaps, Requant kMode>
+template <int32_t kTaps, Requant kMode, bool kTwice>
 void Run(const DepthwiseConv2dParams& p, const int8_t* input, const int8_t* filter,
          const int32_t* bias, int8_t* output, const int32_t* table, const int32_t* requant,
          bool bias_in_table, const int8_t* zero_row) {
@@ -277,34 +283,34 @@ void Run(const DepthwiseConv2dParams& p, const int8_t* input, const int8_t* filt
             job.at = at;
             job.out = out;
             job.pixels = n;
-            Interior3x3Saturate(&job);
+            Interior3x3Saturate<kTwice>(&job);
             ox += n - 1;
             out += (n - 1) * p.output_c;
             continue;
           }
 #endif
-          Interior3x3<kMode>(p, s, at, p.dilation_h * row_bytes, p.dilation_w * p.input_c,
+          Interior3x3<kMode, kTwice>(p, s, at, p.dilation_h * row_bytes, p.dilation_w * p.input_c,
                              group_bias, table, out);
           continue;
         }
         TapSources(p, image, row_bytes, in_y0, in_x0, zero_row, src);
-        Pixel<kTaps, kMode>(p, s, src, taps, filter, bias, group_bias, table, out);
+        Pixel<kTaps, kMode, kTwice>(p, s, src, taps, filter, bias, group_bias, table, out);
       }
     }
   }
 }
 
 // The tap loop unrolled for the common filter sizes.
-template <Requant kMode>
+template <Requant kMode, bool kTwice>
 void Dispatch(const DepthwiseConv2dParams& p, const int8_t* input, const int8_t* filter,
               const int32_t* bias, int8_t* output, const int32_t* table,
               const int32_t* requant, bool bias_in_table, const int8_t* zeros) {
   if (p.filter_h == 3 && p.filter_w == 3) {
-    Run<9, kMode>(p, input, filter, bias, output, table, requant, bias_in_table, zeros);
+    Run<9, kMode, kTwice>(p, input, filter, bias, output, table, requant, bias_in_table, zeros);
   } else if (p.filter_h == 5 && p.filter_w == 5) {
-    Run<25, kMode>(p, input, filter, bias, output, table, requant, bias_in_table, zeros);
+    Run<25, kMode, kTwice>(p, input, filter, bias, output, table, requant, bias_in_table, zeros);
   } else {
-    Run<0, kMode>(p, input, filter, bias, output, table, requant, bias_in_table, zeros);
+    Run<0, kMode, kTwice>(p, input, filter, bias, output, table, requant, bias_in_table, zeros);
   }
 }
 
@@ -486,19 +492,21 @@ void StageRow(const DepthwiseConv2dParams& p, const int8_t* image, int32_t iy, i
 }
 
 // Channel c's taps in row order r, where lane l holds filter row (l - r) mod 3 (the rows of
-// output row oy sit at order (oy - pad_h) mod 3).
+// output row oy sit at order (oy - pad_h) mod 3), times `scale` (2 on the short form, which
+// then skips its doubling of the accumulator: RingRow).
 RingTaps PackRingTaps(const DepthwiseConv2dParams& p, const int8_t* filter, int32_t c,
-                      int32_t r) {
+                      int32_t r, int32_t scale) {
   const int8_t* row0 = filter + (3 - r) % 3 * 3 * p.output_c + c;
   const int8_t* row1 = filter + (4 - r) % 3 * 3 * p.output_c + c;
   const int8_t* row2 = filter + (5 - r) % 3 * 3 * p.output_c + c;
-  const int32_t n = p.output_c;
-  return RingTaps{dsp::Pack(row0[0], row1[0]), dsp::Pack(row0[n], row1[n]),
-                  dsp::Pack(row0[2 * n], row1[2 * n]), dsp::Pack(row2[0], row2[n]),
-                  dsp::Pack(row2[2 * n], 0)};
+  const int32_t n = p.output_c, k = scale;
+  return RingTaps{dsp::Pack(k * row0[0], k * row1[0]), dsp::Pack(k * row0[n], k * row1[n]),
+                  dsp::Pack(k * row0[2 * n], k * row1[2 * n]),
+                  dsp::Pack(k * row2[0], k * row2[n]), dsp::Pack(k * row2[2 * n], 0)};
 }
 
-// One output row of one channel: out[ox * step] for ox < n, from the ring at column t on.
+// One output row of one channel: out[ox * step] for ox < n, from the ring at column t on. On
+// the short form the taps and `start` are doubled (RunRing3x3), so the accumulator is too.
 template <Requant kMode>
 void RingRow(const OutputStage& s, int32_t c, const RingTaps& w, int32_t start,
              const uint32_t* t, int32_t n, int8_t* out, int32_t step) {
@@ -509,13 +517,13 @@ void RingRow(const OutputStage& s, int32_t c, const RingTaps& w, int32_t start,
     acc = dsp::Dot2(t[2], w.a1, acc);
     acc = dsp::Dot2(t[4], w.a2, acc);
     acc = dsp::MulAddLow(t[5], w.b2, acc);
-    *out = Requantize<kMode>(s, acc, c);
+    *out = Requantize<kMode, kMode != Requant::kChecked>(s, acc, c);
   }
 }
 
 #if MT_HAVE_DSP
 // The same with one SSAT for the clamp, written out: GCC spills the taps and the short form's
-// constants and loads them back for every output (27 instructions an output, here 19).
+// constants and loads them back for every output (27 instructions an output, here 18).
 template <>
 [[gnu::noinline]] void RingRow<Requant::kSaturate>(const OutputStage& s, int32_t c,
                                                    const RingTaps& w, int32_t start,
@@ -535,8 +543,7 @@ template <>
       "ldrd %[x0], %[x1], [%[t], #8]\n\t"  // column ox + 2
       "smlad %[acc], %[x0], %[a2], %[acc]\n\t"
       "smlabb %[acc], %[x1], %[b2], %[acc]\n\t"
-      "lsl %[x0], %[acc], #1\n\t"  // RequantizeShort
-      "smmlar %[x0], %[x0], %[m], %[k]\n\t"
+      "smmlar %[x0], %[acc], %[m], %[k]\n\t"  // RequantizeShort, acc doubled
       "add %[x0], %[x0], %[acc], asr #31\n\t"
       "asr %[x0], %[x0], %[e]\n\t"
       "ssat %[x0], #8, %[x0]\n\t"
@@ -558,6 +565,8 @@ template <Requant kMode>
 void RunRing3x3(const DepthwiseConv2dParams& p, const int8_t* input, const int8_t* filter,
                 const int32_t* bias, int8_t* output, const int32_t* requant, int8_t* scratch) {
   const OutputStage s{p.multiplier, p.shift, p.output_offset, p.act_min, p.act_max, requant};
+  // |2 acc| < 2^30 on the short form (its precondition), so doubling is exact there.
+  constexpr int32_t kScale = kMode == Requant::kChecked ? 1 : 2;
   const int32_t channel = DepthwiseRingColumns(p) * kRingLanes;
   auto* ring = reinterpret_cast<int16_t*>(scratch);
   auto* taps = reinterpret_cast<RingTaps(*)[3]>(scratch + DepthwiseRingBytes(p));
@@ -586,7 +595,7 @@ void RunRing3x3(const DepthwiseConv2dParams& p, const int8_t* input, const int8_
         const int32_t order = (y0 % 3 + 3) % 3;
         if (!packed[order]) {  // a band of one row needs one order
           for (int32_t k = 0; k < kRingLanes; ++k) {
-            taps[k][order] = PackRingTaps(p, filter, c0 + k, order);
+            taps[k][order] = PackRingTaps(p, filter, c0 + k, order, kScale);
           }
           packed[order] = true;
         }
@@ -594,7 +603,8 @@ void RunRing3x3(const DepthwiseConv2dParams& p, const int8_t* input, const int8_
           const int32_t c = c0 + k;
           const auto* t = reinterpret_cast<const uint32_t*>(
               ring + k * channel + (1 - p.pad_w) * kRingLanes);
-          RingRow<kMode>(s, c, taps[k][order], bias != nullptr ? bias[c] : 0, t, p.output_w,
+          RingRow<kMode>(s, c, taps[k][order], bias != nullptr ? kScale * bias[c] : 0, t,
+                         p.output_w,
                          out_image + oy * p.output_w * p.output_c + c, p.output_c);
         }
       }
@@ -634,9 +644,20 @@ void depthwise_conv2d_s8(const DepthwiseConv2dParams& p, const int8_t* input,
     });
     return;
   }
+  // The host doubled the table (m7_table) for a frozen layer with its bias in the table and
+  // the short form: PlanRequant then never falls back to the checked form.
+  const bool twice = bias_in_table && requant != nullptr;
   WithRequant(mode, [&](auto mode_tag) {
-    Dispatch<decltype(mode_tag)::value>(p, input, filter, bias, output, table, requant,
-                                        bias_in_table, scratch);
+    constexpr Requant kMode = decltype(mode_tag)::value;
+    if constexpr (kMode != Requant::kChecked) {
+      if (twice) {
+        Dispatch<kMode, true>(p, input, filter, bias, output, table, requant, bias_in_table,
+                              scratch);
+        return;
+      }
+    }
+    Dispatch<kMode, false>(p, input, filter, bias, output, table, requant, bias_in_table,
+                           scratch);
   });
 }
 

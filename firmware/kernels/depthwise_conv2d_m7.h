@@ -7,7 +7,9 @@
 // per tap two words of int16 weights, (w_c0, w_c2) and (w_c1, w_c3), the lanes SXTB16 unpacks
 // an input word into. So a tap of four channels is one input load, two SXTB16 and four
 // SMLABB/SMLATT, and the input offset costs nothing. A tap in the padding reads a row of input
-// zero points instead (scratch), whose products cancel the folded offset exactly.
+// zero points instead (scratch), whose products cancel the folded offset exactly. For a frozen
+// layer on the short form with its bias in the table, the start values and weights are doubled
+// (m7_doubles_table), so each output's requantization skips the doubling it would do.
 // Channels beyond the last whole group of four take a scalar loop over the plain filter.
 // 3x3 and 5x5 filters get their tap loop unrolled (other sizes run the same code with a run-time
 // tap count), and an output pixel of a 3x3 filter whose taps are all inside the image reads

@@ -102,14 +102,16 @@ inline RequantPlan PlanRequant(const int32_t* table, int32_t channels, const int
   return {mode, true};
 }
 
-// Output channel c's int8 value of accumulator acc.
-template <Requant kMode>
+// Output channel c's int8 value of accumulator acc (kTwice: as in RequantizeShort).
+template <Requant kMode, bool kTwice = false>
 inline int8_t Requantize(const OutputStage& s, int32_t acc, int32_t c) {
-  if (kMode == Requant::kChecked) {
+  if constexpr (kMode == Requant::kChecked) {
+    static_assert(!kTwice, "a doubled accumulator takes the short form only");
     return static_cast<int8_t>(AddOffsetClamp(
         MultiplyByQuantizedMultiplier(acc, s.multiplier[c], s.shift[c]), s.offset, s.lo, s.hi));
+  } else {
+    return RequantizeShort<kMode, kTwice>(s, ShortFormOf(s, c), acc);
   }
-  return RequantizeShort<kMode>(s, ShortFormOf(s, c), acc);
 }
 
 // Calls run(mode) with the mode as a compile-time constant (std::integral_constant), so a

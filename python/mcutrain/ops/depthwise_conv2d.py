@@ -263,10 +263,20 @@ def m7_folds_bias(p: DepthwiseConv2dParams) -> bool:
     return p.bias is not None and (p.train is None or p.train.bias_symbol is None)
 
 
-def m7_table(p: DepthwiseConv2dParams) -> np.ndarray:
+def m7_doubles_table(p: DepthwiseConv2dParams, requant: np.ndarray | None) -> bool:
+    """Whether m7_table doubles its start values and weights (the kernel then saves the short
+    form's doubling of every accumulator): a frozen layer whose bias is in the table, on the
+    short form (`requant`, m7.requant_table), as mt::m7::depthwise_conv2d_s8 tests it."""
+    n_train = p.train.n_train if p.train is not None else 0
+    return n_train == 0 and m7_folds_bias(p) and requant is not None
+
+
+def m7_table(p: DepthwiseConv2dParams, doubled: bool = False) -> np.ndarray:
     """The flash table of mt::m7::depthwise_conv2d_s8 (depthwise_conv2d_m7.h): per group of
     four channels, input_offset * (sum of each channel's taps) (plus the bias, when
-    m7_folds_bias) as int32, then each tap's int16 weights as the words (c0, c2) and (c1, c3)."""
+    m7_folds_bias) as int32, then each tap's int16 weights as the words (c0, c2) and (c1, c3);
+    all of it twice over when `doubled` (m7_doubles_table: |2 start| < 2^30 by the short form's
+    bound, |2 w| <= 254)."""
     _, f_h, f_w, out_c = p.filter.shape
     groups = out_c // 4
     if groups == 0:
@@ -275,6 +285,8 @@ def m7_table(p: DepthwiseConv2dParams) -> np.ndarray:
     start = p.input_offset * w.sum(axis=0)
     if m7_folds_bias(p):
         start = start + np.asarray(p.bias, dtype=np.int64)[:4 * groups]
+    if doubled:
+        w, start = 2 * w, 2 * start
     start = common.wrap_int32(start)
     lanes = (w.reshape(-1, groups, 4)[:, :, [0, 2, 1, 3]] & 0xFFFF).astype(np.uint32)
     words = lanes[..., 0::2] | (lanes[..., 1::2] << 16)  # [taps, groups, 2]
@@ -285,10 +297,10 @@ def m7_table(p: DepthwiseConv2dParams) -> np.ndarray:
 
 def m7_constants(p: DepthwiseConv2dParams, ctx: Any) -> str:
     """The kernel's table, `requant` and `bias_in_table` arguments."""
-    table = m7_table(p)
+    taps = p.filter.reshape(-1, p.filter.shape[3]).T
+    table = m7_table(p, m7_doubles_table(p, m7.requant_table(taps, p)))
     symbol = ctx.const_array(f"op{p.op_index}_dwconv2d_m7", table) if table.size else "nullptr"
-    requant = m7.requant_arg(p.filter.reshape(-1, p.filter.shape[3]).T, p, ctx,
-                             f"op{p.op_index}_dwconv2d_requant")
+    requant = m7.requant_arg(taps, p, ctx, f"op{p.op_index}_dwconv2d_requant")
     return f", {symbol}{requant}, {'true' if m7_folds_bias(p) else 'false'}"
 
 
