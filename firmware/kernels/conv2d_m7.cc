@@ -313,7 +313,7 @@ struct Block {
 #if MT_HAVE_DSP
 // What SaturateRows reads, by the offsets its assembly names.
 struct SaturateJob {
-  const int32_t* bias;      // +0: the next channel's bias
+  const int32_t* bias;      // +0: the next channel's bias (unless kTableBias)
   const uint32_t* columns;  // +4
   int8_t* out;              // +8: the next channel's output of the block's first pixel
   int32_t step;             // +12: bytes from one pixel's outputs to the next's
@@ -322,7 +322,8 @@ struct SaturateJob {
   uint32_t entry;           // +24: (set by the loop) where a channel's first group starts
   int32_t back;             // +28: bytes the weight pointer steps back after a row
   const int8_t* w;          // +32: the first channel's weight row
-  const int32_t* table;     // +36: the first channel's short-form constants
+  const int32_t* table;     // +36: the first channel's row: its short-form constants, after
+                            //      its bias with kTableBias
   int32_t skip;             // +40: bytes of group code the first pass of a row skips
 };
 
@@ -340,7 +341,9 @@ constexpr int32_t kGroupCodeBytes = 52;
 // kBack: the rows end in a partial word (`back` is not 0). kLoop: more than four groups.
 // kTwice: the columns hold twice the input values (DoubleColumns), so the bias is doubled as
 // it is loaded and the requantization's doubling is saved: one instruction a channel for four.
-template <bool kBack, bool kLoop, bool kTwice>
+// kTableBias: each table row leads with the channel's bias, read with one load (three through
+// the job's bias pointer).
+template <bool kBack, bool kLoop, bool kTwice, bool kTableBias>
 [[gnu::noinline]] void SaturateRows(SaturateJob* job) {
   register SaturateJob* j asm("r12") = job;
 #define MT_GROUP                                                                           \
@@ -376,10 +379,14 @@ template <bool kBack, bool kLoop, bool kTwice>
       "orr r0, r0, #1\n\t"
       "str.w r0, [r12, #24]\n"
       "1:\n\t"  // a channel
-      "ldr.w r0, [r12, #0]\n\t"
       "ldr.w r11, [r12, #4]\n\t"
+      ".if %c[table_bias]\n\t"
+      "ldr.w r4, [lr], #4\n\t"
+      ".else\n\t"
+      "ldr.w r0, [r12, #0]\n\t"
       "ldr.w r4, [r0], #4\n\t"
       "str.w r0, [r12, #0]\n\t"
+      ".endif\n\t"
       ".if %c[twice]\n\t"
       "lsl r4, r4, #1\n\t"
       ".endif\n\t"
@@ -420,11 +427,27 @@ template <bool kBack, bool kLoop, bool kTwice>
       "bne 1b"
       : "+r"(j)
       : [group_bytes] "i"(kGroupCodeBytes), [loop] "i"(kLoop ? 1 : 0), [back] "i"(kBack ? 1 : 0),
-        [twice] "i"(kTwice ? 1 : 0)
+        [twice] "i"(kTwice ? 1 : 0), [table_bias] "i"(kTableBias ? 1 : 0)
       : "r0", "r1", "r2", "r3", "r4", "r5", "r6", "r7", "r8", "r9", "r10", "r11", "lr", "cc",
         "memory");
 #undef MT_REQUANT
 #undef MT_GROUP
+}
+
+// SaturateRows for the job's shape: a tail (partial last word) and more than four groups.
+template <bool kTwice, bool kTableBias>
+void RunSaturateRows(SaturateJob* job, bool tail, bool loop) {
+  if (tail) {
+    if (loop) {
+      SaturateRows<true, true, kTwice, kTableBias>(job);
+    } else {
+      SaturateRows<true, false, kTwice, kTableBias>(job);
+    }
+  } else if (loop) {
+    SaturateRows<false, true, kTwice, kTableBias>(job);
+  } else {
+    SaturateRows<false, false, kTwice, kTableBias>(job);
+  }
 }
 #endif
 
@@ -457,18 +480,12 @@ void Channels(const OutputStage& stage, const Columns& c, const int8_t* rows,
                       0,
                       tail != 0 ? 4 - tail : 0,
                       w,
-                      s.table + 3 * oc,
+                      s.table + s.stride * oc - (s.stride == 4 ? 1 : 0),
                       (3 - (c.groups - 1) % 4) * kGroupCodeBytes};
-      if (tail != 0) {
-        if (c.groups > 4) {
-          SaturateRows<true, true, kTwice>(&job);
-        } else {
-          SaturateRows<true, false, kTwice>(&job);
-        }
-      } else if (c.groups > 4) {
-        SaturateRows<false, true, kTwice>(&job);
+      if (s.stride == 4) {
+        RunSaturateRows<kTwice, true>(&job, tail != 0, c.groups > 4);
       } else {
-        SaturateRows<false, false, kTwice>(&job);
+        RunSaturateRows<kTwice, false>(&job, tail != 0, c.groups > 4);
       }
       w += (last - oc) * c.depth;
       oc = last;
@@ -548,8 +565,8 @@ void DoubleColumns(uint32_t* words, int32_t n) {
 // What NarrowRows reads, by the offsets its assembly names.
 struct NarrowJob {
   const int8_t* w;          // +0: the next channel's weight row
-  const int32_t* bias;      // +4: the next channel's bias
-  const int32_t* table;     // +8: the next channel's short-form constants
+  const int32_t* unused;    // +4
+  const int32_t* table;     // +8: the next channel's row: bias, then short-form constants
   int8_t* out;              // +12: the next channel's output of the pass's first pixel
   int8_t* out_end;          // +16: out past the last channel
   const uint32_t* columns;  // +20: the pass's doubled columns, four words a pixel
@@ -557,9 +574,9 @@ struct NarrowJob {
 };
 
 #if MT_HAVE_DSP
-// Per channel: its two weight words unpacked into four registers, its doubled bias and its
-// constants, then per pixel two LDRD of columns, four SMLAD, the short form without its
-// doubling (kTwice), one SSAT and a store: 12 instructions for 8 MACs, and ~25 a channel for
+// Per channel: its two weight words unpacked into four registers, its bias (doubled) and its
+// constants in one LDM of its table row, then per pixel two LDRD of columns, four SMLAD, the short form without its
+// doubling (kTwice), one SSAT and a store: 12 instructions for 8 MACs, and ~22 a channel for
 // sixteen pixels. All fourteen registers are in use in the pixels, so the job waits on the stack.
 [[gnu::noinline]] void NarrowRows(NarrowJob* job) {
   register NarrowJob* j asm("r12") = job;
@@ -588,13 +605,10 @@ struct NarrowJob {
       "sxtb16 r0, r0\n\t"
       "sxtb16 r3, r2, ror #8\n\t"
       "sxtb16 r2, r2\n\t"
-      "ldr lr, [r12, #4]\n\t"
-      "ldr r4, [lr], #4\n\t"
-      "str lr, [r12, #4]\n\t"
-      "lsl r4, r4, #1\n\t"
       "ldr lr, [r12, #8]\n\t"
-      "ldmia lr!, {r5, r6, r7}\n\t"  // multiplier, right shift, constant
+      "ldmia lr!, {r4, r5, r6, r7}\n\t"  // bias, multiplier, right shift, constant
       "str lr, [r12, #8]\n\t"
+      "lsl r4, r4, #1\n\t"
       "ldr r9, [r12, #12]\n\t"
       "add lr, r9, #1\n\t"
       "str lr, [r12, #12]\n\t"
@@ -619,14 +633,15 @@ struct NarrowJob {
 // The same sums in plain C++ (the host build).
 void NarrowRows(NarrowJob* job) {
   const OutputStage none{nullptr, nullptr, 0, -128, 127, nullptr};
-  for (; job->out != job->out_end; ++job->out, job->w += 8, ++job->bias, job->table += 3) {
+  for (; job->out != job->out_end; ++job->out, job->w += 8, job->table += 4) {
     const uint32_t w0 = dsp::Load4(job->w);
     const uint32_t w1 = dsp::Load4(job->w + 4);
-    const ShortForm f{job->table[0], job->table[1], job->table[2]};
+    const int32_t bias = job->table[0];
+    const ShortForm f{job->table[1], job->table[2], job->table[3]};
     const uint32_t* x = job->columns;
     int8_t* o = job->out;
     for (int32_t k = 0; k < kConvNarrowPixels; ++k, x += 4, o += job->step) {
-      int32_t acc = dsp::Dot2(dsp::ExtendEven(w0), x[0], *job->bias * 2);
+      int32_t acc = dsp::Dot2(dsp::ExtendEven(w0), x[0], bias * 2);
       acc = dsp::Dot2(dsp::ExtendOdd(w0), x[1], acc);
       acc = dsp::Dot2(dsp::ExtendEven(w1), x[2], acc);
       acc = dsp::Dot2(dsp::ExtendOdd(w1), x[3], acc);
@@ -637,11 +652,11 @@ void NarrowRows(NarrowJob* job) {
 #endif
 
 // The pixels of [0, pixels) in whole passes of sixteen, every channel; returns how many it did.
-// Frozen weights, a bias and the short form with one SSAT (the caller checks); `columns` has
-// Conv2dNarrowScratchBytes(p).
+// Frozen weights, a bias in the table's rows and the short form with one SSAT (the caller
+// checks); `columns` has Conv2dNarrowScratchBytes(p).
 int32_t NarrowPointwise(const Conv2dParams& p, const int8_t* input, const int8_t* filter,
-                        const int32_t* bias, int8_t* output, const int32_t* table,
-                        int32_t pixels, uint32_t* columns) {
+                        int8_t* output, const int32_t* table, int32_t pixels,
+                        uint32_t* columns) {
   const uint32_t offset2 = dsp::Splat16(p.input_offset);
   const int32_t done = pixels / kConvNarrowPixels * kConvNarrowPixels;
   for (int32_t i = 0; i < done; i += kConvNarrowPixels) {
@@ -654,7 +669,7 @@ int32_t NarrowPointwise(const Conv2dParams& p, const int8_t* input, const int8_t
       for (int32_t j = 0; j < 4; ++j) columns[4 * k + j] = dsp::Add16(words[j], words[j]);
     }
     int8_t* const out = output + i * p.output_c;
-    NarrowJob job{filter, bias, table, out, out + p.output_c, columns, p.output_c};
+    NarrowJob job{filter, nullptr, table, out, out + p.output_c, columns, p.output_c};
     NarrowRows(&job);
   }
   return done;
@@ -663,8 +678,8 @@ int32_t NarrowPointwise(const Conv2dParams& p, const int8_t* input, const int8_t
 }  // namespace
 
 void conv2d_s8(const Conv2dParams& p, const int8_t* input, const int8_t* filter,
-               const int32_t* bias, int8_t* output, const int32_t* requant, int8_t* scratch,
-               int32_t scratch_bytes) {
+               const int32_t* bias, int8_t* output, const int32_t* requant, bool bias_in_table,
+               int8_t* scratch, int32_t scratch_bytes) {
   if (p.filter_c != p.input_c || scratch_bytes < Conv2dScratchBytes(p) ||
       (reinterpret_cast<uintptr_t>(scratch) & 3) != 0) {
     ref::conv2d_s8(p, input, filter, bias, output);
@@ -673,8 +688,13 @@ void conv2d_s8(const Conv2dParams& p, const int8_t* input, const int8_t* filter,
   const int32_t depth = p.filter_h * p.filter_w * p.filter_c;
   const Columns c{depth, depth & ~3, (depth + 3) / 4};
   auto* columns = reinterpret_cast<uint32_t*>(scratch);
-  const OutputStage s{p.multiplier, p.shift, p.output_offset, p.act_min, p.act_max, requant};
-  const RequantPlan plan = PlanRequant(requant, p.output_c, bias, p.act_min, p.act_max);
+  // With the bias leading each row, the short-form constants start one word in.
+  const int32_t stride = bias_in_table ? 4 : 3;
+  const int32_t* const rows =
+      requant != nullptr && bias_in_table ? requant + 1 : requant;
+  const OutputStage s{p.multiplier, p.shift, p.output_offset, p.act_min, p.act_max, rows, stride};
+  const RequantPlan plan =
+      PlanRequant(requant, p.output_c, bias, p.act_min, p.act_max, stride);
   const int32_t pixels = p.batches * p.output_h * p.output_w;
   const int32_t per_image = p.output_h * p.output_w;
   const bool pointwise = p.filter_h == 1 && p.filter_w == 1 && p.pad_h == 0 && p.pad_w == 0 &&
@@ -689,9 +709,9 @@ void conv2d_s8(const Conv2dParams& p, const int8_t* input, const int8_t* filter,
   const bool twice = p.n_train == 0 && plan.mode != Requant::kChecked && p.output_c > 8 * c.groups;
   // Depth 8 with the room: whole passes of sixteen pixels, the rest below.
   int32_t first = 0;
-  if (twice && Conv2dNarrow(p) && unit_stride && plan.mode == Requant::kSaturate &&
-      bias != nullptr && scratch_bytes >= Conv2dNarrowScratchBytes(p)) {
-    first = NarrowPointwise(p, input, filter, bias, output, requant, pixels, columns);
+  if (twice && bias_in_table && Conv2dNarrow(p) && unit_stride &&
+      plan.mode == Requant::kSaturate && scratch_bytes >= Conv2dNarrowScratchBytes(p)) {
+    first = NarrowPointwise(p, input, filter, output, requant, pixels, columns);
   }
   // Pixels four at a time in output order; past the last pixel, the block repeats it.
   for (int32_t i = first; i < pixels; i += kPixels) {

@@ -43,12 +43,14 @@ constexpr int32_t Conv2dNarrowScratchBytes(const Conv2dParams& p) {
 }
 
 // In/out as mt::ref::conv2d_s8. requant: the host's per-channel short-form table
-// (requantize_m7.h) where every frozen channel meets its preconditions, else nullptr.
+// (requantize_m7.h) where every frozen channel meets its preconditions, else nullptr;
+// bias_in_table: its rows lead with the channel's bias (a frozen layer's: ops/conv2d.py
+// m7_table), four words a channel, which the channel loop reads with the constants.
 // Scratch: Conv2dScratchBytes(p) bytes, 4-byte aligned; with less (or groups > 1) it runs the
 // reference kernel instead.
 void conv2d_s8(const Conv2dParams& p, const int8_t* input, const int8_t* filter,
-               const int32_t* bias, int8_t* output, const int32_t* requant, int8_t* scratch,
-               int32_t scratch_bytes);
+               const int32_t* bias, int8_t* output, const int32_t* requant, bool bias_in_table,
+               int8_t* scratch, int32_t scratch_bytes);
 
 // ---- backward (contracts as mt::ref's, conv2d.h) ----
 //

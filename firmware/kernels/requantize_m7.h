@@ -38,12 +38,14 @@ enum class Requant : uint8_t {
 // A layer's output stage, copied into locals so that int8 stores (which may alias anything)
 // do not force the compiler to reload it from the params struct after every output. `table`:
 // the host's [channels][3] {multiplier, right shift, rounding constant + offset} of the short
-// form (kBounded, kSaturate), or nullptr where only kChecked is allowed.
+// form (kBounded, kSaturate), or nullptr where only kChecked is allowed; `stride` words from
+// one channel's row to the next (4 where a kernel's table rows lead with the bias: CONV_2D).
 struct OutputStage {
   const int32_t* multiplier;
   const int32_t* shift;
   int32_t offset, lo, hi;
   const int32_t* table;
+  int32_t stride = 3;
 };
 
 // One channel's short-form constants.
@@ -52,7 +54,7 @@ struct ShortForm {
 };
 
 inline ShortForm ShortFormOf(const OutputStage& s, int32_t c) {
-  const int32_t* t = s.table + 3 * c;
+  const int32_t* t = s.table + s.stride * c;
   return ShortForm{t[0], t[1], t[2]};
 }
 
@@ -87,12 +89,13 @@ struct RequantPlan {
 
 // The plan of a weighted layer of `channels` outputs whose bias is now `bias` (nullptr: none):
 // with a bias limit, the short form for every channel if every |bias| is below it (the bias
-// may have trained since the last call), else the checked form for all.
+// may have trained since the last call), else the checked form for all. stride: words per
+// channel row of the table (OutputStage).
 inline RequantPlan PlanRequant(const int32_t* table, int32_t channels, const int32_t* bias,
-                               int32_t lo, int32_t hi) {
+                               int32_t lo, int32_t hi, int32_t stride = 3) {
   const Requant mode = ChooseRequant(table, lo, hi);
   if (mode == Requant::kChecked) return {mode, false};
-  const int32_t limit = table[3 * channels];
+  const int32_t limit = table[stride * channels];
   if (limit == kFrozenOnly) return {mode, false};
   if (bias != nullptr) {
     for (int32_t c = 0; c < channels; ++c) {

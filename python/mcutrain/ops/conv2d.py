@@ -283,10 +283,27 @@ def m7_roomy_scratch(p: Conv2dParams) -> tuple[int, ...]:
     return (M7_NARROW_PIXELS * f_c * 2,) if narrow else ()
 
 
+def m7_table(p: Conv2dParams) -> tuple[np.ndarray | None, bool]:
+    """The kernel's `requant` table and `bias_in_table`: ops/m7.py requant_table, whose rows
+    lead with the bias (int32 [channels * 4 + 1]: {bias, multiplier, right shift, constant} per
+    channel, then the same last word) for a frozen layer with a bias on the short form, so the
+    channel loop reads a channel's bias with its constants."""
+    table = m7.requant_table(p.filter.reshape(p.filter.shape[0], -1), p)
+    frozen = p.train is None or (p.train.n_train == 0 and p.train.bias_symbol is None)
+    if table is None or p.bias is None or not frozen:
+        return table, False
+    rows = table[:-1].reshape(-1, 3)
+    bias = np.asarray(p.bias, dtype=np.int64).astype(np.int32).reshape(-1, 1)
+    return np.concatenate([np.concatenate([bias, rows], axis=1).reshape(-1), table[-1:]]), True
+
+
 def m7_constants(p: Conv2dParams, ctx: Any) -> str:
-    """The kernel's `requant` argument (ops/m7.py requant_table)."""
-    return m7.requant_arg(p.filter.reshape(p.filter.shape[0], -1), p, ctx,
-                          f"op{p.op_index}_conv2d_requant")
+    """The kernel's `requant` and `bias_in_table` arguments (m7_table)."""
+    table, bias_in_table = m7_table(p)
+    if table is None:
+        return ", nullptr, false"
+    symbol = ctx.const_array(f"op{p.op_index}_conv2d_requant", table)
+    return f", {symbol}, {'true' if bias_in_table else 'false'}"
 
 
 M7 = register_variant("CONV_2D", KernelVariant(
