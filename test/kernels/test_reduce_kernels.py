@@ -79,6 +79,9 @@ CASES: dict[str, Callable[[], Case]] = {
     "mean_dup_axes": lambda: mean((1, 4, 4, 2), [1, 2, 1], False),
     "mean_huge_ratio": lambda: mean((1, 3, 3, 2), [1, 2], False, (2.0, 0), (0.001, 0)),
     "mean_tiny_ratio": lambda: mean((1, 8, 8, 2), [1, 2], False, (0.001, 0), (0.9, 0)),
+    # More positions than an int16 lane of the Cortex-M7 kernel holds (mean_m7.h: chunks).
+    "mean_gap2d_20x20": lambda: mean((1, 20, 20, 8), [1, 2], False, (0.05, -7), (0.04, 3)),
+    "mean_gap2d_mbv2": lambda: mean((1, 4, 4, 1280), [1, 2], False, (0.02, -128), (0.01, -128)),
     "softmax_10_s0.1": lambda: softmax((1, 10), 0.1),
     "softmax_10_s0.01": lambda: softmax((1, 10), 0.01, in_zp=-128),
     "softmax_10_s0.5": lambda: softmax((1, 10), 0.5, in_zp=127),
@@ -129,6 +132,21 @@ def test_kernel_matches_reference(case_id: str) -> None:
         expected = opdef.reference(params, [x])
         assert expected.dtype == np.int8 and expected.shape == case.tensors[-1].shape
         np.testing.assert_array_equal(_run_emitted(case, params, x), expected,
+                                      err_msg=f"{case_id} {kind}")
+
+
+@pytest.mark.parametrize("case_id", sorted(c for c in CASES if c.startswith("mean")))
+def test_mean_m7_matches_reference(case_id: str) -> None:
+    """The Cortex-M7 MEAN (int16 lane sums, four channels a word) against the reference, on
+    the extremes that fill the lanes most (all -128: a chunk's sum is exactly -2^15)."""
+    from mcutrain.ops import mean as mean_op
+
+    case = CASES[case_id]()
+    opdef, params = _prepared(case)
+    for k, kind in enumerate(EXTREMES * 2):
+        x = _input(case, kind, seed=k)
+        got = run_op(opdef, params, [x], case.tensors[-1].shape, variant=mean_op.M7)
+        np.testing.assert_array_equal(got, opdef.reference(params, [x]),
                                       err_msg=f"{case_id} {kind}")
 
 

@@ -39,11 +39,13 @@ from .base import (
     EmitContext,
     FloatContext,
     GradRef,
+    KernelVariant,
     OpDef,
     TrainEmit,
     TrainSlot,
     kernel_name,
     register,
+    register_variant,
 )
 from .common import (
     fail,
@@ -220,3 +222,8 @@ OPTIONS = opt.OptionsDef(tflite.BuiltinOptions.ReducerOptions, parse_options)
 
 OP = register(OpDef("MEAN", prepare, reference, emit, macs, header="kernels/mean.h",
                     float_forward=float_forward, backward=BACKWARD, options=OPTIONS))
+
+
+# Cortex-M7 MEAN (firmware/kernels/mean_m7.h): int16 lane sums four channels per word; serves
+# every shape (channels past the last group of four take the reference's loop).
+M7 = register_variant("MEAN", KernelVariant("m7", "mt::m7", header="kernels/mean_m7.h"))
